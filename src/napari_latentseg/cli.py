@@ -1,0 +1,298 @@
+"""The ``latentseg`` command line.
+
+Sub-commands are a contract users script against: options are added, never renamed. Errors in
+the user's input end with a non-zero exit status and one line on stderr (``--debug`` shows the
+traceback); progress bars go to stderr, results are named on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """An error explained to the user in one line."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _read(path: str):
+    from .io import read_volume
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{path}: no such file or folder")
+    return read_volume(p)
+
+
+def _save(path: str, data, volume, kind: str, overwrite: bool) -> Path:
+    from .io import save_volume
+
+    return save_volume(path, data, volume.metadata.get("latentseg_geometry") or volume.geometry(),
+                       kind=kind, overwrite=overwrite)
+
+
+def _check_outputs(paths: list[str | None], overwrite: bool) -> None:
+    """Fail before any work if an output exists (nothing of the user's is replaced)."""
+    for p in paths:
+        if p and Path(p).exists() and not overwrite:
+            raise CLIError(f"{p} already exists; choose another name or pass --overwrite")
+
+
+class _Progress:
+    """tqdm bars keyed by stage, fed by the core's progress dicts."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        stage = ev.get("stage", "work")
+        total = ev.get("total")
+        done = ev.get("step", ev.get("done", 0))
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = tqdm(total=total, desc=stage, unit="step" if stage == "fit" else "it",
+                       file=sys.stderr, leave=True, dynamic_ncols=True)
+            self.bars[stage] = bar
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        post = {}
+        for key in ("loss", "val", "best_val"):
+            if key in ev and ev[key] is not None:
+                post[key] = f"{ev[key]:.4f}"
+        if "message" in ev:
+            post["msg"] = ev["message"]
+        if post:
+            bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _drive_interruptible(gen, progress: Callable, stop: threading.Event):
+    """Drive a core generator; the first Ctrl-C sets ``stop`` (a clean stop), the second aborts."""
+    interrupted = False
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value
+        except KeyboardInterrupt:
+            raise
+        try:
+            progress(ev)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            stop.set()
+            print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .engine.train import FitOptions, fit_iter
+    from .models.checkpoint import next_version_path, save_model
+
+    volumes, modalities = [], []
+    for path in args.images:
+        vol = _read(path)
+        volumes.append(vol.data)
+        modalities.append(vol.metadata.get("modality"))
+    opts = FitOptions(
+        steps=args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
+        lr=args.lr, kl_weight=args.kl_weight, adversarial=args.adversarial,
+    )
+    out = next_version_path(args.output)
+    if out != Path(args.output):
+        print(f"{args.output} exists and models are never overwritten: saving as {out}",
+              file=sys.stderr)
+    stop = threading.Event()
+    progress = _Progress(args.quiet)
+    try:
+        result = _drive_interruptible(
+            fit_iter(volumes, args.config, opts, modalities=modalities,
+                     sources=[str(Path(p).resolve()) for p in args.images], stop_event=stop),
+            progress, stop,
+        )
+    finally:
+        progress.close()
+    path = save_model(result.model, out)
+    print(f"saved {path} ({result.model.describe()}; stopped by {result.reason} after "
+          f"{result.steps} steps, {result.seconds:.0f} s; best validation L1 "
+          f"{result.best_val:.4f})")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .engine.infer import reconstruct_iter
+    from .models.checkpoint import load_model
+
+    _check_outputs([args.output, args.error, args.anomalies], args.overwrite)
+    vol = _read(args.image)
+    model = load_model(args.model, device=args.device)
+    stop = threading.Event()
+    progress = _Progress(args.quiet)
+    try:
+        res = _drive_interruptible(
+            reconstruct_iter(model, vol.data, modality=vol.metadata.get("modality"),
+                             anomalies=args.anomalies is not None, tile=args.tile,
+                             stop_event=stop),
+            progress, stop,
+        )
+    finally:
+        progress.close()
+    written = [_save(args.output, res.reconstruction, vol, "image", args.overwrite)]
+    if args.error:
+        written.append(_save(args.error, res.error, vol, "image", args.overwrite))
+    if args.anomalies is not None:
+        written.append(_save(args.anomalies, res.anomalies, vol, "labels", args.overwrite))
+    for p in written:
+        print(f"wrote {p}")
+    extra = f", {res.n_candidates} anomaly candidates" if args.anomalies is not None else ""
+    print(f"reconstructed {vol.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "
+          f"on {res.info['device']}{extra}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .models.checkpoint import load_model
+    from .models.config import CONFIGS
+
+    if args.model is None:
+        for name, cfg in CONFIGS.items():
+            print(f"{name:10s} {cfg.description}")
+        return 0
+    m = load_model(args.model)
+    n = sum(p.numel() for p in m.net.parameters())
+    print(f"{args.model}: {m.describe()}")
+    print(f"  configuration {m.config.name}: {n / 1e3:.0f}k parameters, latent "
+          f"{m.config.latent_channels} ch at 1/{m.config.downsampling}")
+    print(f"  normalisation {m.normalization.get('method')}, anomaly threshold "
+          f"{m.anomaly.get('threshold')}")
+    print(f"  segmentation head: {'yes' if m.head else 'no'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="latentseg",
+        description="Variational autoencoders for medical volumes: fit, reconstruct, segment.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        sp.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+
+    f = sub.add_parser("fit", help="fit a VAE to one or more scans (no labels needed)")
+    f.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="NIfTI, NRRD, MetaImage file or DICOM folder")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL",
+                   help="model file to write (an existing file is kept; a new version is written)")
+    f.add_argument("--config", default="cpu-2d",
+                   help="model configuration (see `latentseg info`); default cpu-2d")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="training steps (default 600)")
+    budget.add_argument("--minutes", type=float, default=None,
+                        help="time budget in minutes instead of a step count")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    f.add_argument("--kl-weight", type=float, default=1e-6, help="KL weight beta (default 1e-6)")
+    f.add_argument("--adversarial", action="store_true",
+                   help="VAE-GAN: add a PatchDiscriminator (sharper, slower)")
+    common(f)
+    f.set_defaults(func=cmd_fit)
+
+    r = sub.add_parser("reconstruct", help="reconstruction, error map and anomaly candidates")
+    r.add_argument("image", metavar="IMAGE")
+    r.add_argument("-m", "--model", required=True, metavar="MODEL")
+    r.add_argument("-o", "--output", required=True, metavar="RECON",
+                   help="reconstruction (input's units and geometry)")
+    r.add_argument("--error", metavar="ERRMAP", help="per-voxel absolute error (normalised units)")
+    r.add_argument("--anomalies", metavar="LABELS", help="anomaly candidates as a label volume")
+    r.add_argument("--tile", type=int, default=512, help="largest in-plane tile (default 512)")
+    r.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    common(r)
+    r.set_defaults(func=cmd_reconstruct)
+
+    i = sub.add_parser("info", help="describe a model file, or list the configurations")
+    i.add_argument("model", nargs="?", metavar="MODEL")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _finish_fit_args(args: argparse.Namespace) -> None:
+    if args.command == "fit":
+        if args.steps is None:
+            # A time budget alone means "as many steps as fit"; otherwise the default count.
+            args.steps = 10**9 if args.minutes is not None else 600
+        if args.steps < 1:
+            raise CLIError("--steps must be at least 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``latentseg`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .engine.common import Cancelled
+    from .io import VolumeIOError
+    from .models.checkpoint import ModelFileError
+
+    try:
+        _finish_fit_args(args)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("latentseg: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Cancelled as exc:
+        print(f"latentseg: {exc}; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CLIError, VolumeIOError, ModelFileError, FileExistsError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"latentseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"latentseg {args.command}: error: out of memory; use a smaller --tile or a "
+              "smaller configuration", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0]
+        if "out of memory" in msg.lower():
+            msg = "GPU out of memory; use a smaller --tile or --device cpu"
+        print(f"latentseg {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

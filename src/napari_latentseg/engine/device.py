@@ -1,0 +1,68 @@
+"""Device selection and mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["resolve_device", "autocast", "configure_threads", "available_devices"]
+
+
+def available_devices() -> list[str]:
+    """Devices usable here, best first (``"cuda"``, ``"mps"``, ``"cpu"``)."""
+    import torch
+
+    out = []
+    if torch.cuda.is_available():
+        out.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    out.append("cpu")
+    return out
+
+
+def resolve_device(device: str | None = "auto"):
+    """Return a :class:`torch.device`: ``auto`` picks CUDA, then Apple MPS, then CPU.
+
+    Raises
+    ------
+    ValueError
+        If a device is forced that this machine does not have.
+    """
+    import torch
+
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    base = name.split(":")[0]
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    if base == "mps" and "mps" not in available_devices():
+        raise ValueError("device 'mps' was requested but Apple MPS is not available")
+    if base not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def configure_threads() -> int:
+    """Use every CPU core this process may run on for intra-op parallelism."""
+    import torch
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def autocast(device, enabled: bool = True):
+    """bf16/fp16 autocast on CUDA (bf16 where supported); a no-op context elsewhere."""
+    import torch
+
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)

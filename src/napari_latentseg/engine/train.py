@@ -1,0 +1,382 @@
+"""Fitting a VAE to the user's volumes (self-supervised, no labels).
+
+:func:`fit_iter` is a generator: it yields one metrics dict per training step (losses, step
+time, progress) and returns a :class:`FitResult` holding the best model seen. Callers observe
+it (progress bars, live loss curves) and stop it by setting ``stop_event``: the generator then
+returns the best model so far at the next step, so a stopped fit still gives a usable model and
+nothing saved before is touched (saving is the caller's choice, and never overwrites).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..models.checkpoint import VAEModel
+from ..models.config import DEFAULT_CONFIG, ModelConfig, build_network, get_config
+from .common import drive
+from .device import autocast, configure_threads, resolve_device
+from .sampling import CropSampler, PreparedVolume, prepare_volume
+
+__all__ = ["FitOptions", "FitResult", "fit_iter", "fit", "calibrate_anomaly"]
+
+
+@dataclass
+class FitOptions:
+    """Options of a fit.
+
+    Parameters
+    ----------
+    steps : int
+        Maximum optimisation steps.
+    minutes : float or None
+        Wall-clock budget; the fit ends at whichever of ``steps`` / ``minutes`` comes first.
+    lr : float
+        Adam learning rate (with a short linear warm-up).
+    kl_weight : float
+        Weight of the KL term (summed over latent elements, averaged over the batch).
+    adversarial : bool
+        Add a MONAI PatchDiscriminator (VAE-GAN) for sharper reconstructions.
+    adversarial_weight : float
+        Weight of the generator's adversarial loss.
+    adversarial_start : int
+        Step from which the adversarial loss is used (the VAE settles first).
+    eval_every : int
+        Validate (held-out crops, mean decoding) every this many steps.
+    patience : int
+        Early stopping: validations without improvement before stopping (0 disables).
+    holdout_every : int
+        One slice in this many is held out of training for validation.
+    device : str
+        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+    amp : bool
+        Mixed precision on CUDA.
+    seed : int
+        Seed of sampling, augmentation and initial weights: the same seed and data give the
+        same model on the CPU.
+    anomaly_percentile : float
+        Percentile of the fit data's foreground error used as the anomaly threshold.
+    """
+
+    steps: int = 600
+    minutes: float | None = None
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    adversarial: bool = False
+    adversarial_weight: float = 0.01
+    adversarial_start: int = 200
+    eval_every: int = 50
+    patience: int = 6
+    holdout_every: int = 8
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    anomaly_percentile: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if self.lr <= 0 or self.kl_weight < 0:
+            raise ValueError("lr must be > 0 and kl_weight >= 0")
+
+
+@dataclass
+class FitResult:
+    """What a fit returns: the best model and why the loop ended."""
+
+    model: VAEModel
+    reason: str
+    steps: int
+    seconds: float
+    best_val: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _kl(z_mu, z_sigma):
+    import torch
+
+    dims = list(range(1, z_mu.ndim))
+    kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1, dims)
+    return kl.mean()
+
+
+def _to_tensor(batch: np.ndarray, device, channels_last: bool):
+    import torch
+
+    t = torch.from_numpy(batch).to(device, non_blocking=True)
+    if channels_last and t.ndim == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def fit_iter(
+    volumes: Sequence[np.ndarray] | np.ndarray,
+    config: str | ModelConfig = DEFAULT_CONFIG,
+    options: FitOptions | None = None,
+    *,
+    modalities: Sequence[str | None] | None = None,
+    sources: Sequence[str] | None = None,
+    stop_event: threading.Event | None = None,
+    initial: VAEModel | None = None,
+) -> Generator[dict, None, FitResult]:
+    """Fit a VAE, yielding a metrics dict per step; returns a :class:`FitResult`.
+
+    Parameters
+    ----------
+    volumes : array or sequence of arrays
+        One or more 2D/3D arrays (z, y, x) in their own intensity units.
+    config : str or ModelConfig
+        Named configuration (see :data:`~napari_latentseg.models.config.CONFIGS`).
+    options : FitOptions, optional
+        Steps, time budget, device, seed...
+    modalities : sequence of str, optional
+        ``"CT"``/``"MR"`` per volume from the file headers (guessed when missing).
+    sources : sequence of str, optional
+        File names, recorded in the model's provenance.
+    stop_event : threading.Event, optional
+        Set it to end the fit at the next step; the best model so far is returned.
+    initial : VAEModel, optional
+        Continue from this model's weights (its configuration wins over ``config``).
+
+    Yields
+    ------
+    dict
+        ``step``, ``total``, ``loss``, ``recon``, ``kl``, ``step_time``, ``elapsed``, and
+        ``val`` / ``best_val`` on validation steps.
+    """
+    import torch
+
+    opts = options or FitOptions()
+    cfg = initial.config if initial is not None else get_config(config)
+    if isinstance(volumes, np.ndarray):
+        volumes = [volumes]
+    if not len(volumes):
+        raise ValueError("fit needs at least one volume")
+    modalities = list(modalities) if modalities is not None else [None] * len(volumes)
+    configure_threads()
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    t_start = time.perf_counter()
+
+    yield {"stage": "prepare", "step": 0, "total": opts.steps, "message": "normalising volumes"}
+    prepared: list[PreparedVolume] = []
+    for i, (vol, mod) in enumerate(zip(volumes, modalities, strict=True)):
+        arr = np.asarray(vol)
+        if cfg.spatial_dims == 3 and (arr.ndim < 3 or arr.shape[0] < 2):
+            raise ValueError(f"volume {i}: a 3D configuration needs a 3D volume, got {arr.shape}")
+        prepared.append(prepare_volume(arr, mod, holdout_every=opts.holdout_every, seed=opts.seed))
+    norm_dict = prepared[0].normalizer.to_dict()
+    sampler = CropSampler(prepared, cfg, seed=opts.seed)
+    val_batch = sampler.validation_batch(16 if cfg.spatial_dims == 2 else 4)
+
+    net = build_network(cfg) if initial is None else copy.deepcopy(initial.net)
+    channels_last = device.type == "cpu" and cfg.spatial_dims == 2
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    warmup = min(50, max(1, opts.steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup))
+    use_amp = opts.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    disc = d_optim = adv_loss = None
+    if opts.adversarial:
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        disc = PatchDiscriminator(
+            spatial_dims=cfg.spatial_dims, num_layers_d=3, channels=32, in_channels=1,
+            out_channels=1,
+        ).to(device)
+        d_optim = torch.optim.Adam(disc.parameters(), lr=opts.lr)
+        adv_loss = PatchAdversarialLoss(criterion="least_squares")
+
+    def centre_channel(x):
+        c = cfg.context_slices
+        return x[:, c : c + 1] if c else x
+
+    def validate() -> float:
+        net.eval()
+        with torch.inference_mode(), autocast(device, use_amp):
+            x = _to_tensor(val_batch, device, channels_last)
+            rec = net.reconstruct(x).float()
+            val = float((rec - centre_channel(x)).abs().mean())
+        net.train()
+        return val
+
+    best_val = float("inf")
+    best_state = None
+    bad_evals = 0
+    history: list[dict] = []
+    reason = "steps"
+    step = 0
+    net.train()
+    for step in range(1, opts.steps + 1):
+        if stop_event is not None and stop_event.is_set():
+            reason = "stopped"
+            step -= 1
+            break
+        t0 = time.perf_counter()
+        x = _to_tensor(sampler.sample(), device, channels_last)
+        target = centre_channel(x)
+        with autocast(device, use_amp):
+            rec, z_mu, z_sigma = net(x)
+            recon_loss = (rec.float() - target).abs().mean()
+            kl = _kl(z_mu.float(), z_sigma.float())
+            loss = recon_loss + opts.kl_weight * kl
+            g_adv = None
+            if disc is not None and step >= opts.adversarial_start:
+                g_adv = adv_loss(disc(rec.float())[-1], target_is_real=True, for_discriminator=False)
+                loss = loss + opts.adversarial_weight * g_adv
+        optim.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+        sched.step()
+        d_loss_val = None
+        if disc is not None and step >= opts.adversarial_start:
+            with autocast(device, use_amp):
+                fake = disc(rec.detach().float())[-1]
+                real = disc(target)[-1]
+                d_loss = 0.5 * (
+                    adv_loss(fake, target_is_real=False, for_discriminator=True)
+                    + adv_loss(real, target_is_real=True, for_discriminator=True)
+                )
+            d_optim.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_optim.step()
+            d_loss_val = float(d_loss.detach())
+        if not torch.isfinite(loss):
+            reason = "diverged"
+            break
+        metrics = {
+            "stage": "fit",
+            "step": step,
+            "total": opts.steps,
+            "loss": float(loss.detach()),
+            "recon": float(recon_loss.detach()),
+            "kl": float(kl.detach()),
+            "lr": float(sched.get_last_lr()[0]),
+            "step_time": time.perf_counter() - t0,
+            "elapsed": time.perf_counter() - t_start,
+        }
+        if g_adv is not None:
+            metrics["adv_g"] = float(g_adv.detach())
+            metrics["adv_d"] = d_loss_val
+        last = step == opts.steps
+        out_of_time = opts.minutes is not None and metrics["elapsed"] >= 60 * opts.minutes
+        if step % opts.eval_every == 0 or last or out_of_time:
+            val = validate()
+            metrics["val"] = val
+            if val < best_val - 1e-5:
+                best_val, bad_evals = val, 0
+                best_state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
+            else:
+                bad_evals += 1
+            metrics["best_val"] = best_val
+        history.append(metrics)
+        yield metrics
+        if out_of_time:
+            reason = "time"
+            break
+        if opts.patience and bad_evals >= opts.patience:
+            reason = "early-stopping"
+            break
+
+    if best_state is None or (step > 0 and history and "val" not in history[-1]):
+        # Validate the last weights too, so a stop between validations keeps the better one.
+        if step > 0:
+            val = validate()
+            if val < best_val:
+                best_val = val
+                best_state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net = net.to(memory_format=torch.contiguous_format).eval()
+
+    yield {"stage": "calibrate", "step": step, "total": opts.steps,
+           "message": "learning the anomaly threshold"}
+    model = VAEModel(
+        net=net,
+        config=cfg,
+        normalization=norm_dict,
+        history=_thin(history),
+        info={
+            "fitted_on": list(sources) if sources else [],
+            "steps": step,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "stop_reason": reason,
+            "best_val_l1": best_val,
+            "device": str(device),
+            "seed": opts.seed,
+            "options": {k: v for k, v in vars(opts).items()},
+            "modalities": [p.modality for p in prepared],
+            "parent": initial.source_path if initial is not None else None,
+        },
+    )
+    model.anomaly = calibrate_anomaly(model, prepared, opts.anomaly_percentile)
+    elapsed = time.perf_counter() - t_start
+    model.info["seconds"] = round(elapsed, 2)
+    return FitResult(model, reason, step, elapsed, best_val, history)
+
+
+def calibrate_anomaly(
+    model: VAEModel, prepared: list[PreparedVolume], percentile: float = 99.5,
+    max_slices: int = 48,
+) -> dict:
+    """Anomaly threshold: a high percentile of the smoothed error on the fit data's foreground."""
+    from .infer import reconstruct_normalised, smooth_error
+
+    errs = []
+    for v in prepared:
+        n = v.data.shape[0]
+        idx = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
+        if model.config.spatial_dims == 3:
+            idx = np.arange(n)  # 3D patches need the whole stack
+        sub = v.data[idx]
+        if model.config.context_slices:  # neighbours must come from the whole stack
+            rec = reconstruct_normalised(model, v.data)[idx]
+        else:
+            rec = reconstruct_normalised(model, sub)
+        err = smooth_error(np.abs(sub - rec), model.config)
+        fg = v.mask[idx]
+        if fg.any():
+            errs.append(err[fg])
+    vals = np.concatenate(errs) if errs else np.array([1.0])
+    return {
+        "threshold": float(np.percentile(vals, percentile)),
+        "percentile": float(percentile),
+        "error_mean": float(vals.mean()),
+        "error_std": float(vals.std()),
+        "smoothing_sigma": 1.0,
+        "min_size_voxels": 10,
+    }
+
+
+def _thin(history: list[dict], limit: int = 2000) -> list[dict]:
+    """Keep at most ``limit`` entries (every validation step is kept)."""
+    if len(history) <= limit:
+        return history
+    stride = int(np.ceil(len(history) / limit))
+    return [h for i, h in enumerate(history) if i % stride == 0 or "val" in h]
+
+
+def fit(
+    volumes: Sequence[np.ndarray] | np.ndarray,
+    config: str | ModelConfig = DEFAULT_CONFIG,
+    options: FitOptions | None = None,
+    *,
+    progress: Callable[[dict], None] | None = None,
+    stop_event: threading.Event | None = None,
+    **kwargs,
+) -> FitResult:
+    """Blocking version of :func:`fit_iter` with an optional ``progress`` callback."""
+    return drive(fit_iter(volumes, config, options, stop_event=stop_event, **kwargs), progress)

@@ -1,0 +1,22 @@
+"""Reading and writing medical volumes (NIfTI, NRRD, MetaImage, DICOM) with their geometry.
+
+See :mod:`napari_latentseg.io._volume` for the axis and world-frame conventions.
+Importing this package does not import napari, Qt or torch.
+"""
+
+from __future__ import annotations
+
+from ._dicom import list_dicom_series
+from ._read import is_supported_path, read_volume
+from ._volume import Volume, VolumeIOError, geometry_from_dict
+from ._write import save_volume
+
+__all__ = [
+    "Volume",
+    "VolumeIOError",
+    "geometry_from_dict",
+    "is_supported_path",
+    "list_dicom_series",
+    "read_volume",
+    "save_volume",
+]
