@@ -1,0 +1,34 @@
+"""Shared fixtures: small generated data and a tiny fitted model (no files from outside)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Qt without a display unless a test asks for Xvfb (pytest-xvfb sets DISPLAY when it runs).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A (12, 40, 40) phantom: fast enough for every test."""
+    from napari_latentseg.data.phantom import make_phantom
+
+    return make_phantom((12, 40, 40), spacing=(4.0, 4.0, 4.0), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(small_phantom):
+    """A tiny 2D VAE fitted for a few steps on the small phantom."""
+    from napari_latentseg.engine.train import FitOptions, fit
+
+    result = fit(small_phantom.image, "tiny", FitOptions(steps=40, eval_every=10, seed=0),
+                 modalities=["MR"], sources=["phantom"])
+    return result.model
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,113 @@
+"""The `latentseg` command line: outputs in the input's geometry, clear errors, no overwrite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_latentseg.cli import main
+from napari_latentseg.io import read_volume, save_volume
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory, small_phantom) -> Path:
+    """The small phantom as NIfTI with a non-trivial geometry (flipped y, offset origin)."""
+    folder = tmp_path_factory.mktemp("scan")
+    direction = np.diag([1.0, -1.0, 1.0])
+    return save_volume(folder / "head.nii.gz", small_phantom.image, spacing=(4.0, 2.0, 1.5),
+                       origin=(-20.0, 30.0, -12.5), direction=direction)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, scan) -> Path:
+    out = tmp_path_factory.mktemp("model") / "vae.pt"
+    assert main(["fit", str(scan), "-o", str(out), "--config", "tiny", "--steps", "6",
+                 "--quiet"]) == 0
+    return out
+
+
+def _same_geometry(a, b) -> None:
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=1e-5)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-4)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
+
+
+def test_fit_writes_a_model_and_never_overwrites(model_file, scan, capsys):
+    assert model_file.is_file()
+    before = model_file.read_bytes()
+    assert main(["fit", str(scan), "-o", str(model_file), "--config", "tiny", "--steps", "2",
+                 "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "never overwritten" in err
+    assert model_file.read_bytes() == before
+    assert model_file.with_name("vae-v2.pt").is_file()
+
+
+def test_reconstruct_outputs_keep_the_input_geometry(model_file, scan, tmp_path):
+    out, err, anom = tmp_path / "rec.nii.gz", tmp_path / "err.nrrd", tmp_path / "anom.nii.gz"
+    code = main(["reconstruct", str(scan), "-m", str(model_file), "-o", str(out),
+                 "--error", str(err), "--anomalies", str(anom), "-q"])
+    assert code == 0
+    src = read_volume(scan)
+    for p in (out, err, anom):
+        _same_geometry(read_volume(p), src)
+    assert np.issubdtype(read_volume(anom).data.dtype, np.integer)
+
+
+def test_existing_outputs_are_refused_before_any_work(model_file, scan, tmp_path, capsys):
+    out = tmp_path / "rec.nii.gz"
+    out.write_bytes(b"precious")
+    code = main(["reconstruct", str(scan), "-m", str(model_file), "-o", str(out), "-q"])
+    assert code == 2
+    assert out.read_bytes() == b"precious"
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "{missing}", "-o", "{tmp}/m.pt"], "no such file"),
+        (["fit", "{junk}", "-o", "{tmp}/m.pt"], "{junk_name}"),
+        (["fit", "{scan}", "-o", "{tmp}/m.pt", "--config", "nope"], "unknown configuration"),
+        (["reconstruct", "{scan}", "-m", "{junk}", "-o", "{tmp}/r.nii.gz"], "model file"),
+        (["reconstruct", "{scan}", "-m", "{model}", "-o", "{tmp}/r.nii.gz", "--device", "cuda"],
+         "cuda"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, scan, model_file, tmp_path,
+                                                   capsys):
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"\x1f\x8b not really gzip")
+    if message == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA, so --device cuda is valid")
+    fmt = {"missing": tmp_path / "nope.nii.gz", "tmp": tmp_path, "junk": junk, "scan": scan,
+           "model": model_file, "junk_name": junk.name}
+    code = main([a.format(**fmt) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.count("\n") == 0, err
+    assert "Traceback" not in err
+    assert message.format(**fmt).lower() in err.lower()
+
+
+def test_entry_point_is_installed():
+    exe = Path(sys.executable).with_name("latentseg")
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    for cmd in ("fit", "reconstruct"):
+        assert cmd in res.stdout
+
+
+def test_info_lists_configurations(capsys, model_file):
+    assert main(["info"]) == 0
+    assert "cpu-2d" in capsys.readouterr().out
+    assert main(["info", str(model_file)]) == 0
+    assert "tiny" in capsys.readouterr().out
