@@ -172,6 +172,35 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    stop = threading.Event()
+    progress = _Progress(args.quiet)
+
+    def report(ev: dict) -> None:
+        try:
+            progress(ev)
+        except KeyboardInterrupt:
+            stop.set()
+            print("\nstopping at the next step...", file=sys.stderr)
+
+    try:
+        metrics = run_demo(args.output, input_path=args.input, annotations=args.annotations,
+                           config=args.config, steps=args.steps, device=args.device,
+                           seed=args.seed, overwrite=args.overwrite, progress=report,
+                           stop_event=stop)
+    finally:
+        progress.close()
+    rec = metrics["reconstruction"]
+    print(f"demo results in {args.output}: PSNR {rec['psnr_db']} dB, "
+          f"{rec['anomaly_candidates']} anomaly candidates, on {metrics['device']}; "
+          f"times {metrics['times_s']}")
+    for name in metrics["outputs"]:
+        print(f"  {Path(args.output) / name}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_model
     from .models.config import CONFIGS
@@ -239,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     common(r)
     r.set_defaults(func=cmd_reconstruct)
+
+    d = sub.add_parser("demo", help="the whole job on the embedded phantom (or --input SCAN)")
+    d.add_argument("--output", "-o", default="demo_output", help="output folder")
+    d.add_argument("--input", metavar="SCAN", help="use this scan instead of the phantom")
+    d.add_argument("--annotations", metavar="ANN", help="sparse annotations for --input")
+    d.add_argument("--config", default="cpu-2d")
+    d.add_argument("--steps", type=int, default=400, help="fit steps (default 400)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace earlier demo results")
+    common(d)
+    d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("info", help="describe a model file, or list the configurations")
     i.add_argument("model", nargs="?", metavar="MODEL")

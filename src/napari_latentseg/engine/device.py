@@ -37,7 +37,9 @@ def resolve_device(device: str | None = "auto"):
         return torch.device(available_devices()[0])
     base = name.split(":")[0]
     if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+        raise ValueError(
+            "device 'cuda' was requested but no CUDA GPU is available; use --device cpu"
+        )
     if base == "mps" and "mps" not in available_devices():
         raise ValueError("device 'mps' was requested but Apple MPS is not available")
     if base not in ("cpu", "cuda", "mps"):

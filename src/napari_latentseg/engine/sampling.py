@@ -152,7 +152,8 @@ class CropSampler:
             y0, y1 = _crop_bounds(int(centre[1]), ph, data.shape[1])
             x0, x1 = _crop_bounds(int(centre[2]), pw, data.shape[2])
             c = cfg.context_slices
-            zs = np.clip(np.arange(int(centre[0]) - c, int(centre[0]) + c + 1), 0, data.shape[0] - 1)
+            z = int(centre[0])
+            zs = np.clip(np.arange(z - c, z + c + 1), 0, data.shape[0] - 1)
             crop = data[zs, y0:y1, x0:x1]
             return _pad_to(crop, (ph, pw), fill)
         pd, ph, pw = cfg.patch_size

@@ -234,7 +234,9 @@ def fit_iter(
             loss = recon_loss + opts.kl_weight * kl
             g_adv = None
             if disc is not None and step >= opts.adversarial_start:
-                g_adv = adv_loss(disc(rec.float())[-1], target_is_real=True, for_discriminator=False)
+                g_adv = adv_loss(
+                    disc(rec.float())[-1], target_is_real=True, for_discriminator=False
+                )
                 loss = loss + opts.adversarial_weight * g_adv
         optim.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
