@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
+DEFAULT_FINETUNE_STEPS = 60
 EXIT_INTERRUPTED = 130
 
 
@@ -172,6 +173,89 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_grid(image, other, what: str) -> None:
+    """Refuse annotations that are not on the image's grid (shape and geometry)."""
+    import numpy as np
+
+    if other.data.shape != image.data.shape:
+        raise CLIError(f"{what} have shape {other.data.shape} but the image has "
+                       f"{image.data.shape}; they must be on the image's grid")
+    for name in ("spacing", "origin"):
+        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(other, name))
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-2):
+            raise CLIError(f"{what} have {name} {b.round(3).tolist()} but the image has "
+                           f"{a.round(3).tolist()}; they must be on the image's grid")
+    if not np.allclose(image.direction, other.direction, atol=1e-3):
+        raise CLIError(f"{what} have another direction than the image; they must be on the "
+                       "image's grid")
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .engine.segment import cluster_iter
+    from .models.checkpoint import load_model
+
+    _check_outputs([args.output], args.overwrite)
+    vol = _read(args.image)
+    model = load_model(args.model, device=args.device)
+    stop = threading.Event()
+    progress = _Progress(args.quiet)
+    try:
+        res = _drive_interruptible(
+            cluster_iter(model, vol.data, args.k, method=args.method, seed=args.seed,
+                         modality=vol.metadata.get("modality"), stop_event=stop),
+            progress, stop)
+    finally:
+        progress.close()
+    print(f"wrote {_save(args.output, res.labels, vol, 'labels', args.overwrite)} "
+          f"({res.k} clusters by {res.method}, ids ordered by mean intensity, "
+          f"{res.seconds:.1f} s)")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .engine.segment import segment_iter
+    from .models.checkpoint import load_model, next_version_path, save_model
+
+    _check_outputs([args.output, args.uncertainty], args.overwrite)
+    if args.save_model and Path(args.save_model).exists():
+        raise CLIError(f"{args.save_model} already exists; models are never overwritten")
+    vol = _read(args.image)
+    ann = _read(args.annotations)
+    _same_grid(vol, ann, "annotations")
+    model = load_model(args.model, device=args.device)
+    stop = threading.Event()
+    progress = _Progress(args.quiet)
+    try:
+        res = _drive_interruptible(
+            segment_iter(model, vol.data, ann.data, modality=vol.metadata.get("modality"),
+                         finetune_steps=args.finetune_steps, seed=args.seed, stop_event=stop),
+            progress, stop)
+    finally:
+        progress.close()
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {_save(args.output, res.labels, vol, 'labels', args.overwrite)} "
+          f"(classes {res.classes}, {res.seconds:.1f} s)")
+    if args.uncertainty:
+        print(f"wrote {_save(args.uncertainty, res.uncertainty, vol, 'image', args.overwrite)}")
+    # The head (and a fine-tuned encoder) is a new model: never the file we started from.
+    if args.save_model or args.finetune_steps > 0:
+        target = Path(args.save_model) if args.save_model else next_version_path(args.model)
+        print(f"saved {save_model(res.model, target)} (round {res.model.head['rounds']}; "
+              "start the next round from it)")
+    if args.suggest:
+        sgt = res.suggestion
+        if sgt["index"] is None:
+            print("suggestion: every slice already holds annotations")
+        else:
+            print(f"suggestion: annotate slice {sgt['index']} along axis {sgt['axis']} "
+                  f"(mean foreground uncertainty {sgt['score']:.3f})")
+            for p in sgt["per_axis"]:
+                if p["index"] is not None:
+                    print(f"  axis {p['axis']}: slice {p['index']} ({p['score']:.3f})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -268,6 +352,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     common(r)
     r.set_defaults(func=cmd_reconstruct)
+
+    c = sub.add_parser("cluster", help="unsupervised clusters of the VAE features")
+    c.add_argument("image", metavar="IMAGE")
+    c.add_argument("-m", "--model", required=True, metavar="MODEL")
+    c.add_argument("-k", type=int, default=4, help="number of clusters (default 4)")
+    c.add_argument("-o", "--output", required=True, metavar="LABELS")
+    c.add_argument("--method", choices=["kmeans", "gmm"], default="kmeans")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    common(c)
+    c.set_defaults(func=cmd_cluster)
+
+    s = sub.add_parser("segment", help="few-shot segmentation from sparse annotations")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("-m", "--model", required=True, metavar="MODEL")
+    s.add_argument("-a", "--annotations", required=True, metavar="ANNOTATIONS",
+                   help="label volume on the image grid: 0 = not annotated, 1..N = classes")
+    s.add_argument("-o", "--output", required=True, metavar="LABELS")
+    s.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
+                   help=f"fine-tuning steps of head + encoder (default "
+                        f"{DEFAULT_FINETUNE_STEPS}; 0 = few-shot head only)")
+    s.add_argument("--save-model", metavar="MODEL2",
+                   help="where to save the model with its head (default: next free version "
+                        "of MODEL, e.g. model-v2.pt)")
+    s.add_argument("--uncertainty", metavar="MAP", help="per-voxel uncertainty (entropy) map")
+    s.add_argument("--suggest", action="store_true", help="print the next slice to annotate")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    common(s)
+    s.set_defaults(func=cmd_segment)
 
     d = sub.add_parser("demo", help="the whole job on the embedded phantom (or --input SCAN)")
     d.add_argument("--output", "-o", default="demo_output", help="output folder")

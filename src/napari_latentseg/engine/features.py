@@ -1,0 +1,156 @@
+"""Per-voxel features from a fitted VAE: the encoder's hypercolumn.
+
+For every voxel: the output of each encoder level (the last block before each downsampling and
+the encoder's final block) and the latent mean, upsampled to voxel resolution, plus a few cheap
+intensity features (the normalised intensity, Gaussian-smoothed at 1, 2 and 4 voxels, and the
+gradient magnitude). :class:`Hypercolumn` is a torch module so the same code serves frozen
+features (few-shot) and fine-tuning (gradients flow into the encoder).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Hypercolumn", "SegmentationHead", "Segmenter"]
+
+_SIGMAS = (1.0, 2.0, 4.0)
+
+
+def _gauss_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class Hypercolumn(nn.Module):
+    """Hypercolumn features of a MONAI AutoencoderKL encoder.
+
+    Parameters
+    ----------
+    vae : monai.networks.nets.AutoencoderKL
+        The fitted network (its encoder is shared, not copied).
+    context_slices : int
+        2.5D models: index of the centre channel in the input.
+    intensity : bool
+        Append the cheap intensity features.
+    """
+
+    def __init__(self, vae: nn.Module, context_slices: int = 0, intensity: bool = True) -> None:
+        super().__init__()
+        self.vae = vae
+        self.centre = context_slices
+        self.intensity = intensity
+        self.spatial_dims = vae.encoder.spatial_dims
+        from monai.networks.nets.autoencoderkl import AEKLDownsample
+
+        blocks = list(vae.encoder.blocks)
+        # A level's features are the output of the block just before its downsampling; the
+        # last level's are the output of the block before the final GroupNorm + conv.
+        self.taps = [i - 1 for i, b in enumerate(blocks) if isinstance(b, AEKLDownsample)]
+        self.taps.append(len(blocks) - 3)
+        self.tap_channels = [int(c) for c in vae.encoder.channels]
+        self.latent_channels = vae.quant_conv_mu.conv.out_channels
+        for s in _SIGMAS:
+            self.register_buffer(f"gauss_{s:g}", _gauss_kernel(s), persistent=False)
+
+    @property
+    def n_features(self) -> int:
+        """Channels of the hypercolumn."""
+        n = sum(self.tap_channels) + self.latent_channels
+        return n + (2 + len(_SIGMAS) if self.intensity else 0)
+
+    def _blur(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        k = getattr(self, f"gauss_{sigma:g}").to(x.dtype)
+        r = (k.numel() - 1) // 2
+        y = x
+        dims = x.ndim - 2
+        for d in range(dims):
+            shape = [1, 1] + [1] * dims
+            shape[2 + d] = k.numel()
+            pad = [0, 0] * dims
+            pad[2 * (dims - 1 - d)] = r
+            pad[2 * (dims - 1 - d) + 1] = r
+            y = F.pad(y, pad, mode="replicate")
+            conv = F.conv2d if dims == 2 else F.conv3d
+            y = conv(y, k.view(shape))
+        return y
+
+    def _intensity(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c = x[:, self.centre : self.centre + 1]
+        out = [c] + [self._blur(c, s) for s in _SIGMAS]
+        g = self._blur(c, 1.0)
+        grads = torch.gradient(g, dim=list(range(2, g.ndim)))
+        out.append(torch.sqrt(sum(gr**2 for gr in grads) + 1e-12))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, *spatial) normalised input -> (B, n_features, *spatial)."""
+        size = x.shape[2:]
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        feats = []
+        h = x
+        taps = set(self.taps)
+        blocks = self.vae.encoder.blocks
+        for i, block in enumerate(blocks):
+            h = block(h)
+            if i in taps:
+                feats.append(h)
+        mu = self.vae.quant_conv_mu(h)
+        feats.append(mu)
+        up = [f if f.shape[2:] == size else F.interpolate(f, size=size, mode=mode,
+                                                           align_corners=False) for f in feats]
+        if self.intensity:
+            up += self._intensity(x)
+        return torch.cat(up, dim=1)
+
+
+class SegmentationHead(nn.Module):
+    """Per-voxel MLP (1x1 convolutions) on standardised hypercolumn features."""
+
+    def __init__(self, n_features: int, n_classes: int, hidden: int = 64,
+                 spatial_dims: int = 2) -> None:
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.net = nn.Sequential(
+            conv(n_features, hidden, 1), nn.ReLU(inplace=True),
+            conv(hidden, hidden, 1), nn.ReLU(inplace=True),
+            conv(hidden, n_classes, 1),
+        )
+        self.spatial_dims = spatial_dims
+
+    def standardise(self, f: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (f.ndim - 2)
+        return (f - self.mean.view(shape)) / self.std.view(shape)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(self.standardise(f))
+
+    def forward_flat(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, n_features) -> (N, n_classes) logits, for sampled voxels."""
+        f = (f - self.mean) / self.std
+        x = f
+        for layer in self.net:
+            if isinstance(layer, nn.Conv2d | nn.Conv3d):
+                x = F.linear(x, layer.weight.flatten(1), layer.bias)
+            else:
+                x = layer(x)
+        return x
+
+
+class Segmenter(nn.Module):
+    """Hypercolumn + head: (B, C_in, *spatial) -> (B, n_classes, *spatial) logits."""
+
+    def __init__(self, features: Hypercolumn, head: SegmentationHead) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,674 @@
+"""Segmentation in the VAE's feature space: clusters, few-shot, fine-tuning, what to annotate.
+
+Annotations are a label volume on the image grid: 0 = not annotated, 1..N = classes (the
+background is a class painted like any other). Output label ids are the annotation's ids, and
+annotated voxels keep the user's label in the output.
+
+- :func:`cluster_iter`: k-means or a Gaussian mixture on hypercolumn features -> labels ordered
+  by mean intensity (ids stable across re-runs, so colours do not shuffle).
+- :func:`segment_iter`: a per-voxel MLP head on the features of the annotated voxels (few-shot),
+  optionally fine-tuned together with the encoder on the annotated slices (loss on annotated
+  voxels only). Returns labels, per-class probabilities, an uncertainty (normalised entropy)
+  map, a new model holding the head, and the next slice to annotate.
+
+Behaviour for unusual annotations: annotations of another shape raise ``ValueError``; no
+annotated voxel or a single class raises ``ValueError`` (a classifier needs two classes); if the
+annotations hold classes the model's head does not know (or lack some it knows), a new head is
+trained for exactly the annotated classes (the encoder, fine-tuned or not, is kept) and the
+result's ``notes`` say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..models.checkpoint import VAEModel
+from .common import check_stop, drive
+from .device import configure_threads
+from .infer import _context_block, _slice_batches, normalizer_for
+
+__all__ = [
+    "FeatureCache",
+    "ClusterResult",
+    "SegmentationResult",
+    "cluster_iter",
+    "cluster",
+    "segment_iter",
+    "segment",
+    "suggest_slices",
+    "validate_annotations",
+]
+
+_BATCH_VOXELS = 1 << 19  # hypercolumns are ~120 channels: smaller batches than inference
+
+
+# --------------------------------------------------------------------------- caching
+def _fingerprint_array(a: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
+def _fingerprint_model(model: VAEModel) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for k, v in model.net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    h.update(repr(sorted(model.normalization.items())).encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Hypercolumn features kept per (image, model) so the next round does not recompute them.
+
+    Features are stored as float16 while their size stays under ``max_bytes``; larger volumes
+    are recomputed tile by tile each time (bounded memory wins over speed).
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._store: dict[tuple[str, str], np.ndarray] = {}
+        self.hits = 0
+
+    def key(self, model: VAEModel, volume: np.ndarray) -> tuple[str, str]:
+        return (_fingerprint_model(model), _fingerprint_array(volume))
+
+    def get(self, key) -> np.ndarray | None:
+        out = self._store.get(key)
+        if out is not None:
+            self.hits += 1
+        return out
+
+    def put(self, key, feats: np.ndarray) -> None:
+        # One entry per image: a new model for the same image replaces the old features.
+        for k in [k for k in self._store if k[1] == key[1]]:
+            del self._store[k]
+        if feats.nbytes <= self.max_bytes:
+            self._store[key] = feats
+
+    def fits(self, n_features: int, shape: tuple[int, ...]) -> bool:
+        return 2 * n_features * int(np.prod(shape)) <= self.max_bytes
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+# --------------------------------------------------------------------------- features
+class _FeatureRunner:
+    """Computes hypercolumn features for batches of axial slices (2D) or slabs (3D)."""
+
+    def __init__(self, model: VAEModel, volume: np.ndarray, modality: str | None,
+                 cache: FeatureCache | None) -> None:
+        import torch
+
+        from .features import Hypercolumn
+
+        configure_threads()
+        self.torch = torch
+        self.model = model
+        self.cfg = model.config
+        self.volume = volume
+        self.norm, self.mask = normalizer_for(model, volume, modality)
+        self.hyper = Hypercolumn(model.net, model.config.context_slices).to(model.device).eval()
+        self.n_features = self.hyper.n_features
+        self.device = model.device
+        self.cache = cache
+        self.key = cache.key(model, volume) if cache is not None else None
+        self.cached = cache.get(self.key) if cache is not None else None
+        per = max(1, _BATCH_VOXELS // int(np.prod(volume.shape[1:])))
+        self.batches = _slice_batches(volume.shape[0], per)
+
+    def _pad(self, x):
+        import torch.nn.functional as F
+
+        f = self.cfg.downsampling
+        spatial = x.shape[2:]
+        pads = []
+        for s in reversed(spatial):
+            pads += [0, (-s) % f]
+        return (F.pad(x, pads, mode="replicate") if any(pads) else x), spatial
+
+    def input_block(self, zs: np.ndarray) -> np.ndarray:
+        if self.cfg.spatial_dims == 2:
+            return _context_block(self.norm, self.volume, zs, self.cfg.context_slices)
+        return self.norm(self.volume)[None, None]
+
+    def compute(self, zs: np.ndarray):
+        """Features (B, F, H, W) as a torch tensor on the model's device (no grad)."""
+        torch = self.torch
+        if self.cached is not None:
+            f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
+            return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
+        x = torch.from_numpy(self.input_block(zs)).to(self.device)
+        x, spatial = self._pad(x)
+        with torch.inference_mode():
+            f = self.hyper(x)
+        return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+    def iter_batches(self, stop_event, what: str):
+        """Yield (zs, features) over the whole volume, filling the cache when it fits."""
+        if self.cfg.spatial_dims == 3:
+            check_stop(stop_event, what)
+            feats = self.compute(np.arange(self.volume.shape[0]))
+            if self.cache is not None and self.cached is None:
+                self.cached = feats.half().cpu().numpy()
+                self.cache.put(self.key, self.cached)
+            yield np.arange(self.volume.shape[0]), feats
+            return
+        store = None
+        if self.cache is not None and self.cached is None and self.cache.fits(
+                self.n_features, self.volume.shape):
+            store = np.empty((self.volume.shape[0], self.n_features) + self.volume.shape[1:],
+                             dtype=np.float16)
+        for zs in self.batches:
+            check_stop(stop_event, what)
+            feats = self.compute(zs)
+            if store is not None:
+                store[zs[0] : zs[-1] + 1] = feats.half().cpu().numpy()
+            yield zs, feats
+        if store is not None:
+            self.cached = store
+            self.cache.put(self.key, store)
+
+
+def _to_classes(feats, spatial_dims: int):
+    """(B, F, *spatial) -> (B * voxels, F) rows in C order of (B, *spatial)."""
+    perm = (0, 2, 3, 1) if spatial_dims == 2 else (0, 2, 3, 4, 1)
+    return feats.permute(*perm).reshape(-1, feats.shape[1])
+
+
+# --------------------------------------------------------------------------- validation
+def validate_annotations(annotations: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Check an annotation volume; returns the sorted class ids.
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, non-integer or negative values, no annotated voxel, a single class.
+    """
+    ann = np.asarray(annotations)
+    if ann.shape != tuple(shape):
+        raise ValueError(
+            f"annotations have shape {ann.shape} but the image has shape {tuple(shape)}; "
+            "paint them on the image's grid")
+    if not np.issubdtype(ann.dtype, np.integer):
+        if not np.all(np.mod(ann, 1) == 0):
+            raise ValueError("annotations must be integer labels (0 = not annotated)")
+    if ann.min() < 0:
+        raise ValueError("annotations must be >= 0 (0 = not annotated, 1..N = classes)")
+    classes = np.unique(ann)
+    classes = classes[classes > 0]
+    if classes.size == 0:
+        raise ValueError("no annotated voxel: paint at least two classes (background is a "
+                         "class too) on a few slices")
+    if classes.size == 1:
+        raise ValueError(
+            f"only class {int(classes[0])} is annotated: paint at least one other class "
+            "(e.g. the background) so the classifier can tell them apart")
+    return classes.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class ClusterResult:
+    """Unsupervised clusters: ``labels`` 1..k ordered by mean intensity."""
+
+    labels: np.ndarray
+    k: int
+    method: str
+    cluster_intensity: list[float]
+    seconds: float
+    cache_hit: bool = False
+
+
+@dataclass
+class SegmentationResult:
+    """Few-shot / fine-tuned segmentation outputs on the input grid."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray  # (n_classes, *shape) float32, classes in ``classes`` order
+    uncertainty: np.ndarray  # normalised entropy in [0, 1], float32
+    classes: list[int]
+    model: VAEModel  # a new model object holding the head (the input model is untouched)
+    suggestion: dict
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    cache_hit: bool = False
+
+
+# --------------------------------------------------------------------------- clustering
+def cluster_iter(
+    model: VAEModel,
+    volume: np.ndarray,
+    k: int = 4,
+    *,
+    method: str = "kmeans",
+    modality: str | None = None,
+    seed: int = 0,
+    max_samples: int = 60_000,
+    cache: FeatureCache | None = None,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, ClusterResult]:
+    """Cluster the voxels' features into ``k`` groups; yields progress, returns the labels."""
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    if not 2 <= int(k) <= 64:
+        raise ValueError(f"k must be between 2 and 64, got {k}")
+    if method not in ("kmeans", "gmm"):
+        raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")
+    t0 = time.perf_counter()
+    vol = np.asarray(volume)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol = vol[None]
+    run = _FeatureRunner(model, vol, modality, cache)
+    hit = run.cached is not None
+    rng = np.random.default_rng(seed)
+    n_vox = vol.size
+    take = min(1.0, max_samples / n_vox)
+    # Sampling pass: a subset of slices is enough when nothing is cached.
+    batches = run.batches
+    if not hit and model.config.spatial_dims == 2 and len(batches) > 8:
+        batches = [batches[i] for i in np.linspace(0, len(batches) - 1, 8).round().astype(int)]
+        take = min(1.0, max_samples / sum(len(b) * np.prod(vol.shape[1:]) for b in batches))
+    rows = []
+    intensity_col = run.n_features - 5  # the normalised intensity channel
+    if model.config.spatial_dims == 3:
+        batches = [np.arange(vol.shape[0])]
+    for i, zs in enumerate(batches):
+        check_stop(stop_event, "clustering")
+        f = _to_classes(run.compute(zs), model.config.spatial_dims).cpu().numpy()
+        sel = rng.random(len(f)) < take
+        rows.append(f[sel])
+        yield {"stage": "cluster: features", "done": i + 1, "total": len(batches)}
+    x = np.concatenate(rows).astype(np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mean) / std
+    n_comp = min(16, xs.shape[1], len(xs))
+    pca = PCA(n_components=n_comp, random_state=seed).fit(xs)
+    z = pca.transform(xs)
+    yield {"stage": "cluster: fitting", "done": 0, "total": 1}
+    if method == "kmeans":
+        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
+        assign = km.labels_
+    else:
+        gm = GaussianMixture(k, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(z)
+        assign = gm.predict(z)
+    # Stable ids: order clusters by the mean normalised intensity of their members.
+    inten = np.array([x[assign == c, intensity_col].mean() if np.any(assign == c) else np.inf
+                      for c in range(k)])
+    order = np.argsort(inten, kind="stable")
+    remap = np.empty(k, dtype=np.int64)
+    remap[order] = np.arange(1, k + 1)
+
+    dev = model.device
+    t_mean = torch.from_numpy(mean).to(dev)
+    t_std = torch.from_numpy(std).to(dev)
+    t_comp = torch.from_numpy(pca.components_.astype(np.float32)).to(dev)
+    t_pmean = torch.from_numpy(pca.mean_.astype(np.float32)).to(dev)
+    t_remap = torch.from_numpy(remap).to(dev)
+    if method == "kmeans":
+        t_cent = torch.from_numpy(km.cluster_centers_.astype(np.float32)).to(dev)
+    else:
+        t_mu = torch.from_numpy(gm.means_.astype(np.float32)).to(dev)
+        t_var = torch.from_numpy(gm.covariances_.astype(np.float32)).to(dev)
+        t_logw = torch.from_numpy(np.log(gm.weights_ + 1e-12).astype(np.float32)).to(dev)
+    labels = np.zeros(vol.shape, dtype=np.uint8 if k < 256 else np.uint16)
+    total = len(run.batches) if model.config.spatial_dims == 2 else 1
+    for i, (zs, feats) in enumerate(run.iter_batches(stop_event, "clustering")):
+        f = _to_classes(feats, model.config.spatial_dims)
+        zf = ((f - t_mean) / t_std - t_pmean) @ t_comp.T
+        if method == "kmeans":
+            lab = torch.cdist(zf, t_cent).argmin(1)
+        else:
+            ll = -0.5 * (((zf[:, None, :] - t_mu[None]) ** 2) / t_var[None]).sum(-1)
+            ll = ll - 0.5 * torch.log(t_var).sum(-1)[None] + t_logw[None]
+            lab = ll.argmax(1)
+        out = t_remap[lab].cpu().numpy().reshape((len(zs),) + vol.shape[1:]) \
+            if model.config.spatial_dims == 2 else t_remap[lab].cpu().numpy().reshape(vol.shape)
+        labels[zs[0] : zs[-1] + 1] = out
+        yield {"stage": "cluster: labelling", "done": i + 1, "total": total}
+    if squeeze:
+        labels = labels[0]
+    return ClusterResult(labels, int(k), method, [float(v) for v in inten[order]],
+                         time.perf_counter() - t0, hit)
+
+
+def cluster(model: VAEModel, volume: np.ndarray, k: int = 4, *,
+            progress: Callable | None = None, **kwargs) -> ClusterResult:
+    """Blocking version of :func:`cluster_iter`."""
+    return drive(cluster_iter(model, volume, k, **kwargs), progress)
+
+
+# --------------------------------------------------------------------------- suggestion
+def suggest_slices(uncertainty: np.ndarray, annotations: np.ndarray,
+                   mask: np.ndarray | None = None) -> dict:
+    """The unannotated slice with the highest mean foreground uncertainty, per axis.
+
+    Returns
+    -------
+    dict
+        ``{"axis": a, "index": i, "score": s, "per_axis": [{"axis", "index", "score"}, ...]}``
+        for the best slice overall; ``index`` is None when every slice is annotated.
+    """
+    unc = np.asarray(uncertainty, dtype=np.float32)
+    fg = np.ones(unc.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    ann = np.asarray(annotations) > 0
+    per_axis = []
+    for axis in range(unc.ndim):
+        other = tuple(a for a in range(unc.ndim) if a != axis)
+        s = (unc * fg).sum(axis=other)
+        n = fg.sum(axis=other)
+        score = np.where(n > 0, s / np.maximum(n, 1), -1.0)
+        annotated = ann.any(axis=other)
+        score[annotated] = -1.0
+        idx = int(np.argmax(score))
+        per_axis.append({"axis": axis, "index": idx if score[idx] >= 0 else None,
+                         "score": float(score[idx]) if score[idx] >= 0 else None})
+    candidates = [p for p in per_axis if p["index"] is not None]
+    best = max(candidates, key=lambda p: p["score"]) if candidates else \
+        {"axis": 0, "index": None, "score": None}
+    return dict(best, per_axis=per_axis)
+
+
+# --------------------------------------------------------------------------- few-shot
+def _head_from_model(model: VAEModel, classes: list[int], n_features: int):
+    """The model's head if it knows exactly these classes, else None."""
+    from .features import SegmentationHead
+
+    h = model.head
+    if not h or list(h.get("classes", [])) != list(classes) or \
+            int(h.get("n_features", -1)) != n_features:
+        return None
+    head = SegmentationHead(n_features, len(classes), int(h.get("hidden", 64)),
+                            model.config.spatial_dims)
+    head.load_state_dict(h["state_dict"])
+    return head
+
+
+def _gather_annotated(run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,
+                      max_per_class: int, rng: np.random.Generator, stop_event):
+    """Features and class indices of (a balanced sample of) the annotated voxels."""
+    import torch
+
+    spatial_dims = run.cfg.spatial_dims
+    if spatial_dims == 2:
+        zs_all = np.flatnonzero(ann.reshape(ann.shape[0], -1).any(1))
+        per = max(1, _BATCH_VOXELS // int(np.prod(ann.shape[1:])))
+        groups = [zs_all[i : i + per] for i in range(0, len(zs_all), per)]
+    else:
+        groups = [None]
+    feats, ys = [], []
+    for zs in groups:
+        check_stop(stop_event, "segmentation")
+        if zs is None:
+            f = run.compute(np.arange(ann.shape[0]))
+            a = ann[None]
+        else:
+            # Slices with annotations may not be contiguous: compute them one run at a time.
+            runs = np.split(zs, np.flatnonzero(np.diff(zs) != 1) + 1)
+            f = torch.cat([run.compute(r) for r in runs])
+            a = ann[zs]
+        rows = _to_classes(f, spatial_dims)
+        flat = a.reshape(-1)
+        idx = np.flatnonzero(flat)
+        feats.append(rows[torch.from_numpy(idx).to(rows.device)].cpu())
+        ys.append(lut[flat[idx]])
+    x = torch.cat(feats)
+    y = np.concatenate(ys)
+    keep = []
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        if len(where) > max_per_class:
+            where = rng.choice(where, max_per_class, replace=False)
+        keep.append(where)
+    keep = np.sort(np.concatenate(keep))
+    return x[torch.from_numpy(keep)], torch.from_numpy(y[keep])
+
+
+def _class_weights(y, n_classes: int):
+    import torch
+
+    counts = torch.bincount(y, minlength=n_classes).float()
+    w = counts.sum() / (n_classes * counts.clamp(min=1))
+    return w / w.mean()
+
+
+def segment_iter(
+    model: VAEModel,
+    volume: np.ndarray,
+    annotations: np.ndarray,
+    *,
+    modality: str | None = None,
+    finetune_steps: int = 0,
+    finetune_encoder: bool = True,
+    finetune_lr: float = 1e-3,
+    encoder_lr_factor: float = 0.1,
+    head_steps: int = 300,
+    hidden: int = 64,
+    max_per_class: int = 20_000,
+    seed: int = 0,
+    cache: FeatureCache | None = None,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, SegmentationResult]:
+    """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
+
+    Parameters
+    ----------
+    model : VAEModel
+        A fitted (possibly already fine-tuned) model; it is never modified.
+    volume : np.ndarray
+        Image (z, y, x) in its own units.
+    annotations : np.ndarray
+        Same shape; 0 = not annotated, 1..N = classes.
+    finetune_steps : int
+        Steps of fine-tuning the head and (``finetune_encoder``) the encoder at
+        ``finetune_lr * encoder_lr_factor`` on crops around the annotated voxels.
+    head_steps : int
+        Steps of training the head alone on frozen features first.
+    cache : FeatureCache, optional
+        Reuse features of the same image and model across rounds.
+    stop_event : threading.Event, optional
+        Stops fine-tuning at the next step (the best head so far is used); elsewhere cancels.
+
+    Yields progress dicts; returns a :class:`SegmentationResult`.
+    """
+    import torch
+
+    from .features import SegmentationHead
+
+    t0 = time.perf_counter()
+    vol = np.asarray(volume)
+    ann = np.asarray(annotations)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol, ann = vol[None], ann[None]
+    classes = [int(c) for c in validate_annotations(ann, vol.shape)]
+    n_cls = len(classes)
+    lut = np.full(int(ann.max()) + 1, -1, dtype=np.int64)
+    lut[classes] = np.arange(n_cls)
+    notes: list[str] = []
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spatial_dims = model.config.spatial_dims
+
+    # Work on a copy: the caller's model (and its file) stay as they are.
+    work = copy.deepcopy(model)
+    run = _FeatureRunner(work, vol, modality, cache)
+    hit = run.cached is not None
+    yield {"stage": "segment: features", "done": 0, "total": 1}
+    x, y = _gather_annotated(run, ann, lut, max_per_class, rng, stop_event)
+    dev = work.device
+    x, y = x.to(dev), y.to(dev)
+
+    head = _head_from_model(work, classes, run.n_features)
+    if head is None:
+        if work.head:
+            notes.append(
+                f"the model's head knows classes {work.head.get('classes')}, the annotations "
+                f"have {classes}: a new head was trained for {classes} (the encoder is kept)")
+        head = SegmentationHead(run.n_features, n_cls, hidden, spatial_dims)
+        head.mean.copy_(x.mean(0).cpu())
+        head.std.copy_(x.std(0).cpu() + 1e-4)
+    head = head.to(dev)
+    weights = _class_weights(y, n_cls).to(dev)
+
+    # 1) the head alone on frozen features of the annotated voxels
+    history = []
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    batch = min(4096, len(y))
+    for step in range(1, head_steps + 1):
+        check_stop(stop_event, "segmentation")
+        idx = torch.randint(0, len(y), (batch,), device=dev)
+        loss = torch.nn.functional.cross_entropy(head.forward_flat(x[idx]), y[idx], weight=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == head_steps:
+            history.append({"stage": "head", "step": step, "loss": float(loss.detach())})
+            yield {"stage": "segment: head", "done": step, "total": head_steps,
+                   "loss": float(loss.detach())}
+    del x, y
+
+    # 2) optional fine-tuning of head + encoder on crops around annotated voxels
+    finetuned = False
+    if finetune_steps > 0:
+        yield from _finetune(work, head, run, ann, lut, weights, finetune_steps,
+                             finetune_encoder, finetune_lr, encoder_lr_factor, rng, stop_event,
+                             history)
+        finetuned = True
+        if stop_event is not None and stop_event.is_set():
+            # Stop meant "end fine-tuning": predict with what was learnt, don't cancel.
+            notes.append(f"fine-tuning stopped by the user after {history[-1]['step']} steps")
+            stop_event = None
+        # The encoder changed: features must be recomputed (and the old cache entry dropped).
+        run = _FeatureRunner(work, vol, modality, cache)
+
+    # 3) predict every voxel
+    head.eval()
+    probs = np.empty((n_cls,) + vol.shape, dtype=np.float32)
+    labels = np.empty(vol.shape, dtype=np.uint8 if max(classes) < 256 else np.uint16)
+    t_classes = torch.tensor(classes, device=dev)
+    total = len(run.batches) if spatial_dims == 2 else 1
+    for i, (zs, feats) in enumerate(run.iter_batches(stop_event, "segmentation")):
+        with torch.inference_mode():
+            p = torch.softmax(head(feats), dim=1)
+            lab = t_classes[p.argmax(1)]
+        sl = slice(zs[0], zs[-1] + 1)
+        probs[:, sl] = p.transpose(0, 1).cpu().numpy()
+        labels[sl] = lab.cpu().numpy()
+        yield {"stage": "segment: predict", "done": i + 1, "total": total}
+    annotated = ann > 0
+    labels[annotated] = ann[annotated]  # the user's labels win where they painted
+    onehot_idx = lut[ann[annotated]]
+    for ci in range(n_cls):
+        probs[ci][annotated] = (onehot_idx == ci).astype(np.float32)
+    p = np.clip(probs, 1e-7, 1.0)
+    uncertainty = -(p * np.log(p)).sum(0) / np.log(n_cls)
+    uncertainty = uncertainty.astype(np.float32)
+    suggestion = suggest_slices(uncertainty, ann, run.mask)
+
+    work.head = {
+        "classes": classes,
+        "n_features": run.n_features,
+        "hidden": hidden,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+        "finetuned_encoder": bool(finetuned and finetune_encoder) or bool(
+            (model.head or {}).get("finetuned_encoder")),
+        "rounds": int((model.head or {}).get("rounds", 0)) + 1,
+        "annotated_voxels": int(annotated.sum()),
+    }
+    work.info = dict(work.info, parent=model.source_path)
+    work.source_path = None
+    if squeeze:
+        labels, probs, uncertainty = labels[0], probs[:, 0], uncertainty[0]
+        suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
+    return SegmentationResult(labels, probs, uncertainty, classes, work, suggestion, history,
+                              time.perf_counter() - t0, notes, hit)
+
+
+def _finetune(work: VAEModel, head, run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,
+              weights, steps: int, train_encoder: bool, lr: float, enc_factor: float,
+              rng: np.random.Generator, stop_event, history: list) -> Generator[dict, None, None]:
+    """Train head (+ encoder) on crops around annotated voxels; loss on annotated voxels only."""
+    import torch
+
+    from .features import Hypercolumn, Segmenter
+    from .sampling import _crop_bounds, _pad_to
+
+    cfg = work.config
+    dev = work.device
+    hyper = Hypercolumn(work.net, cfg.context_slices).to(dev)
+    seg = Segmenter(hyper, head)
+    params = [{"params": head.parameters(), "lr": lr}]
+    if train_encoder:
+        enc_params = list(work.net.encoder.parameters()) + list(
+            work.net.quant_conv_mu.parameters())
+        params.append({"params": enc_params, "lr": lr * enc_factor})
+    else:
+        for p in work.net.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(params)
+    pts = np.argwhere(ann > 0)
+    if len(pts) > 200_000:
+        pts = pts[rng.choice(len(pts), 200_000, replace=False)]
+    vol_norm = run.norm(run.volume) if cfg.spatial_dims == 3 else None
+    batch = max(2, cfg.batch_size // 2)
+    seg.train()
+    work.net.eval()  # GroupNorm has no running stats; eval keeps attention/dropout off
+    for step in range(1, steps + 1):
+        if stop_event is not None and stop_event.is_set():
+            break
+        xs, ys = [], []
+        for _ in range(batch):
+            c = pts[rng.integers(len(pts))]
+            if cfg.spatial_dims == 2:
+                ph, pw = cfg.patch_size
+                y0, y1 = _crop_bounds(int(c[1]), ph, ann.shape[1])
+                x0, x1 = _crop_bounds(int(c[2]), pw, ann.shape[2])
+                block = run.input_block(np.array([c[0]]))[0][:, y0:y1, x0:x1]
+                target = lut[ann[c[0], y0:y1, x0:x1]]
+                block = _pad_to(block, (ph, pw), float(block.min()))
+                target = _pad_to(target, (ph, pw), -1)
+            else:
+                ps = cfg.patch_size
+                b = [_crop_bounds(int(c[d]), ps[d], ann.shape[d]) for d in range(3)]
+                sl = tuple(slice(lo, hi) for lo, hi in b)
+                block = _pad_to(vol_norm[sl], ps, float(vol_norm.min()))[None]
+                target = _pad_to(lut[ann[sl]], ps, -1)
+            if rng.random() < 0.5:
+                block, target = block[..., ::-1], target[..., ::-1]
+            xs.append(np.ascontiguousarray(block, dtype=np.float32))
+            ys.append(np.ascontiguousarray(target))
+        xb = torch.from_numpy(np.stack(xs)).to(dev)
+        yb = torch.from_numpy(np.stack(ys)).to(dev)
+        logits = seg(xb)
+        loss = torch.nn.functional.cross_entropy(logits, yb, weight=weights, ignore_index=-1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lv = float(loss.detach())
+        history.append({"stage": "finetune", "step": step, "loss": lv})
+        yield {"stage": "segment: fine-tune", "done": step, "total": steps, "loss": lv}
+    for p in work.net.parameters():
+        p.requires_grad_(True)
+    work.net.eval()
+    head.eval()
+
+
+def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray, *,
+            progress: Callable | None = None, **kwargs) -> SegmentationResult:
+    """Blocking version of :func:`segment_iter`."""
+    return drive(segment_iter(model, volume, annotations, **kwargs), progress)

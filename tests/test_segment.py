@@ -1,0 +1,204 @@
+"""Latent-space segmentation: clusters, few-shot, fine-tuning, suggestions, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_latentseg.cli import main
+from napari_latentseg.data.phantom import annotation_from_labels
+from napari_latentseg.engine.segment import (
+    FeatureCache,
+    cluster,
+    segment,
+    segment_iter,
+    suggest_slices,
+)
+from napari_latentseg.io import read_volume, save_volume
+from napari_latentseg.models.checkpoint import load_model, save_model
+
+ANNOTATED = [4, 8]
+
+
+def _dice(a, b, c):
+    return 2 * ((a == c) & (b == c)).sum() / max(1, (a == c).sum() + (b == c).sum())
+
+
+@pytest.fixture(scope="module")
+def annotations(small_phantom):
+    return annotation_from_labels(small_phantom.labels, ANNOTATED)
+
+
+@pytest.fixture(scope="module")
+def few_shot(tiny_model, small_phantom, annotations):
+    return segment(tiny_model, small_phantom.image, annotations)
+
+
+def _unannotated(n):
+    keep = np.ones(n, dtype=bool)
+    keep[ANNOTATED] = False
+    return keep
+
+
+def test_few_shot_is_far_above_chance(few_shot, small_phantom):
+    keep = _unannotated(small_phantom.image.shape[0])
+    truth, pred = small_phantom.labels[keep], few_shot.labels[keep]
+    dice = [_dice(pred, truth, c) for c in few_shot.classes]
+    # Six classes: chance is ~1/6; the big tissues must be clearly segmented.
+    assert np.mean(dice) > 0.7, dice
+    assert (pred == truth).mean() > 0.8
+
+
+def test_outputs_are_consistent(few_shot, annotations, small_phantom):
+    res = few_shot
+    assert res.classes == sorted(int(c) for c in np.unique(annotations) if c)
+    assert res.labels.shape == small_phantom.image.shape
+    # Ids are the annotation's ids; annotated voxels keep the user's label.
+    assert set(np.unique(res.labels)) <= set(res.classes)
+    painted = annotations > 0
+    np.testing.assert_array_equal(res.labels[painted], annotations[painted])
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    assert res.uncertainty.min() >= 0 and res.uncertainty.max() <= 1 + 1e-6
+    assert np.all(res.uncertainty[painted] < 1e-3)
+
+
+def test_suggestion_is_an_unannotated_slice(few_shot):
+    sgt = few_shot.suggestion
+    assert sgt["axis"] == 0
+    assert sgt["index"] is not None and sgt["index"] not in ANNOTATED
+    assert sgt["score"] > 0
+
+
+def test_suggest_slices_per_axis():
+    unc = np.zeros((4, 5, 6), dtype=np.float32)
+    unc[2] = 0.9
+    unc[:, :, 5] = 0.5
+    ann = np.zeros(unc.shape, dtype=np.uint8)
+    ann[1, 0, 0] = 1
+    s = suggest_slices(unc, ann)
+    assert (s["axis"], s["index"]) == (0, 2)
+    assert s["per_axis"][2]["index"] == 5
+    ann[2, 1, 1] = 2
+    assert suggest_slices(unc, ann)["per_axis"][0]["index"] != 2
+    full = np.ones(unc.shape, dtype=np.uint8)
+    assert suggest_slices(unc, full)["index"] is None
+
+
+def test_input_model_is_never_modified(tiny_model, small_phantom, annotations):
+    before = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+    res = segment(tiny_model, small_phantom.image, annotations, finetune_steps=3, head_steps=10)
+    after = tiny_model.net.state_dict()
+    assert all((before[k] == after[k]).all() for k in before)
+    assert tiny_model.head is None
+    assert res.model.head["rounds"] == 1
+    assert res.model.head["finetuned_encoder"]
+    changed = [k for k in before if not (before[k] == res.model.net.state_dict()[k]).all()]
+    assert any(k.startswith("encoder") for k in changed)
+
+
+def test_next_round_starts_from_the_fine_tuned_model(tiny_model, small_phantom, annotations,
+                                                     tmp_path):
+    r1 = segment(tiny_model, small_phantom.image, annotations, finetune_steps=2, head_steps=10)
+    path = save_model(r1.model, tmp_path / "round1.pt")
+    m1 = load_model(path)
+    assert m1.head["classes"] == r1.classes
+    r2 = segment(m1, small_phantom.image, annotations, head_steps=5)
+    assert r2.model.head["rounds"] == 2
+    assert not r2.notes
+
+
+def test_new_classes_train_a_new_head(few_shot, small_phantom, annotations):
+    ann = annotations.copy()
+    ann[6, 0:3, 0:3] = 9  # a class the head has never seen
+    res = segment(few_shot.model, small_phantom.image, ann, head_steps=10)
+    assert 9 in res.classes
+    assert res.notes and "new head" in res.notes[0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda a: a[:, :-1], "shape"),
+        (lambda a: np.zeros_like(a), "no annotated voxel"),
+        (lambda a: (a > 0).astype(a.dtype), "only class 1"),
+        (lambda a: a.astype(np.float32) + 0.5, "integer"),
+        (lambda a: a.astype(np.int16) - 2, ">= 0"),
+    ],
+)
+def test_bad_annotations(make, message, tiny_model, small_phantom, annotations):
+    with pytest.raises(ValueError, match=message):
+        segment(tiny_model, small_phantom.image, make(annotations))
+
+
+def test_features_are_cached_between_rounds(tiny_model, small_phantom, annotations):
+    cache = FeatureCache()
+    a = segment(tiny_model, small_phantom.image, annotations, cache=cache, head_steps=20)
+    assert not a.cache_hit
+    b = segment(tiny_model, small_phantom.image, annotations, cache=cache, head_steps=20)
+    assert b.cache_hit
+    # float16 cache vs float32 features: the same prediction almost everywhere.
+    assert (a.labels == b.labels).mean() > 0.98
+
+
+def test_fine_tuning_stops_when_asked(tiny_model, small_phantom, annotations):
+    stop = threading.Event()
+    gen = segment_iter(tiny_model, small_phantom.image, annotations, finetune_steps=1000,
+                       head_steps=5, stop_event=stop)
+    steps = 0
+    try:
+        while True:
+            ev = next(gen)
+            if ev["stage"] == "segment: fine-tune":
+                steps = ev["done"]
+                if steps == 3:
+                    stop.set()
+    except StopIteration as done:
+        res = done.value
+    assert steps == 3
+    assert res.labels.shape == small_phantom.image.shape
+
+
+def test_clusters_are_stable_and_ordered(tiny_model, small_phantom):
+    a = cluster(tiny_model, small_phantom.image, 4, seed=0)
+    b = cluster(tiny_model, small_phantom.image, 4, seed=0)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert set(np.unique(a.labels)) <= {1, 2, 3, 4}
+    assert a.cluster_intensity == sorted(a.cluster_intensity)
+    # Label 1 (darkest) is mostly air, the brightest is mostly white matter or scalp.
+    assert np.mean(small_phantom.labels[a.labels == 1] == 1) > 0.8
+    g = cluster(tiny_model, small_phantom.image, 3, method="gmm")
+    assert set(np.unique(g.labels)) <= {1, 2, 3}
+    with pytest.raises(ValueError, match="k must be"):
+        cluster(tiny_model, small_phantom.image, 1)
+
+
+def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotations, capsys):
+    img = save_volume(tmp_path / "img.nii.gz", small_phantom.image, spacing=(4.0, 4.0, 4.0))
+    ann = save_volume(tmp_path / "ann.nii.gz", annotations, spacing=(4.0, 4.0, 4.0),
+                      kind="labels")
+    model = save_model(tiny_model, tmp_path / "vae.pt")
+    model_bytes = model.read_bytes()
+    assert main(["cluster", str(img), "-m", str(model), "-k", "3", "-o",
+                 str(tmp_path / "cl.nii.gz"), "-q"]) == 0
+    assert set(np.unique(read_volume(tmp_path / "cl.nii.gz").data)) <= {1, 2, 3}
+    code = main(["segment", str(img), "-m", str(model), "-a", str(ann), "-o",
+                 str(tmp_path / "seg.nii.gz"), "--finetune-steps", "2", "--uncertainty",
+                 str(tmp_path / "unc.nii.gz"), "--suggest", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "suggestion: annotate slice" in out
+    # The fine-tuned model is a new file; the one we started from is untouched.
+    assert model.read_bytes() == model_bytes
+    v2 = tmp_path / "vae-v2.pt"
+    assert v2.is_file() and load_model(v2).head is not None
+    seg = read_volume(tmp_path / "seg.nii.gz")
+    assert seg.shape == small_phantom.image.shape
+    # Annotations on another grid are refused with one line.
+    other = save_volume(tmp_path / "ann2.nii.gz", annotations, spacing=(4.0, 4.0, 2.0),
+                        kind="labels")
+    code = main(["segment", str(img), "-m", str(model), "-a", str(other), "-o",
+                 str(tmp_path / "seg2.nii.gz"), "-q"])
+    assert code == 2
+    assert "grid" in capsys.readouterr().err
