@@ -272,6 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         metrics = run_demo(args.output, input_path=args.input, annotations=args.annotations,
                            config=args.config, steps=args.steps, device=args.device,
+                           finetune_steps=args.finetune_steps,
                            seed=args.seed, overwrite=args.overwrite, progress=report,
                            stop_event=stop)
     finally:
@@ -280,6 +281,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo results in {args.output}: PSNR {rec['psnr_db']} dB, "
           f"{rec['anomaly_candidates']} anomaly candidates, on {metrics['device']}; "
           f"times {metrics['times_s']}")
+    dice = metrics["segmentation"].get("dice_finetuned")
+    if dice:
+        print("Dice per class (slices without annotations): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     for name in metrics["outputs"]:
         print(f"  {Path(args.output) / name}")
     return 0
@@ -330,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", default="cpu-2d",
                    help="model configuration (see `latentseg info`); default cpu-2d")
     budget = f.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="training steps (default 600)")
+    budget.add_argument("--steps", type=int, default=None, help="training steps (default 450)")
     budget.add_argument("--minutes", type=float, default=None,
                         help="time budget in minutes instead of a step count")
     f.add_argument("--seed", type=int, default=0)
@@ -389,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--annotations", metavar="ANN", help="sparse annotations for --input")
     d.add_argument("--config", default="cpu-2d")
     d.add_argument("--steps", type=int, default=400, help="fit steps (default 400)")
+    d.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
+                   help=f"fine-tuning steps of the segmentation round (default "
+                        f"{DEFAULT_FINETUNE_STEPS})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true", help="replace earlier demo results")
     common(d)
@@ -404,7 +412,7 @@ def _finish_fit_args(args: argparse.Namespace) -> None:
     if args.command == "fit":
         if args.steps is None:
             # A time budget alone means "as many steps as fit"; otherwise the default count.
-            args.steps = 10**9 if args.minutes is not None else 600
+            args.steps = 10**9 if args.minutes is not None else 450
         if args.steps < 1:
             raise CLIError("--steps must be at least 1")
 

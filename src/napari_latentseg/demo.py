@@ -1,8 +1,10 @@
 """The main job end to end, headless: what ``latentseg demo`` and ``make demo`` run.
 
 On the embedded phantom (or a user's scan) it fits the default VAE, reconstructs the volume
-with its error and anomaly maps, and writes NIfTI results in the scan's geometry, an overview
-PNG and ``metrics.json``. Nothing is read from the network or from outside the package.
+with its error and anomaly maps, clusters the latent features, segments from the sparse
+annotations (few-shot, then one fine-tuning round) and writes NIfTI results in the scan's
+geometry, an overview PNG and ``metrics.json`` (Dice per class against the ground truth when
+there is one). Nothing is read from the network or from outside the package.
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ import numpy as np
 __all__ = ["run_demo"]
 
 
+def _dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: list[int],
+                    names: dict[str, str]) -> dict[str, float]:
+    out = {}
+    for c in classes:
+        denom = (pred == c).sum() + (truth == c).sum()
+        if denom:
+            out[names.get(str(c), str(c))] = round(
+                float(2 * ((pred == c) & (truth == c)).sum() / denom), 4)
+    return out
+
+
 def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.ndarray,
-                  truth: np.ndarray | None, anomalies: np.ndarray | None,
+                  seg: np.ndarray | None, truth: np.ndarray | None,
                   spacing: tuple[float, ...]) -> None:
     import matplotlib
 
@@ -28,8 +41,14 @@ def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.nd
 
     n = image.shape[0]
     slices = sorted({int(n * f) for f in (0.3, 0.5, 0.7)})
-    cols = ["image", "reconstruction", "error map", "ground truth" if truth is not None
-            else "anomaly candidates"]
+    cols = ["image", "reconstruction", "error map"]
+    overlays = []
+    if seg is not None:
+        cols.append("segmentation")
+        overlays.append(seg)
+    if truth is not None:
+        cols.append("ground truth")
+        overlays.append(truth)
     fig, axes = plt.subplots(len(slices), len(cols), figsize=(3.2 * len(cols), 3.2 * len(slices)),
                              squeeze=False)
     vmin, vmax = np.percentile(image, [0.5, 99.5])
@@ -40,12 +59,11 @@ def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.nd
                   (error[z], "magma", 0, emax)]
         for c, (arr, cmap, lo, hi) in enumerate(panels):
             axes[r, c].imshow(arr, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect)
-        ax = axes[r, 3]
-        ax.imshow(image[z], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect)
-        over = truth[z] if truth is not None else anomalies[z] if anomalies is not None else None
-        if over is not None:
-            masked = np.ma.masked_where(over <= (1 if truth is not None else 0), over)
-            ax.imshow(masked, cmap="tab10", alpha=0.5, vmin=0, vmax=9, aspect=aspect,
+        for c, over in enumerate(overlays, start=3):
+            ax = axes[r, c]
+            ax.imshow(image[z], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect)
+            masked = np.ma.masked_where(over[z] <= 1, over[z])  # class 1 is the background
+            ax.imshow(masked, cmap="tab10", alpha=0.55, vmin=0, vmax=9, aspect=aspect,
                       interpolation="nearest")
         axes[r, 0].set_ylabel(f"slice {z}")
     for c, title in enumerate(cols):
@@ -65,6 +83,7 @@ def run_demo(
     annotations: str | Path | None = None,
     config: str = "cpu-2d",
     steps: int = 400,
+    finetune_steps: int = 60,
     minutes: float | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -91,14 +110,16 @@ def run_demo(
     from .engine.common import drive
     from .engine.infer import reconstruct_iter
     from .engine.normalize import Normalizer
+    from .engine.segment import FeatureCache, cluster_iter, segment_iter
     from .engine.train import FitOptions, fit_iter
     from .io import read_volume, save_volume
     from .models.checkpoint import save_model
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    names = ["vae.pt", "reconstruction.nii.gz", "error.nii.gz", "anomalies.nii.gz",
-             "overview.png", "metrics.json"]
+    names = ["vae.pt", "vae-finetuned.pt", "reconstruction.nii.gz", "error.nii.gz",
+             "anomalies.nii.gz", "clusters.nii.gz", "segmentation-fewshot.nii.gz",
+             "segmentation.nii.gz", "uncertainty.nii.gz", "overview.png", "metrics.json"]
     existing = [n for n in names if (out / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -110,15 +131,22 @@ def run_demo(
     emit = progress or (lambda ev: None)
     times: dict[str, float] = {}
     t = time.perf_counter()
+    classes_names: dict[str, str] = {}
     if input_path is None:
         folder = sample_data_dir()
         vol = read_volume(folder / "phantom_t1.nii.gz")
         truth = read_volume(folder / "phantom_labels.nii.gz").data
+        ann = read_volume(folder / (annotations or "phantom_annotations.nii.gz")).data
         vol.metadata["modality"] = vol.metadata.get("modality") or "MR"
+        classes_names = json.loads((folder / "phantom.json").read_text())["classes"]
         source = "embedded phantom"
     else:
         vol = read_volume(input_path)
         truth = None
+        ann = read_volume(annotations).data if annotations is not None else None
+        if ann is not None and ann.shape != vol.data.shape:
+            raise ValueError(f"annotations {annotations} have shape {ann.shape}, the scan "
+                             f"{vol.data.shape}: they must be on the scan's grid")
         source = str(input_path)
     geometry = vol.metadata.get("latentseg_geometry") or vol.geometry()
     modality = vol.metadata.get("modality")
@@ -144,9 +172,43 @@ def run_demo(
     norm = Normalizer.from_dict(rec.info["normalization"])
     a, b = norm(vol.data), norm(rec.reconstruction)
     psnr = float(peak_signal_noise_ratio(a, b, data_range=norm.clip_high - norm.clip_low))
+
+    cache = FeatureCache()
+    n_classes = len(np.unique(truth)) if truth is not None else 4
+    t = time.perf_counter()
+    clu = drive(cluster_iter(model, vol.data, n_classes, modality=modality, cache=cache,
+                             stop_event=stop_event), emit)
+    times["cluster_s"] = time.perf_counter() - t
+    save_volume(out / "clusters.nii.gz", clu.labels, geometry, kind="labels")
+
+    seg_metrics: dict = {}
+    final = None
+    if ann is not None:
+        t = time.perf_counter()
+        few = drive(segment_iter(model, vol.data, ann, modality=modality, cache=cache,
+                                 stop_event=stop_event), emit)
+        times["segment_fewshot_s"] = time.perf_counter() - t
+        save_volume(out / "segmentation-fewshot.nii.gz", few.labels, geometry, kind="labels")
+        t = time.perf_counter()
+        final = drive(segment_iter(model, vol.data, ann, modality=modality, cache=cache,
+                                   finetune_steps=finetune_steps, stop_event=stop_event), emit)
+        times["finetune_round_s"] = time.perf_counter() - t
+        save_volume(out / "segmentation.nii.gz", final.labels, geometry, kind="labels")
+        save_volume(out / "uncertainty.nii.gz", final.uncertainty, geometry, kind="image")
+        save_model(final.model, out / "vae-finetuned.pt")
+        seg_metrics = {"classes": final.classes, "annotated_voxels": int((ann > 0).sum()),
+                       "next_slice": {k: final.suggestion[k] for k in ("axis", "index",
+                                                                        "score")}}
+        if truth is not None:
+            keep = ~(ann > 0).reshape(ann.shape[0], -1).any(1)  # slices not annotated
+            for name, res in (("fewshot", few), ("finetuned", final)):
+                seg_metrics[f"dice_{name}"] = _dice_per_class(
+                    res.labels[keep], truth[keep], final.classes, classes_names)
+            seg_metrics["dice_evaluated_on"] = "slices without annotations"
+
     emit({"stage": "overview", "done": 0, "total": 1})
-    _overview_png(out / "overview.png", vol.data, rec.reconstruction, rec.error, truth,
-                  rec.anomalies, tuple(vol.spacing))
+    _overview_png(out / "overview.png", vol.data, rec.reconstruction, rec.error,
+                  final.labels if final is not None else clu.labels, truth, tuple(vol.spacing))
     emit({"stage": "overview", "done": 1, "total": 1})
 
     metrics = {
@@ -160,10 +222,15 @@ def run_demo(
         "reconstruction": {"psnr_db": round(psnr, 2),
                            "mean_abs_error": round(float(rec.error.mean()), 5),
                            "anomaly_candidates": rec.n_candidates},
+        "clusters": {"k": clu.k, "method": clu.method},
+        "segmentation": seg_metrics,
         "times_s": {k: round(v, 2) for k, v in times.items()},
         "outputs": sorted(names),
     }
     if annotations is not None:
         metrics["annotations"] = str(annotations)
+    if ann is None:
+        metrics["outputs"] = [n for n in metrics["outputs"] if "segment" not in n
+                              and "uncertainty" not in n and "finetuned" not in n]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

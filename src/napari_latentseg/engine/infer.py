@@ -166,7 +166,8 @@ class _Runner:
             if fn == "encode":
                 mu, sigma = self.net.encode(x)
                 return mu.float().cpu().numpy(), sigma.float().cpu().numpy()
-            big = any(s > self.tile for s in x.shape[2:])
+            # 3D always goes through patch-sized windows: whole-slab activations are GBs.
+            big = self.cfg.spatial_dims == 3 or any(s > self.tile for s in x.shape[2:])
             if big:
                 from monai.inferers import sliding_window_inference
 
@@ -284,7 +285,6 @@ def reconstruct_iter(
             for i, (r0, r1, w0, w1) in enumerate(slabs):
                 check_stop(stop_event, "reconstruction")
                 x = norm(vol[r0:r1])
-                runner.tile = max(runner.tile, 1)
                 y = runner(x[None, None])[0, 0]
                 y = y[w0 - r0 : w0 - r0 + (w1 - w0)]
                 x = x[w0 - r0 : w0 - r0 + (w1 - w0)]

@@ -63,7 +63,7 @@ class FitOptions:
         Percentile of the fit data's foreground error used as the anomaly threshold.
     """
 
-    steps: int = 600
+    steps: int = 450
     minutes: float | None = None
     lr: float = 1e-3
     kl_weight: float = 1e-6
