@@ -3,7 +3,7 @@
 Methods (all in one run, same annotated slices, Dice on the slices NOT annotated):
 
 - ``vae-fewshot``: napari-latentseg's head on frozen VAE hypercolumn features;
-- ``vae-finetune``: the same plus one fine-tuning round (head + encoder), the CLI default;
+- ``vae-finetune``: the same plus one 60-step fine-tuning round (head + encoder);
 - ``skimage-rf``: scikit-image's trainable segmentation (multiscale_basic_features +
   RandomForestClassifier, the ilastik recipe), slice by slice;
 - ``monai-unet``: a MONAI 2D UNet trained from scratch on the annotated slices for the same
@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from bench_engine import DEFAULT_DATA, machine  # noqa: E402
 
 MAX_PER_CLASS = 20_000
+FINETUNE_STEPS = 60
 
 
 def peak_rss_mb() -> float:
@@ -181,7 +182,6 @@ def get_model(name: str, img, modality, models_dir: Path):
 
 def run_case(name: str, data: Path, slices_list: list[int], models_dir: Path,
              methods: list[str]) -> list[dict]:
-    from napari_latentseg.cli import DEFAULT_FINETUNE_STEPS
     from napari_latentseg.engine.segment import FeatureCache, segment
 
     img, truth, modality = load_case(name, data)
@@ -209,7 +209,7 @@ def run_case(name: str, data: Path, slices_list: list[int], models_dir: Path,
                 extra["cache_hit"] = res.cache_hit
             elif method == "vae-finetune":
                 res = segment(model, img.data, ann, modality=modality, cache=cache,
-                              finetune_steps=DEFAULT_FINETUNE_STEPS)
+                              finetune_steps=FINETUNE_STEPS)
                 pred = res.labels
                 ft_seconds = time.perf_counter() - t0
             elif method == "skimage-rf":

@@ -1,0 +1,251 @@
+"""The LatentSeg dock: scan picker, four workflow sections and a task bar.
+
+See the package docstring (:mod:`napari_latentseg._napari._widgets`) for why this is one dock
+with collapsible sections rather than several widgets. The dock owns the state the sections
+share: the chosen scan, the models of this session (one of them active), the feature cache
+that lets segmentation rounds reuse features, and the task bar that runs one job at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QEvent, Qt, Signal
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ...engine.segment import FeatureCache
+from ._layers import layer_array
+from ._model import ModelSection
+from ._pickers import LayerCombo, LayerWatcher
+from ._reconstruct import ReconstructSection
+from ._scan import ScanSection
+from ._segment import SegmentSection
+from ._tasks import TaskBar
+
+if TYPE_CHECKING:
+    import napari.layers
+    import napari.viewer
+
+    from ...models.checkpoint import VAEModel
+
+__all__ = ["LatentSegWidget", "ModelEntry"]
+
+#: Models kept in memory per session (older, unsaved ones are dropped first).
+MAX_MODELS = 8
+
+
+@dataclass
+class ModelEntry:
+    """A model of this session: where it came from and whether it is saved."""
+
+    model: VAEModel
+    origin: str  # "fitted", "stopped fit", "loaded", "segmentation round N"
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """One line for the model list."""
+        saved = Path(self.path).name if self.path else "not saved"
+        return f"{self.model.describe()} [{self.origin}; {saved}]"
+
+
+class LatentSegWidget(QWidget):
+    """One dock for the whole workflow: open a scan, model, reconstruct, segment.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes it when the dock is opened from the Plugins menu).
+
+    Attributes
+    ----------
+    scan : LayerCombo
+        The scan every section works on (plugin output layers are not offered).
+    tasks : TaskBar
+        Runs the long jobs in thread workers, with progress and Stop.
+    models : list of ModelEntry
+        Models of this session; ``active_model`` is the one used by sections 3 and 4.
+    cache : FeatureCache
+        Features per (scan, model), reused by clustering and segmentation rounds.
+    """
+
+    model_changed = Signal()
+    scan_changed = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.models: list[ModelEntry] = []
+        self._active: ModelEntry | None = None
+        self.cache = FeatureCache()
+        self.watcher = LayerWatcher(viewer, self)
+        self.setMinimumWidth(400)
+
+        # ---- header: the scan everything works on, with what it is
+        self.scan = LayerCombo(viewer, self.watcher, "image", "open a scan first")
+        self.scan.setToolTip("The scan the Model, Reconstruct and Segment sections work on.")
+        self.scan_modality = QLabel()
+        self.scan_size = QLabel()
+        self.scan_spacing = QLabel()
+        for label in (self.scan_modality, self.scan_size, self.scan_spacing):
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        header = QFormLayout()
+        header.setContentsMargins(4, 4, 4, 0)
+        header.setVerticalSpacing(2)
+        header.addRow("<b>Scan</b>", self.scan)
+        header.addRow("Modality", self.scan_modality)
+        header.addRow("Size", self.scan_size)
+        header.addRow("Spacing", self.scan_spacing)
+
+        # ---- sections in workflow order
+        self.tasks = TaskBar()
+        self.scan_section = ScanSection(self)
+        self.model_section = ModelSection(self)
+        self.reconstruct_section = ReconstructSection(self)
+        self.segment_section = SegmentSection(self)
+        self.sections: dict[str, QCollapsible] = {}
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.setSpacing(2)
+        for key, title, widget in (
+            ("scan", "1  Open a scan", self.scan_section),
+            ("model", "2  Model", self.model_section),
+            ("reconstruct", "3  Reconstruct and find anomalies", self.reconstruct_section),
+            ("segment", "4  Segment", self.segment_section),
+        ):
+            box = QCollapsible(title, expandedIcon="\u25be", collapsedIcon="\u25b8")
+            box.setDuration(0)
+            box.addWidget(widget)
+            box.expand(animate=False)
+            font = box.toggleButton().font()
+            font.setBold(True)
+            box.toggleButton().setFont(font)
+            self.sections[key] = box
+            body_layout.addWidget(box)
+        body_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(body)
+        scroll.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(header)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(line)
+        layout.addWidget(self.tasks)
+
+        self.scan.currentIndexChanged.connect(self._on_scan_changed)
+        self.watcher.inserted.connect(self._on_layer_inserted)
+        self.watcher.changed.connect(self._update_scan_info)
+        self.tasks.busy_changed.connect(self._on_busy)
+        self._update_scan_info()
+
+    # ------------------------------------------------------------------ scan
+    def scan_layer(self) -> napari.layers.Image | None:
+        """The chosen scan layer, or None."""
+        return self.scan.layer()
+
+    def _on_layer_inserted(self, layer) -> None:
+        from napari.layers import Image
+
+        from ._layers import is_output
+
+        # A scan the user just opened becomes the one to work on.
+        if isinstance(layer, Image) and not is_output(layer) and not getattr(layer, "rgb", 0):
+            self.scan.set_layer(layer)
+
+    def _on_scan_changed(self, *_args) -> None:
+        self._update_scan_info()
+        self.scan_changed.emit()
+
+    @property
+    def scan_info(self) -> str:
+        """Modality, size and spacing of the chosen scan as shown in the header (plain text)."""
+        return " | ".join(label.text() for label in (self.scan_modality, self.scan_size,
+                                                      self.scan_spacing))
+
+    def _update_scan_info(self) -> None:
+        layer = self.scan.layer()
+        if layer is None:
+            self.scan_modality.setText("-")
+            self.scan_size.setText("no scan yet: open one in section 1 or with File > Open")
+            self.scan_spacing.setText("-")
+            return
+        shape = layer_array(layer).shape
+        meta = layer.metadata or {}
+        modality = meta.get("modality")
+        self.scan_modality.setText(
+            modality or "not in the file header (CT or MR is guessed from the intensities)")
+        kind = "3D volume" if len(shape) == 3 else "2D image"
+        times = " \u00d7 "
+        self.scan_size.setText(f"{times.join(str(s) for s in shape)} voxels ({kind})")
+        axes = "z, y, x" if len(shape) == 3 else "y, x"
+        spacing = f"{times.join(f'{s:.3g}' for s in layer.scale)} mm ({axes})"
+        note = meta.get("direction_note")
+        self.scan_spacing.setText(spacing + (f"; {note}" if note else ""))
+
+    # ------------------------------------------------------------------ models
+    @property
+    def active_model(self) -> VAEModel | None:
+        """The model sections 3 and 4 use, or None."""
+        return self._active.model if self._active is not None else None
+
+    @property
+    def active_entry(self) -> ModelEntry | None:
+        """The active :class:`ModelEntry`, or None."""
+        return self._active
+
+    def add_model(self, model: VAEModel, origin: str, path: str | None = None, *,
+                  activate: bool = True) -> ModelEntry:
+        """Add a model to this session's list (and make it active)."""
+        entry = ModelEntry(model, origin, path)
+        self.models.append(entry)
+        while len(self.models) > MAX_MODELS:
+            old = next((e for e in self.models if e is not self._active and e.path), None) or \
+                next(e for e in self.models if e is not self._active and e is not entry)
+            self.models.remove(old)
+        if activate or self._active is None:
+            self._active = entry
+        self.model_changed.emit()
+        return entry
+
+    def set_active(self, entry: ModelEntry | None) -> None:
+        """Make ``entry`` (one of :attr:`models`) the active model."""
+        if entry is self._active:
+            return
+        self._active = entry
+        self.model_changed.emit()
+
+    def device(self) -> str:
+        """The device chosen in the Model section (``"cpu"``, ``"cuda"``...)."""
+        return self.model_section.device()
+
+    # ------------------------------------------------------------------ busy state
+    def _on_busy(self, busy: bool) -> None:
+        for section in (self.scan_section, self.model_section, self.reconstruct_section,
+                        self.segment_section):
+            section.set_busy(busy)
+
+    def event(self, ev: QEvent) -> bool:
+        """Stop a running job when the dock is closed (napari then takes the widget out)."""
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.tasks.stop()
+        return super().event(ev)

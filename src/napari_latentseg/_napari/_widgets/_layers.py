@@ -1,0 +1,237 @@
+"""Layer helpers for the dock: geometry, plugin-owned output layers, messages (no Qt, no torch).
+
+Output layers
+-------------
+Every result goes into a layer the plugin owns, named ``"<scan> <role>"`` (e.g.
+``"phantom T1 reconstruction"``) and tagged with ``metadata["latentseg_output"] =
+"<scan>/<role>"``. A re-run finds the layer by that tag and updates its data (the user's colour
+and opacity choices stay), so results never pile up. The user's own layers (the scan, the
+annotations) are never written to by these helpers.
+
+Geometry
+--------
+Outputs copy ``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` from the source
+layer, so they overlay it in world coordinates, and carry the source geometry in
+``metadata["latentseg_geometry"]`` so napari's *Save layer* (our writer) writes them in the
+scan's geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._writer import geometry_from_layer_attributes
+
+if TYPE_CHECKING:
+    import napari.layers
+    import napari.viewer
+
+__all__ = [
+    "OUTPUT_KEY",
+    "check_scan_layer",
+    "describe_error",
+    "find_output",
+    "geometry_kwargs",
+    "is_output",
+    "layer_array",
+    "output_name",
+    "slice_target",
+    "source_geometry",
+    "same_layer",
+    "upsert_output",
+]
+
+OUTPUT_KEY = "latentseg_output"
+
+_log = logging.getLogger("napari_latentseg")
+
+
+def same_layer(a: object, b: object) -> bool:
+    """Identity of two layers, seeing through napari's ``PublicOnlyProxy``.
+
+    napari hands plugin widgets a proxied viewer: ``viewer.add_labels(...)`` returns a proxy
+    while iterating ``viewer.layers`` yields the layers themselves, so ``is`` alone fails.
+    """
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
+def is_output(layer: napari.layers.Layer) -> bool:
+    """True for layers the plugin created to hold a result."""
+    meta = getattr(layer, "metadata", None) or {}
+    return bool(meta.get(OUTPUT_KEY))
+
+
+def layer_array(layer: napari.layers.Layer) -> np.ndarray:
+    """The layer's data as a numpy array (full resolution for multiscale layers).
+
+    Call it on the GUI thread; the array, not the layer, goes to a worker.
+    """
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return np.asarray(data)
+
+
+def check_scan_layer(layer: napari.layers.Layer | None) -> str | None:
+    """Why ``layer`` cannot be used as a scan, as a sentence saying what to do, or None."""
+    from napari.layers import Image
+
+    if layer is None:
+        return ("No scan chosen: open a scan (section 1 or File > Open) and pick it under "
+                "'Scan' at the top of the LatentSeg dock.")
+    if not isinstance(layer, Image):
+        return (f"'{layer.name}' is a {type(layer).__name__} layer, not an image: pick a CT or "
+                "MR image layer under 'Scan'.")
+    if getattr(layer, "rgb", False):
+        return (f"'{layer.name}' is an RGB picture: pick a grayscale CT or MR image under "
+                "'Scan'.")
+    if layer.ndim not in (2, 3):
+        return (f"'{layer.name}' has {layer.ndim} dimensions: LatentSeg works on a 2D image or "
+                "a 3D volume; split time series or channels into separate layers first.")
+    return None
+
+
+def geometry_kwargs(layer: napari.layers.Layer) -> dict[str, Any]:
+    """``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` of ``layer`` (copies)."""
+    return {
+        "scale": np.array(layer.scale, dtype=float),
+        "translate": np.array(layer.translate, dtype=float),
+        "rotate": np.array(layer.rotate, dtype=float),
+        "shear": np.array(layer.shear, dtype=float),
+        "affine": np.array(layer.affine.affine_matrix, dtype=float),
+    }
+
+
+def source_geometry(layer: napari.layers.Layer, shape: tuple[int, ...]) -> dict:
+    """Geometry dict (for :func:`~napari_latentseg.io.save_volume`) of data on ``layer``'s grid.
+
+    The scan's stored ``metadata["latentseg_geometry"]`` when its shape matches (exactly the
+    file's geometry), otherwise the geometry derived from the layer transform.
+    """
+    attributes = dict(geometry_kwargs(layer), metadata=dict(layer.metadata or {}))
+    return geometry_from_layer_attributes(attributes, tuple(int(s) for s in shape))
+
+
+def output_name(source: napari.layers.Layer, role: str) -> str:
+    """Display name of the output ``role`` of ``source``, e.g. ``"scan reconstruction"``."""
+    return f"{source.name} {role}"
+
+
+def find_output(viewer: napari.viewer.Viewer, source_name: str, role: str):
+    """The plugin's output layer for ``role`` of the scan named ``source_name``, or None."""
+    key = f"{source_name}/{role}"
+    for layer in viewer.layers:
+        if (layer.metadata or {}).get(OUTPUT_KEY) == key:
+            return layer
+    return None
+
+
+def upsert_output(
+    viewer: napari.viewer.Viewer,
+    source: napari.layers.Layer,
+    role: str,
+    data: np.ndarray,
+    kind: str,
+    *,
+    contrast_limits: tuple[float, float] | None = None,
+    **display: Any,
+) -> napari.layers.Layer:
+    """Add the output layer ``role`` of ``source``, or update it if this plugin made it before.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer.
+    source : napari.layers.Layer
+        The scan the result belongs to; its geometry is copied.
+    role : str
+        ``"reconstruction"``, ``"error"``, ``"anomalies"``, ``"clusters"``, ...
+    data : np.ndarray
+        The result, on the source's grid.
+    kind : {"image", "labels"}
+        Layer type.
+    contrast_limits : tuple of float, optional
+        Image contrast limits (set on creation and on update).
+    **display
+        Display keywords used when the layer is created (colormap, opacity, blending...).
+
+    Returns
+    -------
+    napari.layers.Layer
+        The new or updated layer.
+    """
+    geom = geometry_kwargs(source)
+    metadata = {
+        OUTPUT_KEY: f"{source.name}/{role}",
+        "source_layer": source.name,
+        "modality": (source.metadata or {}).get("modality"),
+    }
+    try:
+        metadata["latentseg_geometry"] = source_geometry(source, data.shape)
+    except ValueError as exc:  # a degenerate transform: the writer will say so on save
+        _log.debug("no geometry for %s: %s", role, exc)
+    layer = find_output(viewer, source.name, role)
+    expected = "Labels" if kind == "labels" else "Image"
+    if layer is not None and type(layer).__name__ == expected:
+        layer.data = data
+        for key, value in geom.items():
+            setattr(layer, key, value)
+        layer.metadata = dict(layer.metadata or {}, **metadata)
+        if contrast_limits is not None:
+            layer.contrast_limits = contrast_limits
+        return layer
+    kwargs = dict(display, name=output_name(source, role), metadata=metadata, **geom)
+    if kind == "labels":
+        return viewer.add_labels(data, **kwargs)
+    if contrast_limits is not None:
+        kwargs["contrast_limits"] = contrast_limits
+    return viewer.add_image(data, **kwargs)
+
+
+def slice_target(layer: napari.layers.Layer, axis: int, index: int) -> tuple[int, float]:
+    """World axis and world coordinate that show data slice ``index`` along data ``axis``.
+
+    Uses the layer's data-to-world transform, so flipped, shifted and anisotropic scans land
+    on the right slice. For an oblique scan the world axis closest to the data axis is used.
+
+    Returns
+    -------
+    tuple
+        ``(world_axis, world_value)``; ``world_axis`` counts the layer's dimensions (add
+        ``viewer.dims.ndim - layer.ndim`` for viewers with extra leading dimensions).
+    """
+    shape = layer_array(layer).shape
+    point = np.array([(s - 1) / 2.0 for s in shape], dtype=float)
+    point[axis] = float(index)
+    step = point.copy()
+    step[axis] += 1.0
+    world = np.asarray(layer.data_to_world(point), dtype=float)
+    direction = np.asarray(layer.data_to_world(step), dtype=float) - world
+    world_axis = int(np.argmax(np.abs(direction)))
+    return world_axis, float(world[world_axis])
+
+
+def describe_error(exc: BaseException, action: str) -> str:
+    """One sentence for the user: what went wrong during ``action`` and what to do."""
+    from ...io import VolumeIOError
+    from ...models.checkpoint import ModelFileError
+
+    text = str(exc).strip() or type(exc).__name__
+    low = text.lower()
+    if "outofmemory" in type(exc).__name__.lower() or "out of memory" in low:
+        return (f"{action}: the GPU ran out of memory. Choose the CPU under Device (section 2), "
+                "a smaller Tile size (section 3) or a smaller configuration such as cpu-2d, or "
+                "close other programs using the GPU.")
+    if isinstance(exc, MemoryError):
+        return (f"{action}: not enough memory. Close other programs, crop the scan, or choose "
+                "a smaller configuration (cpu-2d).")
+    if isinstance(exc, ModelFileError | VolumeIOError | FileExistsError | FileNotFoundError):
+        return f"{action}: {text}"
+    if isinstance(exc, ValueError):
+        return f"{action}: {text[:1].upper()}{text[1:]}"
+    _log.error("%s failed", action, exc_info=exc)
+    return (f"{action} failed ({type(exc).__name__}: {text}). Check the chosen layers and "
+            "model; the full traceback is in the terminal.")

@@ -1,0 +1,353 @@
+"""Section 2: fit a VAE on image layers (live loss curve, Stop), or load / save a model file.
+
+Stop and the previous model: a stopped fit returns its best model so far (nothing is lost),
+but it does not push aside a model the user already had. If a model was active, it stays
+active and the stopped fit's model is added to the model list, one click away; if there was
+none, the stopped fit's model becomes active. A fit that diverged is not used at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+)
+
+from ...engine.train import FitOptions, fit_iter
+from ...models.checkpoint import load_model, next_version_path, save_model
+from ...models.config import CONFIGS, DEFAULT_CONFIG
+from ._base import Section, button_row, hint
+from ._layers import check_scan_layer, layer_array
+from ._loss_plot import LossPlot
+from ._pickers import LayerChecklist
+
+if TYPE_CHECKING:
+    from ...engine.train import FitResult
+    from ._dock import LatentSegWidget
+
+__all__ = ["ModelSection"]
+
+_REASONS = {
+    "steps": "all steps done",
+    "time": "time limit reached",
+    "early-stopping": "validation loss stopped improving",
+    "stopped": "stopped",
+}
+
+
+class _DeviceProbe(QObject):
+    """Finds the available devices in a background thread (importing torch takes seconds)."""
+
+    found = Signal(list)
+
+    def start(self) -> None:
+        def probe() -> None:
+            from ...engine.device import available_devices
+
+            try:
+                devices = available_devices()
+            except Exception:  # a broken CUDA install: the CPU is always there
+                devices = ["cpu"]
+            try:
+                self.found.emit(devices)
+            except RuntimeError:  # the dock was closed meanwhile
+                pass
+
+        threading.Thread(target=probe, name="latentseg-device-probe", daemon=True).start()
+
+
+class ModelSection(Section):
+    """Choose image layers, configuration and device; fit, load or save the active model."""
+
+    def __init__(self, dock: LatentSegWidget) -> None:
+        super().__init__(dock)
+        # --- active model
+        self.model_list = QComboBox()
+        self.model_list.setToolTip("Models of this session; the active one is used by "
+                                   "sections 3 and 4.")
+        self.model_list.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_list.setMinimumContentsLength(8)
+        self.model_list.activated.connect(self._on_pick_model)
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+
+        # --- fit options
+        self.fit_on = LayerChecklist(self.viewer, dock.watcher)
+        self.fit_on.setToolTip("Tick the scans to fit on (e.g. several healthy scans). "
+                               "With none ticked, the scan chosen at the top is used.")
+        self.config = QComboBox()
+        for name, cfg in CONFIGS.items():
+            self.config.addItem(name)
+            self.config.setItemData(self.config.count() - 1, cfg.description,
+                                   Qt.ItemDataRole.ToolTipRole)
+        self.config.setCurrentText(DEFAULT_CONFIG)
+        self.config_info = hint("")
+        self.config.currentTextChanged.connect(self._on_config)
+        self.device_box = QComboBox()
+        self.device_box.addItem("cpu")
+        self.device_box.setToolTip("Where to compute. CUDA is offered only when a CUDA GPU is "
+                                   "present (detected in the background).")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.steps.setValue(FitOptions.steps)
+        self.steps.setSingleStep(50)
+        self.steps.setToolTip("Training steps; the fit may end earlier when the validation "
+                              "loss stops improving.")
+        self.minutes = QSpinBox()
+        self.minutes.setRange(0, 24 * 60)
+        self.minutes.setSpecialValueText("none")
+        self.minutes.setSuffix(" min")
+        self.minutes.setToolTip("Optional time limit; the fit ends at the steps or the time "
+                                "limit, whichever comes first.")
+        self.fit_btn = self.job_button("Fit", "Fit a new model on the ticked scans (no labels "
+                                       "needed). Progress and Stop are at the bottom.", self.fit)
+        self.load_btn = self.job_button("Load model\u2026", "Open a model file (.pt).",
+                                        self._ask_load)
+        self.save_btn = self.job_button("Save model\u2026", "Save the active model; existing "
+                                        "files are never overwritten.", self._ask_save)
+        self.plot = LossPlot()
+
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Active model", self.model_list)
+        form.addRow(self.model_info)
+        form.addRow("Fit on", self.fit_on)
+        form.addRow("Configuration", self.config)
+        form.addRow(self.config_info)
+        form.addRow("Device", self.device_box)
+        form.addRow("Steps", self.steps)
+        form.addRow("Time limit", self.minutes)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 0, 4, 4)
+        lay.addLayout(form)
+        lay.addLayout(button_row(self.fit_btn, self.load_btn, self.save_btn))
+        lay.addWidget(self.plot)
+
+        self._fitting = False
+        self._probe = _DeviceProbe(self)
+        self._probe.found.connect(self._set_devices)
+        self._probe.start()
+        self._on_config(self.config.currentText())
+        self._apply_theme()
+        dock.model_changed.connect(self._on_model_changed)
+        dock.scan_changed.connect(self._follow_scan)
+        self._on_model_changed()
+        self._follow_scan()
+
+    # ------------------------------------------------------------------ small helpers
+    def _apply_theme(self) -> None:
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            self.plot.set_colors(theme.text.as_hex(), theme.current.as_hex(),
+                                 theme.warning.as_hex())
+        except Exception:  # unknown theme: keep the plot's defaults
+            pass
+
+    def _set_devices(self, devices: list) -> None:
+        current = self.device_box.currentText()
+        self.device_box.clear()
+        self.device_box.addItems([str(d) for d in devices])
+        if current in devices:
+            self.device_box.setCurrentText(current)
+
+    def device(self) -> str:
+        """The chosen device."""
+        return self.device_box.currentText() or "cpu"
+
+    def _follow_scan(self) -> None:
+        # Unless the user ticked several scans, fit on the scan chosen at the top.
+        scan = self.dock.scan_layer()
+        if scan is not None and len(self.fit_on.checked_layers()) <= 1:
+            self.fit_on.set_checked([scan])
+
+    def _on_config(self, name: str) -> None:
+        cfg = CONFIGS.get(name)
+        self.config_info.setText(cfg.description if cfg else "")
+
+    def _on_pick_model(self, index: int) -> None:
+        if 0 <= index < len(self.dock.models):
+            self.dock.set_active(self.dock.models[index])
+
+    def _on_model_changed(self) -> None:
+        dock = self.dock
+        self.model_list.clear()
+        for entry in dock.models:
+            self.model_list.addItem(entry.label)
+        entry = dock.active_entry
+        if entry is None:
+            self.model_list.setPlaceholderText("no model yet")
+            self.model_list.setCurrentIndex(-1)
+            self.model_info.setText("<i>No model yet: fit one on your scan (no labels needed) "
+                                    "or load a model file.</i>")
+            return
+        self.model_list.setCurrentIndex(dock.models.index(entry))
+        model = entry.model
+        info = model.info or {}
+        lines = [f"<b>{model.describe()}</b>"]
+        details = []
+        if info.get("best_val_l1") is not None:
+            details.append(f"validation L1 {float(info['best_val_l1']):.4f}")
+        if info.get("stop_reason"):
+            details.append(_REASONS.get(info["stop_reason"], str(info["stop_reason"])))
+        if info.get("device"):
+            details.append(f"fitted on {info['device']}")
+        if details:
+            lines.append(" \u00b7 ".join(details))
+        if model.head:
+            classes = model.head.get("classes", [])
+            lines.append(f"segmentation head for classes {', '.join(map(str, classes))} "
+                         f"(round {model.head.get('rounds', 1)})")
+        lines.append(f"file: {entry.path}" if entry.path else "not saved yet")
+        self.model_info.setText("<br>".join(lines))
+        if not self._fitting:
+            self.plot.set_history(model.history or [],
+                                  caption="This model has no training history.")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> bool:
+        """Fit a model on the ticked scans (or the chosen scan) in a thread worker."""
+        layers = self.fit_on.checked_layers() or [self.dock.scan_layer()]
+        for layer in layers:
+            problem = check_scan_layer(layer)
+            if problem:
+                show_error(problem)
+                return False
+        volumes = [layer_array(layer) for layer in layers]
+        modalities = [(layer.metadata or {}).get("modality") for layer in layers]
+        sources = [(layer.metadata or {}).get("source_path") or layer.name for layer in layers]
+        config = self.config.currentText()
+        steps = int(self.steps.value())
+        minutes = float(self.minutes.value()) or None
+        try:
+            options = FitOptions(steps=steps, minutes=minutes, device=self.device(), seed=0,
+                                 eval_every=max(5, min(50, steps // 10)))
+        except ValueError as exc:
+            show_error(f"Cannot fit: {exc}")
+            return False
+        names = ", ".join(f"'{layer.name}'" for layer in layers)
+        self.plot.clear(total=steps, caption=f"Fitting {config} on {names}\u2026")
+
+        def job(stop):
+            return fit_iter(volumes, config, options, modalities=modalities, sources=sources,
+                            stop_event=stop)
+
+        def on_yield(ev: dict) -> None:
+            if ev.get("stage") == "fit":
+                self.plot.add(int(ev["step"]), ev.get("loss"), ev.get("val"))
+
+        started = self.dock.tasks.start(f"Fitting {config}", job, on_yield=on_yield,
+                                        on_return=self._fit_done)
+        self._fitting = started
+        if started:
+            self.dock.tasks.after(self._fit_ended)
+        return started
+
+    def _fit_ended(self) -> None:
+        self._fitting = False
+
+    def _fit_done(self, result: FitResult) -> None:
+        self._fitting = False
+        dock = self.dock
+        if result.reason == "diverged":
+            show_warning("The fit diverged (the loss became infinite) and was discarded; the "
+                         "active model is unchanged. Try fewer steps or another configuration.")
+            return
+        if result.steps == 0:
+            show_info("The fit was stopped before its first step: nothing changed.")
+            return
+        stopped = result.reason == "stopped"
+        previous = dock.active_entry
+        origin = f"stopped at step {result.steps}" if stopped else "fitted"
+        keep_previous = stopped and previous is not None
+        dock.add_model(result.model, origin, activate=not keep_previous)
+        if keep_previous:
+            show_info(f"Fit stopped after {result.steps} steps. The active model is unchanged "
+                      f"({previous.model.describe()}); the stopped fit's best model is in the "
+                      "'Active model' list if you want to use or save it.")
+        elif stopped:
+            show_info(f"Fit stopped after {result.steps} steps: its best model so far is now "
+                      "active. Save it with Save model\u2026 to keep it.")
+        else:
+            show_info(f"Fit finished after {result.steps} steps "
+                      f"({_REASONS.get(result.reason, result.reason)}) in "
+                      f"{result.seconds:.0f} s; the new model is active. Save it with "
+                      "Save model\u2026 to reuse it on other scans.")
+
+    # ------------------------------------------------------------------ files
+    def _default_model_path(self) -> Path:
+        layer = self.dock.scan_layer()
+        src = (layer.metadata or {}).get("source_path") if layer is not None else None
+        folder = Path(src).parent if src else Path.home()
+        stem = layer.name.replace(" ", "_") if layer is not None else "latentseg"
+        model = self.dock.active_model
+        cfg = model.config.name if model is not None else "model"
+        return next_version_path(folder / f"{stem}_{cfg}.pt")
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a model", str(
+            self._default_model_path().parent), "Model files (*.pt *.pth);;All files (*)")
+        if path:
+            self.load_model_file(path)
+
+    def _ask_save(self) -> None:
+        if self.dock.active_model is None:
+            show_error("No model to save: fit one or load a model file first.")
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the active model", str(self._default_model_path()),
+            "Model files (*.pt)", options=QFileDialog.Option.DontConfirmOverwrite)
+        if path:
+            self.save_model_file(path)
+
+    def load_model_file(self, path: str) -> bool:
+        """Load a model file in a worker; it becomes the active model."""
+        device = self.device()
+
+        def job(stop):
+            yield {"stage": "load", "message": f"loading {Path(path).name}"}
+            return load_model(path, device=device)
+
+        def done(model) -> None:
+            self.dock.add_model(model, "loaded", str(path))
+            show_info(f"Loaded {Path(path).name}: {model.describe()}.")
+
+        return self.dock.tasks.start("Loading the model", job, on_return=done, stoppable=False)
+
+    def save_model_file(self, path: str) -> bool:
+        """Save the active model to ``path`` (or the next free ``-vN`` name) in a worker."""
+        entry = self.dock.active_entry
+        if entry is None:
+            show_error("No model to save: fit one or load a model file first.")
+            return False
+        target = Path(path)
+        if not target.suffix:
+            target = target.with_suffix(".pt")
+        free = next_version_path(target)
+        model = entry.model
+
+        def job(stop):
+            yield {"stage": "save", "message": f"saving {free.name}"}
+            return save_model(model, free)
+
+        def done(written: Path) -> None:
+            entry.path = str(written)
+            model.source_path = str(written)
+            self.dock.model_changed.emit()
+            extra = (f" ({target.name} exists and models are never overwritten)"
+                     if free != target else "")
+            show_info(f"Model saved as {written}{extra}.")
+
+        return self.dock.tasks.start("Saving the model", job, on_return=done, stoppable=False)

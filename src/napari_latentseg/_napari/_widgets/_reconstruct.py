@@ -1,0 +1,138 @@
+"""Section 3: reconstruct the scan with the active model; error map and anomaly candidates.
+
+Outputs (plugin-owned, updated on re-run, overlaying the scan with its geometry):
+``"<scan> reconstruction"`` (Image, hidden at first: tick its eye to compare with the scan),
+``"<scan> error"`` (Image, a heat overlay: small errors transparent, large ones red to yellow)
+and
+``"<scan> anomalies"`` (Labels, each candidate outlined in cyan in 2D views).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout
+
+from ...engine.infer import reconstruct_iter
+from ._base import Section, hint
+from ._layers import check_scan_layer, layer_array, output_name, upsert_output
+
+if TYPE_CHECKING:
+    from ...engine.infer import ReconstructionResult
+    from ._dock import LatentSegWidget
+
+__all__ = ["ReconstructSection"]
+
+
+def _error_colormap():
+    """Transparent for small errors, through red to yellow for the largest: a heat overlay."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        colors=[[1.0, 0.1, 0.0, 0.0], [1.0, 0.1, 0.0, 0.0], [1.0, 0.25, 0.0, 0.75],
+                [1.0, 1.0, 0.2, 1.0]],
+        controls=[0.0, 0.25, 0.6, 1.0],
+        name="latentseg error",
+    )
+
+
+def _candidate_colormap():
+    """Every anomaly candidate in one colour (cyan), so outlines read at a glance."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: [0.0, 1.0, 1.0, 1.0], 0: [0.0, 0.0, 0.0, 0.0]})
+
+
+class ReconstructSection(Section):
+    """Run the active model on the chosen scan."""
+
+    def __init__(self, dock: LatentSegWidget) -> None:
+        super().__init__(dock)
+        self.anomalies = QCheckBox("Outline anomaly candidates")
+        self.anomalies.setChecked(True)
+        self.anomalies.setToolTip("Regions the model reconstructs much worse than the scans it "
+                                  "was fitted on (threshold learnt during the fit).")
+        self.tile = QSpinBox()
+        self.tile.setRange(64, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setValue(512)
+        self.tile.setSuffix(" px")
+        self.tile.setToolTip("Largest slice size processed at once; lower it if the GPU runs "
+                             "out of memory.")
+        self.run_btn = self.job_button(
+            "Reconstruct", "Reconstruct the scan with the active model and map the error.",
+            self.run)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow(self.anomalies)
+        form.addRow("Tile size", self.tile)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 0, 4, 4)
+        lay.addWidget(hint("Bright in the error map = what the model could not reproduce. "
+                           "Results appear as new layers over the scan."))
+        lay.addLayout(form)
+        lay.addWidget(self.run_btn)
+        lay.addWidget(self.summary)
+
+    def run(self) -> bool:
+        """Reconstruct the chosen scan in a worker; returns False if it could not start."""
+        layer = self.dock.scan_layer()
+        problem = check_scan_layer(layer)
+        if problem:
+            show_error(problem)
+            return False
+        model = self.dock.active_model
+        if model is None:
+            show_error("No active model: fit one or load a model file in section 2 first.")
+            return False
+        data = layer_array(layer)
+        modality = (layer.metadata or {}).get("modality")
+        anomalies = self.anomalies.isChecked()
+        tile = int(self.tile.value())
+        device = self.dock.device()
+
+        def job(stop):
+            return reconstruct_iter(model, data, modality=modality, anomalies=anomalies,
+                                    tile=tile, device=device, stop_event=stop)
+
+        def done(result: ReconstructionResult) -> None:
+            self._show(layer, result)
+
+        def stopped() -> None:
+            show_info("Reconstruction stopped: the previous result layers are unchanged.")
+
+        return self.dock.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
+                                     on_stopped=stopped)
+
+    def _show(self, layer, result: ReconstructionResult) -> None:
+        if layer not in self.viewer.layers:
+            show_error(f"'{layer.name}' was removed while it was being reconstructed; the "
+                       "result was dropped.")
+            return
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        upsert_output(self.viewer, layer, "reconstruction", result.reconstruction, "image",
+                      contrast_limits=(lo, hi), colormap="gray", visible=False)
+        err = result.error
+        top = float(np.percentile(err, 99.5)) if err.size else 1.0
+        upsert_output(self.viewer, layer, "error", err, "image",
+                      contrast_limits=(0.0, max(top, 1e-3)), colormap=_error_colormap(),
+                      blending="translucent", opacity=0.9)
+        parts = [f"Mean error {float(err.mean()):.3f} of the intensity range"]
+        if result.anomalies is not None:
+            anom = upsert_output(self.viewer, layer, "anomalies", result.anomalies, "labels",
+                                 opacity=1.0, colormap=_candidate_colormap())
+            anom.contour = 2
+            parts.append(f"{result.n_candidates} anomaly candidate"
+                         f"{'s' if result.n_candidates != 1 else ''}")
+        parts.append(f"{result.seconds:.1f} s on {result.info.get('device', '?')}")
+        self.summary.setText(" \u00b7 ".join(parts) + ".")
+        self.viewer.layers.selection.active = layer
+        show_info(f"Reconstruction done: '{output_name(layer, 'error')}' shows where the model "
+                  "differs from the scan" + (
+                      f"; '{output_name(layer, 'anomalies')}' outlines "
+                      f"{result.n_candidates} candidate region(s)."
+                      if result.anomalies is not None else "."))

@@ -1,0 +1,441 @@
+"""Section 4: clusters, few-shot segmentation from painted slices, fine-tuning, next slice.
+
+Layers
+------
+- ``"<scan> clusters"``, ``"<scan> segmentation"`` (Labels) and ``"<scan> uncertainty"``
+  (Image) are plugin-owned outputs on the scan's grid, updated on each run.
+- The annotation layer is the user's: *New annotation layer* creates an empty one on the scan's
+  grid (same shape, scale, translate, rotate) to paint in: 1 = background, 2, 3... = structures,
+  0 = not annotated. In the segmentation layer each class has the annotation layer's colour, and
+  class 1 (the background, by that convention) is transparent so the scan shows through.
+
+Accept corrections (the one explicit write to a user's layer)
+-------------------------------------------------------------
+The user may paint over mistakes in the segmentation layer. *Accept corrections* compares the
+segmentation layer's current data with what the plugin last wrote there; every voxel that
+differs and holds a label (> 0) is copied into the annotation layer with that label, through
+``Labels.data_setitem`` so that Ctrl+Z in napari undoes it. Erased voxels (0) are ignored,
+because 0 means "not annotated", not a class. The next *Segment* or *Fine-tune* round then
+learns from the corrections.
+
+Models
+------
+Each round starts from the active model and returns a new model holding the segmentation
+head (the model it started from is untouched); that model becomes active, so the next round
+continues from it and *Save model* keeps the head. Features are cached per (scan, model), so a
+round on an unchanged encoder does not recompute them (the summary says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
+
+from ...engine.segment import cluster_iter, segment_iter, validate_annotations
+from ...io import save_volume
+from ._base import Section, hint
+from ._layers import (
+    check_scan_layer,
+    find_output,
+    geometry_kwargs,
+    layer_array,
+    output_name,
+    slice_target,
+    source_geometry,
+    upsert_output,
+)
+from ._pickers import LayerCombo
+
+if TYPE_CHECKING:
+    import napari.layers
+
+    from ...engine.segment import ClusterResult, SegmentationResult
+    from ._dock import LatentSegWidget
+
+__all__ = ["SegmentSection"]
+
+_AXES = {0: "axial (z)", 1: "coronal (y)", 2: "sagittal (x)"}
+
+
+class SegmentSection(Section):
+    """Clusters and few-shot segmentation of the chosen scan with the active model."""
+
+    def __init__(self, dock: LatentSegWidget) -> None:
+        super().__init__(dock)
+        # --- clusters
+        self.k = QSpinBox()
+        self.k.setRange(2, 16)
+        self.k.setValue(4)
+        self.k.setToolTip("Number of clusters (K).")
+        self.method = QComboBox()
+        self.method.addItems(["kmeans", "gmm"])
+        self.method.setToolTip("k-means or a Gaussian mixture on the model's features.")
+        self.cluster_btn = self.job_button(
+            "Cluster", "Group voxels into K clusters without any annotation (labels ordered "
+            "from dark to bright).", self.cluster)
+
+        # --- few-shot
+        self.annotations = LayerCombo(self.viewer, dock.watcher, "labels",
+                                      "none yet")
+        self.annotations.setToolTip("The labels layer you paint on.")
+        self.new_btn = QPushButton("New annotation layer")
+        self.new_btn.setToolTip("An empty labels layer on the scan's grid, ready to paint.")
+        self.new_btn.clicked.connect(lambda *_: self.new_annotation_layer())
+        self.finetune_steps = QSpinBox()
+        self.finetune_steps.setRange(1, 100_000)
+        self.finetune_steps.setValue(100)
+        self.finetune_steps.setSingleStep(50)
+        self.finetune_steps.setToolTip("Steps of training the classifier together with the "
+                                       "encoder on the annotated slices.")
+        self.segment_btn = self.job_button(
+            "Segment", "Train a classifier on the painted voxels and label every voxel "
+            "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))
+        self.finetune_btn = self.job_button(
+            "Fine-tune", "A round of training the classifier with the encoder on the current "
+            "annotations, then label every voxel. Stop ends the training and still predicts.",
+            lambda: self.segment(finetune=True))
+        self.next_btn = QPushButton("Next slice")
+        self.next_btn.setToolTip("Go to the slice where the segmentation is least certain: "
+                                 "annotating it helps most.")
+        self.next_btn.clicked.connect(lambda *_: self.go_to_suggestion())
+        self.accept_btn = QPushButton("Accept corrections")
+        self.accept_btn.setToolTip("Copy what you repainted in the segmentation layer into the "
+                                   "annotation layer (undo with Ctrl+Z on that layer).")
+        self.accept_btn.clicked.connect(lambda *_: self.accept_corrections())
+        self.save_btn = QPushButton("Save labels\u2026")
+        self.save_btn.setToolTip("Save the segmentation in the scan's geometry (NIfTI, NRRD, "
+                                 "MetaImage).")
+        self.save_btn.clicked.connect(lambda *_: self._ask_save())
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+
+        clusters = QHBoxLayout()
+        clusters.setContentsMargins(0, 0, 0, 0)
+        clusters.addWidget(self.k)
+        clusters.addWidget(self.method)
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Clusters", clusters)
+        form.addRow(self.cluster_btn)
+        form.addRow(QLabel("<b>Few-shot from your annotations</b>"))
+        form.addRow("Annotations", self.annotations)
+        form.addRow(self.new_btn)
+        form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
+                         "(0 = not annotated). Then Segment."))
+        form.addRow("Fine-tune steps", self.finetune_steps)
+        buttons = QGridLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        buttons.addWidget(self.segment_btn, 0, 0)
+        buttons.addWidget(self.finetune_btn, 0, 1)
+        buttons.addWidget(self.next_btn, 1, 0)
+        buttons.addWidget(self.accept_btn, 1, 1)
+        buttons.addWidget(self.save_btn, 2, 0, 1, 2)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 0, 4, 4)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.summary)
+
+        self.suggestion: dict | None = None
+        self._suggestion_scan: napari.layers.Layer | None = None
+        self._written: dict[str, np.ndarray] = {}  # output key -> what the plugin last wrote
+
+    # ------------------------------------------------------------------ checks
+    def _scan_and_model(self):
+        layer = self.dock.scan_layer()
+        problem = check_scan_layer(layer)
+        if problem:
+            show_error(problem)
+            return None, None
+        model = self.dock.active_model
+        if model is None:
+            show_error("No active model: fit one or load a model file in section 2 first.")
+            return None, None
+        return layer, model
+
+    # ------------------------------------------------------------------ clusters
+    def cluster(self) -> bool:
+        """Cluster the scan's voxels into K groups (Labels layer ``"<scan> clusters"``)."""
+        layer, model = self._scan_and_model()
+        if layer is None:
+            return False
+        data = layer_array(layer)
+        modality = (layer.metadata or {}).get("modality")
+        k, method, cache = int(self.k.value()), self.method.currentText(), self.dock.cache
+
+        def job(stop):
+            return cluster_iter(model, data, k, method=method, modality=modality, cache=cache,
+                                stop_event=stop)
+
+        def done(result: ClusterResult) -> None:
+            if layer not in self.viewer.layers:
+                return
+            upsert_output(self.viewer, layer, "clusters", result.labels, "labels", opacity=0.5)
+            reuse = " (features reused from the previous run)" if result.cache_hit else ""
+            self.summary.setText(f"{result.k} clusters ({result.method}), ordered from dark "
+                                 f"to bright, in {result.seconds:.1f} s{reuse}.")
+
+        return self.dock.tasks.start(f"Clustering '{layer.name}'", job, on_return=done,
+                                     on_stopped=lambda: show_info(
+                                         "Clustering stopped: nothing was changed."))
+
+    # ------------------------------------------------------------------ annotations
+    def new_annotation_layer(self) -> napari.layers.Labels | None:
+        """Create an empty annotation layer on the scan's grid and select it for painting."""
+        layer = self.dock.scan_layer()
+        problem = check_scan_layer(layer)
+        if problem:
+            show_error(problem)
+            return None
+        shape = layer_array(layer).shape
+        metadata = {"annotation_for": layer.name}
+        try:
+            metadata["latentseg_geometry"] = source_geometry(layer, shape)
+        except ValueError:
+            pass
+        ann = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8),
+                                     name=output_name(layer, "annotations"), metadata=metadata,
+                                     opacity=0.7, **geometry_kwargs(layer))
+        self.annotations.set_layer(ann)
+        self.viewer.layers.selection.active = ann
+        ann.selected_label = 1
+        ann.brush_size = max(3, int(min(shape[-2:]) // 25))
+        ann.mode = "paint"
+        show_info(f"Paint on '{ann.name}': label 1 = background, 2, 3\u2026 = structures, on a "
+                  "few slices; then press Segment.")
+        return ann
+
+    def _annotation_array(self, scan) -> np.ndarray | None:
+        ann_layer = self.annotations.layer()
+        if ann_layer is None:
+            show_error("No annotation layer: press New annotation layer, paint a few slices "
+                       "(1 = background, 2, 3\u2026 = structures), then Segment.")
+            return None
+        ann = np.array(layer_array(ann_layer), copy=True)  # the user may paint meanwhile
+        shape = layer_array(scan).shape
+        if ann.shape != shape:
+            show_error(f"The annotation layer '{ann_layer.name}' has shape {ann.shape} but the "
+                       f"scan '{scan.name}' has shape {shape}: choose the annotations made for "
+                       "this scan, or press New annotation layer to paint on its grid.")
+            return None
+        try:
+            validate_annotations(ann, shape)
+        except ValueError as exc:
+            show_error(f"'{ann_layer.name}': {exc}.")
+            return None
+        return ann
+
+    # ------------------------------------------------------------------ segmentation
+    def segment(self, finetune: bool = False) -> bool:
+        """Few-shot segmentation (and, with ``finetune``, a fine-tuning round) in a worker."""
+        scan, model = self._scan_and_model()
+        if scan is None:
+            return False
+        ann = self._annotation_array(scan)
+        if ann is None:
+            return False
+        data = layer_array(scan)
+        modality = (scan.metadata or {}).get("modality")
+        steps = int(self.finetune_steps.value()) if finetune else 0
+        cache = self.dock.cache
+        device = self.dock.device()
+
+        def job(stop):
+            from ...engine.device import resolve_device
+
+            model.to(resolve_device(device))
+            return segment_iter(model, data, ann, modality=modality, finetune_steps=steps,
+                                cache=cache, stop_event=stop)
+
+        def done(result: SegmentationResult) -> None:
+            self._show_segmentation(scan, result, finetune)
+
+        title = "Fine-tuning" if finetune else "Segmenting"
+        return self.dock.tasks.start(f"{title} '{scan.name}'", job, on_return=done,
+                                     on_stopped=lambda: show_info(
+                                         f"{title} stopped: the previous segmentation and "
+                                         "model are unchanged."))
+
+    def _show_segmentation(self, scan, result: SegmentationResult, finetune: bool) -> None:
+        if scan not in self.viewer.layers:
+            show_error(f"'{scan.name}' was removed meanwhile; the segmentation was dropped.")
+            return
+        pred = upsert_output(self.viewer, scan, "segmentation", result.labels, "labels",
+                             opacity=0.5)
+        self._colour_like_annotations(pred, result.classes)
+        self._written[pred.metadata["latentseg_output"]] = np.array(result.labels, copy=True)
+        unc = result.uncertainty
+        top = float(np.percentile(unc, 99.5)) if unc.size else 1.0
+        upsert_output(self.viewer, scan, "uncertainty", unc, "image",
+                      contrast_limits=(0.0, max(0.1, min(1.0, top))), colormap="magma",
+                      blending="additive", opacity=0.8, visible=False)
+        self.suggestion = dict(result.suggestion)
+        self._suggestion_scan = scan
+        rounds = (result.model.head or {}).get("rounds", 1)
+        origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
+        self.dock.add_model(result.model, origin)
+        lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
+                 + (" (features reused)" if result.cache_hit and not finetune else "") + "."]
+        lines.append(self._suggestion_text())
+        lines.extend(result.notes)
+        self.summary.setText("<br>".join(lines))
+        for note in result.notes:
+            show_info(note)
+
+    def _colour_like_annotations(self, pred, classes: list[int]) -> None:
+        """Colour each class as in the annotation layer; class 1 (background) transparent."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        ann = self.annotations.layer()
+        source = ann.colormap if ann is not None else pred.colormap
+        clear = np.zeros(4, dtype=np.float32)
+        colors = {None: clear, 0: clear}
+        for c in classes:
+            colors[int(c)] = clear if c == 1 else np.asarray(source.map(int(c)), np.float32)
+        pred.colormap = DirectLabelColormap(color_dict=colors)
+
+    def _suggestion_text(self) -> str:
+        s = self.suggestion or {}
+        if s.get("index") is None:
+            return "No unannotated slice left to suggest."
+        scan = self._suggestion_scan
+        if scan is not None and scan.ndim == 2:
+            return ("2D image: look where the uncertainty layer is bright and paint there.")
+        return (f"Next slice to annotate: {_AXES.get(s['axis'], s['axis'])} {s['index']} "
+                f"(uncertainty {float(s.get('score') or 0):.2f}).")
+
+    # ------------------------------------------------------------------ next slice
+    def go_to_suggestion(self) -> bool:
+        """Move the viewer to the suggested slice (world coordinates of the scan)."""
+        s, scan = self.suggestion, self._suggestion_scan
+        if not s or scan is None or scan not in self.viewer.layers:
+            show_error("No suggestion yet: press Segment first.")
+            return False
+        if s.get("index") is None:
+            show_info("Every slice already has annotations: nothing to suggest.")
+            return False
+        if scan.ndim == 2:
+            show_info(self._suggestion_text())
+            return False
+        world_axis, value = slice_target(scan, int(s["axis"]), int(s["index"]))
+        dims = self.viewer.dims
+        axis = dims.ndim - scan.ndim + world_axis
+        if dims.ndisplay == 2 and axis in dims.displayed:
+            order = [a for a in dims.order if a != axis]
+            dims.order = tuple(order[: len(order) - 2] + [axis] + order[len(order) - 2:])
+        dims.set_point(axis, value)
+        ann = self.annotations.layer()
+        if ann is not None:
+            self.viewer.layers.selection.active = ann
+        show_info(self._suggestion_text())
+        return True
+
+    # ------------------------------------------------------------------ corrections
+    def accept_corrections(self) -> int:
+        """Copy the user's edits of the segmentation layer into the annotation layer.
+
+        Returns
+        -------
+        int
+            The number of voxels copied (0 when nothing was edited or on error).
+        """
+        scan = self.dock.scan_layer()
+        pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
+        key = pred.metadata.get("latentseg_output") if pred is not None else None
+        if pred is None or key not in self._written:
+            show_error("No segmentation to correct yet: press Segment, repaint its mistakes in "
+                       "the segmentation layer, then Accept corrections.")
+            return 0
+        ann = self.annotations.layer()
+        current = layer_array(pred)
+        if ann is None or layer_array(ann).shape != current.shape:
+            show_error("Choose the annotation layer of this scan (same shape) under "
+                       "'Annotations' to receive the corrections.")
+            return 0
+        written = self._written[key]
+        if written.shape != current.shape:
+            show_error("The segmentation layer changed shape since it was computed: press "
+                       "Segment again.")
+            return 0
+        changed = (current != written) & (current > 0)
+        n = int(changed.sum())
+        if n == 0:
+            show_info("No corrections found: paint the right label over mistakes in the "
+                      f"'{pred.name}' layer first, then Accept corrections.")
+            return 0
+        index = np.nonzero(changed)
+        ann.data_setitem(index, current[index].astype(layer_array(ann).dtype))
+        self._written[key] = np.array(current, copy=True)
+        slices = np.unique(index[0]).size if current.ndim == 3 else 1
+        show_info(f"Copied {n} corrected voxels on {slices} slice(s) into '{ann.name}' (Ctrl+Z "
+                  "on that layer undoes it). Press Segment or Fine-tune to learn from them.")
+        return n
+
+    # ------------------------------------------------------------------ saving
+    def _ask_save(self) -> None:
+        scan = self.dock.scan_layer()
+        if scan is None or find_output(self.viewer, scan.name, "segmentation") is None:
+            show_error("No segmentation to save yet: press Segment first.")
+            return
+        src = (scan.metadata or {}).get("source_path")
+        folder = Path(src).parent if src else Path.home()
+        default = folder / f"{scan.name.replace(' ', '_')}_segmentation.nii.gz"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the segmentation", str(default),
+            "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
+        if path:
+            self.save_labels(path, overwrite=True)  # the dialog asked before replacing a file
+
+    def save_labels(self, path: str, *, overwrite: bool = False) -> bool:
+        """Write the segmentation layer (with the user's edits) in the scan's geometry.
+
+        Parameters
+        ----------
+        path : str
+            ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha`` file.
+        overwrite : bool
+            Replace an existing file (the save dialog has asked the user).
+
+        Returns
+        -------
+        bool
+            Whether the save job started.
+        """
+        scan = self.dock.scan_layer()
+        pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
+        if pred is None:
+            show_error("No segmentation to save yet: press Segment first.")
+            return False
+        data = np.array(layer_array(pred), copy=True)
+        try:
+            geometry = source_geometry(scan, data.shape)
+        except ValueError as exc:
+            show_error(f"Cannot save: the scan's geometry is unusable ({exc}).")
+            return False
+        reference = (scan.metadata or {}).get("source_path")
+
+        def job(stop):
+            yield {"stage": "save", "message": f"writing {Path(path).name}"}
+            return save_volume(path, data, geometry, kind="labels", overwrite=overwrite,
+                               reference=reference if isinstance(reference, str) else None)
+
+        def done(written) -> None:
+            show_info(f"Saved the segmentation to {written}, in the geometry of '{scan.name}' "
+                      "(it overlays the scan in other viewers).")
+
+        return self.dock.tasks.start("Saving the labels", job, on_return=done,
+                                     stoppable=False)
