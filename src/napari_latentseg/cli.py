@@ -109,6 +109,16 @@ def _drive_interruptible(gen, progress: Callable, stop: threading.Event):
             print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
 
 
+def _run_core(make_gen: Callable[[threading.Event], object], quiet: bool):
+    """Run the core generator ``make_gen(stop_event)`` with progress bars and clean Ctrl-C."""
+    stop = threading.Event()
+    progress = _Progress(quiet)
+    try:
+        return _drive_interruptible(make_gen(stop), progress, stop)
+    finally:
+        progress.close()
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_fit(args: argparse.Namespace) -> int:
     from .engine.train import FitOptions, fit_iter
@@ -127,16 +137,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if out != Path(args.output):
         print(f"{args.output} exists and models are never overwritten: saving as {out}",
               file=sys.stderr)
-    stop = threading.Event()
-    progress = _Progress(args.quiet)
-    try:
-        result = _drive_interruptible(
-            fit_iter(volumes, args.config, opts, modalities=modalities,
-                     sources=[str(Path(p).resolve()) for p in args.images], stop_event=stop),
-            progress, stop,
-        )
-    finally:
-        progress.close()
+    sources = [str(Path(p).resolve()) for p in args.images]
+    result = _run_core(lambda stop: fit_iter(volumes, args.config, opts, modalities=modalities,
+                                             sources=sources, stop_event=stop), args.quiet)
     path = save_model(result.model, out)
     print(f"saved {path} ({result.model.describe()}; stopped by {result.reason} after "
           f"{result.steps} steps, {result.seconds:.0f} s; best validation L1 "
@@ -151,17 +154,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_outputs([args.output, args.error, args.anomalies], args.overwrite)
     vol = _read(args.image)
     model = load_model(args.model, device=args.device)
-    stop = threading.Event()
-    progress = _Progress(args.quiet)
-    try:
-        res = _drive_interruptible(
-            reconstruct_iter(model, vol.data, modality=vol.metadata.get("modality"),
-                             anomalies=args.anomalies is not None, tile=args.tile,
-                             stop_event=stop),
-            progress, stop,
-        )
-    finally:
-        progress.close()
+    res = _run_core(lambda stop: reconstruct_iter(
+        model, vol.data, modality=vol.metadata.get("modality"),
+        anomalies=args.anomalies is not None, tile=args.tile, stop_event=stop), args.quiet)
     written = [_save(args.output, res.reconstruction, vol, "image", args.overwrite)]
     if args.error:
         written.append(_save(args.error, res.error, vol, "image", args.overwrite))
@@ -199,15 +194,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     _check_outputs([args.output], args.overwrite)
     vol = _read(args.image)
     model = load_model(args.model, device=args.device)
-    stop = threading.Event()
-    progress = _Progress(args.quiet)
-    try:
-        res = _drive_interruptible(
-            cluster_iter(model, vol.data, args.k, method=args.method, seed=args.seed,
-                         modality=vol.metadata.get("modality"), stop_event=stop),
-            progress, stop)
-    finally:
-        progress.close()
+    res = _run_core(lambda stop: cluster_iter(
+        model, vol.data, args.k, method=args.method, seed=args.seed,
+        modality=vol.metadata.get("modality"), stop_event=stop), args.quiet)
     print(f"wrote {_save(args.output, res.labels, vol, 'labels', args.overwrite)} "
           f"({res.k} clusters by {res.method}, ids ordered by mean intensity, "
           f"{res.seconds:.1f} s)")
@@ -225,15 +214,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     ann = _read(args.annotations)
     _same_grid(vol, ann, "annotations")
     model = load_model(args.model, device=args.device)
-    stop = threading.Event()
-    progress = _Progress(args.quiet)
-    try:
-        res = _drive_interruptible(
-            segment_iter(model, vol.data, ann.data, modality=vol.metadata.get("modality"),
-                         finetune_steps=args.finetune_steps, seed=args.seed, stop_event=stop),
-            progress, stop)
-    finally:
-        progress.close()
+    res = _run_core(lambda stop: segment_iter(
+        model, vol.data, ann.data, modality=vol.metadata.get("modality"),
+        finetune_steps=args.finetune_steps, seed=args.seed, stop_event=stop), args.quiet)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {_save(args.output, res.labels, vol, 'labels', args.overwrite)} "

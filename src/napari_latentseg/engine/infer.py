@@ -142,26 +142,13 @@ class _Runner:
         if self.channels_last:
             self.net.to(memory_format=self.torch.contiguous_format)
 
-    def _pad(self, x):
-        """Pad spatial dims to a multiple of the downsampling factor (replicate edges)."""
-        import torch.nn.functional as F
-
-        spatial = x.shape[2:]
-        pads = []
-        for s in reversed(spatial):
-            pads += [0, (-s) % self.f]
-        if any(pads):
-            mode = "replicate" if x.ndim in (4, 5) else "constant"
-            x = F.pad(x, pads, mode=mode)
-        return x, spatial
-
     def __call__(self, block: np.ndarray, fn: str = "reconstruct"):
         """Run ``net.reconstruct`` (or ``encode``) on a (B, C, *spatial) float32 block."""
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x, spatial = self._pad(x)
+        x, spatial = pad_to_multiple(x, self.f)
         with torch.inference_mode(), autocast(self.device):
             if fn == "encode":
                 mu, sigma = self.net.encode(x)
@@ -184,6 +171,20 @@ class _Runner:
                 y = self.net.reconstruct(x)
         y = y.float()[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
         return y.cpu().numpy()
+
+
+def pad_to_multiple(x, f: int):
+    """Pad a (B, C, *spatial) tensor's spatial dims to multiples of ``f`` (replicating edges).
+
+    Returns the padded tensor and the original spatial shape (to crop results back).
+    """
+    import torch.nn.functional as F
+
+    spatial = tuple(x.shape[2:])
+    pads = []
+    for s in reversed(spatial):
+        pads += [0, (-s) % f]
+    return (F.pad(x, pads, mode="replicate") if any(pads) else x), spatial
 
 
 def _context_block(norm_fn, volume: np.ndarray, zs: np.ndarray, context: int) -> np.ndarray:

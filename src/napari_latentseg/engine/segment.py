@@ -32,7 +32,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from .common import check_stop, drive
 from .device import configure_threads
-from .infer import _context_block, _slice_batches, normalizer_for
+from .infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
 
 __all__ = [
     "FeatureCache",
@@ -126,16 +126,6 @@ class _FeatureRunner:
         per = max(1, _BATCH_VOXELS // int(np.prod(volume.shape[1:])))
         self.batches = _slice_batches(volume.shape[0], per)
 
-    def _pad(self, x):
-        import torch.nn.functional as F
-
-        f = self.cfg.downsampling
-        spatial = x.shape[2:]
-        pads = []
-        for s in reversed(spatial):
-            pads += [0, (-s) % f]
-        return (F.pad(x, pads, mode="replicate") if any(pads) else x), spatial
-
     def input_block(self, zs: np.ndarray) -> np.ndarray:
         if self.cfg.spatial_dims == 2:
             return _context_block(self.norm, self.volume, zs, self.cfg.context_slices)
@@ -148,7 +138,7 @@ class _FeatureRunner:
             f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
             return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
         x = torch.from_numpy(self.input_block(zs)).to(self.device)
-        x, spatial = self._pad(x)
+        x, spatial = pad_to_multiple(x, self.cfg.downsampling)
         with torch.inference_mode():
             f = self.hyper(x)
         return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
@@ -336,9 +326,9 @@ def cluster_iter(
             ll = -0.5 * (((zf[:, None, :] - t_mu[None]) ** 2) / t_var[None]).sum(-1)
             ll = ll - 0.5 * torch.log(t_var).sum(-1)[None] + t_logw[None]
             lab = ll.argmax(1)
-        out = t_remap[lab].cpu().numpy().reshape((len(zs),) + vol.shape[1:]) \
-            if model.config.spatial_dims == 2 else t_remap[lab].cpu().numpy().reshape(vol.shape)
-        labels[zs[0] : zs[-1] + 1] = out
+        # 3D batches cover every slice, so one reshape serves 2D and 3D.
+        labels[zs[0] : zs[-1] + 1] = t_remap[lab].cpu().numpy().reshape(
+            (len(zs),) + vol.shape[1:])
         yield {"stage": "cluster: labelling", "done": i + 1, "total": total}
     if squeeze:
         labels = labels[0]
