@@ -2,10 +2,17 @@
 
 Methods (all in one run, same annotated slices, Dice on the slices NOT annotated):
 
-- ``vae-fewshot``: napari-latentseg's head on frozen VAE hypercolumn features;
-- ``vae-finetune``: the same plus one 60-step fine-tuning round (head + encoder);
+- ``vae-fewshot``: napari-latentseg's default ``segment``: a random forest on the ilastik
+  multiscale features plus the VAE's latent and encoder components, then the rule that a region
+  must connect to a stroke of its class;
+- ``vae-finetune``: the same plus one 60-step fine-tuning round (MLP head + encoder), whose
+  head's probabilities are averaged with the forest's;
+- ``vae-mlp``: the previous default (an MLP head on the frozen hypercolumn, no rule), kept as a
+  reference;
 - ``skimage-rf``: scikit-image's trainable segmentation (multiscale_basic_features +
   RandomForestClassifier, the ilastik recipe), slice by slice;
+- ``skimage-rf-connected``: the same followed by napari-latentseg's connectivity rule, to show
+  how much of the gain comes from the rule rather than from the VAE features;
 - ``monai-unet``: a MONAI 2D UNet trained from scratch on the annotated slices for the same
   wall time as ``vae-finetune``'s round.
 
@@ -87,8 +94,12 @@ def normalise(image: np.ndarray, modality: str | None) -> np.ndarray:
     return n(image)
 
 
-def run_rf(image_n: np.ndarray, ann: np.ndarray, seed: int = 0) -> np.ndarray:
-    """scikit-image trainable segmentation, slice by slice (features are 2D, like ilastik's)."""
+def run_rf(image_n: np.ndarray, ann: np.ndarray, seed: int = 0,
+           connected: bool = False) -> np.ndarray:
+    """scikit-image trainable segmentation, slice by slice (features are 2D, like ilastik's).
+
+    ``connected`` applies napari-latentseg's rule (regions must touch a stroke of their class).
+    """
     from functools import partial
 
     from skimage.feature import multiscale_basic_features
@@ -110,11 +121,18 @@ def run_rf(image_n: np.ndarray, ann: np.ndarray, seed: int = 0) -> np.ndarray:
                                  n_jobs=-1, random_state=seed)
     clf.fit(x[keep], y[keep])
     out = np.empty(ann.shape, dtype=np.int64)
+    probs = np.empty((len(clf.classes_),) + ann.shape, dtype=np.float32)
     for z in range(ann.shape[0]):
         f = feat(image_n[z]).astype(np.float32)
-        out[z] = clf.predict(f.reshape(-1, f.shape[-1])).reshape(ann.shape[1:])
+        p = clf.predict_proba(f.reshape(-1, f.shape[-1]))
+        probs[:, z] = p.T.reshape((-1,) + ann.shape[1:])
+        out[z] = clf.classes_[p.argmax(1)].reshape(ann.shape[1:])
     painted = ann > 0
     out[painted] = ann[painted]
+    if connected:
+        from napari_latentseg.engine.segment import keep_connected
+
+        out = keep_connected(out, probs, ann, [int(c) for c in clf.classes_])[0]
     return out
 
 
@@ -212,8 +230,14 @@ def run_case(name: str, data: Path, slices_list: list[int], models_dir: Path,
                               finetune_steps=FINETUNE_STEPS)
                 pred = res.labels
                 ft_seconds = time.perf_counter() - t0
+            elif method == "vae-mlp":
+                res = segment(model, img.data, ann, modality=modality, cache=cache,
+                              classifier="mlp", keep_connected_regions=False)
+                pred = res.labels
             elif method == "skimage-rf":
                 pred = run_rf(image_n, ann)
+            elif method == "skimage-rf-connected":
+                pred = run_rf(image_n, ann, connected=True)
             elif method == "monai-unet":
                 pred, steps = run_unet(image_n, ann, seconds=ft_seconds)
                 extra["steps"] = steps
@@ -257,7 +281,8 @@ def main() -> None:
                    default=["phantom", "brain1", "brain2", "lung1", "lung2"])
     p.add_argument("--slices", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--methods", nargs="+",
-                   default=["vae-fewshot", "vae-finetune", "skimage-rf", "monai-unet"])
+                   default=["vae-fewshot", "vae-finetune", "vae-mlp", "skimage-rf",
+                            "skimage-rf-connected", "monai-unet"])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args()

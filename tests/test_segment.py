@@ -12,6 +12,7 @@ from napari_latentseg.data.phantom import annotation_from_labels
 from napari_latentseg.engine.segment import (
     FeatureCache,
     cluster,
+    keep_connected,
     segment,
     segment_iter,
     suggest_slices,
@@ -106,13 +107,15 @@ def test_next_round_starts_from_the_fine_tuned_model(tiny_model, small_phantom, 
     assert m1.head["classes"] == r1.classes
     r2 = segment(m1, small_phantom.image, annotations, head_steps=5)
     assert r2.model.head["rounds"] == 2
-    assert not r2.notes
+    assert not any("new head" in n for n in r2.notes)
 
 
-def test_new_classes_train_a_new_head(few_shot, small_phantom, annotations):
+def test_new_classes_train_a_new_head(tiny_model, small_phantom, annotations):
+    tuned = segment(tiny_model, small_phantom.image, annotations, finetune_steps=2,
+                    head_steps=5).model
     ann = annotations.copy()
     ann[6, 0:3, 0:3] = 9  # a class the head has never seen
-    res = segment(few_shot.model, small_phantom.image, ann, head_steps=10)
+    res = segment(tuned, small_phantom.image, ann, head_steps=10)
     assert 9 in res.classes
     assert res.notes and "new head" in res.notes[0]
 
@@ -202,3 +205,32 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
                  str(tmp_path / "seg2.nii.gz"), "-q"])
     assert code == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_keep_connected_drops_regions_away_from_strokes():
+    labels = np.ones((5, 20, 20), dtype=np.uint8)
+    labels[1:3, 2:6, 2:6] = 2  # the painted object
+    labels[1:3, 12:16, 12:16] = 2  # an island nobody painted
+    ann = np.zeros_like(labels)
+    ann[1, 3, 3] = 2
+    ann[0, 0, 0] = 1
+    probs = np.stack([(labels == 1), (labels == 2)]).astype(np.float32)
+    out, changed = keep_connected(labels, probs, ann, [1, 2])
+    assert changed == 2 * 4 * 4
+    assert (out[1:3, 2:6, 2:6] == 2).all() and (out[1:3, 12:16, 12:16] == 1).all()
+    assert (labels[1:3, 12:16, 12:16] == 2).all()  # the input is not modified
+
+
+def test_forest_round_and_unpainted_regions(tiny_model, small_phantom, annotations):
+    """Forest rounds change no model; ``keep_connected_regions=False`` keeps every region."""
+    res = segment(tiny_model, small_phantom.image, annotations, keep_connected_regions=False)
+    assert not res.trained_head and res.model.head is None
+    kept = segment(tiny_model, small_phantom.image, annotations)
+    # The rule only ever removes regions: each class's voxels are a subset, bar reassignments.
+    for c in res.classes:
+        lost = (res.labels == c) & (kept.labels != c)
+        assert not (annotations[lost] == c).any()
+    mlp = segment(tiny_model, small_phantom.image, annotations, classifier="mlp", head_steps=30)
+    assert mlp.trained_head and mlp.model.head["rounds"] == 1
+    with pytest.raises(ValueError, match="classifier"):
+        segment(tiny_model, small_phantom.image, annotations, classifier="svm")

@@ -184,14 +184,16 @@ def test_full_loop(dock, qtbot, phantom_crop, tmp_path, notes):
     assert_on_grid(unc, scan)
     np.testing.assert_array_equal(pred.data[3], truth[3])  # painted voxels keep their label
     assert (pred.data == truth).mean() > 0.5
-    assert widget.active_model.head["rounds"] == 1
-    assert widget.models[0].model is model and model.head is None  # the fitted one untouched
+    # A forest round changes no model: the fitted one stays active and untouched.
+    assert widget.active_model is model and model.head is None
+    assert len(widget.models) == 1
 
-    # --- fine-tune round
+    # --- fine-tune round: a new model holding the head becomes active
     seg.finetune_steps.setValue(5)
     run(qtbot, widget, lambda: seg.segment(finetune=True))
-    assert widget.active_model.head["rounds"] == 2
+    assert widget.active_model.head["rounds"] == 1
     assert widget.active_model.head["finetuned_encoder"]
+    assert widget.models[0].model is model and model.head is None
     assert len(viewer.layers) == n_layers + 4  # clusters, annotations, segmentation, unc.
 
     # --- next slice: the viewer shows the suggested slice, in world coordinates
@@ -231,7 +233,7 @@ def test_full_loop(dock, qtbot, phantom_crop, tmp_path, notes):
     assert widget.active_entry.path == str(tmp_path / "vae-v2.pt")
     run(qtbot, widget, lambda: widget.model_section.load_model_file(str(path)))
     assert widget.active_entry.origin == "loaded" and widget.active_entry.path == str(path)
-    assert widget.active_model.head["rounds"] == 2  # the head travels with the file
+    assert widget.active_model.head["rounds"] == 1  # the head travels with the file
 
     # --- the user's scan was never modified
     np.testing.assert_array_equal(scan.data, original)

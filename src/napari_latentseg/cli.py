@@ -216,7 +216,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     res = _run_core(lambda stop: segment_iter(
         model, vol.data, ann.data, modality=vol.metadata.get("modality"),
-        finetune_steps=args.finetune_steps, seed=args.seed, stop_event=stop), args.quiet)
+        finetune_steps=args.finetune_steps, classifier=args.classifier,
+        keep_connected_regions=not args.all_regions, seed=args.seed, stop_event=stop),
+        args.quiet)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {_save(args.output, res.labels, vol, 'labels', args.overwrite)} "
@@ -226,8 +228,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # The head (and a fine-tuned encoder) is a new model: never the file we started from.
     if args.save_model or args.finetune_steps > 0:
         target = Path(args.save_model) if args.save_model else next_version_path(args.model)
-        print(f"saved {save_model(res.model, target)} (round {res.model.head['rounds']}; "
-              "start the next round from it)")
+        saved = save_model(res.model, target)
+        if res.model.head:
+            print(f"saved {saved} (round {res.model.head['rounds']}; start the next round "
+                  "from it)")
+        else:
+            print(f"saved {saved} (no segmentation head: few-shot rounds retrain the forest "
+                  "from the annotations; --finetune-steps N trains one)")
     if args.suggest:
         sgt = res.suggestion
         if sgt["index"] is None:
@@ -361,8 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label volume on the image grid: 0 = not annotated, 1..N = classes")
     s.add_argument("-o", "--output", required=True, metavar="LABELS")
     s.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
-                   help=f"fine-tuning steps of head + encoder (default "
-                        f"{DEFAULT_FINETUNE_STEPS}; 0 = few-shot head only)")
+                   help=f"fine-tuning steps of an MLP head + the encoder, averaged with the "
+                        f"forest (default {DEFAULT_FINETUNE_STEPS}; 0 = few-shot only)")
+    s.add_argument("--classifier", choices=["forest", "mlp"], default="forest",
+                   help="forest: random forest on multiscale + VAE features (default); mlp: "
+                        "an MLP head on the VAE hypercolumn alone")
+    s.add_argument("--all-regions", action="store_true",
+                   help="keep regions not connected to a stroke of their class (default: "
+                        "drop them, so the object is the one you painted; use this to find "
+                        "lesions you did not paint)")
     s.add_argument("--save-model", metavar="MODEL2",
                    help="where to save the model with its head (default: next free version "
                         "of MODEL, e.g. model-v2.pt)")

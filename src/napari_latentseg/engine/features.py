@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Hypercolumn", "SegmentationHead", "Segmenter"]
+__all__ = ["Hypercolumn", "SegmentationHead", "Segmenter", "gaussian_blur", "multiscale_features",
+           "MULTISCALE_SIGMAS"]
 
 _SIGMAS = (1.0, 2.0, 4.0)
+# scikit-image's multiscale_basic_features(sigma_min=1, sigma_max=16): the ilastik set.
+MULTISCALE_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _gauss_kernel(sigma: float) -> torch.Tensor:
@@ -25,6 +28,62 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
     x = torch.arange(-r, r + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, dims: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, *spatial) over the last ``dims`` axes (replicate edges)."""
+    k = _gauss_kernel(sigma).to(device=x.device, dtype=x.dtype)
+    r = (k.numel() - 1) // 2
+    dims = x.ndim - 2 if dims is None else dims
+    conv = F.conv2d if x.ndim == 4 else F.conv3d
+    c = x.shape[1]
+    y = x
+    for d in range(dims):
+        axis = x.ndim - dims + d
+        shape = [c, 1] + [1] * (x.ndim - 2)
+        shape[axis] = k.numel()
+        pad = [0, 0] * (x.ndim - 2)
+        j = x.ndim - 1 - axis  # F.pad lists the last axis first
+        pad[2 * j] = pad[2 * j + 1] = min(r, y.shape[axis] - 1)
+        if pad[2 * j]:
+            y = F.pad(y, pad, mode="replicate")
+        kk = k if pad[2 * j] == r else k[r - pad[2 * j] : r + pad[2 * j] + 1] / \
+            k[r - pad[2 * j] : r + pad[2 * j] + 1].sum()
+        shape[axis] = kk.numel()
+        y = conv(y, kk.reshape(shape), groups=c)
+    return y
+
+
+def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_SIGMAS
+                        ) -> torch.Tensor:
+    """The ilastik / scikit-image feature set of 2D images, on the device of ``x``.
+
+    For each sigma: the Gaussian-smoothed intensity, its gradient magnitude ("edges") and the
+    two eigenvalues of its Hessian ("texture"), as in
+    ``skimage.feature.multiscale_basic_features``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (B, 1, H, W) normalised images.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 4 * len(sigmas), H, W).
+    """
+    out = []
+    for s in sigmas:
+        g = gaussian_blur(x, s)
+        gy, gx = torch.gradient(g, dim=(2, 3))
+        gyy, gyx = torch.gradient(gy, dim=(2, 3))
+        gxx = torch.gradient(gx, dim=3)[0]
+        half_tr = 0.5 * (gyy + gxx)
+        root = torch.sqrt((0.5 * (gyy - gxx)) ** 2 + gyx**2 + 1e-12)
+        # Derivatives scaled by sigma (and sigma^2) so scales are comparable, as in skimage.
+        out += [g, torch.sqrt(gy**2 + gx**2 + 1e-12) * s, (half_tr + root) * s * s,
+                (half_tr - root) * s * s]
+    return torch.cat(out, dim=1)
 
 
 class Hypercolumn(nn.Module):

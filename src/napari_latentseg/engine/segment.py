@@ -44,6 +44,7 @@ __all__ = [
     "segment",
     "suggest_slices",
     "validate_annotations",
+    "keep_connected",
 ]
 
 _BATCH_VOXELS = 1 << 19  # hypercolumns are ~120 channels: smaller batches than inference
@@ -78,8 +79,9 @@ class FeatureCache:
         self._store: dict[tuple[str, str], np.ndarray] = {}
         self.hits = 0
 
-    def key(self, model: VAEModel, volume: np.ndarray) -> tuple[str, str]:
-        return (_fingerprint_model(model), _fingerprint_array(volume))
+    def key(self, model: VAEModel, volume: np.ndarray, kind: str = "hypercolumn"
+            ) -> tuple[str, str, str]:
+        return (_fingerprint_model(model), _fingerprint_array(volume), kind)
 
     def get(self, key) -> np.ndarray | None:
         out = self._store.get(key)
@@ -88,8 +90,8 @@ class FeatureCache:
         return out
 
     def put(self, key, feats: np.ndarray) -> None:
-        # One entry per image: a new model for the same image replaces the old features.
-        for k in [k for k in self._store if k[1] == key[1]]:
+        # One entry per image and kind: a new model for the same image replaces old features.
+        for k in [k for k in self._store if k[1:] == key[1:]]:
             del self._store[k]
         if feats.nbytes <= self.max_bytes:
             self._store[key] = feats
@@ -227,12 +229,13 @@ class SegmentationResult:
     probabilities: np.ndarray  # (n_classes, *shape) float32, classes in ``classes`` order
     uncertainty: np.ndarray  # normalised entropy in [0, 1], float32
     classes: list[int]
-    model: VAEModel  # a new model object holding the head (the input model is untouched)
+    model: VAEModel  # a copy holding the head, if one was trained (the input is untouched)
     suggestion: dict
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     cache_hit: bool = False
+    trained_head: bool = False  # ``model`` holds a head trained this round (worth saving)
 
 
 # --------------------------------------------------------------------------- clustering
@@ -373,6 +376,163 @@ def suggest_slices(uncertainty: np.ndarray, annotations: np.ndarray,
     return dict(best, per_axis=per_axis)
 
 
+# --------------------------------------------------------------------------- forest features
+_ENCODER_PCS = 4
+# scikit-image's trainable-segmentation settings, measured on the benchmark cases.
+_FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+
+
+class _ForestFeatures:
+    """Compact per-voxel features for the random forest, computed slice batch by slice batch.
+
+    The ilastik set (smoothed intensity, gradient magnitude, Hessian eigenvalues at sigma 1-16
+    voxels, in-plane) on the normalised image, the VAE's latent mean, and the top principal
+    components of the encoder levels (fitted on evenly spaced slices, independent of the
+    annotations, so the features can be cached per image and model).
+    """
+
+    def __init__(self, run: _FeatureRunner, cache: FeatureCache | None) -> None:
+        from .features import MULTISCALE_SIGMAS
+
+        self.run = run
+        n_enc = sum(run.hyper.tap_channels)
+        n_lat = run.hyper.latent_channels
+        self.enc = slice(0, n_enc)
+        self.lat = slice(n_enc, n_enc + n_lat)
+        self.n_features = 4 * len(MULTISCALE_SIGMAS) + n_lat + _ENCODER_PCS
+        self.cache = cache
+        self.key = cache.key(run.model, run.volume, "forest") if cache is not None else None
+        self.cached = cache.get(self.key) if cache is not None else None
+        self._pca = None
+        self._full3d = None
+
+    @property
+    def batches(self) -> list[np.ndarray]:
+        if self.run.cfg.spatial_dims == 3:
+            return [np.arange(self.run.volume.shape[0])]
+        return self.run.batches
+
+    def _hyper(self, zs: np.ndarray):
+        if self.run.cfg.spatial_dims == 3:
+            if self._full3d is None:
+                self._full3d = self.run.compute(zs)
+            return self._full3d
+        return self.run.compute(zs)
+
+    def _fit_pca(self) -> None:
+        torch = self.run.torch
+        z = self.run.volume.shape[0]
+        if self.run.cfg.spatial_dims == 2:
+            picks = np.unique(np.linspace(0, z - 1, min(z, 8)).round().astype(int))
+            x = torch.cat([_to_classes(self._hyper(np.array([p])), 2)[:, self.enc]
+                           for p in picks])
+        else:
+            x = _to_classes(self._hyper(np.arange(z)), 3)[:, self.enc]
+        # A fixed seed: the cached features must not depend on the caller's seed.
+        g = torch.Generator().manual_seed(0)
+        sub = x[torch.randperm(len(x), generator=g)[:50_000].to(x.device)]
+        mean, std = sub.mean(0), sub.std(0) + 1e-4
+        _, _, v = torch.linalg.svd((sub - mean) / std, full_matrices=False)
+        self._pca = (mean, std, v[:_ENCODER_PCS].T.contiguous())
+
+    def compute(self, zs: np.ndarray):
+        """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
+        from .features import multiscale_features
+
+        torch = self.run.torch
+        if self.cached is not None:
+            rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
+            return torch.from_numpy(np.ascontiguousarray(rows)).float()
+        if self._pca is None:
+            self._fit_pca()
+        mean, std, comp = self._pca
+        sd = self.run.cfg.spatial_dims
+        rows = _to_classes(self._hyper(zs), sd)
+        enc = ((rows[:, self.enc] - mean) / std) @ comp
+        if sd == 2:
+            c = self.run.cfg.context_slices
+            x = self.run.input_block(zs)[:, c : c + 1]
+        else:
+            x = self.run.norm(self.run.volume)[:, None]
+        with torch.inference_mode():
+            ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
+                self.run.device))
+        ms = ms.permute(0, 2, 3, 1).reshape(-1, ms.shape[1])
+        return torch.cat([ms, rows[:, self.lat], enc], dim=1).float().cpu()
+
+    def fill_cache(self, stop_event) -> Generator[dict, None, None]:
+        """One pass over the volume storing the features, when they fit in the cache."""
+        if self.cache is None or self.cached is not None or not self.cache.fits(
+                self.n_features, self.run.volume.shape):
+            return
+        shape = self.run.volume.shape
+        store = np.empty(shape + (self.n_features,), dtype=np.float16)
+        for i, zs in enumerate(self.batches):
+            check_stop(stop_event, "segmentation")
+            store[zs[0] : zs[-1] + 1] = self.compute(zs).half().numpy().reshape(
+                (len(zs),) + shape[1:] + (self.n_features,))
+            yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
+        self._full3d = None
+        self.cached = store
+        self.cache.put(self.key, store)
+
+    def annotated(self, ann: np.ndarray, max_per_class: int, rng: np.random.Generator,
+                  stop_event) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of (a class-balanced sample of) the annotated voxels."""
+        xs, ys = [], []
+        if self.run.cfg.spatial_dims == 2:
+            zs_all = np.flatnonzero(ann.reshape(ann.shape[0], -1).any(1))
+            groups = [np.array([z]) for z in zs_all]
+        else:
+            groups = self.batches
+        for zs in groups:
+            check_stop(stop_event, "segmentation")
+            flat = ann[zs[0] : zs[-1] + 1].reshape(-1)
+            idx = np.flatnonzero(flat)
+            xs.append(self.compute(zs).numpy()[idx])
+            ys.append(flat[idx])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        keep = np.sort(np.concatenate([
+            rng.permutation(np.flatnonzero(y == c))[:max_per_class] for c in np.unique(y)]))
+        return x[keep], y[keep]
+
+
+def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
+                   classes: list[int]) -> tuple[np.ndarray, int]:
+    """Keep, for each class, only the regions connected to a voxel painted with that class.
+
+    A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
+    painted ``c`` goes to its next most probable class. This is the seeded-region prior of
+    interactive tools: the object is the one the user painted. A lesion nobody painted is
+    therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
+
+    Returns
+    -------
+    labels : np.ndarray
+        A new label volume.
+    n_voxels : int
+        How many voxels changed class.
+    """
+    from scipy import ndimage as ndi
+
+    out = labels.copy()
+    changed = 0
+    table = np.asarray(classes)
+    for ci, c in enumerate(classes):
+        comp, n = ndi.label(labels == c)
+        if n == 0:
+            continue
+        seeds = np.unique(comp[(annotations == c) & (comp > 0)])
+        drop = (comp > 0) & ~np.isin(comp, seeds)
+        if not drop.any():
+            continue
+        p = probabilities[:, drop].copy()
+        p[ci] = -1.0
+        out[drop] = table[p.argmax(0)]
+        changed += int(drop.sum())
+    return out, changed
+
+
 # --------------------------------------------------------------------------- few-shot
 def _head_from_model(model: VAEModel, classes: list[int], n_features: int):
     """The model's head if it knows exactly these classes, else None."""
@@ -442,6 +602,8 @@ def segment_iter(
     annotations: np.ndarray,
     *,
     modality: str | None = None,
+    classifier: str = "forest",
+    keep_connected_regions: bool = True,
     finetune_steps: int = 0,
     finetune_encoder: bool = True,
     finetune_lr: float = 1e-3,
@@ -455,6 +617,12 @@ def segment_iter(
 ) -> Generator[dict, None, SegmentationResult]:
     """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
 
+    Few-shot (the default): a random forest on compact per-voxel features (the ilastik
+    multiscale set, the VAE latent mean and the encoder's principal components) of the
+    annotated voxels predicts every voxel. With ``finetune_steps``, an MLP head on the full
+    encoder hypercolumn is trained with the encoder on crops around the annotated voxels, and the
+    final probabilities average the forest's and the fine-tuned head's.
+
     Parameters
     ----------
     model : VAEModel
@@ -463,22 +631,27 @@ def segment_iter(
         Image (z, y, x) in its own units.
     annotations : np.ndarray
         Same shape; 0 = not annotated, 1..N = classes.
+    classifier : {"forest", "mlp"}
+        ``"forest"``: the random forest (plus the fine-tuned head when fine-tuning);
+        ``"mlp"``: the MLP head alone (the encoder's hypercolumn, no forest).
+    keep_connected_regions : bool
+        Apply :func:`keep_connected`: a region of a class must touch a voxel painted with it.
     finetune_steps : int
         Steps of fine-tuning the head and (``finetune_encoder``) the encoder at
         ``finetune_lr * encoder_lr_factor`` on crops around the annotated voxels.
     head_steps : int
-        Steps of training the head alone on frozen features first.
+        Steps of training the MLP head alone on frozen features first (MLP or fine-tuning).
     cache : FeatureCache, optional
         Reuse features of the same image and model across rounds.
     stop_event : threading.Event, optional
-        Stops fine-tuning at the next step (the best head so far is used); elsewhere cancels.
+        Stops fine-tuning at the next step (what was learnt is used); elsewhere cancels.
 
     Yields progress dicts; returns a :class:`SegmentationResult`.
     """
     import torch
 
-    from .features import SegmentationHead
-
+    if classifier not in ("forest", "mlp"):
+        raise ValueError(f"classifier must be 'forest' or 'mlp', got {classifier!r}")
     t0 = time.perf_counter()
     vol = np.asarray(volume)
     ann = np.asarray(annotations)
@@ -493,100 +666,163 @@ def segment_iter(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spatial_dims = model.config.spatial_dims
+    use_forest = classifier == "forest"
+    # A fine-tuned model's head keeps contributing in later rounds (the loop continues from it).
+    use_head = classifier == "mlp" or finetune_steps > 0 or bool(model.head)
+    # Features are computed once per round even without a caller's cache.
+    cache = cache if cache is not None else FeatureCache()
 
     # Work on a copy: the caller's model (and its file) stay as they are.
     work = copy.deepcopy(model)
-    run = _FeatureRunner(work, vol, modality, cache)
-    hit = run.cached is not None
+    run = _FeatureRunner(work, vol, modality, cache if not use_forest else None)
+    forest_feats = _ForestFeatures(run, cache) if use_forest else None
+    hit = forest_feats.cached is not None if use_forest else run.cached is not None
     yield {"stage": "segment: features", "done": 0, "total": 1}
-    x, y = _gather_annotated(run, ann, lut, max_per_class, rng, stop_event)
-    dev = work.device
-    x, y = x.to(dev), y.to(dev)
+    history: list[dict] = []
 
-    head = _head_from_model(work, classes, run.n_features)
-    if head is None:
-        if work.head:
-            notes.append(
-                f"the model's head knows classes {work.head.get('classes')}, the annotations "
-                f"have {classes}: a new head was trained for {classes} (the encoder is kept)")
-        head = SegmentationHead(run.n_features, n_cls, hidden, spatial_dims)
-        head.mean.copy_(x.mean(0).cpu())
-        head.std.copy_(x.std(0).cpu() + 1e-4)
-    head = head.to(dev)
-    weights = _class_weights(y, n_cls).to(dev)
+    forest = None
+    if use_forest:
+        yield from forest_feats.fill_cache(stop_event)
+        fx, fy = forest_feats.annotated(ann, max_per_class, rng, stop_event)
+        yield {"stage": "segment: forest", "done": 0, "total": 1}
+        forest = _fit_forest(fx, lut[fy], seed)
+        history.append({"stage": "forest", "voxels": int(len(fy))})
+        yield {"stage": "segment: forest", "done": 1, "total": 1}
+        del fx, fy
 
-    # 1) the head alone on frozen features of the annotated voxels
-    history = []
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
-    batch = min(4096, len(y))
-    for step in range(1, head_steps + 1):
-        check_stop(stop_event, "segmentation")
-        idx = torch.randint(0, len(y), (batch,), device=dev)
-        loss = torch.nn.functional.cross_entropy(head.forward_flat(x[idx]), y[idx], weight=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == head_steps:
-            history.append({"stage": "head", "step": step, "loss": float(loss.detach())})
-            yield {"stage": "segment: head", "done": step, "total": head_steps,
-                   "loss": float(loss.detach())}
-    del x, y
-
-    # 2) optional fine-tuning of head + encoder on crops around annotated voxels
+    head = None
     finetuned = False
-    if finetune_steps > 0:
-        yield from _finetune(work, head, run, ann, lut, weights, finetune_steps,
-                             finetune_encoder, finetune_lr, encoder_lr_factor, rng, stop_event,
-                             history)
-        finetuned = True
-        if stop_event is not None and stop_event.is_set():
-            # Stop meant "end fine-tuning": predict with what was learnt, don't cancel.
-            notes.append(f"fine-tuning stopped by the user after {history[-1]['step']} steps")
-            stop_event = None
-        # The encoder changed: features must be recomputed (and the old cache entry dropped).
-        run = _FeatureRunner(work, vol, modality, cache)
+    if use_head:
+        head = yield from _train_head(work, run, ann, lut, classes, hidden, head_steps,
+                                      max_per_class, rng, stop_event, history, notes)
+        weights = _class_weights(torch.from_numpy(lut[ann[ann > 0]]), n_cls).to(work.device)
+        if finetune_steps > 0:
+            yield from _finetune(work, head, run, ann, lut, weights, finetune_steps,
+                                 finetune_encoder, finetune_lr, encoder_lr_factor, rng,
+                                 stop_event, history)
+            finetuned = True
+            if stop_event is not None and stop_event.is_set():
+                # Stop meant "end fine-tuning": predict with what was learnt, don't cancel.
+                ft_steps = [h["step"] for h in history if h["stage"] == "finetune"]
+                notes.append("fine-tuning stopped by the user after "
+                             f"{ft_steps[-1] if ft_steps else 0} steps")
+                stop_event = None
+            # The encoder changed: its hypercolumn is recomputed (the forest keeps the
+            # input model's cached features).
+            run = _FeatureRunner(work, vol, modality, None)
+        head.eval()
 
-    # 3) predict every voxel
-    head.eval()
+    # Predict every voxel.
     probs = np.empty((n_cls,) + vol.shape, dtype=np.float32)
-    labels = np.empty(vol.shape, dtype=np.uint8 if max(classes) < 256 else np.uint16)
-    t_classes = torch.tensor(classes, device=dev)
-    total = len(run.batches) if spatial_dims == 2 else 1
-    for i, (zs, feats) in enumerate(run.iter_batches(stop_event, "segmentation")):
-        with torch.inference_mode():
-            p = torch.softmax(head(feats), dim=1)
-            lab = t_classes[p.argmax(1)]
+    batches = forest_feats.batches if use_forest else (
+        run.batches if spatial_dims == 2 else [np.arange(vol.shape[0])])
+    dev = work.device
+    for i, zs in enumerate(batches):
+        check_stop(stop_event, "segmentation")
         sl = slice(zs[0], zs[-1] + 1)
-        probs[:, sl] = p.transpose(0, 1).cpu().numpy()
-        labels[sl] = lab.cpu().numpy()
-        yield {"stage": "segment: predict", "done": i + 1, "total": total}
+        p = None
+        if forest is not None:
+            rows = forest_feats.compute(zs).numpy()
+            p = _forest_proba(forest, rows, n_cls).T.reshape((n_cls, len(zs)) + vol.shape[1:])
+        if head is not None:
+            with torch.inference_mode():
+                ph = torch.softmax(head(run.compute(zs).to(dev)), dim=1)
+            ph = ph.transpose(0, 1).cpu().numpy().reshape((n_cls, len(zs)) + vol.shape[1:])
+            p = ph if p is None else 0.5 * (p + ph)
+        probs[:, sl] = p
+        yield {"stage": "segment: predict", "done": i + 1, "total": len(batches)}
+    labels = np.asarray(classes, dtype=np.uint8 if max(classes) < 256 else np.uint16)[
+        probs.argmax(0)]
     annotated = ann > 0
     labels[annotated] = ann[annotated]  # the user's labels win where they painted
     onehot_idx = lut[ann[annotated]]
     for ci in range(n_cls):
         probs[ci][annotated] = (onehot_idx == ci).astype(np.float32)
+    if keep_connected_regions:
+        labels, changed = keep_connected(labels, probs, ann, classes)
+        if changed:
+            notes.append(f"{changed} voxels in regions not connected to a stroke of their class "
+                         "went to their next most probable class")
     p = np.clip(probs, 1e-7, 1.0)
-    uncertainty = -(p * np.log(p)).sum(0) / np.log(n_cls)
-    uncertainty = uncertainty.astype(np.float32)
+    uncertainty = (-(p * np.log(p)).sum(0) / np.log(n_cls)).astype(np.float32)
     suggestion = suggest_slices(uncertainty, ann, run.mask)
 
-    work.head = {
-        "classes": classes,
-        "n_features": run.n_features,
-        "hidden": hidden,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-        "finetuned_encoder": bool(finetuned and finetune_encoder) or bool(
-            (model.head or {}).get("finetuned_encoder")),
-        "rounds": int((model.head or {}).get("rounds", 0)) + 1,
-        "annotated_voxels": int(annotated.sum()),
-    }
+    if head is not None:
+        work.head = {
+            "classes": classes,
+            "n_features": run.n_features,
+            "hidden": hidden,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+            "finetuned_encoder": bool(finetuned and finetune_encoder) or bool(
+                (model.head or {}).get("finetuned_encoder")),
+            "rounds": int((model.head or {}).get("rounds", 0)) + 1,
+            "annotated_voxels": int(annotated.sum()),
+        }
     work.info = dict(work.info, parent=model.source_path)
     work.source_path = None
     if squeeze:
         labels, probs, uncertainty = labels[0], probs[:, 0], uncertainty[0]
         suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
     return SegmentationResult(labels, probs, uncertainty, classes, work, suggestion, history,
-                              time.perf_counter() - t0, notes, hit)
+                              time.perf_counter() - t0, notes, hit, head is not None)
+
+
+def _fit_forest(x: np.ndarray, y: np.ndarray, seed: int):
+    import torch
+    from sklearn.ensemble import RandomForestClassifier
+
+    # As many jobs as torch threads, which a batch worker may have limited.
+    return RandomForestClassifier(**_FOREST, n_jobs=torch.get_num_threads(),
+                                  random_state=seed).fit(x, y)
+
+
+def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
+    """(voxels, n_classes) probabilities, with zeros for a class no tree saw."""
+    p = forest.predict_proba(rows)
+    if p.shape[1] == n_cls:
+        return p.astype(np.float32)
+    out = np.zeros((len(rows), n_cls), dtype=np.float32)
+    out[:, forest.classes_] = p
+    return out
+
+
+def _train_head(work: VAEModel, run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,
+                classes: list[int], hidden: int, steps: int, max_per_class: int,
+                rng: np.random.Generator, stop_event, history: list, notes: list):
+    """The MLP head on frozen hypercolumn features of the annotated voxels (generator)."""
+    import torch
+
+    from .features import SegmentationHead
+
+    x, y = _gather_annotated(run, ann, lut, max_per_class, rng, stop_event)
+    dev = work.device
+    x, y = x.to(dev), y.to(dev)
+    n_cls = len(classes)
+    head = _head_from_model(work, classes, run.n_features)
+    if head is None:
+        if work.head:
+            notes.append(
+                f"the model's head knows classes {work.head.get('classes')}, the annotations "
+                f"have {classes}: a new head was trained for {classes} (the encoder is kept)")
+        head = SegmentationHead(run.n_features, n_cls, hidden, work.config.spatial_dims)
+        head.mean.copy_(x.mean(0).cpu())
+        head.std.copy_(x.std(0).cpu() + 1e-4)
+    head = head.to(dev)
+    weights = _class_weights(y, n_cls).to(dev)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    batch = min(4096, len(y))
+    for step in range(1, steps + 1):
+        check_stop(stop_event, "segmentation")
+        idx = torch.randint(0, len(y), (batch,), device=dev)
+        loss = torch.nn.functional.cross_entropy(head.forward_flat(x[idx]), y[idx], weight=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps:
+            history.append({"stage": "head", "step": step, "loss": float(loss.detach())})
+            yield {"stage": "segment: head", "done": step, "total": steps,
+                   "loss": float(loss.detach())}
+    return head
 
 
 def _finetune(work: VAEModel, head, run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,

@@ -20,9 +20,10 @@ learns from the corrections.
 
 Models
 ------
-Each round starts from the active model and returns a new model holding the segmentation
-head (the model it started from is untouched); that model becomes active, so the next round
-continues from it and *Save model* keeps the head. Features are cached per (scan, model), so a
+Each round retrains a random forest on the current annotations (seconds). A fine-tuning round
+also trains an MLP head with the encoder and returns a new model holding both (the model it
+started from is untouched); that model becomes active, so the next round continues from it and
+*Save model* keeps the head. Features are cached per (scan, model), so a
 round on an unchanged encoder does not recompute them (the summary says so).
 """
 
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -101,6 +103,11 @@ class SegmentSection(Section):
         self.finetune_steps.setSingleStep(50)
         self.finetune_steps.setToolTip("Steps of training the classifier together with the "
                                        "encoder on the annotated slices.")
+        self.connected = QCheckBox("Only regions touching a stroke")
+        self.connected.setChecked(True)
+        self.connected.setToolTip(
+            "Keep, for each class, only the regions connected to voxels you painted with it "
+            "(the object is the one you painted). Untick to find lesions you did not paint.")
         self.segment_btn = self.job_button(
             "Segment", "Train a classifier on the painted voxels and label every voxel "
             "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))
@@ -136,6 +143,7 @@ class SegmentSection(Section):
         form.addRow(self.new_btn)
         form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
                          "(0 = not annotated). Then Segment."))
+        form.addRow(self.connected)
         form.addRow("Fine-tune steps", self.finetune_steps)
         buttons = QGridLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -253,13 +261,15 @@ class SegmentSection(Section):
         steps = int(self.finetune_steps.value()) if finetune else 0
         cache = self.dock.cache
         device = self.dock.device()
+        connected = self.connected.isChecked()
 
         def job(stop):
             from ...engine.device import resolve_device
 
             model.to(resolve_device(device))
             return segment_iter(model, data, ann, modality=modality, finetune_steps=steps,
-                                cache=cache, stop_event=stop)
+                                keep_connected_regions=connected, cache=cache,
+                                stop_event=stop)
 
         def done(result: SegmentationResult) -> None:
             self._show_segmentation(scan, result, finetune)
@@ -285,9 +295,10 @@ class SegmentSection(Section):
                       blending="additive", opacity=0.8, visible=False)
         self.suggestion = dict(result.suggestion)
         self._suggestion_scan = scan
-        rounds = (result.model.head or {}).get("rounds", 1)
-        origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
-        self.dock.add_model(result.model, origin)
+        if result.trained_head:  # forest-only rounds change no model: nothing new to keep
+            rounds = (result.model.head or {}).get("rounds", 1)
+            origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
+            self.dock.add_model(result.model, origin)
         lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."]
         lines.append(self._suggestion_text())
