@@ -73,16 +73,26 @@ def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_
         (B, 4 * len(sigmas), H, W).
     """
     out = []
+    size = x.shape[2:]
     for s in sigmas:
-        g = gaussian_blur(x, s)
+        # Large scales on a coarser grid (a pyramid): scale-normalised derivatives are the same
+        # on both grids, and the blur costs a fraction. sigma >= 4 -> factor sigma / 2.
+        f = int(max(1, min(s // 2, min(size) // 16)))
+        xs = F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x
+        sc = s / f
+        g = gaussian_blur(xs, sc)
         gy, gx = torch.gradient(g, dim=(2, 3))
         gyy, gyx = torch.gradient(gy, dim=(2, 3))
         gxx = torch.gradient(gx, dim=3)[0]
         half_tr = 0.5 * (gyy + gxx)
         root = torch.sqrt((0.5 * (gyy - gxx)) ** 2 + gyx**2 + 1e-12)
         # Derivatives scaled by sigma (and sigma^2) so scales are comparable, as in skimage.
-        out += [g, torch.sqrt(gy**2 + gx**2 + 1e-12) * s, (half_tr + root) * s * s,
-                (half_tr - root) * s * s]
+        level = torch.cat([g, torch.sqrt(gy**2 + gx**2 + 1e-12) * sc, (half_tr + root) * sc * sc,
+                           (half_tr - root) * sc * sc], dim=1)
+        if f > 1:
+            level = F.interpolate(level, scale_factor=f, mode="bilinear",
+                                  align_corners=False)[..., : size[0], : size[1]]
+        out.append(level)
     return torch.cat(out, dim=1)
 
 

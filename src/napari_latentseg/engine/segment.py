@@ -723,7 +723,7 @@ def segment_iter(
         p = None
         if forest is not None:
             rows = forest_feats.compute(zs).numpy()
-            p = _forest_proba(forest, rows, n_cls).T.reshape((n_cls, len(zs)) + vol.shape[1:])
+            p = _forest_predict(forest, rows, (len(zs),) + vol.shape[1:], n_cls)
         if head is not None:
             with torch.inference_mode():
                 ph = torch.softmax(head(run.compute(zs).to(dev)), dim=1)
@@ -784,6 +784,34 @@ def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
     out = np.zeros((len(rows), n_cls), dtype=np.float32)
     out[:, forest.classes_] = p
     return out
+
+
+def _forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
+                    sure: float = 0.8) -> np.ndarray:
+    """(n_classes, *shape) forest probabilities, coarse to fine.
+
+    The forest is the costly part on big scans, so it first runs on every other voxel in-plane;
+    the full-resolution prediction is then computed only where that coarse map has a class
+    boundary within one coarse voxel or is unsure (top probability below ``sure``). Elsewhere
+    the 2x2 block shares its coarse probability: the neighbourhood agrees on the class.
+    """
+    from scipy import ndimage as ndi
+
+    b, h, w = shape
+    if h * w < 128 * 128:
+        return _forest_proba(forest, rows, n_cls).T.reshape((n_cls,) + shape)
+    grid = rows.reshape(b, h, w, -1)
+    coarse = np.ascontiguousarray(grid[:, ::2, ::2]).reshape(-1, grid.shape[-1])
+    hc, wc = (h + 1) // 2, (w + 1) // 2
+    pc = _forest_proba(forest, coarse, n_cls).reshape(b, hc, wc, n_cls)
+    lab = pc.argmax(-1)
+    refine = (ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3)))
+    refine |= pc.max(-1) < sure
+    full = pc.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
+    where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
+    if where.any():
+        full[where] = _forest_proba(forest, grid[where], n_cls)
+    return np.moveaxis(full, -1, 0)
 
 
 def _train_head(work: VAEModel, run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,
