@@ -16,8 +16,9 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
-# Few-shot alone is the default: on the phantom benchmark a 60-step fine-tuning round lowered
-# Dice on unannotated slices (0.906 -> 0.83), so it stays opt-in (--finetune-steps N).
+# Few-shot (forest + connectivity rule) is the default: seconds per round, and on the brain1
+# tumour a 60-step fine-tuning round on the same annotations did not beat it (benchmarks/
+# bench_segment.py), so fine-tuning stays opt-in (--finetune-steps N).
 DEFAULT_FINETUNE_STEPS = 0
 EXIT_INTERRUPTED = 130
 
