@@ -318,9 +318,11 @@ def six_scans(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def test_fit_streams_scans_with_at_most_m_in_memory(six_scans):
+def test_fit_streams_scans_with_at_most_m_in_memory(six_scans, monkeypatch):
     from napari_latentseg.engine.stream import VolumeSource
     from napari_latentseg.engine.train import FitOptions, fit
+
+    monkeypatch.setenv("LATENTSEG_NUM_THREADS", "1")  # tiny network: threads only cost here
 
     alive = {"now": 0, "most": 0}
 
@@ -337,13 +339,13 @@ def test_fit_streams_scans_with_at_most_m_in_memory(six_scans):
             weakref.finalize(v, gone)
             return v
 
-    src = CountingSource([str(p) for p in six_scans], max_in_memory=2, rotate_every=3)
-    res = fit(src, "tiny", FitOptions(steps=40, eval_every=10, seed=0))
+    src = CountingSource([str(p) for p in six_scans], max_in_memory=2, rotate_every=2)
+    res = fit(src, "tiny", FitOptions(steps=30, eval_every=10, seed=0))
     assert alive["most"] <= 2 and src.peak_resident <= 2
     assert src.loads > 6 and src.evictions >= src.loads - 2  # scans were re-read in turn
     assert all(info is not None for info in src.info)
     losses = [h["loss"] for h in res.history if "loss" in h]
-    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    assert np.mean(losses[-6:]) < 0.7 * np.mean(losses[:6])
     assert res.model.anomaly["threshold"] > 0
     assert res.model.info["streamed"]["scans"] == 6
 
