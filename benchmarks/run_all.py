@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_engine.py", "bench_segment.py", "bench_scaling.py"]
+BENCHES = ["bench_engine.py", "bench_segment.py", "bench_scaling.py", "bench_batch.py"]
 
 
 def main() -> int:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["resolve_device", "autocast", "configure_threads", "available_devices"]
+__all__ = [
+    "THREADS_ENV",
+    "resolve_device",
+    "autocast",
+    "configure_threads",
+    "available_devices",
+    "usable_cores",
+]
 
 
 def available_devices() -> list[str]:
@@ -47,14 +54,29 @@ def resolve_device(device: str | None = "auto"):
     return torch.device(name)
 
 
+#: Environment variable capping the torch threads of this process (set by ``latentseg batch``
+#: for each worker and by distributed fits for each rank, so processes sharing a machine do not
+#: each claim every core).
+THREADS_ENV = "LATENTSEG_NUM_THREADS"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def configure_threads() -> int:
-    """Use every CPU core this process may run on for intra-op parallelism."""
+    """Use every usable CPU core for intra-op parallelism, or ``$LATENTSEG_NUM_THREADS``."""
     import torch
 
+    n = usable_cores()
     try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        n = os.cpu_count() or 1
+        n = max(1, int(os.environ.get(THREADS_ENV, "") or n))
+    except ValueError:
+        pass  # a malformed value is ignored: all cores, as without it
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -136,6 +136,10 @@ class CropSampler:
             raise ValueError("every slice is held out; use more slices or holdout_every=0")
         self.weights = weights / weights.sum()
 
+    def _pick(self) -> PreparedVolume:
+        """The volume the next crop comes from (weighted by training slices)."""
+        return self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
+
     def _centre(self, v: PreparedVolume) -> np.ndarray:
         if len(v.fg_points) and self.rng.random() < self.fg_fraction:
             return v.fg_points[self.rng.integers(len(v.fg_points))]
@@ -167,7 +171,7 @@ class CropSampler:
         n = n or self.config.batch_size
         out = []
         for _ in range(n):
-            v = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
+            v = self._pick()
             crop = self.crop_at(v, self._centre(v))
             if self.augment:
                 if self.rng.random() < 0.5:
@@ -183,18 +187,22 @@ class CropSampler:
         out = []
         for i in range(n):
             v = self.volumes[i % len(self.volumes)]
-            slices = v.holdout if (self.config.spatial_dims == 2 and len(v.holdout)) else None
-            if slices is not None:
-                z = int(rng.choice(slices))
-                ys, xs = np.nonzero(v.mask[z])
-                if len(ys):
-                    k = rng.integers(len(ys))
-                    centre = np.array([z, ys[k], xs[k]])
-                else:
-                    centre = np.array([z, v.data.shape[1] // 2, v.data.shape[2] // 2])
-            elif len(v.fg_points):
-                centre = v.fg_points[rng.integers(len(v.fg_points))]
-            else:
-                centre = np.array(v.data.shape) // 2
-            out.append(np.ascontiguousarray(self.crop_at(v, centre), dtype=np.float32))
+            out.append(self.validation_crop(v, rng))
         return np.stack(out)
+
+    def validation_crop(self, v: PreparedVolume, rng: np.random.Generator) -> np.ndarray:
+        """One validation crop of ``v``: on a held-out slice (2D), else around the foreground."""
+        slices = v.holdout if (self.config.spatial_dims == 2 and len(v.holdout)) else None
+        if slices is not None:
+            z = int(rng.choice(slices))
+            ys, xs = np.nonzero(v.mask[z])
+            if len(ys):
+                k = rng.integers(len(ys))
+                centre = np.array([z, ys[k], xs[k]])
+            else:
+                centre = np.array([z, v.data.shape[1] // 2, v.data.shape[2] // 2])
+        elif len(v.fg_points):
+            centre = v.fg_points[rng.integers(len(v.fg_points))]
+        else:
+            centre = np.array(v.data.shape) // 2
+        return np.ascontiguousarray(self.crop_at(v, centre), dtype=np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..models.config import DEFAULT_CONFIG, ModelConfig, build_network, get_conf
 from .common import drive
 from .device import autocast, configure_threads, resolve_device
 from .sampling import CropSampler, PreparedVolume, prepare_volume
+from .stream import StreamingCropSampler, VolumeSource
 
 __all__ = ["FitOptions", "FitResult", "fit_iter", "fit", "calibrate_anomaly"]
 
@@ -117,7 +118,7 @@ def _to_tensor(batch: np.ndarray, device, channels_last: bool):
 
 
 def fit_iter(
-    volumes: Sequence[np.ndarray] | np.ndarray,
+    volumes: Sequence[np.ndarray] | np.ndarray | VolumeSource,
     config: str | ModelConfig = DEFAULT_CONFIG,
     options: FitOptions | None = None,
     *,
@@ -130,8 +131,10 @@ def fit_iter(
 
     Parameters
     ----------
-    volumes : array or sequence of arrays
-        One or more 2D/3D arrays (z, y, x) in their own intensity units.
+    volumes : array, sequence of arrays or VolumeSource
+        One or more 2D/3D arrays (z, y, x) in their own intensity units, or a
+        :class:`~.stream.VolumeSource` of scans read from disk on demand (at most its
+        ``max_in_memory`` held at once; its ``holdout_every`` and ``seed`` apply).
     config : str or ModelConfig
         Named configuration (see :data:`~napari_latentseg.models.config.CONFIGS`).
     options : FitOptions, optional
@@ -150,37 +153,91 @@ def fit_iter(
     dict
         ``step``, ``total``, ``loss``, ``recon``, ``kl``, ``step_time``, ``elapsed``, and
         ``val`` / ``best_val`` on validation steps.
+
+    Notes
+    -----
+    Distributed data parallel: when ``torch.distributed`` is initialised with more than one
+    process (``torchrun``, see :mod:`~.distributed`), the network is wrapped in
+    ``DistributedDataParallel``; every rank samples its own crops (sampler seeded with
+    ``seed + rank``), validation losses are averaged over ranks, and stopping decisions (time
+    budget, early stopping, divergence, a stop request on any rank) are taken together so the
+    ranks stay in step. Only rank 0 calibrates the anomaly threshold: save its model.
     """
     import torch
 
     opts = options or FitOptions()
     cfg = initial.config if initial is not None else get_config(config)
+    streaming = isinstance(volumes, VolumeSource)
     if isinstance(volumes, np.ndarray):
         volumes = [volumes]
     if not len(volumes):
         raise ValueError("fit needs at least one volume")
-    modalities = list(modalities) if modalities is not None else [None] * len(volumes)
+    if not streaming:
+        modalities = list(modalities) if modalities is not None else [None] * len(volumes)
     configure_threads()
     device = resolve_device(opts.device)
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    ddp = world > 1
+    if ddp and opts.adversarial:
+        raise ValueError("adversarial training is not supported in distributed fits yet; "
+                         "leave out --adversarial or fit in one process")
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
 
     yield {"stage": "prepare", "step": 0, "total": opts.steps, "message": "normalising volumes"}
-    prepared: list[PreparedVolume] = []
-    for i, (vol, mod) in enumerate(zip(volumes, modalities, strict=True)):
-        arr = np.asarray(vol)
-        if cfg.spatial_dims == 3 and (arr.ndim < 3 or arr.shape[0] < 2):
-            raise ValueError(f"volume {i}: a 3D configuration needs a 3D volume, got {arr.shape}")
-        prepared.append(prepare_volume(arr, mod, holdout_every=opts.holdout_every, seed=opts.seed))
-    norm_dict = prepared[0].normalizer.to_dict()
-    sampler = CropSampler(prepared, cfg, seed=opts.seed)
-    val_batch = sampler.validation_batch(16 if cfg.spatial_dims == 2 else 4)
+    n_val = 16 if cfg.spatial_dims == 2 else 4
+    calibration: Iterable[PreparedVolume]
+    if streaming:
+        def check(i: int, info) -> None:
+            if cfg.spatial_dims == 3 and (len(info.shape) < 3 or info.shape[0] < 2):
+                raise ValueError(f"{info.name}: a 3D configuration needs a 3D volume, got "
+                                 f"{info.shape}")
+
+        sampler = StreamingCropSampler(volumes, cfg, seed=opts.seed + rank,
+                                       rotate_every=volumes.rotate_every, n_validation=n_val)
+        yield from sampler.prepare_iter(check)
+        norm_dict = dict(volumes.info[0].normalization)
+        scan_modalities = [info.modality for info in volumes.info]
+        calibration = volumes.subset(32)
+    else:
+        prepared: list[PreparedVolume] = []
+        for i, (vol, mod) in enumerate(zip(volumes, modalities, strict=True)):
+            arr = np.asarray(vol)
+            if cfg.spatial_dims == 3 and (arr.ndim < 3 or arr.shape[0] < 2):
+                raise ValueError(
+                    f"volume {i}: a 3D configuration needs a 3D volume, got {arr.shape}")
+            prepared.append(
+                prepare_volume(arr, mod, holdout_every=opts.holdout_every, seed=opts.seed))
+        norm_dict = prepared[0].normalizer.to_dict()
+        sampler = CropSampler(prepared, cfg, seed=opts.seed + rank)
+        scan_modalities = [p.modality for p in prepared]
+        calibration = prepared
+    val_batch = sampler.validation_batch(n_val)
 
     net = build_network(cfg) if initial is None else copy.deepcopy(initial.net)
-    channels_last = device.type == "cpu" and cfg.spatial_dims == 2
+    # channels_last is a CPU speed-up; DDP's gradient buckets want the default layout.
+    channels_last = device.type == "cpu" and cfg.spatial_dims == 2 and not ddp
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    train_net = net
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(opts.seed + rank)  # different latent noise per rank
+
+    def agree(*flags: bool) -> list[bool]:
+        """Flags true on any rank are true on every rank (identity in one process)."""
+        if not ddp:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
     optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
     warmup = min(50, max(1, opts.steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup))
@@ -209,6 +266,10 @@ def fit_iter(
             x = _to_tensor(val_batch, device, channels_last)
             rec = net.reconstruct(x).float()
             val = float((rec - centre_channel(x)).abs().mean())
+        if ddp:  # the mean over ranks: every rank takes the same early-stopping decisions
+            t = torch.tensor([val], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            val = float(t) / world
         net.train()
         return val
 
@@ -220,7 +281,8 @@ def fit_iter(
     step = 0
     net.train()
     for step in range(1, opts.steps + 1):
-        if stop_event is not None and stop_event.is_set():
+        (stop_now,) = agree(stop_event is not None and stop_event.is_set())
+        if stop_now:
             reason = "stopped"
             step -= 1
             break
@@ -228,7 +290,7 @@ def fit_iter(
         x = _to_tensor(sampler.sample(), device, channels_last)
         target = centre_channel(x)
         with autocast(device, use_amp):
-            rec, z_mu, z_sigma = net(x)
+            rec, z_mu, z_sigma = train_net(x)
             recon_loss = (rec.float() - target).abs().mean()
             kl = _kl(z_mu.float(), z_sigma.float())
             loss = recon_loss + opts.kl_weight * kl
@@ -256,7 +318,8 @@ def fit_iter(
             d_loss.backward()
             d_optim.step()
             d_loss_val = float(d_loss.detach())
-        if not torch.isfinite(loss):
+        (diverged,) = agree(not bool(torch.isfinite(loss)))
+        if diverged:
             reason = "diverged"
             break
         metrics = {
@@ -274,7 +337,8 @@ def fit_iter(
             metrics["adv_g"] = float(g_adv.detach())
             metrics["adv_d"] = d_loss_val
         last = step == opts.steps
-        out_of_time = opts.minutes is not None and metrics["elapsed"] >= 60 * opts.minutes
+        (out_of_time,) = agree(
+            opts.minutes is not None and metrics["elapsed"] >= 60 * opts.minutes)
         if step % opts.eval_every == 0 or last or out_of_time:
             val = validate()
             metrics["val"] = val
@@ -320,18 +384,26 @@ def fit_iter(
             "device": str(device),
             "seed": opts.seed,
             "options": {k: v for k, v in vars(opts).items()},
-            "modalities": [p.modality for p in prepared],
+            "modalities": scan_modalities,
             "parent": initial.source_path if initial is not None else None,
         },
     )
-    model.anomaly = calibrate_anomaly(model, prepared, opts.anomaly_percentile)
+    if ddp:
+        model.info["distributed"] = {"world_size": world,
+                                     "backend": str(torch.distributed.get_backend())}
+    if streaming:
+        model.info["streamed"] = {"scans": len(volumes), "max_in_memory": volumes.max_in_memory,
+                                  "loads": volumes.loads, "peak_resident": volumes.peak_resident}
+    # Calibration needs no other rank: rank 0 does it (its model is the one saved).
+    if rank == 0:
+        model.anomaly = calibrate_anomaly(model, calibration, opts.anomaly_percentile)
     elapsed = time.perf_counter() - t_start
     model.info["seconds"] = round(elapsed, 2)
     return FitResult(model, reason, step, elapsed, best_val, history)
 
 
 def calibrate_anomaly(
-    model: VAEModel, prepared: list[PreparedVolume], percentile: float = 99.5,
+    model: VAEModel, prepared: Iterable[PreparedVolume], percentile: float = 99.5,
     max_slices: int = 48,
 ) -> dict:
     """Anomaly threshold: a high percentile of the smoothed error on the fit data's foreground."""

@@ -1,0 +1,475 @@
+"""The per-scan work of a batch run, and the stamps that make reruns skip finished scans.
+
+:func:`process_scan` is a pure function of its arguments (plus the files they name): a dask
+worker, a process pool or a plain loop can run it. It never raises for a problem of the scan
+(unreadable file, wrong annotations, out of memory): it returns a ``failed`` row with a
+one-line message, so one bad scan never stops a cohort.
+
+Outputs go to ``OUTDIR/<id>/`` in the scan's own geometry, each written atomically by
+:func:`~napari_latentseg.io.save_volume` (temporary file, then rename). A stamp ``done.json``
+is written last, also atomically; it records the content hashes of the inputs (scan, and
+annotations for ``segment``), of the model file and of the task options, and the size and
+hash of every output. A rerun skips a scan only if its stamp matches and every output it lists
+is present with that size (and hash with ``verify``); anything else (no stamp, another model,
+changed options or input, a missing or truncated output) is redone. The old stamp is removed
+before a scan is redone, so an interrupted redo never looks finished. While an input's size and
+modification time are those recorded in the stamp, its recorded hash is reused, so a rerun
+does not read finished scans again (``verify`` hashes everything anew).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .manifest import ScanJob
+
+__all__ = [
+    "STAMP_NAME",
+    "TASKS",
+    "BatchOptions",
+    "file_hash",
+    "path_hash",
+    "path_signature",
+    "process_scan",
+    "read_stamp",
+    "stamp_is_complete",
+    "task_outputs",
+]
+
+TASKS = ("reconstruct", "cluster", "segment")
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
+STAMP_NAME = "done.json"
+STAMP_FORMAT = "napari-latentseg-batch-stamp"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What to do with every scan of a cohort.
+
+    Parameters
+    ----------
+    task : {"reconstruct", "cluster", "segment"}
+        ``reconstruct``: reconstruction, error map and anomaly candidates; ``cluster``:
+        unsupervised labels (``k``, ``method``); ``segment``: few-shot segmentation from each
+        scan's annotations, with its uncertainty map.
+    k : int
+        Clusters (task ``cluster``).
+    method : {"kmeans", "gmm"}
+        Clustering method.
+    seed : int
+        Seed of clustering / the segmentation head.
+    tile : int
+        Largest in-plane tile of reconstruction.
+    output_format : {"nii.gz", "nii", "nrrd", "mha"}
+        File format of the outputs.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+    gpu_per_worker : bool
+        With ``device`` ``cuda``: worker ``N`` of a LocalCluster (named ``0``, ``1``...) uses
+        GPU ``N`` modulo the GPU count. On clusters that give each worker its own GPU
+        (``CUDA_VISIBLE_DEVICES``), leave it False.
+    threads : int or None
+        torch threads per worker process (``None``: the process's default, see
+        :func:`~napari_latentseg.engine.device.configure_threads`).
+    verify : bool
+        On a rerun, hash every input and output again; without it, inputs whose size and
+        modification time are unchanged keep their recorded hash and outputs are checked by
+        size.
+    """
+
+    task: str = "reconstruct"
+    k: int = 4
+    method: str = "kmeans"
+    seed: int = 0
+    tile: int = 512
+    output_format: str = "nii.gz"
+    device: str = "auto"
+    gpu_per_worker: bool = False
+    threads: int | None = None
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
+        if self.task == "cluster" and not 2 <= self.k <= 64:
+            raise ValueError(f"k must be between 2 and 64, got {self.k}")
+        if self.method not in ("kmeans", "gmm"):
+            raise ValueError(f"method must be 'kmeans' or 'gmm', got {self.method!r}")
+        if self.tile < 16:
+            raise ValueError(f"tile must be at least 16, got {self.tile}")
+
+    def result_key(self) -> dict[str, Any]:
+        """The options that change a scan's outputs (what a stamp must match)."""
+        key: dict[str, Any] = {"task": self.task, "format": self.output_format}
+        if self.task == "reconstruct":
+            key["tile"] = self.tile
+        elif self.task == "cluster":
+            key.update(k=self.k, method=self.method, seed=self.seed)
+        else:
+            key["seed"] = self.seed
+        return key
+
+
+def task_outputs(options: BatchOptions) -> dict[str, str]:
+    """Output file names of the task and their kind (``image`` or ``labels``)."""
+    ext = options.output_format
+    names = {
+        "reconstruct": {"reconstruction": "image", "error": "image", "anomalies": "labels"},
+        "cluster": {"labels": "labels"},
+        "segment": {"labels": "labels", "uncertainty": "image"},
+    }[options.task]
+    return {f"{n}.{ext}": kind for n, kind in names.items()}
+
+
+# --------------------------------------------------------------------------- hashing
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """BLAKE2b (128-bit) of a file's bytes, as hex."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def path_hash(path: str | os.PathLike[str]) -> str:
+    """Content hash of a file, or of a folder (every file's relative name and bytes).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    p = Path(path)
+    if p.is_file():
+        return file_hash(p)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    h = hashlib.blake2b(digest_size=16)
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            h.update(str(f.relative_to(p)).encode())
+            h.update(file_hash(f).encode())
+    return h.hexdigest()
+
+
+def path_signature(path: str | os.PathLike[str]) -> str:
+    """Cheap fingerprint of a file or folder: names, sizes and modification times.
+
+    A rerun reuses the content hash recorded in a stamp while the signature is unchanged
+    (as rsync and make do), so skipping a finished scan does not read it again.
+    """
+    p = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if f != p else ''}|{st.st_size}|{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _options_hash(options: BatchOptions) -> str:
+    text = json.dumps(options.result_key(), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+# --------------------------------------------------------------------------- stamps
+def read_stamp(scan_dir: str | os.PathLike[str]) -> dict | None:
+    """The stamp of a scan's output folder, or None (missing or unreadable)."""
+    try:
+        stamp = json.loads((Path(scan_dir) / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and stamp.get("format") == STAMP_FORMAT else None
+
+
+def stamp_is_complete(scan_dir: str | os.PathLike[str], stamp: dict | None,
+                      expected: dict[str, str], verify: bool = False) -> bool:
+    """True if ``stamp`` matches ``expected`` hashes and every output it lists is intact.
+
+    Parameters
+    ----------
+    scan_dir : path-like
+        The scan's output folder.
+    stamp : dict or None
+        As read by :func:`read_stamp`.
+    expected : dict
+        ``input_hash``, ``model_hash`` and ``options_hash`` the outputs must come from.
+    verify : bool
+        Compare each output's content hash too (default: its size only).
+    """
+    if not stamp or any(stamp.get(k) != v for k, v in expected.items()):
+        return False
+    outputs = stamp.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return False
+    for name, meta in outputs.items():
+        f = Path(scan_dir) / name
+        try:
+            if f.stat().st_size != meta.get("bytes"):
+                return False
+        except OSError:
+            return False
+        if verify and file_hash(f) != meta.get("blake2b"):
+            return False
+    return True
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- model cache
+# One model per worker process, kept between scans (keyed by file, content and device).
+_MODELS: dict[tuple[str, str, str], Any] = {}
+# Scans run one at a time per process: inference switches the network's memory format.
+_RUN_LOCK = threading.Lock()
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return f"local-{os.getpid()}"
+
+
+def _device_for(options: BatchOptions) -> str:
+    if options.gpu_per_worker and options.device == "cuda":
+        import torch
+
+        try:
+            from distributed import get_worker
+
+            index = int(get_worker().name)
+        except (ImportError, ValueError, TypeError):
+            index = 0
+        n = torch.cuda.device_count()
+        return f"cuda:{index % n}" if n else "cuda"
+    return options.device
+
+
+def _model(model_path: str, model_hash: str, device: str):
+    from ..models.checkpoint import load_model
+
+    key = (str(Path(model_path).resolve()), model_hash, device)
+    model = _MODELS.get(key)
+    if model is None:
+        _MODELS.clear()  # one model at a time: a new model replaces the old one
+        model = load_model(model_path, device=device)
+        _MODELS[key] = model
+    return model
+
+
+# --------------------------------------------------------------------------- the task
+def _check_grid(image, other) -> None:
+    if other.data.shape != image.data.shape:
+        raise ValueError(f"annotations have shape {other.data.shape} but the image has "
+                         f"{image.data.shape}; they must be on the image's grid")
+    for name in ("spacing", "origin"):
+        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(other, name))
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-2):
+            raise ValueError(f"annotations have {name} {b.round(3).tolist()} but the image "
+                             f"has {a.round(3).tolist()}; they must be on the image's grid")
+    if not np.allclose(image.direction, other.direction, atol=1e-3):
+        raise ValueError("annotations have another direction than the image")
+
+
+def _label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
+    return {f"volume_ml_{i}": round(float(n) * voxel_ml, 4)
+            for i, n in enumerate(counts) if i > 0 and n > 0}
+
+
+def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOptions,
+              scan_dir: Path) -> tuple[dict, dict[str, np.ndarray], Any]:
+    """Run the task on one scan: (metrics, outputs by file name, the scan's Volume)."""
+    from ..io import read_volume
+
+    vol = read_volume(job.image)
+    ann = None
+    if options.task == "segment":
+        if not job.annotations:
+            raise ValueError("no annotations for this scan: give them in the manifest's "
+                             "annotations column (or -a FOLDER with <id>.nii.gz files)")
+        ann = read_volume(job.annotations)
+        _check_grid(vol, ann)
+    modality = vol.metadata.get("modality")
+    model = _model(model_path, model_hash, _device_for(options))
+    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    names = list(task_outputs(options))
+    metrics: dict[str, Any] = {"device": str(model.device)}
+    if options.task == "reconstruct":
+        from ..engine.infer import reconstruct
+
+        res = reconstruct(model, vol.data, modality=modality, anomalies=True, tile=options.tile)
+        outputs = {names[0]: res.reconstruction, names[1]: res.error}
+        metrics["mean_error"] = round(float(res.error.mean()), 6)
+        if res.anomalies is not None:
+            outputs[names[2]] = res.anomalies
+            metrics["anomaly_candidates"] = int(res.n_candidates)
+            metrics["anomalous_volume_ml"] = round(
+                float(np.count_nonzero(res.anomalies)) * voxel_ml, 4)
+    elif options.task == "cluster":
+        from ..engine.segment import cluster
+
+        # Non-default arguments only where the user asked for them: segment.py is shared work.
+        extra: dict[str, Any] = {}
+        if options.method != "kmeans":
+            extra["method"] = options.method
+        if options.seed:
+            extra["seed"] = options.seed
+        res = cluster(model, vol.data, options.k, modality=modality, **extra)
+        outputs = {names[0]: res.labels}
+        metrics.update(_label_volumes(res.labels, voxel_ml))
+    else:
+        from ..engine.segment import segment
+
+        extra = {"seed": options.seed} if options.seed else {}
+        res = segment(model, vol.data, ann.data, modality=modality, **extra)
+        outputs = {names[0]: res.labels, names[1]: res.uncertainty}
+        metrics.update(_label_volumes(res.labels, voxel_ml))
+        metrics["mean_uncertainty"] = round(float(res.uncertainty.mean()), 6)
+    return metrics, outputs, vol
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory while processing this scan (use fewer workers per machine)"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and "out of memory" in text.lower():
+        return "GPU out of memory while processing this scan (use --device cpu or a smaller " \
+               "--tile)"
+    from ..io import VolumeIOError
+    from ..models.checkpoint import ModelFileError
+
+    if isinstance(exc, VolumeIOError | ModelFileError | ValueError | FileNotFoundError):
+        msg = text or type(exc).__name__
+    else:
+        msg = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return msg[:500]
+
+
+def process_scan(
+    job: ScanJob,
+    model_path: str,
+    options: BatchOptions,
+    outdir: str,
+    model_hash: str | None = None,
+) -> dict[str, Any]:
+    """Process one scan (or skip it when its outputs are complete); returns its summary row.
+
+    Parameters
+    ----------
+    job : ScanJob
+        The scan, its annotations and its id.
+    model_path : str
+        Model file, readable from where this runs (loaded once per process and kept).
+    options : BatchOptions
+        Task and task options.
+    outdir : str
+        The run's output folder; this scan's outputs go to ``outdir/<id>/``.
+    model_hash : str, optional
+        Content hash of the model file (computed here when not given).
+
+    Returns
+    -------
+    dict
+        ``id``, ``image``, ``annotations``, ``status`` (``done``, ``skipped`` or ``failed``),
+        ``seconds``, ``error`` (one line, failed scans only), ``device``, ``worker`` and the
+        task's metrics: ``mean_error``, ``anomaly_candidates``, ``anomalous_volume_ml``
+        (reconstruct); ``volume_ml_<label>`` (cluster, segment); ``mean_uncertainty``
+        (segment).
+    """
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"id": job.id, "image": job.image, "annotations": job.annotations or "",
+                           "status": "failed", "error": "", "device": "",
+                           "worker": _worker_name()}
+    try:
+        if options.threads:
+            from ..engine.device import THREADS_ENV
+
+            os.environ[THREADS_ENV] = str(int(options.threads))
+        scan_dir = Path(outdir) / job.id
+        if not Path(job.image).exists():
+            raise FileNotFoundError(f"{job.image}: no such file or folder")
+        inputs = [job.image]
+        if options.task == "segment" and job.annotations:
+            if not Path(job.annotations).exists():
+                raise FileNotFoundError(f"{job.annotations}: no such file or folder")
+            inputs.append(job.annotations)
+        signature = "+".join(path_signature(p) for p in inputs)
+        old = read_stamp(scan_dir)
+        if old and not options.verify and old.get("input_signature") == signature:
+            input_hash = old.get("input_hash")  # unchanged since it was hashed
+        else:
+            input_hash = "+".join(path_hash(p) for p in inputs)
+        model_hash = model_hash or file_hash(model_path)
+        expected = {"input_hash": input_hash, "model_hash": model_hash,
+                    "options_hash": _options_hash(options)}
+        if stamp_is_complete(scan_dir, old, expected, options.verify):
+            row.update(old.get("metrics") or {})
+            row["status"] = "skipped"
+            return row
+        if scan_dir.is_dir():
+            (scan_dir / STAMP_NAME).unlink(missing_ok=True)  # a redo never looks finished
+            for tmp in scan_dir.glob(".*.tmp-*"):  # left by a worker killed while writing
+                tmp.unlink(missing_ok=True)
+        with _RUN_LOCK:
+            metrics, outputs, vol = _run_task(job, model_path, model_hash, options, scan_dir)
+        scan_dir.mkdir(parents=True, exist_ok=True)
+        kinds = task_outputs(options)
+        geometry = vol.metadata.get("latentseg_geometry") or vol.geometry()
+        from ..io import save_volume
+
+        written: dict[str, dict] = {}
+        for name, data in outputs.items():
+            p = save_volume(scan_dir / name, data, geometry, kind=kinds[name], overwrite=True)
+            written[name] = {"bytes": p.stat().st_size, "blake2b": file_hash(p)}
+        # Outputs of an earlier, different run of this scan that this run did not write.
+        for name in (old or {}).get("outputs") or {}:
+            if name not in written and "/" not in name and not name.startswith("."):
+                (scan_dir / name).unlink(missing_ok=True)
+        from .. import __version__
+
+        seconds = round(time.perf_counter() - t0, 3)
+        _write_json_atomic(scan_dir / STAMP_NAME, {
+            "format": STAMP_FORMAT, "format_version": 1, **expected,
+            "input_signature": signature,
+            "id": job.id, "image": job.image, "annotations": job.annotations,
+            "model": str(model_path), "options": options.result_key(), "outputs": written,
+            "metrics": metrics, "seconds": seconds, "package_version": __version__,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        row.update(metrics)
+        row["status"] = "done"
+    except Exception as exc:  # one scan's failure (MemoryError too) is a row, not the end
+        row["error"] = _one_line(exc)
+    finally:
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
