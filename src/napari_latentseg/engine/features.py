@@ -177,6 +177,46 @@ class Hypercolumn(nn.Module):
             up += self._intensity(x)
         return torch.cat(up, dim=1)
 
+    def projected(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  comp: torch.Tensor) -> torch.Tensor:
+        """Latent mean and principal components of the encoder levels, at voxel resolution.
+
+        Equals ``forward``'s latent channels and ``((levels - mean) / std) @ comp``, but each
+        level is projected at its own resolution before upsampling (both maps are linear and
+        bilinear weights sum to one), so the ~120-channel hypercolumn is never materialised.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, latent_channels + comp.shape[1], *spatial).
+        """
+        size = x.shape[2:]
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        ones = (1,) * self.spatial_dims
+
+        def up(f: torch.Tensor) -> torch.Tensor:
+            return f if f.shape[2:] == size else F.interpolate(f, size=size, mode=mode,
+                                                               align_corners=False)
+
+        w = (comp / std[:, None]).T.contiguous()  # (K, C)
+        bias = -(mean / std) @ comp
+        total = None
+        start = 0
+        h = x
+        taps = set(self.taps)
+        for i, block in enumerate(self.vae.encoder.blocks):
+            h = block(h)
+            if i in taps:
+                c = h.shape[1]
+                part = conv(h, w[:, start : start + c].reshape(w.shape[0], c, *ones))
+                start += c
+                part = up(part)
+                total = part if total is None else total + part
+        mu = up(self.vae.quant_conv_mu(h))
+        total = total + bias.view(1, -1, *ones)
+        return torch.cat([mu, total], dim=1)
+
 
 class SegmentationHead(nn.Module):
     """Per-voxel MLP (1x1 convolutions) on standardised hypercolumn features."""

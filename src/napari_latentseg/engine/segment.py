@@ -145,6 +145,15 @@ class _FeatureRunner:
             f = self.hyper(x)
         return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
 
+    def compute_projected(self, zs: np.ndarray, pca):
+        """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""
+        torch = self.torch
+        x = torch.from_numpy(self.input_block(zs)).to(self.device)
+        x, spatial = pad_to_multiple(x, self.cfg.downsampling)
+        with torch.inference_mode():
+            f = self.hyper.projected(x, *pca)
+        return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
     def iter_batches(self, stop_event, what: str):
         """Yield (zs, features) over the whole volume, filling the cache when it fits."""
         if self.cfg.spatial_dims == 3:
@@ -404,7 +413,6 @@ class _ForestFeatures:
         self.key = cache.key(run.model, run.volume, "forest") if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
-        self._full3d = None
 
     @property
     def batches(self) -> list[np.ndarray]:
@@ -412,22 +420,15 @@ class _ForestFeatures:
             return [np.arange(self.run.volume.shape[0])]
         return self.run.batches
 
-    def _hyper(self, zs: np.ndarray):
-        if self.run.cfg.spatial_dims == 3:
-            if self._full3d is None:
-                self._full3d = self.run.compute(zs)
-            return self._full3d
-        return self.run.compute(zs)
-
     def _fit_pca(self) -> None:
         torch = self.run.torch
         z = self.run.volume.shape[0]
         if self.run.cfg.spatial_dims == 2:
-            picks = np.unique(np.linspace(0, z - 1, min(z, 8)).round().astype(int))
-            x = torch.cat([_to_classes(self._hyper(np.array([p])), 2)[:, self.enc]
+            picks = np.unique(np.linspace(0, z - 1, min(z, 4)).round().astype(int))
+            x = torch.cat([_to_classes(self.run.compute(np.array([p])), 2)[:, self.enc]
                            for p in picks])
         else:
-            x = _to_classes(self._hyper(np.arange(z)), 3)[:, self.enc]
+            x = _to_classes(self.run.compute(np.arange(z)), 3)[:, self.enc]
         # A fixed seed: the cached features must not depend on the caller's seed.
         g = torch.Generator().manual_seed(0)
         sub = x[torch.randperm(len(x), generator=g)[:50_000].to(x.device)]
@@ -445,10 +446,8 @@ class _ForestFeatures:
             return torch.from_numpy(np.ascontiguousarray(rows)).float()
         if self._pca is None:
             self._fit_pca()
-        mean, std, comp = self._pca
         sd = self.run.cfg.spatial_dims
-        rows = _to_classes(self._hyper(zs), sd)
-        enc = ((rows[:, self.enc] - mean) / std) @ comp
+        vae = _to_classes(self.run.compute_projected(zs, self._pca), sd)
         if sd == 2:
             c = self.run.cfg.context_slices
             x = self.run.input_block(zs)[:, c : c + 1]
@@ -458,7 +457,7 @@ class _ForestFeatures:
             ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
                 self.run.device))
         ms = ms.permute(0, 2, 3, 1).reshape(-1, ms.shape[1])
-        return torch.cat([ms, rows[:, self.lat], enc], dim=1).float().cpu()
+        return torch.cat([ms, vae], dim=1).float().cpu()
 
     def fill_cache(self, stop_event) -> Generator[dict, None, None]:
         """One pass over the volume storing the features, when they fit in the cache."""
@@ -472,7 +471,6 @@ class _ForestFeatures:
             store[zs[0] : zs[-1] + 1] = self.compute(zs).half().numpy().reshape(
                 (len(zs),) + shape[1:] + (self.n_features,))
             yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
-        self._full3d = None
         self.cached = store
         self.cache.put(self.key, store)
 
