@@ -424,7 +424,9 @@ class _ForestFeatures:
         torch = self.run.torch
         z = self.run.volume.shape[0]
         if self.run.cfg.spatial_dims == 2:
-            picks = np.unique(np.linspace(0, z - 1, min(z, 4)).round().astype(int))
+            # 8 slices, 4 for big slices (>= 512x512): enough voxels for a 4-component PCA.
+            n = int(np.clip((1 << 20) // int(np.prod(self.run.volume.shape[1:])), 4, 8))
+            picks = np.unique(np.linspace(0, z - 1, min(z, n)).round().astype(int))
             x = torch.cat([_to_classes(self.run.compute(np.array([p])), 2)[:, self.enc]
                            for p in picks])
         else:
