@@ -226,19 +226,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _same_grid(image, other, what: str) -> None:
     """Refuse annotations that are not on the image's grid (shape and geometry)."""
-    import numpy as np
+    from .io import check_same_grid
 
-    if other.data.shape != image.data.shape:
-        raise CLIError(f"{what} have shape {other.data.shape} but the image has "
-                       f"{image.data.shape}; they must be on the image's grid")
-    for name in ("spacing", "origin"):
-        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(other, name))
-        if not np.allclose(a, b, rtol=1e-3, atol=1e-2):
-            raise CLIError(f"{what} have {name} {b.round(3).tolist()} but the image has "
-                           f"{a.round(3).tolist()}; they must be on the image's grid")
-    if not np.allclose(image.direction, other.direction, atol=1e-3):
-        raise CLIError(f"{what} have another direction than the image; they must be on the "
-                       "image's grid")
+    try:
+        check_same_grid(image, other, what)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:

@@ -287,19 +287,6 @@ def _model(model_path: str, model_hash: str, device: str):
 
 
 # --------------------------------------------------------------------------- the task
-def _check_grid(image, other) -> None:
-    if other.data.shape != image.data.shape:
-        raise ValueError(f"annotations have shape {other.data.shape} but the image has "
-                         f"{image.data.shape}; they must be on the image's grid")
-    for name in ("spacing", "origin"):
-        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(other, name))
-        if not np.allclose(a, b, rtol=1e-3, atol=1e-2):
-            raise ValueError(f"annotations have {name} {b.round(3).tolist()} but the image "
-                             f"has {a.round(3).tolist()}; they must be on the image's grid")
-    if not np.allclose(image.direction, other.direction, atol=1e-3):
-        raise ValueError("annotations have another direction than the image")
-
-
 def _label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
     counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
     return {f"volume_ml_{i}": round(float(n) * voxel_ml, 4)
@@ -309,7 +296,7 @@ def _label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
 def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOptions,
               scan_dir: Path) -> tuple[dict, dict[str, np.ndarray], Any]:
     """Run the task on one scan: (metrics, outputs by file name, the scan's Volume)."""
-    from ..io import read_volume
+    from ..io import check_same_grid, read_volume
 
     vol = read_volume(job.image)
     ann = None
@@ -318,7 +305,7 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
             raise ValueError("no annotations for this scan: give them in the manifest's "
                              "annotations column (or -a FOLDER with <id>.nii.gz files)")
         ann = read_volume(job.annotations)
-        _check_grid(vol, ann)
+        check_same_grid(vol, ann)
     modality = vol.metadata.get("modality")
     model = _model(model_path, model_hash, _device_for(options))
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0

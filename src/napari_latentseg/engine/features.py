@@ -124,8 +124,6 @@ class Hypercolumn(nn.Module):
         self.taps.append(len(blocks) - 3)
         self.tap_channels = [int(c) for c in vae.encoder.channels]
         self.latent_channels = vae.quant_conv_mu.conv.out_channels
-        for s in _SIGMAS:
-            self.register_buffer(f"gauss_{s:g}", _gauss_kernel(s), persistent=False)
 
     @property
     def n_features(self) -> int:
@@ -133,26 +131,10 @@ class Hypercolumn(nn.Module):
         n = sum(self.tap_channels) + self.latent_channels
         return n + (2 + len(_SIGMAS) if self.intensity else 0)
 
-    def _blur(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        k = getattr(self, f"gauss_{sigma:g}").to(x.dtype)
-        r = (k.numel() - 1) // 2
-        y = x
-        dims = x.ndim - 2
-        for d in range(dims):
-            shape = [1, 1] + [1] * dims
-            shape[2 + d] = k.numel()
-            pad = [0, 0] * dims
-            pad[2 * (dims - 1 - d)] = r
-            pad[2 * (dims - 1 - d) + 1] = r
-            y = F.pad(y, pad, mode="replicate")
-            conv = F.conv2d if dims == 2 else F.conv3d
-            y = conv(y, k.view(shape))
-        return y
-
     def _intensity(self, x: torch.Tensor) -> list[torch.Tensor]:
         c = x[:, self.centre : self.centre + 1]
-        out = [c] + [self._blur(c, s) for s in _SIGMAS]
-        g = self._blur(c, 1.0)
+        out = [c] + [gaussian_blur(c, s) for s in _SIGMAS]
+        g = out[1]  # sigma 1
         grads = torch.gradient(g, dim=list(range(2, g.ndim)))
         out.append(torch.sqrt(sum(gr**2 for gr in grads) + 1e-12))
         return out

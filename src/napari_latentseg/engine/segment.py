@@ -244,7 +244,11 @@ class SegmentationResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     cache_hit: bool = False
-    trained_head: bool = False  # ``model`` holds a head trained this round (worth saving)
+
+    @property
+    def trained_head(self) -> bool:
+        """``model`` holds a head trained this round (worth saving; forest rounds train none)."""
+        return bool(self.model.head)
 
 
 # --------------------------------------------------------------------------- clustering
@@ -404,11 +408,8 @@ class _ForestFeatures:
         from .features import MULTISCALE_SIGMAS
 
         self.run = run
-        n_enc = sum(run.hyper.tap_channels)
-        n_lat = run.hyper.latent_channels
-        self.enc = slice(0, n_enc)
-        self.lat = slice(n_enc, n_enc + n_lat)
-        self.n_features = 4 * len(MULTISCALE_SIGMAS) + n_lat + _ENCODER_PCS
+        self.enc = slice(0, sum(run.hyper.tap_channels))
+        self.n_features = 4 * len(MULTISCALE_SIGMAS) + run.hyper.latent_channels + _ENCODER_PCS
         self.cache = cache
         self.key = cache.key(run.model, run.volume, "forest") if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
@@ -526,7 +527,7 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         drop = (comp > 0) & ~np.isin(comp, seeds)
         if not drop.any():
             continue
-        p = probabilities[:, drop].copy()
+        p = probabilities[:, drop]  # boolean indexing copies
         p[ci] = -1.0
         out[drop] = table[p.argmax(0)]
         changed += int(drop.sum())
@@ -775,7 +776,7 @@ def segment_iter(
         labels, probs, uncertainty = labels[0], probs[:, 0], uncertainty[0]
         suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
     return SegmentationResult(labels, probs, uncertainty, classes, work, suggestion, history,
-                              time.perf_counter() - t0, notes, hit, head is not None)
+                              time.perf_counter() - t0, notes, hit)
 
 
 def _boundary_band(labels: np.ndarray, radius: int) -> np.ndarray:

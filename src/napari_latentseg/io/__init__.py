@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from ._dicom import list_dicom_series
 from ._read import is_supported_path, read_volume
-from ._volume import Volume, VolumeIOError, geometry_from_dict
+from ._volume import Volume, VolumeIOError, check_same_grid, geometry_from_dict
 from ._write import save_volume
 
 __all__ = [
     "Volume",
     "VolumeIOError",
+    "check_same_grid",
     "geometry_from_dict",
     "is_supported_path",
     "list_dicom_series",

@@ -188,6 +188,27 @@ class Volume:
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima")
 
 
+def check_same_grid(image: Volume, other: Volume, what: str = "annotations") -> None:
+    """Refuse a volume that is not on ``image``'s grid (shape, spacing, origin, direction).
+
+    Raises
+    ------
+    ValueError
+        Saying what differs, in one line.
+    """
+    if other.data.shape != image.data.shape:
+        raise ValueError(f"{what} have shape {other.data.shape} but the image has "
+                         f"{image.data.shape}; they must be on the image's grid")
+    for name in ("spacing", "origin"):
+        a, b = np.asarray(getattr(image, name)), np.asarray(getattr(other, name))
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-2):
+            raise ValueError(f"{what} have {name} {b.round(3).tolist()} but the image has "
+                             f"{a.round(3).tolist()}; they must be on the image's grid")
+    if not np.allclose(image.direction, other.direction, atol=1e-3):
+        raise ValueError(f"{what} have another direction than the image; they must be on the "
+                         "image's grid")
+
+
 def strip_known_suffix(name: str) -> str:
     """Return ``name`` without a known medical-image extension (``.nii.gz`` etc.)."""
     low = name.lower()
