@@ -21,6 +21,7 @@ result's ``notes`` say so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import threading
 import time
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _BATCH_VOXELS = 1 << 19  # hypercolumns are ~120 channels: smaller batches than inference
+_ENCODER_VOXELS = 1 << 17  # CPU encoder micro-batches
 
 
 # --------------------------------------------------------------------------- caching
@@ -120,6 +122,10 @@ class _FeatureRunner:
         self.volume = volume
         self.norm, self.mask = normalizer_for(model, volume, modality)
         self.hyper = Hypercolumn(model.net, model.config.context_slices).to(model.device).eval()
+        # As in reconstruction: channels-last convolutions are 1.3-1.7x faster on CPU (2D).
+        self.channels_last = model.device.type == "cpu" and model.config.spatial_dims == 2
+        if self.channels_last:
+            model.net.to(memory_format=torch.channels_last)
         self.n_features = self.hyper.n_features
         self.device = model.device
         self.cache = cache
@@ -127,6 +133,27 @@ class _FeatureRunner:
         self.cached = cache.get(self.key) if cache is not None else None
         per = max(1, _BATCH_VOXELS // int(np.prod(volume.shape[1:])))
         self.batches = _slice_batches(volume.shape[0], per)
+
+    def close(self) -> None:
+        """Give the model back its default memory layout."""
+        if self.channels_last:
+            self.model.net.to(memory_format=self.torch.contiguous_format)
+            self.channels_last = False
+
+    def _encoder_input(self, zs: np.ndarray):
+        x = self.torch.from_numpy(self.input_block(zs)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=self.torch.channels_last)
+        return pad_to_multiple(x, self.cfg.downsampling)
+
+    def _micro(self, zs: np.ndarray, fn):
+        """``fn`` on micro-batches of slices: on CPU small batches stay in cache (512x512:
+        one slice at a time is 1.5x faster per slice than four)."""
+        if self.cfg.spatial_dims == 3 or self.device.type != "cpu":
+            return fn(zs)
+        per = max(1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
+        parts = [fn(zs[i : i + per]) for i in range(0, len(zs), per)]
+        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
 
     def input_block(self, zs: np.ndarray) -> np.ndarray:
         if self.cfg.spatial_dims == 2:
@@ -139,20 +166,26 @@ class _FeatureRunner:
         if self.cached is not None:
             f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
             return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
-        x = torch.from_numpy(self.input_block(zs)).to(self.device)
-        x, spatial = pad_to_multiple(x, self.cfg.downsampling)
-        with torch.inference_mode():
-            f = self.hyper(x)
-        return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+        def one(z):
+            x, spatial = self._encoder_input(z)
+            with torch.inference_mode():
+                f = self.hyper(x)
+            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+        return self._micro(zs, one)
 
     def compute_projected(self, zs: np.ndarray, pca):
         """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""
         torch = self.torch
-        x = torch.from_numpy(self.input_block(zs)).to(self.device)
-        x, spatial = pad_to_multiple(x, self.cfg.downsampling)
-        with torch.inference_mode():
-            f = self.hyper.projected(x, *pca)
-        return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+        def one(z):
+            x, spatial = self._encoder_input(z)
+            with torch.inference_mode():
+                f = self.hyper.projected(x, *pca)
+            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+        return self._micro(zs, one)
 
     def iter_batches(self, stop_event, what: str):
         """Yield (zs, features) over the whole volume, filling the cache when it fits."""
@@ -279,6 +312,8 @@ def cluster_iter(
     squeeze = vol.ndim == 2
     if squeeze:
         vol = vol[None]
+    # The runner may change the net's memory layout: a private net leaves the caller's as is.
+    model = dataclasses.replace(model, net=copy.deepcopy(model.net))
     run = _FeatureRunner(model, vol, modality, cache)
     hit = run.cached is not None
     rng = np.random.default_rng(seed)
@@ -428,13 +463,17 @@ class _ForestFeatures:
             # 8 slices, 4 for big slices (>= 512x512): enough voxels for a 4-component PCA.
             n = int(np.clip((1 << 20) // int(np.prod(self.run.volume.shape[1:])), 4, 8))
             picks = np.unique(np.linspace(0, z - 1, min(z, n)).round().astype(int))
-            x = torch.cat([_to_classes(self.run.compute(np.array([p])), 2)[:, self.enc]
-                           for p in picks])
         else:
-            x = _to_classes(self.run.compute(np.arange(z)), 3)[:, self.enc]
+            picks = [None]
         # A fixed seed: the cached features must not depend on the caller's seed.
         g = torch.Generator().manual_seed(0)
-        sub = x[torch.randperm(len(x), generator=g)[:50_000].to(x.device)]
+        per = -(-50_000 // len(picks))
+        parts = []
+        for p in picks:  # sampled slice by slice: 4 full 512x512 hypercolumns are 0.5 GB
+            zs = np.arange(z) if p is None else np.array([p])
+            x = _to_classes(self.run.compute(zs), self.run.cfg.spatial_dims)
+            parts.append(x[torch.randperm(len(x), generator=g)[:per].to(x.device), self.enc])
+        sub = torch.cat(parts)
         mean, std = sub.mean(0), sub.std(0) + 1e-4
         _, _, v = torch.linalg.svd((sub - mean) / std, full_matrices=False)
         self._pca = (mean, std, v[:_ENCODER_PCS].T.contiguous())
@@ -770,6 +809,7 @@ def segment_iter(
             "rounds": int((model.head or {}).get("rounds", 0)) + 1,
             "annotated_voxels": int(annotated.sum()),
         }
+    run.close()
     work.info = dict(work.info, parent=model.source_path)
     work.source_path = None
     if squeeze:
