@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_engine.py", "bench_segment.py", "bench_scaling.py", "bench_batch.py"]
+BENCHES = ["bench_engine.py", "bench_segment.py", "bench_loop.py", "bench_scaling.py",
+           "bench_batch.py"]
 
 
 def main() -> int:

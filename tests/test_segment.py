@@ -236,3 +236,34 @@ def test_forest_round_and_unpainted_regions(tiny_model, small_phantom, annotatio
     assert mlp.trained_head and mlp.model.head["rounds"] == 1
     with pytest.raises(ValueError, match="classifier"):
         segment(tiny_model, small_phantom.image, annotations, classifier="svm")
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-3d"])
+def test_projections_equal_the_full_hypercolumn(name):
+    """PCA projection and the head's first layer, applied per encoder level before upsampling,
+    equal the same maps applied to the full hypercolumn (both are linear, bilinear weights
+    sum to one)."""
+    import torch
+
+    from napari_latentseg.engine.features import Hypercolumn, SegmentationHead
+    from napari_latentseg.models.config import CONFIGS, build_network
+
+    torch.manual_seed(0)
+    cfg = CONFIGS[name]
+    hyper = Hypercolumn(build_network(cfg).eval(), cfg.context_slices)
+    shape = (1, 1) + ((24, 40) if cfg.spatial_dims == 2 else (16, 16, 24))
+    x = torch.randn(shape)
+    n_tap = sum(hyper.tap_channels)
+    head = SegmentationHead(hyper.n_features, 3, 16, cfg.spatial_dims)
+    head.mean.normal_()
+    head.std.uniform_(0.5, 2.0)
+    mean, std, comp = torch.randn(n_tap), torch.rand(n_tap) + 0.5, torch.randn(n_tap, 4)
+    with torch.inference_mode():
+        full = hyper(x)
+        lat = full[:, n_tap : n_tap + hyper.latent_channels]
+        taps = full[:, :n_tap].movedim(1, -1)
+        want = torch.cat([lat, (((taps - mean) / std) @ comp).movedim(-1, 1)], dim=1)
+        torch.testing.assert_close(hyper.projected(x, mean, std, comp), want,
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hyper.head_logits(x, head), head(full), atol=1e-4,
+                                   rtol=1e-4)

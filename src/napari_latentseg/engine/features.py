@@ -200,6 +200,26 @@ class Hypercolumn(nn.Module):
         return torch.cat([mu, total], dim=1)
 
 
+    def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
+        """``head(self(x))`` without the ~120-channel hypercolumn at voxel resolution.
+
+        The head's first layer is a 1x1 convolution on standardised features, so it is applied
+        to each encoder level at its own resolution before upsampling (see :meth:`projected`);
+        only the head's hidden channels ever exist at full resolution.
+        """
+        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        first = head.net[0]
+        w = first.weight.flatten(1)  # (hidden, n_features)
+        n_tap = sum(self.tap_channels)
+        out = self.projected(x, head.mean[:n_tap], head.std[:n_tap], w[:, :n_tap].T)
+        mu, z = out[:, : self.latent_channels], out[:, self.latent_channels :]
+        rest = torch.cat([mu] + (self._intensity(x) if self.intensity else []), dim=1)
+        w_rest = w[:, n_tap:] / head.std[n_tap:]
+        bias = first.bias - w_rest @ head.mean[n_tap:]
+        z = z + conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), bias)
+        return head.net[1:](z)
+
+
 class SegmentationHead(nn.Module):
     """Per-voxel MLP (1x1 convolutions) on standardised hypercolumn features."""
 
