@@ -743,11 +743,22 @@ def segment_iter(
 
     head = None
     finetuned = False
+    held = None
     if use_head:
-        head = yield from _train_head(work, run, ann, lut, classes, hidden, head_steps,
+        train_ann = ann
+        if forest is not None:
+            # Tiles of the annotations the head never sees, to check it helps the forest.
+            held = _holdout(ann, seed)
+            if held is None:
+                notes.append("too few annotations to check the fine-tuned head on held-out "
+                             "voxels: its probabilities are used near the forest's boundaries "
+                             "unchecked")
+            else:
+                train_ann = np.where(held, 0, ann)
+        head = yield from _train_head(work, run, train_ann, lut, classes, hidden, head_steps,
                                       max_per_class, rng, stop_event, history, notes)
         if finetune_steps > 0:
-            yield from _finetune(work, head, run, ann, lut, finetune_steps,
+            yield from _finetune(work, head, run, train_ann, lut, finetune_steps,
                                  finetune_encoder, finetune_lr, encoder_lr_factor, rng,
                                  stop_event, history)
             finetuned = True
@@ -776,6 +787,23 @@ def segment_iter(
         else:
             ph = torch.softmax(run.head_logits(zs, head), dim=1)
         return ph.transpose(0, 1).cpu().numpy().reshape((n_cls, len(zs)) + vol.shape[1:])
+
+    if both and held is not None:
+        yield {"stage": "segment: check head", "done": 0, "total": 1}
+        check = _check_head(forest_feats, head_proba, ann, held, lut, n_cls, max_per_class,
+                            rng, seed, stop_event)
+        history.append(dict(check, stage="holdout"))
+        if check["used"] is False:
+            both = False
+            notes.append(
+                "the fine-tuned head did not improve the forest on held-out annotated voxels "
+                f"(Dice near boundaries {check['dice_with_head']:.3f} against "
+                f"{check['dice_forest']:.3f}): the forest's result is kept (the saved model "
+                "still holds the head for later rounds)")
+        elif check["used"] is None:
+            notes.append("no held-out annotated voxel lies near a class boundary: the "
+                         "fine-tuned head's probabilities are used unchecked")
+        yield {"stage": "segment: check head", "done": 1, "total": 1}
 
     for i, zs in enumerate(batches):
         check_stop(stop_event, "segmentation")
@@ -847,11 +875,82 @@ def segment_iter(
                               time.perf_counter() - t0, notes, hit)
 
 
-def _boundary_band(labels: np.ndarray, radius: int) -> np.ndarray:
-    """Voxels within ``radius`` voxels in-plane (and one slice) of a change of label."""
+def _holdout(ann: np.ndarray, seed: int, tile: int = 32, fraction: float = 0.2
+             ) -> np.ndarray | None:
+    """A random ``fraction`` of in-plane ``tile`` x ``tile`` tiles of the annotated voxels.
+
+    Returns a boolean volume, or None when no draw leaves every class both in the held-out
+    tiles and in the rest (too few annotations to hold any out).
+    """
+    pts = np.flatnonzero(ann)
+    z, y, x = np.unravel_index(pts, ann.shape)
+    ny, nx = -(-ann.shape[1] // tile), -(-ann.shape[2] // tile)
+    key = (z.astype(np.int64) * ny + y // tile) * nx + x // tile
+    tiles, inv = np.unique(key, return_inverse=True)
+    labels = ann.reshape(-1)[pts]
+    n_cls = np.unique(labels).size
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(5):
+        pick = rng.random(len(tiles)) < fraction
+        out = pick[inv]
+        if np.unique(labels[out]).size == n_cls and np.unique(labels[~out]).size == n_cls:
+            held = np.zeros(ann.shape, dtype=bool)
+            held.reshape(-1)[pts[out]] = True
+            return held
+    return None
+
+
+def _check_head(forest_feats: _ForestFeatures, head_proba, ann: np.ndarray, held: np.ndarray,
+                lut: np.ndarray, n_cls: int, max_per_class: int, rng: np.random.Generator,
+                seed: int, stop_event) -> dict:
+    """Does averaging the head in the forest's boundary band help on held-out annotations?
+
+    A forest fitted without the held-out tiles (the head never saw them either) predicts the
+    slices holding them; on held-out voxels within 3 voxels of that forest's boundaries, the
+    mean Dice over classes of the forest alone is compared with the forest averaged with the
+    head, as the final prediction does. ``used`` is None when no such voxel exists.
+    """
+    train = np.where(held, 0, ann)
+    fx, fy = forest_feats.annotated(train, max_per_class, rng, stop_event)
+    forest = _fit_forest(fx, lut[fy], seed)
+    del fx, fy
+    if forest_feats.run.cfg.spatial_dims == 2:
+        zs_all = np.flatnonzero(held.reshape(held.shape[0], -1).any(1))
+        groups = np.split(zs_all, np.flatnonzero(np.diff(zs_all) > 1) + 1)
+    else:
+        groups = forest_feats.batches
+    truth, alone, blend = [], [], []
+    for zs in groups:
+        check_stop(stop_event, "segmentation")
+        shape = (len(zs),) + ann.shape[1:]
+        pf = _forest_predict(forest, forest_feats.compute(zs).numpy(), shape, n_cls)
+        band = _boundary_band(pf.argmax(0), radius=3, through=1) & held[zs[0] : zs[-1] + 1]
+        if not band.any():
+            continue
+        ph = head_proba(zs)
+        truth.append(lut[ann[zs[0] : zs[-1] + 1][band]])
+        alone.append(pf[:, band].argmax(0))
+        blend.append((pf[:, band] + ph[:, band]).argmax(0))
+    if not truth:
+        return {"used": None, "voxels": 0}
+    t = np.concatenate(truth)
+
+    def mean_dice(p: np.ndarray) -> float:
+        d = [2 * np.sum((p == c) & (t == c)) / (np.sum(p == c) + np.sum(t == c))
+             for c in np.unique(t)]
+        return float(np.mean(d))
+
+    d_forest, d_head = mean_dice(np.concatenate(alone)), mean_dice(np.concatenate(blend))
+    return {"used": bool(d_head >= d_forest), "voxels": int(len(t)),
+            "dice_forest": round(d_forest, 4), "dice_with_head": round(d_head, 4)}
+
+
+def _boundary_band(labels: np.ndarray, radius: int, through: int = 3) -> np.ndarray:
+    """Voxels within ``radius`` voxels in-plane (and ``through // 2`` slices) of a change of
+    label."""
     from scipy import ndimage as ndi
 
-    size = (3,) * (labels.ndim - 2) + (2 * radius + 1,) * 2
+    size = (through,) * (labels.ndim - 2) + (2 * radius + 1,) * 2
     return ndi.maximum_filter(labels, size=size) != ndi.minimum_filter(labels, size=size)
 
 
