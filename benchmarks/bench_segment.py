@@ -6,7 +6,7 @@ Methods (all in one run, same annotated slices, Dice on the slices NOT annotated
   multiscale features plus the VAE's latent and encoder components, then the rule that a region
   must connect to a stroke of its class;
 - ``vae-finetune``: the same plus one 60-step fine-tuning round (MLP head + encoder), whose
-  head's probabilities are averaged with the forest's;
+  head refines the forest's boundaries if held-out annotated tiles say it helps;
 - ``vae-mlp``: the previous default (an MLP head on the frozen hypercolumn, no rule), kept as a
   reference;
 - ``skimage-rf``: scikit-image's trainable segmentation (multiscale_basic_features +

@@ -17,9 +17,10 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
-# Few-shot (forest + connectivity rule) is the default: seconds per round, and on the brain1
-# tumour a 60-step fine-tuning round on the same annotations did not beat it (benchmarks/
-# bench_segment.py), so fine-tuning stays opt-in (--finetune-steps N).
+# Few-shot (forest + connectivity rule) is the default: seconds per round. A 60-step
+# fine-tuning round (checked on held-out annotations) raised mean Dice over the benchmark
+# cases only a little, with large case-to-case swings, for 3-10x the time and a new model
+# file each round (benchmarks/bench_segment.py, docs/benchmarks.md): opt-in (--finetune-steps).
 DEFAULT_FINETUNE_STEPS = 0
 EXIT_INTERRUPTED = 130
 
@@ -521,8 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label volume on the image grid: 0 = not annotated, 1..N = classes")
     s.add_argument("-o", "--output", required=True, metavar="LABELS")
     s.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
-                   help=f"fine-tuning steps of an MLP head + the encoder, averaged with the "
-                        f"forest (default {DEFAULT_FINETUNE_STEPS}; 0 = few-shot only)")
+                   help=f"fine-tuning steps of an MLP head + the encoder, which refines the "
+                        f"forest's boundaries if held-out annotations say it helps (default "
+                        f"{DEFAULT_FINETUNE_STEPS}; 0 = few-shot only; 60 is about a minute on "
+                        f"a 2-core CPU)")
     s.add_argument("--classifier", choices=["forest", "mlp"], default="forest",
                    help="forest: random forest on multiscale + VAE features (default); mlp: "
                         "an MLP head on the VAE hypercolumn alone")

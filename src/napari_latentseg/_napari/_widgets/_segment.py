@@ -99,10 +99,12 @@ class SegmentSection(Section):
         self.new_btn.clicked.connect(lambda *_: self.new_annotation_layer())
         self.finetune_steps = QSpinBox()
         self.finetune_steps.setRange(1, 100_000)
-        self.finetune_steps.setValue(100)
-        self.finetune_steps.setSingleStep(50)
-        self.finetune_steps.setToolTip("Steps of training the classifier together with the "
-                                       "encoder on the annotated slices.")
+        # 60 steps: a round stays under a minute on a 2-core CPU (lung CT 512x512x61: ~50 s).
+        self.finetune_steps.setValue(60)
+        self.finetune_steps.setSingleStep(20)
+        self.finetune_steps.setToolTip(
+            "Steps of training a network head together with the encoder on the annotated "
+            "slices. The head is used only if it improves held-out annotations.")
         self.connected = QCheckBox("Only regions touching a stroke")
         self.connected.setChecked(True)
         self.connected.setToolTip(
