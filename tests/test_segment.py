@@ -293,3 +293,26 @@ def test_projections_equal_the_full_hypercolumn(name):
                                    atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(hyper.head_logits(x, head), head(full), atol=1e-4,
                                    rtol=1e-4)
+
+
+def test_suggestion_looks_where_the_object_could_be():
+    from napari_latentseg.engine.segment import _object_region
+
+    ann = np.zeros((8, 20, 20), dtype=np.uint8)
+    ann[0] = 1
+    ann[0, 8:12, 8:12] = 2  # class 1 (background) is the most painted
+    probs = np.zeros((2, 8, 20, 20), dtype=np.float32)
+    probs[0] = 1.0
+    probs[0, 3, 5:7, 5:7] = 0.4  # the only place where the object could be
+    probs[1] = 1.0 - probs[0]
+    body = np.ones(ann.shape, dtype=bool)
+    region = _object_region(probs, ann, [1, 2], body)
+    assert region[3, 5:7, 5:7].all() and region[3, 3, 5]  # grown by two voxels
+    assert not region[3, 15, 15] and not region[6:].any()
+    unc = np.where(region, 0.5, 0.0).astype(np.float32)
+    unc[7] = 0.9  # very uncertain, but where the object cannot be
+    sug = suggest_slices(unc, ann, region)
+    assert sug["axis"] != 0 or sug["index"] in (1, 2, 3, 4, 5)
+    # Nothing in doubt: the body is the region.
+    probs[0] = 1.0
+    assert _object_region(probs, ann, [1, 2], body) is body

@@ -859,7 +859,7 @@ def segment_iter(
                      "went to their next most probable class")
     p = np.clip(probs, 1e-7, 1.0)
     uncertainty = (-(p * np.log(p)).sum(0) / np.log(n_cls)).astype(np.float32)
-    suggestion = suggest_slices(uncertainty, ann, run.mask)
+    suggestion = suggest_slices(uncertainty, ann, _object_region(probs, ann, classes, run.mask))
 
     if head is not None:
         work.head = {
@@ -880,6 +880,26 @@ def segment_iter(
         suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
     return SegmentationResult(labels, probs, uncertainty, classes, work, suggestion, history,
                               time.perf_counter() - t0, notes, hit)
+
+
+def _object_region(probs: np.ndarray, ann: np.ndarray, classes: list[int],
+                   body: np.ndarray | None, sure: float = 0.9) -> np.ndarray | None:
+    """Where the next annotation can help: the "foreground" of the slice suggestion.
+
+    Voxels where the most painted class (usually the background) is below ``sure``, grown by
+    two voxels, inside the body. Averaging uncertainty over the whole body sends the user to
+    the outermost slices (vertex, lung apex), which look like nothing annotated yet; painting
+    them as background taught the forest nothing about the object (brain1, simulated loop:
+    Dice 0.59 -> 0.13 in 3 rounds, against 0.59 -> 0.81 with this region). Falls back to
+    the body when nothing is in doubt.
+    """
+    from scipy import ndimage as ndi
+
+    counts = [np.count_nonzero(ann == c) for c in classes]
+    region = ndi.binary_dilation(probs[int(np.argmax(counts))] < sure, iterations=2)
+    if body is not None:
+        region &= np.asarray(body, dtype=bool)
+    return region if region.any() else body
 
 
 def _holdout(ann: np.ndarray, seed: int, tile: int = 32, fraction: float = 0.2
