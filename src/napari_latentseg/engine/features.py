@@ -172,6 +172,11 @@ class Hypercolumn(nn.Module):
         torch.Tensor
             (B, latent_channels + comp.shape[1], *spatial).
         """
+        return torch.cat(self._projected(x, mean, std, comp), dim=1)
+
+    def _projected(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   comp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent mean, projection) at voxel resolution; inference only (adds in place)."""
         size = x.shape[2:]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
@@ -194,10 +199,10 @@ class Hypercolumn(nn.Module):
                 part = conv(h, w[:, start : start + c].reshape(w.shape[0], c, *ones))
                 start += c
                 part = up(part)
-                total = part if total is None else total + part
+                # In place: these are full-resolution tensors (64 channels x 512^2 is 67 MB).
+                total = part if total is None else total.add_(part)
         mu = up(self.vae.quant_conv_mu(h))
-        total = total + bias.view(1, -1, *ones)
-        return torch.cat([mu, total], dim=1)
+        return mu, total.add_(bias.view(1, -1, *ones))
 
 
     def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
@@ -211,12 +216,11 @@ class Hypercolumn(nn.Module):
         first = head.net[0]
         w = first.weight.flatten(1)  # (hidden, n_features)
         n_tap = sum(self.tap_channels)
-        out = self.projected(x, head.mean[:n_tap], head.std[:n_tap], w[:, :n_tap].T)
-        mu, z = out[:, : self.latent_channels], out[:, self.latent_channels :]
+        mu, z = self._projected(x, head.mean[:n_tap], head.std[:n_tap], w[:, :n_tap].T)
         rest = torch.cat([mu] + (self._intensity(x) if self.intensity else []), dim=1)
         w_rest = w[:, n_tap:] / head.std[n_tap:]
         bias = first.bias - w_rest @ head.mean[n_tap:]
-        z = z + conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), bias)
+        z.add_(conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), bias))
         return head.net[1:](z)
 
 
