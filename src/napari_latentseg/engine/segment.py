@@ -53,6 +53,7 @@ __all__ = [
 
 _BATCH_VOXELS = 1 << 19  # hypercolumns are ~120 channels: smaller batches than inference
 _ENCODER_VOXELS = 1 << 17  # CPU encoder micro-batches
+_CHUNK = 16  # slices per chunk of whole-volume post-processing
 
 
 # --------------------------------------------------------------------------- caching
@@ -828,7 +829,9 @@ def segment_iter(
     def finish(p: np.ndarray) -> tuple[np.ndarray, int]:
         for ci in range(n_cls):
             p[ci][annotated] = (onehot_idx == ci).astype(np.float32)
-        lab = table[p.argmax(0)]
+        lab = np.empty(p.shape[1:], dtype=table.dtype)
+        for z0 in range(0, len(lab), _CHUNK):  # int64 argmax of a whole CT is 0.8 GB
+            lab[z0 : z0 + _CHUNK] = table[p[:, z0 : z0 + _CHUNK].argmax(0)]
         lab[annotated] = ann[annotated]  # the user's labels win where they painted
         return keep_connected(lab, p, ann, classes) if keep_connected_regions else (lab, 0)
 
@@ -857,8 +860,11 @@ def segment_iter(
     if changed:
         notes.append(f"{changed} voxels in regions not connected to a stroke of their class "
                      "went to their next most probable class")
-    p = np.clip(probs, 1e-7, 1.0)
-    uncertainty = (-(p * np.log(p)).sum(0) / np.log(n_cls)).astype(np.float32)
+    uncertainty = np.empty(vol.shape, dtype=np.float32)
+    for z0 in range(0, vol.shape[0], _CHUNK):  # temporaries the size of a chunk, not of probs
+        p = np.clip(probs[:, z0 : z0 + _CHUNK], 1e-7, 1.0)
+        uncertainty[z0 : z0 + _CHUNK] = -(p * np.log(p)).sum(0) / np.log(n_cls)
+    del p
     suggestion = suggest_slices(uncertainty, ann, _object_region(probs, ann, classes, run.mask))
 
     if head is not None:
