@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from bench_engine import DEFAULT_DATA, machine  # noqa: E402
 from bench_segment import (  # noqa: E402
     FINETUNE_STEPS,
+    available_cases,
     choose_slices,
     dice_scores,
     get_model,
@@ -114,10 +115,7 @@ def main() -> None:
     configure_threads()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in args.cases:
-        if case != "phantom" and not (args.data / f"{case}_image.nrrd").exists():
-            print(f"skipping {case}: {args.data / (case + '_image.nrrd')} not found")
-            continue
+    for case in available_cases(args.cases, args.data):
         for strategy in args.strategies:
             rows += run_loop(case, args.data, args.out / "models", strategy, args.rounds)
             info = machine()

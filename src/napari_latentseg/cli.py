@@ -18,9 +18,10 @@ __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
 # Few-shot (forest + connectivity rule) is the default: seconds per round. A 60-step
-# fine-tuning round (checked on held-out annotations) raised mean Dice over the benchmark
-# cases only a little, with large case-to-case swings, for 3-10x the time and a new model
-# file each round (benchmarks/bench_segment.py, docs/benchmarks.md): opt-in (--finetune-steps).
+# fine-tuning round (checked on held-out annotations) raised mean Dice over the 13 benchmark
+# rows from 0.51 to 0.59, but almost all of it on one scan (lung2), with large swings between
+# annotation counts, two rows below few-shot, 3-10x the time and a new model file per round
+# (benchmarks/bench_segment.py, docs/benchmarks.md): opt-in (--finetune-steps).
 DEFAULT_FINETUNE_STEPS = 0
 EXIT_INTERRUPTED = 130
 

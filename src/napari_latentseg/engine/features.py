@@ -204,7 +204,6 @@ class Hypercolumn(nn.Module):
         mu = up(self.vae.quant_conv_mu(h))
         return mu, total.add_(bias.view(1, -1, *ones))
 
-
     def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
         """``head(self(x))`` without the ~120-channel hypercolumn at voxel resolution.
 

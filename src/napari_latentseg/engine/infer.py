@@ -19,7 +19,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..models.config import ModelConfig
 from .common import check_stop, drive
-from .device import autocast, configure_threads, resolve_device
+from .device import autocast, configure_threads, prefers_channels_last, resolve_device
 from .normalize import Normalizer, foreground_mask, guess_modality
 
 __all__ = [
@@ -134,7 +134,7 @@ class _Runner:
         self.tile = max(self.f, tile - tile % self.f)
         default = _GPU_BATCH_VOXELS if self.device.type == "cuda" else _CPU_BATCH_VOXELS
         self.batch_voxels = batch_voxels or default
-        self.channels_last = self.device.type == "cpu" and self.cfg.spatial_dims == 2
+        self.channels_last = prefers_channels_last(self.device, self.cfg.spatial_dims)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from .common import check_stop, drive
-from .device import configure_threads
+from .device import configure_threads, prefers_channels_last
 from .infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
 
 __all__ = [
@@ -126,8 +126,7 @@ class _FeatureRunner:
         self.volume = volume
         self.norm, self.mask = normalizer_for(model, volume, modality)
         self.hyper = Hypercolumn(model.net, model.config.context_slices).to(model.device).eval()
-        # As in reconstruction: channels-last convolutions are 1.3-1.7x faster on CPU (2D).
-        self.channels_last = model.device.type == "cpu" and model.config.spatial_dims == 2
+        self.channels_last = prefers_channels_last(model.device, model.config.spatial_dims)
         if self.channels_last:
             model.net.to(memory_format=torch.channels_last)
         self.n_features = self.hyper.n_features
@@ -144,20 +143,28 @@ class _FeatureRunner:
             self.model.net.to(memory_format=self.torch.contiguous_format)
             self.channels_last = False
 
-    def _encoder_input(self, zs: np.ndarray):
-        x = self.torch.from_numpy(self.input_block(zs)).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=self.torch.channels_last)
-        return pad_to_multiple(x, self.cfg.downsampling)
+    def _encoder_pass(self, zs: np.ndarray, fn):
+        """``fn`` (a map of the padded input block) on slices ``zs``, cropped, float, no grad.
 
-    def _micro(self, zs: np.ndarray, fn):
-        """``fn`` on micro-batches of slices: on CPU small batches stay in cache (512x512:
-        one slice at a time is 1.5x faster per slice than four)."""
+        On CPU the slices go in micro-batches: small batches stay in cache (512x512: one
+        slice at a time is 1.5x faster per slice than four).
+        """
+        torch = self.torch
+
+        def one(z: np.ndarray):
+            x = torch.from_numpy(self.input_block(z)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, spatial = pad_to_multiple(x, self.cfg.downsampling)
+            with torch.inference_mode():
+                f = fn(x)
+            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
         if self.cfg.spatial_dims == 3 or self.device.type != "cpu":
-            return fn(zs)
+            return one(zs)
         per = max(1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
-        parts = [fn(zs[i : i + per]) for i in range(0, len(zs), per)]
-        return parts[0] if len(parts) == 1 else self.torch.cat(parts)
+        parts = [one(zs[i : i + per]) for i in range(0, len(zs), per)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def input_block(self, zs: np.ndarray) -> np.ndarray:
         if self.cfg.spatial_dims == 2:
@@ -170,37 +177,15 @@ class _FeatureRunner:
         if self.cached is not None:
             f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
             return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
-
-        def one(z):
-            x, spatial = self._encoder_input(z)
-            with torch.inference_mode():
-                f = self.hyper(x)
-            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
-
-        return self._micro(zs, one)
+        return self._encoder_pass(zs, self.hyper)
 
     def head_logits(self, zs: np.ndarray, head):
         """The head's logits (B, n_classes, *spatial) on the device, no grad."""
-
-        def one(z):
-            x, spatial = self._encoder_input(z)
-            with self.torch.inference_mode():
-                f = self.hyper.head_logits(x, head)
-            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
-
-        return self._micro(zs, one)
+        return self._encoder_pass(zs, lambda x: self.hyper.head_logits(x, head))
 
     def compute_projected(self, zs: np.ndarray, pca):
         """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""
-        torch = self.torch
-
-        def one(z):
-            x, spatial = self._encoder_input(z)
-            with torch.inference_mode():
-                f = self.hyper.projected(x, *pca)
-            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
-
-        return self._micro(zs, one)
+        return self._encoder_pass(zs, lambda x: self.hyper.projected(x, *pca))
 
     def iter_batches(self, stop_event, what: str):
         """Yield (zs, features) over the whole volume, filling the cache when it fits."""
@@ -623,8 +608,7 @@ def _gather_annotated(run: _FeatureRunner, ann: np.ndarray, lut: np.ndarray,
             a = ann[None]
         else:
             # Slices with annotations may not be contiguous: compute them one run at a time.
-            runs = np.split(zs, np.flatnonzero(np.diff(zs) != 1) + 1)
-            f = torch.cat([run.compute(r) for r in runs])
+            f = torch.cat([run.compute(r) for r in _runs(zs)])
             a = ann[zs]
         rows = _to_classes(f, spatial_dims)
         flat = a.reshape(-1)
@@ -845,8 +829,7 @@ def segment_iter(
         if spatial_dims == 2:
             zs_band = np.flatnonzero(band.reshape(band.shape[0], -1).any(1))
             per = max(1, len(batches[0]))
-            runs = np.split(zs_band, np.flatnonzero(np.diff(zs_band) > 1) + 1)
-            groups = [r[i : i + per] for r in runs for i in range(0, len(r), per)]
+            groups = [r[i : i + per] for r in _runs(zs_band) for i in range(0, len(r), per)]
         else:
             groups = [np.arange(vol.shape[0])] if band.any() else []
         for i, zs in enumerate(groups):
@@ -886,6 +869,11 @@ def segment_iter(
         suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
     return SegmentationResult(labels, probs, uncertainty, classes, work, suggestion, history,
                               time.perf_counter() - t0, notes, hit)
+
+
+def _runs(zs: np.ndarray) -> list[np.ndarray]:
+    """Sorted slice indices split into runs of consecutive slices (batches must be contiguous)."""
+    return np.split(zs, np.flatnonzero(np.diff(zs) != 1) + 1)
 
 
 def _object_region(probs: np.ndarray, ann: np.ndarray, classes: list[int],
@@ -948,8 +936,7 @@ def _check_head(forest_feats: _ForestFeatures, head_proba, ann: np.ndarray, held
     forest = _fit_forest(fx, lut[fy], seed)
     del fx, fy
     if forest_feats.run.cfg.spatial_dims == 2:
-        zs_all = np.flatnonzero(held.reshape(held.shape[0], -1).any(1))
-        groups = np.split(zs_all, np.flatnonzero(np.diff(zs_all) > 1) + 1)
+        groups = _runs(np.flatnonzero(held.reshape(held.shape[0], -1).any(1)))
     else:
         groups = forest_feats.batches
     truth, alone, blend = [], [], []

@@ -20,7 +20,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..models.config import DEFAULT_CONFIG, ModelConfig, build_network, get_config
 from .common import drive
-from .device import autocast, configure_threads, resolve_device
+from .device import autocast, configure_threads, prefers_channels_last, resolve_device
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
 
@@ -218,7 +218,7 @@ def fit_iter(
 
     net = build_network(cfg) if initial is None else copy.deepcopy(initial.net)
     # channels_last is a CPU speed-up; DDP's gradient buckets want the default layout.
-    channels_last = device.type == "cpu" and cfg.spatial_dims == 2 and not ddp
+    channels_last = prefers_channels_last(device, cfg.spatial_dims) and not ddp
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
