@@ -297,7 +297,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args()
-    from napari_latentseg.engine.device import configure_threads
+    from napari_latentseg.runtime.device import configure_threads
 
     configure_threads()
     args.out.mkdir(parents=True, exist_ok=True)

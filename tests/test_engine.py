@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_latentseg.engine.common import Cancelled
+from napari_latentseg.runtime.progress import Cancelled
 from napari_latentseg.engine.infer import encode, reconstruct, reconstruct_iter
 from napari_latentseg.engine.normalize import Normalizer, guess_modality
 from napari_latentseg.engine.train import FitOptions, fit, fit_iter

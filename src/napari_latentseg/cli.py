@@ -355,7 +355,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} exists and is not a folder")
     load_model(args.model, device="cpu")  # a bad model file is one error here, not N failures
     if not args.scheduler:  # scans run on this machine: its devices must do
-        from .engine.device import resolve_device
+        from .runtime.device import resolve_device
 
         resolve_device(args.device)
     options = BatchOptions(task=args.task, k=args.k, method=args.method, seed=args.seed,
@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    from .engine.common import Cancelled
+    from .runtime.progress import Cancelled
     from .io import VolumeIOError
     from .models.checkpoint import ModelFileError
 

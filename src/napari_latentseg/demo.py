@@ -107,7 +107,7 @@ def run_demo(
         Receives the core's progress dicts (``stage`` names the step).
     """
     from ._napari._sample_data import sample_data_dir
-    from .engine.common import drive
+    from .runtime.progress import drive
     from .engine.infer import reconstruct_iter
     from .engine.normalize import Normalizer
     from .engine.segment import FeatureCache, cluster_iter, segment_iter

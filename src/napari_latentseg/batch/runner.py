@@ -139,7 +139,7 @@ def _gpu_mode(options: BatchOptions) -> bool:
 
 def default_workers(options: BatchOptions) -> int:
     """Workers of a LocalCluster when none are asked for: one per GPU, else half the cores."""
-    from ..engine.device import usable_cores
+    from ..runtime.device import usable_cores
 
     if _gpu_mode(options):
         import torch
@@ -313,7 +313,7 @@ def run_batch_iter(
                 n_workers = workers if workers is not None else default_workers(options)
                 if n_workers < 0:
                     raise BatchError(f"workers must be >= 0, got {n_workers}")
-                from ..engine.device import usable_cores
+                from ..runtime.device import usable_cores
 
                 cores = usable_cores()
                 options = BatchOptions(**{
@@ -379,6 +379,6 @@ def run_batch(jobs: Sequence[ScanJob], model_path: str | os.PathLike[str],
               options: BatchOptions, outdir: str | os.PathLike[str], *, progress=None,
               **kwargs) -> BatchSummary:
     """Blocking version of :func:`run_batch_iter` with an optional ``progress`` callback."""
-    from ..engine.common import drive
+    from ..runtime.progress import drive
 
     return drive(run_batch_iter(jobs, model_path, options, outdir, **kwargs), progress)

@@ -81,7 +81,7 @@ class BatchOptions:
         (``CUDA_VISIBLE_DEVICES``), leave it False.
     threads : int or None
         torch threads per worker process (``None``: the process's default, see
-        :func:`~napari_latentseg.engine.device.configure_threads`).
+        :func:`~napari_latentseg.runtime.device.configure_threads`).
     verify : bool
         On a rerun, hash every input and output again; without it, inputs whose size and
         modification time are unchanged keep their recorded hash and outputs are checked by
@@ -399,7 +399,7 @@ def process_scan(
                            "worker": _worker_name()}
     try:
         if options.threads:
-            from ..engine.device import THREADS_ENV
+            from ..runtime.device import THREADS_ENV
 
             os.environ[THREADS_ENV] = str(int(options.threads))
         scan_dir = Path(outdir) / job.id

@@ -62,7 +62,7 @@ def init_distributed(device: str = "auto"):
     import torch
     import torch.distributed as dist
 
-    from .device import THREADS_ENV, usable_cores
+    from ..runtime.device import THREADS_ENV, usable_cores
 
     world, rank, local_rank, local_world = world_info()
     name = (device or "auto").lower()

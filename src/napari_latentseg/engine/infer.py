@@ -18,8 +18,8 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..models.config import ModelConfig
-from .common import check_stop, drive
-from .device import autocast, configure_threads, prefers_channels_last, resolve_device
+from ..runtime.progress import check_stop, drive
+from ..runtime.device import autocast, configure_threads, prefers_channels_last, resolve_device
 from .normalize import Normalizer, foreground_mask, guess_modality
 
 __all__ = [
@@ -242,7 +242,7 @@ def reconstruct_iter(
     device : str, optional
         Move the model to this device first (``auto``, ``cpu``, ``cuda``...).
     stop_event : threading.Event, optional
-        Set to cancel; raises :class:`~napari_latentseg.engine.common.Cancelled`.
+        Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
     """
     t0 = time.perf_counter()
     vol = np.asarray(volume)

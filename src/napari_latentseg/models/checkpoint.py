@@ -216,7 +216,7 @@ def load_model(
     """
     import torch
 
-    from ..engine.device import resolve_device
+    from ..runtime.device import resolve_device
 
     path = Path(path)
     if not path.is_file():

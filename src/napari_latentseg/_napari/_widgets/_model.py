@@ -52,7 +52,7 @@ class _DeviceProbe(QObject):
 
     def start(self) -> None:
         def probe() -> None:
-            from ...engine.device import available_devices
+            from ...runtime.device import available_devices
 
             try:
                 devices = available_devices()

@@ -266,7 +266,7 @@ class SegmentSection(Section):
         connected = self.connected.isChecked()
 
         def job(stop):
-            from ...engine.device import resolve_device
+            from ...runtime.device import resolve_device
 
             model.to(resolve_device(device))
             return segment_iter(model, data, ann, modality=modality, finetune_steps=steps,

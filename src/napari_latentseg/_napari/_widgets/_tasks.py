@@ -8,7 +8,7 @@ signals arrive on the GUI thread, where the callbacks given by the sections upda
 progress bar and the layers. The worker never touches Qt or layers.
 
 Stop sets the event: the core reacts at its next step (well under a second). A fit then
-returns the best model so far; other jobs raise :class:`~napari_latentseg.engine.common.
+returns the best model so far; other jobs raise :class:`~napari_latentseg.runtime.progress.
 Cancelled`, which the bar reports as "stopped" and after which nothing has been changed.
 """
 
@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ...engine.common import Cancelled
+from ...runtime.progress import Cancelled
 from ._layers import describe_error
 
 __all__ = ["TaskBar"]
