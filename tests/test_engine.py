@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from napari_latentseg.runtime.progress import Cancelled
 from napari_latentseg.engine.infer import encode, reconstruct, reconstruct_iter
 from napari_latentseg.engine.normalize import Normalizer, guess_modality
 from napari_latentseg.engine.train import FitOptions, fit, fit_iter
@@ -19,6 +18,7 @@ from napari_latentseg.models.checkpoint import (
     save_model,
 )
 from napari_latentseg.models.config import CONFIGS, ModelConfig, build_network
+from napari_latentseg.runtime.progress import Cancelled
 
 
 def _params_equal(a, b) -> bool:

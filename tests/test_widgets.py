@@ -290,14 +290,14 @@ def test_stopped_reconstruction_changes_nothing(dock, qtbot, phantom_crop, monke
     fit(qtbot, widget, steps=10)
     run(qtbot, widget, widget.reconstruct_section.run)
     before = {layer.name: np.array(layer.data) for layer in viewer.layers}
-    real = _reconstruct.reconstruct_iter
+    real = _reconstruct.reconstruct_job
 
     def slow(*args, **kwargs):  # the crop is too quick to stop: give Stop a moment
         yield {"stage": "reconstruct", "done": 0, "total": 1}
         time.sleep(0.3)
         return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(_reconstruct, "reconstruct_iter", slow)
+    monkeypatch.setattr(_reconstruct, "reconstruct_job", slow)
     with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as blocker:
         assert widget.reconstruct_section.run()
         qtbot.waitUntil(lambda: "reconstruct 0/1" in widget.tasks.status_text, timeout=5_000)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime.files import atomic_path, atomic_write
+
 __all__ = ["run_demo"]
 
 
@@ -72,7 +74,8 @@ def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.nd
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
 
 
@@ -106,14 +109,20 @@ def run_demo(
     progress : callable, optional
         Receives the core's progress dicts (``stage`` names the step).
     """
-    from ._napari._sample_data import sample_data_dir
-    from .runtime.progress import drive
-    from .engine.infer import reconstruct_iter
+    from .data.phantom import sample_data_dir
     from .engine.normalize import Normalizer
-    from .engine.segment import FeatureCache, cluster_iter, segment_iter
+    from .engine.segment import FeatureCache
     from .engine.train import FitOptions, fit_iter
-    from .io import read_volume, save_volume
     from .models.checkpoint import save_model
+    from .pipeline import (
+        cluster_job,
+        load_annotations,
+        load_scan,
+        reconstruct_job,
+        save_outputs,
+        segment_job,
+    )
+    from .runtime.progress import drive
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,67 +143,66 @@ def run_demo(
     classes_names: dict[str, str] = {}
     if input_path is None:
         folder = sample_data_dir()
-        vol = read_volume(folder / "phantom_t1.nii.gz")
-        truth = read_volume(folder / "phantom_labels.nii.gz").data
-        ann = read_volume(folder / (annotations or "phantom_annotations.nii.gz")).data
-        vol.metadata["modality"] = vol.metadata.get("modality") or "MR"
+        scan = load_scan(folder / "phantom_t1.nii.gz")
+        truth = load_annotations(scan, folder / "phantom_labels.nii.gz", "labels")
+        ann = load_annotations(scan, folder / (annotations or "phantom_annotations.nii.gz"))
+        scan.modality = scan.modality or "MR"
         classes_names = json.loads((folder / "phantom.json").read_text())["classes"]
         source = "embedded phantom"
     else:
-        vol = read_volume(input_path)
+        scan = load_scan(input_path)
         truth = None
-        ann = read_volume(annotations).data if annotations is not None else None
-        if ann is not None and ann.shape != vol.data.shape:
-            raise ValueError(f"annotations {annotations} have shape {ann.shape}, the scan "
-                             f"{vol.data.shape}: they must be on the scan's grid")
+        ann = load_annotations(scan, annotations) if annotations is not None else None
         source = str(input_path)
-    geometry = vol.metadata.get("latentseg_geometry") or vol.geometry()
-    modality = vol.metadata.get("modality")
     times["load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     opts = FitOptions(steps=steps, minutes=minutes, device=device, seed=seed)
-    fit_res = drive(fit_iter(vol.data, config, opts, modalities=[modality], sources=[source],
-                             stop_event=stop_event), emit)
+    fit_res = drive(fit_iter(scan.data, config, opts, modalities=[scan.modality],
+                             sources=[source], stop_event=stop_event), emit)
     model = fit_res.model
     save_model(model, out / "vae.pt")
     times["fit_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    rec = drive(reconstruct_iter(model, vol.data, modality=modality, stop_event=stop_event), emit)
+    recon_job = drive(reconstruct_job(model, scan, stop_event=stop_event), emit)
+    rec = recon_job.result
     times["reconstruct_s"] = time.perf_counter() - t
-    save_volume(out / "reconstruction.nii.gz", rec.reconstruction, geometry, kind="image")
-    save_volume(out / "error.nii.gz", rec.error, geometry, kind="image")
-    save_volume(out / "anomalies.nii.gz", rec.anomalies, geometry, kind="labels")
+    save_outputs(recon_job, {"reconstruction": out / "reconstruction.nii.gz",
+                             "error": out / "error.nii.gz",
+                             "anomalies": out / "anomalies.nii.gz"}, scan)
 
     from skimage.metrics import peak_signal_noise_ratio
 
     norm = Normalizer.from_dict(rec.info["normalization"])
-    a, b = norm(vol.data), norm(rec.reconstruction)
+    a, b = norm(scan.data), norm(rec.reconstruction)
     psnr = float(peak_signal_noise_ratio(a, b, data_range=norm.clip_high - norm.clip_low))
 
     cache = FeatureCache()
     n_classes = len(np.unique(truth)) if truth is not None else 4
     t = time.perf_counter()
-    clu = drive(cluster_iter(model, vol.data, n_classes, modality=modality, cache=cache,
-                             stop_event=stop_event), emit)
+    clu_job = drive(cluster_job(model, scan, k=n_classes, cache=cache, stop_event=stop_event),
+                    emit)
+    clu = clu_job.result
     times["cluster_s"] = time.perf_counter() - t
-    save_volume(out / "clusters.nii.gz", clu.labels, geometry, kind="labels")
+    save_outputs(clu_job, {"clusters": out / "clusters.nii.gz"}, scan)
 
     seg_metrics: dict = {}
     final = None
     if ann is not None:
         t = time.perf_counter()
-        few = drive(segment_iter(model, vol.data, ann, modality=modality, cache=cache,
-                                 stop_event=stop_event), emit)
+        few_job = drive(segment_job(model, scan, ann, cache=cache, stop_event=stop_event), emit)
+        few = few_job.result
         times["segment_fewshot_s"] = time.perf_counter() - t
-        save_volume(out / "segmentation-fewshot.nii.gz", few.labels, geometry, kind="labels")
+        save_outputs(few_job, {"labels": out / "segmentation-fewshot.nii.gz"}, scan)
         t = time.perf_counter()
-        final = drive(segment_iter(model, vol.data, ann, modality=modality, cache=cache,
-                                   finetune_steps=finetune_steps, stop_event=stop_event), emit)
+        final_job = drive(segment_job(model, scan, ann, cache=cache,
+                                      finetune_steps=finetune_steps, stop_event=stop_event),
+                          emit)
+        final = final_job.result
         times["finetune_round_s"] = time.perf_counter() - t
-        save_volume(out / "segmentation.nii.gz", final.labels, geometry, kind="labels")
-        save_volume(out / "uncertainty.nii.gz", final.uncertainty, geometry, kind="image")
+        save_outputs(final_job, {"labels": out / "segmentation.nii.gz",
+                                 "uncertainty": out / "uncertainty.nii.gz"}, scan)
         save_model(final.model, out / "vae-finetuned.pt")
         seg_metrics = {"classes": final.classes, "annotated_voxels": int((ann > 0).sum()),
                        "next_slice": {k: final.suggestion[k] for k in ("axis", "index",
@@ -206,15 +214,23 @@ def run_demo(
                     res.labels[keep], truth[keep], final.classes, classes_names)
             seg_metrics["dice_evaluated_on"] = "slices without annotations"
 
-    emit({"stage": "overview", "done": 0, "total": 1})
-    _overview_png(out / "overview.png", vol.data, rec.reconstruction, rec.error,
-                  final.labels if final is not None else clu.labels, truth, tuple(vol.spacing))
-    emit({"stage": "overview", "done": 1, "total": 1})
+    import importlib.util
+
+    has_plot = importlib.util.find_spec("matplotlib") is not None
+    if has_plot:
+        emit({"stage": "overview", "done": 0, "total": 1})
+        _overview_png(out / "overview.png", scan.data, rec.reconstruction, rec.error,
+                      final.labels if final is not None else clu.labels, truth,
+                      tuple(scan.spacing))
+        emit({"stage": "overview", "done": 1, "total": 1})
+    else:
+        emit({"stage": "overview", "done": 1, "total": 1,
+              "message": "overview.png skipped: pip install 'napari-latentseg[demo]'"})
 
     metrics = {
         "input": source,
-        "shape": list(vol.data.shape),
-        "spacing_mm": [round(float(s), 4) for s in vol.spacing],
+        "shape": list(scan.data.shape),
+        "spacing_mm": [round(float(s), 4) for s in scan.spacing],
         "device": rec.info["device"],
         "config": model.config.name,
         "fit": {"steps": fit_res.steps, "stop_reason": fit_res.reason,
@@ -229,8 +245,11 @@ def run_demo(
     }
     if annotations is not None:
         metrics["annotations"] = str(annotations)
+    if not has_plot:
+        metrics["outputs"].remove("overview.png")
     if ann is None:
         metrics["outputs"] = [n for n in metrics["outputs"] if "segment" not in n
                               and "uncertainty" not in n and "finetuned" not in n]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_write(out / "metrics.json") as fh:
+        fh.write(json.dumps(metrics, indent=2) + "\n")
     return metrics

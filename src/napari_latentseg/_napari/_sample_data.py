@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-from importlib.resources import files
-from pathlib import Path
+
+from ..data.phantom import sample_data_dir
 
 __all__ = ["sample_data_dir", "load_phantom"]
-
-
-def sample_data_dir() -> Path:
-    """Folder of the shipped sample files (inside the installed package)."""
-    return Path(str(files("napari_latentseg") / "sample_data"))
 
 
 def load_phantom() -> list[tuple]:

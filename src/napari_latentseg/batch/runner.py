@@ -24,7 +24,6 @@ import csv
 import io
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.errors import UserError
+from ..runtime.files import atomic_write
 from .manifest import ScanJob
 from .worker import BatchOptions, file_hash, process_scan
 
@@ -58,7 +59,7 @@ WORKER_DIED = ("the worker died while processing this scan (out of memory or a c
                "library); see the worker's log")
 
 
-class BatchError(Exception):
+class BatchError(UserError):
     """A batch run cannot start (dask missing, scheduler unreachable...): one line for users."""
 
 
@@ -114,13 +115,8 @@ def write_summary(path: str | os.PathLike[str], rows: Sequence[dict], task: str)
                             extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(buf.getvalue())
     return path
 
 

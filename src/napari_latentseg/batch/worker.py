@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.files import atomic_write
 from .manifest import ScanJob
 
 __all__ = [
@@ -123,15 +123,21 @@ class BatchOptions:
         return key
 
 
+# File name stem -> the pipeline job's output role, per task (file names are a contract).
+_FILES = {
+    "reconstruct": {"reconstruction": "reconstruction", "error": "error",
+                    "anomalies": "anomalies"},
+    "cluster": {"labels": "clusters"},
+    "segment": {"labels": "labels", "uncertainty": "uncertainty"},
+}
+_KINDS = {"reconstruction": "image", "error": "image", "anomalies": "labels",
+          "clusters": "labels", "labels": "labels", "uncertainty": "image"}
+
+
 def task_outputs(options: BatchOptions) -> dict[str, str]:
     """Output file names of the task and their kind (``image`` or ``labels``)."""
     ext = options.output_format
-    names = {
-        "reconstruct": {"reconstruction": "image", "error": "image", "anomalies": "labels"},
-        "cluster": {"labels": "labels"},
-        "segment": {"labels": "labels", "uncertainty": "image"},
-    }[options.task]
-    return {f"{n}.{ext}": kind for n, kind in names.items()}
+    return {f"{stem}.{ext}": _KINDS[role] for stem, role in _FILES[options.task].items()}
 
 
 # --------------------------------------------------------------------------- hashing
@@ -230,17 +236,9 @@ def stamp_is_complete(scan_dir: str | os.PathLike[str], stamp: dict | None,
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.write("\n")
 
 
 # --------------------------------------------------------------------------- model cache
@@ -287,79 +285,52 @@ def _model(model_path: str, model_hash: str, device: str):
 
 
 # --------------------------------------------------------------------------- the task
-def _label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
-    return {f"volume_ml_{i}": round(float(n) * voxel_ml, 4)
-            for i, n in enumerate(counts) if i > 0 and n > 0}
+def _thread_limits(threads: int | None):
+    """BLAS/OpenMP thread pools (scikit-learn, scipy, numpy) sized like torch's.
+
+    dask starts workers with OMP/MKL/OPENBLAS threads at 1, so without this the forest and
+    k-means of a task ran on one core whatever ``--threads`` said.
+    """
+    import contextlib
+
+    if not threads:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads))
 
 
 def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOptions,
               scan_dir: Path) -> tuple[dict, dict[str, np.ndarray], Any]:
-    """Run the task on one scan: (metrics, outputs by file name, the scan's Volume)."""
-    from ..io import check_same_grid, read_volume
+    """Run the task on one scan: (metrics, outputs by file name, the scan)."""
+    from ..pipeline import cluster_job, load_annotations, load_scan, reconstruct_job, segment_job
+    from ..runtime.progress import drive
 
-    vol = read_volume(job.image)
+    scan = load_scan(job.image)
     ann = None
     if options.task == "segment":
         if not job.annotations:
             raise ValueError("no annotations for this scan: give them in the manifest's "
                              "annotations column (or -a FOLDER with <id>.nii.gz files)")
-        ann = read_volume(job.annotations)
-        check_same_grid(vol, ann)
-    modality = vol.metadata.get("modality")
+        ann = load_annotations(scan, job.annotations)
     model = _model(model_path, model_hash, _device_for(options))
-    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-    names = list(task_outputs(options))
-    metrics: dict[str, Any] = {"device": str(model.device)}
     if options.task == "reconstruct":
-        from ..engine.infer import reconstruct
-
-        res = reconstruct(model, vol.data, modality=modality, anomalies=True, tile=options.tile)
-        outputs = {names[0]: res.reconstruction, names[1]: res.error}
-        metrics["mean_error"] = round(float(res.error.mean()), 6)
-        if res.anomalies is not None:
-            outputs[names[2]] = res.anomalies
-            metrics["anomaly_candidates"] = int(res.n_candidates)
-            metrics["anomalous_volume_ml"] = round(
-                float(np.count_nonzero(res.anomalies)) * voxel_ml, 4)
+        result = drive(reconstruct_job(model, scan, anomalies=True, tile=options.tile))
     elif options.task == "cluster":
-        from ..engine.segment import cluster
-
-        # Non-default arguments only where the user asked for them: segment.py is shared work.
-        extra: dict[str, Any] = {}
-        if options.method != "kmeans":
-            extra["method"] = options.method
-        if options.seed:
-            extra["seed"] = options.seed
-        res = cluster(model, vol.data, options.k, modality=modality, **extra)
-        outputs = {names[0]: res.labels}
-        metrics.update(_label_volumes(res.labels, voxel_ml))
+        result = drive(cluster_job(model, scan, k=options.k, method=options.method,
+                                   seed=options.seed))
     else:
-        from ..engine.segment import segment
-
-        extra = {"seed": options.seed} if options.seed else {}
-        res = segment(model, vol.data, ann.data, modality=modality, **extra)
-        outputs = {names[0]: res.labels, names[1]: res.uncertainty}
-        metrics.update(_label_volumes(res.labels, voxel_ml))
-        metrics["mean_uncertainty"] = round(float(res.uncertainty.mean()), 6)
-    return metrics, outputs, vol
+        result = drive(segment_job(model, scan, ann, seed=options.seed))
+    ext = options.output_format
+    outputs = {f"{stem}.{ext}": result.outputs[role].data
+               for stem, role in _FILES[options.task].items() if role in result.outputs}
+    return dict(result.metrics), outputs, scan
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError):
-        return "out of memory while processing this scan (use fewer workers per machine)"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, RuntimeError) and "out of memory" in text.lower():
-        return "GPU out of memory while processing this scan (use --device cpu or a smaller " \
-               "--tile)"
-    from ..io import VolumeIOError
-    from ..models.checkpoint import ModelFileError
+    from ..runtime.errors import BATCH_HINTS, explain
 
-    if isinstance(exc, VolumeIOError | ModelFileError | ValueError | FileNotFoundError):
-        msg = text or type(exc).__name__
-    else:
-        msg = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return msg[:500]
+    return explain(exc, BATCH_HINTS).message
 
 
 def process_scan(
@@ -427,16 +398,15 @@ def process_scan(
             (scan_dir / STAMP_NAME).unlink(missing_ok=True)  # a redo never looks finished
             for tmp in scan_dir.glob(".*.tmp-*"):  # left by a worker killed while writing
                 tmp.unlink(missing_ok=True)
-        with _RUN_LOCK:
-            metrics, outputs, vol = _run_task(job, model_path, model_hash, options, scan_dir)
+        with _RUN_LOCK, _thread_limits(options.threads):
+            metrics, outputs, scan = _run_task(job, model_path, model_hash, options, scan_dir)
         scan_dir.mkdir(parents=True, exist_ok=True)
         kinds = task_outputs(options)
-        geometry = vol.metadata.get("latentseg_geometry") or vol.geometry()
         from ..io import save_volume
 
         written: dict[str, dict] = {}
         for name, data in outputs.items():
-            p = save_volume(scan_dir / name, data, geometry, kind=kinds[name], overwrite=True)
+            p = save_volume(scan_dir / name, data, scan.geometry, kind=kinds[name], overwrite=True)
             written[name] = {"bytes": p.stat().st_size, "blake2b": file_hash(p)}
         # Outputs of an earlier, different run of this scan that this run did not write.
         for name in (old or {}).get("outputs") or {}:

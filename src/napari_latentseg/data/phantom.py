@@ -23,12 +23,21 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "sample_data_dir",
     "PHANTOM_CLASSES",
     "Phantom",
     "make_phantom",
     "annotation_from_labels",
     "write_sample_data",
 ]
+
+
+def sample_data_dir() -> Path:
+    """Folder of the sample files shipped inside the installed package."""
+    from importlib.resources import files
+
+    return Path(str(files("napari_latentseg") / "sample_data"))
+
 
 #: Label id -> (name, mean T1 intensity before bias and noise).
 PHANTOM_CLASSES: dict[int, tuple[str, float]] = {
@@ -254,6 +263,7 @@ def write_sample_data(outdir: str | Path, overwrite: bool = True) -> dict[str, P
         Paths keyed by ``"image"``, ``"labels"``, ``"annotations"``, ``"info"``.
     """
     from ..io import save_volume
+    from ..runtime.files import atomic_write
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +281,8 @@ def write_sample_data(outdir: str | Path, overwrite: bool = True) -> dict[str, P
     }
     info = dict(ph.info, annotated_slices={"axis": 0, "slices": slices}, modality="MR")
     info_path = out / "phantom.json"
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_write(info_path, overwrite=overwrite) as fh:
+        fh.write(json.dumps(info, indent=2) + "\n")
     paths["info"] = info_path
     return paths
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..models.config import ModelConfig
-from ..runtime.progress import check_stop, drive
 from ..runtime.device import autocast, configure_threads, prefers_channels_last, resolve_device
+from ..runtime.progress import check_stop, drive
 from .normalize import Normalizer, foreground_mask, guess_modality
 
 __all__ = [

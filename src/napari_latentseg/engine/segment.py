@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models.checkpoint import VAEModel
-from ..runtime.progress import check_stop, drive
 from ..runtime.device import configure_threads, prefers_channels_last
+from ..runtime.progress import check_stop, drive
 from .infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
 
 __all__ = [

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..models.config import DEFAULT_CONFIG, ModelConfig, build_network, get_config
-from ..runtime.progress import drive
 from ..runtime.device import autocast, configure_threads, prefers_channels_last, resolve_device
+from ..runtime.progress import drive
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
 

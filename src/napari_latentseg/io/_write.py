@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from ..runtime.files import atomic_path
 from ._volume import VolumeIOError, geometry_from_dict
 
 __all__ = ["WRITE_EXTENSIONS", "save_volume"]
@@ -218,50 +218,16 @@ def save_volume(
     else:
         from ._metaimage import write_metaimage as writer
 
-    tmp = _create_temp(folder, stem, ext)
     try:
-        try:
-            writer(tmp, arr, sp, org, dirn, description=description)
-        except Exception as exc:
-            raise VolumeIOError(f"{path}: writing failed ({type(exc).__name__}: {exc})") from exc
-        _move_into_place(tmp, path, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _create_temp(folder: Path, stem: str, ext: str) -> Path:
-    """Create an empty, hidden, uniquely named file next to the target (mode 0666 & ~umask)."""
-    for _ in range(100):
-        tmp = folder / f".{stem}.tmp-{secrets.token_hex(4)}{ext}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise VolumeIOError(f"{folder / (stem + ext)}: cannot create a file ({exc})") from exc
-        os.close(fd)
-        return tmp
-    raise VolumeIOError(f"{folder / (stem + ext)}: cannot create a temporary file")
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    # no-overwrite and atomic: a hard link fails if the target appeared meanwhile
-    try:
-        os.link(tmp, path)
+        with atomic_path(path, overwrite=overwrite, suffix=ext) as tmp:
+            try:
+                writer(tmp, arr, sp, org, dirn, description=description)
+            except Exception as exc:
+                raise VolumeIOError(
+                    f"{path}: writing failed ({type(exc).__name__}: {exc})") from exc
     except FileExistsError:
         raise FileExistsError(
-            f"{path}: file already exists; pass overwrite=True to replace it"
-        ) from None
-    except OSError:  # file systems without hard links
-        if path.exists():
-            raise FileExistsError(
-                f"{path}: file already exists; pass overwrite=True to replace it"
-            ) from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
+            f"{path}: file already exists; pass overwrite=True to replace it") from None
+    except OSError as exc:
+        raise VolumeIOError(f"{path}: cannot write ({exc})") from exc
+    return path

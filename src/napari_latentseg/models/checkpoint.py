@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.files import atomic_write
 from .config import ModelConfig, build_network
 
 __all__ = [
@@ -160,18 +160,11 @@ def save_model(model: VAEModel, path: str | os.PathLike, *, overwrite: bool = Fa
             payload["head"]["state_dict"] = {
                 k: v.detach().to("cpu").clone() for k, v in head_state.items()
             }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path, "wb", overwrite=overwrite) as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{path} appeared while saving; nothing was overwritten")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except FileExistsError:  # appeared while we were writing
+        raise FileExistsError(f"{path} appeared while saving; nothing was overwritten") from None
     return path
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 if TYPE_CHECKING:
-    from ._dock import LatentSegWidget
+    from ._session import Session
 
 __all__ = ["Section", "hint", "button_row"]
 
@@ -35,14 +35,14 @@ class Section(QWidget):
 
     Parameters
     ----------
-    dock : LatentSegWidget
-        The dock holding the shared state (scan, models, cache, task bar).
+    session : Session
+        The state shared by the sections (scan, models, device, cache, task bar).
     """
 
-    def __init__(self, dock: LatentSegWidget) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__()
-        self.dock = dock
-        self.viewer = dock.viewer
+        self.session = session
+        self.viewer = session.viewer
         self._job_buttons: list[QPushButton] = []
 
     def job_button(self, text: str, tooltip: str, slot) -> QPushButton:

@@ -8,11 +8,9 @@ that lets segmentation rounds reuse features, and the task bar that runs one job
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import QEvent, Qt, Signal
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QFormLayout,
     QFrame,
@@ -31,6 +29,7 @@ from ._pickers import LayerCombo, LayerWatcher
 from ._reconstruct import ReconstructSection
 from ._scan import ScanSection
 from ._segment import SegmentSection
+from ._session import ModelEntry, Session
 from ._tasks import TaskBar
 
 if TYPE_CHECKING:
@@ -39,26 +38,7 @@ if TYPE_CHECKING:
 
     from ...models.checkpoint import VAEModel
 
-__all__ = ["LatentSegWidget", "ModelEntry"]
-
-#: Models kept in memory per session (older, unsaved ones are dropped first).
-MAX_MODELS = 8
-
-
-@dataclass
-class ModelEntry:
-    """A model of this session: where it came from and whether it is saved."""
-
-    model: VAEModel
-    origin: str  # "fitted", "stopped fit", "loaded", "segmentation round N"
-    path: str | None = None
-
-    @property
-    def label(self) -> str:
-        """One line for the model list."""
-        saved = Path(self.path).name if self.path else "not saved"
-        return f"{self.model.describe()} [{self.origin}; {saved}]"
-
+__all__ = ["LatentSegWidget"]
 
 class LatentSegWidget(QWidget):
     """One dock for the whole workflow: open a scan, model, reconstruct, segment.
@@ -80,15 +60,9 @@ class LatentSegWidget(QWidget):
         Features per (scan, model), reused by clustering and segmentation rounds.
     """
 
-    model_changed = Signal()
-    scan_changed = Signal()
-
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
-        self.models: list[ModelEntry] = []
-        self._active: ModelEntry | None = None
-        self.cache = FeatureCache()
         self.watcher = LayerWatcher(viewer, self)
         self.setMinimumWidth(400)
 
@@ -111,10 +85,12 @@ class LatentSegWidget(QWidget):
 
         # ---- sections in workflow order
         self.tasks = TaskBar()
-        self.scan_section = ScanSection(self)
-        self.model_section = ModelSection(self)
-        self.reconstruct_section = ReconstructSection(self)
-        self.segment_section = SegmentSection(self)
+        self.session = Session(viewer, self.watcher, self.scan, self.tasks, FeatureCache())
+        self.session.setParent(self)
+        self.scan_section = ScanSection(self.session)
+        self.model_section = ModelSection(self.session)
+        self.reconstruct_section = ReconstructSection(self.session)
+        self.segment_section = SegmentSection(self.session)
         self.sections: dict[str, QCollapsible] = {}
         body = QWidget()
         body_layout = QVBoxLayout(body)
@@ -174,7 +150,7 @@ class LatentSegWidget(QWidget):
 
     def _on_scan_changed(self, *_args) -> None:
         self._update_scan_info()
-        self.scan_changed.emit()
+        self.session.scan_changed.emit()
 
     @property
     def scan_info(self) -> str:
@@ -202,41 +178,31 @@ class LatentSegWidget(QWidget):
         note = meta.get("direction_note")
         self.scan_spacing.setText(spacing + (f"; {note}" if note else ""))
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ shared state
+    @property
+    def models(self) -> list[ModelEntry]:
+        """Models of this session (see :class:`Session`)."""
+        return self.session.models
+
+    @property
+    def cache(self):
+        """The feature cache of this session."""
+        return self.session.cache
+
     @property
     def active_model(self) -> VAEModel | None:
         """The model sections 3 and 4 use, or None."""
-        return self._active.model if self._active is not None else None
+        return self.session.active_model
 
     @property
     def active_entry(self) -> ModelEntry | None:
-        """The active :class:`ModelEntry`, or None."""
-        return self._active
+        """The active model's entry, or None."""
+        return self.session.active_entry
 
     def add_model(self, model: VAEModel, origin: str, path: str | None = None, *,
                   activate: bool = True) -> ModelEntry:
-        """Add a model to this session's list (and make it active)."""
-        entry = ModelEntry(model, origin, path)
-        self.models.append(entry)
-        while len(self.models) > MAX_MODELS:
-            old = next((e for e in self.models if e is not self._active and e.path), None) or \
-                next(e for e in self.models if e is not self._active and e is not entry)
-            self.models.remove(old)
-        if activate or self._active is None:
-            self._active = entry
-        self.model_changed.emit()
-        return entry
-
-    def set_active(self, entry: ModelEntry | None) -> None:
-        """Make ``entry`` (one of :attr:`models`) the active model."""
-        if entry is self._active:
-            return
-        self._active = entry
-        self.model_changed.emit()
-
-    def device(self) -> str:
-        """The device chosen in the Model section (``"cpu"``, ``"cuda"``...)."""
-        return self.model_section.device()
+        """Add a model to the session (see :meth:`Session.add_model`)."""
+        return self.session.add_model(model, origin, path, activate=activate)
 
     # ------------------------------------------------------------------ busy state
     def _on_busy(self, busy: bool) -> None:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import napari.layers
     import napari.viewer
 
+    from ...pipeline import Scan
+
 __all__ = [
     "OUTPUT_KEY",
     "check_scan_layer",
@@ -41,6 +43,7 @@ __all__ = [
     "slice_target",
     "source_geometry",
     "same_layer",
+    "scan_from_layer",
     "upsert_output",
 ]
 
@@ -113,6 +116,19 @@ def source_geometry(layer: napari.layers.Layer, shape: tuple[int, ...]) -> dict:
     """
     attributes = dict(geometry_kwargs(layer), metadata=dict(layer.metadata or {}))
     return geometry_from_layer_attributes(attributes, tuple(int(s) for s in shape))
+
+
+def scan_from_layer(layer: napari.layers.Layer) -> Scan:
+    """The layer's data, geometry and modality as the pipeline's :class:`Scan` (read on the
+    GUI thread; the array is the layer's own, not a copy: jobs never write to it)."""
+    from ...pipeline import Scan
+
+    data = layer_array(layer)
+    try:
+        geometry = source_geometry(layer, data.shape)
+    except ValueError:  # a layer transform without a file geometry (sheared, say)
+        geometry = {}
+    return Scan(data, geometry, (layer.metadata or {}).get("modality"), layer.name)
 
 
 def output_name(source: napari.layers.Layer, role: str) -> str:
@@ -216,22 +232,11 @@ def slice_target(layer: napari.layers.Layer, axis: int, index: int) -> tuple[int
 
 def describe_error(exc: BaseException, action: str) -> str:
     """One sentence for the user: what went wrong during ``action`` and what to do."""
-    from ...io import VolumeIOError
-    from ...models.checkpoint import ModelFileError
+    from ...runtime.errors import DOCK_HINTS, explain
 
-    text = str(exc).strip() or type(exc).__name__
-    low = text.lower()
-    if "outofmemory" in type(exc).__name__.lower() or "out of memory" in low:
-        return (f"{action}: the GPU ran out of memory. Choose the CPU under Device (section 2), "
-                "a smaller Tile size (section 3) or a smaller configuration such as cpu-2d, or "
-                "close other programs using the GPU.")
-    if isinstance(exc, MemoryError):
-        return (f"{action}: not enough memory. Close other programs, crop the scan, or choose "
-                "a smaller configuration (cpu-2d).")
-    if isinstance(exc, ModelFileError | VolumeIOError | FileExistsError | FileNotFoundError):
-        return f"{action}: {text}"
-    if isinstance(exc, ValueError):
-        return f"{action}: {text[:1].upper()}{text[1:]}"
+    report = explain(exc, DOCK_HINTS)
+    if report.expected:
+        return f"{action}: {report.message}"
     _log.error("%s failed", action, exc_info=exc)
-    return (f"{action} failed ({type(exc).__name__}: {text}). Check the chosen layers and "
-            "model; the full traceback is in the terminal.")
+    return (f"{action} failed ({report.message}). Check the chosen layers and model; the full "
+            "traceback is in the terminal.")

@@ -33,7 +33,7 @@ from ._pickers import LayerChecklist
 
 if TYPE_CHECKING:
     from ...engine.train import FitResult
-    from ._dock import LatentSegWidget
+    from ._session import Session
 
 __all__ = ["ModelSection"]
 
@@ -69,8 +69,8 @@ class _DeviceProbe(QObject):
 class ModelSection(Section):
     """Choose image layers, configuration and device; fit, load or save the active model."""
 
-    def __init__(self, dock: LatentSegWidget) -> None:
-        super().__init__(dock)
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
         # --- active model
         self.model_list = QComboBox()
         self.model_list.setToolTip("Models of this session; the active one is used by "
@@ -83,7 +83,7 @@ class ModelSection(Section):
         self.model_info.setWordWrap(True)
 
         # --- fit options
-        self.fit_on = LayerChecklist(self.viewer, dock.watcher)
+        self.fit_on = LayerChecklist(self.viewer, session.watcher)
         self.fit_on.setToolTip("Tick the scans to fit on (e.g. several healthy scans). "
                                "With none ticked, the scan chosen at the top is used.")
         self.config = QComboBox()
@@ -96,7 +96,9 @@ class ModelSection(Section):
         self.config.currentTextChanged.connect(self._on_config)
         self.device_box = QComboBox()
         self.device_box.addItem("cpu")
-        self.device_box.setToolTip("Where to compute. CUDA is offered only when a CUDA GPU is "
+        self.device_box.currentTextChanged.connect(session.set_device)
+        self.device_box.setToolTip("Where every job computes (fit, reconstruct, cluster, "
+                                   "segment). CUDA is offered only when a CUDA GPU is "
                                    "present (detected in the background).")
         self.steps = QSpinBox()
         self.steps.setRange(1, 1_000_000)
@@ -140,8 +142,8 @@ class ModelSection(Section):
         self._probe.start()
         self._on_config(self.config.currentText())
         self._apply_theme()
-        dock.model_changed.connect(self._on_model_changed)
-        dock.scan_changed.connect(self._follow_scan)
+        session.model_changed.connect(self._on_model_changed)
+        session.scan_changed.connect(self._follow_scan)
         self._on_model_changed()
         self._follow_scan()
 
@@ -164,12 +166,12 @@ class ModelSection(Section):
             self.device_box.setCurrentText(current)
 
     def device(self) -> str:
-        """The chosen device."""
-        return self.device_box.currentText() or "cpu"
+        """The chosen device (the session's: every section computes there)."""
+        return self.session.device
 
     def _follow_scan(self) -> None:
         # Unless the user ticked several scans, fit on the scan chosen at the top.
-        scan = self.dock.scan_layer()
+        scan = self.session.scan_layer()
         if scan is not None and len(self.fit_on.checked_layers()) <= 1:
             self.fit_on.set_checked([scan])
 
@@ -178,22 +180,22 @@ class ModelSection(Section):
         self.config_info.setText(cfg.description if cfg else "")
 
     def _on_pick_model(self, index: int) -> None:
-        if 0 <= index < len(self.dock.models):
-            self.dock.set_active(self.dock.models[index])
+        if 0 <= index < len(self.session.models):
+            self.session.set_active(self.session.models[index])
 
     def _on_model_changed(self) -> None:
-        dock = self.dock
+        session = self.session
         self.model_list.clear()
-        for entry in dock.models:
+        for entry in session.models:
             self.model_list.addItem(entry.label)
-        entry = dock.active_entry
+        entry = session.active_entry
         if entry is None:
             self.model_list.setPlaceholderText("no model yet")
             self.model_list.setCurrentIndex(-1)
             self.model_info.setText("<i>No model yet: fit one on your scan (no labels needed) "
                                     "or load a model file.</i>")
             return
-        self.model_list.setCurrentIndex(dock.models.index(entry))
+        self.model_list.setCurrentIndex(session.models.index(entry))
         model = entry.model
         info = model.info or {}
         lines = [f"<b>{model.describe()}</b>"]
@@ -219,7 +221,7 @@ class ModelSection(Section):
     # ------------------------------------------------------------------ fit
     def fit(self) -> bool:
         """Fit a model on the ticked scans (or the chosen scan) in a thread worker."""
-        layers = self.fit_on.checked_layers() or [self.dock.scan_layer()]
+        layers = self.fit_on.checked_layers() or [self.session.scan_layer()]
         for layer in layers:
             problem = check_scan_layer(layer)
             if problem:
@@ -248,11 +250,11 @@ class ModelSection(Section):
             if ev.get("stage") == "fit":
                 self.plot.add(int(ev["step"]), ev.get("loss"), ev.get("val"))
 
-        started = self.dock.tasks.start(f"Fitting {config}", job, on_yield=on_yield,
+        started = self.session.tasks.start(f"Fitting {config}", job, on_yield=on_yield,
                                         on_return=self._fit_done)
         self._fitting = started
         if started:
-            self.dock.tasks.after(self._fit_ended)
+            self.session.tasks.after(self._fit_ended)
         return started
 
     def _fit_ended(self) -> None:
@@ -260,7 +262,7 @@ class ModelSection(Section):
 
     def _fit_done(self, result: FitResult) -> None:
         self._fitting = False
-        dock = self.dock
+        session = self.session
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
                          "active model is unchanged. Try fewer steps or another configuration.")
@@ -269,10 +271,10 @@ class ModelSection(Section):
             show_info("The fit was stopped before its first step: nothing changed.")
             return
         stopped = result.reason == "stopped"
-        previous = dock.active_entry
+        previous = session.active_entry
         origin = f"stopped at step {result.steps}" if stopped else "fitted"
         keep_previous = stopped and previous is not None
-        dock.add_model(result.model, origin, activate=not keep_previous)
+        session.add_model(result.model, origin, activate=not keep_previous)
         if keep_previous:
             show_info(f"Fit stopped after {result.steps} steps. The active model is unchanged "
                       f"({previous.model.describe()}); the stopped fit's best model is in the "
@@ -288,11 +290,11 @@ class ModelSection(Section):
 
     # ------------------------------------------------------------------ files
     def _default_model_path(self) -> Path:
-        layer = self.dock.scan_layer()
+        layer = self.session.scan_layer()
         src = (layer.metadata or {}).get("source_path") if layer is not None else None
         folder = Path(src).parent if src else Path.home()
         stem = layer.name.replace(" ", "_") if layer is not None else "latentseg"
-        model = self.dock.active_model
+        model = self.session.active_model
         cfg = model.config.name if model is not None else "model"
         return next_version_path(folder / f"{stem}_{cfg}.pt")
 
@@ -303,7 +305,7 @@ class ModelSection(Section):
             self.load_model_file(path)
 
     def _ask_save(self) -> None:
-        if self.dock.active_model is None:
+        if self.session.active_model is None:
             show_error("No model to save: fit one or load a model file first.")
             return
         path, _ = QFileDialog.getSaveFileName(
@@ -321,14 +323,14 @@ class ModelSection(Section):
             return load_model(path, device=device)
 
         def done(model) -> None:
-            self.dock.add_model(model, "loaded", str(path))
+            self.session.add_model(model, "loaded", str(path))
             show_info(f"Loaded {Path(path).name}: {model.describe()}.")
 
-        return self.dock.tasks.start("Loading the model", job, on_return=done, stoppable=False)
+        return self.session.tasks.start("Loading the model", job, on_return=done, stoppable=False)
 
     def save_model_file(self, path: str) -> bool:
         """Save the active model to ``path`` (or the next free ``-vN`` name) in a worker."""
-        entry = self.dock.active_entry
+        entry = self.session.active_entry
         if entry is None:
             show_error("No model to save: fit one or load a model file first.")
             return False
@@ -343,11 +345,9 @@ class ModelSection(Section):
             return save_model(model, free)
 
         def done(written: Path) -> None:
-            entry.path = str(written)
-            model.source_path = str(written)
-            self.dock.model_changed.emit()
+            self.session.mark_saved(entry, str(written))
             extra = (f" ({target.name} exists and models are never overwritten)"
                      if free != target else "")
             show_info(f"Model saved as {written}{extra}.")
 
-        return self.dock.tasks.start("Saving the model", job, on_return=done, stoppable=False)
+        return self.session.tasks.start("Saving the model", job, on_return=done, stoppable=False)

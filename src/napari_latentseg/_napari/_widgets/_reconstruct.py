@@ -15,13 +15,14 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout
 
-from ...engine.infer import reconstruct_iter
+from ...pipeline import reconstruct_job
 from ._base import Section, hint
-from ._layers import check_scan_layer, layer_array, output_name, upsert_output
+from ._layers import check_scan_layer, output_name, scan_from_layer, upsert_output
 
 if TYPE_CHECKING:
     from ...engine.infer import ReconstructionResult
-    from ._dock import LatentSegWidget
+    from ...pipeline import JobResult
+    from ._session import Session
 
 __all__ = ["ReconstructSection"]
 
@@ -48,8 +49,8 @@ def _candidate_colormap():
 class ReconstructSection(Section):
     """Run the active model on the chosen scan."""
 
-    def __init__(self, dock: LatentSegWidget) -> None:
-        super().__init__(dock)
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
         self.anomalies = QCheckBox("Outline anomaly candidates")
         self.anomalies.setChecked(True)
         self.anomalies.setToolTip("Regions the model reconstructs much worse than the scans it "
@@ -80,32 +81,31 @@ class ReconstructSection(Section):
 
     def run(self) -> bool:
         """Reconstruct the chosen scan in a worker; returns False if it could not start."""
-        layer = self.dock.scan_layer()
+        layer = self.session.scan_layer()
         problem = check_scan_layer(layer)
         if problem:
             show_error(problem)
             return False
-        model = self.dock.active_model
+        model = self.session.active_model
         if model is None:
             show_error("No active model: fit one or load a model file in section 2 first.")
             return False
-        data = layer_array(layer)
-        modality = (layer.metadata or {}).get("modality")
+        scan = scan_from_layer(layer)
         anomalies = self.anomalies.isChecked()
         tile = int(self.tile.value())
-        device = self.dock.device()
+        device = self.session.device
 
         def job(stop):
-            return reconstruct_iter(model, data, modality=modality, anomalies=anomalies,
-                                    tile=tile, device=device, stop_event=stop)
+            return reconstruct_job(model, scan, anomalies=anomalies, tile=tile, device=device,
+                                   stop_event=stop)
 
-        def done(result: ReconstructionResult) -> None:
-            self._show(layer, result)
+        def done(result: JobResult) -> None:
+            self._show(layer, result.result)
 
         def stopped() -> None:
             show_info("Reconstruction stopped: the previous result layers are unchanged.")
 
-        return self.dock.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
+        return self.session.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
                                      on_stopped=stopped)
 
     def _show(self, layer, result: ReconstructionResult) -> None:

@@ -13,7 +13,7 @@ from .._reader import layer_data_from_volume
 from ._base import Section, button_row, hint
 
 if TYPE_CHECKING:
-    from ._dock import LatentSegWidget
+    from ._session import Session
 
 __all__ = ["ScanSection"]
 
@@ -24,8 +24,8 @@ FILE_FILTER = ("Medical images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm *
 class ScanSection(Section):
     """Open a NIfTI/NRRD/MetaImage file or a DICOM series; the new layer becomes the scan."""
 
-    def __init__(self, dock: LatentSegWidget) -> None:
-        super().__init__(dock)
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
         self.open_btn = self.job_button(
             "Open file\u2026", "Open a NIfTI, NRRD, MetaImage or DICOM file.", self._ask_file)
         self.dicom_btn = self.job_button(
@@ -54,7 +54,7 @@ class ScanSection(Section):
 
     # ------------------------------------------------------------------ dialogs
     def _start_dir(self) -> str:
-        layer = self.dock.scan_layer()
+        layer = self.session.scan_layer()
         src = (layer.metadata or {}).get("source_path") if layer is not None else None
         return str(Path(src).parent) if src else str(Path.home())
 
@@ -81,7 +81,7 @@ class ScanSection(Section):
             yield {"stage": "read", "message": f"reading {name}"}
             return read_volume(path, series_uid=series_uid)
 
-        return self.dock.tasks.start(f"Opening {name}", job, on_return=self._add_volume,
+        return self.session.tasks.start(f"Opening {name}", job, on_return=self._add_volume,
                                      stoppable=False)
 
     def _add_volume(self, vol) -> None:
@@ -92,7 +92,7 @@ class ScanSection(Section):
             show_info(f"'{layer.name}' looks like a label file and was opened as labels; open "
                       "the image it belongs to as the scan.")
             return
-        self.dock.scan.set_layer(layer)
+        self.session.scan.set_layer(layer)
 
     def list_series(self, folder: str) -> bool:
         """List the DICOM series under ``folder`` (in a worker) and offer them to choose from."""
@@ -111,7 +111,7 @@ class ScanSection(Section):
             if len(series) == 1:
                 self.series_row.setVisible(False)
                 uid = series[0]["uid"]
-                self.dock.tasks.after(lambda: self.open_path(folder, uid))
+                self.session.tasks.after(lambda: self.open_path(folder, uid))
                 return
             self.series.clear()
             for s in series:
@@ -122,7 +122,7 @@ class ScanSection(Section):
             show_info(f"{len(series)} series in {Path(folder).name}: choose one under "
                       "'Open a scan' and press Load series.")
 
-        return self.dock.tasks.start("Reading the DICOM folder", job, on_return=done,
+        return self.session.tasks.start("Reading the DICOM folder", job, on_return=done,
                                      stoppable=False)
 
     def load_selected_series(self) -> bool:

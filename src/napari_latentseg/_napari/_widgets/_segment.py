@@ -47,8 +47,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ...engine.segment import cluster_iter, segment_iter, validate_annotations
+from ...engine.segment import validate_annotations
 from ...io import save_volume
+from ...pipeline import cluster_job, segment_job
 from ._base import Section, hint
 from ._layers import (
     check_scan_layer,
@@ -56,6 +57,7 @@ from ._layers import (
     geometry_kwargs,
     layer_array,
     output_name,
+    scan_from_layer,
     slice_target,
     source_geometry,
     upsert_output,
@@ -66,7 +68,8 @@ if TYPE_CHECKING:
     import napari.layers
 
     from ...engine.segment import ClusterResult, SegmentationResult
-    from ._dock import LatentSegWidget
+    from ...pipeline import JobResult
+    from ._session import Session
 
 __all__ = ["SegmentSection"]
 
@@ -76,8 +79,8 @@ _AXES = {0: "axial (z)", 1: "coronal (y)", 2: "sagittal (x)"}
 class SegmentSection(Section):
     """Clusters and few-shot segmentation of the chosen scan with the active model."""
 
-    def __init__(self, dock: LatentSegWidget) -> None:
-        super().__init__(dock)
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
         # --- clusters
         self.k = QSpinBox()
         self.k.setRange(2, 16)
@@ -91,7 +94,7 @@ class SegmentSection(Section):
             "from dark to bright).", self.cluster)
 
         # --- few-shot
-        self.annotations = LayerCombo(self.viewer, dock.watcher, "labels",
+        self.annotations = LayerCombo(self.viewer, session.watcher, "labels",
                                       "none yet")
         self.annotations.setToolTip("The labels layer you paint on.")
         self.new_btn = QPushButton("New annotation layer")
@@ -166,12 +169,12 @@ class SegmentSection(Section):
 
     # ------------------------------------------------------------------ checks
     def _scan_and_model(self):
-        layer = self.dock.scan_layer()
+        layer = self.session.scan_layer()
         problem = check_scan_layer(layer)
         if problem:
             show_error(problem)
             return None, None
-        model = self.dock.active_model
+        model = self.session.active_model
         if model is None:
             show_error("No active model: fit one or load a model file in section 2 first.")
             return None, None
@@ -183,15 +186,16 @@ class SegmentSection(Section):
         layer, model = self._scan_and_model()
         if layer is None:
             return False
-        data = layer_array(layer)
-        modality = (layer.metadata or {}).get("modality")
-        k, method, cache = int(self.k.value()), self.method.currentText(), self.dock.cache
+        scan = scan_from_layer(layer)
+        k, method, cache = int(self.k.value()), self.method.currentText(), self.session.cache
+        device = self.session.device
 
         def job(stop):
-            return cluster_iter(model, data, k, method=method, modality=modality, cache=cache,
-                                stop_event=stop)
+            return cluster_job(model, scan, k=k, method=method, cache=cache, device=device,
+                               stop_event=stop)
 
-        def done(result: ClusterResult) -> None:
+        def done(job_result: JobResult) -> None:
+            result: ClusterResult = job_result.result
             if layer not in self.viewer.layers:
                 return
             upsert_output(self.viewer, layer, "clusters", result.labels, "labels", opacity=0.5)
@@ -199,14 +203,14 @@ class SegmentSection(Section):
             self.summary.setText(f"{result.k} clusters ({result.method}), ordered from dark "
                                  f"to bright, in {result.seconds:.1f} s{reuse}.")
 
-        return self.dock.tasks.start(f"Clustering '{layer.name}'", job, on_return=done,
+        return self.session.tasks.start(f"Clustering '{layer.name}'", job, on_return=done,
                                      on_stopped=lambda: show_info(
                                          "Clustering stopped: nothing was changed."))
 
     # ------------------------------------------------------------------ annotations
     def new_annotation_layer(self) -> napari.layers.Labels | None:
         """Create an empty annotation layer on the scan's grid and select it for painting."""
-        layer = self.dock.scan_layer()
+        layer = self.session.scan_layer()
         problem = check_scan_layer(layer)
         if problem:
             show_error(problem)
@@ -258,26 +262,22 @@ class SegmentSection(Section):
         ann = self._annotation_array(scan)
         if ann is None:
             return False
-        data = layer_array(scan)
-        modality = (scan.metadata or {}).get("modality")
+        image = scan_from_layer(scan)
         steps = int(self.finetune_steps.value()) if finetune else 0
-        cache = self.dock.cache
-        device = self.dock.device()
+        cache = self.session.cache
+        device = self.session.device
         connected = self.connected.isChecked()
 
         def job(stop):
-            from ...runtime.device import resolve_device
+            return segment_job(model, image, ann, finetune_steps=steps,
+                               keep_connected_regions=connected, cache=cache, device=device,
+                               stop_event=stop)
 
-            model.to(resolve_device(device))
-            return segment_iter(model, data, ann, modality=modality, finetune_steps=steps,
-                                keep_connected_regions=connected, cache=cache,
-                                stop_event=stop)
-
-        def done(result: SegmentationResult) -> None:
-            self._show_segmentation(scan, result, finetune)
+        def done(result: JobResult) -> None:
+            self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"
-        return self.dock.tasks.start(f"{title} '{scan.name}'", job, on_return=done,
+        return self.session.tasks.start(f"{title} '{scan.name}'", job, on_return=done,
                                      on_stopped=lambda: show_info(
                                          f"{title} stopped: the previous segmentation and "
                                          "model are unchanged."))
@@ -300,7 +300,7 @@ class SegmentSection(Section):
         if result.trained_head:  # forest-only rounds change no model: nothing new to keep
             rounds = (result.model.head or {}).get("rounds", 1)
             origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
-            self.dock.add_model(result.model, origin)
+            self.session.add_model(result.model, origin)
         lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."]
         lines.append(self._suggestion_text())
@@ -366,7 +366,7 @@ class SegmentSection(Section):
         int
             The number of voxels copied (0 when nothing was edited or on error).
         """
-        scan = self.dock.scan_layer()
+        scan = self.session.scan_layer()
         pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
         key = pred.metadata.get("latentseg_output") if pred is not None else None
         if pred is None or key not in self._written:
@@ -400,7 +400,7 @@ class SegmentSection(Section):
 
     # ------------------------------------------------------------------ saving
     def _ask_save(self) -> None:
-        scan = self.dock.scan_layer()
+        scan = self.session.scan_layer()
         if scan is None or find_output(self.viewer, scan.name, "segmentation") is None:
             show_error("No segmentation to save yet: press Segment first.")
             return
@@ -428,7 +428,7 @@ class SegmentSection(Section):
         bool
             Whether the save job started.
         """
-        scan = self.dock.scan_layer()
+        scan = self.session.scan_layer()
         pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
         if pred is None:
             show_error("No segmentation to save yet: press Segment first.")
@@ -450,5 +450,5 @@ class SegmentSection(Section):
             show_info(f"Saved the segmentation to {written}, in the geometry of '{scan.name}' "
                       "(it overlays the scan in other viewers).")
 
-        return self.dock.tasks.start("Saving the labels", job, on_return=done,
+        return self.session.tasks.start("Saving the labels", job, on_return=done,
                                      stoppable=False)

@@ -1,0 +1,134 @@
+"""The state the dock's sections share, passed to each of them (they never see the dock).
+
+A :class:`Session` holds the scan everything works on, this session's models (one active),
+the device chosen for computing, the feature cache that lets rounds reuse features and the
+task bar that runs one job at a time, with signals for what changes. Sections talk to each
+other only through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QObject, Signal
+
+if TYPE_CHECKING:
+    import napari.layers
+    import napari.viewer
+
+    from ...engine.segment import FeatureCache
+    from ...models.checkpoint import VAEModel
+    from ._pickers import LayerCombo, LayerWatcher
+    from ._tasks import TaskBar
+
+__all__ = ["Session", "ModelEntry", "MAX_MODELS"]
+
+#: Models kept in memory per session (older, unsaved ones are dropped first).
+MAX_MODELS = 8
+
+
+@dataclass
+class ModelEntry:
+    """A model of this session: where it came from and whether it is saved."""
+
+    model: VAEModel
+    origin: str  # "fitted", "stopped fit", "loaded", "segmentation round N"
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """One line for the model list."""
+        saved = Path(self.path).name if self.path else "not saved"
+        return f"{self.model.describe()} [{self.origin}; {saved}]"
+
+
+class Session(QObject):
+    """Shared state of the dock's sections.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer.
+    watcher : LayerWatcher
+        Layer list changes, for pickers.
+    scan : LayerCombo
+        The scan picker at the top of the dock.
+    tasks : TaskBar
+        Runs one long job at a time, with progress and Stop.
+    cache : FeatureCache
+        Features per (scan, model), reused by clustering and segmentation rounds.
+    """
+
+    model_changed = Signal()
+    scan_changed = Signal()
+    device_changed = Signal(str)
+
+    def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
+                 tasks: TaskBar, cache: FeatureCache) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.watcher = watcher
+        self.scan = scan
+        self.tasks = tasks
+        self.cache = cache
+        self.models: list[ModelEntry] = []
+        self._active: ModelEntry | None = None
+        self._device = "cpu"
+
+    # ------------------------------------------------------------------ scan
+    def scan_layer(self) -> napari.layers.Image | None:
+        """The chosen scan layer, or None."""
+        return self.scan.layer()
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> str:
+        """Where every job computes (``"cpu"``, ``"cuda"``, ``"mps"``)."""
+        return self._device
+
+    def set_device(self, name: str) -> None:
+        """Choose the device for every job (fit, reconstruct, cluster, segment)."""
+        name = name or "cpu"
+        if name != self._device:
+            self._device = name
+            self.device_changed.emit(name)
+
+    # ------------------------------------------------------------------ models
+    @property
+    def active_model(self) -> VAEModel | None:
+        """The model sections 3 and 4 use, or None."""
+        return self._active.model if self._active is not None else None
+
+    @property
+    def active_entry(self) -> ModelEntry | None:
+        """The active :class:`ModelEntry`, or None."""
+        return self._active
+
+    def add_model(self, model: VAEModel, origin: str, path: str | None = None, *,
+                  activate: bool = True) -> ModelEntry:
+        """Add a model to this session's list (and make it active)."""
+        entry = ModelEntry(model, origin, path)
+        self.models.append(entry)
+        while len(self.models) > MAX_MODELS:
+            old = next((e for e in self.models if e is not self._active and e.path), None) or \
+                next(e for e in self.models if e is not self._active and e is not entry)
+            self.models.remove(old)
+        if activate or self._active is None:
+            self._active = entry
+        self.model_changed.emit()
+        return entry
+
+    def mark_saved(self, entry: ModelEntry, path: str) -> None:
+        """Record that ``entry``'s model was written to ``path``."""
+        entry.path = path
+        entry.model.source_path = path
+        self.model_changed.emit()
+
+    def set_active(self, entry: ModelEntry | None) -> None:
+        """Make ``entry`` (one of :attr:`models`) the active model."""
+        if entry is self._active:
+            return
+        self._active = entry
+        self.model_changed.emit()

@@ -1,0 +1,105 @@
+"""What every command shares: errors, exit codes, progress bars, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable
+
+from ..runtime.errors import UserError
+
+__all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress",
+           "drive_interruptible", "run_core", "add_common"]
+
+EXIT_USAGE = 2  # the user's input or request is wrong
+EXIT_FAILURE = 1  # the job failed (out of memory, a failed scan of a batch, a bug)
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(UserError):
+    """An error explained to the user in one line."""
+
+
+def add_common(sp: argparse.ArgumentParser) -> None:
+    """Options every compute command has."""
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sp.add_argument("--device", default="auto",
+                    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+
+
+class Progress:
+    """tqdm bars keyed by stage, fed by the core's progress dicts."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        stage = ev.get("stage", "work")
+        total = ev.get("total")
+        done = ev.get("step", ev.get("done", 0))
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = tqdm(total=total, desc=stage, unit="step" if stage == "fit" else "it",
+                       file=sys.stderr, leave=True, dynamic_ncols=True)
+            self.bars[stage] = bar
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        post = {}
+        for key in ("loss", "val", "best_val"):
+            if key in ev and ev[key] is not None:
+                post[key] = f"{ev[key]:.4f}"
+        if "message" in ev:
+            post["msg"] = ev["message"]
+        if post:
+            bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def drive_interruptible(gen, progress: Callable, stop: threading.Event):
+    """Drive a core generator; the first Ctrl-C sets ``stop`` (a clean stop), the second aborts."""
+    interrupted = False
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value
+        try:
+            progress(ev)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            stop.set()
+            print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+
+
+def run_core(make_gen: Callable[[threading.Event], object], quiet: bool):
+    """Run the core generator ``make_gen(stop_event)`` with progress bars and clean Ctrl-C."""
+    stop = threading.Event()
+    progress = Progress(quiet)
+    try:
+        return drive_interruptible(make_gen(stop), progress, stop)
+    finally:
+        progress.close()
+
+
+def load_scan(path: str):
+    """Read a scan for a command (the pipeline's reader; a missing path is a usage error)."""
+    from ..pipeline import load_scan as _load
+
+    try:
+        return _load(path)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None

@@ -1,0 +1,30 @@
+"""``latentseg info``: describe a model file, or list the configurations."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    i = sub.add_parser("info", help="describe a model file, or list the configurations")
+    i.add_argument("model", nargs="?", metavar="MODEL")
+    i.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.checkpoint import load_model
+    from ..models.config import CONFIGS
+
+    if args.model is None:
+        for name, cfg in CONFIGS.items():
+            print(f"{name:10s} {cfg.description}")
+        return 0
+    m = load_model(args.model)
+    n = sum(p.numel() for p in m.net.parameters())
+    print(f"{args.model}: {m.describe()}")
+    print(f"  configuration {m.config.name}: {n / 1e3:.0f}k parameters, latent "
+          f"{m.config.latent_channels} ch at 1/{m.config.downsampling}")
+    print(f"  normalisation {m.normalization.get('method')}, anomaly threshold "
+          f"{m.anomaly.get('threshold')}")
+    print(f"  segmentation head: {'yes' if m.head else 'no'}")
+    return 0

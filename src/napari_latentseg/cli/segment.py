@@ -1,0 +1,95 @@
+"""``latentseg segment``: few-shot segmentation from sparse annotations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import CLIError, add_common, load_scan, run_core
+
+# Few-shot (forest + connectivity rule) is the default: seconds per round. Fine-tuning costs
+# 3-10x the time and a new model file per round for gains on few cases (docs/benchmarks.md):
+# opt-in (--finetune-steps).
+DEFAULT_FINETUNE_STEPS = 0
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("segment", help="few-shot segmentation from sparse annotations")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("-m", "--model", required=True, metavar="MODEL")
+    s.add_argument("-a", "--annotations", required=True, metavar="ANNOTATIONS",
+                   help="label volume on the image grid: 0 = not annotated, 1..N = classes")
+    s.add_argument("-o", "--output", required=True, metavar="LABELS")
+    s.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS,
+                   help=f"fine-tuning steps of an MLP head + the encoder, which refines the "
+                        f"forest's boundaries if held-out annotations say it helps (default "
+                        f"{DEFAULT_FINETUNE_STEPS}; 0 = few-shot only; 60 is about a minute on "
+                        f"a 2-core CPU)")
+    s.add_argument("--classifier", choices=["forest", "mlp"], default="forest",
+                   help="forest: random forest on multiscale + VAE features (default); mlp: "
+                        "an MLP head on the VAE hypercolumn alone")
+    s.add_argument("--all-regions", action="store_true",
+                   help="keep regions not connected to a stroke of their class (default: "
+                        "drop them, so the object is the one you painted; use this to find "
+                        "lesions you did not paint)")
+    s.add_argument("--save-model", metavar="MODEL2",
+                   help="where to save the model with its head (default: next free version "
+                        "of MODEL, e.g. model-v2.pt)")
+    s.add_argument("--uncertainty", metavar="MAP", help="per-voxel uncertainty (entropy) map")
+    s.add_argument("--suggest", action="store_true", help="print the next slice to annotate")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace existing output images")
+    add_common(s)
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.checkpoint import load_model, next_version_path, save_model
+    from ..pipeline import check_outputs_free, load_annotations, save_outputs, segment_job
+
+    check_outputs_free([args.output, args.uncertainty], args.overwrite)
+    if args.save_model and Path(args.save_model).exists():
+        raise CLIError(f"{args.save_model} already exists; models are never overwritten")
+    scan = load_scan(args.image)
+    try:
+        ann = load_annotations(scan, args.annotations)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    model = load_model(args.model, device=args.device)
+    job = run_core(lambda stop: segment_job(
+        model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
+        keep_connected_regions=not args.all_regions, seed=args.seed, stop_event=stop),
+        args.quiet)
+    res = job.result
+    for note in job.notes:
+        print(f"note: {note}", file=sys.stderr)
+    written = save_outputs(job, {"labels": args.output, "uncertainty": args.uncertainty}, scan,
+                           overwrite=args.overwrite)
+    print(f"wrote {written['labels']} (classes {res.classes}, {res.seconds:.1f} s)")
+    if "uncertainty" in written:
+        print(f"wrote {written['uncertainty']}")
+    # The head (and a fine-tuned encoder) is a new model: never the file we started from.
+    if args.save_model or args.finetune_steps > 0:
+        target = Path(args.save_model) if args.save_model else next_version_path(args.model)
+        saved = save_model(res.model, target)
+        if res.model.head:
+            print(f"saved {saved} (round {res.model.head['rounds']}; start the next round "
+                  "from it)")
+        else:
+            print(f"saved {saved} (no segmentation head: few-shot rounds retrain the forest "
+                  "from the annotations; --finetune-steps N trains one)")
+    if args.suggest:
+        _print_suggestion(res.suggestion)
+    return 0
+
+
+def _print_suggestion(sgt: dict) -> None:
+    if sgt["index"] is None:
+        print("suggestion: every slice already holds annotations")
+        return
+    print(f"suggestion: annotate slice {sgt['index']} along axis {sgt['axis']} "
+          f"(mean foreground uncertainty {sgt['score']:.3f})")
+    for p in sgt["per_axis"]:
+        if p["index"] is not None:
+            print(f"  axis {p['axis']}: slice {p['index']} ({p['score']:.3f})")

@@ -1,0 +1,300 @@
+"""Volume-level jobs: a scan and a model in, named outputs in the scan's geometry out.
+
+Written once and used alike by the command line, ``latentseg batch``, the demo and the dock:
+
+- :class:`Scan`: an image array with the geometry its outputs are written in and its modality,
+  built from a file (:func:`load_scan`), a :class:`~napari_latentseg.io.Volume` or a layer's
+  data and metadata (the dock).
+- :func:`reconstruct_job`, :func:`cluster_job`, :func:`segment_job`: generators that yield the
+  engine's progress dicts, stop on a ``threading.Event`` and return a :class:`JobResult`
+  (outputs by role, metrics, notes, the engine's own result).
+- :func:`save_outputs`: writes chosen roles to files in the scan's geometry (atomically, never
+  over an existing file unless asked).
+
+Nothing here imports torch, napari or Qt at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .engine.segment import FeatureCache
+    from .io import Volume
+    from .models.checkpoint import VAEModel
+
+__all__ = [
+    "Scan",
+    "Output",
+    "JobResult",
+    "load_scan",
+    "load_annotations",
+    "label_volumes",
+    "check_outputs_free",
+    "reconstruct_job",
+    "cluster_job",
+    "segment_job",
+    "save_outputs",
+]
+
+
+@dataclass
+class Scan:
+    """An image and what its jobs need to know about it.
+
+    Attributes
+    ----------
+    data : np.ndarray
+        The voxels, (z, y, x) or (y, x), in the scan's own units.
+    geometry : dict
+        Spacing, origin, direction and shape as :func:`~napari_latentseg.io.save_volume`
+        takes them: outputs are written on this grid.
+    modality : str or None
+        ``"CT"``, ``"MR"``... (picks the intensity normalisation); None when unknown.
+    name : str
+        For messages and output names.
+    source : str or None
+        The file it was read from.
+    volume : Volume or None
+        The volume it was read as (for grid checks of other files against it).
+    """
+
+    data: np.ndarray
+    geometry: dict[str, Any]
+    modality: str | None = None
+    name: str = "scan"
+    source: str | None = None
+    volume: Volume | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_volume(cls, volume: Volume, name: str | None = None) -> Scan:
+        """A scan from a :class:`~napari_latentseg.io.Volume` (its exact file geometry when
+        the reader recorded one, else the volume's own)."""
+        meta = volume.metadata or {}
+        geometry = meta.get("latentseg_geometry") or volume.geometry()
+        source = meta.get("source_path") or meta.get("path")
+        return cls(volume.data, geometry, meta.get("modality"),
+                   name or str(meta.get("name") or (Path(source).name if source else "scan")),
+                   str(source) if source else None, volume)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (1 mm where the geometry has none)."""
+        sp = self.geometry.get("spacing") if self.geometry else None
+        return tuple(float(s) for s in sp) if sp else (1.0,) * self.data.ndim
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+@dataclass
+class Output:
+    """One output volume: ``kind`` is ``"image"`` or ``"labels"`` (how it is written)."""
+
+    data: np.ndarray
+    kind: str
+
+
+@dataclass
+class JobResult:
+    """What a job produced.
+
+    Attributes
+    ----------
+    outputs : dict
+        Role (``reconstruction``, ``error``, ``anomalies``, ``clusters``, ``labels``,
+        ``uncertainty``) -> :class:`Output`.
+    metrics : dict
+        Plain numbers for summaries (volumes in mL per label, mean error, ...).
+    notes : list of str
+        What the user should know about the result.
+    result : object
+        The engine's own result (``ReconstructionResult``, ``ClusterResult``,
+        ``SegmentationResult``), for details the outputs do not carry.
+    """
+
+    outputs: dict[str, Output]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    result: Any = None
+
+
+def load_scan(path: str | os.PathLike[str]) -> Scan:
+    """Read a scan (file or DICOM folder).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    napari_latentseg.io.VolumeIOError
+        If it cannot be read.
+    """
+    from .io import read_volume
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    scan = Scan.from_volume(read_volume(p))
+    scan.source = scan.source or str(p)
+    return scan
+
+
+def load_annotations(scan: Scan, path: str | os.PathLike[str],
+                     what: str = "annotations") -> np.ndarray:
+    """Read a label volume that must lie on ``scan``'s grid (shape, spacing, origin, direction).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is not on the scan's grid (one line saying what differs).
+    """
+    from .io import check_same_grid, read_volume
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    other = read_volume(p)
+    if scan.volume is not None:
+        check_same_grid(scan.volume, other, what)
+    elif other.data.shape != scan.data.shape:
+        raise ValueError(f"{what} have shape {other.data.shape} but the image has "
+                         f"{scan.data.shape}; they must be on the image's grid")
+    return other.data
+
+
+def check_outputs_free(paths: list[str | os.PathLike[str] | None], overwrite: bool) -> None:
+    """Refuse, before any work, outputs that exist (nothing of the user's is replaced)."""
+    for p in paths:
+        if p and Path(p).exists() and not overwrite:
+            raise FileExistsError(f"{p} already exists; choose another name or pass --overwrite")
+
+
+def _to_device(model: VAEModel, device: str | None) -> None:
+    """Every job honours the chosen device the same way: the model moves there first."""
+    if device is not None:
+        from .runtime.device import resolve_device
+
+        model.to(resolve_device(device))
+
+
+def label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """Volume in mL of each non-zero label: ``{"volume_ml_<id>": mL}``."""
+    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
+    return {f"volume_ml_{i}": round(float(n) * voxel_ml, 4)
+            for i, n in enumerate(counts) if i > 0 and n > 0}
+
+
+def reconstruct_job(
+    model: VAEModel,
+    scan: Scan,
+    *,
+    anomalies: bool = True,
+    tile: int = 512,
+    device: str | None = None,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, JobResult]:
+    """Reconstruction, error map and (``anomalies``) anomaly candidates of ``scan``.
+
+    With ``device``, every job first moves the model there (``auto``, ``cpu``, ``cuda``...).
+
+    Roles: ``reconstruction`` (scan units), ``error`` (normalised units), ``anomalies``
+    (labels 1..n).
+    """
+    from .engine.infer import reconstruct_iter
+
+    _to_device(model, device)
+    res = yield from reconstruct_iter(model, scan.data, modality=scan.modality,
+                                      anomalies=anomalies, tile=tile, stop_event=stop_event)
+    outputs = {"reconstruction": Output(res.reconstruction, "image"),
+               "error": Output(res.error, "image")}
+    metrics: dict[str, Any] = {"device": str(res.info.get("device", model.device)),
+                               "mean_error": round(float(res.error.mean()), 6)}
+    if res.anomalies is not None:
+        outputs["anomalies"] = Output(res.anomalies, "labels")
+        metrics["anomaly_candidates"] = int(res.n_candidates)
+        metrics["anomalous_volume_ml"] = round(
+            float(np.count_nonzero(res.anomalies)) * scan.voxel_ml, 4)
+    return JobResult(outputs, metrics, [], res)
+
+
+def cluster_job(
+    model: VAEModel,
+    scan: Scan,
+    *,
+    k: int = 4,
+    method: str = "kmeans",
+    seed: int = 0,
+    cache: FeatureCache | None = None,
+    device: str | None = None,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, JobResult]:
+    """Unsupervised clusters of the VAE features (role ``clusters``, ids by mean intensity)."""
+    from .engine.segment import cluster_iter
+
+    _to_device(model, device)
+    res = yield from cluster_iter(model, scan.data, k, method=method, seed=seed,
+                                  modality=scan.modality, cache=cache, stop_event=stop_event)
+    metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml)}
+    return JobResult({"clusters": Output(res.labels, "labels")}, metrics, [], res)
+
+
+def segment_job(
+    model: VAEModel,
+    scan: Scan,
+    annotations: np.ndarray,
+    *,
+    cache: FeatureCache | None = None,
+    device: str | None = None,
+    stop_event: threading.Event | None = None,
+    **options: Any,
+) -> Generator[dict, None, JobResult]:
+    """Few-shot segmentation of ``scan`` from ``annotations`` (0 = not annotated, 1..N).
+
+    ``options`` are :func:`~napari_latentseg.engine.segment.segment_iter`'s (fine-tuning
+    steps, classifier, connectivity rule, seed...). Roles: ``labels``, ``uncertainty``. The
+    result's ``model`` is a new model (a copy holding the head); the input model is unchanged.
+    """
+    from .engine.segment import segment_iter
+
+    ann = np.asarray(annotations)
+    if ann.shape != scan.data.shape:
+        raise ValueError(f"annotations have shape {ann.shape}, the scan {scan.data.shape}: "
+                         "they must be on the scan's grid")
+    _to_device(model, device)
+    res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,
+                                  stop_event=stop_event, **options)
+    metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml),
+               "mean_uncertainty": round(float(res.uncertainty.mean()), 6)}
+    outputs = {"labels": Output(res.labels, "labels"),
+               "uncertainty": Output(res.uncertainty, "image")}
+    return JobResult(outputs, metrics, list(res.notes), res)
+
+
+def save_outputs(result: JobResult, paths: Mapping[str, str | os.PathLike[str] | None],
+                 scan: Scan, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write the outputs named in ``paths`` (role -> file; None = not wanted) on the scan's
+    grid; returns role -> written path. Each file is written atomically."""
+    from .io import save_volume
+
+    written = {}
+    for role, path in paths.items():
+        if not path:
+            continue
+        if role not in result.outputs:
+            raise ValueError(f"this job has no {role!r} output "
+                             f"(it has {', '.join(result.outputs)})")
+        out = result.outputs[role]
+        written[role] = save_volume(path, out.data, scan.geometry, kind=out.kind,
+                                    overwrite=overwrite)
+    return written
