@@ -27,6 +27,7 @@ from ._volume import Volume, VolumeIOError, volume_from_itk_affine
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "dicom_series_uid",
     "folder_has_dicom",
     "has_dicom_magic",
     "list_dicom_series",
@@ -136,10 +137,13 @@ def _entry(path: Path, ds: Any) -> _Entry:
     )
 
 
-def _scan(path: Path) -> dict[str, list[_Entry]]:
-    """Group the image files under ``path`` (a folder or one file) by series UID."""
-    if path.is_dir():
-        files: Iterator[Path] = _iter_files(path)
+def _scan(path: Path | list[Path]) -> dict[str, list[_Entry]]:
+    """Group the image files under ``path`` (a folder, one file or a list of files) by
+    series UID."""
+    if isinstance(path, list):
+        files: Iterator[Path] = iter(path)
+    elif path.is_dir():
+        files = _iter_files(path)
     else:
         files = iter([path])
     series: dict[str, list[_Entry]] = {}
@@ -491,15 +495,61 @@ def _smallest_int_dtype(lo: float, hi: float) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
-    """Read a DICOM series from a folder, or a single (possibly multi-frame) DICOM file.
+def dicom_series_uid(path: str | os.PathLike[str]) -> str | None:
+    """``SeriesInstanceUID`` of a DICOM image file (``"unknown"`` when it has none), or
+    ``None`` when ``path`` is not a DICOM image; reads the header only."""
+    p = Path(path)
+    ds = _read_header(p)
+    return None if ds is None else _entry(p, ds).series_uid
+
+
+def _series_files(path: Path, series_uid: str | None) -> tuple[list[Path] | Path, str | None]:
+    """For a single-frame DICOM file: the files of its folder (not recursive) and its
+    series UID, so that the whole series is read; otherwise ``path`` unchanged."""
+    ds = _read_header(path)
+    if ds is None or _entry(path, ds).multi_frame:
+        return path, series_uid
+    siblings = [f for f in sorted(path.parent.iterdir())
+                if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"]
+    return siblings, series_uid or _entry(path, ds).series_uid
+
+
+def _window(ds: Any) -> dict[str, float] | None:
+    """The first ``WindowCenter``/``WindowWidth`` pair of ``ds`` (``None`` without one)."""
+
+    def first(value: Any) -> float | None:
+        if value is None:
+            return None
+        if not isinstance(value, str | bytes) and hasattr(value, "__len__"):
+            value = value[0] if len(value) else None
+        out = _float(value, float("nan"))
+        return out if np.isfinite(out) else None
+
+    centre, width = first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
+    if centre is None or width is None or width <= 0:
+        return None
+    return {"center": centre, "width": width}
+
+
+def read_dicom(
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    *,
+    series_uid: str | None = None,
+    whole_series: bool = False,
+) -> Volume:
+    """Read a DICOM series from a folder, a list of files, or a single DICOM file.
 
     Parameters
     ----------
-    path : path-like
-        Folder (searched recursively) or file.
+    path : path-like or list of path-like
+        Folder (searched recursively), file, or list of files read together (the
+        largest series among them, as for a folder).
     series_uid : str, optional
-        ``SeriesInstanceUID`` to read; default: the series with the most slices.
+        ``SeriesInstanceUID`` to read; default: the series with the most slices (for
+        ``whole_series``: the series of the given file).
+    whole_series : bool
+        For a single-frame file: read every file of its folder (not recursive) that
+        belongs to the same series, instead of that one slice.
 
     Returns
     -------
@@ -507,7 +557,9 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         Always 3D; a single-slice image has shape ``(1, rows, cols)``. Metadata has
         ``modality``, ``rescale_applied``, ``dicom_transfer_syntax`` and ``dicom_series``
         (``uid``, ``description``, ``modality``, ``n_files``, ``n_slices`` and ``others``,
-        the other series found as ``{"uid", "description", "modality", "n"}``).
+        the other series found as ``{"uid", "description", "modality", "n"}``), and
+        ``dicom_window`` (``{"center", "width"}`` of the first slice, first value of
+        each, or ``None``).
 
     Raises
     ------
@@ -515,16 +567,31 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         No DICOM image found, unknown ``series_uid``, inconsistent slices, 4D data,
         colour images, undecodable pixel data.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise VolumeIOError(f"{path}: no such file or folder")
-    series = _scan(path)
+    files: list[Path] | Path
+    if isinstance(path, list | tuple):
+        files = [Path(p).expanduser() for p in path]
+        if not files:
+            raise VolumeIOError("no DICOM files given")
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise VolumeIOError(f"{missing[0]}: no such file")
+        path = files[0].parent
+        if len(files) == 1:
+            files = files[0]
+    else:
+        path = files = Path(path).expanduser()
+        if not path.exists():
+            raise VolumeIOError(f"{path}: no such file or folder")
+    if whole_series and isinstance(files, Path) and files.is_file():
+        files, series_uid = _series_files(files, series_uid)
+    series = _scan(files)
     if not series:
-        what = (
-            "folder contains no DICOM image files"
-            if path.is_dir()
-            else ("is not a readable DICOM image file")
-        )
+        if isinstance(files, list):
+            what = f"none of the {len(files)} files is a DICOM image"
+        elif path.is_dir():
+            what = "folder contains no DICOM image files"
+        else:
+            what = "is not a readable DICOM image file"
         raise VolumeIOError(f"{path}: {what}")
     ranked = _sorted_series(series)
     if series_uid is not None:
@@ -627,6 +694,7 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         "original_dtype": original_dtype,
         "rescale_applied": rescale_applied,
         "dicom_transfer_syntax": None if syntax is None else str(syntax.name),
+        "dicom_window": _window(ds0),
         "dicom_series": {
             "uid": uid,
             "description": str(ds0.get("SeriesDescription", "") or ""),
