@@ -175,3 +175,27 @@ def test_layer_geometry_kwargs_matches_reader(tmp_path):
     kwargs = layer_geometry_kwargs(vol)
     assert kwargs["scale"] == pytest.approx(GEOM["spacing"])
     assert kwargs["axis_labels"] == ("S", "P", "L") and kwargs["units"] == ("mm",) * 3
+
+
+@pytest.mark.gui
+def test_ct_opens_windowed_and_the_user_can_leave_the_window(tmp_path, make_napari_viewer,
+                                                            npe2pm):
+    """Soft-tissue window at opening; the slider still reaches all HU; the user's window
+    survives opening more files."""
+    from npe2 import PluginManifest
+
+    npe2pm.register(PluginManifest.from_file(MANIFEST))
+    hu = np.full((4, 16, 16), -1000, np.int16)
+    hu[:, 4:12, 4:12] = 1500
+    path = save_volume(tmp_path / "chest.nrrd", hu)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-latentseg")
+    assert list(layer.contrast_limits) == [-160.0, 240.0]
+    assert list(layer.contrast_limits_range) == [-1000.0, 1500.0]
+    layer.contrast_limits = (-1350.0, 150.0)  # the clinician's lung window
+    labels = save_volume(tmp_path / "chest_label.nrrd", (hu > 0).astype(np.uint8),
+                         kind="labels")
+    viewer.open(str(labels), plugin="napari-latentseg")
+    viewer.open(str(path), plugin="napari-latentseg")
+    assert list(layer.contrast_limits) == [-1350.0, 150.0]
+    assert list(viewer.layers[-1].contrast_limits_range) == [-1000.0, 1500.0]

@@ -47,7 +47,13 @@ from ._layer_geometry import layer_geometry_kwargs
 if TYPE_CHECKING:
     from ..io import Volume
 
-__all__ = ["get_reader", "label_layer_kwargs", "layer_data_from_volume", "read_path"]
+__all__ = [
+    "get_reader",
+    "label_layer_kwargs",
+    "layer_data_from_volume",
+    "read_path",
+    "widen_contrast_range",
+]
 
 PathOrPaths = str | Sequence[str]
 LayerData = tuple[Any, ...]
@@ -226,7 +232,48 @@ def read_path(path: PathOrPaths) -> list[LayerData]:
         return [(None,)]
     _remember_series(vol)
     _notify_other_series(vol)
-    return [layer_data_from_volume(vol)]
+    layer_data = layer_data_from_volume(vol)
+    if layer_data[2] == "image":
+        _widen_when_added(layer_data[1]["metadata"])
+    return [layer_data]
+
+
+def widen_contrast_range(layer: Any) -> None:
+    """Let an image layer's contrast slider reach the whole intensity range.
+
+    napari narrows the slider's range to the limits a layer is created with, so a CT
+    opened with a soft-tissue window could not be dragged to a lung or bone window. This
+    widens the range to ``metadata["intensity_range"]`` and keeps the limits as they are.
+    """
+    rng = (getattr(layer, "metadata", None) or {}).get("intensity_range")
+    if not rng or not hasattr(layer, "contrast_limits_range"):
+        return
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    lo, hi = min(float(rng[0]), lo), max(float(rng[1]), hi)
+    if hi > lo:
+        layer.contrast_limits_range = (lo, hi)
+
+
+def _widen_when_added(metadata: dict) -> None:
+    """Widen the contrast range of the layer napari adds next from this read (one shot)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # no Qt viewer (scripts, tests with a ViewerModel)
+        return
+    if viewer is None:
+        return
+    inserted = viewer.layers.events.inserted
+
+    def on_inserted(event: Any) -> None:
+        inserted.disconnect(on_inserted)  # one shot, whatever layer comes next
+        layer = event.value
+        if getattr(layer, "metadata", {}).get("display_window") is metadata.get(
+                "display_window"):
+            widen_contrast_range(layer)
+
+    inserted.connect(on_inserted)
 
 
 def _series_key(folder: Path, uid: str) -> tuple[str, str]:
