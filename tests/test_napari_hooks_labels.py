@@ -199,3 +199,8 @@ def test_ct_opens_windowed_and_the_user_can_leave_the_window(tmp_path, make_napa
     viewer.open(str(path), plugin="napari-latentseg")
     assert list(layer.contrast_limits) == [-1350.0, 150.0]
     assert list(viewer.layers[-1].contrast_limits_range) == [-1000.0, 1500.0]
+
+
+def test_dicom_folder_named_like_labels_is_an_image(tmp_path, notifications):
+    write_ct_series(tmp_path / "liver_segmentation", 2, series_uid="4.1")
+    assert read_path(str(tmp_path / "liver_segmentation"))[0][2] == "image"

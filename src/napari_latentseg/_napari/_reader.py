@@ -103,10 +103,13 @@ def _is_dicom_file(path: Any) -> bool:
 
 
 def _is_label_file(vol: Volume) -> bool:
+    meta = vol.metadata
     if vol.data.dtype.kind not in "iub":
         return False
-    return bool(vol.metadata.get("label_classes")) or looks_like_label_path(
-        str(vol.metadata.get("source_path", "")))
+    if meta.get("format") == "dicom":  # a folder called "..._seg" still holds images
+        return str(meta.get("modality") or "").upper() == "SEG"
+    return bool(meta.get("label_classes")) or looks_like_label_path(
+        str(meta.get("source_path", "")))
 
 
 def label_layer_kwargs(classes: list[dict] | None, max_value: int | None = None) -> dict:
