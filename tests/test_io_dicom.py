@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_latentseg.io import VolumeIOError, is_supported_path, list_dicom_series, read_volume
 from napari_latentseg.io import _dicom as dicom_mod
+from napari_latentseg.io import _dicom_scan as dicom_scan
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -369,12 +370,13 @@ def test_folder_check_is_cheap(tmp_path, monkeypatch):
     for n in range(100):
         (tmp_path / f"f{n:03d}.txt").write_text("x")
     opened = []
-    real = dicom_mod.has_dicom_magic
+    real = dicom_scan.has_dicom_magic
 
     def spy(path):
         opened.append(path)
         return real(path)
 
-    monkeypatch.setattr(dicom_mod, "has_dicom_magic", spy)
+    monkeypatch.setattr(dicom_scan, "has_dicom_magic", spy)
     assert not dicom_mod.folder_has_dicom(tmp_path)
+    assert opened  # the spy sits where folder_has_dicom looks
     assert len(opened) <= 32

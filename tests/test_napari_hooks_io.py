@@ -96,7 +96,9 @@ def test_reader_layers_sit_in_world_space(tmp_path, name):
     assert kwargs["translate"] == pytest.approx(g["origin"])
     np.testing.assert_allclose(kwargs["rotate"], g["direction"], atol=1e-6)
     assert kwargs["name"] == "case_image"
-    assert kwargs["contrast_limits"] == pytest.approx([0.0, 100.0])
+    # an MR-like image without modality: 0.5-99.5 percentiles of a 0..100 ramp
+    assert kwargs["contrast_limits"] == pytest.approx([0.5, 99.5], abs=0.05)
+    assert kwargs["units"] == ("mm", "mm", "mm") and kwargs["axis_labels"] == ("S", "P", "L")
     assert kwargs["metadata"]["format"] == "nifti"
     ((ldata, lkwargs, ltype),) = read_path([str(lab_path)])
     assert ltype == "labels" and ldata.dtype == np.uint8

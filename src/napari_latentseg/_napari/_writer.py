@@ -4,6 +4,13 @@ Geometry: when the layer's ``metadata["latentseg_geometry"]`` (set by our reader
 layer's shape, that geometry is written; otherwise it is derived from the layer's
 ``scale``, ``translate``, ``rotate``, ``shear`` and ``affine`` (world = LPS z, y, x).
 
+Label names: a Labels layer's class names and colours are saved with it (NRRD: 3D Slicer
+segment fields in the header; NIfTI/MetaImage: ``<stem>.labels.json`` and ITK-SNAP's
+``<stem>.label.txt`` next to the file). Names come from ``layer.features`` (columns
+``index`` + ``name``, as our reader sets them), else ``metadata["label_classes"]`` /
+``metadata["classes"]``; colours from the layer's colormap (what the user sees), else the
+stored ones.
+
 Overwriting: napari's save dialog already asks the user before an existing file is
 chosen, so these writers call :func:`napari_latentseg.io.save_volume` with
 ``overwrite=True`` (the core default stays ``False``). The write is still atomic.
@@ -16,9 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ..io import VolumeIOError, geometry_from_dict, save_volume
+from ..io import VolumeIOError, geometry_from_dict, normalize_classes, save_volume
 
-__all__ = ["geometry_from_layer_attributes", "write_image", "write_labels"]
+__all__ = [
+    "classes_from_layer_attributes",
+    "geometry_from_layer_attributes",
+    "write_image",
+    "write_labels",
+]
 
 
 def _full_affine(attributes: dict[str, Any], ndim: int) -> np.ndarray:
@@ -91,13 +103,76 @@ def geometry_from_layer_attributes(attributes: dict[str, Any], shape: tuple[int,
     }
 
 
+def _names_from_features(features: Any) -> dict[int, str]:
+    """``{value: name}`` from a features table (``index``/``value`` + ``name``/``class``)."""
+    if features is None or not hasattr(features, "columns") or len(features) == 0:
+        return {}
+    cols = {str(c).lower(): c for c in features.columns}
+    name_col = next((cols[c] for c in ("name", "class", "label") if c in cols), None)
+    if name_col is None:
+        return {}
+    index_col = next((cols[c] for c in ("index", "value") if c in cols), None)
+    values = features[index_col] if index_col is not None else range(len(features))
+    out = {}
+    for value, name in zip(values, features[name_col], strict=True):
+        if name is None or (isinstance(name, float) and np.isnan(name)) or str(name) == "":
+            continue
+        try:
+            out[int(value)] = str(name)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def classes_from_layer_attributes(attributes: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The class table (value, name, colour) of a Labels layer, or ``None`` without names.
+
+    Parameters
+    ----------
+    attributes : dict
+        napari layer attributes (``features``, ``colormap``, ``metadata``).
+
+    Returns
+    -------
+    list of dict or None
+        ``[{"value", "name", "color"}]`` for every named value (background 0 only when
+        it is named).
+    """
+    meta = attributes.get("metadata") or {}
+    stored: dict[int, dict[str, Any]] = {}
+    for key in ("classes", "label_classes"):  # the later, richer one wins
+        try:
+            table = normalize_classes(meta.get(key)) if isinstance(meta, dict) else []
+        except ValueError:
+            table = []
+        stored.update({c["value"]: c for c in table})
+    names = {v: c["name"] for v, c in stored.items()}
+    names.update(_names_from_features(attributes.get("features")))
+    if not names:
+        return None
+    colormap = attributes.get("colormap")
+    out = []
+    for value in sorted(names):
+        colour = stored.get(value, {}).get("color")
+        if colormap is not None and hasattr(colormap, "map"):
+            try:
+                rgba = np.asarray(colormap.map(np.array([value])), dtype=float).reshape(-1)
+            except Exception:  # an unusual colormap: keep the stored colour
+                rgba = None
+            if rgba is not None and rgba.size >= 4 and rgba[3] > 0:
+                colour = [float(c) for c in rgba[:3]]
+        out.append({"value": value, "name": names[value], "color": colour})
+    return normalize_classes(out)
+
+
 def _layer_array(data: Any) -> np.ndarray:
     if isinstance(data, list | tuple):  # multiscale: write the full-resolution level
         data = data[0]
     return np.asarray(data)
 
 
-def _write(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list[str]:
+def _write(path: str, data: Any, attributes: dict[str, Any], kind: str,
+           classes: list[dict[str, Any]] | None = None) -> list[str]:
     arr = _layer_array(data)
     if arr.ndim not in (2, 3):
         raise VolumeIOError(
@@ -113,6 +188,7 @@ def _write(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list[
         kind=kind,  # type: ignore[arg-type]
         overwrite=True,  # napari's save dialog has already confirmed replacing a file
         reference=reference if isinstance(reference, str) else None,
+        classes=classes,
     )
     return [str(Path(out))]
 
@@ -132,9 +208,10 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     Returns
     -------
     list of str
-        The written path.
+        The written path (the label-name sidecars of NIfTI/MetaImage are written next
+        to it but not listed: napari expects the one file it asked for).
     """
-    return _write(path, data, attributes, "labels")
+    return _write(path, data, attributes, "labels", classes_from_layer_attributes(attributes))
 
 
 def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:

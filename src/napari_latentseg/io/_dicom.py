@@ -4,6 +4,8 @@ A folder is scanned recursively; files that are not DICOM images (other files, D
 structured reports, RT structures ...) are ignored. Images are grouped by
 ``SeriesInstanceUID``; the requested series, else the one with the most slices, is read.
 
+Finding files and grouping them by series lives in :mod:`._dicom_scan`.
+
 Slice geometry follows the DICOM standard (PS3.3 C.7.6.2): the first triplet of
 ``ImageOrientationPatient`` is the direction of increasing column index ``i``, the second
 that of increasing row index ``j``; slices are sorted by the projection of
@@ -16,197 +18,34 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._dicom_scan import (
+    DICOM_EXTENSIONS,
+    _Entry,
+    _series_files,
+    _series_size,
+    _sorted_series,
+    dicom_series_uid,
+    folder_has_dicom,
+    has_dicom_magic,
+    list_dicom_series,
+)
+from ._dicom_scan import _scan as _scan
 from ._volume import Volume, VolumeIOError, volume_from_itk_affine
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "dicom_series_uid",
     "folder_has_dicom",
     "has_dicom_magic",
     "list_dicom_series",
     "read_dicom",
 ]
-
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
-#: SOP classes that never hold an image volume (DICOMDIR media storage directory).
-_NON_IMAGE_SOP = {"1.2.840.10008.1.3.10"}
-
-
-def has_dicom_magic(path: str | os.PathLike[str]) -> bool:
-    """Return True when the file has the DICOM Part 10 preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _iter_files(folder: Path) -> Iterator[Path]:
-    """Files under ``folder``, recursively, in a stable (sorted) order; hidden ones skipped."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
-
-
-def folder_has_dicom(folder: str | os.PathLike[str], max_files: int = 32) -> bool:
-    """Cheap check: does one of the first ``max_files`` files in ``folder`` look like DICOM?
-
-    Parameters
-    ----------
-    folder : path-like
-        Folder to look into (recursively).
-    max_files : int
-        How many files to open at most.
-
-    Returns
-    -------
-    bool
-    """
-    for n, f in enumerate(_iter_files(Path(folder))):
-        if n >= max_files:
-            return False
-        if f.name.upper() != "DICOMDIR" and has_dicom_magic(f):
-            return True
-    return False
-
-
-@dataclass
-class _Entry:
-    """One DICOM image file found while scanning (header only)."""
-
-    path: Path
-    ds: Any  # pydicom Dataset, without pixel data
-    n_frames: int
-    rows: int
-    cols: int
-    series_uid: str
-
-    @property
-    def multi_frame(self) -> bool:
-        return self.n_frames > 1 or "PerFrameFunctionalGroupsSequence" in self.ds
-
-
-def _read_header(path: Path) -> Any | None:
-    """The header of an image DICOM file, or None if it is not one."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    force = False
-    if not has_dicom_magic(path):
-        if path.suffix.lower() not in DICOM_EXTENSIONS:
-            return None
-        force = True  # a .dcm without preamble: let pydicom try
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=force)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
-        return None
-    if "Rows" not in ds or "Columns" not in ds:
-        return None
-    sop = str(ds.get("SOPClassUID", "")) or str(
-        getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
-    )
-    if sop in _NON_IMAGE_SOP:
-        return None
-    return ds
-
-
-def _entry(path: Path, ds: Any) -> _Entry:
-    try:
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        n_frames = 1
-    return _Entry(
-        path=path,
-        ds=ds,
-        n_frames=max(n_frames, 1),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
-        series_uid=str(ds.get("SeriesInstanceUID", "") or "unknown"),
-    )
-
-
-def _scan(path: Path) -> dict[str, list[_Entry]]:
-    """Group the image files under ``path`` (a folder or one file) by series UID."""
-    if path.is_dir():
-        files: Iterator[Path] = _iter_files(path)
-    else:
-        files = iter([path])
-    series: dict[str, list[_Entry]] = {}
-    seen_instances: set[str] = set()
-    for f in files:
-        if f.name.upper() == "DICOMDIR":
-            continue
-        ds = _read_header(f)
-        if ds is None:
-            continue
-        sop_uid = str(ds.get("SOPInstanceUID", "")) or str(f)
-        if sop_uid in seen_instances:  # the same image copied twice
-            continue
-        seen_instances.add(sop_uid)
-        e = _entry(f, ds)
-        series.setdefault(e.series_uid, []).append(e)
-    return series
-
-
-def _series_size(entries: list[_Entry]) -> int:
-    if any(e.multi_frame for e in entries):
-        return max(e.n_frames for e in entries)
-    return len(entries)
-
-
-def _series_summary(uid: str, entries: list[_Entry]) -> dict[str, Any]:
-    first = entries[0].ds
-    return {
-        "uid": uid,
-        "description": str(first.get("SeriesDescription", "") or ""),
-        "modality": str(first.get("Modality", "") or "") or None,
-        "n_files": len(entries),
-        "shape": [_series_size(entries), entries[0].rows, entries[0].cols],
-    }
-
-
-def _sorted_series(series: dict[str, list[_Entry]]) -> list[tuple[str, list[_Entry]]]:
-    return sorted(
-        series.items(),
-        key=lambda kv: (-_series_size(kv[1]), -kv[1][0].rows * kv[1][0].cols, kv[0]),
-    )
-
-
-def list_dicom_series(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """List the image series found under ``folder`` (recursively), largest first.
-
-    Parameters
-    ----------
-    folder : path-like
-        A folder (or a single DICOM file).
-
-    Returns
-    -------
-    list of dict
-        ``{"uid", "description", "modality", "n_files", "shape"}`` per series, ``shape``
-        being ``[n_slices, rows, cols]``; sorted by number of slices, largest first.
-
-    Raises
-    ------
-    VolumeIOError
-        If ``folder`` does not exist.
-    """
-    path = Path(folder).expanduser()
-    if not path.exists():
-        raise VolumeIOError(f"{path}: no such file or folder")
-    return [_series_summary(uid, entries) for uid, entries in _sorted_series(_scan(path))]
-
 
 # --------------------------------------------------------------------------------------
 # reading one series
@@ -491,15 +330,42 @@ def _smallest_int_dtype(lo: float, hi: float) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
-    """Read a DICOM series from a folder, or a single (possibly multi-frame) DICOM file.
+def _window(ds: Any) -> dict[str, float] | None:
+    """The first ``WindowCenter``/``WindowWidth`` pair of ``ds`` (``None`` without one)."""
+
+    def first(value: Any) -> float | None:
+        if value is None:
+            return None
+        if not isinstance(value, str | bytes) and hasattr(value, "__len__"):
+            value = value[0] if len(value) else None
+        out = _float(value, float("nan"))
+        return out if np.isfinite(out) else None
+
+    centre, width = first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
+    if centre is None or width is None or width <= 0:
+        return None
+    return {"center": centre, "width": width}
+
+
+def read_dicom(
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    *,
+    series_uid: str | None = None,
+    whole_series: bool = False,
+) -> Volume:
+    """Read a DICOM series from a folder, a list of files, or a single DICOM file.
 
     Parameters
     ----------
-    path : path-like
-        Folder (searched recursively) or file.
+    path : path-like or list of path-like
+        Folder (searched recursively), file, or list of files read together (the
+        largest series among them, as for a folder).
     series_uid : str, optional
-        ``SeriesInstanceUID`` to read; default: the series with the most slices.
+        ``SeriesInstanceUID`` to read; default: the series with the most slices (for
+        ``whole_series``: the series of the given file).
+    whole_series : bool
+        For a single-frame file: read every file of its folder (not recursive) that
+        belongs to the same series, instead of that one slice.
 
     Returns
     -------
@@ -507,7 +373,9 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         Always 3D; a single-slice image has shape ``(1, rows, cols)``. Metadata has
         ``modality``, ``rescale_applied``, ``dicom_transfer_syntax`` and ``dicom_series``
         (``uid``, ``description``, ``modality``, ``n_files``, ``n_slices`` and ``others``,
-        the other series found as ``{"uid", "description", "modality", "n"}``).
+        the other series found as ``{"uid", "description", "modality", "n"}``), and
+        ``dicom_window`` (``{"center", "width"}`` of the first slice, first value of
+        each, or ``None``).
 
     Raises
     ------
@@ -515,16 +383,31 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         No DICOM image found, unknown ``series_uid``, inconsistent slices, 4D data,
         colour images, undecodable pixel data.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise VolumeIOError(f"{path}: no such file or folder")
-    series = _scan(path)
+    files: list[Path] | Path
+    if isinstance(path, list | tuple):
+        files = [Path(p).expanduser() for p in path]
+        if not files:
+            raise VolumeIOError("no DICOM files given")
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise VolumeIOError(f"{missing[0]}: no such file")
+        path = files[0].parent
+        if len(files) == 1:
+            files = files[0]
+    else:
+        path = files = Path(path).expanduser()
+        if not path.exists():
+            raise VolumeIOError(f"{path}: no such file or folder")
+    if whole_series and isinstance(files, Path) and files.is_file():
+        files, series_uid = _series_files(files, series_uid)
+    series = _scan(files)
     if not series:
-        what = (
-            "folder contains no DICOM image files"
-            if path.is_dir()
-            else ("is not a readable DICOM image file")
-        )
+        if isinstance(files, list):
+            what = f"none of the {len(files)} files is a DICOM image"
+        elif path.is_dir():
+            what = "folder contains no DICOM image files"
+        else:
+            what = "is not a readable DICOM image file"
         raise VolumeIOError(f"{path}: {what}")
     ranked = _sorted_series(series)
     if series_uid is not None:
@@ -627,6 +510,7 @@ def read_dicom(path: str | os.PathLike[str], *, series_uid: str | None = None) -
         "original_dtype": original_dtype,
         "rescale_applied": rescale_applied,
         "dicom_transfer_syntax": None if syntax is None else str(syntax.name),
+        "dicom_window": _window(ds0),
         "dicom_series": {
             "uid": uid,
             "description": str(ds0.get("SeriesDescription", "") or ""),

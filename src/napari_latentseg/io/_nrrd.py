@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._volume import Volume, VolumeIOError, volume_from_itk_affine
+from .labels_meta import classes_from_nrrd_header
 
 __all__ = ["read_nrrd", "write_nrrd"]
 
@@ -69,7 +70,8 @@ def read_nrrd(path: str | os.PathLike[str]) -> Volume:
     Returns
     -------
     Volume
-        With metadata ``nrrd_space`` (the file's ``space`` field or ``None``).
+        With metadata ``nrrd_space`` (the file's ``space`` field or ``None``) and
+        ``label_classes`` when the header has Slicer segment fields (``.seg.nrrd``).
 
     Raises
     ------
@@ -156,6 +158,12 @@ def read_nrrd(path: str | os.PathLike[str]) -> Volume:
             "NRRD file has no 'space directions'; spacing from 'spacings' (or 1.0), "
             "origin 0 and identity direction assumed"
         )
+    try:
+        classes = classes_from_nrrd_header(header)
+    except ValueError as exc:
+        raise VolumeIOError(f"{path}: {exc}") from exc
+    if classes:
+        meta["label_classes"] = classes
     units = header.get("space units")
     if units is not None and any(str(u) not in ("mm", "") for u in units):
         notes.append(f"NRRD space units are {list(units)}, not mm")
@@ -172,6 +180,7 @@ def write_nrrd(
     direction: np.ndarray,
     *,
     description: str = "",
+    extra_fields: dict[str, str] | None = None,
 ) -> None:
     """Write ``data`` (array-axis order) to ``path`` as a gzip NRRD in LPS space.
 
@@ -185,6 +194,8 @@ def write_nrrd(
         Geometry in array-axis order (LPS).
     description : str
         Stored in the ``content`` field.
+    extra_fields : dict, optional
+        Custom ``key:=value`` header fields (e.g. Slicer segment fields).
     """
     import nrrd
 
@@ -205,4 +216,6 @@ def write_nrrd(
         data = data.astype(data.dtype.newbyteorder("<"), copy=False)
     if description:
         header["content"] = description.replace("\n", " ")
+    for key, value in (extra_fields or {}).items():
+        header[key] = str(value).replace("\n", " ")
     nrrd.write(str(path), np.ascontiguousarray(data), header, index_order="C", compression_level=3)

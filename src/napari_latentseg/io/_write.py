@@ -11,8 +11,9 @@ import numpy as np
 
 from ..runtime.files import atomic_path
 from ._volume import VolumeIOError, geometry_from_dict
+from .labels_meta import classes_to_nrrd_fields, normalize_classes, write_label_sidecars
 
-__all__ = ["WRITE_EXTENSIONS", "save_volume"]
+__all__ = ["WRITE_EXTENSIONS", "save_labels", "save_volume"]
 
 #: File name endings (lower case) written by :func:`save_volume`, and their format.
 WRITE_EXTENSIONS: dict[str, str] = {
@@ -137,6 +138,7 @@ def save_volume(
     kind: Literal["labels", "image"] = "image",
     overwrite: bool = False,
     reference: str | os.PathLike[str] | None = None,
+    classes: Any = None,
 ) -> Path:
     """Write a 2D/3D array to ``path`` in a physical geometry, atomically.
 
@@ -164,6 +166,13 @@ def save_volume(
         Image whose geometry is used when neither ``geometry`` nor explicit values are
         given; its file name is also recorded in the header (NIfTI ``descrip``, NRRD
         ``content``).
+    classes : class table, optional
+        Only with ``kind="labels"``: names and colours of the label values, in any form
+        :func:`napari_latentseg.io.labels_meta.normalize_classes` accepts (e.g.
+        ``{1: "liver", 2: ("tumour", [1, 0, 0])}``). NRRD stores them in the header as
+        3D Slicer segment fields; NIfTI/MetaImage in ``<stem>.labels.json`` and
+        ``<stem>.label.txt`` (ITK-SNAP) next to the file. Read back by
+        :func:`read_volume` as ``metadata["label_classes"]``.
 
     Returns
     -------
@@ -190,6 +199,14 @@ def save_volume(
     fmt = WRITE_EXTENSIONS[ext.lower()]
     if kind not in ("labels", "image"):
         raise VolumeIOError(f"{path}: kind must be 'labels' or 'image', got {kind!r}")
+    table: list[dict[str, Any]] = []
+    if classes is not None:
+        if kind != "labels":
+            raise VolumeIOError(f"{path}: class names can only be saved with kind='labels'")
+        try:
+            table = normalize_classes(classes)
+        except ValueError as exc:
+            raise VolumeIOError(f"{path}: invalid class table: {exc}") from exc
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: file already exists; pass overwrite=True to replace it")
     if path.is_dir():
@@ -211,17 +228,21 @@ def save_volume(
     if reference is not None:
         description += f"; ref={Path(reference).name}"
 
+    extra: dict[str, Any] = {}
     if fmt == "nifti":
         from ._nifti import write_nifti as writer
     elif fmt == "nrrd":
         from ._nrrd import write_nrrd as writer
+
+        if table:
+            extra["extra_fields"] = classes_to_nrrd_fields(table, arr)
     else:
         from ._metaimage import write_metaimage as writer
 
     try:
         with atomic_path(path, overwrite=overwrite, suffix=ext) as tmp:
             try:
-                writer(tmp, arr, sp, org, dirn, description=description)
+                writer(tmp, arr, sp, org, dirn, description=description, **extra)
             except Exception as exc:
                 raise VolumeIOError(
                     f"{path}: writing failed ({type(exc).__name__}: {exc})") from exc
@@ -230,4 +251,38 @@ def save_volume(
             f"{path}: file already exists; pass overwrite=True to replace it") from None
     except OSError as exc:
         raise VolumeIOError(f"{path}: cannot write ({exc})") from exc
+    if table and fmt != "nrrd":  # after the volume: sidecars never describe a missing file
+        write_label_sidecars(path, table)
     return path
+
+
+def save_labels(
+    path: str | os.PathLike[str],
+    data: Any,
+    geometry: dict[str, Any] | None = None,
+    *,
+    classes: Any = None,
+    **kwargs: Any,
+) -> Path:
+    """Write a label volume with its class names and colours (see :func:`save_volume`).
+
+    Parameters
+    ----------
+    path : path-like
+        ``.nrrd`` (``.seg.nrrd`` opens as a segmentation in 3D Slicer), ``.nii.gz``,
+        ``.nii`` or ``.mha``.
+    data : array-like
+        Non-negative integer labels in array-axis order.
+    geometry : dict, optional
+        As for :func:`save_volume`.
+    classes : class table, optional
+        ``{value: name}``, ``{value: (name, colour)}`` or ``[{"value", "name", "color"}]``.
+    **kwargs
+        ``spacing``, ``origin``, ``direction``, ``overwrite``, ``reference``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written label volume.
+    """
+    return save_volume(path, data, geometry, kind="labels", classes=classes, **kwargs)
