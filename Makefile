@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= demo_output
 
-.PHONY: test demo bench lint sysdeps sample-data screenshots clean
+.PHONY: test demo bench bench-gpu lint sysdeps sample-data screenshots clean
 
 $(STAMP): pyproject.toml constraints.txt
 	bash scripts/setup_env.sh
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 sample-data: $(STAMP)
 	$(BIN)/python -m napari_latentseg.data.phantom src/napari_latentseg/sample_data

@@ -10,6 +10,7 @@ nothing saved before is touched (saving is the caller's choice, and never overwr
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -19,7 +20,13 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..models.config import DEFAULT_CONFIG, ModelConfig, build_network, get_config
-from ..runtime.device import autocast, configure_threads, prefers_channels_last, resolve_device
+from ..runtime.device import (
+    amp_dtype,
+    autocast,
+    configure_threads,
+    prefers_channels_last,
+    resolve_device,
+)
 from ..runtime.progress import drive
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
@@ -108,10 +115,22 @@ def _kl(z_mu, z_sigma):
     return kl.mean()
 
 
+def _refuse_constant(data: np.ndarray, name: str, raw: bool = True) -> None:
+    """Raise ValueError if ``data`` holds a single value: a VAE has nothing to learn from it."""
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        value = f"the value {float(lo):g}" if raw else "the same value after normalisation"
+        raise ValueError(f"{name} is constant (every voxel has {value}): there is nothing to "
+                         "learn; check that the right file or series was loaded")
+
+
 def _to_tensor(batch: np.ndarray, device, channels_last: bool):
     import torch
 
-    t = torch.from_numpy(batch).to(device, non_blocking=True)
+    t = torch.from_numpy(batch)
+    if device.type == "cuda":  # non_blocking is a no-op from pageable memory
+        t = t.pin_memory()
+    t = t.to(device, non_blocking=True)
     if channels_last and t.ndim == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t
@@ -194,6 +213,8 @@ def fit_iter(
             if cfg.spatial_dims == 3 and (len(info.shape) < 3 or info.shape[0] < 2):
                 raise ValueError(f"{info.name}: a 3D configuration needs a 3D volume, got "
                                  f"{info.shape}")
+            # The scan was just read and is resident: this get() does not read it again.
+            _refuse_constant(volumes.get(i).data, info.name, raw=False)
 
         sampler = StreamingCropSampler(volumes, cfg, seed=opts.seed + rank,
                                        rotate_every=volumes.rotate_every, n_validation=n_val)
@@ -210,6 +231,7 @@ def fit_iter(
                     f"volume {i}: a 3D configuration needs a 3D volume, got {arr.shape}")
             prepared.append(
                 prepare_volume(arr, mod, holdout_every=opts.holdout_every, seed=opts.seed))
+            _refuse_constant(arr, f"volume {i}" if len(volumes) > 1 else "the image")
         norm_dict = prepared[0].normalizer.to_dict()
         sampler = CropSampler(prepared, cfg, seed=opts.seed + rank)
         scan_modalities = [p.modality for p in prepared]
@@ -226,8 +248,10 @@ def fit_iter(
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_net = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = None
+        if device.type == "cuda":  # "cuda" without an index (from "auto") is the current GPU
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        train_net = DistributedDataParallel(net, device_ids=ids)
         torch.manual_seed(opts.seed + rank)  # different latent noise per rank
 
     def agree(*flags: bool) -> list[bool]:
@@ -242,7 +266,11 @@ def fit_iter(
     warmup = min(50, max(1, opts.steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup))
     use_amp = opts.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    # Loss scaling only for float16 (bfloat16 has float32's range); the discriminator gets its
+    # own scaler, as its backward pass would otherwise run unscaled in float16.
+    fp16 = use_amp and amp_dtype(device) == torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    d_scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
     disc = d_optim = adv_loss = None
     if opts.adversarial:
@@ -315,10 +343,14 @@ def fit_iter(
                     + adv_loss(real, target_is_real=True, for_discriminator=True)
                 )
             d_optim.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_optim.step()
+            d_scaler.scale(d_loss).backward()
+            d_scaler.step(d_optim)
+            d_scaler.update()
             d_loss_val = float(d_loss.detach())
-        (diverged,) = agree(not bool(torch.isfinite(loss)))
+        # One device-to-host copy for the three losses (each float() is a GPU sync).
+        loss_v, recon_v, kl_v = torch.stack(
+            [loss.detach().float(), recon_loss.detach().float(), kl.detach().float()]).tolist()
+        (diverged,) = agree(not math.isfinite(loss_v))
         if diverged:
             reason = "diverged"
             break
@@ -326,9 +358,9 @@ def fit_iter(
             "stage": "fit",
             "step": step,
             "total": opts.steps,
-            "loss": float(loss.detach()),
-            "recon": float(recon_loss.detach()),
-            "kl": float(kl.detach()),
+            "loss": loss_v,
+            "recon": recon_v,
+            "kl": kl_v,
             "lr": float(sched.get_last_lr()[0]),
             "step_time": time.perf_counter() - t0,
             "elapsed": time.perf_counter() - t_start,

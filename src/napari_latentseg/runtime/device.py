@@ -9,6 +9,7 @@ __all__ = [
     "THREADS_ENV",
     "resolve_device",
     "autocast",
+    "amp_dtype",
     "configure_threads",
     "available_devices",
     "usable_cores",
@@ -89,11 +90,27 @@ def prefers_channels_last(device, spatial_dims: int) -> bool:
     return device.type == "cpu" and spatial_dims == 2
 
 
+def amp_dtype(device):
+    """Mixed-precision type on ``device``: bfloat16 where the GPU has it natively, else float16.
+
+    ``None`` off CUDA. ``torch.cuda.is_bf16_supported()`` alone is not enough: by default it
+    also says yes where bfloat16 is only emulated (pre-Ampere GPUs such as V100/T4, where it is
+    slow) and it asks about the current GPU rather than ``device``.
+    """
+    import torch
+
+    if device.type != "cuda":
+        return None
+    if torch.version.hip:  # ROCm: its own answer (MI200 and later have bfloat16)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 def autocast(device, enabled: bool = True):
-    """bf16/fp16 autocast on CUDA (bf16 where supported); a no-op context elsewhere."""
+    """bf16/fp16 autocast on CUDA (see :func:`amp_dtype`); a no-op context elsewhere."""
     import torch
 
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype(device))

@@ -1,0 +1,520 @@
+"""`make bench-gpu`: fit speed, reconstruction, segmentation and CPU/GPU agreement on a CUDA GPU.
+
+One run, under 8 minutes in all (``--budget``, default 450 s; every fit, reconstruction and
+segmentation has its own cap and items that no longer fit in the budget are skipped and listed),
+so it can be rerun at once. Mixed precision is on (the default); wall times are taken between
+``torch.cuda.synchronize()`` calls and GPU memory is ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats`` (tensors only, not the allocator's cache or the CUDA context).
+
+Sections, in priority order: ``fit`` (the default configuration on brain1 and lung2, whose
+models serve below; ``gpu-2d`` and ``gpu-3d`` last, capped, for speed), ``reconstruct`` (lung2
+and a synthetic 400x512x512 CT made here, anomaly candidates included as users get them),
+``segment`` (a few-shot lung2 round on the largest-tumour slice with a fresh feature cache,
+then again with it filled) and ``cpu_vs_gpu`` (the same lung2 model on the CPU: reconstruction
+difference in normalised units, Dice between the CPU and GPU labels).
+
+``steps_per_s`` is 1 / the median step time after 5 warm-up steps (sampling, transfer,
+forward, backward, optimiser, losses read back). ``time_to_usable_s`` is the fit's elapsed time
+(data preparation included) at the first validation whose held-out L1 error is within 1 dB (a
+factor 10^(1/20) = 1.122) of the best held-out L1 that fit reached: the fit's own validation
+history, every 50 steps by default, so the figure has that granularity.
+
+Targets on a datacenter GPU: brain1 default fit <= 20 s; lung2 cached round <= 1 s;
+400x512x512 reconstruction <= 10 s and < 8 GB of GPU memory. Missed targets are reported, not
+failures. ``--dry-run`` runs every section on the CPU with tiny synthetic data and models
+(seconds) to check the script's code paths.
+
+Usage: ``python benchmarks/bench_gpu.py [--data DIR] [--out bench_gpu.json] [--dry-run]``.
+Exit codes: 0 done, 1 a section raised (see ``errors``), 2 no CUDA GPU, 3 no data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA_ENV = "LATENTSEG_BENCH_DATA"
+EXIT_NO_CUDA, EXIT_NO_DATA = 2, 3
+BIG_SHAPE = (400, 512, 512)
+USABLE_DB = 1.0
+CONFIGS = ("default", "gpu-2d", "gpu-3d")
+TINY = {"default": "tiny", "gpu-2d": "tiny", "gpu-3d": "tiny-3d"}  # --dry-run stand-ins
+TARGETS = [  # (name, section path, key, limit, comparison)
+    ("brain1 default fit s", ("fit", "brain1", "default"), "wall_s", 20.0, "<="),
+    ("lung2 segmentation round, features cached, s", ("segment", "lung2", "cached"),
+     "wall_s", 1.0, "<="),
+    ("400x512x512 reconstruction s", ("reconstruct", "synthetic"), "wall_s", 10.0, "<="),
+    ("400x512x512 reconstruction peak GPU MiB (8 GB)", ("reconstruct", "synthetic"),
+     "peak_gpu_mb", 8e9 / 2**20, "<"),
+]
+
+
+def default_data() -> Path:
+    """``$LATENTSEG_BENCH_DATA``, else the first ``shared/data/pyradiomics`` found upwards."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    for base in (ROOT, ROOT.parent, ROOT.parent.parent):
+        cand = base / "shared" / "data" / "pyradiomics"
+        if cand.is_dir():
+            return cand
+    return ROOT / "shared" / "data" / "pyradiomics"
+
+
+class Budget:
+    """Seconds left of the whole run (started at ``t0``, a ``time.perf_counter()``)."""
+
+    def __init__(self, total: float, t0: float) -> None:
+        self.total, self.t0 = total, t0
+
+    def left(self) -> float:
+        return self.total - (time.perf_counter() - self.t0)
+
+
+class Clock:
+    """Wall time between device synchronisations, and peak GPU memory of the block."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.s, self.peak_mb = cuda, 0.0, None
+
+    def __enter__(self) -> Clock:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        self.s = time.perf_counter() - self.t0
+
+
+def capped(cap_s: float) -> tuple[threading.Event, threading.Timer]:
+    """A stop event set after ``cap_s`` seconds (cancel the timer when done)."""
+    ev = threading.Event()
+    timer = threading.Timer(max(1.0, cap_s), ev.set)
+    timer.daemon = True
+    timer.start()
+    return ev, timer
+
+
+def machine(cuda: bool) -> dict:
+    import torch
+
+    from napari_latentseg.runtime.device import amp_dtype
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda_build": torch.version.cuda, "cpu_cores": os.cpu_count()}
+    if cuda:
+        dev = torch.device("cuda")
+        props = torch.cuda.get_device_properties(dev)
+        info.update(gpu=props.name, capability=list(torch.cuda.get_device_capability(dev)),
+                    gpu_memory_mb=round(props.total_memory / 2**20),
+                    amp_dtype=str(amp_dtype(dev)).replace("torch.", ""),
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def warm_up(cuda: bool) -> float:
+    """One-time costs (imports, CUDA context) kept out of the first timed item; returns seconds.
+
+    They are reported as ``warmup_s``: a user's first fit in a fresh process pays them too.
+    """
+    t0 = time.perf_counter()
+    import scipy.ndimage  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import torch
+    from monai.networks.nets import AutoencoderKL  # noqa: F401  (the slowest import)
+
+    import napari_latentseg.engine.infer  # noqa: F401
+    import napari_latentseg.engine.segment  # noqa: F401
+    import napari_latentseg.engine.train  # noqa: F401
+
+    conv = torch.nn.Conv2d(1, 8, 3)
+    torch.optim.Adam(conv.parameters())  # its first use imports torch._dynamo (seconds)
+    if cuda:
+        from napari_latentseg.runtime.device import autocast
+
+        dev = torch.device("cuda")
+        conv = conv.to(dev)
+        with autocast(dev):
+            conv(torch.zeros(2, 1, 32, 32, device=dev)).sum().item()
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A CT-like int16 volume: body ellipse (soft tissue, noise), two lungs, a few nodules."""
+    rng = np.random.default_rng(seed)
+    z, h, w = shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    body = ((yy - h / 2) / (0.4 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    lungs = np.zeros((h, w), bool)
+    for cx in (0.32 * w, 0.68 * w):
+        lungs |= ((yy - 0.48 * h) / (0.25 * h)) ** 2 + ((xx - cx) / (0.13 * w)) ** 2 < 1
+    base = np.where(body, np.where(lungs, -820.0, 40.0), -1000.0).astype(np.float32)
+    out = np.empty(shape, np.int16)
+    for k in range(z):
+        noise = rng.standard_normal((h, w), dtype=np.float32) * 25.0
+        out[k] = np.clip(base + noise * body, -1024, 3000).astype(np.int16)
+    for _ in range(6):  # nodules
+        c = rng.uniform([0.1 * z, 0.35 * h, 0.25 * w], [0.9 * z, 0.6 * h, 0.75 * w])
+        r = rng.uniform(3, 10)
+        lo, hi = np.maximum(0, (c - r).astype(int)), np.minimum(shape, (c + r + 1).astype(int))
+        g = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        ball = sum((a - ci) ** 2 for a, ci in zip(g, c, strict=True)) < r * r
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]][ball] = 30
+    return out
+
+
+def load_cases(data: Path, dry: bool) -> dict:
+    """``{name: (image, truth or None, modality)}``: pyradiomics scans, or tiny phantoms."""
+    if dry:
+        from napari_latentseg.data.phantom import make_phantom
+
+        out = {}
+        for name, seed in (("brain1", 1), ("lung2", 2)):
+            ph = make_phantom((16, 48, 48), spacing=(4.0, 4.0, 4.0), seed=seed)
+            truth = np.where(ph.labels == 7, 2, 1).astype(np.int64)  # lesion vs the rest
+            out[name] = (ph.image, truth, "MR")
+        return out
+    from napari_latentseg.io import read_volume
+
+    out = {}
+    for name in ("brain1", "lung2"):
+        img_path, lab_path = data / f"{name}_image.nrrd", data / f"{name}_label.nrrd"
+        if not img_path.exists():
+            continue
+        vol = read_volume(img_path)
+        truth = (np.where(read_volume(lab_path).data > 0, 2, 1).astype(np.int64)
+                 if lab_path.exists() else None)
+        out[name] = (vol.data, truth, vol.metadata.get("modality"))
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray, classes) -> dict:
+    out = {}
+    for c in classes:
+        denom = int((a == c).sum() + (b == c).sum())
+        out[str(int(c))] = round(float(2 * ((a == c) & (b == c)).sum() / denom), 4) \
+            if denom else None
+    return out
+
+
+class Bench:
+    """Runs the sections and keeps the results (written after every section)."""
+
+    def __init__(self, args: argparse.Namespace, cuda: bool, t0: float) -> None:
+        self.args, self.dry = args, args.dry_run
+        self.dev = "cpu" if self.dry else args.device
+        # Synchronise and read GPU memory only when the GPU is what is measured.
+        self.cuda = cuda and self.dev == "cuda"
+        self.budget = Budget(args.budget, t0)
+        self.models: dict = {}
+        self.kept: dict = {}  # GPU outputs reused by the CPU comparison
+        self.res: dict = {
+            "dry_run": self.dry, "device": self.dev, "budget_s": args.budget,
+            "machine": machine(self.cuda),
+            "definitions": {
+                "steps_per_s": "1 / median step time after 5 warm-up steps",
+                "time_to_usable_s": f"fit elapsed time at the first validation with held-out "
+                                    f"L1 within {USABLE_DB:g} dB of the fit's best held-out L1",
+                "wall_s": "wall time between torch.cuda.synchronize() calls",
+                "peak_gpu_mb": "torch.cuda.max_memory_allocated after reset_peak_memory_stats",
+                "recon_diff_norm": "|GPU - CPU| reconstruction in normalised units",
+            },
+            "fit": {}, "reconstruct": {}, "segment": {}, "cpu_vs_gpu": {},
+            "targets": [], "skipped": [], "errors": [],
+        }
+
+    # ------------------------------------------------------------------ helpers
+    def save(self) -> None:
+        self.res["total_s"] = round(self.args.budget - self.budget.left(), 1)
+        self.args.out.write_text(json.dumps(self.res, indent=2))
+
+    def item(self, path: tuple[str, ...], need_s: float, fn) -> dict | None:
+        """Run ``fn()`` into ``res[path]`` unless the budget is short; errors are kept."""
+        label = "/".join(path)
+        if self.budget.left() < need_s:
+            self.res["skipped"].append(f"{label}: {self.budget.left():.0f} s left of the "
+                                       f"budget, {need_s:.0f} s needed")
+            print(f"  skip {label} (budget)", flush=True)
+            return None
+        where = self.res
+        for key in path[:-1]:
+            where = where.setdefault(key, {})
+        print(f"  {label} ...", flush=True)
+        try:
+            out = fn()
+        except Exception as exc:  # one failed item must not lose the others
+            import torch
+
+            if self.cuda:
+                torch.cuda.empty_cache()
+            msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            where[path[-1]] = {"error": msg}
+            self.res["errors"].append(f"{label}: {msg}")
+            print(f"    error: {msg}", flush=True)
+            return None
+        where[path[-1]] = out
+        print(f"    {json.dumps({k: v for k, v in out.items() if not isinstance(v, list)})}",
+              flush=True)
+        self.save()
+        return out
+
+    def cap(self, want: float) -> float:
+        return max(5.0, min(want, self.budget.left() - 20))
+
+    # ------------------------------------------------------------------ sections
+    def fit(self, name: str, image, modality, config: str, cap_s: float) -> dict:
+        from napari_latentseg.engine.train import FitOptions, fit
+        from napari_latentseg.models.config import DEFAULT_CONFIG
+
+        extra = {"steps": 4, "eval_every": 2, "patience": 0} if self.dry else {}
+        cfg = TINY[config] if self.dry else (DEFAULT_CONFIG if config == "default" else config)
+        opts = FitOptions(device=self.dev, amp=True, minutes=cap_s / 60, **extra)
+        with Clock(self.cuda) as c:
+            res = fit(image, cfg, opts, modalities=[modality], sources=[name])
+        times = [h["step_time"] for h in res.history if "step_time" in h]
+        steady = times[5:] or times
+        vals = [h for h in res.history if "val" in h]
+        limit = res.best_val * 10 ** (USABLE_DB / 20)
+        usable = next((h for h in vals if h["val"] <= limit), None)
+        self.models[(name, config)] = res.model
+        return {
+            "config": cfg, "wall_s": round(c.s, 2), "steps": res.steps,
+            "stop_reason": res.reason, "cap_s": round(cap_s, 1),
+            "steps_per_s": round(1 / float(np.median(steady)), 2) if steady else None,
+            "overall_steps_per_s": round(res.steps / c.s, 2),
+            "first_step_s": round(times[0], 3) if times else None,
+            "best_val_l1": round(res.best_val, 5),
+            "time_to_usable_s": round(usable["elapsed"], 2) if usable else None,
+            "steps_to_usable": usable["step"] if usable else None,
+            "val_history": [[h["step"], round(h["elapsed"], 2), round(h["val"], 5)]
+                            for h in vals],
+            "peak_gpu_mb": c.peak_mb,
+        }
+
+    def reconstruct(self, model, image, modality, cap_s: float, keep: str | None = None
+                    ) -> dict:
+        from napari_latentseg.engine.infer import reconstruct
+        from napari_latentseg.runtime.progress import Cancelled
+
+        ev, timer = capped(cap_s)
+        try:
+            with Clock(self.cuda) as c:
+                rec = reconstruct(model, image, modality=modality, stop_event=ev)
+        except Cancelled:
+            raise TimeoutError(f"not finished within its {cap_s:.0f} s cap") from None
+        finally:
+            timer.cancel()
+        if keep:
+            self.kept[keep] = rec
+        return {"config": model.config.name, "shape": list(image.shape),
+                "wall_s": round(c.s, 2), "voxels_per_s": round(image.size / c.s),
+                "anomaly_candidates": rec.n_candidates, "peak_gpu_mb": c.peak_mb,
+                "device": rec.info["device"]}
+
+    def segment(self, model, image, modality, ann, truth, cache, cap_s: float,
+                keep: str | None = None) -> dict:
+        from napari_latentseg.engine.segment import segment
+        from napari_latentseg.runtime.progress import Cancelled
+
+        ev, timer = capped(cap_s)
+        try:
+            with Clock(self.cuda) as c:
+                res = segment(model, image, ann, modality=modality, cache=cache, stop_event=ev)
+        except Cancelled:
+            raise TimeoutError(f"not finished within its {cap_s:.0f} s cap") from None
+        finally:
+            timer.cancel()
+        if keep:
+            self.kept[keep] = res.labels
+        held = ~ann.reshape(ann.shape[0], -1).any(1)
+        classes = [c_ for c_ in res.classes if c_ != 1]
+        return {"wall_s": round(c.s, 2), "cache_hit": res.cache_hit,
+                "dice_vs_truth_unannotated": dice(res.labels[held], truth[held], classes),
+                "peak_gpu_mb": c.peak_mb}
+
+    def run(self, cases: dict) -> None:
+        r = self.res
+        default_cap = 60.0 if not self.dry else 30.0
+        print("fit (default configuration)", flush=True)
+        for name, (img, _, mod) in cases.items():
+            self.item(("fit", name, "default"), 30,
+                      lambda img=img, mod=mod, name=name: self.fit(
+                          name, img, mod, "default", self.cap(default_cap)))
+        ref = "lung2" if ("lung2", "default") in self.models else next(
+            (n for n, c in self.models if c == "default"), None)
+        print("reconstruct", flush=True)
+        ann = None
+        big = synthetic_ct((8, 64, 64) if self.dry else BIG_SHAPE)
+        if ref is not None:
+            model = self.models[(ref, "default")]
+            img, truth, mod = cases[ref]
+            self.item(("reconstruct", ref), 20, lambda: self.reconstruct(
+                model, img, mod, self.cap(60), keep="rec"))
+            self.item(("reconstruct", "synthetic"), 40, lambda: self.reconstruct(
+                model, big, "CT", self.cap(90)))
+            print("segment", flush=True)
+            if truth is not None:
+                from napari_latentseg.engine.segment import FeatureCache
+
+                area = (truth == 2).reshape(truth.shape[0], -1).sum(1)
+                ann = np.zeros_like(truth)
+                z = int(np.argmax(area))
+                ann[z] = truth[z]
+                cache = FeatureCache()
+                r["segment"][ref] = {"annotated_slice": z}
+                self.item(("segment", ref, "uncached"), 20, lambda: self.segment(
+                    model, img, mod, ann, truth, cache, self.cap(90), keep="seg"))
+                self.item(("segment", ref, "cached"), 10, lambda: self.segment(
+                    model, img, mod, ann, truth, cache, self.cap(60)))
+            print("cpu_vs_gpu", flush=True)
+            self.compare(model, img, mod, truth, ann, ref)
+        else:
+            r["skipped"].append("reconstruct, segment, cpu_vs_gpu: no default model")
+        print("fit (gpu-2d, gpu-3d) and their reconstruction", flush=True)
+        for config in CONFIGS[1:]:
+            for name, (img, _, mod) in cases.items():
+                self.item(("fit", name, config), 35, lambda img=img, mod=mod, name=name,
+                          config=config: self.fit(name, img, mod, config, self.cap(25)))
+            model = self.models.get((ref, config))
+            if model is not None:
+                img, _, mod = cases[ref]
+                self.item(("reconstruct", f"{ref} {config}"), 20,
+                          lambda model=model, img=img, mod=mod: self.reconstruct(
+                              model, img, mod, self.cap(40)))
+                # The large case last, only with time to spare (a minute or more on a GPU).
+                self.item(("reconstruct", f"synthetic {config}"), 90,
+                          lambda model=model: self.reconstruct(model, big, "CT", self.cap(60)))
+            for key in [k for k in self.models if k[1] == config]:
+                self.models[key].to("cpu")  # frees the GPU for the next configuration
+
+    def compare(self, model, img, mod, truth, ann, ref: str) -> None:
+        """The same model on the CPU: reconstruction difference and label agreement."""
+        from napari_latentseg.engine.normalize import Normalizer
+
+        self.res["cpu_vs_gpu"]["case"] = ref
+        if "rec" not in self.kept:
+            self.res["skipped"].append("cpu_vs_gpu: no GPU reconstruction to compare")
+            return
+        cpu_model = copy.deepcopy(model).to("cpu")
+        gpu_rec = self.kept["rec"]
+        saved_cuda, self.cuda = self.cuda, False  # CPU timings: no device syncs
+
+        def recon() -> dict:
+            m = self.reconstruct(cpu_model, img, mod, self.cap(90), keep="cpu_rec")
+            cpu_rec = self.kept.pop("cpu_rec")
+            norm = Normalizer.from_dict(gpu_rec.info["normalization"])
+            d = np.abs(norm(gpu_rec.reconstruction) - norm(cpu_rec.reconstruction))
+            m.update(recon_diff_norm_mean=float(d.mean()),
+                     recon_diff_norm_p99=float(np.percentile(d, 99)),
+                     recon_diff_norm_max=float(d.max()),
+                     error_map_diff_max=float(np.abs(gpu_rec.error - cpu_rec.error).max()),
+                     anomaly_candidates_gpu=gpu_rec.n_candidates)
+            if gpu_rec.anomalies is not None and cpu_rec.anomalies is not None:
+                m["anomaly_mask_dice"] = dice(gpu_rec.anomalies > 0, cpu_rec.anomalies > 0,
+                                              [True])["1"]
+            return m
+
+        def seg() -> dict:
+            m = self.segment(cpu_model, img, mod, ann, truth, None, self.cap(120),
+                             keep="cpu_seg")
+            a, b = self.kept["seg"], self.kept.pop("cpu_seg")
+            m.update(labels_dice_gpu_vs_cpu=dice(a, b, np.unique(truth)),
+                     labels_equal_fraction=round(float((a == b).mean()), 5))
+            return m
+
+        try:
+            self.item(("cpu_vs_gpu", "reconstruction"), 30, recon)
+            if ann is not None and "seg" in self.kept:
+                self.item(("cpu_vs_gpu", "segmentation"), 40, seg)
+        finally:
+            self.cuda = saved_cuda
+
+    def targets(self) -> None:
+        for name, path, key, limit, op in TARGETS:
+            node = self.res
+            for p in path:
+                node = node.get(p, {}) if isinstance(node, dict) else {}
+            value = node.get(key) if isinstance(node, dict) else None
+            met = None
+            if value is not None and self.cuda:  # GPU targets: not judged on the CPU
+                met = value <= limit if op == "<=" else value < limit
+            self.res["targets"].append({"name": name, "limit": f"{op} {limit:g}",
+                                        "value": value, "met": met})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"pyradiomics scans (default: ${DATA_ENV} or shared/data/pyradiomics)")
+    p.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run (default 450; 300 with --dry-run, which "
+                   "needs far less, but a shared CPU can be slow)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every section on the CPU with tiny synthetic data (checks the script)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: the full-size run on the CPU (slow; for checking the script)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.dry_run and args.device == "cuda":
+        print(f"bench_gpu: no CUDA GPU available (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda or 'none'}); this benchmark needs a CUDA machine "
+              "(use --dry-run to check the script on the CPU)", file=sys.stderr)
+        return EXIT_NO_CUDA
+    if args.budget is None:
+        args.budget = 300.0 if args.dry_run else 450.0
+    data = args.data or default_data()
+    cases = load_cases(data, args.dry_run)
+    if not cases:
+        print(f"bench_gpu: no brain1/lung2 scans in {data}; pass --data DIR or set "
+              f"${DATA_ENV}", file=sys.stderr)
+        return EXIT_NO_DATA
+    from napari_latentseg.runtime.device import configure_threads
+
+    configure_threads()
+    bench = Bench(args, cuda, t0)
+    bench.res["data"] = "synthetic (dry run)" if args.dry_run else str(data)
+    missing = {"brain1", "lung2"} - set(cases)
+    if missing:
+        bench.res["skipped"].append(f"cases not found in {data}: {sorted(missing)}")
+    print(f"bench_gpu on {bench.dev} ({bench.res['machine'].get('gpu', 'CPU')}), budget "
+          f"{args.budget:.0f} s{' (dry run)' if args.dry_run else ''}", flush=True)
+    bench.res["warmup_s"] = round(warm_up(bench.cuda), 2)
+    bench.run(cases)
+    bench.targets()
+    bench.save()
+    print(f"\nwrote {args.out} in {bench.res['total_s']} s")
+    for t in bench.res["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        print(f"  {t['name']}: {t['value']} (target {t['limit']}): {verdict}")
+    for s in bench.res["skipped"]:
+        print(f"  skipped: {s}")
+    return 1 if bench.res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
