@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._layer_geometry import axis_kwargs
 from .._writer import geometry_from_layer_attributes
 
 if TYPE_CHECKING:
@@ -199,7 +200,8 @@ def upsert_output(
         if contrast_limits is not None:
             layer.contrast_limits = contrast_limits
         return layer
-    kwargs = dict(display, name=output_name(source, role), metadata=metadata, **geom)
+    kwargs = dict(display, name=output_name(source, role), metadata=metadata, **geom,
+                  **axis_kwargs(np.ndim(data)))
     if kind == "labels":
         return viewer.add_labels(data, **kwargs)
     if contrast_limits is not None:

@@ -9,7 +9,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QVBoxLayout, QWidget
 
 from ...io import list_dicom_series, read_volume
-from .._reader import layer_data_from_volume
+from .._reader import layer_data_from_volume, widen_contrast_range
 from ._base import Section, button_row, hint
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class ScanSection(Section):
 
         def job(stop):
             yield {"stage": "read", "message": f"reading {name}"}
-            return read_volume(path, series_uid=series_uid)
+            # A single DICOM file stands for its series, as in Slicer and ITK-SNAP.
+            return read_volume(path, series_uid=series_uid, whole_series=True)
 
         return self.session.tasks.start(f"Opening {name}", job, on_return=self._add_volume,
                                      stoppable=False)
@@ -88,6 +89,8 @@ class ScanSection(Section):
         data, kwargs, kind = layer_data_from_volume(vol)
         layer = (self.viewer.add_labels if kind == "labels" else self.viewer.add_image)(
             data, **kwargs)
+        if kind != "labels":
+            widen_contrast_range(layer)  # the opening window is a start, not a limit
         if kind == "labels":
             show_info(f"'{layer.name}' looks like a label file and was opened as labels; open "
                       "the image it belongs to as the scan.")

@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
 from ...engine.segment import validate_annotations
 from ...io import save_volume
 from ...pipeline import cluster_job, segment_job
+from .._layer_geometry import axis_kwargs
 from ._base import Section, hint
 from ._layers import (
     check_scan_layer,
@@ -223,7 +224,8 @@ class SegmentSection(Section):
             pass
         ann = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8),
                                      name=output_name(layer, "annotations"), metadata=metadata,
-                                     opacity=0.7, **geometry_kwargs(layer))
+                                     opacity=0.7, **geometry_kwargs(layer),
+                                     **axis_kwargs(len(shape)))
         self.annotations.set_layer(ann)
         self.viewer.layers.selection.active = ann
         ann.selected_label = 1
