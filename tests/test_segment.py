@@ -114,7 +114,7 @@ def test_next_round_starts_from_the_fine_tuned_model(tiny_model, small_phantom, 
 
 def test_fine_tuned_head_is_checked_on_held_out_annotations(tiny_model, small_phantom,
                                                            annotations):
-    from napari_latentseg.engine.segment import _holdout
+    from napari_latentseg.engine.segment.holdout import holdout as _holdout
 
     held = _holdout(annotations, seed=0)
     assert held is not None and held.any()
@@ -296,7 +296,7 @@ def test_projections_equal_the_full_hypercolumn(name):
 
 
 def test_suggestion_looks_where_the_object_could_be():
-    from napari_latentseg.engine.segment import _object_region
+    from napari_latentseg.engine.segment.suggest import object_region as _object_region
 
     ann = np.zeros((8, 20, 20), dtype=np.uint8)
     ann[0] = 1
@@ -352,13 +352,17 @@ def test_options_object_and_keywords_are_the_same_round(tiny_model, small_phanto
         segment(tiny_model, small_phantom.image, annotations, finetune_step=3)
 
 
-def test_label_ids_above_16_bits(tiny_model, small_phantom, annotations, few_shot, tmp_path):
+def test_label_ids_above_16_bits_and_float_annotations(tiny_model, small_phantom, annotations,
+                                                       few_shot, tmp_path):
     """Ids past 65535 are kept as such (uint32), the same round as with small ids."""
     big = np.where(annotations > 0, annotations.astype(np.int64) + 70_000, 0)
     res = segment(tiny_model, small_phantom.image, big)
     assert res.classes == [c + 70_000 for c in few_shot.classes]
     assert res.labels.dtype == np.uint32
     np.testing.assert_array_equal(res.labels, few_shot.labels.astype(np.uint32) + 70_000)
+    # Integer-valued float annotations are the same annotations.
+    floats = segment(tiny_model, small_phantom.image, annotations.astype(np.float32))
+    np.testing.assert_array_equal(floats.labels, few_shot.labels)
     # keep_connected widens labels whose type cannot hold a class id.
     labels = np.ones((1, 4, 4), dtype=np.uint16)
     ann = np.zeros_like(labels)
@@ -401,6 +405,12 @@ def test_head_round_trips_through_its_file_format(tiny_model, small_phantom, ann
         {k: v for k, v in record.items() if k != "state_dict"}
     for k, v in record["state_dict"].items():
         assert torch.equal(again["state_dict"][k], v)
+    # A later round continues the head at its own width, whatever ``hidden`` says, so the
+    # round after that still loads it.
+    r2 = segment(res.model, small_phantom.image, annotations, classifier="mlp", head_steps=2)
+    assert r2.model.head["hidden"] == 16 and r2.model.head["rounds"] == 2
+    r3 = segment(r2.model, small_phantom.image, annotations, classifier="mlp", head_steps=2)
+    assert r3.model.head["rounds"] == 3 and not any("new head" in n for n in r3.notes)
 
 
 def test_annotated_sample_is_balanced_and_in_volume_order():

@@ -34,11 +34,9 @@ from .annotations import validate_annotations
 from .cache import FeatureCache
 from .cluster import ClusterResult, cluster, cluster_iter
 from .fewshot import segment, segment_iter
-from .holdout import holdout as _holdout  # noqa: F401  (tests reach it by its old name)
 from .options import SegmentOptions
 from .postprocess import keep_connected
 from .state import SegmentationResult
-from .suggest import object_region as _object_region  # noqa: F401  (as above)
 from .suggest import suggest_slices
 
 __all__ = [
