@@ -72,7 +72,8 @@ def segment_iter(
     volume : np.ndarray
         Image (z, y, x) in its own units.
     annotations : np.ndarray
-        Same shape; 0 = not annotated, 1..N = classes (any ids up to 32 bits).
+        Same shape; 0 = not annotated, other ids = classes (any size: labels take the
+        smallest unsigned type holding them, uint32 past 65535).
     options : SegmentOptions, optional
         Classifier, fine-tuning and sampling options; the defaults without it.
     modality : str, optional
@@ -98,7 +99,7 @@ def segment_iter(
     cache = cache if cache is not None else FeatureCache()
     run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
     forest_feats = ForestFeatures(run, cache) if use_forest else None
-    hit = (forest_feats or run).cached is not None
+    hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
@@ -112,7 +113,6 @@ def segment_iter(
         blend = forest is not None and head_round is not None
         if blend and head_round.held is not None:
             blend = yield from _check_head(st, forest_feats, head_round, later_stop)
-
         predict = (ForestProbabilities(forest, forest_feats, st.n_classes)
                    if forest is not None else head_round.proba)
         probs = yield from _predict(st, run.volume_batches, predict, later_stop)
