@@ -114,7 +114,7 @@ def test_next_round_starts_from_the_fine_tuned_model(tiny_model, small_phantom, 
 
 def test_fine_tuned_head_is_checked_on_held_out_annotations(tiny_model, small_phantom,
                                                            annotations):
-    from napari_latentseg.engine.segment import _holdout
+    from napari_latentseg.engine.segment.holdout import holdout as _holdout
 
     held = _holdout(annotations, seed=0)
     assert held is not None and held.any()
@@ -296,7 +296,7 @@ def test_projections_equal_the_full_hypercolumn(name):
 
 
 def test_suggestion_looks_where_the_object_could_be():
-    from napari_latentseg.engine.segment import _object_region
+    from napari_latentseg.engine.segment.suggest import object_region as _object_region
 
     ann = np.zeros((8, 20, 20), dtype=np.uint8)
     ann[0] = 1
@@ -316,3 +316,123 @@ def test_suggestion_looks_where_the_object_could_be():
     # Nothing in doubt: the body is the region.
     probs[0] = 1.0
     assert _object_region(probs, ann, [1, 2], body) is body
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classifier": "svm"}, "classifier"),
+        ({"finetune_steps": -1}, "finetune_steps"),
+        ({"head_steps": -5}, "head_steps"),
+        ({"hidden": 0}, "hidden"),
+        ({"max_per_class": 0}, "max_per_class"),
+        ({"finetune_lr": 0.0}, "finetune_lr"),
+        ({"encoder_lr_factor": -0.1}, "encoder_lr_factor"),
+    ],
+)
+def test_segment_options_are_checked(kwargs, message):
+    from napari_latentseg.engine.segment import SegmentOptions
+
+    with pytest.raises(ValueError, match=message):
+        SegmentOptions(**kwargs)
+
+
+def test_options_object_and_keywords_are_the_same_round(tiny_model, small_phantom, annotations,
+                                                        few_shot):
+    from napari_latentseg.engine.segment import SegmentOptions
+
+    opts = SegmentOptions(keep_connected_regions=False)
+    a = segment(tiny_model, small_phantom.image, annotations, opts)
+    b = segment(tiny_model, small_phantom.image, annotations, keep_connected_regions=False)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # Keywords apply over an options object; the default options give the default round.
+    c = segment(tiny_model, small_phantom.image, annotations, opts, keep_connected_regions=True)
+    np.testing.assert_array_equal(c.labels, few_shot.labels)
+    with pytest.raises(TypeError, match="finetune_step"):
+        segment(tiny_model, small_phantom.image, annotations, finetune_step=3)
+
+
+def test_label_ids_above_16_bits_and_float_annotations(tiny_model, small_phantom, annotations,
+                                                       few_shot, tmp_path):
+    """Ids past 65535 are kept as such (uint32), the same round as with small ids."""
+    big = np.where(annotations > 0, annotations.astype(np.int64) + 70_000, 0)
+    res = segment(tiny_model, small_phantom.image, big)
+    assert res.classes == [c + 70_000 for c in few_shot.classes]
+    assert res.labels.dtype == np.uint32
+    np.testing.assert_array_equal(res.labels, few_shot.labels.astype(np.uint32) + 70_000)
+    # Integer-valued float annotations are the same annotations.
+    floats = segment(tiny_model, small_phantom.image, annotations.astype(np.float32))
+    np.testing.assert_array_equal(floats.labels, few_shot.labels)
+    # keep_connected widens labels whose type cannot hold a class id.
+    labels = np.ones((1, 4, 4), dtype=np.uint16)
+    ann = np.zeros_like(labels)
+    ann[0, 0, 0] = 1
+    probs = np.stack([np.full(labels.shape, 0.4), np.full(labels.shape, 0.6)])
+    out, changed = keep_connected(labels, probs, ann, [1, 70_000])
+    assert changed == 0 and out.dtype == np.uint32
+    labels[0, 3, 3] = 5  # no class, no seed: untouched
+    labels[0, 2:, :2] = 2  # unpainted class 2 goes to the next most probable class
+    out, changed = keep_connected(labels, np.stack([probs[0], probs[1], probs[1]]), ann,
+                                  [1, 2, 70_000])
+    assert changed == 4 and (out[0, 2:, :2] == 70_000).all() and out[0, 3, 3] == 5
+    # The CLI writes them as they are.
+    img = save_volume(tmp_path / "img.nii.gz", small_phantom.image, spacing=(4.0, 4.0, 4.0))
+    ann_file = save_volume(tmp_path / "ann.nii.gz", big, spacing=(4.0, 4.0, 4.0),
+                           kind="labels")
+    model = save_model(tiny_model, tmp_path / "vae.pt")
+    assert main(["segment", str(img), "-m", str(model), "-a", str(ann_file), "-o",
+                 str(tmp_path / "seg.nii.gz"), "-q"]) == 0
+    np.testing.assert_array_equal(read_volume(tmp_path / "seg.nii.gz").data, res.labels)
+
+
+def test_head_round_trips_through_its_file_format(tiny_model, small_phantom, annotations,
+                                                  tmp_path):
+    import torch
+
+    from napari_latentseg.models.head import head_matches, pack_head, unpack_head
+
+    res = segment(tiny_model, small_phantom.image, annotations, classifier="mlp", head_steps=5,
+                  hidden=16)
+    record = load_model(save_model(res.model, tmp_path / "m.pt")).head
+    assert record["hidden"] == 16 and record["classes"] == res.classes
+    assert record["annotated_voxels"] == int((annotations > 0).sum())
+    assert head_matches(record, res.classes, record["n_features"])
+    assert not head_matches(record, res.classes[:-1], record["n_features"])
+    head = unpack_head(record, tiny_model.config.spatial_dims)
+    again = pack_head(head, res.classes, rounds=1, finetuned_encoder=False,
+                      annotated_voxels=record["annotated_voxels"])
+    assert {k: v for k, v in again.items() if k != "state_dict"} == \
+        {k: v for k, v in record.items() if k != "state_dict"}
+    for k, v in record["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v)
+    # A later round continues the head at its own width, whatever ``hidden`` says, so the
+    # round after that still loads it.
+    r2 = segment(res.model, small_phantom.image, annotations, classifier="mlp", head_steps=2)
+    assert r2.model.head["hidden"] == 16 and r2.model.head["rounds"] == 2
+    r3 = segment(r2.model, small_phantom.image, annotations, classifier="mlp", head_steps=2)
+    assert r3.model.head["rounds"] == 3 and not any("new head" in n for n in r3.notes)
+
+
+def test_annotated_sample_is_balanced_and_in_volume_order():
+    import torch
+
+    from napari_latentseg.engine.segment.annotations import annotated_batches, sample_annotated
+
+    ann = np.zeros((6, 4, 5), dtype=np.uint8)
+    ann[1, :, :] = 1  # 20 voxels of class 1
+    ann[2, 0, :3] = 2
+    ann[4, 1, 1] = 3
+    batches = annotated_batches(ann, per=1, spatial_dims=2)
+    assert [b.tolist() for b in batches] == [[1], [2], [4]]
+    assert [b.tolist() for b in annotated_batches(ann, 4, 2)] == [[1, 2], [4]]
+    # Features = the flat voxel index, so the sample says which voxels it took.
+    flat = torch.arange(ann.size, dtype=torch.float32)[:, None]
+
+    def rows_of(zs):
+        return flat.reshape(ann.shape[0], -1)[zs[0] : zs[-1] + 1].reshape(-1, 1)
+
+    x, y = sample_annotated(ann, rows_of, batches, 5, np.random.default_rng(0), None)
+    idx = x[:, 0].numpy().astype(int)
+    assert np.bincount(y).tolist() == [0, 5, 3, 1]
+    assert (np.diff(idx) > 0).all()  # volume order
+    np.testing.assert_array_equal(ann.reshape(-1)[idx], y)

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The head is part of a saved model: it lives in models/ (re-exported here for callers).
+from ..models.head import SegmentationHead
+
 __all__ = ["Hypercolumn", "SegmentationHead", "Segmenter", "gaussian_blur", "multiscale_features",
            "MULTISCALE_SIGMAS"]
 
@@ -221,41 +224,6 @@ class Hypercolumn(nn.Module):
         bias = first.bias - w_rest @ head.mean[n_tap:]
         z.add_(conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), bias))
         return head.net[1:](z)
-
-
-class SegmentationHead(nn.Module):
-    """Per-voxel MLP (1x1 convolutions) on standardised hypercolumn features."""
-
-    def __init__(self, n_features: int, n_classes: int, hidden: int = 64,
-                 spatial_dims: int = 2) -> None:
-        super().__init__()
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-        self.net = nn.Sequential(
-            conv(n_features, hidden, 1), nn.ReLU(inplace=True),
-            conv(hidden, hidden, 1), nn.ReLU(inplace=True),
-            conv(hidden, n_classes, 1),
-        )
-        self.spatial_dims = spatial_dims
-
-    def standardise(self, f: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (f.ndim - 2)
-        return (f - self.mean.view(shape)) / self.std.view(shape)
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(self.standardise(f))
-
-    def forward_flat(self, f: torch.Tensor) -> torch.Tensor:
-        """(N, n_features) -> (N, n_classes) logits, for sampled voxels."""
-        f = (f - self.mean) / self.std
-        x = f
-        for layer in self.net:
-            if isinstance(layer, nn.Conv2d | nn.Conv3d):
-                x = F.linear(x, layer.weight.flatten(1), layer.bias)
-            else:
-                x = layer(x)
-        return x
 
 
 class Segmenter(nn.Module):

@@ -57,7 +57,8 @@ class VAEModel:
     info : dict
         Provenance: files fitted on, steps, time, device, seed, parent model, versions.
     head : dict or None
-        Segmentation head (state dict and class ids) after fine-tuning.
+        Segmentation head (state dict and class ids) after fine-tuning; its keys are
+        described in :mod:`napari_latentseg.models.head`.
     source_path : str or None
         The file this model was loaded from.
     """
@@ -153,13 +154,12 @@ def save_model(model: VAEModel, path: str | os.PathLike, *, overwrite: bool = Fa
         "head": None,
     }
     if model.head is not None:
-        head = dict(model.head)
-        head_state = head.pop("state_dict", None)
-        payload["head"] = _plain(head)
+        from .head import split_head_for_file
+
+        meta, head_state = split_head_for_file(model.head)
+        payload["head"] = _plain(meta)
         if head_state is not None:
-            payload["head"]["state_dict"] = {
-                k: v.detach().to("cpu").clone() for k, v in head_state.items()
-            }
+            payload["head"]["state_dict"] = head_state
     try:
         with atomic_write(path, "wb", overwrite=overwrite) as fh:
             torch.save(payload, fh)

@@ -1,0 +1,138 @@
+"""Unsupervised clusters of the voxels' hypercolumn features."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...models.checkpoint import VAEModel
+from ...runtime.progress import check_stop, drive
+from .annotations import label_dtype
+from .cache import FeatureCache
+from .runner import FeatureRunner, to_rows
+
+__all__ = ["ClusterResult", "cluster_iter", "cluster"]
+
+
+@dataclass
+class ClusterResult:
+    """Unsupervised clusters: ``labels`` 1..k ordered by mean intensity."""
+
+    labels: np.ndarray
+    k: int
+    method: str
+    cluster_intensity: list[float]
+    seconds: float
+    cache_hit: bool = False
+
+
+def cluster_iter(
+    model: VAEModel,
+    volume: np.ndarray,
+    k: int = 4,
+    *,
+    method: str = "kmeans",
+    modality: str | None = None,
+    seed: int = 0,
+    max_samples: int = 60_000,
+    cache: FeatureCache | None = None,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, ClusterResult]:
+    """Cluster the voxels' features into ``k`` groups; yields progress, returns the labels."""
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    if not 2 <= int(k) <= 64:
+        raise ValueError(f"k must be between 2 and 64, got {k}")
+    if method not in ("kmeans", "gmm"):
+        raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")
+    t0 = time.perf_counter()
+    vol = np.asarray(volume)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol = vol[None]
+    # The runner may change the net's memory layout: a private net leaves the caller's as is.
+    model = dataclasses.replace(model, net=copy.deepcopy(model.net))
+    run = FeatureRunner(model, vol, modality, cache)
+    hit = run.cached is not None
+    rng = np.random.default_rng(seed)
+    n_vox = vol.size
+    take = min(1.0, max_samples / n_vox)
+    # Sampling pass: a subset of slices is enough when nothing is cached.
+    batches = run.volume_batches
+    if not hit and model.config.spatial_dims == 2 and len(batches) > 8:
+        batches = [batches[i] for i in np.linspace(0, len(batches) - 1, 8).round().astype(int)]
+        take = min(1.0, max_samples / sum(len(b) * np.prod(vol.shape[1:]) for b in batches))
+    rows = []
+    intensity_col = run.n_features - 5  # the normalised intensity channel
+    for i, zs in enumerate(batches):
+        check_stop(stop_event, "clustering")
+        f = to_rows(run.compute(zs), model.config.spatial_dims).cpu().numpy()
+        sel = rng.random(len(f)) < take
+        rows.append(f[sel])
+        yield {"stage": "cluster: features", "done": i + 1, "total": len(batches)}
+    x = np.concatenate(rows).astype(np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mean) / std
+    n_comp = min(16, xs.shape[1], len(xs))
+    pca = PCA(n_components=n_comp, random_state=seed).fit(xs)
+    z = pca.transform(xs)
+    yield {"stage": "cluster: fitting", "done": 0, "total": 1}
+    if method == "kmeans":
+        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
+        assign = km.labels_
+    else:
+        gm = GaussianMixture(k, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(z)
+        assign = gm.predict(z)
+    # Stable ids: order clusters by the mean normalised intensity of their members.
+    inten = np.array([x[assign == c, intensity_col].mean() if np.any(assign == c) else np.inf
+                      for c in range(k)])
+    order = np.argsort(inten, kind="stable")
+    remap = np.empty(k, dtype=np.int64)
+    remap[order] = np.arange(1, k + 1)
+
+    dev = model.device
+    t_mean = torch.from_numpy(mean).to(dev)
+    t_std = torch.from_numpy(std).to(dev)
+    t_comp = torch.from_numpy(pca.components_.astype(np.float32)).to(dev)
+    t_pmean = torch.from_numpy(pca.mean_.astype(np.float32)).to(dev)
+    t_remap = torch.from_numpy(remap).to(dev)
+    if method == "kmeans":
+        t_cent = torch.from_numpy(km.cluster_centers_.astype(np.float32)).to(dev)
+    else:
+        t_mu = torch.from_numpy(gm.means_.astype(np.float32)).to(dev)
+        t_var = torch.from_numpy(gm.covariances_.astype(np.float32)).to(dev)
+        t_logw = torch.from_numpy(np.log(gm.weights_ + 1e-12).astype(np.float32)).to(dev)
+    labels = np.zeros(vol.shape, dtype=label_dtype(k))
+    total = len(run.volume_batches)
+    for i, (zs, feats) in enumerate(run.iter_batches(stop_event, "clustering")):
+        f = to_rows(feats, model.config.spatial_dims)
+        zf = ((f - t_mean) / t_std - t_pmean) @ t_comp.T
+        if method == "kmeans":
+            lab = torch.cdist(zf, t_cent).argmin(1)
+        else:
+            ll = -0.5 * (((zf[:, None, :] - t_mu[None]) ** 2) / t_var[None]).sum(-1)
+            ll = ll - 0.5 * torch.log(t_var).sum(-1)[None] + t_logw[None]
+            lab = ll.argmax(1)
+        # 3D batches cover every slice, so one reshape serves 2D and 3D.
+        labels[zs[0] : zs[-1] + 1] = t_remap[lab].cpu().numpy().reshape(
+            (len(zs),) + vol.shape[1:])
+        yield {"stage": "cluster: labelling", "done": i + 1, "total": total}
+    if squeeze:
+        labels = labels[0]
+    return ClusterResult(labels, int(k), method, [float(v) for v in inten[order]],
+                         time.perf_counter() - t0, hit)
+
+
+def cluster(model: VAEModel, volume: np.ndarray, k: int = 4, *,
+            progress: Callable | None = None, **kwargs) -> ClusterResult:
+    """Blocking version of :func:`cluster_iter`."""
+    return drive(cluster_iter(model, volume, k, **kwargs), progress)

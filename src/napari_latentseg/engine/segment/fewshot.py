@@ -1,0 +1,269 @@
+"""A few-shot segmentation round: forest, head, fine-tuning, prediction, post-processing."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...models.checkpoint import VAEModel
+from ...runtime.progress import check_stop, drive
+from .annotations import ClassTable
+from .cache import FeatureCache
+from .finetune import finetune
+from .forest import ForestFeatures, ForestProbabilities, fit_forest
+from .head import HeadProbabilities, train_head
+from .holdout import check_head, holdout
+from .options import SegmentOptions, resolve_options
+from .postprocess import boundary_band, labels_from_probabilities, normalised_entropy
+from .runner import FeatureRunner, slice_runs
+from .state import RoundState, SegmentationResult
+from .suggest import object_region, suggest_slices
+
+if TYPE_CHECKING:  # torch is imported when a round runs, not with the package
+    from ...models.head import SegmentationHead
+
+__all__ = ["segment_iter", "segment"]
+
+
+@dataclass
+class _HeadRound:
+    """The head this round trained, and how it was trained."""
+
+    head: SegmentationHead
+    proba: HeadProbabilities  # on the fine-tuned encoder's features after fine-tuning
+    held: np.ndarray | None  # annotated voxels the head never saw (forest rounds)
+    finetuned: bool
+    stopped: bool  # the user ended fine-tuning early: later steps must not cancel
+
+
+def segment_iter(
+    model: VAEModel,
+    volume: np.ndarray,
+    annotations: np.ndarray,
+    options: SegmentOptions | None = None,
+    *,
+    modality: str | None = None,
+    cache: FeatureCache | None = None,
+    stop_event: threading.Event | None = None,
+    **legacy_kwargs,
+) -> Generator[dict, None, SegmentationResult]:
+    """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
+
+    Few-shot (the default): a random forest on compact per-voxel features (the ilastik
+    multiscale set, the VAE latent mean and the encoder's principal components) of the
+    annotated voxels predicts every voxel. With ``finetune_steps``, an MLP head on the full
+    encoder hypercolumn is trained with the encoder on crops around the annotated voxels, except
+    a random 20 % of the annotated 32x32 tiles. A forest fitted without those tiles checks the
+    head on them: only if averaging the head's probabilities with the forest's near class
+    boundaries raises Dice there is the head used, within 3 voxels of the forest's boundaries
+    (far from them it extrapolates). ``history`` holds the check (stage ``"holdout"``) and
+    ``notes`` say when the head was not used.
+
+    Parameters
+    ----------
+    model : VAEModel
+        A fitted (possibly already fine-tuned) model; it is never modified.
+    volume : np.ndarray
+        Image (z, y, x) in its own units.
+    annotations : np.ndarray
+        Same shape; 0 = not annotated, other ids = classes (any size: labels take the
+        smallest unsigned type holding them, uint32 past 65535).
+    options : SegmentOptions, optional
+        Classifier, fine-tuning and sampling options; the defaults without it.
+    modality : str, optional
+        The image's modality, for the model's normaliser.
+    cache : FeatureCache, optional
+        Reuse features of the same image and model across rounds.
+    stop_event : threading.Event, optional
+        Stops fine-tuning at the next step (what was learnt is used); elsewhere cancels.
+    **legacy_kwargs
+        Fields of :class:`SegmentOptions` as keywords (``finetune_steps=50``, ...), applied
+        over ``options``.
+
+    Yields progress dicts; returns a :class:`SegmentationResult`.
+    """
+    import torch
+
+    opts = resolve_options(options, legacy_kwargs)
+    t0 = time.perf_counter()
+    st, squeeze = _start_round(model, volume, annotations, opts)
+    torch.manual_seed(opts.seed)
+    use_forest = opts.classifier == "forest"
+    # Features are computed once per round even without a caller's cache.
+    cache = cache if cache is not None else FeatureCache()
+    run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
+    forest_feats = ForestFeatures(run, cache) if use_forest else None
+    hit = (forest_feats if use_forest else run).cached is not None
+    head_round = None
+    try:
+        yield {"stage": "segment: features", "done": 0, "total": 1}
+        forest = (yield from _fit_forest(st, forest_feats, stop_event)) if use_forest else None
+        # A fine-tuned model's head keeps contributing in later rounds (the loop continues
+        # from it).
+        if opts.trains_head or model.head:
+            head_round = yield from _train_head(st, run, modality, use_forest, stop_event)
+        # Stop meant "end fine-tuning": predict with what was learnt, don't cancel.
+        later_stop = None if head_round is not None and head_round.stopped else stop_event
+        blend = forest is not None and head_round is not None
+        if blend and head_round.held is not None:
+            blend = yield from _check_head(st, forest_feats, head_round, later_stop)
+        predict = (ForestProbabilities(forest, forest_feats, st.n_classes)
+                   if forest is not None else head_round.proba)
+        probs = yield from _predict(st, run.volume_batches, predict, later_stop)
+        labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
+                                                    opts.keep_connected_regions)
+        if blend:
+            labels, changed = yield from _refine_boundaries(
+                st, probs, labels, head_round.proba, len(run.volume_batches[0]), later_stop)
+        if changed:
+            st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
+                            "class went to their next most probable class")
+        uncertainty = normalised_entropy(probs)
+        region = object_region(probs, st.annotations, st.table.classes, run.mask)
+        suggestion = suggest_slices(uncertainty, st.annotations, region)
+        if head_round is not None:
+            st.model.head = _head_record(st, head_round)
+    finally:
+        run.close()
+        if head_round is not None:
+            head_round.proba.run.close()
+    st.model.info = dict(st.model.info, parent=model.source_path)
+    st.model.source_path = None
+    if squeeze:
+        labels, probs, uncertainty = labels[0], probs[:, 0], uncertainty[0]
+        suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
+    return SegmentationResult(labels, probs, uncertainty, st.table.classes, st.model,
+                              suggestion, st.history, time.perf_counter() - t0, st.notes, hit)
+
+
+def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
+            options: SegmentOptions | None = None, *, progress: Callable | None = None,
+            **kwargs) -> SegmentationResult:
+    """Blocking version of :func:`segment_iter`."""
+    return drive(segment_iter(model, volume, annotations, options, **kwargs), progress)
+
+
+# --------------------------------------------------------------------------- the steps
+def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
+                 opts: SegmentOptions) -> tuple[RoundState, bool]:
+    """Checked 3D inputs and the round's private model; True when the image was 2D."""
+    vol, ann = np.asarray(volume), np.asarray(annotations)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol, ann = vol[None], ann[None]
+    table = ClassTable.from_annotations(ann, vol.shape)
+    # Work on a copy: the caller's model (and its file) stay as they are.
+    st = RoundState(copy.deepcopy(model), vol, ann.astype(table.dtype, copy=False), table, opts,
+                    np.random.default_rng(opts.seed))
+    return st, squeeze
+
+
+def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
+    """The random forest on a balanced sample of the annotated voxels (generator)."""
+    yield from forest_feats.fill_cache(stop_event)
+    fx, fy = forest_feats.annotated(st.annotations, st.options.max_per_class, st.rng,
+                                    stop_event)
+    yield {"stage": "segment: forest", "done": 0, "total": 1}
+    forest = fit_forest(fx, st.table.index(fy), st.options.seed)
+    st.history.append({"stage": "forest", "voxels": int(len(fy))})
+    yield {"stage": "segment: forest", "done": 1, "total": 1}
+    return forest
+
+
+def _train_head(st: RoundState, run: FeatureRunner, modality: str | None, with_forest: bool,
+                stop_event) -> Generator[dict, None, _HeadRound]:
+    """The head on frozen features, then fine-tuning with the encoder if asked."""
+    train_ann, held = st.annotations, None
+    if with_forest:
+        # Tiles of the annotations the head never sees, to check it helps the forest.
+        held = holdout(st.annotations, st.options.seed)
+        if held is None:
+            st.notes.append("too few annotations to check the fine-tuned head on held-out "
+                            "voxels: its probabilities are used near the forest's boundaries "
+                            "unchecked")
+        else:
+            train_ann = np.where(held, 0, st.annotations)
+    head = yield from train_head(st, run, train_ann, stop_event)
+    if st.options.finetune_steps == 0:
+        return _HeadRound(head, HeadProbabilities(head, run, st.n_classes), held, False, False)
+    steps = yield from finetune(st, head, run, train_ann, stop_event)
+    stopped = stop_event is not None and stop_event.is_set()
+    if stopped:
+        st.notes.append(f"fine-tuning stopped by the user after {steps} steps")
+    # The encoder changed: its hypercolumn is recomputed (the forest keeps the input model's
+    # cached features).
+    tuned = FeatureRunner(st.model, st.volume, modality, None)
+    return _HeadRound(head, HeadProbabilities(head, tuned, st.n_classes), held, True, stopped)
+
+
+def _check_head(st: RoundState, forest_feats: ForestFeatures, head_round: _HeadRound,
+                stop_event) -> Generator[dict, None, bool]:
+    """Whether held-out annotations allow the head to refine the forest (see check_head)."""
+    yield {"stage": "segment: check head", "done": 0, "total": 1}
+    check = check_head(st, forest_feats, head_round.proba, head_round.held, stop_event)
+    st.history.append(dict(check, stage="holdout"))
+    if check["used"] is False:
+        st.notes.append(
+            "the fine-tuned head did not improve the forest on held-out annotated voxels "
+            f"(Dice near boundaries {check['dice_with_head']:.3f} against "
+            f"{check['dice_forest']:.3f}): the forest's result is kept (the saved model "
+            "still holds the head for later rounds)")
+    elif check["used"] is None:
+        st.notes.append("no held-out annotated voxel lies near a class boundary: the "
+                        "fine-tuned head's probabilities are used unchecked")
+    yield {"stage": "segment: check head", "done": 1, "total": 1}
+    return check["used"] is not False
+
+
+def _predict(st: RoundState, batches: list[np.ndarray], predict: Callable, stop_event
+             ) -> Generator[dict, None, np.ndarray]:
+    """(n_classes, *shape) probabilities of every voxel, batch by batch."""
+    probs = np.empty((st.n_classes,) + st.volume.shape, dtype=np.float32)
+    for i, zs in enumerate(batches):
+        check_stop(stop_event, "segmentation")
+        probs[:, zs[0] : zs[-1] + 1] = predict(zs)
+        yield {"stage": "segment: predict", "done": i + 1, "total": len(batches)}
+    return probs
+
+
+def _refine_boundaries(st: RoundState, probs: np.ndarray, labels: np.ndarray,
+                       head_proba: HeadProbabilities, per: int, stop_event):
+    """Average the fine-tuned head's probabilities in near the forest's class boundaries.
+
+    Far from them the head extrapolates (brain1: Dice 0.07 with a plain average, false
+    positives joined to the tumour), so it may not add regions. Only slices with a boundary
+    need the head's (costly, full hypercolumn) features. Returns the new labels (generator).
+    """
+    band = boundary_band(labels, radius=3) & ~(st.annotations > 0)
+    if st.spatial_dims == 2:
+        zs_band = np.flatnonzero(band.reshape(band.shape[0], -1).any(1))
+        batches = [r[i : i + per] for r in slice_runs(zs_band) for i in range(0, len(r), per)]
+    else:
+        batches = [np.arange(st.volume.shape[0])] if band.any() else []
+    for i, zs in enumerate(batches):
+        check_stop(stop_event, "segmentation")
+        ph = head_proba(zs)
+        for j, z in enumerate(zs):
+            b = band[z]
+            probs[:, z][:, b] = 0.5 * (probs[:, z][:, b] + ph[:, j][:, b])
+        yield {"stage": "segment: refine", "done": i + 1, "total": len(batches)}
+    return labels_from_probabilities(probs, st.annotations, st.table,
+                                     st.options.keep_connected_regions)
+
+
+def _head_record(st: RoundState, head_round: _HeadRound) -> dict:
+    """What the model keeps of the head (models/head.py's format), one round further."""
+    from ...models.head import encoder_finetuned, head_rounds, pack_head
+
+    before = st.model.head  # the input model's head, if any
+    return pack_head(
+        head_round.head, st.table.classes, rounds=head_rounds(before) + 1,
+        finetuned_encoder=(head_round.finetuned and st.options.finetune_encoder)
+        or encoder_finetuned(before),
+        annotated_voxels=int(np.count_nonzero(st.annotations)))

@@ -1,0 +1,174 @@
+"""The random forest of few-shot rounds and its compact per-voxel features."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from ...runtime.progress import check_stop
+from .annotations import annotated_batches, sample_annotated
+from .cache import FeatureCache
+from .runner import FeatureRunner, to_rows
+
+__all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict"]
+
+_ENCODER_PCS = 4
+# scikit-image's trainable-segmentation settings, measured on the benchmark cases.
+FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+
+
+class ForestFeatures:
+    """Compact per-voxel features for the random forest, computed slice batch by slice batch.
+
+    The ilastik set (smoothed intensity, gradient magnitude, Hessian eigenvalues at sigma 1-16
+    voxels, in-plane) on the normalised image, the VAE's latent mean, and the top principal
+    components of the encoder levels (fitted on evenly spaced slices, independent of the
+    annotations, so the features can be cached per image and model).
+    """
+
+    def __init__(self, run: FeatureRunner, cache: FeatureCache | None) -> None:
+        from ..features import MULTISCALE_SIGMAS
+
+        self.run = run
+        self.enc = slice(0, sum(run.hyper.tap_channels))
+        self.n_features = 4 * len(MULTISCALE_SIGMAS) + run.hyper.latent_channels + _ENCODER_PCS
+        self.cache = cache
+        self.key = cache.key(run.model, run.volume, "forest") if cache is not None else None
+        self.cached = cache.get(self.key) if cache is not None else None
+        self._pca = None
+
+    @property
+    def batches(self) -> list[np.ndarray]:
+        return self.run.volume_batches
+
+    def _fit_pca(self) -> None:
+        torch = self.run.torch
+        z = self.run.volume.shape[0]
+        if self.run.cfg.spatial_dims == 2:
+            # 8 slices, 4 for big slices (>= 512x512): enough voxels for a 4-component PCA.
+            n = int(np.clip((1 << 20) // int(np.prod(self.run.volume.shape[1:])), 4, 8))
+            picks = np.unique(np.linspace(0, z - 1, min(z, n)).round().astype(int))
+        else:
+            picks = [None]
+        # A fixed seed: the cached features must not depend on the caller's seed.
+        g = torch.Generator().manual_seed(0)
+        per = -(-50_000 // len(picks))
+        parts = []
+        for p in picks:  # sampled slice by slice: 4 full 512x512 hypercolumns are 0.5 GB
+            zs = np.arange(z) if p is None else np.array([p])
+            x = to_rows(self.run.compute(zs), self.run.cfg.spatial_dims)
+            parts.append(x[torch.randperm(len(x), generator=g)[:per].to(x.device), self.enc])
+        sub = torch.cat(parts)
+        mean, std = sub.mean(0), sub.std(0) + 1e-4
+        _, _, v = torch.linalg.svd((sub - mean) / std, full_matrices=False)
+        self._pca = (mean, std, v[:_ENCODER_PCS].T.contiguous())
+
+    def compute(self, zs: np.ndarray):
+        """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
+        from ..features import multiscale_features
+
+        torch = self.run.torch
+        if self.cached is not None:
+            rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
+            return torch.from_numpy(np.ascontiguousarray(rows)).float()
+        if self._pca is None:
+            self._fit_pca()
+        sd = self.run.cfg.spatial_dims
+        vae = to_rows(self.run.compute_projected(zs, self._pca), sd)
+        if sd == 2:
+            c = self.run.cfg.context_slices
+            x = self.run.input_block(zs)[:, c : c + 1]
+        else:
+            x = self.run.norm(self.run.volume)[:, None]
+        with torch.inference_mode():
+            ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
+                self.run.device))
+        ms = ms.permute(0, 2, 3, 1).reshape(-1, ms.shape[1])
+        return torch.cat([ms, vae], dim=1).float().cpu()
+
+    def fill_cache(self, stop_event) -> Generator[dict, None, None]:
+        """One pass over the volume storing the features, when they fit in the cache."""
+        if self.cache is None or self.cached is not None or not self.cache.fits(
+                self.n_features, self.run.volume.shape):
+            return
+        shape = self.run.volume.shape
+        store = np.empty(shape + (self.n_features,), dtype=np.float16)
+        for i, zs in enumerate(self.batches):
+            check_stop(stop_event, "segmentation")
+            store[zs[0] : zs[-1] + 1] = self.compute(zs).half().numpy().reshape(
+                (len(zs),) + shape[1:] + (self.n_features,))
+            yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
+        self.cached = store
+        self.cache.put(self.key, store)
+
+    def annotated(self, annotations: np.ndarray, max_per_class: int,
+                  rng: np.random.Generator, stop_event):
+        """Features (numpy) and ids of a class-balanced sample of the annotated voxels."""
+        batches = annotated_batches(annotations, len(self.run.batches[0]),
+                                    self.run.cfg.spatial_dims)
+        x, y = sample_annotated(annotations, self.compute, batches, max_per_class, rng,
+                                stop_event)
+        return x.numpy(), y
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, seed: int):
+    """A random forest predicting class indices ``y`` from feature rows ``x``."""
+    import torch
+    from sklearn.ensemble import RandomForestClassifier
+
+    # As many jobs as torch threads, which a batch worker may have limited.
+    return RandomForestClassifier(**FOREST, n_jobs=torch.get_num_threads(),
+                                  random_state=seed).fit(x, y)
+
+
+def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
+    """(voxels, n_classes) probabilities, with zeros for a class no tree saw."""
+    p = forest.predict_proba(rows)
+    if p.shape[1] == n_cls:
+        return p.astype(np.float32)
+    out = np.zeros((len(rows), n_cls), dtype=np.float32)
+    out[:, forest.classes_] = p
+    return out
+
+
+def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
+                   sure: float = 0.8) -> np.ndarray:
+    """(n_classes, *shape) forest probabilities, coarse to fine.
+
+    The forest is the costly part on big scans, so it first runs on every other voxel in-plane;
+    the full-resolution prediction is then computed only where that coarse map has a class
+    boundary within one coarse voxel or is unsure (top probability below ``sure``). Elsewhere
+    the 2x2 block shares its coarse probability: the neighbourhood agrees on the class.
+    """
+    from scipy import ndimage as ndi
+
+    b, h, w = shape
+    if h * w < 128 * 128:
+        return _forest_proba(forest, rows, n_cls).T.reshape((n_cls,) + shape)
+    grid = rows.reshape(b, h, w, -1)
+    coarse = np.ascontiguousarray(grid[:, ::2, ::2]).reshape(-1, grid.shape[-1])
+    hc, wc = (h + 1) // 2, (w + 1) // 2
+    pc = _forest_proba(forest, coarse, n_cls).reshape(b, hc, wc, n_cls)
+    lab = pc.argmax(-1)
+    refine = (ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3)))
+    refine |= pc.max(-1) < sure
+    full = pc.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
+    where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
+    if where.any():
+        full[where] = _forest_proba(forest, grid[where], n_cls)
+    return np.moveaxis(full, -1, 0)
+
+
+class ForestProbabilities:
+    """The forest's class probabilities (n_classes, len(zs), *slice shape) of slice batches."""
+
+    def __init__(self, forest, features: ForestFeatures, n_classes: int) -> None:
+        self.forest = forest
+        self.features = features
+        self.n_classes = n_classes
+
+    def __call__(self, zs: np.ndarray) -> np.ndarray:
+        shape = (len(zs),) + self.features.run.volume.shape[1:]
+        return forest_predict(self.forest, self.features.compute(zs).numpy(), shape,
+                              self.n_classes)

@@ -1,0 +1,92 @@
+"""Options of a segmentation round, checked once when they are made."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SegmentOptions", "resolve_options"]
+
+CLASSIFIERS = ("forest", "mlp")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Options of :func:`~napari_latentseg.engine.segment.segment_iter`.
+
+    Parameters
+    ----------
+    classifier : {"forest", "mlp"}
+        ``"forest"``: the random forest (plus the fine-tuned head when fine-tuning);
+        ``"mlp"``: the MLP head alone (the encoder's hypercolumn, no forest).
+    keep_connected_regions : bool
+        Apply :func:`~napari_latentseg.engine.segment.keep_connected`: a region of a class
+        must touch a voxel painted with it.
+    finetune_steps : int
+        Steps of fine-tuning the head and (``finetune_encoder``) the encoder on crops around
+        the annotated voxels; 0 trains no head unless ``classifier="mlp"`` or the model has one.
+    finetune_encoder : bool
+        Train the encoder too (at ``finetune_lr * encoder_lr_factor``), not only the head.
+    finetune_lr : float
+        Adam learning rate of the head while fine-tuning.
+    encoder_lr_factor : float
+        The encoder's learning rate relative to ``finetune_lr``.
+    head_steps : int
+        Steps of training the MLP head alone on frozen features first (MLP or fine-tuning).
+    hidden : int
+        Hidden channels of a new MLP head.
+    max_per_class : int
+        At most this many annotated voxels per class train the forest and the head.
+    seed : int
+        Seed of voxel sampling, held-out tiles and the head's initial weights.
+    """
+
+    classifier: str = "forest"
+    keep_connected_regions: bool = True
+    finetune_steps: int = 0
+    finetune_encoder: bool = True
+    finetune_lr: float = 1e-3
+    encoder_lr_factor: float = 0.1
+    head_steps: int = 300
+    hidden: int = 64
+    max_per_class: int = 20_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be 'forest' or 'mlp', got {self.classifier!r}")
+        for name in ("finetune_steps", "head_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("hidden", "max_per_class"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+        if not self.encoder_lr_factor >= 0:
+            raise ValueError(f"encoder_lr_factor must be >= 0, got {self.encoder_lr_factor}")
+
+    @property
+    def trains_head(self) -> bool:
+        """Whether this round trains a head whatever the model holds (MLP or fine-tuning)."""
+        return self.classifier == "mlp" or self.finetune_steps > 0
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(SegmentOptions))
+
+
+def resolve_options(options: SegmentOptions | None, overrides: dict[str, Any],
+                    caller: str = "segment_iter") -> SegmentOptions:
+    """``options`` (or the defaults) with keyword arguments of the older signature applied.
+
+    Raises
+    ------
+    TypeError
+        A keyword that is no option, as Python says of an unknown argument.
+    """
+    unknown = sorted(set(overrides) - _FIELDS)
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    base = options if options is not None else SegmentOptions()
+    return dataclasses.replace(base, **overrides) if overrides else base

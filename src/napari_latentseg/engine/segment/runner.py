@@ -1,0 +1,137 @@
+"""Hypercolumn features of a volume, batch by batch, from a fitted VAE's encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...models.checkpoint import VAEModel
+from ...runtime.device import configure_threads, prefers_channels_last
+from ...runtime.progress import check_stop
+from ..infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
+from .cache import FeatureCache
+
+__all__ = ["FeatureRunner", "to_rows", "slice_runs", "BATCH_VOXELS"]
+
+BATCH_VOXELS = 1 << 19  # hypercolumns are ~120 channels: smaller batches than inference
+_ENCODER_VOXELS = 1 << 17  # CPU encoder micro-batches
+
+
+class FeatureRunner:
+    """Computes hypercolumn features for batches of axial slices (2D) or slabs (3D)."""
+
+    def __init__(self, model: VAEModel, volume: np.ndarray, modality: str | None,
+                 cache: FeatureCache | None) -> None:
+        import torch
+
+        from ..features import Hypercolumn
+
+        configure_threads()
+        self.torch = torch
+        self.model = model
+        self.cfg = model.config
+        self.volume = volume
+        self.norm, self.mask = normalizer_for(model, volume, modality)
+        self.hyper = Hypercolumn(model.net, model.config.context_slices).to(model.device).eval()
+        self.channels_last = prefers_channels_last(model.device, model.config.spatial_dims)
+        if self.channels_last:
+            model.net.to(memory_format=torch.channels_last)
+        self.n_features = self.hyper.n_features
+        self.device = model.device
+        self.cache = cache
+        self.key = cache.key(model, volume) if cache is not None else None
+        self.cached = cache.get(self.key) if cache is not None else None
+        per = max(1, BATCH_VOXELS // int(np.prod(volume.shape[1:])))
+        self.batches = _slice_batches(volume.shape[0], per)
+
+    @property
+    def volume_batches(self) -> list[np.ndarray]:
+        """Slice batches covering the volume: a single batch of every slice for 3D models."""
+        if self.cfg.spatial_dims == 3:
+            return [np.arange(self.volume.shape[0])]
+        return self.batches
+
+    def close(self) -> None:
+        """Give the model back its default memory layout."""
+        if self.channels_last:
+            self.model.net.to(memory_format=self.torch.contiguous_format)
+            self.channels_last = False
+
+    def _encoder_pass(self, zs: np.ndarray, fn):
+        """``fn`` (a map of the padded input block) on slices ``zs``, cropped, float, no grad.
+
+        On CPU the slices go in micro-batches: small batches stay in cache (512x512: one
+        slice at a time is 1.5x faster per slice than four).
+        """
+        torch = self.torch
+
+        def one(z: np.ndarray):
+            x = torch.from_numpy(self.input_block(z)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, spatial = pad_to_multiple(x, self.cfg.downsampling)
+            with torch.inference_mode():
+                f = fn(x)
+            return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
+
+        if self.cfg.spatial_dims == 3 or self.device.type != "cpu":
+            return one(zs)
+        per = max(1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
+        parts = [one(zs[i : i + per]) for i in range(0, len(zs), per)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def input_block(self, zs: np.ndarray) -> np.ndarray:
+        if self.cfg.spatial_dims == 2:
+            return _context_block(self.norm, self.volume, zs, self.cfg.context_slices)
+        return self.norm(self.volume)[None, None]
+
+    def compute(self, zs: np.ndarray):
+        """Features (B, F, H, W) as a torch tensor on the model's device (no grad)."""
+        torch = self.torch
+        if self.cached is not None:
+            f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
+            return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
+        return self._encoder_pass(zs, self.hyper)
+
+    def head_logits(self, zs: np.ndarray, head):
+        """The head's logits (B, n_classes, *spatial) on the device, no grad."""
+        return self._encoder_pass(zs, lambda x: self.hyper.head_logits(x, head))
+
+    def compute_projected(self, zs: np.ndarray, pca):
+        """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""
+        return self._encoder_pass(zs, lambda x: self.hyper.projected(x, *pca))
+
+    def iter_batches(self, stop_event, what: str):
+        """Yield (zs, features) over the whole volume, filling the cache when it fits."""
+        if self.cfg.spatial_dims == 3:
+            check_stop(stop_event, what)
+            feats = self.compute(np.arange(self.volume.shape[0]))
+            if self.cache is not None and self.cached is None:
+                self.cached = feats.half().cpu().numpy()
+                self.cache.put(self.key, self.cached)
+            yield np.arange(self.volume.shape[0]), feats
+            return
+        store = None
+        if self.cache is not None and self.cached is None and self.cache.fits(
+                self.n_features, self.volume.shape):
+            store = np.empty((self.volume.shape[0], self.n_features) + self.volume.shape[1:],
+                             dtype=np.float16)
+        for zs in self.batches:
+            check_stop(stop_event, what)
+            feats = self.compute(zs)
+            if store is not None:
+                store[zs[0] : zs[-1] + 1] = feats.half().cpu().numpy()
+            yield zs, feats
+        if store is not None:
+            self.cached = store
+            self.cache.put(self.key, store)
+
+
+def to_rows(feats, spatial_dims: int):
+    """(B, F, *spatial) -> (B * voxels, F) rows in C order of (B, *spatial)."""
+    perm = (0, 2, 3, 1) if spatial_dims == 2 else (0, 2, 3, 4, 1)
+    return feats.permute(*perm).reshape(-1, feats.shape[1])
+
+
+def slice_runs(zs: np.ndarray) -> list[np.ndarray]:
+    """Sorted slice indices split into runs of consecutive slices (batches must be contiguous)."""
+    return np.split(zs, np.flatnonzero(np.diff(zs) != 1) + 1)

@@ -1,0 +1,60 @@
+"""What the steps of one segmentation round share, and what the round returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...models.checkpoint import VAEModel
+from .annotations import ClassTable
+from .options import SegmentOptions
+
+__all__ = ["RoundState", "SegmentationResult"]
+
+
+@dataclass
+class RoundState:
+    """The inputs of a round as its steps read them, and the record they append to.
+
+    ``volume`` and ``annotations`` are 3D (a 2D image is one slice); ``annotations`` hold
+    label ids in the classes' label type; ``model`` is the round's private copy.
+    """
+
+    model: VAEModel
+    volume: np.ndarray
+    annotations: np.ndarray
+    table: ClassTable
+    options: SegmentOptions
+    rng: np.random.Generator
+    history: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.model.config.spatial_dims
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.table)
+
+
+@dataclass
+class SegmentationResult:
+    """Few-shot / fine-tuned segmentation outputs on the input grid."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray  # (n_classes, *shape) float32, classes in ``classes`` order
+    uncertainty: np.ndarray  # normalised entropy in [0, 1], float32
+    classes: list[int]
+    model: VAEModel  # a copy holding the head, if one was trained (the input is untouched)
+    suggestion: dict
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    cache_hit: bool = False
+
+    @property
+    def trained_head(self) -> bool:
+        """``model`` holds a head trained this round (worth saving; forest rounds train none)."""
+        return bool(self.model.head)
