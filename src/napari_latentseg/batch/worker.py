@@ -104,10 +104,9 @@ class BatchOptions:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
-        if self.task == "cluster" and not 2 <= self.k <= 64:
-            raise ValueError(f"k must be between 2 and 64, got {self.k}")
-        if self.method not in ("kmeans", "gmm"):
-            raise ValueError(f"method must be 'kmeans' or 'gmm', got {self.method!r}")
+        from ..engine.segment.cluster import check_cluster_args
+
+        check_cluster_args(self.k if self.task == "cluster" else 4, self.method)
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16, got {self.tile}")
 

@@ -17,7 +17,18 @@ from .annotations import label_dtype
 from .cache import FeatureCache
 from .runner import FeatureRunner, to_rows
 
-__all__ = ["ClusterResult", "cluster_iter", "cluster"]
+__all__ = ["CLUSTER_METHODS", "ClusterResult", "check_cluster_args", "cluster_iter", "cluster"]
+
+CLUSTER_METHODS = ("kmeans", "gmm")
+
+
+def check_cluster_args(k: int, method: str) -> None:
+    """Raise ``ValueError`` unless ``2 <= k <= 64`` and ``method`` is known (checked before a
+    cohort starts as well as by :func:`cluster_iter`)."""
+    if not 2 <= int(k) <= 64:
+        raise ValueError(f"k must be between 2 and 64, got {k}")
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")
 
 
 @dataclass
@@ -50,10 +61,7 @@ def cluster_iter(
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
-    if not 2 <= int(k) <= 64:
-        raise ValueError(f"k must be between 2 and 64, got {k}")
-    if method not in ("kmeans", "gmm"):
-        raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")
+    check_cluster_args(k, method)
     t0 = time.perf_counter()
     vol = np.asarray(volume)
     squeeze = vol.ndim == 2
