@@ -34,6 +34,7 @@ from .annotations import validate_annotations
 from .cache import FeatureCache
 from .cluster import ClusterResult, cluster, cluster_iter
 from .fewshot import segment, segment_iter
+from .live import LiveSegmenter, SlicePrediction
 from .options import SegmentOptions
 from .postprocess import keep_connected
 from .state import SegmentationResult
@@ -44,6 +45,8 @@ __all__ = [
     "ClusterResult",
     "SegmentationResult",
     "SegmentOptions",
+    "LiveSegmenter",
+    "SlicePrediction",
     "cluster_iter",
     "cluster",
     "segment_iter",

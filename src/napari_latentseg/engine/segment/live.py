@@ -1,0 +1,144 @@
+"""Live few-shot feedback: after a stroke, the displayed slice in well under a second.
+
+A full round (:func:`~.fewshot.segment_iter`) predicts every voxel; while the user paints,
+only the slice on screen needs an answer. :class:`LiveSegmenter` keeps the forest features of
+one (image, model) pair cached, refits the forest on the annotated voxels (their features are
+read from the cache) and predicts single slices. The dock shows that slice at once and lets a
+full round follow in the background.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...models.checkpoint import VAEModel
+from .annotations import ClassTable
+from .cache import FeatureCache
+from .forest import ForestFeatures, fit_forest, forest_predict
+from .options import SegmentOptions
+from .runner import FeatureRunner
+
+__all__ = ["LiveSegmenter", "SlicePrediction"]
+
+
+@dataclass
+class SlicePrediction:
+    """One slice's labels and class probabilities (``(n_classes, y, x)``)."""
+
+    index: int
+    labels: np.ndarray
+    probabilities: np.ndarray
+    classes: list[int]
+    seconds: float
+
+
+class LiveSegmenter:
+    """Slice-by-slice few-shot predictions from cached features.
+
+    Parameters
+    ----------
+    model : VAEModel
+        A fitted model (not modified; its features are computed once).
+    volume : np.ndarray
+        The image (z, y, x), in its own units.
+    modality : str, optional
+        For the model's normaliser.
+    cache : FeatureCache, optional
+        Shared with full rounds, so they reuse the same features.
+    options : SegmentOptions, optional
+        ``max_per_class`` and ``seed`` are used.
+
+    Notes
+    -----
+    Not thread-safe: one caller (the dock's live worker) at a time. ``update`` and
+    ``predict_slice`` need :meth:`prepare` to have run (it computes the features of the
+    whole volume once; without room in the cache, each slice's features are computed on
+    demand, which is slower but still correct).
+    """
+
+    def __init__(self, model: VAEModel, volume: np.ndarray, *, modality: str | None = None,
+                 cache: FeatureCache | None = None,
+                 options: SegmentOptions | None = None) -> None:
+        vol = np.asarray(volume)
+        if vol.ndim != 3:
+            raise ValueError(f"live segmentation needs a 3D volume, got shape {vol.shape}")
+        if model.config.spatial_dims != 2:
+            raise ValueError("live segmentation needs a 2D (slice-wise) model; full rounds "
+                             "work with every model")
+        self.volume = vol
+        self.options = options or SegmentOptions()
+        self.cache = cache if cache is not None else FeatureCache()
+        # A private copy: the runner switches the network's memory layout while it works,
+        # and full rounds may run on the caller's model meanwhile.
+        self._run = FeatureRunner(copy.deepcopy(model), vol, modality, None)
+        self._features = ForestFeatures(self._run, self.cache)
+        self._forest = None
+        self._table: ClassTable | None = None
+        self._annotations: np.ndarray | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Features are cached: updates and slice predictions are fast."""
+        return self._features.cached is not None
+
+    @property
+    def fitted(self) -> bool:
+        """A forest has been fitted on annotations."""
+        return self._forest is not None
+
+    def prepare(self, stop_event: threading.Event | None = None
+                ) -> Generator[dict, None, None]:
+        """Compute and cache the features of the whole volume (generator, stoppable)."""
+        yield from self._features.fill_cache(stop_event)
+
+    def update(self, annotations: np.ndarray, stop_event: threading.Event | None = None
+               ) -> int:
+        """Refit the forest on ``annotations`` (same shape; 0 = not annotated).
+
+        Returns the number of annotated voxels used. Raises ``ValueError`` for annotations
+        that cannot train a classifier (no voxel, a single class).
+        """
+        ann = np.asarray(annotations)
+        table = ClassTable.from_annotations(ann, self.volume.shape)
+        ann = ann.astype(table.dtype, copy=False)
+        rng = np.random.default_rng(self.options.seed)
+        x, y = self._features.annotated(ann, self.options.max_per_class, rng, stop_event)
+        self._forest = fit_forest(x, table.index(y), self.options.seed)
+        self._table, self._annotations = table, ann
+        return int(len(y))
+
+    def predict_slice(self, index: int) -> SlicePrediction:
+        """Labels and probabilities of axial slice ``index`` (painted voxels keep their label).
+
+        The connect-to-stroke rule of full rounds is 3D and is left to them.
+        """
+        if self._forest is None or self._table is None:
+            raise RuntimeError("call update(annotations) before predict_slice")
+        z = int(index)
+        if not 0 <= z < self.volume.shape[0]:
+            raise IndexError(f"slice {z} is outside 0..{self.volume.shape[0] - 1}")
+        t0 = time.perf_counter()
+        zs = np.array([z])
+        shape = (1,) + self.volume.shape[1:]
+        n = len(self._table)
+        probs = forest_predict(self._forest, self._features.compute(zs).numpy(), shape, n)[:, 0]
+        ann = self._annotations[z]
+        painted = ann > 0
+        if painted.any():
+            rows, cols = np.nonzero(painted)
+            probs[:, rows, cols] = 0.0
+            probs[self._table.index(ann[rows, cols]), rows, cols] = 1.0
+        classes = np.asarray(self._table.classes, dtype=self._table.dtype)
+        labels = classes[probs.argmax(0)]
+        return SlicePrediction(z, labels, probs, self._table.classes,
+                               time.perf_counter() - t0)
+
+    def close(self) -> None:
+        """Give the model back its default memory layout."""
+        self._run.close()

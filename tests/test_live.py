@@ -1,0 +1,69 @@
+"""Live slice predictions: the same forest as a full round, on one slice, from cached features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_latentseg.data.phantom import annotation_from_labels
+from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, segment
+from napari_latentseg.runtime.progress import drive
+
+ANNOTATED = [2, 6, 9]
+
+
+@pytest.fixture(scope="module")
+def annotations(small_phantom):
+    return annotation_from_labels(small_phantom.labels, ANNOTATED)
+
+
+def test_slice_equals_the_full_round(tiny_model, small_phantom, annotations):
+    cache = FeatureCache()
+    live = LiveSegmenter(tiny_model, small_phantom.image, modality="MR", cache=cache)
+    assert not live.ready
+    drive(live.prepare())
+    assert live.ready
+    assert live.update(annotations) > 0
+    full = segment(tiny_model, small_phantom.image, annotations, modality="MR", cache=cache,
+                   keep_connected_regions=False)
+    assert full.cache_hit  # the round reused the live segmenter's features
+    for z in (0, 4, 6):
+        pred = live.predict_slice(z)
+        np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
+        np.testing.assert_array_equal(pred.labels, full.labels[z])
+        assert pred.classes == full.classes
+    live.close()
+
+
+def test_painted_voxels_keep_their_label_and_strokes_change_the_slice(
+        tiny_model, small_phantom, annotations):
+    live = LiveSegmenter(tiny_model, small_phantom.image, modality="MR")
+    drive(live.prepare())
+    live.update(annotations)
+    z = 4
+    before = live.predict_slice(z).labels
+    truth = small_phantom.labels[z]
+    wrong = np.argwhere(before != truth)
+    assert len(wrong), "the tiny model is perfect on this slice: pick another"
+    y, x = wrong[0]
+    stroke = annotations.copy()
+    stroke[z, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = truth[y, x]
+    live.update(stroke)
+    after = live.predict_slice(z)
+    painted = stroke[z] > 0
+    np.testing.assert_array_equal(after.labels[painted], stroke[z][painted])
+    assert after.labels[y, x] == truth[y, x]
+    np.testing.assert_allclose(after.probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_bad_use_is_refused(tiny_model, small_phantom, annotations):
+    live = LiveSegmenter(tiny_model, small_phantom.image)
+    with pytest.raises(RuntimeError, match="update"):
+        live.predict_slice(0)
+    with pytest.raises(ValueError, match="only class"):
+        live.update(np.where(annotations > 0, 1, 0))
+    live.update(annotations)
+    with pytest.raises(IndexError):
+        live.predict_slice(99)
+    with pytest.raises(ValueError, match="3D"):
+        LiveSegmenter(tiny_model, small_phantom.image[0])
