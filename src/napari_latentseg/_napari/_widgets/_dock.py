@@ -213,5 +213,6 @@ class LatentSegWidget(QWidget):
     def event(self, ev: QEvent) -> bool:
         """Stop a running job when the dock is closed (napari then takes the widget out)."""
         if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.segment_section.live.close()
             self.tasks.stop()
         return super().event(ev)

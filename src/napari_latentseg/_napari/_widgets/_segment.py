@@ -63,6 +63,7 @@ from ._layers import (
     source_geometry,
     upsert_output,
 )
+from ._live import LiveController
 from ._pickers import LayerCombo
 
 if TYPE_CHECKING:
@@ -135,6 +136,13 @@ class SegmentSection(Section):
         self.save_btn.clicked.connect(lambda *_: self._ask_save())
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
+        self.live = LiveController(session, lambda: self.segment(finetune=False))
+        self.live_box = QCheckBox("Live: the slice follows your strokes")
+        self.live_box.setToolTip(
+            "After a stroke, the slice on screen is segmented again within about a second; "
+            "the whole volume follows when you pause. On once a first round has run.")
+        self.live_box.toggled.connect(self.live.set_enabled)
+        self.live.failed.connect(show_error)
 
         clusters = QHBoxLayout()
         clusters.setContentsMargins(0, 0, 0, 0)
@@ -150,6 +158,7 @@ class SegmentSection(Section):
         form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
                          "(0 = not annotated). Then Segment."))
         form.addRow(self.connected)
+        form.addRow(self.live_box)
         form.addRow("Fine-tune steps", self.finetune_steps)
         buttons = QGridLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -166,7 +175,8 @@ class SegmentSection(Section):
 
         self.suggestion: dict | None = None
         self._suggestion_scan: napari.layers.Layer | None = None
-        self._written: dict[str, np.ndarray] = {}  # output key -> what the plugin last wrote
+        self._written: dict[str, np.ndarray] = {}
+        self._live_offered = False  # output key -> what the plugin last wrote
 
     # ------------------------------------------------------------------ checks
     def _scan_and_model(self):
@@ -291,6 +301,12 @@ class SegmentSection(Section):
         pred = upsert_output(self.viewer, scan, "segmentation", result.labels, "labels",
                              opacity=0.5)
         self._colour_like_annotations(pred, result.classes)
+        ann_layer = self.annotations.layer()
+        if ann_layer is not None:
+            self.live.follow(scan, ann_layer, pred)
+            if not self._live_offered:  # on by default once a first round has run
+                self._live_offered = True
+                self.live_box.setChecked(True)
         self._written[pred.metadata["latentseg_output"]] = np.array(result.labels, copy=True)
         unc = result.uncertainty
         top = float(np.percentile(unc, 99.5)) if unc.size else 1.0

@@ -1,0 +1,172 @@
+"""Live mode as a user meets it: paint a stroke in napari, time until the slice updates.
+
+For each scan (brain1, lung2 from ``../shared/data/pyradiomics``; the phantom always) the
+script opens the scan in a napari viewer (no window shown), adds the LatentSeg dock, loads or
+fits a model, paints one stroke per class on the tumour's middle slice through the annotation
+layer's own ``paint`` API, runs a first Segment round, and then paints corrective strokes (one
+at a time, at the most interior wrong voxel of the displayed slice, with the true label). It
+reports the time from each stroke to the updated slice (``LiveController.slice_updated``) and
+the Dice of the displayed slice after each stroke.
+
+Run: ``python benchmarks/bench_live.py [--cases brain1 lung2 phantom] [--strokes 6]``.
+Models are fitted once per scan (``--fit-steps``) and kept in ``--model-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "pyradiomics"
+
+
+def _wait(app, done, timeout=600.0):
+    t0 = time.perf_counter()
+    while not done():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("timed out waiting for the dock")
+
+
+def _model_for(name, vol, args):
+    from napari_latentseg.engine.train import FitOptions, fit
+    from napari_latentseg.models.checkpoint import load_model, save_model
+
+    path = Path(args.model_dir) / f"{name}.pt"
+    if path.exists():
+        return load_model(path, device="cpu"), path, 0.0
+    t0 = time.perf_counter()
+    res = fit(vol.data, "cpu-2d", FitOptions(steps=args.fit_steps, seed=0),
+              modalities=[vol.metadata.get("modality")], sources=[name])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(res.model, path)
+    return res.model, path, time.perf_counter() - t0
+
+
+def _interior_wrong(pred, truth, painted):
+    from scipy import ndimage as ndi
+
+    wrong = (pred != truth) & ~painted
+    if not wrong.any():
+        return None
+    lab, n = ndi.label(wrong)
+    biggest = 1 + int(np.argmax(ndi.sum(wrong, lab, range(1, n + 1))))
+    dist = ndi.distance_transform_edt(lab == biggest)
+    return np.unravel_index(int(np.argmax(dist)), wrong.shape)
+
+
+def _dice(a, b):
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def run_case(app, name, vol, truth_fg, args):
+    import napari
+
+    model, path, fit_s = _model_for(name, vol, args)
+    viewer = napari.Viewer(show=False)
+    try:
+        kw = vol.layer_kwargs()
+        scan = viewer.add_image(vol.data, **kw)
+        _, dock = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
+        dock.add_model(model, "loaded", str(path))
+        seg = dock.segment_section
+        ann = seg.new_annotation_layer()
+        z = int(np.argmax(truth_fg.reshape(len(truth_fg), -1).sum(1)))
+        viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
+        truth = np.where(truth_fg[z], 2, 1).astype(np.uint8)
+        radius = 4
+        ann.brush_size = 2 * radius + 1
+        for label in (1, 2):
+            mask = truth == label
+            from scipy import ndimage as ndi
+
+            y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
+            ann.paint((z, y, x), label)
+        finished = []
+        dock.tasks.task_finished.connect(lambda *a: finished.append(a))
+        t0 = time.perf_counter()
+        assert seg.segment()
+        _wait(app, lambda: finished)
+        first_s = time.perf_counter() - t0
+        out = seg.live._output
+        assert seg.live.enabled, "live mode did not switch on after the first round"
+        rows = []
+        updates = []
+        seg.live.slice_updated.connect(lambda i, s: updates.append((i, s)))
+        for k in range(args.strokes):
+            pred = np.asarray(out.data[z])
+            where = _interior_wrong(pred, truth, np.asarray(ann.data[z]) > 0)
+            if where is None:
+                break
+            n0 = len(updates)
+            ann.brush_size = 5
+            ann.paint((z, *where), int(truth[where]))
+            _wait(app, lambda n0=n0: len(updates) > n0, timeout=300)
+            dice = _dice(np.asarray(out.data[z]) == 2, truth == 2)
+            rows.append({"stroke": k + 1, "seconds": round(updates[-1][1], 3),
+                         "slice_dice": round(dice, 4)})
+            print(f"{name}: stroke {k + 1}: slice updated in {updates[-1][1]:.2f} s, "
+                  f"slice Dice {dice:.3f}", flush=True)
+        # The whole volume follows once the strokes stop.
+        finished.clear()
+        t0 = time.perf_counter()
+        _wait(app, lambda: finished, timeout=900)
+        volume_s = time.perf_counter() - t0
+        secs = [r["seconds"] for r in rows]
+        return {"case": name, "shape": list(vol.data.shape), "fit_s": round(fit_s, 1),
+                "first_round_s": round(first_s, 2), "strokes": rows,
+                "median_stroke_s": round(float(np.median(secs)), 3) if secs else None,
+                "max_stroke_s": round(float(np.max(secs)), 3) if secs else None,
+                "volume_after_pause_s": round(volume_s, 2)}
+    finally:
+        viewer.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=["phantom", "brain1", "lung2"])
+    p.add_argument("--strokes", type=int, default=6)
+    p.add_argument("--fit-steps", type=int, default=150)
+    p.add_argument("--model-dir", default=str(Path.home() / ".cache" / "napari-latentseg"
+                                              / "bench-models"))
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--out", default="bench_live.json")
+    args = p.parse_args(argv)
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_latentseg.io import read_volume
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    results = []
+    for name in args.cases:
+        if name == "phantom":
+            from napari_latentseg.data.phantom import sample_data_dir
+
+            vol = read_volume(sample_data_dir() / "phantom_t1.nii.gz")
+            vol.metadata["modality"] = "MR"
+            truth = read_volume(sample_data_dir() / "phantom_labels.nii.gz").data == 7
+        else:
+            img = Path(args.data) / f"{name}_image.nrrd"
+            if not img.exists():
+                print(f"{name}: skipped ({img} not found)")
+                continue
+            vol = read_volume(img)
+            truth = read_volume(Path(args.data) / f"{name}_label.nrrd").data > 0
+        results.append(run_case(app, name, vol, truth, args))
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Live mode: the displayed slice follows the user's strokes, the volume follows in the back.
+
+After a first Segment round the features of the (scan, model) pair are cached. From then on
+each paint stroke on the annotation layer (napari's ``events.paint``) starts, after a short
+pause, a live job: the forest is refitted from cached features and the slice on screen is
+predicted (:class:`~napari_latentseg.engine.segment.LiveSegmenter`), then written into the
+plugin's own segmentation layer. A newer stroke supersedes an older one: strokes that arrive
+while a live job runs are folded into the next job. When the strokes stop, a full round
+follows through the task bar, so the whole volume (with the connectivity rule and the
+uncertainty) catches up; a stroke during that round stops it and the cycle starts again.
+
+The user's annotation layer is only read (a copy is taken on the GUI thread).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ._layers import layer_array, same_layer
+
+if TYPE_CHECKING:
+    import napari.layers
+
+    from ._session import Session
+
+__all__ = ["LiveController"]
+
+#: Pause after a stroke before the slice is predicted (strokes come in bursts).
+STROKE_PAUSE_MS = 120
+#: Pause without strokes before the whole volume is segmented again.
+VOLUME_PAUSE_MS = 1500
+
+
+class LiveController(QObject):
+    """Runs live slice predictions for one scan and its annotation layer.
+
+    Parameters
+    ----------
+    session : Session
+        The dock's shared state (viewer, active model, device, feature cache, task bar).
+    full_round : callable
+        Starts a full Segment round through the task bar (returns False if it could not).
+
+    Signals
+    -------
+    slice_updated(int, float)
+        Slice index and seconds from the stroke to the slice shown.
+    """
+
+    slice_updated = Signal(int, float)
+    failed = Signal(str)
+
+    def __init__(self, session: Session, full_round) -> None:
+        super().__init__()
+        self.session = session
+        self._full_round = full_round
+        self.enabled = False
+        self._scan: napari.layers.Image | None = None
+        self._annotations: napari.layers.Labels | None = None
+        self._output: napari.layers.Labels | None = None
+        self._segmenter: Any = None
+        self._segmenter_key: tuple | None = None
+        self._worker = None
+        self._pending = False
+        self._stroke_at: float | None = None
+        self._stroke_timer = QTimer(self)
+        self._stroke_timer.setSingleShot(True)
+        self._stroke_timer.setInterval(STROKE_PAUSE_MS)
+        self._stroke_timer.timeout.connect(self._start_job)
+        self._volume_timer = QTimer(self)
+        self._volume_timer.setSingleShot(True)
+        self._volume_timer.setInterval(VOLUME_PAUSE_MS)
+        self._volume_timer.timeout.connect(self._start_volume)
+        self._volume_running = False
+        session.tasks.task_finished.connect(lambda *_: self.volume_round_finished())
+
+    # ------------------------------------------------------------------ wiring
+    def follow(self, scan: napari.layers.Image, annotations: napari.layers.Labels,
+               output: napari.layers.Labels) -> None:
+        """Watch ``annotations`` (strokes) and write slices of ``scan`` into ``output``."""
+        if self._annotations is not None and not same_layer(self._annotations, annotations):
+            self._disconnect()
+        if self._annotations is None or not same_layer(self._annotations, annotations):
+            annotations.events.paint.connect(self._on_paint)
+        self._scan, self._annotations, self._output = scan, annotations, output
+
+    def _disconnect(self) -> None:
+        if self._annotations is not None:
+            try:
+                self._annotations.events.paint.disconnect(self._on_paint)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._annotations = None
+
+    def set_enabled(self, on: bool) -> None:
+        """Turn live mode on or off (off: strokes wait for the Segment button)."""
+        self.enabled = bool(on)
+        if not on:
+            self._stroke_timer.stop()
+            self._volume_timer.stop()
+
+    def volume_round_finished(self) -> None:
+        """The task bar's full round ended (done, stopped or failed)."""
+        self._volume_running = False
+
+    # ------------------------------------------------------------------ strokes
+    def _on_paint(self, _event=None) -> None:
+        if not self.enabled or self._scan is None:
+            return
+        self._stroke_at = self._stroke_at or time.perf_counter()
+        self._volume_timer.stop()
+        if self._volume_running:  # the volume round is out of date: stop it, keep the strokes
+            self.session.tasks.stop()
+        self._stroke_timer.start()
+
+    def _current_slice(self) -> int:
+        point = np.asarray(self.session.viewer.dims.point, dtype=float)
+        ndim = self._scan.ndim
+        data = np.asarray(self._scan.world_to_data(point[-ndim:]), dtype=float)
+        return int(np.clip(round(float(data[0])), 0, layer_array(self._scan).shape[0] - 1))
+
+    def _start_job(self) -> None:
+        if self._worker is not None:  # a job runs: the next one takes these strokes too
+            self._pending = True
+            return
+        model = self.session.active_model
+        if model is None or self._scan is None or self._annotations is None:
+            return
+        if self._scan not in self.session.viewer.layers or \
+                self._annotations not in self.session.viewer.layers:
+            self._disconnect()
+            return
+        ann = np.array(layer_array(self._annotations), copy=True)  # the user paints on
+        z = self._current_slice()
+        key = (id(model), id(self._scan), self.session.device)
+        segmenter = self._segmenter if key == self._segmenter_key else None
+        volume = layer_array(self._scan)
+        modality = (self._scan.metadata or {}).get("modality")
+        cache, device, started = self.session.cache, self.session.device, self._stroke_at
+        self._stroke_at = None
+        self._pending = False
+
+        def job():
+            from ...engine.segment import LiveSegmenter
+            from ...runtime.device import resolve_device
+            from ...runtime.progress import drive
+
+            seg = segmenter
+            if seg is None:
+                model.to(resolve_device(device))
+                seg = LiveSegmenter(model, volume, modality=modality, cache=cache)
+                drive(seg.prepare())
+            seg.update(ann)
+            return seg, key, seg.predict_slice(z), started
+
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job)
+        worker.returned.connect(self._on_slice)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _on_slice(self, result) -> None:
+        seg, key, pred, started = result
+        self._segmenter, self._segmenter_key = seg, key
+        out = self._output
+        if out is None or out not in self.session.viewer.layers:
+            return
+        data = out.data
+        labels = pred.labels
+        if data.dtype.kind in "iu" and labels.max(initial=0) <= np.iinfo(data.dtype).max:
+            data[pred.index] = labels.astype(data.dtype, copy=False)  # the plugin's own layer
+            out.refresh()
+        seconds = time.perf_counter() - started if started is not None else pred.seconds
+        self.slice_updated.emit(pred.index, seconds)
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ...runtime.errors import DOCK_HINTS, explain
+
+        self.failed.emit(f"Live segmentation: {explain(exc, DOCK_HINTS).message}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._start_job()
+        elif self.enabled:
+            self._volume_timer.start()
+
+    def _start_volume(self) -> None:
+        if self._worker is not None or self._pending or self.session.tasks.busy:
+            self._volume_timer.start()  # try again after the next pause
+            return
+        self._volume_running = bool(self._full_round())
+
+    def close(self) -> None:
+        """Stop listening (the dock is closing)."""
+        self.set_enabled(False)
+        self._disconnect()
+        if self._segmenter is not None:
+            self._segmenter.close()
+            self._segmenter = None

@@ -1,0 +1,55 @@
+"""Live mode in the dock: a stroke updates the displayed slice, then the volume follows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, small_phantom):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
+    widget.model_section.config.setCurrentText("tiny")
+    image, truth = small_phantom.image, small_phantom.labels
+    scan = viewer.add_image(image.copy(), name="phantom", metadata={"modality": "MR"})
+    widget.model_section.steps.setValue(20)
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+        assert widget.model_section.fit()
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    z = 6
+    ann.data[z] = np.where(truth[z] == 1, 1, np.where(truth[z] == 6, 2, 0))  # two classes
+    ann.refresh()
+    painted_before = np.array(ann.data, copy=True)
+    assert not seg.live_box.isChecked()  # nothing to follow before a first round
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+        assert seg.segment()
+    assert seg.live_box.isChecked()  # on by default once a round has run
+    out = next(layer for layer in viewer.layers if layer.name.endswith("segmentation"))
+    viewer.dims.set_point(0, float(scan.data_to_world((z + 2, 0, 0))[0]))
+    before = np.array(out.data, copy=True)
+    target = z + 2
+    wrong = np.argwhere(before[target] != 2)
+    y, x = wrong[len(wrong) // 2]
+    ann.brush_size = 3
+    with qtbot.waitSignal(seg.live.slice_updated, timeout=TIMEOUT_MS) as blocker:
+        ann.paint((target, y, x), 2)
+    index, seconds = blocker.args
+    assert index == target and seconds > 0
+    assert out.data[target, y, x] == 2  # the stroke's class shows on the displayed slice
+    np.testing.assert_array_equal(out.data[:target], before[:target])  # only that slice
+    # The user's layers: the scan untouched, the annotations hold exactly the strokes.
+    np.testing.assert_array_equal(scan.data, image)
+    changed = np.argwhere(np.asarray(ann.data) != painted_before)
+    assert len(changed) and set(changed[:, 0]) == {target}
+    # When the strokes pause, a full round updates the whole volume.
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as done:
+        pass
+    assert done.args[1] == "done"
+    assert out.data[target, y, x] == 2
+    seg.live_box.setChecked(False)
+    assert not seg.live.enabled
