@@ -15,13 +15,8 @@ from napari_latentseg import recovery
 SHAPE = (48, 256, 256)  # 3 MB of random bytes: a save takes long enough to be killed mid-way
 
 
-@pytest.fixture(autouse=True)
-def recovery_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(recovery.ENV_VAR, str(tmp_path / "recovery"))
-    return tmp_path / "recovery"
-
-
 def test_folder_per_scan_source_and_shape(recovery_dir, tmp_path):
+    # recovery_dir (conftest) sets $LATENTSEG_RECOVERY_DIR to a folder of this test
     a = recovery.scan_folder(str(tmp_path / "ct.nii.gz"), (4, 8, 8))
     assert a.parent == recovery_dir
     assert a == recovery.scan_folder(str(tmp_path / "x" / ".." / "ct.nii.gz"), (4, 8, 8))

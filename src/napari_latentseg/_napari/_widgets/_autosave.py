@@ -169,9 +169,9 @@ class RecoveryBar(QFrame):
                 self.paths.append(path)
                 snapshots.append(snap)
         if snapshots:
-            items = "; ".join(
-                f"'{s.name}' ({s.painted} voxels, {time.strftime('%d %b %H:%M', time.localtime(s.saved_at))})"
-                for s in snapshots)
+            items = "; ".join(f"'{s.name}' ({s.painted} voxels, "
+                              f"{time.strftime('%d %b %H:%M', time.localtime(s.saved_at))})"
+                              for s in snapshots)
             self.text.setText(f"<b>Unsaved annotations of this scan were found</b>: {items}.")
         self.setVisible(bool(snapshots))
         return len(snapshots)

@@ -113,7 +113,10 @@ class ClassTable(QWidget):
         return self._layer
 
     def set_layer(self, layer: napari.layers.Labels | None) -> None:
-        """Show (and from now on edit) the classes of ``layer``; defaults when it has none."""
+        """Show (and from now on edit) the classes of ``layer``; defaults when it has none.
+
+        Binding writes nothing to the layer (it may be a label file the user opened).
+        """
         self._layer = layer
         self.setEnabled(layer is not None)
         if layer is None:
@@ -124,8 +127,7 @@ class ClassTable(QWidget):
             classes = [{"value": v, "name": n, "color": _layer_colour(layer, v)}
                        for v, n in DEFAULT_NAMES.items()]
         locked = [int(v) for v in (layer.metadata or {}).get(LOCKED_KEY, [])]
-        self._fill(classes, locked)
-        self._push()
+        self._fill(classes, locked)  # shown only: the layer is written on the first edit
 
     # ------------------------------------------------------------------ reading
     def classes(self) -> list[dict[str, Any]]:
@@ -158,6 +160,16 @@ class ClassTable(QWidget):
         if self._layer is not None:
             self._layer.selected_label = value
         return value
+
+    def merge(self, classes: list[dict[str, Any]]) -> None:
+        """Add the classes whose values the table lacks (names and colours as given)."""
+        known = {c["value"] for c in self.classes()}
+        new = [c for c in classes if int(c["value"]) not in known]
+        for c in new:
+            self._add_row(int(c["value"]), str(c["name"]), c["color"], False)
+        if new:
+            self.table.sortItems(_VALUE)
+            self._push()
 
     def rename(self, value: int, name: str) -> None:
         """Give class ``value`` a new name."""
@@ -194,7 +206,8 @@ class ClassTable(QWidget):
         lock = QTableWidgetItem()
         lock.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
         lock.setCheckState(Qt.CheckState.Checked if locked else Qt.CheckState.Unchecked)
-        val = QTableWidgetItem(str(value))
+        val = QTableWidgetItem()
+        val.setData(Qt.ItemDataRole.DisplayRole, int(value))  # sorts as a number
         val.setFlags(Qt.ItemFlag.ItemIsEnabled)
         val.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
         swatch = QTableWidgetItem("")
