@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_widgets import TIMEOUT_MS, add_crop, dock, errors, fit, notes, phantom_crop, run
 
 from napari_latentseg._napari._widgets._layers import same_layer
+from test_widgets import TIMEOUT_MS, add_crop, dock, errors, fit, notes, phantom_crop, run
 
 pytestmark = pytest.mark.gui
 
@@ -107,8 +107,8 @@ def test_start_from_label_file_copies_into_new_layer(dock, qtbot, phantom_crop, 
 
 def test_locked_class_keeps_its_voxels(dock, qtbot, phantom_crop):
     viewer, widget = dock
-    img, truth, _ = phantom_crop
-    scan = add_crop(viewer, phantom_crop)
+    _, truth, _ = phantom_crop
+    add_crop(viewer, phantom_crop)
     fit(qtbot, widget, steps=10)
     seg = widget.segment_section
     ann = seg.new_annotation_layer()
@@ -165,8 +165,20 @@ def test_autosave_throttled_and_restored_after_a_crash(make_napari_viewer, qtbot
     assert {c["value"]: c["name"] for c in snap.classes}[2] == "lesion"
     assert snap.path.parent.parent == recovery_dir
 
-    # The viewer "crashes" (closed without saving); the same scan is opened again.
-    viewer.close()
+    # accepted corrections reach the annotation layer, hence the next autosave
+    seg = widget.segment_section
+    scan = widget.scan_layer()
+    assert seg.set_segmentation(scan, np.ones(scan.data.shape, np.uint8), [])
+    pred = viewer.layers["phantom crop segmentation"]
+    pred.data_setitem((np.array([7]), np.array([3]), np.array([4])), 2)
+    with qtbot.waitSignal(box.autosaver.saved, timeout=TIMEOUT_MS):
+        assert seg.accept_corrections() == 1
+    snap = recovery.load_snapshot(saves[-1])
+    assert len(saves) == 2 and snap.labels[7, 3, 4] == 2
+    np.testing.assert_array_equal(snap.labels, ann.data)
+
+    # The app "crashes" (nothing saved by hand); the same scan is opened in a new viewer.
+    # (The first viewer stays open: make_napari_viewer closes it; closing twice crashes Qt.)
     viewer2, widget2 = open_dock()
     add_crop(viewer2, phantom_crop)
     box2 = widget2.segment_section.box

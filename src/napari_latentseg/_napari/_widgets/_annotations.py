@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QPushButton, QVBoxLayout
 from ... import recovery
 from .._layer_geometry import axis_kwargs
 from ._autosave import AUTOSAVE_KEY, Autosaver, RecoveryBar
-from ._base import Section, button_row
+from ._base import Section, button_row, hint
 from ._classes import ClassTable, apply_classes, layer_classes
 from ._layers import (
     check_scan_layer,
@@ -96,6 +96,9 @@ class AnnotationBox(Section):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Annotations", self.combo)
         form.addRow(self.new_btn)
+        form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
+                         "(0 = not annotated); name them below. Then Segment. A locked class "
+                         "keeps its voxels in later rounds."))
         form.addRow(self.table)
         form.addRow("Start from", self.source)
         form.addRow(button_row(self.copy_btn, self.seed_btn, self.open_btn))

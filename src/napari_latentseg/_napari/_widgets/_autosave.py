@@ -63,6 +63,7 @@ class Autosaver(QObject):
         self._source: str | None = None
         self._worker = None
         self._pending = False
+        self._warned = False
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(int(interval_ms))
@@ -112,13 +113,23 @@ class Autosaver(QObject):
                                               locked=locked, source=source))
 
         worker = create_worker(write, _start_thread=False)
-        worker.returned.connect(self.saved.emit)
-        worker.errored.connect(lambda exc: show_error(
-            f"Autosave of '{name}' failed ({exc}); keep saving your work by hand."))
+        # Methods, not lambdas: PyQt drops these connections if the dock is deleted meanwhile.
+        worker.returned.connect(self._on_saved)
+        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
         return True
+
+    def _on_saved(self, path: str) -> None:
+        self.saved.emit(path)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if self._warned:  # once per session: a full disk would otherwise repeat it every save
+            return
+        self._warned = True
+        show_error(f"Autosave of the annotations failed ({exc}); save your work by hand "
+                   "(File > Save Selected Layers).")
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -55,7 +55,7 @@ from ...engine.segment import validate_annotations
 from ...io import save_labels
 from ...pipeline import cluster_job, segment_job
 from ._annotations import AnnotationBox
-from ._base import Section, hint
+from ._base import Section
 from ._layers import (
     check_scan_layer,
     find_output,
@@ -144,8 +144,6 @@ class SegmentSection(Section):
         form.addRow(self.cluster_btn)
         form.addRow(QLabel("<b>Few-shot from your annotations</b>"))
         form.addRow(self.box)
-        form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
-                         "(0 = not annotated). Then Segment."))
         form.addRow(self.connected)
         form.addRow("Fine-tune steps", self.finetune_steps)
         buttons = QGridLayout()
@@ -277,9 +275,10 @@ class SegmentSection(Section):
             return [], None
         return locked, np.array(layer_array(pred), copy=True)
 
-    def _show_prediction(self, scan, labels: np.ndarray, classes: list[int]):
+    def _show_prediction(self, scan, labels: np.ndarray, classes: list[int],
+                         named: list[dict] | None = None):
         pred = upsert_output(self.viewer, scan, "segmentation", labels, "labels", opacity=0.5)
-        self._colour_like_annotations(pred, classes)
+        self._colour_like_annotations(pred, classes, named)
         self._written[pred.metadata["latentseg_output"]] = np.array(labels, copy=True)
         return pred
 
@@ -291,7 +290,7 @@ class SegmentSection(Section):
         if self.annotations.layer() is not None and classes:
             self.classes.merge(classes)
         values = [int(v) for v in np.unique(labels) if v > 0]
-        self._show_prediction(scan, labels, values)
+        self._show_prediction(scan, labels, values, classes)
         self.summary.setText(f"Starting segmentation with classes {', '.join(map(str, values))}"
                              ": correct it, lock finished classes, Segment or Save.")
         return True
@@ -320,14 +319,17 @@ class SegmentSection(Section):
         for note in result.notes:
             show_info(note)
 
-    def _colour_like_annotations(self, pred, classes: list[int]) -> None:
-        """Names and colours of the class table (else the annotation layer's colours); class 1
-        (background) is shown transparent."""
+    def _colour_like_annotations(self, pred, classes: list[int],
+                                 named: list[dict] | None = None) -> None:
+        """Names and colours of the class table (else of ``named``, else the annotation layer's
+        colours); class 1 (background) is shown transparent. The full table is kept in the
+        layer's metadata (``label_classes``) for saving, since class 1 shows no colour."""
         from napari.utils.colormaps import DirectLabelColormap
 
         ann = self.annotations.layer()
         source = ann.colormap if ann is not None else pred.colormap
-        table = {c["value"]: c for c in self.classes.classes()} if ann is not None else {}
+        table = {c["value"]: c for c in (self.classes.classes() if ann is not None else
+                                         named or [])}
         clear = np.zeros(4, dtype=np.float32)
         colors = {None: clear, 0: clear}
         for c in sorted(set(map(int, classes)) | set(table)):
@@ -336,6 +338,7 @@ class SegmentSection(Section):
         pred.colormap = DirectLabelColormap(color_dict=colors)
         if table:
             pred.features = {"index": list(table), "name": [table[v]["name"] for v in table]}
+            pred.metadata = dict(pred.metadata, label_classes=list(table.values()))
 
     def _suggestion_text(self) -> str:
         s = self.suggestion or {}
@@ -457,7 +460,8 @@ class SegmentSection(Section):
             return False
         reference = (scan.metadata or {}).get("source_path")
         present = set(np.unique(data).tolist())
-        classes = [c for c in self.classes.classes() if c["value"] in present] or None
+        table = self.classes.classes() or (pred.metadata or {}).get("label_classes") or []
+        classes = [c for c in table if c["value"] in present] or None
 
         def job(stop):
             yield {"stage": "save", "message": f"writing {Path(path).name}"}
