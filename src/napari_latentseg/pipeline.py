@@ -343,7 +343,8 @@ def keep_locked(
     if intruders.any():
         free = [i for i, c in enumerate(classes) if int(c) not in locked_set]
         if free:
-            probs = np.asarray(probabilities)[free][(slice(None),) + np.nonzero(intruders)]
+            # intruding voxels first: never a copy of the whole probability volume
+            probs = np.asarray(probabilities)[(slice(None),) + np.nonzero(intruders)][free]
             best = np.asarray([classes[i] for i in free])[np.argmax(probs, axis=0)]
             labels[intruders] = best.astype(labels.dtype)
         else:

@@ -95,7 +95,6 @@ class ClassTable(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setToolTip("Double-click a name to rename it, a colour to change it. A "
                               "locked class keeps its voxels in later Segment rounds.")
-        self.table.setMaximumHeight(150)
         self.table.itemChanged.connect(self._on_item_changed)
         self.table.cellDoubleClicked.connect(self._on_double_click)
         self.add_btn = QPushButton("Add class")
@@ -198,6 +197,7 @@ class ClassTable(QWidget):
         for c in classes:
             self._add_row(int(c["value"]), str(c["name"]), c["color"], int(c["value"]) in locked)
         self._loading = False
+        self._fit_height()
 
     def _add_row(self, value: int, name: str, colour: list[float], locked: bool) -> None:
         self._loading, was = True, self._loading
@@ -217,6 +217,14 @@ class ClassTable(QWidget):
                           (_COLOUR, swatch)):
             self.table.setItem(row, col, item)
         self._loading = was
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """Tall enough for every row up to 7 (then it scrolls): the dock gives it no more."""
+        rows = min(max(self.table.rowCount(), 2), 7)
+        row_h = self.table.verticalHeader().defaultSectionSize()
+        header_h = self.table.horizontalHeader().sizeHint().height()
+        self.table.setFixedHeight(header_h + rows * row_h + 2 * self.table.frameWidth())
 
     @staticmethod
     def _set_swatch(item: QTableWidgetItem, rgb: list[float]) -> None:
