@@ -175,7 +175,7 @@ class AnnotationBox(Section):
         ann = self._add_annotation_layer(scan, np.zeros(shape, np.uint8),
                                          self._free_name(output_name(scan, "annotations")), [])
         self.viewer.layers.selection.active = ann
-        ann.selected_label = 2
+        ann.selected_label = 1
         ann.brush_size = max(3, int(min(shape[-2:]) // 25))
         ann.mode = "paint"
         show_info(f"Paint on '{ann.name}': label 1 = background, 2, 3\u2026 = structures (name "

@@ -289,7 +289,7 @@ class SegmentSection(Section):
         """
         if self.annotations.layer() is not None and classes:
             self.classes.merge(classes)
-        values = [int(v) for v in np.unique(labels) if v > 0]
+        values = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v > 0]
         self._show_prediction(scan, labels, values, classes)
         self.summary.setText(f"Starting segmentation with classes {', '.join(map(str, values))}"
                              ": correct it, lock finished classes, Segment or Save.")
@@ -459,17 +459,17 @@ class SegmentSection(Section):
             show_error(f"Cannot save: the scan's geometry is unusable ({exc}).")
             return False
         reference = (scan.metadata or {}).get("source_path")
-        present = set(np.unique(data).tolist())
         table = self.classes.classes() or (pred.metadata or {}).get("label_classes") or []
-        classes = [c for c in table if c["value"] in present] or None
 
         def job(stop):
             yield {"stage": "save", "message": f"writing {Path(path).name}"}
+            present = set(np.flatnonzero(np.bincount(data.ravel())).tolist()) if table else set()
+            classes = [c for c in table if c["value"] in present] or None  # names of what is in
             return save_labels(path, data, geometry, classes=classes, overwrite=overwrite,
                                reference=reference if isinstance(reference, str) else None)
 
         def done(written) -> None:
-            named = " with its class names" if classes else ""
+            named = " with its class names" if table else ""
             show_info(f"Saved the segmentation to {written}{named}, in the geometry of "
                       f"'{scan.name}' (it overlays the scan in other viewers).")
 
