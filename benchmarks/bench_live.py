@@ -8,7 +8,7 @@ at a time, at the most interior wrong voxel of the displayed slice, with the tru
 reports the time from each stroke to the updated slice (``LiveController.slice_updated``) and
 the Dice of the displayed slice after each stroke.
 
-Run: ``python benchmarks/bench_live.py [--cases brain1 lung2 phantom] [--strokes 6]``.
+Run: ``xvfb-run -a python benchmarks/bench_live.py [--cases phantom brain1 lung2]``.
 Models are fitted once per scan (``--fit-steps``) and kept in ``--model-dir``.
 """
 
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if not os.environ.get("DISPLAY"):  # the canvas needs OpenGL: run under xvfb-run
+    sys.exit("bench_live.py needs a display: run it as `xvfb-run -a python benchmarks/"
+             "bench_live.py`")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "pyradiomics"
 

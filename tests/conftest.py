@@ -32,3 +32,11 @@ def tiny_model(small_phantom):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def recovery_dir(tmp_path, monkeypatch):
+    """Autosaved annotations go to the test's own folder, never to ~/.cache."""
+    folder = tmp_path / "recovery"
+    monkeypatch.setenv("LATENTSEG_RECOVERY_DIR", str(folder))
+    return folder

@@ -26,6 +26,7 @@ RANKS = {
     "data": 2,  # the synthetic phantom (written with io)
     "engine": 2,  # training, inference, features, segmentation
     "pipeline": 3,  # volume-level jobs shared by the CLI, batch, demo and dock
+    "recovery": 3,  # autosaved annotations per scan (files only, no Qt)
     "demo": 4,
     "batch": 4,
     "cli": 5,

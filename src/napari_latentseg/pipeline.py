@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ __all__ = [
     "reconstruct_job",
     "cluster_job",
     "segment_job",
+    "keep_locked",
     "save_outputs",
 ]
 
@@ -257,6 +258,8 @@ def segment_job(
     cache: FeatureCache | None = None,
     device: str | None = None,
     stop_event: threading.Event | None = None,
+    locked: Iterable[int] | None = None,
+    previous: np.ndarray | None = None,
     **options: Any,
 ) -> Generator[dict, None, JobResult]:
     """Few-shot segmentation of ``scan`` from ``annotations`` (0 = not annotated, 1..N).
@@ -264,6 +267,10 @@ def segment_job(
     ``options`` are :func:`~napari_latentseg.engine.segment.segment_iter`'s (fine-tuning
     steps, classifier, connectivity rule, seed...). Roles: ``labels``, ``uncertainty``. The
     result's ``model`` is a new model (a copy holding the head); the input model is unchanged.
+
+    ``locked`` classes (finished structures) keep exactly their voxels of ``previous`` (the
+    last segmentation, with the user's edits): see :func:`keep_locked`. A ``ValueError`` is
+    raised when classes are locked without a ``previous`` on the scan's grid.
     """
     from .engine.segment import segment_iter
 
@@ -271,14 +278,82 @@ def segment_job(
     if ann.shape != scan.data.shape:
         raise ValueError(f"annotations have shape {ann.shape}, the scan {scan.data.shape}: "
                          "they must be on the scan's grid")
+    locked = sorted({int(c) for c in locked or ()})
+    if locked:
+        if previous is None or np.shape(previous) != ann.shape:
+            raise ValueError("locked classes need the previous segmentation on the scan's grid "
+                             f"(got {None if previous is None else np.shape(previous)})")
+        previous = np.array(previous, copy=True)  # the caller's layer may change meanwhile
     _to_device(model, device)
     res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,
                                   stop_event=stop_event, **options)
+    if locked:
+        res.labels, res.uncertainty = keep_locked(res.labels, res.probabilities, res.classes,
+                                                  previous, locked, res.uncertainty)
+        res.notes.append(f"Locked classes {', '.join(map(str, locked))} kept their voxels.")
     metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml),
                "mean_uncertainty": round(float(res.uncertainty.mean()), 6)}
     outputs = {"labels": Output(res.labels, "labels"),
                "uncertainty": Output(res.uncertainty, "image")}
     return JobResult(outputs, metrics, list(res.notes), res)
+
+
+def keep_locked(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[int],
+    previous: np.ndarray,
+    locked: Iterable[int],
+    uncertainty: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Restore the voxels of ``locked`` classes from ``previous`` and keep the others out.
+
+    A voxel that was a locked class in ``previous`` gets that class back (uncertainty 0); a
+    voxel the new round gave a locked class but that was not that class before gets the most
+    probable class that is not locked (0 when every predicted class is locked).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        The new round's labels.
+    probabilities : np.ndarray
+        ``(len(classes), *labels.shape)`` class probabilities of the round.
+    classes : list of int
+        The label value of each row of ``probabilities``.
+    previous : np.ndarray
+        The previous segmentation, on the same grid.
+    locked : iterable of int
+        Label values whose voxels must not change.
+    uncertainty : np.ndarray, optional
+        The round's uncertainty, set to 0 on the restored voxels.
+
+    Returns
+    -------
+    tuple
+        ``(labels, uncertainty)``, new arrays.
+    """
+    locked_set = {int(c) for c in locked}
+    labels = np.array(labels, copy=True)
+    previous = np.asarray(previous)
+    if previous.shape != labels.shape:
+        raise ValueError(f"previous segmentation has shape {previous.shape}, the new one "
+                         f"{labels.shape}")
+    keep = np.isin(previous, sorted(locked_set))
+    intruders = np.isin(labels, sorted(locked_set)) & ~keep
+    if intruders.any():
+        free = [i for i, c in enumerate(classes) if int(c) not in locked_set]
+        if free:
+            # intruding voxels first: never a copy of the whole probability volume
+            probs = np.asarray(probabilities)[(slice(None),) + np.nonzero(intruders)][free]
+            best = np.asarray([classes[i] for i in free])[np.argmax(probs, axis=0)]
+            labels[intruders] = best.astype(labels.dtype)
+        else:
+            labels[intruders] = 0
+    labels[keep] = previous[keep].astype(labels.dtype)
+    if uncertainty is not None:
+        uncertainty = np.array(uncertainty, copy=True)
+        uncertainty[keep] = 0.0
+    return labels, uncertainty
 
 
 def save_outputs(result: JobResult, paths: Mapping[str, str | os.PathLike[str] | None],

@@ -54,10 +54,11 @@ class LiveController(QObject):
     slice_updated = Signal(int, float)
     failed = Signal(str)
 
-    def __init__(self, session: Session, full_round) -> None:
+    def __init__(self, session: Session, full_round, locked=lambda: []) -> None:
         super().__init__()
         self.session = session
         self._full_round = full_round
+        self._locked = locked
         self.enabled = False
         self._scan: napari.layers.Image | None = None
         self._annotations: napari.layers.Labels | None = None
@@ -173,7 +174,7 @@ class LiveController(QObject):
         if out is None or out not in self.session.viewer.layers:
             return
         data = out.data
-        labels = pred.labels
+        labels = _respect_locks(pred, np.asarray(data[pred.index]), self._locked())
         if data.dtype.kind in "iu" and labels.max(initial=0) <= np.iinfo(data.dtype).max:
             data[pred.index] = labels.astype(data.dtype, copy=False)  # the plugin's own layer
             out.refresh()
@@ -205,3 +206,25 @@ class LiveController(QObject):
         if self._segmenter is not None:
             self._segmenter.close()
             self._segmenter = None
+
+
+def _respect_locks(pred, shown: np.ndarray, locked: list[int]) -> np.ndarray:
+    """Slice labels where locked classes keep exactly the voxels they have now.
+
+    As in full rounds (:func:`~napari_latentseg.pipeline.keep_locked`): a voxel of a locked
+    class stays; a voxel the forest gives to a locked class elsewhere goes to the most probable
+    unlocked class.
+    """
+    locked = [c for c in locked if c in pred.classes]
+    if not locked:
+        return pred.labels
+    keep = np.isin(shown, locked)
+    probs = pred.probabilities.copy()
+    for c in locked:
+        probs[pred.classes.index(c)] = -1.0
+    classes = np.asarray(pred.classes)
+    out = classes[probs.argmax(0)].astype(pred.labels.dtype)
+    if len(locked) == len(pred.classes):  # nothing unlocked to give voxels to
+        out = pred.labels.copy()
+    out[keep] = shown[keep]
+    return out

@@ -6,8 +6,12 @@ Layers
   (Image) are plugin-owned outputs on the scan's grid, updated on each run.
 - The annotation layer is the user's: *New annotation layer* creates an empty one on the scan's
   grid (same shape, scale, translate, rotate) to paint in: 1 = background, 2, 3... = structures,
-  0 = not annotated. In the segmentation layer each class has the annotation layer's colour, and
-  class 1 (the background, by that convention) is transparent so the scan shows through.
+  0 = not annotated. The class table names them (layer ``features``) and colours them; the
+  segmentation layer takes the same names and colours (class 1, the background by that
+  convention, is transparent so the scan shows through) and *Save labels* writes the names.
+- Locked classes (a tick in the table) keep their voxels of the segmentation layer as it is now
+  in later rounds (:func:`~napari_latentseg.pipeline.keep_locked`).
+- *Start from*, autosave and restore: see :mod:`._annotations`.
 
 Accept corrections (the one explicit write to a user's layer)
 -------------------------------------------------------------
@@ -48,23 +52,20 @@ from qtpy.QtWidgets import (
 )
 
 from ...engine.segment import validate_annotations
-from ...io import save_volume
+from ...io import save_labels
 from ...pipeline import cluster_job, segment_job
-from .._layer_geometry import axis_kwargs
-from ._base import Section, hint
+from ._annotations import AnnotationBox
+from ._base import Section
 from ._layers import (
     check_scan_layer,
     find_output,
-    geometry_kwargs,
     layer_array,
-    output_name,
     scan_from_layer,
     slice_target,
     source_geometry,
     upsert_output,
 )
 from ._live import LiveController
-from ._pickers import LayerCombo
 
 if TYPE_CHECKING:
     import napari.layers
@@ -96,12 +97,9 @@ class SegmentSection(Section):
             "from dark to bright).", self.cluster)
 
         # --- few-shot
-        self.annotations = LayerCombo(self.viewer, session.watcher, "labels",
-                                      "none yet")
-        self.annotations.setToolTip("The labels layer you paint on.")
-        self.new_btn = QPushButton("New annotation layer")
-        self.new_btn.setToolTip("An empty labels layer on the scan's grid, ready to paint.")
-        self.new_btn.clicked.connect(lambda *_: self.new_annotation_layer())
+        self.box = AnnotationBox(session, self.set_segmentation)
+        self.annotations, self.new_btn = self.box.combo, self.box.new_btn
+        self.classes = self.box.table
         self.finetune_steps = QSpinBox()
         self.finetune_steps.setRange(1, 100_000)
         # 60 steps: a round stays under a minute on a 2-core CPU (lung CT 512x512x61: ~50 s).
@@ -136,7 +134,8 @@ class SegmentSection(Section):
         self.save_btn.clicked.connect(lambda *_: self._ask_save())
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        self.live = LiveController(session, lambda: self.segment(finetune=False))
+        self.live = LiveController(session, lambda: self.segment(finetune=False),
+                                   locked=lambda: self.classes.locked())
         self.live_box = QCheckBox("Live: the slice follows your strokes")
         self.live_box.setToolTip(
             "After a stroke, the slice on screen is segmented again within about a second; "
@@ -153,10 +152,7 @@ class SegmentSection(Section):
         form.addRow("Clusters", clusters)
         form.addRow(self.cluster_btn)
         form.addRow(QLabel("<b>Few-shot from your annotations</b>"))
-        form.addRow("Annotations", self.annotations)
-        form.addRow(self.new_btn)
-        form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
-                         "(0 = not annotated). Then Segment."))
+        form.addRow(self.box)
         form.addRow(self.connected)
         form.addRow(self.live_box)
         form.addRow("Fine-tune steps", self.finetune_steps)
@@ -175,8 +171,13 @@ class SegmentSection(Section):
 
         self.suggestion: dict | None = None
         self._suggestion_scan: napari.layers.Layer | None = None
-        self._written: dict[str, np.ndarray] = {}
-        self._live_offered = False  # output key -> what the plugin last wrote
+        self._written: dict[str, np.ndarray] = {}  # output key -> what the plugin last wrote
+        self._live_offered = False
+
+    def set_busy(self, busy: bool) -> None:
+        """Disable the job buttons here and in the annotation box."""
+        super().set_busy(busy)
+        self.box.set_busy(busy)
 
     # ------------------------------------------------------------------ checks
     def _scan_and_model(self):
@@ -220,30 +221,8 @@ class SegmentSection(Section):
 
     # ------------------------------------------------------------------ annotations
     def new_annotation_layer(self) -> napari.layers.Labels | None:
-        """Create an empty annotation layer on the scan's grid and select it for painting."""
-        layer = self.session.scan_layer()
-        problem = check_scan_layer(layer)
-        if problem:
-            show_error(problem)
-            return None
-        shape = layer_array(layer).shape
-        metadata = {"annotation_for": layer.name}
-        try:
-            metadata["latentseg_geometry"] = source_geometry(layer, shape)
-        except ValueError:
-            pass
-        ann = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8),
-                                     name=output_name(layer, "annotations"), metadata=metadata,
-                                     opacity=0.7, **geometry_kwargs(layer),
-                                     **axis_kwargs(len(shape)))
-        self.annotations.set_layer(ann)
-        self.viewer.layers.selection.active = ann
-        ann.selected_label = 1
-        ann.brush_size = max(3, int(min(shape[-2:]) // 25))
-        ann.mode = "paint"
-        show_info(f"Paint on '{ann.name}': label 1 = background, 2, 3\u2026 = structures, on a "
-                  "few slices; then press Segment.")
-        return ann
+        """Create an empty annotation layer on the scan's grid (see :class:`AnnotationBox`)."""
+        return self.box.new_layer()
 
     def _annotation_array(self, scan) -> np.ndarray | None:
         ann_layer = self.annotations.layer()
@@ -279,11 +258,12 @@ class SegmentSection(Section):
         cache = self.session.cache
         device = self.session.device
         connected = self.connected.isChecked()
+        locked, previous = self._locked_and_previous(scan)
 
         def job(stop):
             return segment_job(model, image, ann, finetune_steps=steps,
                                keep_connected_regions=connected, cache=cache, device=device,
-                               stop_event=stop)
+                               stop_event=stop, locked=locked, previous=previous)
 
         def done(result: JobResult) -> None:
             self._show_segmentation(scan, result.result, finetune)
@@ -294,20 +274,49 @@ class SegmentSection(Section):
                                          f"{title} stopped: the previous segmentation and "
                                          "model are unchanged."))
 
+    def _locked_and_previous(self, scan) -> tuple[list[int], np.ndarray | None]:
+        """Locked classes and the segmentation they keep (the layer now, with the user's edits)."""
+        locked = self.classes.locked()
+        pred = find_output(self.viewer, scan.name, "segmentation")
+        if not locked:
+            return [], None
+        if pred is None or layer_array(pred).shape != layer_array(scan).shape:
+            show_info("Locked classes are kept from the previous segmentation: there is none "
+                      "yet, so this round changes every class.")
+            return [], None
+        return locked, np.array(layer_array(pred), copy=True)
+
+    def _show_prediction(self, scan, labels: np.ndarray, classes: list[int],
+                         named: list[dict] | None = None):
+        pred = upsert_output(self.viewer, scan, "segmentation", labels, "labels", opacity=0.5)
+        self._colour_like_annotations(pred, classes, named)
+        self._written[pred.metadata["latentseg_output"]] = np.array(labels, copy=True)
+        return pred
+
+    def set_segmentation(self, scan, labels: np.ndarray, classes: list[dict]) -> bool:
+        """Show ``labels`` (on ``scan``'s grid) as the segmentation to correct, lock and save.
+
+        Names in ``classes`` that the class table lacks are added to the annotation layer's.
+        """
+        if self.annotations.layer() is not None and classes:
+            self.classes.merge(classes)
+        values = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v > 0]
+        self._show_prediction(scan, labels, values, classes)
+        self.summary.setText(f"Starting segmentation with classes {', '.join(map(str, values))}"
+                             ": correct it, lock finished classes, Segment or Save.")
+        return True
+
     def _show_segmentation(self, scan, result: SegmentationResult, finetune: bool) -> None:
         if scan not in self.viewer.layers:
             show_error(f"'{scan.name}' was removed meanwhile; the segmentation was dropped.")
             return
-        pred = upsert_output(self.viewer, scan, "segmentation", result.labels, "labels",
-                             opacity=0.5)
-        self._colour_like_annotations(pred, result.classes)
+        pred = self._show_prediction(scan, result.labels, result.classes)
         ann_layer = self.annotations.layer()
         if ann_layer is not None:
             self.live.follow(scan, ann_layer, pred)
             if not self._live_offered:  # on by default once a first round has run
                 self._live_offered = True
                 self.live_box.setChecked(True)
-        self._written[pred.metadata["latentseg_output"]] = np.array(result.labels, copy=True)
         unc = result.uncertainty
         top = float(np.percentile(unc, 99.5)) if unc.size else 1.0
         upsert_output(self.viewer, scan, "uncertainty", unc, "image",
@@ -327,17 +336,26 @@ class SegmentSection(Section):
         for note in result.notes:
             show_info(note)
 
-    def _colour_like_annotations(self, pred, classes: list[int]) -> None:
-        """Colour each class as in the annotation layer; class 1 (background) transparent."""
+    def _colour_like_annotations(self, pred, classes: list[int],
+                                 named: list[dict] | None = None) -> None:
+        """Names and colours of the class table (else of ``named``, else the annotation layer's
+        colours); class 1 (background) is shown transparent. The full table is kept in the
+        layer's metadata (``label_classes``) for saving, since class 1 shows no colour."""
         from napari.utils.colormaps import DirectLabelColormap
 
         ann = self.annotations.layer()
         source = ann.colormap if ann is not None else pred.colormap
+        table = {c["value"]: c for c in (self.classes.classes() if ann is not None else
+                                         named or [])}
         clear = np.zeros(4, dtype=np.float32)
         colors = {None: clear, 0: clear}
-        for c in classes:
-            colors[int(c)] = clear if c == 1 else np.asarray(source.map(int(c)), np.float32)
+        for c in sorted(set(map(int, classes)) | set(table)):
+            rgba = ([*table[c]["color"], 1.0] if c in table else source.map(c))
+            colors[c] = clear if c == 1 else np.asarray(rgba, np.float32)
         pred.colormap = DirectLabelColormap(color_dict=colors)
+        if table:
+            pred.features = {"index": list(table), "name": [table[v]["name"] for v in table]}
+            pred.metadata = dict(pred.metadata, label_classes=list(table.values()))
 
     def _suggestion_text(self) -> str:
         s = self.suggestion or {}
@@ -458,15 +476,19 @@ class SegmentSection(Section):
             show_error(f"Cannot save: the scan's geometry is unusable ({exc}).")
             return False
         reference = (scan.metadata or {}).get("source_path")
+        table = self.classes.classes() or (pred.metadata or {}).get("label_classes") or []
 
         def job(stop):
             yield {"stage": "save", "message": f"writing {Path(path).name}"}
-            return save_volume(path, data, geometry, kind="labels", overwrite=overwrite,
+            present = set(np.flatnonzero(np.bincount(data.ravel())).tolist()) if table else set()
+            classes = [c for c in table if c["value"] in present] or None  # names of what is in
+            return save_labels(path, data, geometry, classes=classes, overwrite=overwrite,
                                reference=reference if isinstance(reference, str) else None)
 
         def done(written) -> None:
-            show_info(f"Saved the segmentation to {written}, in the geometry of '{scan.name}' "
-                      "(it overlays the scan in other viewers).")
+            named = " with its class names" if table else ""
+            show_info(f"Saved the segmentation to {written}{named}, in the geometry of "
+                      f"'{scan.name}' (it overlays the scan in other viewers).")
 
         return self.session.tasks.start("Saving the labels", job, on_return=done,
                                      stoppable=False)
