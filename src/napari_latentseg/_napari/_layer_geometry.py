@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..io import Volume
 
-__all__ = ["WORLD_AXIS_LABELS", "axis_kwargs", "layer_geometry_kwargs"]
+__all__ = ["WORLD_AXIS_LABELS", "axis_kwargs", "axis_kwargs_like", "layer_geometry_kwargs"]
 
 #: Labels of the world axes (z, y, x) of the LPS frame: the direction each one grows.
 WORLD_AXIS_LABELS = ("S", "P", "L")
@@ -64,3 +64,18 @@ def layer_geometry_kwargs(vol: Volume) -> dict[str, Any]:
     kwargs = vol.layer_kwargs()
     kwargs.update(axis_kwargs(vol.ndim))
     return kwargs
+
+
+def axis_kwargs_like(layer: Any) -> dict[str, Any]:
+    """``units`` and ``axis_labels`` copied from ``layer`` (where napari supports them).
+
+    Layers the plugin derives from a scan take the scan's own, so the viewer never sees
+    inconsistent units (it then drops units from rendering): mm and S, P, L for scans our
+    reader opened, whatever the user's layer has otherwise.
+    """
+    out: dict[str, Any] = {}
+    for key in _supported():
+        value = getattr(layer, key, None)
+        if value is not None:
+            out[key] = tuple(value)
+    return out

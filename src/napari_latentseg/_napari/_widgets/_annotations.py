@@ -22,7 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QPushButton, QVBoxLayout
 
 from ... import recovery
-from .._layer_geometry import axis_kwargs
+from .._layer_geometry import axis_kwargs_like
 from ._autosave import AUTOSAVE_KEY, Autosaver, RecoveryBar
 from ._base import Section, button_row, hint
 from ._classes import ClassTable, apply_classes, layer_classes
@@ -155,7 +155,7 @@ class AnnotationBox(Section):
         except ValueError:
             pass
         ann = self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.7,
-                                     **geometry_kwargs(scan), **axis_kwargs(data.ndim))
+                                     **geometry_kwargs(scan), **axis_kwargs_like(scan))
         if classes:
             apply_classes(ann, classes, locked)
         self.combo.set_layer(ann)

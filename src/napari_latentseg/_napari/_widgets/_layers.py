@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._layer_geometry import axis_kwargs
+from .._layer_geometry import axis_kwargs_like
 from .._writer import geometry_from_layer_attributes
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def upsert_output(
             layer.contrast_limits = contrast_limits
         return layer
     kwargs = dict(display, name=output_name(source, role), metadata=metadata, **geom,
-                  **axis_kwargs(np.ndim(data)))
+                  **axis_kwargs_like(source))
     if kind == "labels":
         return viewer.add_labels(data, **kwargs)
     if contrast_limits is not None:
