@@ -54,8 +54,11 @@ class LiveController(QObject):
     slice_updated = Signal(int, float)
     failed = Signal(str)
 
-    def __init__(self, session: Session, full_round, locked=lambda: []) -> None:
-        super().__init__()
+    def __init__(self, session: Session, full_round, locked=lambda: [],
+                 parent: QObject | None = None) -> None:
+        # Parented to the Segment section: its timers die with the dock, never firing into
+        # deleted widgets.
+        super().__init__(parent)
         self.session = session
         self._full_round = full_round
         self._locked = locked
@@ -194,6 +197,8 @@ class LiveController(QObject):
             self._volume_timer.start()
 
     def _start_volume(self) -> None:
+        if not self.enabled:
+            return
         if self._worker is not None or self._pending or self.session.tasks.busy:
             self._volume_timer.start()  # try again after the next pause
             return

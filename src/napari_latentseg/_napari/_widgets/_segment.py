@@ -135,7 +135,7 @@ class SegmentSection(Section):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.live = LiveController(session, lambda: self.segment(finetune=False),
-                                   locked=lambda: self.classes.locked())
+                                   locked=lambda: self.classes.locked(), parent=self)
         self.live_box = QCheckBox("Live: the slice follows your strokes")
         self.live_box.setToolTip(
             "After a stroke, the slice on screen is segmented again within about a second; "
