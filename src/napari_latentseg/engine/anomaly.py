@@ -11,13 +11,15 @@ Two modes:
 
 Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the default):
 
-``features`` (default)
+``features``
     Gaussian-mixture density of VAE encoder features (hypercolumn PCA + latent mean) with
     multi-scale intensity features; score = negative log-likelihood.
 ``knn``
     Mean distance to the 10 nearest reference samples in the same feature space.
-``intensity``
-    The same density on the five intensity features only (no VAE: the ablation).
+``intensity`` (default)
+    The same density on the five intensity features only (intensity smoothed at 1, 2, 4
+    voxels and its gradient magnitude; no VAE). It beat the VAE-feature density in the
+    benchmark with short (150-step) VAE fits, so it is the default for now.
 ``error``
     Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
 ``ssim``
@@ -44,13 +46,16 @@ from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
-           "fit_normative_iter", "fit_normative", "head_mask", "calibrate", "components"]
+           "fit_normative_iter", "fit_normative", "head_mask", "depth_map", "calibrate",
+           "components"]
 
 METHODS = ("features", "knn", "intensity", "error", "ssim", "median")
-DEFAULT_METHOD = "features"
+DEFAULT_METHOD = "intensity"  # the benchmark's best (docs/anomaly_benchmarks.md)
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # the tail model starts at the 90th percentile ...
 _TAIL_P2 = 0.02  # ... and takes its slope up to the 98th (a lesion < 2 % cannot move it)
+USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
+GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
 _QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41)[1:]])
 
 
@@ -145,23 +150,46 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _feature_rows(model, xnorm, mask, stats, method, stop_event):
+def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """In-plane distance (mm) of each voxel to the outside of the head, per slice.
+
+    A position feature that needs no registration: scalp and skull are normal at depth 0,
+    not 4 cm inside the head.
+    """
+    from scipy import ndimage
+
+    sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
+    m = mask if mask.ndim == 3 else mask[None]
+    out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
+    return out.astype(np.float32).reshape(mask.shape)
+
+
+def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
     from .anomaly_features import feature_maps_iter
 
     use_model = model if method != "intensity" else None
     feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
                                          stop_event=stop_event)
-    return feats[:, mask].T
+    rows = feats[:, mask].T
+    if stats.get("depth"):
+        # Saturating at a few cm: deeper than that the brain (or body) interior is alike (a
+        # smooth transform, not a clip, so the density sees no point mass).
+        d = depth_map(mask, spacing)[mask]
+        d = d / (d + 30.0)
+        rows = np.concatenate([rows, d[:, None]], axis=1)
+    return rows
 
 
-def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon=None):
+def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon=None,
+              spacing=None):
     """Raw (unsmoothed) score map; 0 outside ``mask``."""
     from .anomaly_features import gmm_nll, knn_distance
 
     raw = np.zeros(xnorm.shape, dtype=np.float32)
     if method in ("features", "knn", "intensity"):
         if rows is None:
-            rows = yield from _feature_rows(model, xnorm, mask, stats, method, stop_event)
+            rows = yield from _feature_rows(model, xnorm, mask, stats, method, stop_event,
+                                            spacing)
         check_stop(stop_event, "anomaly scoring")
         yield {"stage": "density", "done": 0, "total": 1}
         d = stats["density"]
@@ -270,7 +298,7 @@ def _fit_density(rows: list[np.ndarray], method: str, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     per = max(1, 30000 // len(rows))
     x = np.concatenate([r[rng.choice(len(r), min(per, len(r)), replace=False)] for r in rows])
-    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, seed=seed)
+    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
 
 
 def fit_normative_iter(
@@ -279,6 +307,7 @@ def fit_normative_iter(
     *,
     modalities: Sequence[str | None] | None = None,
     method: str = "default",
+    spacing: Sequence[float] | None = None,
     seed: int = 0,
     stop_event: threading.Event | None = None,
     _keep: list | None = None,
@@ -300,7 +329,8 @@ def fit_normative_iter(
     mods = list(modalities) if modalities is not None else [None] * len(volumes)
     prepared = [_prepare(model, np.asarray(v, dtype=np.float32), m)
                 for v, m in zip(volumes, mods, strict=True)]
-    stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes)}
+    stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes),
+                   "depth": USE_DEPTH}
     rows = []
     if method in ("features", "knn", "intensity"):
         if method != "intensity":
@@ -308,13 +338,14 @@ def fit_normative_iter(
             stats["space"] = dict(fit_feature_space(model, prepared, seed=seed,
                                                     stop_event=stop_event))
         for x, m in prepared:
-            rows.append((yield from _feature_rows(model, x, m, stats, method, stop_event)))
+            rows.append((yield from _feature_rows(model, x, m, stats, method, stop_event,
+                                                  spacing)))
         yield {"stage": "density", "done": 0, "total": 1}
         stats["density"] = _fit_density(rows, method, seed)
     raws = []
     for i, (x, m) in enumerate(prepared):
         raw = yield from _raw_iter(model, x, m, stats, method, stop_event,
-                                   rows=rows[i] if rows else None)
+                                   rows=rows[i] if rows else None, spacing=spacing)
         raws.append(raw[m])
         if _keep is not None:
             _keep.append((x, m, raw))
@@ -390,12 +421,12 @@ def anomaly_iter(
         mode = "normative"
         x, mask = _prepare(model, vol, modality)
         stats = reference
-        raw = yield from _raw_iter(model, x, mask, stats, method, stop_event)
+        raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spacing)
     else:
         mode = "self"
         keep: list = []
         stats = yield from fit_normative_iter(model, [vol], modalities=[modality],
-                                              method=method, seed=seed,
+                                              method=method, spacing=spacing, seed=seed,
                                               stop_event=stop_event, _keep=keep)
         method = stats["method"]
         x, mask, raw = keep[0]
