@@ -167,7 +167,9 @@ def build_cases(quick: bool):
         for kind in kinds_mr:
             level = {"tissue": med, "dark": med - 0.35 * (hi - lo),
                      "bright": med + 0.35 * (hi - lo)}[kind]
-            tumour_z = ndimage.binary_dilation(lab, iterations=3)
+            # Implants stay out of the slices scored away (the real tumour's, +-1).
+            tz = ndimage.binary_dilation(lab.any((1, 2)), iterations=1)
+            tumour_z = np.broadcast_to(tz[:, None, None], v.shape)
             vv, tr = implant(v, brain, sp, level, (4, 8, 13), sig, seed=len(cases),
                              avoid=tumour_z, margin_mm=5.0)
             score_mask = ~lab.any((1, 2))  # leave the real tumour's slices out

@@ -333,7 +333,7 @@ def fit_normative_iter(
                    "depth": USE_DEPTH}
     rows = []
     if method in ("features", "knn", "intensity"):
-        if method != "intensity":
+        if method != "intensity" and model is not None:
             yield {"stage": "feature space", "done": 0, "total": 1}
             stats["space"] = dict(fit_feature_space(model, prepared, seed=seed,
                                                     stop_event=stop_event))
