@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -38,8 +40,10 @@ def test_normative_mode_and_storage(tiny_model, small_phantom, tmp_path):
     refs = [make_phantom((12, 40, 40), spacing=(4.0, 4.0, 4.0), seed=s).image for s in (4, 5)]
     stats = fit_normative(tiny_model, refs, modalities=["MR", "MR"])
     assert stats["method"] == DEFAULT_METHOD and stats["n_scans"] == 2
-    tiny_model.anomaly = {**tiny_model.anomaly, "normative": stats}
-    loaded = load_model(save_model(tiny_model, tmp_path / "m.pt"))
+    # A copy: the session fixture is shared with other tests.
+    model = dataclasses.replace(tiny_model, anomaly={**tiny_model.anomaly, "normative": stats})
+    loaded = load_model(save_model(model, tmp_path / "m.pt"))
+    assert loaded.anomaly["normative"]["calibration"] == stats["calibration"]
     img, truth = _implant(small_phantom.image, small_phantom.labels)
     res = anomaly_map(loaded, img, modality="MR", reference="model")
     assert res.mode == "normative" and res.method == DEFAULT_METHOD

@@ -223,7 +223,7 @@ def calibrate(fit_scores: np.ndarray) -> dict:
     q90, q98 = np.quantile(v, [1 - _TAIL_P, 1 - _TAIL_P2])
     scale = max(float(q98 - q90) / np.log(_TAIL_P / _TAIL_P2), 1e-9)
     return {"p": _QS.tolist(), "q": q.tolist(), "tail_start": float(q90),
-            "tail_scale": scale, "n": int(v.size)}
+            "tail_scale": float(scale), "n": int(v.size)}
 
 
 def _calibrated(raw: np.ndarray, cal: dict) -> np.ndarray:
