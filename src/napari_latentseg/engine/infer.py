@@ -46,7 +46,8 @@ class ReconstructionResult:
     Attributes
     ----------
     reconstruction : np.ndarray
-        float32, in the input's intensity units (within the normalisation's clipping range).
+        float32, in the input's intensity units; what the normalisation clips off (outside its
+        range) is added back, so out-of-range intensities (vessels, fat, air) are not lost.
     error : np.ndarray
         float32 absolute error ``|x - recon|`` in normalised units (fraction of the scan's
         intensity range; comparable across scans).
@@ -274,7 +275,7 @@ def reconstruct_iter(
                 x = block[:, c]
                 y = runner(block)[:, 0]
                 sl = slice(zs[0], zs[-1] + 1)
-                recon[sl] = norm.inverse(y)
+                recon[sl] = norm.inverse(y) + norm.out_of_range(vol[sl])
                 err = np.abs(x - y)
                 error[sl] = err
                 if do_anom:
@@ -289,7 +290,7 @@ def reconstruct_iter(
                 y = runner(x[None, None])[0, 0]
                 y = y[w0 - r0 : w0 - r0 + (w1 - w0)]
                 x = x[w0 - r0 : w0 - r0 + (w1 - w0)]
-                recon[w0:w1] = norm.inverse(y)
+                recon[w0:w1] = norm.inverse(y) + norm.out_of_range(vol[w0:w1])
                 error[w0:w1] = np.abs(x - y)
                 yield {"stage": "reconstruct", "done": i + 1, "total": len(slabs)}
             if do_anom:

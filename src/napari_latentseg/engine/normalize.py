@@ -3,7 +3,8 @@
 CT is normalised with a fixed Hounsfield window (the same mapping for every scan, so values keep
 their physical meaning); MR and unknown modalities with robust percentiles of the foreground of
 each scan (MR intensities have no absolute scale). Both map to roughly [0, 1] and are inverted
-exactly inside the clipping range, so reconstructions come back in the input's units.
+exactly inside the clipping range; :meth:`Normalizer.out_of_range` gives what clipping removed,
+which reconstructions add back so they come back in the input's units over the whole range.
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ class Normalizer:
         """Normalise (float32)."""
         y = (np.asarray(x, dtype=np.float32) - self.low) / (self.high - self.low)
         return np.clip(y, self.clip_low, self.clip_high, out=y)
+
+    def out_of_range(self, x: np.ndarray) -> np.ndarray:
+        """What clipping removes from ``x``, in the input's units (0 inside the range).
+
+        Adding it to a reconstruction brings back the intensities the network never sees
+        (bright vessels, fat, metal), so a reconstruction matches the scan where it is normal.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        return x - self.inverse(self(x))
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Back to the input's intensity units (float32)."""

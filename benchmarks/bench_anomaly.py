@@ -1,0 +1,339 @@
+"""Anomaly maps against intensity baselines, on real and implanted lesions.
+
+Cases (downsampled so a run takes minutes on one thread; sizes are printed):
+
+- ``brain1-tumour``, ``brain2-tumour``: the pyradiomics tumour masks, in-plane / 2
+  (25 x 128 x 128 at 1.56 mm);
+- ``brainN-syn-{tissue,dark,bright}``: three spheres (radius 4, 8, 13 mm; soft edge) implanted
+  in the brain interior, at the brain's median intensity or -/+ 0.35 of its 5-95 % range,
+  carrying the scan's own noise (MAD of the median-filter residual); slices with the real
+  tumour are left out of the scoring;
+- ``lungN-nodule-{solid,ggo,calcified}``: three nodules (radius 3, 6, 10 mm) in lung
+  parenchyma at 40, -450 and 400 HU with the scan's noise; 24 slices around the tumour,
+  in-plane / 4 (128 x 128 at ~2.4 mm), the real tumour counted as a lesion too;
+- ``phantom``: the shipped phantom's three lesions (label 7);
+- false positives: flagged volume in the slices at least 3 slices away from every lesion (real
+  or implanted) of ``brain1-tumour``, ``brain2-tumour`` and ``lung1-nodule-solid``, % of head.
+
+Methods: the engine's ``intensity`` (default), ``error`` (today's reconstruction error) and
+``median`` (|x - median 5x5|) in self mode, ``intensity`` in normative mode, and ``features``
+(VAE encoder-feature density) in both modes on two cases (``knn`` and ``ssim`` were measured
+in exploratory runs only, see docs/anomaly_benchmarks.md). Normative statistics come from
+the other scan of the pair (brain1 <-> brain2, lung1 <-> lung2, phantom seed 0 <- seeds
+1, 2); ``oracle-window`` is the best intensity window chosen with the labels (an upper bound
+of thresholding). Best Dice over thresholds and AUPRC
+inside the head; Dice and false positives at the unsupervised threshold (fpr 1e-3).
+
+One VAE per modality (MR: brain1 + brain2, also used for the phantom; CT: lung1 + lung2), fitted
+with ``--steps`` (cached under ``benchmarks/.cache``). Also: reconstruction PSNR on brain1
+(full size) with out-of-range intensities restored vs clipped, and the time of a self-mode
+anomaly map of full-size brain1.
+
+Usage: ``LATENTSEG_NUM_THREADS=1 python benchmarks/bench_anomaly.py [--quick]``; writes
+``benchmarks/results/anomaly.json`` and ``anomaly.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = Path("/work/shared/data/pyradiomics")
+CACHE = HERE / ".cache"
+
+
+def _down(v: np.ndarray, f: int) -> np.ndarray:
+    z, y, x = v.shape
+    v = v[:, : y - y % f, : x - x % f].astype(np.float32)
+    return v.reshape(z, y // f, f, x // f, f).mean((2, 4))
+
+
+def load(name: str, f: int, z_window: int | None = None):
+    from napari_latentseg.io import read_volume
+
+    img = read_volume(DATA / f"{name}_image.nrrd")
+    lab = read_volume(DATA / f"{name}_label.nrrd").data > 0
+    v = img.data.astype(np.float32)
+    if z_window:
+        zs = np.nonzero(lab.any((1, 2)))[0]
+        c = int(zs.mean())
+        lo = max(0, min(v.shape[0] - z_window, c - z_window // 2))
+        v, lab = v[lo : lo + z_window], lab[lo : lo + z_window]
+    sp = (img.spacing[0], img.spacing[1] * f, img.spacing[2] * f)
+    return _down(v, f), _down(lab.astype(np.float32), f) >= 0.5, sp
+
+
+def noise_sigma(v: np.ndarray, region: np.ndarray) -> float:
+    from scipy import ndimage
+
+    r = v - ndimage.median_filter(v, (1, 3, 3))
+    d = r[region]
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / 0.85)
+
+
+def implant(v, region, spacing, level, radii_mm, sigma, seed, avoid=None, margin_mm=1.0):
+    """Spheres with a soft edge at ``level`` + the scan's noise; returns (volume, mask)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    sp = np.asarray(spacing)
+    out = v.copy()
+    truth = np.zeros(v.shape, bool)
+    grid = np.indices(v.shape).astype(np.float32)
+    free = region.copy() if avoid is None else region & ~avoid
+    for r in radii_mm:
+        # Centres deep enough in the region that the sphere stays inside.
+        inner = ndimage.distance_transform_edt(free, sampling=sp) > r + margin_mm
+        inner &= ~ndimage.binary_dilation(truth, iterations=3)
+        cand = np.argwhere(inner)
+        if not len(cand):
+            cand = np.argwhere(free & ~truth)
+        c = cand[rng.integers(len(cand))]
+        d = np.sqrt(sum(((grid[i] - c[i]) * sp[i]) ** 2 for i in range(3)))
+        a = 1.0 / (1.0 + np.exp((d - r) / (0.5 * sp[1:].mean())))
+        tex = level + sigma * rng.normal(size=v.shape).astype(np.float32)
+        out = out * (1 - a) + tex * a
+        truth |= a >= 0.5
+    return out.astype(np.float32), truth
+
+
+def oracle_window(v, truth, mask, bins=128):
+    vals, t = v[mask], truth[mask]
+    edges = np.unique(np.quantile(vals, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, vals, side="right") - 1, 0, len(edges) - 2)
+    tot = np.bincount(idx, minlength=len(edges) - 1).astype(float)
+    pos = np.bincount(idx, weights=t, minlength=len(edges) - 1)
+    ct, cp = np.concatenate([[0], np.cumsum(tot)]), np.concatenate([[0], np.cumsum(pos)])
+    w = ct[None, :] - ct[:, None]
+    tp = cp[None, :] - cp[:, None]
+    dice = np.where(w > 0, 2 * tp / (w + t.sum() + 1e-9), 0)
+    return float(dice.max())
+
+
+def curve_metrics(score, truth, mask):
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    s, t = score[mask], truth[mask]
+    if not t.any():
+        return None, None
+    p, r, _ = precision_recall_curve(t, s)
+    dice = np.max(2 * p * r / np.maximum(p + r, 1e-12))
+    return float(dice), float(average_precision_score(t, s))
+
+
+def dice(a, b):
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def fit_vae(name, vols, steps):
+    from napari_latentseg.engine.train import FitOptions, fit
+    from napari_latentseg.models.checkpoint import load_model, save_model
+
+    path = CACHE / f"anomaly-{name}-{steps}.pt"
+    if path.exists():
+        return load_model(path), 0.0
+    CACHE.mkdir(exist_ok=True)
+    t = time.perf_counter()
+    res = fit(vols, "cpu-2d", FitOptions(steps=steps, eval_every=max(10, steps // 4),
+                                         device="cpu", patience=0))
+    save_model(res.model, path)
+    return res.model, time.perf_counter() - t
+
+
+def build_cases(quick: bool):
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.anomaly import head_mask
+
+    cases, refs = [], {}
+    kinds_mr = ["tissue"] if quick else ["tissue", "dark", "bright"]
+    for name in ("brain1", "brain2"):
+        v, lab, sp = load(name, 2)
+        refs[name] = v
+        cases.append(dict(name=f"{name}-tumour", group="mr", v=v, truth=lab, sp=sp,
+                          ref=name, fp=True, mod="MR"))
+        head = head_mask(v, "MR")
+        from scipy import ndimage
+
+        # Brain parenchyma, roughly: > 15 mm inside the head (past scalp and skull).
+        brain = ndimage.distance_transform_edt(head, sampling=sp) > 15.0
+        lo, med, hi = np.percentile(v[brain], [5, 50, 95])
+        sig = noise_sigma(v, brain)
+        for kind in kinds_mr:
+            level = {"tissue": med, "dark": med - 0.35 * (hi - lo),
+                     "bright": med + 0.35 * (hi - lo)}[kind]
+            # Implants stay out of the slices scored away (the real tumour's, +-1).
+            tz = ndimage.binary_dilation(lab.any((1, 2)), iterations=1)
+            tumour_z = np.broadcast_to(tz[:, None, None], v.shape)
+            vv, tr = implant(v, brain, sp, level, (4, 8, 13), sig, seed=len(cases),
+                             avoid=tumour_z, margin_mm=5.0)
+            score_mask = ~lab.any((1, 2))  # leave the real tumour's slices out
+            cases.append(dict(name=f"{name}-syn-{kind}", group="mr", v=vv, truth=tr, sp=sp,
+                              ref=name, fp=False, mod="MR", zmask=score_mask))
+    f = 4  # 128 x 128 in-plane (the CT VAE was fitted on in-plane / 2 crops)
+    kinds_ct = ["solid"] if quick else ["solid", "ggo", "calcified"]
+    for name in ("lung1", "lung2"):
+        v, lab, sp = load(name, f, z_window=24)
+        refs[name] = v
+        body = head_mask(v, "CT")
+        from scipy import ndimage
+
+        lung = body & (v < -500) & ~ndimage.binary_dilation(lab, iterations=4)
+        sig = noise_sigma(v, body & (v > -200) & (v < 200))
+        for kind in kinds_ct if name == "lung1" else kinds_ct[:1]:
+            level = {"solid": 40.0, "ggo": -450.0, "calcified": 400.0}[kind]
+            vv, tr = implant(v, lung, sp, level, (3, 6, 10), sig, seed=len(cases))
+            cases.append(dict(name=f"{name}-nodule-{kind}", group="ct", v=vv, truth=tr | lab,
+                              sp=sp, ref=name, fp=kind == "solid" and name == "lung1",
+                              mod="CT"))
+    shape = (20, 64, 64) if quick else (40, 128, 128)
+    sp_ph = (4.0, 1.6 * 128 / shape[1], 1.6 * 128 / shape[2])
+    ph = make_phantom(shape, sp_ph, seed=0)
+    cases.append(dict(name="phantom", group="mr", v=ph.image.astype(np.float32),
+                      truth=ph.labels == 7, sp=ph.spacing, ref="phantom", fp=False, mod="MR"))
+    refs["phantom"] = [make_phantom(shape, sp_ph, seed=s).image.astype(np.float32)
+                       for s in (1, 2)]
+    return cases, refs
+
+
+OTHER = {"brain1": "brain2", "brain2": "brain1", "lung1": "lung2", "lung2": "lung1"}
+
+
+def run(quick: bool, steps: int, out: Path) -> dict:
+    from scipy import ndimage
+
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative, head_mask
+
+    t_all = time.perf_counter()
+    cases, refs = build_cases(quick)
+    models, fit_s = {}, {}
+    mr = [refs["brain1"], refs["brain2"]]
+    ct = [refs["lung1"], refs["lung2"]]
+    models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps)
+    models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps)
+    print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
+    # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
+    self_methods = ["intensity", "median", "error"]
+    norm_methods = ["intensity"]
+    feature_cases = {"phantom", "brain1-syn-tissue"}
+    norm_cache: dict = {}
+    rows = []
+    for c in cases:
+        model = models[c["group"]]
+        v, truth = c["v"], c["truth"]
+        mask = head_mask(v, c["mod"])
+        smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
+        lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
+        far = np.ones(v.shape[0], bool)
+        far[lesion_z] = False
+        fmask = mask & far[:, None, None]
+        base = {"case": c["name"], "shape": list(v.shape), "lesion_ml":
+                float(truth.sum() * np.prod(c["sp"]) / 1000)}
+        rows.append({**base, "method": "oracle-window", "mode": "labels",
+                     "best_dice": oracle_window(v, truth, smask)})
+        runs = [(m, "self") for m in self_methods] + [(m, "normative") for m in norm_methods]
+        if c["name"] in feature_cases and not quick:
+            runs += [("features", "self"), ("features", "normative")]
+        for method, mode in runs:
+            ref = None
+            if mode == "normative":
+                key = (c["ref"], method)
+                if key not in norm_cache:
+                    other = refs["phantom"] if c["ref"] == "phantom" else [refs[OTHER[c["ref"]]]]
+                    t = time.perf_counter()
+                    norm_cache[key] = (fit_normative(model, other, method=method, spacing=c["sp"],
+                                                     modalities=[c["mod"]] * len(other)),
+                                       time.perf_counter() - t)
+                ref = norm_cache[key][0]
+            t = time.perf_counter()
+            res = anomaly_map(model, v, modality=c["mod"], method=method, reference=ref,
+                              spacing=c["sp"], error_map=False)
+            secs = time.perf_counter() - t
+            bd, ap = curve_metrics(res.score, truth, smask)
+            row = {**base, "method": method, "mode": mode, "best_dice": bd, "auprc": ap,
+                   "dice_at_threshold": dice(res.labels > 0, truth & smask),
+                   "threshold": res.threshold, "n_candidates": len(res.candidates),
+                   "seconds": round(secs, 2)}
+            if c["fp"] and fmask.any():
+                row["fp_pct_head"] = float(100 * (res.labels[fmask] > 0).mean())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    extra = psnr_and_timing(models["mr"], quick)
+    result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "quick": quick,
+              "machine": f"{platform.processor() or platform.machine()}, 1 thread",
+              "total_seconds": round(time.perf_counter() - t_all, 1), **extra}
+    out.mkdir(parents=True, exist_ok=True)
+    name = "anomaly-quick" if quick else "anomaly"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+def psnr_and_timing(model, quick: bool) -> dict:
+    """PSNR of brain1 (full size) reconstructions, restored vs clipped; full-size map time."""
+    from napari_latentseg.engine.anomaly import anomaly_map, head_mask
+    from napari_latentseg.engine.infer import normalizer_for, reconstruct
+    from napari_latentseg.io import read_volume
+
+    v = read_volume(DATA / "brain1_image.nrrd").data.astype(np.float32)
+    rec = reconstruct(model, v, modality="MR", anomalies=False)
+    norm, _ = normalizer_for(model, v, "MR")
+    clipped = rec.reconstruction - norm.out_of_range(v)
+    head = head_mask(v, "MR")
+    rng_lo, rng_hi = np.percentile(v[v > np.median(v)], [0.5, 99.5])
+
+    def psnr(r):
+        mse = float(np.mean((r[head] - v[head]) ** 2))
+        return float(20 * np.log10((rng_hi - rng_lo) / np.sqrt(mse)))
+
+    out = {"psnr_brain1_restored_db": psnr(rec.reconstruction),
+           "psnr_brain1_clipped_db": psnr(clipped),
+           "psnr_note": "VAE fitted on in-plane/2 brains, applied to full-size brain1"}
+    if not quick:
+        t = time.perf_counter()
+        res = anomaly_map(model, v, modality="MR", spacing=(6.5, 0.78, 0.78))
+        out["full_brain1_anomaly_seconds"] = round(time.perf_counter() - t, 1)
+        out["full_brain1_candidates"] = len(res.candidates)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _f(x, nd=3):
+    return "" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Machine: {r['machine']}; VAE steps {r['steps']}; total {r['total_seconds']} s",
+             "", "| case | method | mode | best Dice | AUPRC | Dice@thr | FP % head | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['case']} | {row['method']} | {row['mode']} | "
+                     f"{_f(row.get('best_dice'))} | {_f(row.get('auprc'))} | "
+                     f"{_f(row.get('dice_at_threshold'))} | {_f(row.get('fp_pct_head'))} | "
+                     f"{_f(row.get('seconds'), 1)} |")
+    lines += ["", f"PSNR brain1 (head, scan units): restored "
+              f"{_f(r.get('psnr_brain1_restored_db'), 1)} dB, clipped "
+              f"{_f(r.get('psnr_brain1_clipped_db'), 1)} dB"]
+    if "full_brain1_anomaly_seconds" in r:
+        lines.append(f"Full-size brain1 self-mode anomaly map: {r['full_brain1_anomaly_seconds']}"
+                     " s")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer cases and methods, smaller CT")
+    p.add_argument("--steps", type=int, default=None, help="VAE fit steps (150; quick 60)")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    a = p.parse_args()
+    run(a.quick, a.steps or (60 if a.quick else 150), a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""Anomaly maps: where a scan departs from normal anatomy, calibrated without labels.
+
+Two modes:
+
+* **self** (no healthy reference): the normal appearance is learned from the scan itself; a
+  lesion is a small fraction of the head, so robust statistics (trimmed density fit, a tail
+  model from the 90th-98th percentiles) are barely moved by it.
+* **normative**: statistics fitted by :func:`fit_normative` on one or more other (healthy or
+  mostly healthy) scans are applied to a new one; store them in ``model.anomaly["normative"]``
+  so they travel with the model file.
+
+Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the default):
+
+``features``
+    Gaussian-mixture density of VAE encoder features (hypercolumn PCA + latent mean) with
+    multi-scale intensity features; score = negative log-likelihood.
+``knn``
+    Mean distance to the 10 nearest reference samples in the same feature space.
+``intensity`` (default)
+    The same density on the five intensity features only (intensity smoothed at 1, 2, 4
+    voxels and its gradient magnitude; no VAE). It beat the VAE-feature density in the
+    benchmark with short (150-step) VAE fits, so it is the default for now.
+``error``
+    Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
+``ssim``
+    ``1 - SSIM(x, recon)`` in 7x7 windows.
+``median``
+    Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
+
+Every raw map is smoothed (1 voxel, in-plane for 2D models) and calibrated: the returned
+``score`` is ``-log10`` of the estimated fraction of normal head voxels scoring higher (0.1 ->
+1, 0.001 -> 3), from the fit data's quantiles and an exponential tail beyond the 90th
+percentile. ``threshold`` is the score whose false-positive rate is ``fpr``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..models.checkpoint import VAEModel
+from ..runtime.progress import check_stop, drive
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
+           "fit_normative_iter", "fit_normative", "head_mask", "depth_map", "calibrate",
+           "components"]
+
+METHODS = ("features", "knn", "intensity", "error", "ssim", "median")
+DEFAULT_METHOD = "intensity"  # the benchmark's best (docs/anomaly_benchmarks.md)
+_NEEDS_MODEL = {"features", "knn", "error", "ssim"}
+_TAIL_P = 0.10  # the tail model starts at the 90th percentile ...
+_TAIL_P2 = 0.02  # ... and takes its slope up to the 98th (a lesion < 2 % cannot move it)
+USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
+GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
+_QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41)[1:]])
+
+
+@dataclass
+class AnomalyResult:
+    """Outputs of :func:`anomaly_iter`, all on the input's grid.
+
+    Attributes
+    ----------
+    score : np.ndarray
+        float32, higher = more abnormal: ``-log10`` of the estimated fraction of normal head
+        voxels scoring higher (0 outside the head).
+    threshold : float
+        Score above which voxels are candidates (its false-positive rate is ``fpr``).
+    labels : np.ndarray
+        Candidates labelled 1..n (uint16), components under ``min_volume_ml`` dropped.
+    candidates : list of dict
+        Per candidate: ``id``, ``voxels``, ``volume_ml``, ``peak_score``, ``centroid``
+        (voxel index, array-axis order), sorted by peak score.
+    method : str
+        The method used.
+    mode : str
+        ``"self"`` or ``"normative"``.
+    error : np.ndarray or None
+        The plain reconstruction error map (normalised units), when a model was given.
+    mask : np.ndarray
+        The head / body mask scored.
+    seconds : float
+        Wall time.
+    info : dict
+        ``fpr``, the calibration used, timings.
+    """
+
+    score: np.ndarray
+    threshold: float
+    labels: np.ndarray
+    candidates: list[dict]
+    method: str
+    mode: str
+    error: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
+    """Head / body foreground with holes filled per slice (CT lungs and MR CSF are inside)."""
+    from scipy import ndimage
+
+    from .normalize import foreground_mask, guess_modality
+
+    fg = foreground_mask(volume, guess_modality(volume, modality))
+    fg = ndimage.binary_opening(fg, np.ones((1, 3, 3), bool)[-fg.ndim:]) if fg.ndim == 3 else fg
+    if fg.ndim == 2:
+        return ndimage.binary_fill_holes(fg)
+    return np.stack([ndimage.binary_fill_holes(s) for s in fg])
+
+
+def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None):
+    """(normalised volume, head mask) with the model's normalisation (percentiles without)."""
+    from .normalize import Normalizer
+
+    mask = head_mask(volume, modality)
+    if model is not None:
+        norm = Normalizer.from_dict(model.normalization or {"method": "percentile"})
+    else:
+        norm = Normalizer()
+    norm.fit(volume, mask)
+    return norm(volume), mask
+
+
+def _smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0) -> np.ndarray:
+    from scipy import ndimage
+
+    s = (0.0, sigma, sigma) if spatial_dims == 2 else (sigma,) * 3
+    return ndimage.gaussian_filter(raw, s[-raw.ndim:])
+
+
+def _recon(model: VAEModel, xnorm: np.ndarray) -> np.ndarray:
+    from .infer import reconstruct_normalised
+
+    return reconstruct_normalised(model, xnorm)
+
+
+def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from skimage.metrics import structural_similarity
+
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        _, s = structural_similarity(x[i], y[i], data_range=1.0, win_size=7, full=True)
+        out[i] = 1.0 - s
+    return out
+
+
+def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """In-plane distance (mm) of each voxel to the outside of the head, per slice.
+
+    A position feature that needs no registration: scalp and skull are normal at depth 0,
+    not 4 cm inside the head.
+    """
+    from scipy import ndimage
+
+    sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
+    m = mask if mask.ndim == 3 else mask[None]
+    out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
+    return out.astype(np.float32).reshape(mask.shape)
+
+
+def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
+    from .anomaly_features import feature_maps_iter
+
+    use_model = model if method != "intensity" else None
+    feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
+                                         stop_event=stop_event)
+    rows = feats[:, mask].T
+    if stats.get("depth"):
+        # Saturating at a few cm: deeper than that the brain (or body) interior is alike (a
+        # smooth transform, not a clip, so the density sees no point mass).
+        d = depth_map(mask, spacing)[mask]
+        d = d / (d + 30.0)
+        rows = np.concatenate([rows, d[:, None]], axis=1)
+    return rows
+
+
+def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon=None,
+              spacing=None):
+    """Raw (unsmoothed) score map; 0 outside ``mask``."""
+    from .anomaly_features import gmm_nll, knn_distance
+
+    raw = np.zeros(xnorm.shape, dtype=np.float32)
+    if method in ("features", "knn", "intensity"):
+        if rows is None:
+            rows = yield from _feature_rows(model, xnorm, mask, stats, method, stop_event,
+                                            spacing)
+        check_stop(stop_event, "anomaly scoring")
+        yield {"stage": "density", "done": 0, "total": 1}
+        d = stats["density"]
+        raw[mask] = knn_distance(rows, d) if d["kind"] == "knn" else gmm_nll(rows, d)
+    elif method in ("error", "ssim"):
+        y = _recon(model, xnorm) if recon is None else recon
+        raw = np.abs(xnorm - y) if method == "error" else _ssim_map(xnorm, y)
+    elif method == "median":
+        from scipy import ndimage
+
+        raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
+    else:
+        raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
+    sd = model.config.spatial_dims if model is not None else 2
+    raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)))
+    raw[~mask] = np.nan
+    return raw
+
+
+def calibrate(fit_scores: np.ndarray) -> dict:
+    """Calibration of raw scores from normal (or mostly normal) voxels: quantiles and tail.
+
+    Returns a plain dict for :func:`_calibrated` (``q``: quantiles at ``p``; ``tail_start``,
+    ``tail_scale``: exponential tail ``P(S > s) = 0.1 exp(-(s - tail_start) / tail_scale)``).
+    """
+    v = np.asarray(fit_scores, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("calibration needs at least one finite score")
+    q = np.quantile(v, _QS)
+    q90, q98 = np.quantile(v, [1 - _TAIL_P, 1 - _TAIL_P2])
+    scale = max(float(q98 - q90) / np.log(_TAIL_P / _TAIL_P2), 1e-9)
+    return {"p": _QS.tolist(), "q": q.tolist(), "tail_start": float(q90),
+            "tail_scale": float(scale), "n": int(v.size)}
+
+
+def _calibrated(raw: np.ndarray, cal: dict) -> np.ndarray:
+    """Raw score -> ``-log10`` estimated survival (empirical below the 90th percentile)."""
+    p, q = np.asarray(cal["p"]), np.asarray(cal["q"])
+    body = p <= 1 - _TAIL_P + 1e-12
+    surv = 1.0 - np.interp(raw, q[body], p[body])
+    tail = raw >= cal["tail_start"]
+    surv = np.where(tail, _TAIL_P * np.exp(-(raw - cal["tail_start"]) / cal["tail_scale"]),
+                    np.maximum(surv, _TAIL_P))
+    out = -np.log10(np.maximum(surv, 1e-30))
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def _threshold(cal: dict, fpr: float, mode: str) -> float:
+    """Self mode: the tail model's score for ``fpr``; normative: the fit data's quantile."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
+    if mode == "normative":
+        raw_t = float(np.interp(1 - fpr, cal["p"], cal["q"]))
+        return float(_calibrated(np.array([raw_t]), cal)[0])
+    return float(-np.log10(fpr))
+
+
+def components(labels_in: np.ndarray, score: np.ndarray, spacing: Sequence[float] | None = None,
+               min_volume_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """Connected components of a boolean map, with volume (mL), peak score and centroid.
+
+    Parameters
+    ----------
+    labels_in : np.ndarray
+        Boolean candidate map.
+    score : np.ndarray
+        Score map (for each component's peak).
+    spacing : sequence of float, optional
+        Voxel size in mm per array axis (1 mm when missing).
+    min_volume_ml : float
+        Components smaller than this are dropped.
+    """
+    from scipy import ndimage
+
+    nd = labels_in.ndim
+    sp = np.ones(nd) if spacing is None else np.asarray(spacing, float)[-nd:]
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    lab, n = ndimage.label(labels_in)
+    out = np.zeros(labels_in.shape, dtype=np.uint16)
+    cands: list[dict] = []
+    if n == 0:
+        return out, cands
+    idx = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(lab, dtype=np.int64), lab, idx)
+    peaks = ndimage.maximum(score, lab, idx)
+    cents = ndimage.center_of_mass(labels_in, lab, idx)
+    order = np.argsort(-np.asarray(peaks))
+    for i in order:
+        if sizes[i] * voxel_ml < min_volume_ml:
+            continue
+        cands.append({"id": len(cands) + 1, "voxels": int(sizes[i]),
+                      "volume_ml": float(sizes[i] * voxel_ml), "peak_score": float(peaks[i]),
+                      "centroid": [float(c) for c in cents[i]], "_label": int(idx[i])})
+        if len(cands) >= 65535:
+            break
+    remap = np.zeros(n + 1, dtype=np.uint16)
+    for c in cands:
+        remap[c.pop("_label")] = c["id"]
+    return remap[lab], cands
+
+
+def _fit_density(rows: list[np.ndarray], method: str, seed: int) -> dict:
+    from .anomaly_features import fit_gmm, fit_knn
+
+    rng = np.random.default_rng(seed)
+    per = max(1, 30000 // len(rows))
+    x = np.concatenate([r[rng.choice(len(r), min(per, len(r)), replace=False)] for r in rows])
+    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
+
+
+def fit_normative_iter(
+    model: VAEModel | None,
+    volumes: Sequence[np.ndarray],
+    *,
+    modalities: Sequence[str | None] | None = None,
+    method: str = "default",
+    spacing: Sequence[float] | None = None,
+    seed: int = 0,
+    stop_event: threading.Event | None = None,
+    _keep: list | None = None,
+) -> Generator[dict, None, dict]:
+    """Fit normative anomaly statistics on one or more scans; returns a plain dict.
+
+    Store the result as ``model.anomaly["normative"]`` (saved with the model) or pass it as
+    ``reference=`` to :func:`anomaly_iter`.
+    """
+    from .anomaly_features import fit_feature_space
+
+    method = DEFAULT_METHOD if method == "default" else method
+    if method not in METHODS:
+        raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
+    if method in _NEEDS_MODEL and model is None:
+        raise ValueError(f"the {method!r} method needs a fitted model")
+    if not len(volumes):
+        raise ValueError("fit_normative needs at least one volume")
+    mods = list(modalities) if modalities is not None else [None] * len(volumes)
+    prepared = [_prepare(model, np.asarray(v, dtype=np.float32), m)
+                for v, m in zip(volumes, mods, strict=True)]
+    stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes),
+                   "depth": USE_DEPTH}
+    rows = []
+    if method in ("features", "knn", "intensity"):
+        if method != "intensity" and model is not None:
+            yield {"stage": "feature space", "done": 0, "total": 1}
+            stats["space"] = dict(fit_feature_space(model, prepared, seed=seed,
+                                                    stop_event=stop_event))
+        for x, m in prepared:
+            rows.append((yield from _feature_rows(model, x, m, stats, method, stop_event,
+                                                  spacing)))
+        yield {"stage": "density", "done": 0, "total": 1}
+        stats["density"] = _fit_density(rows, method, seed)
+    raws = []
+    for i, (x, m) in enumerate(prepared):
+        raw = yield from _raw_iter(model, x, m, stats, method, stop_event,
+                                   rows=rows[i] if rows else None, spacing=spacing)
+        raws.append(raw[m])
+        if _keep is not None:
+            _keep.append((x, m, raw))
+        yield {"stage": "calibrate", "done": i + 1, "total": len(prepared)}
+    stats["calibration"] = calibrate(np.concatenate(raws))
+    return stats
+
+
+def fit_normative(model: VAEModel | None, volumes: Sequence[np.ndarray], *,
+                  progress: Callable | None = None, **kwargs) -> dict:
+    """Blocking version of :func:`fit_normative_iter`."""
+    return drive(fit_normative_iter(model, volumes, **kwargs), progress)
+
+
+def anomaly_iter(
+    model: VAEModel | None,
+    volume: np.ndarray,
+    *,
+    modality: str | None = None,
+    method: str = "default",
+    reference: dict | str | None = None,
+    fpr: float = 1e-3,
+    spacing: Sequence[float] | None = None,
+    min_volume_ml: float = 0.05,
+    error_map: bool = True,
+    seed: int = 0,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, AnomalyResult]:
+    """Anomaly map of ``volume``, yielding progress; returns an :class:`AnomalyResult`.
+
+    Parameters
+    ----------
+    model : VAEModel or None
+        A fitted model (only ``intensity`` and ``median`` work without one).
+    volume : np.ndarray
+        2D or 3D array (z, y, x) in its own intensity units.
+    modality : str, optional
+        ``"CT"``/``"MR"`` from the header.
+    method : str
+        One of :data:`METHODS`, or ``"default"`` (the normative statistics' method when a
+        reference is used, else :data:`DEFAULT_METHOD`).
+    reference : dict or "model", optional
+        Normative statistics from :func:`fit_normative`; ``"model"`` uses
+        ``model.anomaly["normative"]``. None fits on the scan itself (self mode).
+    fpr : float
+        False-positive rate that sets ``threshold``.
+    spacing : sequence of float, optional
+        Voxel size (mm, array-axis order) for candidate volumes in mL.
+    min_volume_ml : float
+        Candidates smaller than this are dropped.
+    error_map : bool
+        Also return the plain reconstruction error (needs a model).
+    stop_event : threading.Event, optional
+        Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
+    """
+    t0 = time.perf_counter()
+    vol = np.asarray(volume, dtype=np.float32)
+    squeeze = vol.ndim == 2
+    if squeeze:
+        vol = vol[None]
+    if vol.ndim != 3:
+        raise ValueError(f"expected a 2D or 3D array, got shape {np.shape(volume)}")
+    if isinstance(reference, str):
+        if reference != "model" or model is None or "normative" not in (model.anomaly or {}):
+            raise ValueError("reference='model' needs a model with normative statistics "
+                             "(fit them with fit_normative)")
+        reference = model.anomaly["normative"]
+    if reference is not None:
+        method = reference["method"] if method == "default" else method
+        if method != reference["method"]:
+            raise ValueError(f"the reference was fitted for {reference['method']!r}, "
+                             f"not {method!r}")
+        mode = "normative"
+        x, mask = _prepare(model, vol, modality)
+        stats = reference
+        raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spacing)
+    else:
+        mode = "self"
+        keep: list = []
+        stats = yield from fit_normative_iter(model, [vol], modalities=[modality],
+                                              method=method, spacing=spacing, seed=seed,
+                                              stop_event=stop_event, _keep=keep)
+        method = stats["method"]
+        x, mask, raw = keep[0]
+    yield {"stage": "calibrate", "done": 1, "total": 1}
+    cal = stats["calibration"]
+    score = _calibrated(raw, cal)
+    thr = _threshold(cal, fpr, mode)
+    labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
+    err = None
+    if error_map and model is not None:
+        yield {"stage": "error map", "done": 0, "total": 1}
+        err = np.abs(x - _recon(model, x))
+    if squeeze:
+        score, labels, mask = score[0], labels[0], mask[0]
+        err = err[0] if err is not None else None
+        for c in cands:
+            c["centroid"] = c["centroid"][1:]
+    return AnomalyResult(score, thr, labels, cands, method, mode, err, mask,
+                         time.perf_counter() - t0, info={"fpr": fpr, "calibration": cal})
+
+
+def anomaly_map(model: VAEModel | None, volume: np.ndarray, *, progress: Callable | None = None,
+                **kwargs) -> AnomalyResult:
+    """Blocking version of :func:`anomaly_iter`."""
+    return drive(anomaly_iter(model, volume, **kwargs), progress)
