@@ -59,6 +59,23 @@ def test_reconstruct_outputs_keep_the_input_geometry(model_file, scan, tmp_path)
     assert np.issubdtype(read_volume(anom).data.dtype, np.integer)
 
 
+def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
+    out, score, anom = tmp_path / "rec.nii.gz", tmp_path / "score.nii.gz", tmp_path / "a.nrrd"
+    code = main(["reconstruct", str(scan), "-m", str(model_file), "-o", str(out),
+                 "--anomaly-map", str(score), "--anomalies", str(anom), "-q"])
+    assert code == 0
+    src = read_volume(scan)
+    s, a = read_volume(score), read_volume(anom)
+    _same_geometry(s, src)
+    assert s.data.dtype.kind == "f" and np.isfinite(s.data).all() and s.data.min() >= 0
+    printed = capsys.readouterr().out
+    assert "anomaly scoring:" in printed and "candidates" in printed
+    n = int(printed.split("candidates")[0].rsplit(",", 1)[-1])
+    assert len(np.unique(a.data[a.data > 0])) == n
+    assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
+                 str(tmp_path / "r2.nii.gz"), "--fpr", "2", "-q"]) == 2
+
+
 def test_existing_outputs_are_refused_before_any_work(model_file, scan, tmp_path, capsys):
     out = tmp_path / "rec.nii.gz"
     out.write_bytes(b"precious")

@@ -37,6 +37,7 @@ __all__ = [
     "load_scan",
     "load_annotations",
     "label_volumes",
+    "anomaly_metrics",
     "check_outputs_free",
     "reconstruct_job",
     "cluster_job",
@@ -121,12 +122,15 @@ class JobResult:
     result : object
         The engine's own result (``ReconstructionResult``, ``ClusterResult``,
         ``SegmentationResult``), for details the outputs do not carry.
+    anomaly : AnomalyResult or None
+        The anomaly scoring of a reconstruction job (candidates with volume and peak score).
     """
 
     outputs: dict[str, Output]
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     result: Any = None
+    anomaly: Any = None
 
 
 def load_scan(path: str | os.PathLike[str]) -> Scan:
@@ -201,32 +205,60 @@ def reconstruct_job(
     scan: Scan,
     *,
     anomalies: bool = True,
+    anomaly_map: bool = False,
+    anomaly_method: str = "default",
+    fpr: float = 1e-3,
     tile: int = 512,
     device: str | None = None,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
-    """Reconstruction, error map and (``anomalies``) anomaly candidates of ``scan``.
+    """Reconstruction, error map and (``anomalies`` / ``anomaly_map``) anomaly scoring.
 
     With ``device``, every job first moves the model there (``auto``, ``cpu``, ``cuda``...).
-
-    Roles: ``reconstruction`` (scan units), ``error`` (normalised units), ``anomalies``
-    (labels 1..n).
+    Roles: ``reconstruction`` (scan units), ``error`` (plain reconstruction error, normalised
+    units), and with anomaly scoring (:mod:`~napari_latentseg.engine.anomaly`, its default
+    method, calibrated without labels: ``-log10`` of the fraction of normal voxels scoring
+    higher) ``anomaly_map`` (the score) and ``anomalies`` (candidate components 1..n, largest
+    peak first). The model's normative statistics are used when it holds them
+    (``model.anomaly["normative"]``), else the scan is its own reference.
     """
     from .engine.infer import reconstruct_iter
 
     _to_device(model, device)
     res = yield from reconstruct_iter(model, scan.data, modality=scan.modality,
-                                      anomalies=anomalies, tile=tile, stop_event=stop_event)
+                                      anomalies=False, tile=tile, stop_event=stop_event)
     outputs = {"reconstruction": Output(res.reconstruction, "image"),
                "error": Output(res.error, "image")}
     metrics: dict[str, Any] = {"device": str(res.info.get("device", model.device)),
                                "mean_error": round(float(res.error.mean()), 6)}
-    if res.anomalies is not None:
-        outputs["anomalies"] = Output(res.anomalies, "labels")
-        metrics["anomaly_candidates"] = int(res.n_candidates)
-        metrics["anomalous_volume_ml"] = round(
-            float(np.count_nonzero(res.anomalies)) * scan.voxel_ml, 4)
-    return JobResult(outputs, metrics, [], res)
+    job = JobResult(outputs, metrics, [], res)
+    if anomalies or anomaly_map:
+        from .engine.anomaly import anomaly_iter
+
+        reference = "model" if "normative" in (model.anomaly or {}) else None
+        an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
+                                     method=anomaly_method, reference=reference, fpr=fpr,
+                                     spacing=scan.spacing, error_map=False,
+                                     stop_event=stop_event)
+        outputs["anomaly_map"] = Output(an.score, "image")
+        outputs["anomalies"] = Output(an.labels, "labels")
+        job.anomaly = an
+        metrics.update(anomaly_metrics(an.candidates))
+        metrics["anomaly_method"] = f"{an.method} ({an.mode})"
+    return job
+
+
+def anomaly_metrics(candidates: list[dict], top: int = 3) -> dict[str, Any]:
+    """Summary numbers of anomaly candidates: count, total mL, peak score, the top few."""
+    return {
+        "anomaly_candidates": len(candidates),
+        "anomalous_volume_ml": round(float(sum(c["volume_ml"] for c in candidates)), 4),
+        "anomaly_peak_score": round(float(max((c["peak_score"] for c in candidates),
+                                              default=0.0)), 3),
+        "anomaly_top": "; ".join(
+            f"{c['volume_ml']:.2f} mL peak {c['peak_score']:.1f} at "
+            f"{tuple(int(v) for v in c['centroid'])}" for c in candidates[:top]),
+    }
 
 
 def cluster_job(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_common, load_scan, run_core
+from ._common import CLIError, add_common, load_scan, run_core
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,18 @@ def add_parser(sub) -> None:
     r.add_argument("-o", "--output", required=True, metavar="RECON",
                    help="reconstruction (input's units and geometry)")
     r.add_argument("--error", metavar="ERRMAP", help="per-voxel absolute error (normalised units)")
-    r.add_argument("--anomalies", metavar="LABELS", help="anomaly candidates as a label volume")
+    r.add_argument("--anomalies", metavar="LABELS",
+                   help="anomaly candidates (connected components above the calibrated "
+                        "threshold) as a label volume, 1 = highest peak")
+    r.add_argument("--anomaly-map", metavar="SCORE",
+                   help="continuous anomaly score in the scan's geometry (higher = more "
+                        "abnormal: -log10 of the fraction of normal voxels scoring higher)")
+    r.add_argument("--anomaly-method", default="default",
+                   help="scoring method (default: the benchmark's best, see docs/benchmarks.md; "
+                        "others: features, knn, intensity, error, ssim, median)")
+    r.add_argument("--fpr", type=float, default=1e-3,
+                   help="false-positive rate of the candidate threshold on normal tissue "
+                        "(default 0.001)")
     r.add_argument("--tile", type=int, default=512, help="largest in-plane tile (default 512)")
     r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_common(r)
@@ -25,17 +36,34 @@ def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_model
     from ..pipeline import check_outputs_free, reconstruct_job, save_outputs
 
-    paths = {"reconstruction": args.output, "error": args.error, "anomalies": args.anomalies}
+    if not 0.0 < args.fpr < 1.0:
+        raise CLIError("--fpr must be between 0 and 1")
+    paths = {"reconstruction": args.output, "error": args.error, "anomalies": args.anomalies,
+             "anomaly_map": args.anomaly_map}
     check_outputs_free(list(paths.values()), args.overwrite)
     scan = load_scan(args.image)
     model = load_model(args.model, device=args.device)
     job = run_core(lambda stop: reconstruct_job(
-        model, scan, anomalies=args.anomalies is not None, tile=args.tile, stop_event=stop),
-        args.quiet)
+        model, scan, anomalies=args.anomalies is not None,
+        anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
+        fpr=args.fpr, tile=args.tile, stop_event=stop), args.quiet)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
         print(f"wrote {p}")
     res = job.result
-    extra = f", {res.n_candidates} anomaly candidates" if args.anomalies is not None else ""
     print(f"reconstructed {scan.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "
-          f"on {job.metrics['device']}{extra}")
+          f"on {job.metrics['device']}")
+    if job.anomaly is not None:
+        _print_candidates(job.anomaly)
     return 0
+
+
+def _print_candidates(an, top: int = 10) -> None:
+    cands = an.candidates
+    print(f"anomaly scoring: {an.method} ({an.mode}), threshold {an.threshold:.2f}, "
+          f"{len(cands)} candidates, {sum(c['volume_ml'] for c in cands):.2f} mL in all")
+    for c in cands[:top]:
+        centre = ", ".join(str(int(round(v))) for v in c["centroid"])
+        print(f"  {c['id']:3d}: {c['volume_ml']:8.3f} mL, peak {c['peak_score']:.2f}, "
+              f"centre voxel ({centre})")
+    if len(cands) > top:
+        print(f"  ... {len(cands) - top} more in the label volume")

@@ -2,9 +2,10 @@
 
 Outputs (plugin-owned, updated on re-run, overlaying the scan with its geometry):
 ``"<scan> reconstruction"`` (Image, hidden at first: tick its eye to compare with the scan),
-``"<scan> error"`` (Image, a heat overlay: small errors transparent, large ones red to yellow)
-and
-``"<scan> anomalies"`` (Labels, each candidate outlined in cyan in 2D views).
+``"<scan> error"`` (Image, the plain reconstruction error, a heat overlay, hidden at first),
+``"<scan> anomaly score"`` (Image, the calibrated anomaly score: transparent below the
+candidate threshold) and ``"<scan> anomalies"`` (Labels, each candidate outlined in cyan in 2D
+views). The candidates are listed (volume, peak score); a click moves the view to one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from ...pipeline import reconstruct_job
 from ._base import Section, hint
@@ -51,10 +60,18 @@ class ReconstructSection(Section):
 
     def __init__(self, session: Session) -> None:
         super().__init__(session)
-        self.anomalies = QCheckBox("Outline anomaly candidates")
+        self.anomalies = QCheckBox("Anomaly score and candidates")
         self.anomalies.setChecked(True)
-        self.anomalies.setToolTip("Regions the model reconstructs much worse than the scans it "
-                                  "was fitted on (threshold learnt during the fit).")
+        self.anomalies.setToolTip("Score every voxel by how unusual it is against normal "
+                                  "tissue (calibrated: 3 = one normal voxel in 1000 scores "
+                                  "higher) and outline the regions above the threshold.")
+        self.candidates = QListWidget()
+        self.candidates.setToolTip("Anomaly candidates, highest peak first: click one to go "
+                                   "to it.")
+        self.candidates.setMaximumHeight(110)
+        self.candidates.itemClicked.connect(self._go_to_candidate)
+        self.candidates.setVisible(False)
+        self._candidate_scan = None
         self.tile = QSpinBox()
         self.tile.setRange(64, 4096)
         self.tile.setSingleStep(64)
@@ -73,11 +90,13 @@ class ReconstructSection(Section):
         form.addRow("Tile size", self.tile)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(8, 0, 4, 4)
-        lay.addWidget(hint("Bright in the error map = what the model could not reproduce. "
-                           "Results appear as new layers over the scan."))
+        lay.addWidget(hint("Coloured in the anomaly score = what looks abnormal against "
+                           "normal tissue; the error map (hidden at first) is what the model "
+                           "could not reproduce. Results appear as new layers over the scan."))
         lay.addLayout(form)
         lay.addWidget(self.run_btn)
         lay.addWidget(self.summary)
+        lay.addWidget(self.candidates)
 
     def run(self) -> bool:
         """Reconstruct the chosen scan in a worker; returns False if it could not start."""
@@ -96,11 +115,12 @@ class ReconstructSection(Section):
         device = self.session.device
 
         def job(stop):
-            return reconstruct_job(model, scan, anomalies=anomalies, tile=tile, device=device,
+            return reconstruct_job(model, scan, anomalies=anomalies, anomaly_map=anomalies,
+                                   tile=tile, device=device,
                                    stop_event=stop)
 
         def done(result: JobResult) -> None:
-            self._show(layer, result.result)
+            self._show(layer, result)
 
         def stopped() -> None:
             show_info("Reconstruction stopped: the previous result layers are unchanged.")
@@ -108,7 +128,8 @@ class ReconstructSection(Section):
         return self.session.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
                                      on_stopped=stopped)
 
-    def _show(self, layer, result: ReconstructionResult) -> None:
+    def _show(self, layer, job: JobResult) -> None:
+        result: ReconstructionResult = job.result
         if layer not in self.viewer.layers:
             show_error(f"'{layer.name}' was removed while it was being reconstructed; the "
                        "result was dropped.")
@@ -118,21 +139,50 @@ class ReconstructSection(Section):
                       contrast_limits=(lo, hi), colormap="gray", visible=False)
         err = result.error
         top = float(np.percentile(err, 99.5)) if err.size else 1.0
+        an = job.anomaly
         upsert_output(self.viewer, layer, "error", err, "image",
                       contrast_limits=(0.0, max(top, 1e-3)), colormap=_error_colormap(),
-                      blending="translucent", opacity=0.9)
+                      blending="translucent", opacity=0.9, visible=an is None)
         parts = [f"Mean error {float(err.mean()):.3f} of the intensity range"]
-        if result.anomalies is not None:
-            anom = upsert_output(self.viewer, layer, "anomalies", result.anomalies, "labels",
+        if an is not None:
+            # Transparent below the threshold: only what is abnormal shows over the scan.
+            peak = max(float(an.score.max(initial=0.0)), an.threshold + 1.0)
+            upsert_output(self.viewer, layer, "anomaly score", an.score, "image",
+                          contrast_limits=(an.threshold, peak), colormap=_error_colormap(),
+                          blending="translucent", opacity=0.9)
+            anom = upsert_output(self.viewer, layer, "anomalies", an.labels, "labels",
                                  opacity=1.0, colormap=_candidate_colormap())
             anom.contour = 2
-            parts.append(f"{result.n_candidates} anomaly candidate"
-                         f"{'s' if result.n_candidates != 1 else ''}")
+            n = len(an.candidates)
+            parts.append(f"{n} anomaly candidate{'s' if n != 1 else ''} ({an.method})")
+            self._list_candidates(layer, an.candidates)
+        else:
+            self.candidates.setVisible(False)
         parts.append(f"{result.seconds:.1f} s on {result.info.get('device', '?')}")
         self.summary.setText(" \u00b7 ".join(parts) + ".")
         self.viewer.layers.selection.active = layer
-        show_info(f"Reconstruction done: '{output_name(layer, 'error')}' shows where the model "
-                  "differs from the scan" + (
-                      f"; '{output_name(layer, 'anomalies')}' outlines "
-                      f"{result.n_candidates} candidate region(s)."
-                      if result.anomalies is not None else "."))
+        show_info("Reconstruction done" + (
+            f": '{output_name(layer, 'anomaly score')}' shows what looks abnormal and "
+            f"'{output_name(layer, 'anomalies')}' outlines {len(an.candidates)} candidate(s)."
+            if an is not None else f": '{output_name(layer, 'error')}' shows where the model "
+            "differs from the scan."))
+
+    def _list_candidates(self, layer, candidates: list[dict]) -> None:
+        self.candidates.clear()
+        self._candidate_scan = layer
+        for c in candidates[:200]:
+            item = QListWidgetItem(f"{c['id']}: {c['volume_ml']:.2f} mL, peak "
+                                   f"{c['peak_score']:.1f}, slice {int(round(c['centroid'][0]))}")
+            item.setData(256, list(c["centroid"]))  # Qt.UserRole
+            self.candidates.addItem(item)
+        self.candidates.setVisible(bool(candidates))
+
+    def _go_to_candidate(self, item: QListWidgetItem) -> None:
+        """Centre the view on a candidate and show its slice."""
+        layer = self._candidate_scan
+        if layer is None or layer not in self.viewer.layers:
+            return
+        centre = np.asarray(item.data(256), dtype=float)
+        world = np.asarray(layer.data_to_world(centre), dtype=float)
+        self.viewer.dims.point = tuple(world[-self.viewer.dims.ndim:])
+        self.viewer.camera.center = tuple(world[-3:]) if world.size >= 3 else tuple(world)
