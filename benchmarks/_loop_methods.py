@@ -53,12 +53,16 @@ class LoopOptions:
     momentum: float = 0.0  # weight of last round's probabilities in this round's
     walker_beta: float = 0.0  # > 0: random walker on the probabilities, seeded by strokes
     walker_sure: float = 0.97  # ... and by voxels the forest is this sure of
+    walker_mix: float = 1.0  # weight of the walker's probabilities against the forest's
     stable_gain_only: bool = False  # the rule only stops far voxels joining the new class
     anchor: int = 0  # train also on this many voxels per class of last round's labels...
     anchor_weight: float = 0.2  # ... at this weight, far from the newest stroke
     anchor_radius: float = 10.0  # mm
     classifier: str = "forest"  # "forest", "knn" (feature-space neighbours) or "both"
     k: int = 15
+    min_leaf: int = 1  # forest min_samples_leaf (smoother probabilities)
+    trees: int = 50
+    seed: int = 0  # forest seed (the seed study: how much of a curve is chance)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,7 +96,7 @@ def fit_forest(x: np.ndarray, y: np.ndarray, opts: LoopOptions, w: np.ndarray | 
                seed: int = 0):
     from sklearn.ensemble import RandomForestClassifier
 
-    kw = dict(FOREST)
+    kw = dict(FOREST, n_estimators=opts.trees, min_samples_leaf=opts.min_leaf)
     if opts.min_tree_samples and len(y) * kw["max_samples"] < opts.min_tree_samples:
         kw["max_samples"] = min(1.0, opts.min_tree_samples / len(y))
     if opts.balanced:
@@ -240,7 +244,7 @@ class ForestLoop:
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         o = self.opts
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(o.seed)
         idx = sample(ann, rng)
         flat = self.feats.reshape(-1, self.feats.shape[-1])
         y = ann.reshape(-1)[idx]
@@ -258,7 +262,7 @@ class ForestLoop:
         classes = [int(c) for c in np.unique(y)]
         probs = 0.0
         if o.classifier in ("forest", "both"):
-            probs = predict(fit_forest(x, y, o, w), self.feats, ann.shape)
+            probs = predict(fit_forest(x, y, o, w, o.seed), self.feats, ann.shape)
         if o.classifier in ("knn", "both"):
             pk = self._knn(x, y, w, ann.shape)
             probs = pk if o.classifier == "knn" else 0.5 * (probs + pk)
@@ -269,7 +273,8 @@ class ForestLoop:
             probs = (1 - o.momentum) * probs + o.momentum * self.prev_probs
         self.prev_probs = probs
         if o.walker_beta:
-            probs = walker(probs, classes, ann, o.walker_beta, o.walker_sure)
+            pw = walker(probs, classes, ann, o.walker_beta, o.walker_sure)
+            probs = o.walker_mix * pw + (1 - o.walker_mix) * probs
         labels = finish(probs, classes, ann, o.connected)
         if o.stable_radius and self.prev is not None:
             labels = self._stabilise(labels, probs, ann, strokes_round)

@@ -19,7 +19,7 @@ cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
 Usage: ``python benchmarks/bench_interactive.py [--cases ...] [--methods ...] [--rounds 10]
 [--protocols strokes slices] [--quick]``; writes ``benchmarks/results/interactive.json`` and
 ``interactive.md``. ``--quick`` crops around the object and runs 6 stroke rounds and 3 slice
-rounds (fine-tuning: 20 steps, 3 and 2 rounds).
+rounds (fine-tuning: 20 steps, 2 and 1 rounds).
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ LOOPS = {
     "loop-anchor-e": LO(anchor=1000),
     "loop-bal": LO(balanced=True),
     "loop-bal-mom": LO(balanced=True, momentum=0.5),
+    "loop-leaf": LO(balanced=True, min_leaf=5, min_tree_samples=500),
+    "loop-trees": LO(balanced=True, trees=200),
+    "loop-walker-mix": LO(balanced=True, walker_beta=30.0, walker_mix=0.5),
+    "loop-walker-b": LO(balanced=True, walker_beta=30.0),
     # The change kept: class-balanced forest weights (unequal strokes); the others lost.
     "loop": LO(balanced=True),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
@@ -253,7 +257,7 @@ def main() -> None:
                 fn = run_strokes if proto == "strokes" else run_slices
                 n = rounds if proto == "strokes" else slice_rounds
                 if method == "vae-finetune" and args.quick:
-                    n = min(n, 3 if proto == "strokes" else 2)  # ~10x a forest round
+                    n = min(n, 2 if proto == "strokes" else 1)  # ~50x a forest round
                 r = fn(m, env, n)
                 r.update(case=case, method=method, protocol=proto,
                          shape=list(env["truth"].shape))
