@@ -184,10 +184,10 @@ class SkimageRF:
         self.spacing = spacing
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(self.opts.seed)
         idx = sample(ann, rng)
         flat = self.feats.reshape(-1, self.feats.shape[-1])
-        clf = fit_forest(flat[idx], ann.reshape(-1)[idx], self.opts)
+        clf = fit_forest(flat[idx], ann.reshape(-1)[idx], self.opts, seed=self.opts.seed)
         classes = [int(c) for c in clf.classes_]
         probs = predict(clf, self.feats, ann.shape)
         if self.opts.smooth:
@@ -199,7 +199,9 @@ class VAEDefault:
     """The engine's segment() as it is; ``finetune_steps`` > 0 continues from each round's
     fine-tuned model."""
 
-    def __init__(self, model, image, modality, fit_s: float, cache, finetune_steps: int = 0):
+    def __init__(self, model, image, modality, fit_s: float, cache, finetune_steps: int = 0,
+                 seed: int = 0):
+        self.seed = seed
         self.model, self.image, self.modality = model, image, modality
         self.cache = cache
         self.ft = finetune_steps
@@ -210,6 +212,7 @@ class VAEDefault:
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         res = segment(self.model, self.image, ann, modality=self.modality, cache=self.cache,
+                      seed=self.seed,
                       **kw)
         if self.ft:
             self.model = res.model

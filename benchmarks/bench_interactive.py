@@ -25,6 +25,7 @@ rounds (fine-tuning: 20 steps, 2 and 1 rounds).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -75,23 +76,23 @@ BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "novae", "vae-finet
 CASES = ["phantom", "brain1", "brain2", "lung1", "lung2", "breast1", "brain1-unequal"]
 
 
-def build(method: str, env: dict, quick: bool):
+def build(method: str, env: dict, quick: bool, seed: int = 0):
     """A fresh method (state such as a fine-tuned model starts over) for one case."""
     if method in ("skimage-rf", "skimage-rf-connected"):
         m = lm.SkimageRF(env["image"], env["modality"], env["spacing"],
-                         connected=method.endswith("connected"))
+                         connected=method.endswith("connected"), opts=LO(seed=seed))
         return m
     if method in ("vae-default", "vae-finetune"):
         from napari_latentseg.engine.segment import FeatureCache
 
         ft = 0 if method == "vae-default" else (20 if quick else FINETUNE_STEPS)
         return lm.VAEDefault(env["model"], env["image"], env["modality"], env["fit_s"],
-                             FeatureCache(), ft)
+                             FeatureCache(), ft, seed)
     if method in LOOPS:
-        opts = LOOPS[method]
+        opts = dataclasses.replace(LOOPS[method], seed=seed)
         feats, feat_s, ms_s = env_features(env)
         setup = env["fit_s"] + feat_s if opts.vae else ms_s
-        return lm.ForestLoop(feats, env["spacing"], LOOPS[method], setup)
+        return lm.ForestLoop(feats, env["spacing"], opts, setup)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -207,10 +208,23 @@ def to_markdown(rows: list[dict], info: dict) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
             curve = " ".join(f"{d:.2f}" for d in r["dice"])
-            out.append(f"| {r['case']} | {r['method']} | {r['auc']:.3f} | {r['final']:.3f} | "
+            name = r["method"] + (f" (seed {r['seed']})" if r.get("seed") else "")
+            out.append(f"| {r['case']} | {name} | {r['auc']:.3f} | {r['final']:.3f} | "
                        f"{r['noc80'] or '-'} | {r['noc90'] or '-'} | {r['max_drop']:.3f} | "
                        f"{r['drops_over_002']} | {r['round_s']:.2f} | "
                        f"{r['first_result_s']:.1f} | {curve} |")
+        out.append("")
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    if len(seeds) > 1:
+        out += [f"### AUC over seeds {seeds[0]}-{seeds[-1]} (mean ± sd; min-max)", "",
+                "| protocol | case | method | AUC | range | max drop (worst seed) |",
+                "|---|---|---|---|---|---|"]
+        keys = list(dict.fromkeys((r["protocol"], r["case"], r["method"]) for r in rows))
+        for k in keys:
+            a = [r["auc"] for r in rows if (r["protocol"], r["case"], r["method"]) == k]
+            dr = max(r["max_drop"] for r in rows if (r["protocol"], r["case"], r["method"]) == k)
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {np.mean(a):.3f} ± {np.std(a):.3f} | "
+                       f"{min(a):.3f}-{max(a):.3f} | {dr:.3f} |")
         out.append("")
     crops = {r["case"]: r["shape"] for r in rows}
     out.append("Volumes (z, y, x): " + "; ".join(f"{k} {tuple(v)}" for k, v in crops.items()))
@@ -228,6 +242,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ia.DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--tag", default="interactive")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat each run with forest seeds 0..N-1 (curves vary a lot by seed)")
     args = p.parse_args()
     from napari_latentseg.runtime.device import configure_threads
 
@@ -252,17 +268,18 @@ def main() -> None:
         for proto in args.protocols:
             if proto == "slices" and case.endswith("-unequal"):
                 continue
-            for method in args.methods:
-                m = build(method, env, args.quick)
+            for method, seed in [(m, s) for m in args.methods for s in range(args.seeds)]:
+                m = build(method, env, args.quick, seed)
                 fn = run_strokes if proto == "strokes" else run_slices
                 n = rounds if proto == "strokes" else slice_rounds
                 if method == "vae-finetune" and args.quick:
                     n = min(n, 2 if proto == "strokes" else 1)  # ~50x a forest round
                 r = fn(m, env, n)
-                r.update(case=case, method=method, protocol=proto,
+                r.update(case=case, method=method, protocol=proto, seed=seed,
                          shape=list(env["truth"].shape))
                 rows.append(r)
-                print(f"{case} {proto} {method}: AUC {r['auc']:.3f} final {r['final']:.3f} "
+                print(f"{case} {proto} {method} seed {seed}: AUC {r['auc']:.3f} "
+                      f"final {r['final']:.3f} "
                       f"NoC80 {r['noc80']} drop {r['max_drop']:.3f} "
                       f"{r['round_s']:.2f} s/round first {r['first_result_s']:.1f} s | "
                       + " ".join(f"{d:.2f}" for d in r["dice"]), flush=True)
