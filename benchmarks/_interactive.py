@@ -1,0 +1,214 @@
+"""Simulated annotator and metrics of the interactive benchmark (importable by tests).
+
+The annotator paints in-plane disks (radius 4 voxels) on axial slices, only over voxels of the
+class it paints (a careful user):
+
+- first strokes: one per class, on the middle axial slice of the class's extent, centred on the
+  class's most interior voxel of that slice;
+- each later round: one corrective stroke centred on the most interior voxel (largest distance
+  to the component's border) of the largest face-connected 3D error component, painted with
+  the true label there.
+
+Metrics: Dice per round, mean over rounds (the area under the Dice-per-round curve, "AUC"),
+the number of strokes needed to reach a Dice (NoC@80/90), the largest drop between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path("/work/shared/data/pyradiomics")
+CACHE = Path(os.environ.get("LATENTSEG_BENCH_CACHE", "/work/wt/interactive_cache"))
+FIT_MINUTES = 2.0  # a short VAE fit, once per scan, cached under CACHE
+RADIUS = 4
+TUMOUR_CASES = ("brain1", "brain2", "lung1", "lung2", "breast1")
+
+
+# --------------------------------------------------------------------------- strokes
+def disk(shape2d: tuple[int, int], cy: int, cx: int, radius: int) -> np.ndarray:
+    """Boolean in-plane disk of ``radius`` voxels centred on (cy, cx)."""
+    yy, xx = np.ogrid[: shape2d[0], : shape2d[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius
+
+
+def _interior_2d(mask2d: np.ndarray) -> tuple[int, int]:
+    """The in-plane voxel farthest from the mask's border (first in C order on ties)."""
+    from scipy import ndimage as ndi
+
+    d = ndi.distance_transform_edt(np.pad(mask2d, 1))[1:-1, 1:-1]
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(d)), d.shape))
+
+
+def stroke_at(truth: np.ndarray, z: int, y: int, x: int, label: int,
+              radius: int = RADIUS) -> np.ndarray:
+    """Boolean volume: a disk on slice ``z`` around (y, x), only where the truth is ``label``."""
+    out = np.zeros(truth.shape, dtype=bool)
+    out[z] = disk(truth.shape[1:], y, x, radius) & (truth[z] == label)
+    return out
+
+
+def first_strokes(truth: np.ndarray, classes: list[int],
+                  radii: dict[int, int] | None = None) -> np.ndarray:
+    """Annotation volume with one stroke per class (0 = not annotated).
+
+    Each class is painted on the middle slice of its axial extent, centred on its most
+    interior voxel there; ``radii`` overrides the radius per class (unequal strokes).
+    """
+    ann = np.zeros(truth.shape, dtype=np.int64)
+    for c in classes:
+        zs = np.flatnonzero((truth == c).reshape(truth.shape[0], -1).any(1))
+        if zs.size == 0:
+            continue
+        z = int(zs[np.argmin(np.abs(zs - 0.5 * (zs[0] + zs[-1])))])
+        y, x = _interior_2d(truth[z] == c)
+        r = (radii or {}).get(c, RADIUS)
+        ann[stroke_at(truth, z, y, x, c, r)] = c
+    return ann
+
+
+@dataclass
+class Correction:
+    """Where the simulated user corrected: position, true label, error component size."""
+
+    z: int
+    y: int
+    x: int
+    label: int
+    component_voxels: int
+    stroke: np.ndarray  # boolean volume
+
+
+def corrective_stroke(pred: np.ndarray, truth: np.ndarray,
+                      radius: int = RADIUS) -> Correction | None:
+    """One stroke at the most interior voxel of the largest 3D error component (None: no
+    error left).
+
+    Interior is measured in 3D, in voxels (the distance of a voxel to the nearest voxel
+    outside the component), ties broken by the in-plane distance.
+    """
+    from scipy import ndimage as ndi
+
+    err = np.asarray(pred) != np.asarray(truth)
+    if not err.any():
+        return None
+    comp, n = ndi.label(err)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    big = int(np.argmax(sizes))
+    sl = ndi.find_objects((comp == big).astype(np.int8))[0]
+    sub = np.pad(comp[sl] == big, 1)
+    d = ndi.distance_transform_edt(sub)[1:-1, 1:-1, 1:-1]
+    # Thin slabs tie in 3D (the z distance wins): break ties by the in-plane distance.
+    d2 = ndi.distance_transform_edt(sub, sampling=(1e6, 1, 1))[1:-1, 1:-1, 1:-1]
+    d = d + 1e-3 * np.minimum(d2, 999)
+    lz, ly, lx = np.unravel_index(int(np.argmax(d)), d.shape)
+    z, y, x = lz + sl[0].start, ly + sl[1].start, lx + sl[2].start
+    label = int(truth[z, y, x])
+    return Correction(int(z), int(y), int(x), label, int(sizes[big]),
+                      stroke_at(truth, z, y, x, label, radius))
+
+
+def annotate_slice(ann: np.ndarray, truth: np.ndarray, axis: int, index: int) -> None:
+    """The simulated user labels every voxel of one slice (in place)."""
+    sl = [slice(None)] * truth.ndim
+    sl[axis] = index
+    ann[tuple(sl)] = truth[tuple(sl)]
+
+
+# --------------------------------------------------------------------------- metrics
+def dice(pred: np.ndarray, truth: np.ndarray, classes: list[int]) -> float:
+    """Mean Dice over ``classes`` (those absent from both count as 1)."""
+    vals = []
+    for c in classes:
+        p, t = pred == c, truth == c
+        denom = int(p.sum() + t.sum())
+        vals.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
+    return float(np.mean(vals))
+
+
+def noc(dices: list[float], strokes: list[int], threshold: float) -> int | None:
+    """Strokes painted when Dice first reaches ``threshold`` (None: never within the run)."""
+    for d, s in zip(dices, strokes, strict=True):
+        if d >= threshold:
+            return int(s)
+    return None
+
+
+def summarise(dices: list[float], strokes: list[int], seconds: list[float],
+              first_s: float) -> dict:
+    """AUC (mean Dice over rounds), NoC@80/90, largest drop, seconds per later round."""
+    drops = [a - b for a, b in zip(dices[:-1], dices[1:], strict=True)]
+    later = seconds[1:] if len(seconds) > 1 else seconds
+    return {"auc": round(float(np.mean(dices)), 4), "final": round(dices[-1], 4),
+            "noc80": noc(dices, strokes, 0.8), "noc90": noc(dices, strokes, 0.9),
+            "max_drop": round(max(drops), 4) if drops else 0.0,
+            "drops_over_002": int(sum(d > 0.02 for d in drops)),
+            "round_s": round(float(np.median(later)), 2),
+            "first_result_s": round(float(first_s), 1)}
+
+
+# --------------------------------------------------------------------------- cases
+def load_case(name: str, data: Path = DEFAULT_DATA):
+    """(image float32, truth int64, modality, spacing) of a case; tumour cases: 1 bg, 2 tumour."""
+    from napari_latentseg.io import read_volume
+
+    if name == "phantom":
+        from napari_latentseg._napari._sample_data import sample_data_dir
+
+        folder = sample_data_dir()
+        img = read_volume(folder / "phantom_t1.nii.gz")
+        truth = read_volume(folder / "phantom_labels.nii.gz").data.astype(np.int64)
+        return img.data.astype(np.float32), truth, "MR", tuple(img.spacing)
+    img = read_volume(data / f"{name}_image.nrrd")
+    lab = read_volume(data / f"{name}_label.nrrd").data
+    truth = np.where(lab > 0, 2, 1).astype(np.int64)
+    mod = img.metadata.get("modality") or ("CT" if name.startswith("lung") else "MR")
+    return img.data.astype(np.float32), truth, mod, tuple(img.spacing)
+
+
+def eval_classes(name: str, truth: np.ndarray) -> list[int]:
+    """Classes Dice is averaged over: the tumour, or the phantom's tissues (not the air)."""
+    cs = sorted(int(c) for c in np.unique(truth))
+    return [c for c in cs if c != 1]
+
+
+def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -> tuple:
+    """Quick-mode crop: the object's box plus ``margin`` voxels in-plane, ``zmargin`` slices
+    (the phantom: its 12 middle slices, whole in-plane)."""
+    if name == "phantom":
+        z0 = truth.shape[0] // 2 - 6
+        return (slice(z0, z0 + 12), slice(None), slice(None))
+    idx = np.argwhere(truth == 2)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    m = (zmargin, margin, margin)
+    return tuple(slice(max(0, int(a) - k), min(s, int(b) + k))
+                 for a, b, k, s in zip(lo, hi, m, truth.shape, strict=True))
+
+
+def get_model(name: str, image: np.ndarray, modality: str | None,
+              minutes: float = FIT_MINUTES):
+    """The case's VAE fitted on the whole scan once (``minutes`` budget), cached in CACHE.
+
+    Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
+    """
+    from napari_latentseg.engine.train import FitOptions, fit
+    from napari_latentseg.models.checkpoint import load_model, save_model
+
+    path = CACHE / f"{name}.pt"
+    meta = CACHE / f"{name}.json"
+    if path.exists() and meta.exists():
+        return load_model(path), json.loads(meta.read_text())["fit_s"]
+    t0 = time.perf_counter()
+    res = fit(image, options=FitOptions(minutes=minutes, device="cpu"), modalities=[modality])
+    fit_s = time.perf_counter() - t0
+    CACHE.mkdir(parents=True, exist_ok=True)
+    save_model(res.model, path, overwrite=True)
+    meta.write_text(json.dumps({"fit_s": round(fit_s, 1), "steps": res.steps,
+                                "reason": res.reason, "minutes": minutes}))
+    return res.model, fit_s

@@ -1,0 +1,345 @@
+"""Segmentation methods of the interactive benchmark, and the loop prototypes.
+
+Every method is a callable ``method(ann, strokes_round) -> Round`` on one (possibly cropped)
+volume; ``setup_s`` is what it spends before its first round can start (feature computation,
+the VAE fit for VAE methods).
+
+- ``skimage-rf``: scikit-image's trainable segmentation (multiscale_basic_features per axial
+  slice, sigma 1-16, + RandomForestClassifier with the scikit-image example's settings);
+- ``skimage-rf-connected``: the same + napari-latentseg's keep_connected rule;
+- ``vae-default``: ``napari_latentseg.engine.segment.segment`` as it is (forest on ilastik +
+  VAE features, keep-connected rule), sharing one FeatureCache across rounds;
+- ``vae-finetune``: the same with a fine-tuning round each time, continuing from the previous
+  round's model (as the dock and ``--save-model`` do);
+- ``forest-*`` prototypes: the engine's forest path re-implemented here on the engine's own
+  cached forest features (``FeatureCache``, kind ``"forest"``: 20 ilastik columns, then the
+  VAE latent and encoder principal components), so columns can be dropped (``novae``: the
+  ablation) and the loop changed (``LoopOptions``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# scikit-image's trainable-segmentation example and the engine's _FOREST (engine/segment.py).
+FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+MAX_PER_CLASS = 20_000
+N_MULTISCALE = 20  # 4 features x 5 sigmas (engine.features.MULTISCALE_SIGMAS)
+
+
+@dataclass
+class Round:
+    labels: np.ndarray
+    probs: np.ndarray  # (n_classes, *shape) float32
+    classes: list[int]
+    suggestion: dict | None = None
+
+
+@dataclass
+class LoopOptions:
+    """Changes to the forest loop, all off by default (= the engine's forest path)."""
+
+    vae: bool = True  # use the VAE columns (False: the ablation)
+    min_tree_samples: int = 0  # bootstrap at least this many voxels per tree (0: 5 %)
+    balanced: bool = False  # class_weight="balanced"
+    correction_weight: float = 1.0  # sample weight of corrective strokes
+    smooth: float = 0.0  # Gaussian sigma (in-plane voxels, isotropic in mm) on probabilities
+    connected: bool = True  # keep_connected rule
+    stable_radius: float = 0.0  # mm: farther from the new stroke, keep the previous label...
+    stable_p: float = 0.9  # ...unless the new top probability reaches this
+    momentum: float = 0.0  # weight of last round's probabilities in this round's
+    walker_beta: float = 0.0  # > 0: random walker on the probabilities, seeded by strokes
+    walker_sure: float = 0.97  # ... and by voxels the forest is this sure of
+    walker_mix: float = 1.0  # weight of the walker's probabilities against the forest's
+    stable_gain_only: bool = False  # the rule only stops far voxels joining the new class
+    anchor: int = 0  # train also on this many voxels per class of last round's labels...
+    anchor_weight: float = 0.2  # ... at this weight, far from the newest stroke
+    anchor_radius: float = 10.0  # mm
+    classifier: str = "forest"  # "forest", "knn" (feature-space neighbours) or "both"
+    k: int = 15
+    min_leaf: int = 1  # forest min_samples_leaf (smoother probabilities)
+    trees: int = 50
+    seed: int = 0  # forest seed (the seed study: how much of a curve is chance)
+
+
+# --------------------------------------------------------------------------- helpers
+def normalise(image: np.ndarray, modality: str | None) -> np.ndarray:
+    from napari_latentseg.engine.normalize import Normalizer, foreground_mask, guess_modality
+
+    mod = guess_modality(image, modality)
+    n = Normalizer.for_modality(mod).fit(image, foreground_mask(image, mod))
+    return n(image).astype(np.float32)
+
+
+def skimage_features(image_n: np.ndarray) -> np.ndarray:
+    """(z, y, x, F) float32: scikit-image's multiscale_basic_features slice by slice."""
+    from skimage.feature import multiscale_basic_features
+
+    return np.stack([multiscale_basic_features(
+        s, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16,
+        channel_axis=None).astype(np.float32) for s in image_n])
+
+
+def sample(ann: np.ndarray, rng: np.random.Generator, max_per_class: int = MAX_PER_CLASS):
+    """Flat indices of a class-capped sample of the annotated voxels."""
+    flat = ann.reshape(-1)
+    idx = np.flatnonzero(flat)
+    y = flat[idx]
+    keep = np.concatenate([rng.permutation(idx[y == c])[:max_per_class] for c in np.unique(y)])
+    return np.sort(keep)
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, opts: LoopOptions, w: np.ndarray | None = None,
+               seed: int = 0):
+    from sklearn.ensemble import RandomForestClassifier
+
+    kw = dict(FOREST, n_estimators=opts.trees, min_samples_leaf=opts.min_leaf)
+    if opts.min_tree_samples and len(y) * kw["max_samples"] < opts.min_tree_samples:
+        kw["max_samples"] = min(1.0, opts.min_tree_samples / len(y))
+    if opts.balanced:
+        kw["class_weight"] = "balanced"
+    clf = RandomForestClassifier(**kw, n_jobs=1, random_state=seed)
+    return clf.fit(x, y, sample_weight=w)
+
+
+def predict(clf, feats: np.ndarray, shape: tuple, chunk: int = 1 << 18) -> np.ndarray:
+    rows = feats.reshape(-1, feats.shape[-1])
+    out = np.empty((len(clf.classes_), rows.shape[0]), dtype=np.float32)
+    for i in range(0, len(rows), chunk):
+        out[:, i : i + chunk] = clf.predict_proba(rows[i : i + chunk]).T
+    return out.reshape((-1,) + tuple(shape))
+
+
+def smooth_probs(probs: np.ndarray, sigma: float, spacing: tuple) -> np.ndarray:
+    """Gaussian smoothing of each class's probability, sigma in in-plane voxels (same mm
+    through-plane), renormalised."""
+    from scipy import ndimage as ndi
+
+    s = [0.0] + [sigma * spacing[1] / sp for sp in spacing]
+    out = ndi.gaussian_filter(probs, s)
+    return out / np.maximum(out.sum(0, keepdims=True), 1e-6)
+
+
+def finish(probs: np.ndarray, classes: list[int], ann: np.ndarray, connected: bool) -> np.ndarray:
+    """argmax, the user's strokes win, then the keep-connected rule."""
+    from napari_latentseg.engine.segment import keep_connected
+
+    table = np.asarray(classes)
+    painted = ann > 0
+    p = probs.copy()
+    lut = np.zeros(int(max(classes)) + 1, dtype=np.int64)
+    lut[classes] = np.arange(len(classes))
+    for ci in range(len(classes)):
+        p[ci][painted] = (lut[ann[painted]] == ci).astype(np.float32)
+    lab = table[p.argmax(0)]
+    return keep_connected(lab, p, ann, classes)[0] if connected else lab
+
+
+def suggest(probs: np.ndarray, classes: list[int], ann: np.ndarray) -> dict:
+    """The engine's slice suggestion from any method's probabilities (its object region:
+    where the most painted class is below 0.9, grown by two voxels)."""
+    from scipy import ndimage as ndi
+
+    from napari_latentseg.engine.segment import suggest_slices
+
+    p = np.clip(probs, 1e-7, 1.0)
+    unc = -(p * np.log(p)).sum(0) / np.log(len(classes))
+    counts = [np.count_nonzero(ann == c) for c in classes]
+    region = ndi.binary_dilation(probs[int(np.argmax(counts))] < 0.9, iterations=2)
+    return suggest_slices(unc, ann, region if region.any() else None)
+
+
+def walker(probs: np.ndarray, classes: list[int], ann: np.ndarray, beta: float,
+           sure: float) -> np.ndarray:
+    """Random walker on the probability maps (edges where they change), seeded by the
+    strokes and by the voxels the forest is ``sure`` of; returns its probabilities."""
+    from skimage.segmentation import random_walker
+
+    lut = np.zeros(int(max(classes)) + 1, dtype=np.int64)
+    lut[classes] = np.arange(1, len(classes) + 1)
+    seeds = np.where(probs.max(0) >= sure, probs.argmax(0) + 1, 0)
+    painted = ann > 0
+    seeds[painted] = lut[ann[painted]]
+    if len(np.unique(seeds[seeds > 0])) < 2 or (seeds > 0).all():
+        return probs
+    out = random_walker(probs, seeds, beta=beta, mode="cg_j", tol=1e-2, channel_axis=0,
+                        return_full_prob=True)
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- methods
+class SkimageRF:
+    """scikit-image trainable segmentation (the baseline), optionally + keep_connected."""
+
+    def __init__(self, image, modality, spacing, connected: bool = False,
+                 opts: LoopOptions | None = None):
+        t0 = time.perf_counter()
+        self.feats = skimage_features(normalise(image, modality))
+        self.setup_s = time.perf_counter() - t0
+        self.opts = opts or LoopOptions(connected=connected)
+        self.opts.connected = connected
+        self.spacing = spacing
+
+    def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        rng = np.random.default_rng(self.opts.seed)
+        idx = sample(ann, rng)
+        flat = self.feats.reshape(-1, self.feats.shape[-1])
+        clf = fit_forest(flat[idx], ann.reshape(-1)[idx], self.opts, seed=self.opts.seed)
+        classes = [int(c) for c in clf.classes_]
+        probs = predict(clf, self.feats, ann.shape)
+        if self.opts.smooth:
+            probs = smooth_probs(probs, self.opts.smooth, self.spacing)
+        return Round(finish(probs, classes, ann, self.opts.connected), probs, classes)
+
+
+class VAEDefault:
+    """The engine's segment() as it is; ``finetune_steps`` > 0 continues from each round's
+    fine-tuned model."""
+
+    def __init__(self, model, image, modality, fit_s: float, cache, finetune_steps: int = 0,
+                 seed: int = 0):
+        self.seed = seed
+        self.model, self.image, self.modality = model, image, modality
+        self.cache = cache
+        self.ft = finetune_steps
+        self.setup_s = fit_s
+
+    def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        from napari_latentseg.engine.segment import segment
+
+        kw = {"finetune_steps": self.ft} if self.ft else {}
+        res = segment(self.model, self.image, ann, modality=self.modality, cache=self.cache,
+                      seed=self.seed,
+                      **kw)
+        if self.ft:
+            self.model = res.model
+        return Round(np.asarray(res.labels, dtype=np.int64), res.probabilities,
+                     list(res.classes), res.suggestion)
+
+
+def engine_forest_features(model, image, modality, cache, ann) -> np.ndarray:
+    """The engine's cached forest features (z, y, x, F) float16 (one segment() call fills
+    the cache if it is empty)."""
+    from napari_latentseg.engine.segment import segment
+
+    key = cache.key(model, image, "forest")
+    f = cache.get(key)
+    if f is None:
+        segment(model, image, ann, modality=modality, cache=cache)
+        f = cache.get(key)
+    return f
+
+
+class ForestLoop:
+    """The engine's forest path on its own features, with the loop changes of ``opts``."""
+
+    def __init__(self, feats: np.ndarray, spacing, opts: LoopOptions, setup_s: float):
+        self.feats = feats if opts.vae else feats[..., :N_MULTISCALE]
+        self.opts = opts
+        self.spacing = spacing
+        self.setup_s = setup_s
+        self.prev: np.ndarray | None = None
+        self.prev_probs: np.ndarray | None = None
+        self.mu = self.sd = None
+
+    def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        o = self.opts
+        rng = np.random.default_rng(o.seed)
+        idx = sample(ann, rng)
+        flat = self.feats.reshape(-1, self.feats.shape[-1])
+        y = ann.reshape(-1)[idx]
+        w = None
+        if o.correction_weight != 1.0:
+            # strokes_round: 1 = first strokes, r + 1 = the correction of round r.
+            w = np.where(strokes_round.reshape(-1)[idx] > 1, o.correction_weight, 1.0)
+        if o.anchor and self.prev is not None:
+            aidx = self._anchors(ann, strokes_round, rng)
+            w = np.ones(len(idx)) if w is None else w
+            w = np.concatenate([w, np.full(len(aidx), o.anchor_weight)])
+            y = np.concatenate([y, self.prev.reshape(-1)[aidx]])
+            idx = np.concatenate([idx, aidx])
+        x = flat[idx].astype(np.float32)
+        classes = [int(c) for c in np.unique(y)]
+        probs = 0.0
+        if o.classifier in ("forest", "both"):
+            probs = predict(fit_forest(x, y, o, w, o.seed), self.feats, ann.shape)
+        if o.classifier in ("knn", "both"):
+            pk = self._knn(x, y, w, ann.shape)
+            probs = pk if o.classifier == "knn" else 0.5 * (probs + pk)
+        if o.smooth:
+            probs = smooth_probs(probs, o.smooth, self.spacing)
+        if o.momentum and self.prev_probs is not None and \
+                self.prev_probs.shape == probs.shape:
+            probs = (1 - o.momentum) * probs + o.momentum * self.prev_probs
+        self.prev_probs = probs
+        if o.walker_beta:
+            pw = walker(probs, classes, ann, o.walker_beta, o.walker_sure)
+            probs = o.walker_mix * pw + (1 - o.walker_mix) * probs
+        labels = finish(probs, classes, ann, o.connected)
+        if o.stable_radius and self.prev is not None:
+            labels = self._stabilise(labels, probs, ann, strokes_round)
+        self.prev = labels
+        return Round(labels, probs, classes)
+
+    def _anchors(self, ann, strokes_round, rng) -> np.ndarray:
+        """Voxels of last round's labels (a sample per class) far from the newest stroke."""
+        from scipy import ndimage as ndi
+
+        newest = strokes_round == strokes_round.max()
+        far = ndi.distance_transform_edt(~newest, sampling=self.spacing) > self.opts.anchor_radius
+        far &= ann == 0
+        prev = self.prev.reshape(-1)
+        cand = np.flatnonzero(far.reshape(-1))
+        out = [rng.permutation(cand[prev[cand] == c])[: self.opts.anchor]
+               for c in np.unique(prev[cand])]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def _knn(self, x, y, w, shape):
+        """Class probabilities from the ``k`` nearest annotated voxels in standardised
+        feature space (class-balanced: each class's votes divided by its share)."""
+        from sklearn.neighbors import KNeighborsClassifier
+
+        if self.mu is None:
+            rows = self.feats.reshape(-1, self.feats.shape[-1])
+            sub = rows[:: max(1, len(rows) // 50_000)].astype(np.float32)
+            self.mu, self.sd = sub.mean(0), sub.std(0) + 1e-3
+        k = min(self.opts.k, len(y))
+        clf = KNeighborsClassifier(k, weights="distance").fit((x - self.mu) / self.sd, y)
+        rows = self.feats.reshape(-1, self.feats.shape[-1])
+        out = np.empty((len(clf.classes_), len(rows)), dtype=np.float32)
+        share = np.bincount(np.searchsorted(clf.classes_, y)) / len(y)
+        for i in range(0, len(rows), 1 << 16):
+            p = clf.predict_proba((rows[i : i + (1 << 16)].astype(np.float32) - self.mu)
+                                  / self.sd)
+            if self.opts.balanced:
+                p = p / share
+                p /= p.sum(1, keepdims=True)
+            out[:, i : i + (1 << 16)] = p.T
+        return out.reshape((-1,) + tuple(shape))
+
+    def _stabilise(self, labels, probs, ann, strokes_round):
+        """Far from the newest stroke, keep last round's label unless strongly contradicted."""
+        from scipy import ndimage as ndi
+
+        newest = strokes_round == strokes_round.max()
+        dist = ndi.distance_transform_edt(~newest, sampling=self.spacing)
+        keep = (dist > self.opts.stable_radius) & (probs.max(0) < self.opts.stable_p)
+        keep &= ann == 0
+        if self.opts.stable_gain_only:
+            c = int(np.bincount(ann[newest]).argmax())
+            keep &= (labels == c) & (self.prev != c)
+        out = labels.copy()
+        out[keep] = self.prev[keep]
+        return out
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    kind: str  # skimage | vae | forest
+    connected: bool = False
+    finetune_steps: int = 0
+    opts: LoopOptions = field(default_factory=LoopOptions)

@@ -1,0 +1,295 @@
+"""Interactive correction loop: simulated strokes and suggested slices, Dice per round.
+
+Protocols (the annotator is benchmarks/_interactive.py):
+
+- ``strokes``: one disk stroke (radius 4 voxels) per class, then each round one corrective
+  stroke at the most interior voxel of the largest 3D error component, with the true label;
+- ``slices``: one fully annotated axial slice (the largest object area; the phantom's middle),
+  then each round the slice the method suggests (engine: ``SegmentationResult.suggestion``;
+  other methods: the engine's ``suggest_slices`` on their own probabilities).
+
+Cases: the phantom's tissue classes, tumour vs background in brain1, brain2, lung1, lung2,
+breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequal`` /
+``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49).
+Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
+
+Methods: see benchmarks/_loop_methods.py. VAEs are fitted once per scan (2 min budget) and
+cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
+
+Usage: ``python benchmarks/bench_interactive.py [--cases ...] [--methods ...] [--rounds 10]
+[--protocols strokes slices] [--quick] [--seeds N]``; writes
+``benchmarks/results/interactive.json`` and ``interactive.md``. ``--quick`` crops around the
+object and runs 6 stroke rounds and 3 slice rounds (fine-tuning: 20 steps, 2 and 1 rounds).
+``--seeds N`` repeats every run with seeds 0..N-1 and adds a mean ± sd table (one seed
+moves a case's AUC by up to 0.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _interactive as ia  # noqa: E402
+import _loop_methods as lm  # noqa: E402
+from _loop_methods import LoopOptions as LO  # noqa: E402
+
+FINETUNE_STEPS = 60
+# The loop changes measured (benchmarks/_loop_methods.py); "loop" is the combination kept.
+LOOPS = {
+    "forest-engine": LO(),  # the engine's forest path re-implemented (sanity check)
+    "novae": LO(vae=False),  # ablation: the engine's forest without the VAE columns
+    "loop-bootstrap": LO(min_tree_samples=500),
+    "loop-balanced": LO(min_tree_samples=500, balanced=True),
+    "loop-smooth": LO(min_tree_samples=500, balanced=True, smooth=1.0),
+    "loop-weight": LO(min_tree_samples=500, balanced=True, smooth=1.0, correction_weight=3.0),
+    "loop-stable": LO(min_tree_samples=500, balanced=True, smooth=1.0, stable_radius=20.0),
+    "loop-momentum": LO(min_tree_samples=500, balanced=True, smooth=1.0, momentum=0.5),
+    "loop-walker": LO(min_tree_samples=500, balanced=True, walker_beta=30.0),
+    "loop-wm": LO(min_tree_samples=500, balanced=True, smooth=1.0, correction_weight=3.0,
+                  momentum=0.5),
+    "loop-knn": LO(classifier="knn", balanced=True, smooth=1.0),
+    "loop-both": LO(classifier="both", min_tree_samples=500, balanced=True, smooth=1.0),
+    "loop-gain": LO(min_tree_samples=500, balanced=True, smooth=1.0, stable_radius=15.0,
+                    stable_gain_only=True),
+    "loop-gain2": LO(min_tree_samples=500, balanced=True, smooth=1.0, stable_radius=10.0,
+                     stable_gain_only=True, stable_p=0.98),
+    "loop-anchor": LO(min_tree_samples=500, balanced=True, anchor=1000),
+    "loop-anchor-s": LO(min_tree_samples=500, balanced=True, smooth=1.0, anchor=1000),
+    "loop-anchor-e": LO(anchor=1000),
+    "loop-bal": LO(balanced=True),
+    "loop-bal-mom": LO(balanced=True, momentum=0.5),
+    "loop-leaf": LO(balanced=True, min_leaf=5, min_tree_samples=500),
+    "loop-trees": LO(balanced=True, trees=200),
+    "loop-walker-mix": LO(balanced=True, walker_beta=30.0, walker_mix=0.5),
+    "loop-walker-b": LO(balanced=True, walker_beta=30.0),
+    # The change kept: class-balanced forest weights (unequal strokes); the others lost.
+    "loop": LO(balanced=True),
+    "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
+}
+BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "novae", "vae-finetune"]
+CASES = ["phantom", "brain1", "brain2", "lung1", "lung2", "breast1", "brain1-unequal"]
+
+
+def build(method: str, env: dict, quick: bool, seed: int = 0):
+    """A fresh method (state such as a fine-tuned model starts over) for one case."""
+    if method in ("skimage-rf", "skimage-rf-connected"):
+        m = lm.SkimageRF(env["image"], env["modality"], env["spacing"],
+                         connected=method.endswith("connected"), opts=LO(seed=seed))
+        return m
+    if method in ("vae-default", "vae-finetune"):
+        from napari_latentseg.engine.segment import FeatureCache
+
+        ft = 0 if method == "vae-default" else (20 if quick else FINETUNE_STEPS)
+        return lm.VAEDefault(env["model"], env["image"], env["modality"], env["fit_s"],
+                             FeatureCache(), ft, seed)
+    if method in LOOPS:
+        opts = dataclasses.replace(LOOPS[method], seed=seed)
+        feats, feat_s, ms_s = env_features(env)
+        setup = env["fit_s"] + feat_s if opts.vae else ms_s
+        return lm.ForestLoop(feats, env["spacing"], opts, setup)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def env_features(env: dict):
+    """The engine's forest features of the case (computed once, timed) and the time of the
+    ilastik columns alone."""
+    if "feats" not in env:
+        import torch
+
+        from napari_latentseg.engine.features import multiscale_features
+        from napari_latentseg.engine.infer import normalizer_for
+        from napari_latentseg.engine.segment import FeatureCache
+
+        t0 = time.perf_counter()
+        cache = FeatureCache()
+        env["feats"] = lm.engine_forest_features(env["model"], env["image"], env["modality"],
+                                                 cache, env["first_ann"])
+        env["feat_s"] = time.perf_counter() - t0  # a whole first round: an upper bound
+        t0 = time.perf_counter()
+        norm = normalizer_for(env["model"], env["image"], env["modality"])[0]
+        x = torch.from_numpy(np.ascontiguousarray(norm(env["image"])[:, None], np.float32))
+        with torch.inference_mode():
+            for i in range(0, len(x), 8):
+                multiscale_features(x[i : i + 8])
+        env["ms_s"] = time.perf_counter() - t0
+    return env["feats"], env["feat_s"], env["ms_s"]
+
+
+def case_env(case: str, data: Path, quick: bool) -> dict:
+    base = case.split("-")[0]
+    image, truth, modality, spacing = ia.load_case(base, data)
+    model, fit_s = ia.get_model(base, image, modality)
+    if quick:
+        box = ia.crop_box(base, truth)
+        image, truth = np.ascontiguousarray(image[box]), np.ascontiguousarray(truth[box])
+    classes = sorted(int(c) for c in np.unique(truth))
+    radii = {1: 1} if case.endswith("-unequal") else None
+    env = {"image": image, "truth": truth, "modality": modality, "spacing": spacing,
+           "model": model, "fit_s": fit_s, "classes": classes, "radii": radii,
+           "eval": ia.eval_classes(base, truth), "first_ann": ia.first_strokes(truth, classes,
+                                                                               radii)}
+    return env
+
+
+def run_strokes(method, env: dict, rounds: int) -> dict:
+    truth = env["truth"]
+    ann = env["first_ann"].copy()
+    sr = (ann > 0).astype(np.int64)
+    n_strokes = len(env["classes"])
+    dices, strokes, secs, where = [], [], [], []
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        res = method(ann, sr)
+        secs.append(time.perf_counter() - t0)
+        dices.append(ia.dice(res.labels, truth, env["eval"]))
+        strokes.append(n_strokes)
+        if r == rounds - 1:
+            break
+        corr = ia.corrective_stroke(res.labels, truth)
+        if corr is None:
+            break
+        ann[corr.stroke] = corr.label
+        sr[corr.stroke] = r + 2
+        n_strokes += 1
+        where.append([corr.z, corr.y, corr.x, corr.label, corr.component_voxels])
+    return {"dice": [round(d, 4) for d in dices], "strokes": strokes,
+            "seconds": [round(s, 2) for s in secs], "corrections": where,
+            **ia.summarise(dices, strokes, secs, method.setup_s + secs[0])}
+
+
+def run_slices(method, env: dict, rounds: int) -> dict:
+    truth = env["truth"]
+    ann = np.zeros_like(truth)
+    if env["eval"] == [2]:
+        z0 = int(np.argmax((truth == 2).reshape(truth.shape[0], -1).sum(1)))
+    else:
+        z0 = truth.shape[0] // 2
+    ia.annotate_slice(ann, truth, 0, z0)
+    sr = (ann > 0).astype(np.int64)
+    dices, secs, slices = [], [], [[0, z0]]
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        res = method(ann, sr)
+        secs.append(time.perf_counter() - t0)
+        dices.append(ia.dice(res.labels, truth, env["eval"]))
+        if r == rounds - 1:
+            break
+        sug = res.suggestion or lm.suggest(res.probs, res.classes, ann)
+        if sug.get("index") is None:
+            break
+        ia.annotate_slice(ann, truth, sug["axis"], sug["index"])
+        sr[ann > 0] = np.maximum(sr[ann > 0], 1)
+        sr[(ann > 0) & (sr == 0)] = r + 2
+        slices.append([sug["axis"], sug["index"]])
+    n = list(range(1, len(dices) + 1))
+    return {"dice": [round(d, 4) for d in dices], "slices": slices,
+            "seconds": [round(s, 2) for s in secs],
+            **ia.summarise(dices, n, secs, method.setup_s + secs[0])}
+
+
+def to_markdown(rows: list[dict], info: dict) -> str:
+    out = [f"Machine: {info['machine']}; threads: {info['threads']}; "
+           f"{'quick (cropped, see crop column)' if info['quick'] else 'full volumes'}; "
+           f"{info['rounds']} rounds", ""]
+    for proto in ("strokes", "slices"):
+        rs = [r for r in rows if r["protocol"] == proto]
+        if not rs:
+            continue
+        unit = "strokes" if proto == "strokes" else "slices"
+        out += [f"### Protocol: {proto}", "",
+                f"| case | method | AUC (mean Dice) | final | NoC@80 | NoC@90 ({unit}) | "
+                "max drop | drops > 0.02 | s / round | first result s | Dice per round |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            curve = " ".join(f"{d:.2f}" for d in r["dice"])
+            name = r["method"] + (f" (seed {r['seed']})" if r.get("seed") else "")
+            out.append(f"| {r['case']} | {name} | {r['auc']:.3f} | {r['final']:.3f} | "
+                       f"{r['noc80'] or '-'} | {r['noc90'] or '-'} | {r['max_drop']:.3f} | "
+                       f"{r['drops_over_002']} | {r['round_s']:.2f} | "
+                       f"{r['first_result_s']:.1f} | {curve} |")
+        out.append("")
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    if len(seeds) > 1:
+        out += [f"### AUC over seeds {seeds[0]}-{seeds[-1]} (mean ± sd; min-max)", "",
+                "| protocol | case | method | AUC | range | max drop (worst seed) |",
+                "|---|---|---|---|---|---|"]
+        keys = list(dict.fromkeys((r["protocol"], r["case"], r["method"]) for r in rows))
+        for k in keys:
+            a = [r["auc"] for r in rows if (r["protocol"], r["case"], r["method"]) == k]
+            dr = max(r["max_drop"] for r in rows if (r["protocol"], r["case"], r["method"]) == k)
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {np.mean(a):.3f} ± {np.std(a):.3f} | "
+                       f"{min(a):.3f}-{max(a):.3f} | {dr:.3f} |")
+        out.append("")
+    crops = {r["case"]: r["shape"] for r in rows}
+    out.append("Volumes (z, y, x): " + "; ".join(f"{k} {tuple(v)}" for k, v in crops.items()))
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=CASES)
+    p.add_argument("--methods", nargs="+", default=BASE + ["loop"])
+    p.add_argument("--protocols", nargs="+", default=["strokes", "slices"])
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--slice-rounds", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--data", type=Path, default=ia.DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--tag", default="interactive")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat each run with forest seeds 0..N-1 (curves vary a lot by seed)")
+    args = p.parse_args()
+    from napari_latentseg.runtime.device import configure_threads
+
+    configure_threads()
+    import platform
+
+    import torch
+
+    rounds = args.rounds or (6 if args.quick else 10)
+    slice_rounds = args.slice_rounds or (3 if args.quick else 5)
+    info = {"machine": f"{platform.processor() or platform.machine()}",
+            "threads": torch.get_num_threads(), "quick": args.quick, "rounds": rounds}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    t_all = time.perf_counter()
+    for case in args.cases:
+        base = case.split("-")[0]
+        if base != "phantom" and not (args.data / f"{base}_image.nrrd").exists():
+            print(f"skipping {case}: {args.data / (base + '_image.nrrd')} not found")
+            continue
+        env = case_env(case, args.data, args.quick)
+        for proto in args.protocols:
+            if proto == "slices" and case.endswith("-unequal"):
+                continue
+            for method, seed in [(m, s) for m in args.methods for s in range(args.seeds)]:
+                m = build(method, env, args.quick, seed)
+                fn = run_strokes if proto == "strokes" else run_slices
+                n = rounds if proto == "strokes" else slice_rounds
+                if method == "vae-finetune" and args.quick:
+                    n = min(n, 2 if proto == "strokes" else 1)  # ~50x a forest round
+                r = fn(m, env, n)
+                r.update(case=case, method=method, protocol=proto, seed=seed,
+                         shape=list(env["truth"].shape))
+                rows.append(r)
+                print(f"{case} {proto} {method} seed {seed}: AUC {r['auc']:.3f} "
+                      f"final {r['final']:.3f} "
+                      f"NoC80 {r['noc80']} drop {r['max_drop']:.3f} "
+                      f"{r['round_s']:.2f} s/round first {r['first_result_s']:.1f} s | "
+                      + " ".join(f"{d:.2f}" for d in r["dice"]), flush=True)
+                (args.out / f"{args.tag}.json").write_text(json.dumps(
+                    {"info": info, "results": rows}, indent=1))
+                (args.out / f"{args.tag}.md").write_text(to_markdown(rows, info))
+    print(f"total {time.perf_counter() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
