@@ -233,6 +233,10 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
                  str(tmp_path / "seg2.nii.gz"), "-q"])
     assert code == 2
     assert "grid" in capsys.readouterr().err
+    # The ablation from the command line: the output says which features were used.
+    assert main(["segment", str(img), "-m", str(model), "-a", str(ann), "-o",
+                 str(tmp_path / "seg3.nii.gz"), "--no-vae-features", "-q"]) == 0
+    assert "features: ilastik multiscale set only" in capsys.readouterr().out
 
 
 def test_keep_connected_drops_regions_away_from_strokes():
@@ -436,3 +440,25 @@ def test_annotated_sample_is_balanced_and_in_volume_order():
     assert np.bincount(y).tolist() == [0, 5, 3, 1]
     assert (np.diff(idx) > 0).all()  # volume order
     np.testing.assert_array_equal(ann.reshape(-1)[idx], y)
+
+
+def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, annotations,
+                                                   tmp_path, capsys):
+    from napari_latentseg.engine.segment.forest import ForestFeatures
+    from napari_latentseg.engine.segment.runner import FeatureRunner
+
+    run = FeatureRunner(tiny_model, small_phantom.image, "MR", None)
+    zs = np.array([3, 4])
+    with_vae = ForestFeatures(run, None, vae=True).compute(zs).numpy()
+    without = ForestFeatures(run, None, vae=False).compute(zs).numpy()
+    run.close()
+    assert without.shape[1] == 20 < with_vae.shape[1]  # 5 sigmas x 4 ilastik features
+    np.testing.assert_allclose(without, with_vae[:, :20], atol=1e-5)  # the same ilastik set
+    res = segment(tiny_model, small_phantom.image, annotations, vae_features=False)
+    forest = next(h for h in res.history if h["stage"] == "forest")
+    assert "no VAE" in forest["features"]
+    painted = annotations > 0
+    np.testing.assert_array_equal(res.labels[painted], annotations[painted])
+    with pytest.raises(ValueError, match="vae_features"):
+        segment(tiny_model, small_phantom.image, annotations, vae_features=False,
+                classifier="mlp")

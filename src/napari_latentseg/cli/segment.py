@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     s.add_argument("--classifier", choices=["forest", "mlp"], default="forest",
                    help="forest: random forest on multiscale + VAE features (default); mlp: "
                         "an MLP head on the VAE hypercolumn alone")
+    s.add_argument("--no-vae-features", action="store_true",
+                   help="the forest on the ilastik multiscale features alone (the ablation of "
+                        "the VAE features; docs/interactive_benchmarks.md)")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "
@@ -59,14 +62,17 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
-        keep_connected_regions=not args.all_regions, seed=args.seed, stop_event=stop),
+        keep_connected_regions=not args.all_regions, seed=args.seed,
+        vae_features=not args.no_vae_features, stop_event=stop),
         args.quiet)
     res = job.result
     for note in job.notes:
         print(f"note: {note}", file=sys.stderr)
     written = save_outputs(job, {"labels": args.output, "uncertainty": args.uncertainty}, scan,
                            overwrite=args.overwrite)
-    print(f"wrote {written['labels']} (classes {res.classes}, {res.seconds:.1f} s)")
+    features = next((h["features"] for h in res.history if "features" in h), None)
+    print(f"wrote {written['labels']} (classes {res.classes}, {res.seconds:.1f} s"
+          + (f"; features: {features})" if features else ")"))
     if "uncertainty" in written:
         print(f"wrote {written['uncertainty']}")
     # The head (and a fine-tuned encoder) is a new model: never the file we started from.

@@ -16,7 +16,7 @@ from ...runtime.progress import check_stop, drive
 from .annotations import ClassTable
 from .cache import FeatureCache
 from .finetune import finetune
-from .forest import ForestFeatures, ForestProbabilities, fit_forest
+from .forest import ForestFeatures, ForestProbabilities, fit_forest, forest_features_name
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
 from .options import SegmentOptions, resolve_options
@@ -98,7 +98,7 @@ def segment_iter(
     # Features are computed once per round even without a caller's cache.
     cache = cache if cache is not None else FeatureCache()
     run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
-    forest_feats = ForestFeatures(run, cache) if use_forest else None
+    forest_feats = ForestFeatures(run, cache, opts.vae_features) if use_forest else None
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     try:
@@ -171,7 +171,8 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
                                     stop_event)
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = fit_forest(fx, st.table.index(fy), st.options.seed)
-    st.history.append({"stage": "forest", "voxels": int(len(fy))})
+    st.history.append({"stage": "forest", "voxels": int(len(fy)),
+                       "features": forest_features_name(forest_feats.vae)})
     yield {"stage": "segment: forest", "done": 1, "total": 1}
     return forest
 

@@ -11,11 +11,18 @@ from .annotations import annotated_batches, sample_annotated
 from .cache import FeatureCache
 from .runner import FeatureRunner, to_rows
 
-__all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict"]
+__all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict",
+           "forest_features_name"]
 
 _ENCODER_PCS = 4
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+
+
+def forest_features_name(vae: bool) -> str:
+    """What the forest saw, in words for results and logs."""
+    return ("ilastik multiscale set + VAE latent and encoder components" if vae
+            else "ilastik multiscale set only (no VAE features)")
 
 
 class ForestFeatures:
@@ -27,14 +34,18 @@ class ForestFeatures:
     annotations, so the features can be cached per image and model).
     """
 
-    def __init__(self, run: FeatureRunner, cache: FeatureCache | None) -> None:
+    def __init__(self, run: FeatureRunner, cache: FeatureCache | None,
+                 vae: bool = True) -> None:
         from ..features import MULTISCALE_SIGMAS
 
         self.run = run
+        self.vae = vae  # False: the ilastik set alone (the ablation of the VAE features)
         self.enc = slice(0, sum(run.hyper.tap_channels))
-        self.n_features = 4 * len(MULTISCALE_SIGMAS) + run.hyper.latent_channels + _ENCODER_PCS
+        self.n_features = 4 * len(MULTISCALE_SIGMAS) + (
+            run.hyper.latent_channels + _ENCODER_PCS if vae else 0)
         self.cache = cache
-        self.key = cache.key(run.model, run.volume, "forest") if cache is not None else None
+        kind = "forest" if vae else "forest-ilastik"
+        self.key = cache.key(run.model, run.volume, kind) if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
 
@@ -72,10 +83,9 @@ class ForestFeatures:
         if self.cached is not None:
             rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
             return torch.from_numpy(np.ascontiguousarray(rows)).float()
-        if self._pca is None:
+        if self._pca is None and self.vae:
             self._fit_pca()
         sd = self.run.cfg.spatial_dims
-        vae = to_rows(self.run.compute_projected(zs, self._pca), sd)
         if sd == 2:
             c = self.run.cfg.context_slices
             x = self.run.input_block(zs)[:, c : c + 1]
@@ -85,6 +95,9 @@ class ForestFeatures:
             ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
                 self.run.device))
         ms = ms.permute(0, 2, 3, 1).reshape(-1, ms.shape[1])
+        if not self.vae:
+            return ms.float().cpu()
+        vae = to_rows(self.run.compute_projected(zs, self._pca), sd)
         return torch.cat([ms, vae], dim=1).float().cpu()
 
     def fill_cache(self, stop_event) -> Generator[dict, None, None]:

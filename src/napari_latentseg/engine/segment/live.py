@@ -77,7 +77,7 @@ class LiveSegmenter:
         # A private copy: the runner switches the network's memory layout while it works,
         # and full rounds may run on the caller's model meanwhile.
         self._run = FeatureRunner(copy.deepcopy(model), vol, modality, None)
-        self._features = ForestFeatures(self._run, self.cache)
+        self._features = ForestFeatures(self._run, self.cache, self.options.vae_features)
         self._forest = None
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None

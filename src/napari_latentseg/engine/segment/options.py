@@ -40,6 +40,10 @@ class SegmentOptions:
         At most this many annotated voxels per class train the forest and the head.
     seed : int
         Seed of voxel sampling, held-out tiles and the head's initial weights.
+    vae_features : bool
+        The forest sees the VAE's latent and encoder components besides the ilastik set;
+        False is the ablation (the ilastik set alone), measured in
+        ``docs/interactive_benchmarks.md``.
     """
 
     classifier: str = "forest"
@@ -52,6 +56,7 @@ class SegmentOptions:
     hidden: int = 64
     max_per_class: int = 20_000
     seed: int = 0
+    vae_features: bool = True
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -66,6 +71,9 @@ class SegmentOptions:
             raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if not self.encoder_lr_factor >= 0:
             raise ValueError(f"encoder_lr_factor must be >= 0, got {self.encoder_lr_factor}")
+        if not self.vae_features and self.classifier != "forest":
+            raise ValueError("vae_features=False is an option of the forest: the MLP head "
+                             "is the VAE's features")
 
     @property
     def trains_head(self) -> bool:
