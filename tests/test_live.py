@@ -67,3 +67,30 @@ def test_bad_use_is_refused(tiny_model, small_phantom, annotations):
         live.predict_slice(99)
     with pytest.raises(ValueError, match="3D"):
         LiveSegmenter(tiny_model, small_phantom.image[0])
+
+
+def test_anchors_apply_the_connect_to_stroke_rule_on_the_slice(tiny_model, small_phantom,
+                                                                annotations):
+    from scipy import ndimage as ndi
+
+    live = LiveSegmenter(tiny_model, small_phantom.image, modality="MR")
+    two = np.where(annotations == 1, 1, np.where(annotations == 6, 6, 0))  # object vs rest
+    live.update(two)
+    z = 4  # not annotated
+    free = live.predict_slice(z)
+    background = min(free.classes)
+    anchors = np.full(free.labels.shape, background, dtype=free.labels.dtype)
+    ruled = live.predict_slice(z, anchors)
+    # Without a stroke or an anchor of its class on the slice, no region of another class stays.
+    assert set(np.unique(ruled.labels)) == {background}
+    # Anchored regions stay, whatever the rest.
+    anchors = free.labels.copy()
+    np.testing.assert_array_equal(live.predict_slice(z, anchors).labels, free.labels)
+    # A region touching an anchor of its class is kept whole.
+    cls = next(c for c in free.classes if c != background and (free.labels == c).any())
+    comp, _ = ndi.label(free.labels == cls)
+    first = comp == comp[tuple(np.argwhere(comp > 0)[0])]
+    anchors = np.full(free.labels.shape, background, dtype=free.labels.dtype)
+    anchors[tuple(np.argwhere(first)[0])] = cls
+    kept = live.predict_slice(z, anchors).labels
+    assert (kept[first] == cls).all()

@@ -55,13 +55,15 @@ class LiveController(QObject):
     failed = Signal(str)
 
     def __init__(self, session: Session, full_round, locked=lambda: [],
-                 parent: QObject | None = None) -> None:
+                 connected=lambda: True, parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
         super().__init__(parent)
         self.session = session
         self._full_round = full_round
         self._locked = locked
+        self._connected = connected
+        self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
         self._annotations: napari.layers.Labels | None = None
@@ -84,8 +86,13 @@ class LiveController(QObject):
 
     # ------------------------------------------------------------------ wiring
     def follow(self, scan: napari.layers.Image, annotations: napari.layers.Labels,
-               output: napari.layers.Labels) -> None:
-        """Watch ``annotations`` (strokes) and write slices of ``scan`` into ``output``."""
+               output: napari.layers.Labels, round_labels: np.ndarray | None = None) -> None:
+        """Watch ``annotations`` (strokes) and write slices of ``scan`` into ``output``.
+
+        ``round_labels`` is the last full round's result (kept, not copied: the plugin's own
+        array), whose regions anchor the connect-to-stroke rule on live slices.
+        """
+        self._round_labels = round_labels
         if self._annotations is not None and not same_layer(self._annotations, annotations):
             self._disconnect()
         if self._annotations is None or not same_layer(self._annotations, annotations):
@@ -140,6 +147,9 @@ class LiveController(QObject):
             return
         ann = np.array(layer_array(self._annotations), copy=True)  # the user paints on
         z = self._current_slice()
+        # The slice as the last full round left it: anchors of the connect-to-stroke rule.
+        anchors = (np.array(self._round_labels[z], copy=True)
+                   if self._round_labels is not None and self._connected() else None)
         key = (id(model), id(self._scan), self.session.device)
         segmenter = self._segmenter if key == self._segmenter_key else None
         volume = layer_array(self._scan)
@@ -159,7 +169,7 @@ class LiveController(QObject):
                 seg = LiveSegmenter(model, volume, modality=modality, cache=cache)
                 drive(seg.prepare())
             seg.update(ann)
-            return seg, key, seg.predict_slice(z), started
+            return seg, key, seg.predict_slice(z, anchors), started
 
         from napari.qt.threading import create_worker
 
@@ -180,6 +190,9 @@ class LiveController(QObject):
         labels = _respect_locks(pred, np.asarray(data[pred.index]), self._locked())
         if data.dtype.kind in "iu" and labels.max(initial=0) <= np.iinfo(data.dtype).max:
             data[pred.index] = labels.astype(data.dtype, copy=False)  # the plugin's own layer
+            if self._round_labels is not None and self._round_labels.shape == data.shape:
+                # What the plugin wrote, so Accept corrections takes only the user's repaints.
+                self._round_labels[pred.index] = labels
             out.refresh()
         seconds = time.perf_counter() - started if started is not None else pred.seconds
         self.slice_updated.emit(pred.index, seconds)

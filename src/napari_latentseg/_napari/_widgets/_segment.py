@@ -135,7 +135,8 @@ class SegmentSection(Section):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.live = LiveController(session, lambda: self.segment(finetune=False),
-                                   locked=lambda: self.classes.locked(), parent=self)
+                                   locked=lambda: self.classes.locked(),
+                                   connected=lambda: self.connected.isChecked(), parent=self)
         self.live_box = QCheckBox("Live: the slice follows your strokes")
         self.live_box.setToolTip(
             "After a stroke, the slice on screen is segmented again within about a second; "
@@ -313,7 +314,8 @@ class SegmentSection(Section):
         pred = self._show_prediction(scan, result.labels, result.classes)
         ann_layer = self.annotations.layer()
         if ann_layer is not None:
-            self.live.follow(scan, ann_layer, pred)
+            self.live.follow(scan, ann_layer, pred, self._written.get(
+                pred.metadata["latentseg_output"]))
             if not self._live_offered:  # on by default once a first round has run
                 self._live_offered = True
                 self.live_box.setChecked(True)

@@ -22,6 +22,7 @@ from .annotations import ClassTable
 from .cache import FeatureCache
 from .forest import ForestFeatures, fit_forest, forest_predict
 from .options import SegmentOptions
+from .postprocess import keep_connected
 from .runner import FeatureRunner
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
@@ -113,10 +114,19 @@ class LiveSegmenter:
         self._table, self._annotations = table, ann
         return int(len(y))
 
-    def predict_slice(self, index: int) -> SlicePrediction:
+    def predict_slice(self, index: int, anchors: np.ndarray | None = None) -> SlicePrediction:
         """Labels and probabilities of axial slice ``index`` (painted voxels keep their label).
 
-        The connect-to-stroke rule of full rounds is 3D and is left to them.
+        Parameters
+        ----------
+        index : int
+            The axial slice.
+        anchors : np.ndarray, optional
+            The slice's labels from the last full round (which applied the 3D
+            connect-to-stroke rule). With them, the rule holds on the slice too: a region of
+            class ``c`` that touches neither a stroke of ``c`` on this slice nor a voxel the
+            last round gave ``c`` goes to its next most probable class, so look-alikes the
+            volume round removed do not come back between rounds.
         """
         if self._forest is None or self._table is None:
             raise RuntimeError("call update(annotations) before predict_slice")
@@ -136,6 +146,10 @@ class LiveSegmenter:
             probs[self._table.index(ann[rows, cols]), rows, cols] = 1.0
         classes = np.asarray(self._table.classes, dtype=self._table.dtype)
         labels = classes[probs.argmax(0)]
+        if anchors is not None:
+            seeds = np.where(painted, ann, np.asarray(anchors).astype(ann.dtype, copy=False))
+            labels = keep_connected(labels[None], probs[:, None], seeds[None],
+                                    self._table.classes)[0][0]
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
 
