@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "pyradiomics"
 WINDOW = (1440, 900)
 
 
@@ -59,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="fit steps (default 150)")
     parser.add_argument("--config", default="cpu-2d")
     parser.add_argument("--finetune-steps", type=int, default=30)
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="pyradiomics scans for the real-scan walkthrough (skipped when "
+                             "missing)")
+    parser.add_argument("--real-steps", type=int, default=120,
+                        help="fit steps of the real-scan walkthrough (default 120)")
+    parser.add_argument("--only-real", action="store_true",
+                        help="only the real-scan walkthrough (06, 07)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -68,13 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     settings_dir = tempfile.TemporaryDirectory()
     os.environ["NAPARI_CONFIG"] = str(Path(settings_dir.name) / "settings.yaml")
     import napari
-    import numpy as np
     from napari.settings import get_settings
     from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_latentseg._napari._sample_data import sample_data_dir
-    from napari_latentseg.io import read_volume
 
     get_settings().application.gui_notification_level = "error"  # no toasts over the canvas
     t_start = time.perf_counter()
@@ -116,6 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     def shot(name: str) -> None:
         settle(400)
         _save(viewer.screenshot(canvas_only=False, flash=False), args.out / name)
+
+    if not args.only_real:
+        _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot,
+                             t_start)
+    _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot)
+
+    print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    viewer.close()
+    settings_dir.cleanup()
+    if display is not None:
+        display.stop()
+    return 0
+
+
+def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot, t_start):
+    """01-05: the sample phantom from open to fine-tuning and saving."""
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_latentseg._napari._sample_data import sample_data_dir
+    from napari_latentseg.io import read_volume
 
     # 1. open the sample scan (File > Open Sample > napari-latentseg > Head phantom) -----
     print("1. open", flush=True)
@@ -211,13 +237,61 @@ def main(argv: list[str] | None = None) -> int:
     shot("05_finetune.png")
     with tempfile.TemporaryDirectory() as tmp:
         wait_job(lambda: seg.save_labels(str(Path(tmp) / "segmentation.nii.gz")))
+    grid.enabled = False
 
-    print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
-    viewer.close()
-    settings_dir.cleanup()
-    if display is not None:
-        display.stop()
-    return 0
+
+def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot):
+    """06-07: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
+    fit, reconstruct with the anomaly score, two strokes, Segment, then a live correction."""
+    import numpy as np
+    from qtpy.QtCore import QEventLoop, QTimer
+    from scipy import ndimage as ndi
+
+    image, label = args.data / "brain1_image.nrrd", args.data / "brain1_label.nrrd"
+    if not image.exists():
+        print(f"6. real-scan walkthrough skipped: {image} not found", flush=True)
+        return
+    print("6. brain1: open, fit, reconstruct", flush=True)
+    viewer.layers.clear()
+    scan = viewer.open(str(image), plugin="napari-latentseg")[0]
+    truth = viewer.open(str(label), plugin="napari-latentseg")[0]
+    truth.visible = False
+    dock.scan.set_layer(scan)
+    tumour = np.asarray(truth.data) > 0
+    z = int(np.argmax(tumour.reshape(len(tumour), -1).sum(1)))
+    ms = dock.model_section
+    ms.config.setCurrentText("cpu-2d")
+    ms.steps.setValue(args.real_steps)
+    wait_job(ms.fit)
+    wait_job(dock.reconstruct_section.run)
+    viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
+    viewer.reset_view()
+    show_sections("reconstruct")
+    shot("06_brain1_reconstruct.png")
+
+    print("7. brain1: two strokes, Segment, one live correction", flush=True)
+    seg = dock.segment_section
+    ann = seg.new_annotation_layer()
+    for value, mask in ((1, ~ndi.binary_dilation(tumour[z], iterations=8)), (2, tumour[z])):
+        y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
+        ann.brush_size = 9
+        ann.paint((z, y, x), value)
+    wait_job(lambda: seg.segment(finetune=False))
+    pred = viewer.layers[f"{scan.name} segmentation"]
+    wrong = (np.asarray(pred.data[z]) == 2) != tumour[z]
+    if wrong.any():
+        dist = ndi.distance_transform_edt(wrong)
+        y, x = np.unravel_index(int(np.argmax(dist)), wrong.shape)
+        loop = QEventLoop()
+        seg.live.slice_updated.connect(lambda *_: loop.quit())
+        QTimer.singleShot(60_000, loop.quit)
+        ann.brush_size = 5
+        ann.paint((z, y, x), 2 if tumour[z][y, x] else 1)
+        loop.exec()
+    for layer in viewer.layers:
+        layer.visible = layer in (scan, pred, ann)
+    show_sections("segment")
+    shot("07_brain1_live.png")
 
 
 if __name__ == "__main__":
