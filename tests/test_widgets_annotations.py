@@ -116,6 +116,9 @@ def test_locked_class_keeps_its_voxels(dock, qtbot, phantom_crop):
         index = np.nonzero(np.ones(truth[z].shape, bool))
         ann.data_setitem((np.full(index[0].size, z),) + index, truth[z][index])
     run(qtbot, widget, lambda: seg.segment(finetune=False))
+    # Every class painted has a row to name and lock, table row or not before the round.
+    painted = {int(v) for v in np.unique(truth[[3, 8]])}
+    assert painted <= {c["value"] for c in seg.classes.classes()}
     pred = viewer.layers["phantom crop segmentation"]
     locked = int(np.unique(truth[truth > 1])[0])
     # the user finishes that structure by hand, then locks it

@@ -170,6 +170,15 @@ class ClassTable(QWidget):
             self.table.sortItems(_VALUE)
             self._push()
 
+    def ensure(self, values: list[int]) -> None:
+        """Rows for painted values the table lacks (named ``structure N``, the layer's colour),
+        so every class a round used can be named and locked."""
+        known = {c["value"] for c in self.classes()}
+        self.merge([{"value": int(v), "name": "background" if int(v) == 1 else
+                     f"structure {int(v) - 1}", "color": _layer_colour(self._layer, int(v))}
+                    for v in values if int(v) not in known and int(v) > 0
+                    and self._layer is not None])
+
     def rename(self, value: int, name: str) -> None:
         """Give class ``value`` a new name."""
         self.table.item(self._row(value), _NAME).setText(name)

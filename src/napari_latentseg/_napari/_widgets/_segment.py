@@ -311,6 +311,7 @@ class SegmentSection(Section):
         if scan not in self.viewer.layers:
             show_error(f"'{scan.name}' was removed meanwhile; the segmentation was dropped.")
             return
+        self.classes.ensure(result.classes)  # a class painted without a row gets one
         pred = self._show_prediction(scan, result.labels, result.classes)
         ann_layer = self.annotations.layer()
         if ann_layer is not None:
