@@ -462,3 +462,29 @@ def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, ann
     with pytest.raises(ValueError, match="vae_features"):
         segment(tiny_model, small_phantom.image, annotations, vae_features=False,
                 classifier="mlp")
+
+
+def test_segment_without_a_model_uses_the_ilastik_features(small_phantom, annotations,
+                                                           tmp_path, capsys):
+    res = segment(None, small_phantom.image, annotations, modality="MR")
+    assert any("no model" in n for n in res.notes)
+    forest = next(h for h in res.history if h["stage"] == "forest")
+    assert "no VAE" in forest["features"]
+    painted = annotations > 0
+    np.testing.assert_array_equal(res.labels[painted], annotations[painted])
+    keep = _unannotated(small_phantom.image.shape[0])
+    wm = _dice(res.labels[keep], small_phantom.labels[keep], 6)  # white matter, no fit at all
+    assert wm > 0.5
+    with pytest.raises(ValueError, match="fitted model"):
+        segment(None, small_phantom.image, annotations, finetune_steps=2)
+    img = save_volume(tmp_path / "img.nii.gz", small_phantom.image, spacing=(4.0, 4.0, 4.0))
+    ann = save_volume(tmp_path / "ann.nii.gz", annotations, spacing=(4.0, 4.0, 4.0),
+                      kind="labels")
+    assert main(["segment", str(img), "-a", str(ann), "-o", str(tmp_path / "s.nii.gz"),
+                 "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "features: ilastik multiscale set only" in captured.out
+    assert "no model" in captured.err
+    assert main(["segment", str(img), "-a", str(ann), "-o", str(tmp_path / "s2.nii.gz"),
+                 "--finetune-steps", "5", "-q"]) == 2
+    assert "need a fitted model" in capsys.readouterr().err

@@ -283,7 +283,7 @@ def cluster_job(
 
 
 def segment_job(
-    model: VAEModel,
+    model: VAEModel | None,
     scan: Scan,
     annotations: np.ndarray,
     *,
@@ -316,14 +316,15 @@ def segment_job(
             raise ValueError("locked classes need the previous segmentation on the scan's grid "
                              f"(got {None if previous is None else np.shape(previous)})")
         previous = np.array(previous, copy=True)  # the caller's layer may change meanwhile
-    _to_device(model, device)
+    if model is not None:  # None: the forest on the ilastik features alone, no fit needed
+        _to_device(model, device)
     res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,
                                   stop_event=stop_event, **options)
     if locked:
         res.labels, res.uncertainty = keep_locked(res.labels, res.probabilities, res.classes,
                                                   previous, locked, res.uncertainty)
         res.notes.append(f"Locked classes {', '.join(map(str, locked))} kept their voxels.")
-    metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml),
+    metrics = {"device": str(res.model.device), **label_volumes(res.labels, scan.voxel_ml),
                "mean_uncertainty": round(float(res.uncertainty.mean()), 6)}
     outputs = {"labels": Output(res.labels, "labels"),
                "uncertainty": Output(res.uncertainty, "image")}

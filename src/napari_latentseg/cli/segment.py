@@ -17,7 +17,9 @@ DEFAULT_FINETUNE_STEPS = 0
 def add_parser(sub) -> None:
     s = sub.add_parser("segment", help="few-shot segmentation from sparse annotations")
     s.add_argument("image", metavar="IMAGE")
-    s.add_argument("-m", "--model", required=True, metavar="MODEL")
+    s.add_argument("-m", "--model", metavar="MODEL",
+                   help="fitted VAE (latentseg fit); without one, the forest uses the ilastik "
+                        "multiscale features alone: a first result with no fit")
     s.add_argument("-a", "--annotations", required=True, metavar="ANNOTATIONS",
                    help="label volume on the image grid: 0 = not annotated, 1..N = classes")
     s.add_argument("-o", "--output", required=True, metavar="LABELS")
@@ -52,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import check_outputs_free, load_annotations, save_outputs, segment_job
 
     check_outputs_free([args.output, args.uncertainty], args.overwrite)
+    if args.model is None and (args.finetune_steps > 0 or args.save_model
+                               or args.classifier != "forest"):
+        raise CLIError("--finetune-steps, --save-model and --classifier mlp need a fitted model "
+                       "(-m MODEL)")
     if args.save_model and Path(args.save_model).exists():
         raise CLIError(f"{args.save_model} already exists; models are never overwritten")
     scan = load_scan(args.image)
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         ann = load_annotations(scan, args.annotations)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device) if args.model else None
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if "uncertainty" in written:
         print(f"wrote {written['uncertainty']}")
     # The head (and a fine-tuned encoder) is a new model: never the file we started from.
-    if args.save_model or args.finetune_steps > 0:
+    if args.model and (args.save_model or args.finetune_steps > 0):
         target = Path(args.save_model) if args.save_model else next_version_path(args.model)
         saved = save_model(res.model, target)
         if res.model.head:

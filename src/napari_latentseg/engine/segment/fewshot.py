@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -19,6 +20,7 @@ from .finetune import finetune
 from .forest import ForestFeatures, ForestProbabilities, fit_forest, forest_features_name
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
+from .nomodel import NO_MODEL_NOTE, features_only_model
 from .options import SegmentOptions, resolve_options
 from .postprocess import boundary_band, labels_from_probabilities, normalised_entropy
 from .runner import FeatureRunner, slice_runs
@@ -43,7 +45,7 @@ class _HeadRound:
 
 
 def segment_iter(
-    model: VAEModel,
+    model: VAEModel | None,
     volume: np.ndarray,
     annotations: np.ndarray,
     options: SegmentOptions | None = None,
@@ -67,8 +69,10 @@ def segment_iter(
 
     Parameters
     ----------
-    model : VAEModel
-        A fitted (possibly already fine-tuned) model; it is never modified.
+    model : VAEModel or None
+        A fitted (possibly already fine-tuned) model; it is never modified. None: the forest
+        on the ilastik multiscale features alone, before or without any fit (forest rounds
+        only; the result's ``model`` is then a stand-in not worth saving).
     volume : np.ndarray
         Image (z, y, x) in its own units.
     annotations : np.ndarray
@@ -92,7 +96,16 @@ def segment_iter(
 
     opts = resolve_options(options, legacy_kwargs)
     t0 = time.perf_counter()
+    no_model = model is None
+    if no_model:  # few-shot on the ilastik set alone: nothing to fit first
+        if opts.classifier != "forest" or opts.finetune_steps:
+            raise ValueError("segmenting without a model is the forest on the ilastik "
+                             "features; fine-tuning and the MLP head need a fitted model")
+        opts = dataclasses.replace(opts, vae_features=False)
+        model = features_only_model(volume, modality)
     st, squeeze = _start_round(model, volume, annotations, opts)
+    if no_model:
+        st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
     use_forest = opts.classifier == "forest"
     # Features are computed once per round even without a caller's cache.
