@@ -81,7 +81,7 @@ class Scan:
         the reader recorded one, else the volume's own)."""
         meta = volume.metadata or {}
         geometry = meta.get("latentseg_geometry") or volume.geometry()
-        source = meta.get("source_path") or meta.get("path")
+        source = meta.get("source_path")
         return cls(volume.data, geometry, meta.get("modality"),
                    name or str(meta.get("name") or (Path(source).name if source else "scan")),
                    str(source) if source else None, volume)
@@ -315,7 +315,8 @@ def segment_job(
         if previous is None or np.shape(previous) != ann.shape:
             raise ValueError("locked classes need the previous segmentation on the scan's grid "
                              f"(got {None if previous is None else np.shape(previous)})")
-        previous = np.array(previous, copy=True)  # the caller's layer may change meanwhile
+        # The caller passes a copy taken where the layer cannot change (the dock: GUI thread).
+        previous = np.asarray(previous)
     if model is not None:  # None: the forest on the ilastik features alone, no fit needed
         _to_device(model, device)
     res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,

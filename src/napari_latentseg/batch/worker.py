@@ -106,7 +106,7 @@ class BatchOptions:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
         from ..engine.segment.cluster import check_cluster_args
 
-        check_cluster_args(self.k if self.task == "cluster" else 4, self.method)
+        check_cluster_args(self.k if self.task == "cluster" else None, self.method)
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16, got {self.tile}")
 

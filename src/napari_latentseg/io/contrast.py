@@ -60,16 +60,6 @@ def looks_like_ct(data: np.ndarray, sample: np.ndarray | None = None) -> bool:
     return air >= 0.01 * s.size
 
 
-def _first_number(value: Any) -> float | None:
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
-
-
 def default_contrast_limits(vol: Volume) -> dict[str, Any]:
     """Contrast limits for showing ``vol``, and where they come from.
 
@@ -91,10 +81,9 @@ def default_contrast_limits(vol: Volume) -> dict[str, Any]:
     sample = sample_voxels(vol.data)
     is_ct = modality == "CT" or (not modality and looks_like_ct(vol.data, sample))
     if is_ct:
-        window = meta.get("dicom_window") or {}
-        centre = _first_number(window.get("center"))
-        width = _first_number(window.get("width"))
-        if centre is not None and width is not None and width > 0:
+        window = meta.get("dicom_window")  # first centre/width, checked by the DICOM reader
+        if window:
+            centre, width = float(window["center"]), float(window["width"])
             return {"contrast_limits": [centre - width / 2, centre + width / 2],
                     "source": "dicom window"}
         centre, width = SOFT_TISSUE_WINDOW

@@ -165,6 +165,7 @@ class RecoveryBar(QFrame):
         lay.addWidget(self.text)
         lay.addLayout(button_row(self.restore_btn, self.discard_btn))
         self.paths: list[Path] = []
+        self._snapshots: list[recovery.Snapshot] = []  # read once, for the offer
         self.setVisible(False)
 
     def offer(self, folder: Path | None, open_names: set[str]) -> int:
@@ -184,17 +185,13 @@ class RecoveryBar(QFrame):
                               f"{time.strftime('%d %b %H:%M', time.localtime(s.saved_at))})"
                               for s in snapshots)
             self.text.setText(f"<b>Unsaved annotations of this scan were found</b>: {items}.")
+        self._snapshots = snapshots
         self.setVisible(bool(snapshots))
         return len(snapshots)
 
     def restore(self) -> list[recovery.Snapshot]:
-        """Read the offered copies and ask for them as layers (the files stay autosaved)."""
-        snaps = []
-        for path in self.paths:
-            try:
-                snaps.append(recovery.load_snapshot(path))
-            except ValueError as exc:
-                show_error(f"Cannot restore: {exc}")
+        """Ask for the offered copies as layers (the files stay autosaved)."""
+        snaps, self._snapshots = self._snapshots, []
         self.setVisible(False)
         self.restore_requested.emit(snaps)
         return snaps
@@ -202,6 +199,6 @@ class RecoveryBar(QFrame):
     def discard(self) -> int:
         """Delete the offered copies."""
         n = recovery.discard_snapshots(self.paths)
-        self.paths = []
+        self.paths, self._snapshots = [], []
         self.setVisible(False)
         return n

@@ -160,13 +160,12 @@ class LiveController(QObject):
 
         def job():
             from ...engine.segment import LiveSegmenter
-            from ...runtime.device import resolve_device
             from ...runtime.progress import drive
 
             seg = segmenter
-            if seg is None:
-                model.to(resolve_device(device))
-                seg = LiveSegmenter(model, volume, modality=modality, cache=cache)
+            if seg is None:  # its own copy of the model: a full round may use the shared one
+                seg = LiveSegmenter(model, volume, modality=modality, cache=cache,
+                                    device=device)
                 drive(seg.prepare())
             seg.update(ann)
             return seg, key, seg.predict_slice(z, anchors), started
@@ -187,7 +186,13 @@ class LiveController(QObject):
         if out is None or out not in self.session.viewer.layers:
             return
         data = out.data
-        labels = _respect_locks(pred, np.asarray(data[pred.index]), self._locked())
+        labels = pred.labels
+        locked = [c for c in self._locked() if c in pred.classes]
+        if locked:  # as in full rounds: locked classes keep exactly the voxels shown now
+            from ...pipeline import keep_locked
+
+            labels = keep_locked(pred.labels, pred.probabilities, pred.classes,
+                                 np.asarray(data[pred.index]), locked)[0]
         if data.dtype.kind in "iu" and labels.max(initial=0) <= np.iinfo(data.dtype).max:
             data[pred.index] = labels.astype(data.dtype, copy=False)  # the plugin's own layer
             if self._round_labels is not None and self._round_labels.shape == data.shape:
@@ -225,24 +230,3 @@ class LiveController(QObject):
             self._segmenter.close()
             self._segmenter = None
 
-
-def _respect_locks(pred, shown: np.ndarray, locked: list[int]) -> np.ndarray:
-    """Slice labels where locked classes keep exactly the voxels they have now.
-
-    As in full rounds (:func:`~napari_latentseg.pipeline.keep_locked`): a voxel of a locked
-    class stays; a voxel the forest gives to a locked class elsewhere goes to the most probable
-    unlocked class.
-    """
-    locked = [c for c in locked if c in pred.classes]
-    if not locked:
-        return pred.labels
-    keep = np.isin(shown, locked)
-    probs = pred.probabilities.copy()
-    for c in locked:
-        probs[pred.classes.index(c)] = -1.0
-    classes = np.asarray(pred.classes)
-    out = classes[probs.argmax(0)].astype(pred.labels.dtype)
-    if len(locked) == len(pred.classes):  # nothing unlocked to give voxels to
-        out = pred.labels.copy()
-    out[keep] = shown[keep]
-    return out

@@ -22,10 +22,10 @@ __all__ = ["CLUSTER_METHODS", "ClusterResult", "check_cluster_args", "cluster_it
 CLUSTER_METHODS = ("kmeans", "gmm")
 
 
-def check_cluster_args(k: int, method: str) -> None:
-    """Raise ``ValueError`` unless ``2 <= k <= 64`` and ``method`` is known (checked before a
-    cohort starts as well as by :func:`cluster_iter`)."""
-    if not 2 <= int(k) <= 64:
+def check_cluster_args(k: int | None, method: str) -> None:
+    """Raise ``ValueError`` unless ``2 <= k <= 64`` (None: not checked) and ``method`` is
+    known (checked before a cohort starts as well as by :func:`cluster_iter`)."""
+    if k is not None and not 2 <= int(k) <= 64:
         raise ValueError(f"k must be between 2 and 64, got {k}")
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be 'kmeans' or 'gmm', got {method!r}")

@@ -53,7 +53,10 @@ class LiveSegmenter:
     cache : FeatureCache, optional
         Shared with full rounds, so they reuse the same features.
     options : SegmentOptions, optional
-        ``max_per_class`` and ``seed`` are used.
+        ``max_per_class``, ``seed`` and ``vae_features`` are used.
+    device : str, optional
+        Where the private copy of the model computes (``auto``, ``cpu``, ``cuda``...);
+        default: the model's own device.
 
     Notes
     -----
@@ -65,7 +68,7 @@ class LiveSegmenter:
 
     def __init__(self, model: VAEModel, volume: np.ndarray, *, modality: str | None = None,
                  cache: FeatureCache | None = None,
-                 options: SegmentOptions | None = None) -> None:
+                 options: SegmentOptions | None = None, device: str | None = None) -> None:
         vol = np.asarray(volume)
         if vol.ndim != 3:
             raise ValueError(f"live segmentation needs a 3D volume, got shape {vol.shape}")
@@ -77,7 +80,12 @@ class LiveSegmenter:
         self.cache = cache if cache is not None else FeatureCache()
         # A private copy: the runner switches the network's memory layout while it works,
         # and full rounds may run on the caller's model meanwhile.
-        self._run = FeatureRunner(copy.deepcopy(model), vol, modality, None)
+        work = copy.deepcopy(model)
+        if device is not None:
+            from ...runtime.device import resolve_device
+
+            work.to(resolve_device(device))
+        self._run = FeatureRunner(work, vol, modality, None)
         self._features = ForestFeatures(self._run, self.cache, self.options.vae_features)
         self._forest = None
         self._table: ClassTable | None = None
