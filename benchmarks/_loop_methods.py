@@ -63,6 +63,10 @@ class LoopOptions:
     min_leaf: int = 1  # forest min_samples_leaf (smoother probabilities)
     trees: int = 50
     seed: int = 0  # forest seed (the seed study: how much of a curve is chance)
+    pu: int = 0  # two-class tasks: this many unpainted voxels join the background class...
+    pu_frac: float = 1.0  # ... with this much total weight (x the painted voxels' count) ...
+    pu_exclude: float = 0.0  # ... none within this many mm of an object stroke
+    pu_class: int = 1  # the background class's label
 
 
 # --------------------------------------------------------------------------- helpers
@@ -200,20 +204,21 @@ class VAEDefault:
     fine-tuned model."""
 
     def __init__(self, model, image, modality, fit_s: float, cache, finetune_steps: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, spacing=None, **options):
         self.seed = seed
         self.model, self.image, self.modality = model, image, modality
         self.cache = cache
         self.ft = finetune_steps
         self.setup_s = fit_s
+        self.spacing = spacing
+        self.options = options  # SegmentOptions fields (background, vae_features...)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         res = segment(self.model, self.image, ann, modality=self.modality, cache=self.cache,
-                      seed=self.seed,
-                      **kw)
+                      seed=self.seed, spacing=self.spacing, **kw, **self.options)
         if self.ft:
             self.model = res.model
         return Round(np.asarray(res.labels, dtype=np.int64), res.probabilities,
@@ -261,6 +266,13 @@ class ForestLoop:
             w = np.concatenate([w, np.full(len(aidx), o.anchor_weight)])
             y = np.concatenate([y, self.prev.reshape(-1)[aidx]])
             idx = np.concatenate([idx, aidx])
+        if o.pu and len(np.unique(y)) == 2 and o.pu_class in y:
+            uidx = self._unlabelled(ann, rng)
+            w = np.ones(len(idx)) if w is None else w
+            wu = o.pu_frac * w.sum() / max(len(uidx), 1)
+            w = np.concatenate([w, np.full(len(uidx), wu)])
+            y = np.concatenate([y, np.full(len(uidx), o.pu_class, dtype=y.dtype)])
+            idx = np.concatenate([idx, uidx])
         x = flat[idx].astype(np.float32)
         classes = [int(c) for c in np.unique(y)]
         probs = 0.0
@@ -283,6 +295,18 @@ class ForestLoop:
             labels = self._stabilise(labels, probs, ann, strokes_round)
         self.prev = labels
         return Round(labels, probs, classes)
+
+    def _unlabelled(self, ann, rng) -> np.ndarray:
+        """A uniform sample of unpainted voxels (mostly background in an object task: the
+        positive-unlabelled prior), away from the object's strokes."""
+        from scipy import ndimage as ndi
+
+        free = ann == 0
+        obj = (ann > 0) & (ann != self.opts.pu_class)
+        if self.opts.pu_exclude and obj.any():
+            free &= ndi.distance_transform_edt(~obj, sampling=self.spacing) > self.opts.pu_exclude
+        cand = np.flatnonzero(free.reshape(-1))
+        return np.sort(rng.choice(cand, min(self.opts.pu, len(cand)), replace=False))
 
     def _anchors(self, ann, strokes_round, rng) -> np.ndarray:
         """Voxels of last round's labels (a sample per class) far from the newest stroke."""

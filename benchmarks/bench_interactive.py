@@ -72,9 +72,27 @@ LOOPS = {
     "loop-walker-b": LO(balanced=True, walker_beta=30.0),
     # The change kept: class-balanced forest weights (unequal strokes); the others lost.
     "loop": LO(balanced=True),
+    # positive-unlabelled prior for object-vs-background: unpainted voxels as weak background
+    "pu": LO(pu=2000, min_tree_samples=500),
+    "pu-novae": LO(vae=False, pu=2000, min_tree_samples=500),
+    "pu-half": LO(pu=2000, pu_frac=0.5, min_tree_samples=500),
+    "pu-2": LO(pu=2000, pu_frac=2.0, min_tree_samples=500),
+    "pu-ex": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500),
+    "pu-ex-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
 }
-BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "novae", "vae-finetune"]
+# The engine's segment() as the dock and CLI call it, with these SegmentOptions fields.
+ENGINE = {
+    "vae-default": {},
+    "vae-finetune": {},
+    "engine-noprior": {"background": None},  # the default before the background prior
+    "engine-novae": {"vae_features": False},  # ablation of the VAE columns, same prior
+    "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
+    "prior-w2": {"background_weight": 2.0},
+    "prior-w05": {"background_weight": 0.5},
+}
+BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "engine-novae", "engine-noprior",
+        "nomodel", "vae-finetune"]
 CASES = ["phantom", "brain1", "brain2", "lung1", "lung2", "breast1", "brain1-unequal"]
 
 
@@ -84,12 +102,16 @@ def build(method: str, env: dict, quick: bool, seed: int = 0):
         m = lm.SkimageRF(env["image"], env["modality"], env["spacing"],
                          connected=method.endswith("connected"), opts=LO(seed=seed))
         return m
-    if method in ("vae-default", "vae-finetune"):
+    if method in ENGINE:
         from napari_latentseg.engine.segment import FeatureCache
 
-        ft = 0 if method == "vae-default" else (20 if quick else FINETUNE_STEPS)
-        return lm.VAEDefault(env["model"], env["image"], env["modality"], env["fit_s"],
-                             FeatureCache(), ft, seed)
+        ft = (20 if quick else FINETUNE_STEPS) if method == "vae-finetune" else 0
+        opts = dict(ENGINE[method])  # the default background="auto": class 1 of tumour cases
+        model, setup = env["model"], env["fit_s"]
+        if opts.pop("no_model", False):
+            model, setup = None, 0.0
+        return lm.VAEDefault(model, env["image"], env["modality"], setup, FeatureCache(), ft,
+                             seed, env["spacing"], **opts)
     if method in LOOPS:
         opts = dataclasses.replace(LOOPS[method], seed=seed)
         feats, feat_s, ms_s = env_features(env)

@@ -154,8 +154,11 @@ def load_scan(path: str | os.PathLike[str]) -> Scan:
 
 
 def load_annotations(scan: Scan, path: str | os.PathLike[str],
-                     what: str = "annotations") -> np.ndarray:
+                     what: str = "annotations", *, with_classes: bool = False):
     """Read a label volume that must lie on ``scan``'s grid (shape, spacing, origin, direction).
+
+    Returns the label array, or with ``with_classes`` the array and the classes (dicts with
+    ``value``, ``name``...) its sidecar or header names, None when it names none.
 
     Raises
     ------
@@ -175,6 +178,8 @@ def load_annotations(scan: Scan, path: str | os.PathLike[str],
     elif other.data.shape != scan.data.shape:
         raise ValueError(f"{what} have shape {other.data.shape} but the image has "
                          f"{scan.data.shape}; they must be on the image's grid")
+    if with_classes:
+        return other.data, other.metadata.get("label_classes")
     return other.data
 
 
@@ -320,7 +325,7 @@ def segment_job(
     if model is not None:  # None: the forest on the ilastik features alone, no fit needed
         _to_device(model, device)
     res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,
-                                  stop_event=stop_event, **options)
+                                  stop_event=stop_event, spacing=scan.spacing, **options)
     if locked:
         res.labels, res.uncertainty = keep_locked(res.labels, res.probabilities, res.classes,
                                                   previous, locked, res.uncertainty)

@@ -34,6 +34,13 @@ def add_parser(sub) -> None:
     s.add_argument("--no-vae-features", action="store_true",
                    help="the forest on the ilastik multiscale features alone (the ablation of "
                         "the VAE features; docs/interactive_benchmarks.md)")
+    s.add_argument("--background", default="auto", metavar="LABEL",
+                   help="the background class (label id or name) of an object-vs-background "
+                        "task: unpainted voxels train the forest as weak background, so one "
+                        "small background stroke does not let the object flood the scan "
+                        "(default auto: the class named background/outside/other in the "
+                        "annotations' label names, else class 1 when exactly two classes are "
+                        "painted; none: off)")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "
@@ -50,6 +57,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.segment.prior import resolve_background
     from ..models.checkpoint import load_model, next_version_path, save_model
     from ..pipeline import check_outputs_free, load_annotations, save_outputs, segment_job
 
@@ -62,14 +70,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.save_model} already exists; models are never overwritten")
     scan = load_scan(args.image)
     try:
-        ann = load_annotations(scan, args.annotations)
+        ann, names = load_annotations(scan, args.annotations, with_classes=True)
+        background = resolve_background(args.background, names)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     model = load_model(args.model, device=args.device) if args.model else None
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
-        vae_features=not args.no_vae_features, stop_event=stop),
+        vae_features=not args.no_vae_features, background=background, stop_event=stop),
         args.quiet)
     res = job.result
     for note in job.notes:

@@ -44,6 +44,9 @@ class LiveController(QObject):
         The dock's shared state (viewer, active model, device, feature cache, task bar).
     full_round : callable
         Starts a full Segment round through the task bar (returns False if it could not).
+    locked, connected, background : callable
+        The Segment section's locked classes, connect-to-stroke rule and background class
+        (``SegmentOptions.background``), read when a slice job starts.
 
     Signals
     -------
@@ -55,7 +58,8 @@ class LiveController(QObject):
     failed = Signal(str)
 
     def __init__(self, session: Session, full_round, locked=lambda: [],
-                 connected=lambda: True, parent: QObject | None = None) -> None:
+                 connected=lambda: True, background=lambda: "auto",
+                 parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
         super().__init__(parent)
@@ -63,6 +67,7 @@ class LiveController(QObject):
         self._full_round = full_round
         self._locked = locked
         self._connected = connected
+        self._background = background
         self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
@@ -138,8 +143,8 @@ class LiveController(QObject):
         if self._worker is not None:  # a job runs: the next one takes these strokes too
             self._pending = True
             return
-        model = self.session.active_model
-        if model is None or self._scan is None or self._annotations is None:
+        model = self.session.active_model  # None: the ilastik features, as full rounds
+        if self._scan is None or self._annotations is None:
             return
         if self._scan not in self.session.viewer.layers or \
                 self._annotations not in self.session.viewer.layers:
@@ -150,22 +155,25 @@ class LiveController(QObject):
         # The slice as the last full round left it: anchors of the connect-to-stroke rule.
         anchors = (np.array(self._round_labels[z], copy=True)
                    if self._round_labels is not None and self._connected() else None)
-        key = (id(model), id(self._scan), self.session.device)
+        background = self._background()
+        key = (id(model), id(self._scan), self.session.device, background)
         segmenter = self._segmenter if key == self._segmenter_key else None
         volume = layer_array(self._scan)
         modality = (self._scan.metadata or {}).get("modality")
         cache, device, started = self.session.cache, self.session.device, self._stroke_at
+        spacing = tuple(float(v) for v in self._scan.scale[-3:])
         self._stroke_at = None
         self._pending = False
 
         def job():
-            from ...engine.segment import LiveSegmenter
+            from ...engine.segment import LiveSegmenter, SegmentOptions
             from ...runtime.progress import drive
 
             seg = segmenter
             if seg is None:  # its own copy of the model: a full round may use the shared one
                 seg = LiveSegmenter(model, volume, modality=modality, cache=cache,
-                                    device=device)
+                                    device=device, spacing=spacing,
+                                    options=SegmentOptions(background=background))
                 drive(seg.prepare())
             seg.update(ann)
             return seg, key, seg.predict_slice(z, anchors), started

@@ -33,7 +33,6 @@ round on an unchanged encoder does not recompute them (the summary says so).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +40,6 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
@@ -52,7 +50,6 @@ from qtpy.QtWidgets import (
 )
 
 from ...engine.segment import validate_annotations
-from ...io import save_labels
 from ...pipeline import cluster_job, segment_job
 from ._annotations import AnnotationBox
 from ._base import Section
@@ -62,10 +59,10 @@ from ._layers import (
     layer_array,
     scan_from_layer,
     slice_target,
-    source_geometry,
     upsert_output,
 )
 from ._live import LiveController
+from ._segment_save import ask_save_labels, save_segmentation
 
 if TYPE_CHECKING:
     import napari.layers
@@ -136,7 +133,8 @@ class SegmentSection(Section):
         self.summary.setWordWrap(True)
         self.live = LiveController(session, lambda: self.segment(finetune=False),
                                    locked=lambda: self.classes.locked(),
-                                   connected=lambda: self.connected.isChecked(), parent=self)
+                                   connected=lambda: self.connected.isChecked(),
+                                   background=self.background, parent=self)
         self.live_box = QCheckBox("Live: the slice follows your strokes")
         self.live_box.setToolTip(
             "After a stroke, the slice on screen is segmented again within about a second; "
@@ -181,17 +179,28 @@ class SegmentSection(Section):
         self.box.set_busy(busy)
 
     # ------------------------------------------------------------------ checks
-    def _scan_and_model(self):
+    def _scan_and_model(self, need_model: bool = True):
+        """The scan layer and the active model (None without one when ``need_model`` is
+        False: a forest round on the ilastik features needs no fit)."""
         layer = self.session.scan_layer()
         problem = check_scan_layer(layer)
         if problem:
             show_error(problem)
             return None, None
         model = self.session.active_model
-        if model is None:
-            show_error("No active model: fit one or load a model file in section 2 first.")
+        if model is None and need_model:
+            show_error("No active model: fit one or load a model file in section 2 first "
+                       "(Segment works without one, on the ilastik features).")
             return None, None
         return layer, model
+
+    def background(self) -> int | str:
+        """The background class for the prior: the class named so in the table, else the
+        engine's rule (class 1 of a two-class task)."""
+        from ...engine.segment.prior import background_from_names
+
+        named = background_from_names(self.classes.classes())
+        return "auto" if named is None else named
 
     # ------------------------------------------------------------------ clusters
     def cluster(self) -> bool:
@@ -248,7 +257,7 @@ class SegmentSection(Section):
     # ------------------------------------------------------------------ segmentation
     def segment(self, finetune: bool = False) -> bool:
         """Few-shot segmentation (and, with ``finetune``, a fine-tuning round) in a worker."""
-        scan, model = self._scan_and_model()
+        scan, model = self._scan_and_model(need_model=finetune)
         if scan is None:
             return False
         ann = self._annotation_array(scan)
@@ -260,11 +269,13 @@ class SegmentSection(Section):
         device = self.session.device
         connected = self.connected.isChecked()
         locked, previous = self._locked_and_previous(scan)
+        background = self.background()
 
         def job(stop):
             return segment_job(model, image, ann, finetune_steps=steps,
                                keep_connected_regions=connected, cache=cache, device=device,
-                               stop_event=stop, locked=locked, previous=previous)
+                               stop_event=stop, locked=locked, previous=previous,
+                               background=background)
 
         def done(result: JobResult) -> None:
             self._show_segmentation(scan, result.result, finetune)
@@ -331,8 +342,10 @@ class SegmentSection(Section):
             rounds = (result.model.head or {}).get("rounds", 1)
             origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
             self.session.add_model(result.model, origin)
+        used = next((h["features"] for h in result.history if "features" in h), None)
         lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
-                 + (" (features reused)" if result.cache_hit and not finetune else "") + "."]
+                 + (" (features reused)" if result.cache_hit and not finetune else "") + "."
+                 + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
         lines.extend(result.notes)
         self.summary.setText("<br>".join(lines))
@@ -439,59 +452,12 @@ class SegmentSection(Section):
 
     # ------------------------------------------------------------------ saving
     def _ask_save(self) -> None:
-        scan = self.session.scan_layer()
-        if scan is None or find_output(self.viewer, scan.name, "segmentation") is None:
-            show_error("No segmentation to save yet: press Segment first.")
-            return
-        src = (scan.metadata or {}).get("source_path")
-        folder = Path(src).parent if src else Path.home()
-        default = folder / f"{scan.name.replace(' ', '_')}_segmentation.nii.gz"
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save the segmentation", str(default),
-            "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
-        if path:
-            self.save_labels(path, overwrite=True)  # the dialog asked before replacing a file
+        ask_save_labels(self)
 
     def save_labels(self, path: str, *, overwrite: bool = False) -> bool:
         """Write the segmentation layer (with the user's edits) in the scan's geometry.
 
-        Parameters
-        ----------
-        path : str
-            ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha`` file.
-        overwrite : bool
-            Replace an existing file (the save dialog has asked the user).
-
-        Returns
-        -------
-        bool
-            Whether the save job started.
+        ``path``: ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; ``overwrite`` replaces an
+        existing file (the save dialog has asked the user). Returns whether the job started.
         """
-        scan = self.session.scan_layer()
-        pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
-        if pred is None:
-            show_error("No segmentation to save yet: press Segment first.")
-            return False
-        data = np.array(layer_array(pred), copy=True)
-        try:
-            geometry = source_geometry(scan, data.shape)
-        except ValueError as exc:
-            show_error(f"Cannot save: the scan's geometry is unusable ({exc}).")
-            return False
-        reference = (scan.metadata or {}).get("source_path")
-        table = self.classes.classes() or (pred.metadata or {}).get("label_classes") or []
-
-        def job(stop):
-            yield {"stage": "save", "message": f"writing {Path(path).name}"}
-            present = set(np.flatnonzero(np.bincount(data.ravel())).tolist()) if table else set()
-            classes = [c for c in table if c["value"] in present] or None  # names of what is in
-            return save_labels(path, data, geometry, classes=classes, overwrite=overwrite,
-                               reference=reference if isinstance(reference, str) else None)
-
-        def done(written) -> None:
-            named = " with its class names" if table else ""
-            show_info(f"Saved the segmentation to {written}{named}, in the geometry of "
-                      f"'{scan.name}' (it overlays the scan in other viewers).")
-
-        return self.session.tasks.start("Saving the labels", job, on_return=done,
-                                     stoppable=False)
+        return save_segmentation(self, path, overwrite=overwrite)

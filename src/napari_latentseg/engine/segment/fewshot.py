@@ -17,7 +17,7 @@ from ...runtime.progress import check_stop, drive
 from .annotations import ClassTable
 from .cache import FeatureCache
 from .finetune import finetune
-from .forest import ForestFeatures, ForestProbabilities, fit_forest, forest_features_name
+from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
 from .nomodel import NO_MODEL_NOTE, features_only_model
@@ -53,6 +53,7 @@ def segment_iter(
     modality: str | None = None,
     cache: FeatureCache | None = None,
     stop_event: threading.Event | None = None,
+    spacing: tuple[float, ...] | None = None,
     **legacy_kwargs,
 ) -> Generator[dict, None, SegmentationResult]:
     """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
@@ -86,6 +87,8 @@ def segment_iter(
         Reuse features of the same image and model across rounds.
     stop_event : threading.Event, optional
         Stops fine-tuning at the next step (what was learnt is used); elsewhere cancels.
+    spacing : tuple of float, optional
+        Voxel size (mm, z y x), for the background prior's margin; 1 mm when unknown.
     **legacy_kwargs
         Fields of :class:`SegmentOptions` as keywords (``finetune_steps=50``, ...), applied
         over ``options``.
@@ -104,6 +107,7 @@ def segment_iter(
         opts = dataclasses.replace(opts, vae_features=False)
         model = features_only_model(volume, modality)
     st, squeeze = _start_round(model, volume, annotations, opts)
+    st.spacing = _spacing3(spacing, squeeze)
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
@@ -116,7 +120,8 @@ def segment_iter(
     head_round = None
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
-        forest = (yield from _fit_forest(st, forest_feats, stop_event)) if use_forest else None
+        forest = ((yield from _fit_forest(st, forest_feats, stop_event))
+                  if use_forest else None)
         # A fine-tuned model's head keeps contributing in later rounds (the loop continues
         # from it).
         if opts.trains_head or model.head:
@@ -163,6 +168,18 @@ def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
 
 
 # --------------------------------------------------------------------------- the steps
+def _spacing3(spacing, squeezed: bool) -> tuple[float, ...] | None:
+    """The voxel size as (z, y, x) of the round's 3D arrays (a 2D image gets a unit z)."""
+    if spacing is None:
+        return None
+    sp = tuple(float(s) for s in spacing)
+    if squeezed and len(sp) == 2:
+        sp = (1.0,) + sp
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ValueError(f"spacing must be 3 positive sizes (z, y, x) in mm, got {spacing}")
+    return sp
+
+
 def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
                  opts: SegmentOptions) -> tuple[RoundState, bool]:
     """Checked 3D inputs and the round's private model; True when the image was 2D."""
@@ -178,14 +195,19 @@ def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
 
 
 def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
-    """The random forest on a balanced sample of the annotated voxels (generator)."""
+    """The random forest on a balanced sample of the annotated voxels, plus the background
+    prior when asked (generator)."""
     yield from forest_feats.fill_cache(stop_event)
-    fx, fy = forest_feats.annotated(st.annotations, st.options.max_per_class, st.rng,
-                                    stop_event)
+    ts = training_set(forest_feats, st.annotations, st.table, st.options, st.rng, st.spacing,
+                      stop_event)
+    if ts.note:
+        st.notes.append(ts.note)
     yield {"stage": "segment: forest", "done": 0, "total": 1}
-    forest = fit_forest(fx, st.table.index(fy), st.options.seed)
-    st.history.append({"stage": "forest", "voxels": int(len(fy)),
-                       "features": forest_features_name(forest_feats.vae)})
+    forest = ts.fit(st.options.seed)
+    st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
+                       "prior_voxels": ts.prior,
+                       "features": forest_features_name(forest_feats.vae)
+                       + (" + background prior" if ts.prior else "")})
     yield {"stage": "segment: forest", "done": 1, "total": 1}
     return forest
 

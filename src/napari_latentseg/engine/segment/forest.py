@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...runtime.progress import check_stop
-from .annotations import annotated_batches, sample_annotated
+from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
+from .options import SegmentOptions
+from .prior import MIN_TREE_SAMPLES, effective_background, unpainted_sample
 from .runner import FeatureRunner, to_rows
 
 __all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict",
-           "forest_features_name"]
+           "forest_features_name", "training_set", "TrainingSet"]
 
 _ENCODER_PCS = 4
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
@@ -124,15 +127,96 @@ class ForestFeatures:
                                 stop_event)
         return x.numpy(), y
 
+    def prior_slices(self) -> np.ndarray | None:
+        """Slices the background prior may draw from: all when the features are cached,
+        else those of up to four evenly spaced batches (each costs a feature pass)."""
+        if self.cached is not None:
+            return None
+        b = self.batches
+        picks = np.unique(np.linspace(0, len(b) - 1, min(4, len(b))).round().astype(int))
+        return np.concatenate([b[i] for i in picks])
 
-def fit_forest(x: np.ndarray, y: np.ndarray, seed: int):
-    """A random forest predicting class indices ``y`` from feature rows ``x``."""
+    def rows_at(self, flat: np.ndarray, stop_event=None) -> np.ndarray:
+        """Feature rows (float32) of the voxels at C-order indices ``flat``."""
+        if self.cached is not None:
+            return self.cached.reshape(-1, self.n_features)[flat].astype(np.float32)
+        plane = int(np.prod(self.run.volume.shape[1:]))
+        z = flat // plane
+        out = np.empty((len(flat), self.n_features), dtype=np.float32)
+        for zs in self.batches:
+            sel = (z >= zs[0]) & (z <= zs[-1])
+            if sel.any():
+                check_stop(stop_event, "segmentation")
+                out[sel] = self.compute(zs).numpy()[flat[sel] - int(zs[0]) * plane]
+        return out
+
+
+@dataclass
+class TrainingSet:
+    """What the forest learns from: rows, class indices, weights (None: all 1), how many
+    rows are the background prior's, and a note for the user (or None)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray | None = None
+    prior: int = 0
+    note: str | None = None
+
+    def fit(self, seed: int):
+        return fit_forest(self.x, self.y, seed, self.weight)
+
+
+def training_set(features: ForestFeatures, annotations: np.ndarray, table: ClassTable,
+                 options: SegmentOptions, rng: np.random.Generator,
+                 spacing: Sequence[float] | None = None, stop_event=None) -> TrainingSet:
+    """The painted voxels (a class-capped sample) at weight 1 and, with
+    ``options.background``, the background prior's unpainted voxels (:mod:`.prior`) as that
+    class at a low weight."""
+    x, ids = features.annotated(annotations, options.max_per_class, rng, stop_event)
+    y = table.index(ids)
+    bg = effective_background(options.background, table.classes)
+    if bg is None:
+        return TrainingSet(x, y)
+    if int(bg) not in table.classes:
+        return TrainingSet(x, y, note=f"background class {bg} is not painted: no background "
+                                      f"prior this round (painted classes {table.classes})")
+    flat = unpainted_sample(annotations, int(bg), options.background_samples,
+                            options.background_margin_mm, spacing, rng,
+                            features.prior_slices())
+    if flat.size == 0:
+        return TrainingSet(x, y, note="no unpainted voxel is far from the object: no "
+                                      "background prior this round")
+    xu = features.rows_at(flat, stop_event)
+    ib = table.classes.index(int(bg))
+    # The prior weighs as much as the object's painted voxels: with a stroke or two it is what
+    # tells the forest the scan is mostly background; once whole slices of background are
+    # painted it fades (its few object voxels must not outweigh the painted object).
+    n_obj = int(np.count_nonzero(y != ib))
+    w = np.concatenate([np.ones(len(y)),
+                        np.full(len(flat), options.background_weight * n_obj / len(flat))])
+    yu = np.full(len(flat), ib, dtype=y.dtype)
+    return TrainingSet(np.concatenate([x, xu]), np.concatenate([y, yu]), w, len(flat))
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarray | None = None):
+    """A random forest predicting class indices ``y`` from feature rows ``x``.
+
+    With ``sample_weight`` (the background prior), each tree draws rows with probability
+    proportional to their weight (scikit-learn's frequency semantics), as many as a fraction
+    ``max(5 %, MIN_TREE_SAMPLES / rows)`` of the weights' sum: the object's few painted
+    voxels and the prior's many light ones are drawn about as often as they weigh.
+    """
     import torch
     from sklearn.ensemble import RandomForestClassifier
 
+    kw = dict(FOREST)
+    if sample_weight is not None:
+        frac = max(kw["max_samples"], min(1.0, MIN_TREE_SAMPLES / len(y)))
+        # As an integer: the same count scikit-learn derives from the fraction, no warning.
+        kw["max_samples"] = max(1, int(frac * float(np.sum(sample_weight))))
     # As many jobs as torch threads, which a batch worker may have limited.
-    return RandomForestClassifier(**FOREST, n_jobs=torch.get_num_threads(),
-                                  random_state=seed).fit(x, y)
+    return RandomForestClassifier(**kw, n_jobs=torch.get_num_threads(),
+                                  random_state=seed).fit(x, y, sample_weight=sample_weight)
 
 
 def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...runtime.progress import check_stop
-from .forest import ForestFeatures, ForestProbabilities, fit_forest
+from .forest import ForestFeatures, ForestProbabilities, training_set
 from .head import HeadProbabilities
 from .postprocess import boundary_band
 from .runner import slice_runs
@@ -56,10 +56,10 @@ def check_head(st: RoundState, forest_feats: ForestFeatures, head_proba: HeadPro
     """
     ann, n_cls = st.annotations, st.n_classes
     train = np.where(held, 0, ann)
-    fx, fy = forest_feats.annotated(train, st.options.max_per_class, st.rng, stop_event)
-    forest = ForestProbabilities(fit_forest(fx, st.table.index(fy), st.options.seed),
-                                 forest_feats, n_cls)
-    del fx, fy
+    ts = training_set(forest_feats, train, st.table, st.options, st.rng, st.spacing,
+                      stop_event)
+    forest = ForestProbabilities(ts.fit(st.options.seed), forest_feats, n_cls)
+    del ts
     if st.spatial_dims == 2:
         batches = slice_runs(np.flatnonzero(held.reshape(held.shape[0], -1).any(1)))
     else:

@@ -10,6 +10,7 @@ full round follow in the background.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Generator
@@ -20,7 +21,8 @@ import numpy as np
 from ...models.checkpoint import VAEModel
 from .annotations import ClassTable
 from .cache import FeatureCache
-from .forest import ForestFeatures, fit_forest, forest_predict
+from .forest import ForestFeatures, forest_predict, training_set
+from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import keep_connected
 from .runner import FeatureRunner
@@ -44,8 +46,9 @@ class LiveSegmenter:
 
     Parameters
     ----------
-    model : VAEModel
-        A fitted model (not modified; its features are computed once).
+    model : VAEModel or None
+        A fitted model (not modified; its features are computed once); None: the ilastik
+        features alone, as a round without a model.
     volume : np.ndarray
         The image (z, y, x), in its own units.
     modality : str, optional
@@ -53,10 +56,13 @@ class LiveSegmenter:
     cache : FeatureCache, optional
         Shared with full rounds, so they reuse the same features.
     options : SegmentOptions, optional
-        ``max_per_class``, ``seed`` and ``vae_features`` are used.
+        ``max_per_class``, ``seed``, ``vae_features`` and the background prior's fields are
+        used.
     device : str, optional
         Where the private copy of the model computes (``auto``, ``cpu``, ``cuda``...);
         default: the model's own device.
+    spacing : tuple of float, optional
+        Voxel size (mm, z y x), for the background prior's margin.
 
     Notes
     -----
@@ -66,17 +72,23 @@ class LiveSegmenter:
     demand, which is slower but still correct).
     """
 
-    def __init__(self, model: VAEModel, volume: np.ndarray, *, modality: str | None = None,
+    def __init__(self, model: VAEModel | None, volume: np.ndarray, *,
+                 modality: str | None = None,
                  cache: FeatureCache | None = None,
-                 options: SegmentOptions | None = None, device: str | None = None) -> None:
+                 options: SegmentOptions | None = None, device: str | None = None,
+                 spacing: tuple[float, ...] | None = None) -> None:
         vol = np.asarray(volume)
         if vol.ndim != 3:
             raise ValueError(f"live segmentation needs a 3D volume, got shape {vol.shape}")
+        self.options = options or SegmentOptions()
+        if model is None:  # the ilastik set alone, as a round without a model
+            model = features_only_model(vol, modality)
+            self.options = dataclasses.replace(self.options, vae_features=False)
         if model.config.spatial_dims != 2:
             raise ValueError("live segmentation needs a 2D (slice-wise) model; full rounds "
                              "work with every model")
         self.volume = vol
-        self.options = options or SegmentOptions()
+        self.spacing = spacing
         self.cache = cache if cache is not None else FeatureCache()
         # A private copy: the runner switches the network's memory layout while it works,
         # and full rounds may run on the caller's model meanwhile.
@@ -117,10 +129,13 @@ class LiveSegmenter:
         table = ClassTable.from_annotations(ann, self.volume.shape)
         ann = ann.astype(table.dtype, copy=False)
         rng = np.random.default_rng(self.options.seed)
-        x, y = self._features.annotated(ann, self.options.max_per_class, rng, stop_event)
-        self._forest = fit_forest(x, table.index(y), self.options.seed)
+        # The same training set as a full round (background prior included), so the live
+        # slice is the slice the next round gives.
+        ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
+                          stop_event)
+        self._forest = ts.fit(self.options.seed)
         self._table, self._annotations = table, ann
-        return int(len(y))
+        return int(len(ts.y) - ts.prior)
 
     def predict_slice(self, index: int, anchors: np.ndarray | None = None) -> SlicePrediction:
         """Labels and probabilities of axial slice ``index`` (painted voxels keep their label).

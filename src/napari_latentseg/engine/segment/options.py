@@ -44,6 +44,19 @@ class SegmentOptions:
         The forest sees the VAE's latent and encoder components besides the ilastik set;
         False is the ablation (the ilastik set alone), measured in
         ``docs/interactive_benchmarks.md``.
+    background : int, "auto" or None
+        Label id of the background class of an object-vs-background task: a uniform sample
+        of the unpainted voxels (``background_samples``, together weighing
+        ``background_weight`` times the object's painted voxels, none within
+        ``background_margin_mm`` of the object's strokes) trains the forest as weak
+        background (``prior.py``). ``"auto"`` (default): class 1 when exactly two classes,
+        1 among them, are painted (the dock's convention: 1 = background); None: no prior.
+    background_samples : int
+        How many unpainted voxels the prior draws.
+    background_weight : float
+        Their total weight relative to the count of painted voxels of the other classes.
+    background_margin_mm : float
+        No prior voxel this close (mm) to a stroke of the object.
     """
 
     classifier: str = "forest"
@@ -57,6 +70,10 @@ class SegmentOptions:
     max_per_class: int = 20_000
     seed: int = 0
     vae_features: bool = True
+    background: int | str | None = "auto"
+    background_samples: int = 2000
+    background_weight: float = 1.0
+    background_margin_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -71,6 +88,17 @@ class SegmentOptions:
             raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if not self.encoder_lr_factor >= 0:
             raise ValueError(f"encoder_lr_factor must be >= 0, got {self.encoder_lr_factor}")
+        if self.background is not None and self.background != "auto" and (
+                isinstance(self.background, str) or int(self.background) < 1):
+            raise ValueError("background must be a class id >= 1, 'auto' or None, got "
+                             f"{self.background!r}")
+        if int(self.background_samples) < 1:
+            raise ValueError(f"background_samples must be >= 1, got {self.background_samples}")
+        if not self.background_weight > 0:
+            raise ValueError(f"background_weight must be > 0, got {self.background_weight}")
+        if not self.background_margin_mm >= 0:
+            raise ValueError("background_margin_mm must be >= 0, got "
+                             f"{self.background_margin_mm}")
         if not self.vae_features and self.classifier != "forest":
             raise ValueError("vae_features=False is an option of the forest: the MLP head "
                              "is the VAE's features")

@@ -29,6 +29,7 @@ class RoundState:
     rng: np.random.Generator
     history: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    spacing: tuple[float, ...] | None = None  # mm (z, y, x); None: unknown (1 mm)
 
     @property
     def spatial_dims(self) -> int:

@@ -1,0 +1,136 @@
+"""The background prior: unpainted voxels as weak background in object-vs-background rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_latentseg.cli import main
+from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, SegmentOptions, segment
+from napari_latentseg.engine.segment.prior import (
+    background_from_names,
+    effective_background,
+    resolve_background,
+    unpainted_sample,
+)
+from napari_latentseg.io import save_volume
+from napari_latentseg.runtime.progress import drive
+
+SPACING = (3.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A bright block (the object) inside a plate of tissue on a dark field; one stroke of
+    the object and a small one of background on the plate: everything unlike that background
+    stroke looks like the object to a forest without the prior."""
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 0.3, (8, 64, 64)).astype(np.float32)
+    vol[:, 10:50, 10:50] += 1.0
+    vol[2:6, 25:35, 25:35] += 1.5
+    truth = np.zeros(vol.shape, bool)
+    truth[2:6, 25:35, 25:35] = True
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[4, 29:32, 29:32] = 2
+    ann[4, 12:14, 12:14] = 1
+    return vol, ann, truth
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_prior_stops_the_object_flooding_the_scan(scene):
+    vol, ann, truth = scene
+    off = segment(None, vol, ann, SegmentOptions(background=None), spacing=SPACING)
+    on = segment(None, vol, ann, spacing=SPACING)  # default "auto": two classes, 1 = bg
+    d_off, d_on = _dice(off.labels == 2, truth), _dice(on.labels == 2, truth)
+    assert d_on > d_off + 0.3, (d_off, d_on)
+    forest = next(h for h in on.history if h["stage"] == "forest")
+    assert forest["prior_voxels"] == 2000 and forest["voxels"] == int((ann > 0).sum())
+    assert forest["features"].endswith("+ background prior")
+    painted = ann > 0
+    np.testing.assert_array_equal(on.labels[painted], ann[painted])  # strokes are kept
+    off_forest = next(h for h in off.history if h["stage"] == "forest")
+    assert off_forest["prior_voxels"] == 0
+
+
+def test_auto_rule_and_names():
+    assert effective_background("auto", [1, 2]) == 1
+    assert effective_background("auto", [2, 3]) is None  # no class 1
+    assert effective_background("auto", [1, 2, 3]) is None  # several structures
+    assert effective_background(None, [1, 2]) is None
+    assert effective_background(3, [1, 3]) == 3
+    names = [{"value": 1, "name": "liver"}, {"value": 4, "name": "Background"}]
+    assert background_from_names(names) == 4
+    assert resolve_background("auto", names) == 4
+    assert resolve_background("auto", None) == "auto"
+    assert resolve_background("none", names) is None
+    assert resolve_background("liver", names) == 1
+    assert resolve_background("2", names) == 2
+    with pytest.raises(ValueError, match="no class is named 'tumour'"):
+        resolve_background("tumour", names)
+    with pytest.raises(ValueError, match=">= 1"):
+        resolve_background("0", names)
+    for bad in (0, "foo"):
+        with pytest.raises(ValueError, match="background"):
+            SegmentOptions(background=bad)
+
+
+def test_unpainted_sample_keeps_away_from_the_object():
+    ann = np.zeros((6, 30, 30), np.uint8)
+    ann[3, 14:16, 14:16] = 2  # the object
+    ann[3, 0:3, 0:3] = 1
+    rng = np.random.default_rng(0)
+    flat = unpainted_sample(ann, 1, 500, 5.0, (2.0, 1.0, 1.0), rng)
+    assert len(flat) == 500 and len(np.unique(flat)) == 500
+    z, y, x = np.unravel_index(flat, ann.shape)
+    assert (ann.reshape(-1)[flat] == 0).all()  # never a painted voxel
+    d = np.sqrt(((z - 3) * 2.0) ** 2 + (np.clip(y, 14, 15) - y) ** 2
+                + (np.clip(x, 14, 15) - x) ** 2)
+    assert d.min() > 5.0  # none within the margin (mm) of the object's stroke
+    only = unpainted_sample(ann, 1, 100, 0.0, None, rng, slices=np.array([0, 5]))
+    assert set(np.unravel_index(only, ann.shape)[0]) <= {0, 5}
+
+
+def test_background_class_not_painted_is_said(scene):
+    vol, ann, _ = scene
+    res = segment(None, vol, np.where(ann == 1, 3, ann).astype(np.uint8),
+                  SegmentOptions(background=1), spacing=SPACING)
+    assert any("background class 1 is not painted" in n for n in res.notes)
+    assert next(h for h in res.history if h["stage"] == "forest")["prior_voxels"] == 0
+
+
+def test_live_slice_equals_the_full_round_with_the_prior(scene):
+    vol, ann, _ = scene
+    cache = FeatureCache()
+    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING)  # no model: ilastik set
+    drive(live.prepare())
+    live.update(ann)
+    full = segment(None, vol, ann, cache=cache, spacing=SPACING, keep_connected_regions=False)
+    assert full.cache_hit
+    for z in (1, 4):
+        pred = live.predict_slice(z)
+        np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
+        np.testing.assert_array_equal(pred.labels, full.labels[z])
+    live.close()
+
+
+def test_cli_background_option(scene, tmp_path, capsys):
+    vol, ann, truth = scene
+    img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
+    a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
+    out_on, out_off = tmp_path / "on.nii.gz", tmp_path / "off.nii.gz"
+    assert main(["segment", str(img), "-a", str(a), "-o", str(out_on), "-q"]) == 0
+    assert "+ background prior" in capsys.readouterr().out
+    assert main(["segment", str(img), "-a", str(a), "-o", str(out_off), "-q",
+                 "--background", "none"]) == 0
+    assert "background prior" not in capsys.readouterr().out
+    from napari_latentseg.io import read_volume
+
+    on = read_volume(out_on).data == 2
+    off = read_volume(out_off).data == 2
+    assert _dice(on, truth) > _dice(off, truth) + 0.3
+    assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "x.nii.gz"), "-q",
+                 "--background", "lesion"]) == 2
+    assert "no class is named 'lesion'" in capsys.readouterr().err
