@@ -67,6 +67,9 @@ class LoopOptions:
     pu_frac: float = 1.0  # ... with this much total weight (x the painted voxels' count) ...
     pu_exclude: float = 0.0  # ... none within this many mm of an object stroke
     pu_class: int = 1  # the background class's label
+    pu_obj: bool = False  # weight relative to the object's painted voxels (the engine's)
+    pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
+    #                         probability exceeds this (reliable negatives, PU learning)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -266,10 +269,12 @@ class ForestLoop:
             w = np.concatenate([w, np.full(len(aidx), o.anchor_weight)])
             y = np.concatenate([y, self.prev.reshape(-1)[aidx]])
             idx = np.concatenate([idx, aidx])
+        n_painted = len(idx)
         if o.pu and len(np.unique(y)) == 2 and o.pu_class in y:
             uidx = self._unlabelled(ann, rng)
             w = np.ones(len(idx)) if w is None else w
-            wu = o.pu_frac * w.sum() / max(len(uidx), 1)
+            base = (w * (y != o.pu_class)).sum() if o.pu_obj else w.sum()
+            wu = o.pu_frac * base / max(len(uidx), 1)
             w = np.concatenate([w, np.full(len(uidx), wu)])
             y = np.concatenate([y, np.full(len(uidx), o.pu_class, dtype=y.dtype)])
             idx = np.concatenate([idx, uidx])
@@ -277,7 +282,10 @@ class ForestLoop:
         classes = [int(c) for c in np.unique(y)]
         probs = 0.0
         if o.classifier in ("forest", "both"):
-            probs = predict(fit_forest(x, y, o, w, o.seed), self.feats, ann.shape)
+            clf = fit_forest(x, y, o, w, o.seed)
+            if o.pu_refine and o.pu and len(classes) == 2 and w is not None:
+                clf = self._refine(clf, x, y, w, n_painted)
+            probs = predict(clf, self.feats, ann.shape)
         if o.classifier in ("knn", "both"):
             pk = self._knn(x, y, w, ann.shape)
             probs = pk if o.classifier == "knn" else 0.5 * (probs + pk)
@@ -295,6 +303,15 @@ class ForestLoop:
             labels = self._stabilise(labels, probs, ann, strokes_round)
         self.prev = labels
         return Round(labels, probs, classes)
+
+    def _refine(self, clf, x, y, w, n_painted):
+        """Drop prior voxels the first forest calls the object, refit (each light prior voxel
+        is in a tree's bootstrap rarely, so its prediction is nearly out-of-bag)."""
+        o = self.opts
+        obj = [i for i, c in enumerate(clf.classes_) if c != o.pu_class][0]
+        p = clf.predict_proba(x[n_painted:])[:, obj]
+        keep = np.concatenate([np.ones(n_painted, bool), p <= o.pu_refine])
+        return fit_forest(x[keep], y[keep], o, w[keep], o.seed)
 
     def _unlabelled(self, ann, rng) -> np.ndarray:
         """A uniform sample of unpainted voxels (mostly background in an object task: the

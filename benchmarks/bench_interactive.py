@@ -79,6 +79,11 @@ LOOPS = {
     "pu-2": LO(pu=2000, pu_frac=2.0, min_tree_samples=500),
     "pu-ex": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500),
     "pu-ex-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500),
+    "pu-obj": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True),  # = engine
+    "pu-obj-r5": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                    pu_refine=0.5),
+    "pu-obj-r3": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                    pu_refine=0.3),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
 }
 # The engine's segment() as the dock and CLI call it, with these SegmentOptions fields.

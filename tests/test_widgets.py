@@ -380,3 +380,31 @@ def test_closing_the_dock_stops_its_job(make_napari_viewer, qtbot, phantom_crop)
     qtbot.waitUntil(lambda: len(widget.model_section.plot.losses) >= 3, timeout=TIMEOUT_MS)
     viewer.window.remove_dock_widget(dock_widget)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=5_000)
+
+
+def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
+    """No model yet: Segment gives a first result on the ilastik features, with the
+    background prior on a two-class task; Fine-tune still asks for a model."""
+    viewer, widget = dock
+    img, truth, _ = phantom_crop
+    scan = add_crop(viewer, phantom_crop)
+    assert widget.session.active_model is None
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    inside = np.argwhere(truth[6] == 6)[:10]  # white matter on one slice = the object
+    ann.data_setitem((np.full(len(inside), 6), inside[:, 0], inside[:, 1]), 2)
+    ann.data_setitem((np.array([6, 6]), np.array([0, 0]), np.array([0, 1])), 1)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    pred = viewer.layers["phantom crop segmentation"]
+    assert_on_grid(pred, scan)
+    assert "ilastik multiscale set only" in seg.summary.text()
+    assert "background prior" in seg.summary.text()
+    assert seg.background() == 1  # the table names class 1 "background" (the convention)
+    seg.classes.rename(1, "liver")
+    seg.classes.rename(2, "Background")
+    assert seg.background() == 2  # the class the user named so
+    seg.classes.rename(2, "lesion")
+    assert seg.background() == "auto"  # none named: the engine's rule (class 1 of two)
+    assert seg.segment(finetune=True) is False
+    assert "No active model" in errors(notes)[-1]
+    np.testing.assert_array_equal(scan.data, img)  # the user's layer is untouched
