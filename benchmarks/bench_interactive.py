@@ -84,6 +84,14 @@ LOOPS = {
                     pu_refine=0.5),
     "pu-obj-r3": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                     pu_refine=0.3),
+    "pu-obj-gain": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                      stable_radius=15.0, stable_gain_only=True),
+    "pu-obj-gain25": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                        stable_radius=25.0, stable_gain_only=True),
+    "pu-obj-mom": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                     momentum=0.5),
+    "pu-obj-walk": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                      walker_beta=30.0, walker_mix=0.5),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
 }
 # The engine's segment() as the dock and CLI call it, with these SegmentOptions fields.

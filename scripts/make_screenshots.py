@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-steps", type=int, default=120,
                         help="fit steps of the real-scan walkthrough (default 120)")
     parser.add_argument("--only-real", action="store_true",
-                        help="only the real-scan walkthrough (06, 07)")
+                        help="only the real-scan walkthrough (06-08)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     # Fresh napari settings (default theme and layout), without touching the user's own.
     settings_dir = tempfile.TemporaryDirectory()
     os.environ["NAPARI_CONFIG"] = str(Path(settings_dir.name) / "settings.yaml")
+    # Nor the user's recovery copies: a fresh session offers no "restore" box.
+    os.environ["LATENTSEG_RECOVERY_DIR"] = str(Path(settings_dir.name) / "recovery")
     import napari
     from napari.settings import get_settings
     from qtpy.QtCore import QEventLoop, QTimer
@@ -241,8 +243,9 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
 
 
 def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot):
-    """06-07: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
-    fit, reconstruct with the anomaly score, two strokes, Segment, then a live correction."""
+    """06-08: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
+    two strokes and Segment before any fit (08), fit, reconstruct with the anomaly score (06),
+    Segment with the VAE, then a live correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
     from scipy import ndimage as ndi
@@ -251,7 +254,7 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     if not image.exists():
         print(f"6. real-scan walkthrough skipped: {image} not found", flush=True)
         return
-    print("6. brain1: open, fit, reconstruct", flush=True)
+    print("6. brain1: open, two strokes, Segment before any fit", flush=True)
     viewer.layers.clear()
     scan = viewer.open(str(image), plugin="napari-latentseg")[0]
     truth = viewer.open(str(label), plugin="napari-latentseg")[0]
@@ -259,6 +262,25 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     dock.scan.set_layer(scan)
     tumour = np.asarray(truth.data) > 0
     z = int(np.argmax(tumour.reshape(len(tumour), -1).sum(1)))
+    seg = dock.segment_section
+    ann = seg.new_annotation_layer()
+    for value, mask in ((1, ~ndi.binary_dilation(tumour[z], iterations=8)), (2, tumour[z])):
+        y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
+        ann.brush_size = 9
+        ann.paint((z, y, x), value)
+    wait_job(lambda: seg.segment(finetune=False))  # no model yet: the ilastik features
+    pred = viewer.layers[f"{scan.name} segmentation"]
+    viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
+    viewer.reset_view()
+    for layer in viewer.layers:
+        layer.visible = layer in (scan, pred, ann)
+    show_sections("segment")
+    shot("08_brain1_first_result.png")
+    seg.live_box.setChecked(False)  # the walkthrough's next strokes come after the fit
+    viewer.layers.remove(pred)
+
+    print("6. brain1: fit, reconstruct", flush=True)
+    ann.visible = False
     ms = dock.model_section
     ms.config.setCurrentText("cpu-2d")
     ms.steps.setValue(args.real_steps)
@@ -269,13 +291,10 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     show_sections("reconstruct")
     shot("06_brain1_reconstruct.png")
 
-    print("7. brain1: two strokes, Segment, one live correction", flush=True)
-    seg = dock.segment_section
-    ann = seg.new_annotation_layer()
-    for value, mask in ((1, ~ndi.binary_dilation(tumour[z], iterations=8)), (2, tumour[z])):
-        y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
-        ann.brush_size = 9
-        ann.paint((z, y, x), value)
+    print("7. brain1: the same two strokes, Segment with the VAE, one live correction",
+          flush=True)
+    ann.visible = True
+    seg.live_box.setChecked(True)
     wait_job(lambda: seg.segment(finetune=False))
     pred = viewer.layers[f"{scan.name} segmentation"]
     wrong = (np.asarray(pred.data[z]) == 2) != tumour[z]

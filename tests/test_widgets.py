@@ -405,6 +405,8 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     assert seg.background() == 2  # the class the user named so
     seg.classes.rename(2, "lesion")
     assert seg.background() == "auto"  # none named: the engine's rule (class 1 of two)
+    seg.prior.setChecked(False)
+    assert seg.background() is None
     assert seg.segment(finetune=True) is False
     assert "No active model" in errors(notes)[-1]
     np.testing.assert_array_equal(scan.data, img)  # the user's layer is untouched

@@ -110,6 +110,12 @@ class SegmentSection(Section):
         self.connected.setToolTip(
             "Keep, for each class, only the regions connected to voxels you painted with it "
             "(the object is the one you painted). Untick to find lesions you did not paint.")
+        self.prior = QCheckBox("Unpainted voxels are mostly background")
+        self.prior.setChecked(True)
+        self.prior.setToolTip(
+            "With two classes (the background: the class named so, else class 1), voxels you "
+            "did not paint count as weak background, so one small background stroke does not "
+            "let the object flood the scan. Untick when both classes fill the scan alike.")
         self.segment_btn = self.job_button(
             "Segment", "Train a classifier on the painted voxels and label every voxel "
             "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))
@@ -153,6 +159,7 @@ class SegmentSection(Section):
         form.addRow(QLabel("<b>Few-shot from your annotations</b>"))
         form.addRow(self.box)
         form.addRow(self.connected)
+        form.addRow(self.prior)
         form.addRow(self.live_box)
         form.addRow("Fine-tune steps", self.finetune_steps)
         buttons = QGridLayout()
@@ -194,11 +201,13 @@ class SegmentSection(Section):
             return None, None
         return layer, model
 
-    def background(self) -> int | str:
-        """The background class for the prior: the class named so in the table, else the
-        engine's rule (class 1 of a two-class task)."""
+    def background(self) -> int | str | None:
+        """The background class for the prior: None when unticked, the class named so in the
+        table, else the engine's rule (class 1 of a two-class task)."""
         from ...engine.segment.prior import background_from_names
 
+        if not self.prior.isChecked():
+            return None
         named = background_from_names(self.classes.classes())
         return "auto" if named is None else named
 
