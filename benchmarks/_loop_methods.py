@@ -68,6 +68,9 @@ class LoopOptions:
     pu_exclude: float = 0.0  # ... none within this many mm of an object stroke
     pu_class: int = 1  # the background class's label
     pu_obj: bool = False  # weight relative to the object's painted voxels (the engine's)
+    pu_adapt: float = 0.0  # > 0: two passes; the second weighs the prior by the object's
+    #                        estimated share pi of the sample: kappa (1 - pi) / pi x object
+    pu_cap: float = 50.0  # ... at most this many times the object's painted voxels
     pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
     #                         probability exceeds this (reliable negatives, PU learning)
 
@@ -285,6 +288,8 @@ class ForestLoop:
             clf = fit_forest(x, y, o, w, o.seed)
             if o.pu_refine and o.pu and len(classes) == 2 and w is not None:
                 clf = self._refine(clf, x, y, w, n_painted)
+            if o.pu_adapt and o.pu and len(classes) == 2 and w is not None:
+                clf = self._adapt(clf, x, y, w, n_painted)
             probs = predict(clf, self.feats, ann.shape)
         if o.classifier in ("knn", "both"):
             pk = self._knn(x, y, w, ann.shape)
@@ -303,6 +308,21 @@ class ForestLoop:
             labels = self._stabilise(labels, probs, ann, strokes_round)
         self.prev = labels
         return Round(labels, probs, classes)
+
+    def _adapt(self, clf, x, y, w, n_painted):
+        """Refit with the prior weighted by the object's share of the scan, estimated from
+        the first forest's calls on the prior's own (uniform) voxels."""
+        o = self.opts
+        obj = [i for i, c in enumerate(clf.classes_) if c != o.pu_class][0]
+        n_prior = len(y) - n_painted
+        pi = max(float((clf.predict_proba(x[n_painted:])[:, obj] > 0.5).mean()),
+                 1.0 / n_prior)
+        n_obj = float((w[:n_painted] * (y[:n_painted] != o.pu_class)).sum())
+        total = n_obj * float(np.clip(o.pu_adapt * (1 - pi) / pi, 1.0, o.pu_cap))
+        w2 = w.copy()
+        w2[n_painted:] = total / n_prior
+        self.last_pi = pi
+        return fit_forest(x, y, o, w2, o.seed)
 
     def _refine(self, clf, x, y, w, n_painted):
         """Drop prior voxels the first forest calls the object, refit (each light prior voxel

@@ -92,6 +92,11 @@ LOOPS = {
                      momentum=0.5),
     "pu-obj-walk": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                       walker_beta=30.0, walker_mix=0.5),
+    "pu-adapt": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True, pu_adapt=0.5),
+    "pu-adapt25": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                     pu_adapt=0.25),
+    "pu-adapt-c10": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                       pu_adapt=0.5, pu_cap=10.0),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
 }
 # The engine's segment() as the dock and CLI call it, with these SegmentOptions fields.
