@@ -161,6 +161,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--cases", default="")
     p.add_argument("--tag", default="")
+    p.add_argument("--seed", type=int, default=0, help="seed of the DAE fits")
+    p.add_argument("--self-only", action="store_true", help="skip normative mode")
     a = p.parse_args()
     cases, refs = B.build_cases(False)
     if a.cases:
@@ -183,19 +185,21 @@ def main() -> None:
                      "auprc": ap, "seconds": round(time.perf_counter() - t, 1)})
         print(json.dumps(rows[-1]), flush=True)
         # Self mode: trained and calibrated on the scan itself.
-        net, fit_s = train([(x, mask)], a.steps)
+        net, fit_s = train([(x, mask)], a.steps, seed=a.seed)
         t = time.perf_counter()
         raw = residual(net, x, mask)
         row = evaluate(c, raw, calibrate(raw[mask]), mask, truth, smask, fmask)
         rows.append({**base, "method": "dae", "mode": "self", **row, "fit_seconds":
                      round(fit_s, 1), "seconds": round(fit_s + time.perf_counter() - t, 1)})
         print(json.dumps(rows[-1]), flush=True)
+        if a.self_only:
+            continue
         # Normative: trained and calibrated on the other scan(s).
         key = c["ref"]
         if key not in norm_models:
             other = refs["phantom"] if key == "phantom" else [refs[B.OTHER[key]]]
             prep = prepare(other, c["mod"])
-            net_n, fs = train(prep, a.steps)
+            net_n, fs = train(prep, a.steps, seed=a.seed)
             cal = calibrate(np.concatenate([residual(net_n, xo, mo)[mo] for xo, mo in prep]))
             norm_models[key] = (net_n, cal, fs)
         net_n, cal, fs = norm_models[key]
@@ -206,7 +210,7 @@ def main() -> None:
     out = B.HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"anomaly-dae{a.tag}.json").write_text(json.dumps(
-        {"rows": rows, "steps": a.steps, "crop": CROP, "noise_res": NOISE_RES,
+        {"rows": rows, "steps": a.steps, "seed": a.seed, "crop": CROP, "noise_res": NOISE_RES,
          "noise_std": NOISE_STD}, indent=1))
 
 
