@@ -13,7 +13,9 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   in-plane / 4 (128 x 128 at ~2.4 mm), the real tumour counted as a lesion too;
 - ``phantom``: the shipped phantom's three lesions (label 7);
 - false positives: flagged volume in the slices at least 3 slices away from every lesion (real
-  or implanted) of ``brain1-tumour``, ``brain2-tumour`` and ``lung1-nodule-solid``, % of head.
+  or implanted) of ``brain1-tumour``, ``brain2-tumour`` and ``lung1-nodule-solid``, % of head;
+  also, on every case, the flagged share of the whole head (what the calibration controls),
+  and FP / Dice at the rates in ``SWEEP``.
 
 Methods: the engine's ``intensity`` (default), ``error`` (today's reconstruction error) and
 ``median`` (|x - median 5x5|) in self mode, ``intensity`` in normative mode, and ``features``
@@ -29,8 +31,9 @@ with ``--steps`` (cached under ``benchmarks/.cache``). Also: reconstruction PSNR
 (full size) with out-of-range intensities restored vs clipped, and the time of a self-mode
 anomaly map of full-size brain1.
 
-Usage: ``LATENTSEG_NUM_THREADS=1 python benchmarks/bench_anomaly.py [--quick]``; writes
-``benchmarks/results/anomaly.json`` and ``anomaly.md``.
+Usage: ``LATENTSEG_NUM_THREADS=1 python benchmarks/bench_anomaly.py [--quick] [--no-vae]``
+(``--no-vae``: the model-free methods only, no VAE fit, ~2 min); writes
+``benchmarks/results/anomaly{-quick}{--tag}.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -204,7 +207,23 @@ def build_cases(quick: bool):
 OTHER = {"brain1": "brain2", "brain2": "brain1", "lung1": "lung2", "lung2": "lung1"}
 
 
-def run(quick: bool, steps: int, out: Path) -> dict:
+SWEEP = (1e-3, 1e-4, 1e-5)  # requested false-positive rates of the threshold sweep
+
+
+def sweep(res, truth, smask, fmask, spacing) -> dict:
+    """FP % of the head (lesion-free slices) / Dice of the candidates at each rate in SWEEP."""
+    from napari_latentseg.engine.anomaly import _threshold, components
+
+    out = {}
+    for fpr in SWEEP:
+        t = _threshold(res.info["calibration"], fpr, res.mode)
+        lab, _ = components((res.score > t) & res.mask, res.score, spacing, 0.05)
+        fp = float(100 * (lab[fmask] > 0).mean()) if fmask is not None else None
+        out[f"{fpr:g}"] = [fp, dice(lab > 0, truth & smask)]
+    return out
+
+
+def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "") -> dict:
     from scipy import ndimage
 
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative, head_mask
@@ -214,11 +233,14 @@ def run(quick: bool, steps: int, out: Path) -> dict:
     models, fit_s = {}, {}
     mr = [refs["brain1"], refs["brain2"]]
     ct = [refs["lung1"], refs["lung2"]]
-    models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps)
-    models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps)
+    if no_vae:  # the model-free methods only (intensity, median): no VAE fit
+        models = {"mr": None, "ct": None}
+    else:
+        models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps)
+        models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps)
     print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
     # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
-    self_methods = ["intensity", "median", "error"]
+    self_methods = ["intensity", "median"] + ([] if no_vae else ["error"])
     norm_methods = ["intensity"]
     feature_cases = {"phantom", "brain1-syn-tissue"}
     norm_cache: dict = {}
@@ -237,7 +259,7 @@ def run(quick: bool, steps: int, out: Path) -> dict:
         rows.append({**base, "method": "oracle-window", "mode": "labels",
                      "best_dice": oracle_window(v, truth, smask)})
         runs = [(m, "self") for m in self_methods] + [(m, "normative") for m in norm_methods]
-        if c["name"] in feature_cases and not quick:
+        if c["name"] in feature_cases and not quick and not no_vae:
             runs += [("features", "self"), ("features", "normative")]
         for method, mode in runs:
             ref = None
@@ -261,14 +283,20 @@ def run(quick: bool, steps: int, out: Path) -> dict:
                    "seconds": round(secs, 2)}
             if c["fp"] and fmask.any():
                 row["fp_pct_head"] = float(100 * (res.labels[fmask] > 0).mean())
+            # What the calibration controls: the flagged share of the whole head (all slices,
+            # lesions included), before and after the component size filter.
+            row["flagged_pct_head"] = [float(100 * (res.score[mask] > res.threshold).mean()),
+                                       float(100 * (res.labels[mask] > 0).mean())]
+            row["sweep"] = sweep(res, truth, smask, fmask if c["fp"] else None, c["sp"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     extra = psnr_and_timing(models["mr"], quick)
     result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "quick": quick,
+              "no_vae": no_vae,
               "machine": f"{platform.processor() or platform.machine()}, 1 thread",
               "total_seconds": round(time.perf_counter() - t_all, 1), **extra}
     out.mkdir(parents=True, exist_ok=True)
-    name = "anomaly-quick" if quick else "anomaly"
+    name = ("anomaly-quick" if quick else "anomaly") + tag
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
@@ -282,19 +310,21 @@ def psnr_and_timing(model, quick: bool) -> dict:
     from napari_latentseg.io import read_volume
 
     v = read_volume(DATA / "brain1_image.nrrd").data.astype(np.float32)
-    rec = reconstruct(model, v, modality="MR", anomalies=False)
-    norm, _ = normalizer_for(model, v, "MR")
-    clipped = rec.reconstruction - norm.out_of_range(v)
-    head = head_mask(v, "MR")
-    rng_lo, rng_hi = np.percentile(v[v > np.median(v)], [0.5, 99.5])
+    out: dict = {}
+    if model is not None:
+        rec = reconstruct(model, v, modality="MR", anomalies=False)
+        norm, _ = normalizer_for(model, v, "MR")
+        clipped = rec.reconstruction - norm.out_of_range(v)
+        head = head_mask(v, "MR")
+        rng_lo, rng_hi = np.percentile(v[v > np.median(v)], [0.5, 99.5])
 
-    def psnr(r):
-        mse = float(np.mean((r[head] - v[head]) ** 2))
-        return float(20 * np.log10((rng_hi - rng_lo) / np.sqrt(mse)))
+        def psnr(r):
+            mse = float(np.mean((r[head] - v[head]) ** 2))
+            return float(20 * np.log10((rng_hi - rng_lo) / np.sqrt(mse)))
 
-    out = {"psnr_brain1_restored_db": psnr(rec.reconstruction),
-           "psnr_brain1_clipped_db": psnr(clipped),
-           "psnr_note": "VAE fitted on in-plane/2 brains, applied to full-size brain1"}
+        out = {"psnr_brain1_restored_db": psnr(rec.reconstruction),
+               "psnr_brain1_clipped_db": psnr(clipped),
+               "psnr_note": "VAE fitted on in-plane/2 brains, applied to full-size brain1"}
     if not quick:
         t = time.perf_counter()
         res = anomaly_map(model, v, modality="MR", spacing=(6.5, 0.78, 0.78))
@@ -310,13 +340,16 @@ def _f(x, nd=3):
 
 def markdown(r: dict) -> str:
     lines = [f"Machine: {r['machine']}; VAE steps {r['steps']}; total {r['total_seconds']} s",
-             "", "| case | method | mode | best Dice | AUPRC | Dice@thr | FP % head | s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| case | method | mode | best Dice | AUPRC | Dice@thr | FP % head | s | "
+             + " | ".join(f"FP % / Dice @ {f:g}" for f in SWEEP) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(SWEEP)]
     for row in r["rows"]:
         lines.append(f"| {row['case']} | {row['method']} | {row['mode']} | "
                      f"{_f(row.get('best_dice'))} | {_f(row.get('auprc'))} | "
                      f"{_f(row.get('dice_at_threshold'))} | {_f(row.get('fp_pct_head'))} | "
-                     f"{_f(row.get('seconds'), 1)} |")
+                     f"{_f(row.get('seconds'), 1)} | "
+                     + " | ".join(" / ".join(_f(x) for x in row.get("sweep", {}).get(f"{f:g}", []))
+                                  for f in SWEEP) + " |")
     lines += ["", f"PSNR brain1 (head, scan units): restored "
               f"{_f(r.get('psnr_brain1_restored_db'), 1)} dB, clipped "
               f"{_f(r.get('psnr_brain1_clipped_db'), 1)} dB"]
@@ -331,8 +364,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer cases and methods, smaller CT")
     p.add_argument("--steps", type=int, default=None, help="VAE fit steps (150; quick 60)")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--no-vae", action="store_true",
+                   help="model-free methods only (intensity, median): no VAE fit")
+    p.add_argument("--tag", default="", help="suffix of the result file names")
     a = p.parse_args()
-    run(a.quick, a.steps or (60 if a.quick else 150), a.out)
+    run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Two modes:
 
 * **self** (no healthy reference): the normal appearance is learned from the scan itself; a
-  lesion is a small fraction of the head, so robust statistics (trimmed density fit, a tail
-  model from the 90th-98th percentiles) are barely moved by it.
+  lesion is a small fraction of the head, so the density fit is barely moved by it; the
+  threshold is the scan's own empirical quantile (``fpr`` of its head voxels are flagged, the
+  lesion's first when it scores highest).
 * **normative**: statistics fitted by :func:`fit_normative` on one or more other (healthy or
   mostly healthy) scans are applied to a new one; store them in ``model.anomaly["normative"]``
   so they travel with the model file.
@@ -28,9 +29,10 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
 
 Every raw map is smoothed (1 voxel, in-plane for 2D models) and calibrated: the returned
-``score`` is ``-log10`` of the estimated fraction of normal head voxels scoring higher (0.1 ->
-1, 0.001 -> 3), from the fit data's quantiles and an exponential tail beyond the 90th
-percentile. ``threshold`` is the score whose false-positive rate is ``fpr``.
+``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring higher (0.1 -> 1,
+0.001 -> 3): empirical quantiles as far as the fit data support them (ten voxels beyond), an
+exponential tail past that. ``threshold`` = ``-log10(fpr)``, so ``fpr`` of the fit voxels are
+flagged (before the component size filter).
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomal
 METHODS = ("features", "knn", "intensity", "error", "ssim", "median")
 DEFAULT_METHOD = "intensity"  # the benchmark's best (docs/anomaly_benchmarks.md)
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
-_TAIL_P = 0.10  # the tail model starts at the 90th percentile ...
-_TAIL_P2 = 0.02  # ... and takes its slope up to the 98th (a lesion < 2 % cannot move it)
+_TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
+_MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
-_QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -5, 41)[1:]])
+# Quantile levels: percentiles to the 90th, then tenths of a decade down to 1e-8 survival.
+_QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -8, 71)[1:]])
 
 
 @dataclass
@@ -210,39 +213,70 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
 
 
 def calibrate(fit_scores: np.ndarray) -> dict:
-    """Calibration of raw scores from normal (or mostly normal) voxels: quantiles and tail.
+    """Calibration of raw scores from normal (or mostly normal) voxels: empirical quantiles.
 
-    Returns a plain dict for :func:`_calibrated` (``q``: quantiles at ``p``; ``tail_start``,
-    ``tail_scale``: exponential tail ``P(S > s) = 0.1 exp(-(s - tail_start) / tail_scale)``).
+    The quantiles go up to ``1 - 10 / n`` (ten fit voxels beyond the last one, so it is
+    supported by the sample), in tenths of a decade from the 90th percentile; beyond that an
+    exponential tail ``P(S > s) = tail_p * exp(-(s - tail_start) / tail_scale)`` with the
+    heavier of the last two decades' slopes (extrapolating conservatively: more voxels
+    flagged, not fewer). Returns a plain dict for :func:`_calibrated`.
     """
     v = np.asarray(fit_scores, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise ValueError("calibration needs at least one finite score")
-    q = np.quantile(v, _QS)
-    q90, q98 = np.quantile(v, [1 - _TAIL_P, 1 - _TAIL_P2])
-    scale = max(float(q98 - q90) / np.log(_TAIL_P / _TAIL_P2), 1e-9)
-    return {"p": _QS.tolist(), "q": q.tolist(), "tail_start": float(q90),
-            "tail_scale": float(scale), "n": int(v.size)}
+    surv = 1.0 - _QS
+    p = _QS[(surv >= min(_TAIL_P, _MIN_BEYOND / v.size) - 1e-12) | (_QS == 0.0)]
+    q = np.maximum.accumulate(np.quantile(v, p))
+    # Tail slope from the top two supported decades (their heavier one), in raw units per e.
+    k = -np.log10(np.maximum(1.0 - p, 1e-300))
+    scales = []
+    for lo in (k[-1] - 1.0, k[-1] - 2.0):
+        i = int(np.argmin(np.abs(k - lo)))
+        j = int(np.argmin(np.abs(k - (lo + 1.0))))
+        if k[i] >= 1.0 - 1e-9 and k[j] > k[i]:
+            scales.append(float(q[j] - q[i]) / ((k[j] - k[i]) * np.log(10.0)))
+    if not scales:  # too few voxels for a decade beyond the 90th percentile: from the median
+        i = int(np.argmin(np.abs(p - 0.5)))
+        scales.append(float(q[-1] - q[i]) / max(np.log((1.0 - p[i]) / (1.0 - p[-1])), 1e-9))
+    scale = max(max(scales), 1e-9)
+    return {"p": p.tolist(), "q": q.tolist(), "tail_start": float(q[-1]),
+            "tail_p": float(1.0 - p[-1]), "tail_scale": scale, "n": int(v.size)}
 
 
 def _calibrated(raw: np.ndarray, cal: dict) -> np.ndarray:
-    """Raw score -> ``-log10`` estimated survival (empirical below the 90th percentile)."""
+    """Raw score -> ``-log10`` survival: empirical in the table, exponential beyond it.
+
+    Tied quantiles (a flat table) take their lowest survival rank, so a voxel scores no higher
+    than the fraction of fit voxels at or above it. Calibrations saved before the empirical
+    tables (no ``tail_p``) keep their 90th-percentile tail.
+    """
     p, q = np.asarray(cal["p"]), np.asarray(cal["q"])
-    body = p <= 1 - _TAIL_P + 1e-12
-    surv = 1.0 - np.interp(raw, q[body], p[body])
-    tail = raw >= cal["tail_start"]
-    surv = np.where(tail, _TAIL_P * np.exp(-(raw - cal["tail_start"]) / cal["tail_scale"]),
-                    np.maximum(surv, _TAIL_P))
-    out = -np.log10(np.maximum(surv, 1e-30))
+    tail_p = float(cal.get("tail_p", _TAIL_P))
+    keep = p <= 1 - tail_p + 1e-12
+    p, q = p[keep], q[keep]
+    # For runs of equal quantiles keep the first (lowest p): conservative and strictly rising.
+    first = np.concatenate([[True], np.diff(q) > 0])
+    p, q = p[first], q[first]
+    logsurv = np.log10(np.maximum(1.0 - p, 1e-300))
+    r = np.asarray(raw, dtype=np.float64)
+    body = np.interp(r, q, logsurv) if q.size > 1 else np.zeros_like(r)
+    tail = np.log10(tail_p) - (r - cal["tail_start"]) / (cal["tail_scale"] * np.log(10.0))
+    out = -np.where(r > cal["tail_start"], np.minimum(tail, np.log10(tail_p)),
+                    np.maximum(body, np.log10(tail_p)))
+    out = np.minimum(out, 30.0)
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
 def _threshold(cal: dict, fpr: float, mode: str) -> float:
-    """Self mode: the tail model's score for ``fpr``; normative: the fit data's quantile."""
+    """Score whose survival on the fit data is ``fpr``: ``-log10(fpr)`` in both modes.
+
+    Older calibrations (no ``tail_p``) keep their rule: the fit data's quantile in normative
+    mode, the tail model's score in self mode.
+    """
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
-    if mode == "normative":
+    if mode == "normative" and "tail_p" not in cal:
         raw_t = float(np.interp(1 - fpr, cal["p"], cal["q"]))
         return float(_calibrated(np.array([raw_t]), cal)[0])
     return float(-np.log10(fpr))
