@@ -106,6 +106,7 @@ ENGINE = {
     "engine-noprior": {"background": None},  # the default before the background prior
     "engine-novae": {"vae_features": False},  # ablation of the VAE columns, same prior
     "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
+    "vae-adaptive": {"background_adaptive": True},  # the prior weighted by the object's share
     "prior-w2": {"background_weight": 2.0},
     "prior-w05": {"background_weight": 0.5},
 }

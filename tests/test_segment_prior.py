@@ -134,3 +134,19 @@ def test_cli_background_option(scene, tmp_path, capsys):
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "x.nii.gz"), "-q",
                  "--background", "lesion"]) == 2
     assert "no class is named 'lesion'" in capsys.readouterr().err
+
+
+def test_adaptive_prior_weighs_by_the_object_share(scene):
+    from napari_latentseg.engine.segment.prior import ADAPT_CAP, adaptive_prior_weight
+
+    assert adaptive_prior_weight(0.5, 10) == 10.0  # big object: no more than the object
+    assert adaptive_prior_weight(0.01, 10) == 10 * ADAPT_CAP  # small object: capped
+    assert adaptive_prior_weight(0.1, 10) == pytest.approx(10 * 0.5 * 0.9 / 0.1)
+    vol, ann, truth = scene
+    res = segment(None, vol, ann, SegmentOptions(background_adaptive=True), spacing=SPACING)
+    forest = next(h for h in res.history if h["stage"] == "forest")
+    share = forest["object_share"]
+    assert 0 < share < 0.05  # the block is 1.5 % of the scene: the estimate is small
+    assert _dice(res.labels == 2, truth) > 0.6
+    painted = ann > 0
+    np.testing.assert_array_equal(res.labels[painted], ann[painted])

@@ -205,7 +205,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
-                       "prior_voxels": ts.prior,
+                       "prior_voxels": ts.prior, "object_share": ts.object_share,
                        "features": forest_features_name(forest_feats.vae)
                        + (" + background prior" if ts.prior else "")})
     yield {"stage": "segment: forest", "done": 1, "total": 1}

@@ -11,7 +11,12 @@ from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
 from .options import SegmentOptions
-from .prior import MIN_TREE_SAMPLES, effective_background, unpainted_sample
+from .prior import (
+    MIN_TREE_SAMPLES,
+    adaptive_prior_weight,
+    effective_background,
+    unpainted_sample,
+)
 from .runner import FeatureRunner, to_rows
 
 __all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict",
@@ -154,16 +159,35 @@ class ForestFeatures:
 @dataclass
 class TrainingSet:
     """What the forest learns from: rows, class indices, weights (None: all 1), how many
-    rows are the background prior's, and a note for the user (or None)."""
+    rows (the last ones) are the background prior's, and a note for the user (or None).
+
+    ``adaptive`` (with a prior): :meth:`fit` estimates the object's share of the scan from a
+    first forest's calls on the prior's uniform sample and refits with the prior weighted by
+    it (:func:`.prior.adaptive_prior_weight`); ``object_share`` then holds the estimate.
+    """
 
     x: np.ndarray
     y: np.ndarray
     weight: np.ndarray | None = None
     prior: int = 0
     note: str | None = None
+    background_index: int | None = None
+    adaptive: bool = False
+    object_share: float | None = None
 
     def fit(self, seed: int):
-        return fit_forest(self.x, self.y, seed, self.weight)
+        forest = fit_forest(self.x, self.y, seed, self.weight)
+        if not (self.adaptive and self.prior and self.weight is not None):
+            return forest
+        n = len(self.y) - self.prior
+        bg = list(forest.classes_).index(self.background_index)
+        p_obj = 1.0 - forest.predict_proba(self.x[n:])[:, bg]
+        self.object_share = max(float(np.mean(p_obj > 0.5)), 1.0 / self.prior)
+        n_obj = float(np.count_nonzero(self.y[:n] != self.background_index))
+        w = self.weight.copy()
+        w[n:] = adaptive_prior_weight(self.object_share, n_obj) / self.prior
+        self.weight = w
+        return fit_forest(self.x, self.y, seed, w)
 
 
 def training_set(features: ForestFeatures, annotations: np.ndarray, table: ClassTable,
@@ -195,7 +219,8 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
     w = np.concatenate([np.ones(len(y)),
                         np.full(len(flat), options.background_weight * n_obj / len(flat))])
     yu = np.full(len(flat), ib, dtype=y.dtype)
-    return TrainingSet(np.concatenate([x, xu]), np.concatenate([y, yu]), w, len(flat))
+    return TrainingSet(np.concatenate([x, xu]), np.concatenate([y, yu]), w, len(flat),
+                       background_index=ib, adaptive=options.background_adaptive)
 
 
 def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarray | None = None):

@@ -57,6 +57,10 @@ class SegmentOptions:
         Their total weight relative to the count of painted voxels of the other classes.
     background_margin_mm : float
         No prior voxel this close (mm) to a stroke of the object.
+    background_adaptive : bool
+        Weigh the prior by the object's share of the scan, estimated by a first forest
+        (two fits a round; ``prior.adaptive_prior_weight``): converges on whole scans with
+        small objects, under-segments objects that fill much of the volume.
     """
 
     classifier: str = "forest"
@@ -74,6 +78,7 @@ class SegmentOptions:
     background_samples: int = 2000
     background_weight: float = 1.0
     background_margin_mm: float = 10.0
+    background_adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:

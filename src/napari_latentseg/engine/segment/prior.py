@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BACKGROUND_NAMES", "background_from_names", "resolve_background",
-           "effective_background", "unpainted_sample", "MIN_TREE_SAMPLES"]
+           "effective_background", "unpainted_sample", "adaptive_prior_weight",
+           "MIN_TREE_SAMPLES", "ADAPT_KAPPA", "ADAPT_CAP"]
 
 # Names by which a class is the background (matched case-insensitively, whole name).
 BACKGROUND_NAMES = ("background", "bg", "outside", "other", "rest", "normal", "healthy")
@@ -78,6 +79,25 @@ def resolve_background(spec: str | int | None,
         raise ValueError(f"no class is named {text!r} (classes with names: {known}); give "
                          "the background's label id instead")
     return named[0]
+
+
+# Adaptive weighting: kappa < 1 leans towards the painted object (1 would make an object voxel
+# of the uniform sample weigh as much as a painted one); the cap keeps an underestimated
+# share (a first pass that missed most of the object) from burying it.
+ADAPT_KAPPA = 0.5
+ADAPT_CAP = 10.0
+
+
+def adaptive_prior_weight(object_share: float, n_object: float) -> float:
+    """Total weight of the prior for an object filling ``object_share`` of the scan.
+
+    Positive-unlabelled learning: a uniform sample holds the object in proportion to its
+    share, so the background's weight should grow as ``(1 - share) / share``: the smaller
+    the object, the surer an unpainted voxel is background. Returns ``n_object`` times
+    ``ADAPT_KAPPA (1 - share) / share``, clipped to ``[1, ADAPT_CAP]``.
+    """
+    share = float(np.clip(object_share, 1e-6, 1.0))
+    return float(n_object) * float(np.clip(ADAPT_KAPPA * (1.0 - share) / share, 1.0, ADAPT_CAP))
 
 
 def unpainted_sample(annotations: np.ndarray, background: int, n: int, margin_mm: float,
