@@ -131,6 +131,10 @@ def test_cli_background_option(scene, tmp_path, capsys):
     on = read_volume(out_on).data == 2
     off = read_volume(out_off).data == 2
     assert _dice(on, truth) > _dice(off, truth) + 0.3
+    assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "ad.nii.gz"), "-q",
+                 "--background-prior", "adaptive"]) == 0
+    assert _dice(read_volume(tmp_path / "ad.nii.gz").data == 2, truth) > 0.6
+    assert "background prior (adaptive: the object ~" in capsys.readouterr().out
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "x.nii.gz"), "-q",
                  "--background", "lesion"]) == 2
     assert "no class is named 'lesion'" in capsys.readouterr().err

@@ -41,6 +41,11 @@ def add_parser(sub) -> None:
                         "(default auto: the class named background/outside/other in the "
                         "annotations' label names, else class 1 when exactly two classes are "
                         "painted; none: off)")
+    s.add_argument("--background-prior", choices=["fixed", "adaptive"], default=None,
+                   help="how much the unpainted voxels weigh: fixed (as much as the painted "
+                        "object) or adaptive (by the object's estimated share of the scan: "
+                        "converges better on small objects in whole scans, slower on objects "
+                        "that fill much of it); default: the engine's")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "
@@ -78,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
-        vae_features=not args.no_vae_features, background=background, stop_event=stop),
+        vae_features=not args.no_vae_features, background=background, stop_event=stop,
+        **({} if args.background_prior is None
+           else {"background_adaptive": args.background_prior == "adaptive"})),
         args.quiet)
     res = job.result
     for note in job.notes:
