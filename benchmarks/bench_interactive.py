@@ -106,9 +106,12 @@ ENGINE = {
     "engine-noprior": {"background": None},  # the default before the background prior
     "engine-novae": {"vae_features": False},  # ablation of the VAE columns, same prior
     "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
-    "vae-adaptive": {"background_adaptive": True},  # the prior weighted by the object's share
-    "prior-w2": {"background_weight": 2.0},
-    "prior-w05": {"background_weight": 0.5},
+    # The prior's weight: adaptive (the default since it was measured on whole volumes) or
+    # fixed (as much as the painted object; the default before).
+    "vae-fixed": {"background_adaptive": False},
+    "engine-novae-fixed": {"vae_features": False, "background_adaptive": False},
+    "prior-w2": {"background_weight": 2.0, "background_adaptive": False},
+    "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
 }
 BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "engine-novae", "engine-noprior",
         "nomodel", "vae-finetune"]

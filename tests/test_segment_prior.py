@@ -48,7 +48,7 @@ def test_prior_stops_the_object_flooding_the_scan(scene):
     assert d_on > d_off + 0.3, (d_off, d_on)
     forest = next(h for h in on.history if h["stage"] == "forest")
     assert forest["prior_voxels"] == 2000 and forest["voxels"] == int((ann > 0).sum())
-    assert forest["features"].endswith("+ background prior")
+    assert "+ background prior (adaptive: the object ~" in forest["features"]
     painted = ann > 0
     np.testing.assert_array_equal(on.labels[painted], ann[painted])  # strokes are kept
     off_forest = next(h for h in off.history if h["stage"] == "forest")
@@ -121,8 +121,10 @@ def test_cli_background_option(scene, tmp_path, capsys):
     img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
     a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
     out_on, out_off = tmp_path / "on.nii.gz", tmp_path / "off.nii.gz"
-    assert main(["segment", str(img), "-a", str(a), "-o", str(out_on), "-q"]) == 0
-    assert "+ background prior" in capsys.readouterr().out
+    assert main(["segment", str(img), "-a", str(a), "-o", str(out_on), "-q",
+                 "--background-prior", "fixed"]) == 0
+    out = capsys.readouterr().out
+    assert "+ background prior" in out and "adaptive" not in out
     assert main(["segment", str(img), "-a", str(a), "-o", str(out_off), "-q",
                  "--background", "none"]) == 0
     assert "background prior" not in capsys.readouterr().out
@@ -147,7 +149,7 @@ def test_adaptive_prior_weighs_by_the_object_share(scene):
     assert adaptive_prior_weight(0.01, 10) == 10 * ADAPT_CAP  # small object: capped
     assert adaptive_prior_weight(0.1, 10) == pytest.approx(10 * 0.5 * 0.9 / 0.1)
     vol, ann, truth = scene
-    res = segment(None, vol, ann, SegmentOptions(background_adaptive=True), spacing=SPACING)
+    res = segment(None, vol, ann, spacing=SPACING)  # adaptive by default
     forest = next(h for h in res.history if h["stage"] == "forest")
     share = forest["object_share"]
     assert 0 < share < 0.05  # the block is 1.5 % of the scene: the estimate is small

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                    help="how much the unpainted voxels weigh: fixed (as much as the painted "
                         "object) or adaptive (by the object's estimated share of the scan: "
                         "converges better on small objects in whole scans, slower on objects "
-                        "that fill much of it); default: the engine's")
+                        "that fill much of it); default adaptive")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "

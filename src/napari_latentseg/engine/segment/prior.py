@@ -5,8 +5,9 @@ labels everything unlike the background stroke as the object (the tumour floods 
 Dice 0.09 on brain1's first round). In an object task most of the volume is background, so a
 uniform sample of the voxels nobody painted is mostly background: it trains the forest as
 background at a low weight (positive-unlabelled learning). Voxels near the object's strokes
-are left out, since the object is there. Measured in ``docs/interactive_benchmarks.md``
-(strokes protocol, 3 seeds: mean AUC over five tumours 0.519 -> 0.666).
+are left out, since the object is there. By default the prior's weight follows the
+object's estimated share of the scan (:func:`adaptive_prior_weight`). Measured in
+``docs/interactive_benchmarks.md``.
 """
 
 from __future__ import annotations
