@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ._layers import layer_array, same_layer
+from ._layers import layer_array, same_layer, scan_from_layer
 
 if TYPE_CHECKING:
     import napari.layers
@@ -161,7 +161,7 @@ class LiveController(QObject):
         volume = layer_array(self._scan)
         modality = (self._scan.metadata or {}).get("modality")
         cache, device, started = self.session.cache, self.session.device, self._stroke_at
-        spacing = tuple(float(v) for v in self._scan.scale[-3:])
+        spacing = scan_from_layer(self._scan).spacing  # what full rounds use (segment_job)
         self._stroke_at = None
         self._pending = False
 

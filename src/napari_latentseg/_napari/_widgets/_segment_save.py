@@ -18,24 +18,24 @@ if TYPE_CHECKING:  # the Segment section (not imported: it imports this module)
 __all__ = ["ask_save_labels", "save_segmentation"]
 
 
-def ask_save_labels(self: Section) -> None:
+def ask_save_labels(section: Section) -> None:
     """Ask where to save the segmentation, then save it (overwriting what the dialog
     confirmed)."""
-    scan = self.session.scan_layer()
-    if scan is None or find_output(self.viewer, scan.name, "segmentation") is None:
+    scan = section.session.scan_layer()
+    if scan is None or find_output(section.viewer, scan.name, "segmentation") is None:
         show_error("No segmentation to save yet: press Segment first.")
         return
     src = (scan.metadata or {}).get("source_path")
     folder = Path(src).parent if src else Path.home()
     default = folder / f"{scan.name.replace(' ', '_')}_segmentation.nii.gz"
     path, _ = QFileDialog.getSaveFileName(
-        self, "Save the segmentation", str(default),
+        section, "Save the segmentation", str(default),
         "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)")
     if path:
-        save_segmentation(self, path, overwrite=True)  # the dialog asked before replacing a file
+        save_segmentation(section, path, overwrite=True)  # the dialog asked before replacing a file
 
 
-def save_segmentation(self: Section, path: str, *, overwrite: bool = False) -> bool:
+def save_segmentation(section: Section, path: str, *, overwrite: bool = False) -> bool:
     """Write the segmentation layer (with the user's edits) in the scan's geometry.
 
     Parameters
@@ -50,8 +50,8 @@ def save_segmentation(self: Section, path: str, *, overwrite: bool = False) -> b
     bool
         Whether the save job started.
     """
-    scan = self.session.scan_layer()
-    pred = find_output(self.viewer, scan.name, "segmentation") if scan else None
+    scan = section.session.scan_layer()
+    pred = find_output(section.viewer, scan.name, "segmentation") if scan else None
     if pred is None:
         show_error("No segmentation to save yet: press Segment first.")
         return False
@@ -62,7 +62,7 @@ def save_segmentation(self: Section, path: str, *, overwrite: bool = False) -> b
         show_error(f"Cannot save: the scan's geometry is unusable ({exc}).")
         return False
     reference = (scan.metadata or {}).get("source_path")
-    table = self.classes.classes() or (pred.metadata or {}).get("label_classes") or []
+    table = section.classes.classes() or (pred.metadata or {}).get("label_classes") or []
 
     def job(stop):
         yield {"stage": "save", "message": f"writing {Path(path).name}"}
@@ -76,5 +76,5 @@ def save_segmentation(self: Section, path: str, *, overwrite: bool = False) -> b
         show_info(f"Saved the segmentation to {written}{named}, in the geometry of "
                   f"'{scan.name}' (it overlays the scan in other viewers).")
 
-    return self.session.tasks.start("Saving the labels", job, on_return=done,
+    return section.session.tasks.start("Saving the labels", job, on_return=done,
                                  stoppable=False)
