@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         loop.exec()
         QApplication.processEvents()
 
-    def wait_job(start) -> str:
-        """Start a job and run the event loop until the task bar reports it finished."""
+    def wait_job(start, bar=None) -> str:
+        """Start a job and run the event loop until its task bar (default: the main one)
+        reports it finished."""
+        bar = bar or dock.tasks
         outcome: list[str] = []
         loop = QEventLoop()
 
@@ -104,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             outcome.append(result)
             loop.quit()
 
-        dock.tasks.task_finished.connect(finished)
+        bar.task_finished.connect(finished)
         try:
             if start() is False:
-                raise RuntimeError(f"job did not start: {dock.tasks.status_text}")
+                raise RuntimeError(f"job did not start: {bar.status_text}")
             if not outcome:
                 loop.exec()
         finally:
-            dock.tasks.task_finished.disconnect(finished)
-        print(f"  {dock.tasks.status_text} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+            bar.task_finished.disconnect(finished)
+        print(f"  {bar.status_text} ({time.perf_counter() - t_start:.0f} s)", flush=True)
         return outcome[0]
 
     def show_sections(*keys: str) -> None:
@@ -173,10 +175,10 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
 
     def start_fit():
         ok = ms.fit()
-        dock.tasks.worker.yielded.connect(grab_mid_fit)
+        dock.fit_tasks.worker.yielded.connect(grab_mid_fit)
         return ok
 
-    wait_job(start_fit)
+    wait_job(start_fit, dock.fit_tasks)
 
     # 3. reconstruct ---------------------------------------------------------------------
     print("3. reconstruct", flush=True)
@@ -244,8 +246,9 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
 
 def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot):
     """06-08: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
-    two strokes and Segment before any fit (08), fit, reconstruct with the anomaly score (06),
-    Segment with the VAE, then a live correction (07)."""
+    a fit started, two strokes and Segment while it runs (08: the ilastik features),
+    reconstruct with the anomaly score once the fit is done (06), Segment with the VAE, then
+    a live correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
     from scipy import ndimage as ndi
@@ -254,7 +257,7 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     if not image.exists():
         print(f"6. real-scan walkthrough skipped: {image} not found", flush=True)
         return
-    print("6. brain1: open, two strokes, Segment before any fit", flush=True)
+    print("6. brain1: open, start a fit, two strokes and Segment while it runs", flush=True)
     viewer.layers.clear()
     scan = viewer.open(str(image), plugin="napari-latentseg")[0]
     truth = viewer.open(str(label), plugin="napari-latentseg")[0]
@@ -262,13 +265,21 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     dock.scan.set_layer(scan)
     tumour = np.asarray(truth.data) > 0
     z = int(np.argmax(tumour.reshape(len(tumour), -1).sum(1)))
+    ms = dock.model_section
+    ms.config.setCurrentText("cpu-2d")
+    ms.steps.setValue(args.real_steps)
+    if not ms.fit():  # runs on the fit bar, alongside what follows
+        raise RuntimeError(f"the fit did not start: {dock.fit_tasks.status_text}")
     seg = dock.segment_section
     ann = seg.new_annotation_layer()
     for value, mask in ((1, ~ndi.binary_dilation(tumour[z], iterations=8)), (2, tumour[z])):
         y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
         ann.brush_size = 9
         ann.paint((z, y, x), value)
+    t0 = time.perf_counter()
     wait_job(lambda: seg.segment(finetune=False))  # no model yet: the ilastik features
+    print(f"  first result in {time.perf_counter() - t0:.1f} s while the fit runs "
+          f"({dock.fit_tasks.status_text})", flush=True)
     pred = viewer.layers[f"{scan.name} segmentation"]
     viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
     viewer.reset_view()
@@ -279,12 +290,13 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     seg.live_box.setChecked(False)  # the walkthrough's next strokes come after the fit
     viewer.layers.remove(pred)
 
-    print("6. brain1: fit, reconstruct", flush=True)
+    print("6. brain1: wait for the fit, reconstruct", flush=True)
     ann.visible = False
-    ms = dock.model_section
-    ms.config.setCurrentText("cpu-2d")
-    ms.steps.setValue(args.real_steps)
-    wait_job(ms.fit)
+    if dock.fit_tasks.busy:
+        loop = QEventLoop()
+        dock.fit_tasks.task_finished.connect(lambda *_: loop.quit())
+        loop.exec()
+    print(f"  {dock.fit_tasks.status_text}", flush=True)
     wait_job(dock.reconstruct_section.run)
     viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
     viewer.reset_view()

@@ -17,7 +17,7 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     image, truth = small_phantom.image, small_phantom.labels
     scan = viewer.add_image(image.copy(), name="phantom", metadata={"modality": "MR"})
     widget.model_section.steps.setValue(20)
-    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(widget.fit_tasks.task_finished, timeout=TIMEOUT_MS):
         assert widget.model_section.fit()
     seg = widget.segment_section
     ann = seg.new_annotation_layer()

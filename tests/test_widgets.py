@@ -60,11 +60,13 @@ def notes():
     notification_manager.notification_ready.disconnect(record)
 
 
-def run(qtbot, widget, start, outcome="done"):
-    """Start a job with ``start()`` and wait until the task bar reports it finished."""
-    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as blocker:
+def run(qtbot, widget, start, outcome="done", bar=None):
+    """Start a job with ``start()`` and wait until its task bar (default: the main one)
+    reports it finished."""
+    bar = bar or widget.tasks
+    with qtbot.waitSignal(bar.task_finished, timeout=TIMEOUT_MS) as blocker:
         assert start() is not False, "the job did not start"
-    assert blocker.args[1] == outcome, (blocker.args, widget.tasks.status_text)
+    assert blocker.args[1] == outcome, (blocker.args, bar.status_text)
     return blocker.args
 
 
@@ -75,7 +77,7 @@ def add_crop(viewer, phantom_crop):
 
 def fit(qtbot, widget, steps=30):
     widget.model_section.steps.setValue(steps)
-    run(qtbot, widget, widget.model_section.fit)
+    run(qtbot, widget, widget.model_section.fit, bar=widget.fit_tasks)
 
 
 def assert_on_grid(layer, source):
@@ -258,15 +260,15 @@ def test_stop_keeps_model_and_gui_stays_responsive(dock, qtbot, phantom_crop):
     timer.start(20)
     try:
         widget.model_section.steps.setValue(100_000)  # far longer than the test
-        with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as blocker:
+        with qtbot.waitSignal(widget.fit_tasks.task_finished, timeout=TIMEOUT_MS) as blocker:
             assert widget.model_section.fit()
             qtbot.waitUntil(lambda: len(widget.model_section.plot.losses) >= 10,
                             timeout=TIMEOUT_MS)
             # The GUI thread processes events while the fit runs in its worker.
             n = len(ticks)
             qtbot.waitUntil(lambda: len(ticks) >= n + 5, timeout=5_000)
-            assert widget.tasks.busy
-            widget.tasks._stop_btn.click()
+            assert widget.fit_tasks.busy and not widget.tasks.busy
+            widget.fit_tasks._stop_btn.click()
             t_stop = time.perf_counter()
         t_done = time.perf_counter()
     finally:
@@ -279,7 +281,7 @@ def test_stop_keeps_model_and_gui_stays_responsive(dock, qtbot, phantom_crop):
     stopped = widget.models[1].model
     assert stopped.info["stop_reason"] == "stopped" and stopped.info["steps"] >= 10
     np.testing.assert_array_equal(error_layer.data, error_before)
-    assert not widget.tasks.busy and widget.model_section.fit_btn.isEnabled()
+    assert not widget.fit_tasks.busy and widget.model_section.fit_btn.isEnabled()
 
 
 def test_stopped_reconstruction_changes_nothing(dock, qtbot, phantom_crop, monkeypatch):
@@ -376,7 +378,7 @@ def test_closing_the_dock_stops_its_job(make_napari_viewer, qtbot, phantom_crop)
     add_crop(viewer, phantom_crop)
     widget.model_section.steps.setValue(100_000)
     assert widget.model_section.fit()
-    worker = widget.tasks.worker
+    worker = widget.fit_tasks.worker
     qtbot.waitUntil(lambda: len(widget.model_section.plot.losses) >= 3, timeout=TIMEOUT_MS)
     viewer.window.remove_dock_widget(dock_widget)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=5_000)
@@ -410,3 +412,35 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     assert seg.segment(finetune=True) is False
     assert "No active model" in errors(notes)[-1]
     np.testing.assert_array_equal(scan.data, img)  # the user's layer is untouched
+
+
+def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
+    """A fit runs on its own bar: the user segments on the ilastik features meanwhile, and
+    when the fit ends, live mode segments the volume again with the new model's features."""
+    viewer, widget = dock
+    _, truth, _ = phantom_crop
+    scan = add_crop(viewer, phantom_crop)
+    ms, seg = widget.model_section, widget.segment_section
+    ms.steps.setValue(100_000)  # far longer than the test: stopped below
+    with qtbot.waitSignal(widget.fit_tasks.task_finished, timeout=TIMEOUT_MS) as fitted:
+        assert ms.fit()
+        qtbot.waitUntil(lambda: len(ms.plot.losses) >= 3, timeout=TIMEOUT_MS)
+        assert not ms.fit_btn.isEnabled() and seg.segment_btn.isEnabled()
+        assert ms.fit() is False  # one fit at a time
+        ann = seg.new_annotation_layer()
+        ann.data[6] = np.where(truth[6] == 1, 1, np.where(truth[6] == 6, 2, 0))
+        ann.refresh()
+        run(qtbot, widget, lambda: seg.segment(finetune=False))
+        assert widget.fit_tasks.busy  # the first result came while the fit runs
+        assert "ilastik multiscale set only" in seg.summary.text()
+        assert seg.live_box.isChecked()
+        pred = viewer.layers["phantom crop segmentation"]
+        assert_on_grid(pred, scan)
+        # Stop: with no model before, the stopped fit's best model becomes active, and
+        # live mode segments the volume again with its features (after its pause).
+        with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as again:
+            widget.fit_tasks.stop()
+    assert fitted.args[1] == "stopped" and again.args[1] == "done"
+    assert widget.active_model is not None
+    assert "VAE latent" in seg.summary.text()
+    assert ms.fit_btn.isEnabled()

@@ -8,16 +8,18 @@ model*. One dock shows both at all times (the scan picker and its modality, shap
 sit above the sections; the active model is named in the Model section), so no step can run on
 a scan or model the user did not mean. The steps are collapsible sections numbered in the order
 they are used, so the dock reads top to bottom like a protocol and the user folds away what
-they are done with. A single task bar pinned below the sections shows the progress of whatever
-runs and holds the one Stop button; only one long job runs at a time, which is also what a
-2-core laptop can afford. Separate docks would each need their own scan/model pickers, would
-let two fits compete for the same CPU, and would clutter the window with four panels.
+they are done with. A task bar pinned below the sections shows the progress of the job the user
+waits on and holds its Stop button; those jobs run one at a time. A fit (minutes) has its own
+bar above it and runs alongside, so the user segments on the ilastik features while the VAE
+fits instead of waiting; only one fit runs at a time, which is what a 2-core laptop can
+afford. Separate docks would each need their own scan/model pickers, would let two fits
+compete for the same CPU, and would clutter the window with four panels.
 
 Modules
 -------
 ``_dock``
     :class:`~._dock.LatentSegWidget`, the dock (the npe2 widget contribution) and its shared
-    state: scan picker, models of this session, feature cache, task bar.
+    state: scan picker, models of this session, feature cache, task bars (main and fit).
 ``_scan``, ``_model``, ``_reconstruct``, ``_segment``
     The four sections; each is a thin QWidget calling the core generators through the task bar.
 ``_tasks``

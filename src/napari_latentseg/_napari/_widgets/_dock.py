@@ -3,7 +3,10 @@
 See the package docstring (:mod:`napari_latentseg._napari._widgets`) for why this is one dock
 with collapsible sections rather than several widgets. The dock owns the state the sections
 share: the chosen scan, the models of this session (one of them active), the feature cache
-that lets segmentation rounds reuse features, and the task bar that runs one job at a time.
+that lets segmentation rounds reuse features, and two task bars: the main one runs one job at
+a time (open, reconstruct, segment, save), the fit bar runs a fit in the background, so the
+first segmentation comes on the ilastik features while the VAE is still fitting, and the
+rounds after the fit use its features.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class LatentSegWidget(QWidget):
         The scan every section works on (plugin output layers are not offered).
     tasks : TaskBar
         Runs the long jobs in thread workers, with progress and Stop.
+    fit_tasks : TaskBar
+        Runs a fit alongside (hidden until the first fit), with its own progress and Stop.
     models : list of ModelEntry
         Models of this session; ``active_model`` is the one used by sections 3 and 4.
     cache : FeatureCache
@@ -85,7 +90,10 @@ class LatentSegWidget(QWidget):
 
         # ---- sections in workflow order
         self.tasks = TaskBar()
-        self.session = Session(viewer, self.watcher, self.scan, self.tasks, FeatureCache())
+        self.fit_tasks = TaskBar(idle_text="No fit yet.")
+        self.fit_tasks.setVisible(False)
+        self.session = Session(viewer, self.watcher, self.scan, self.tasks, FeatureCache(),
+                               fit_tasks=self.fit_tasks)
         self.session.setParent(self)
         self.scan_section = ScanSection(self.session)
         self.model_section = ModelSection(self.session)
@@ -126,6 +134,7 @@ class LatentSegWidget(QWidget):
         layout.addLayout(header)
         layout.addWidget(scroll, 1)
         layout.addWidget(line)
+        layout.addWidget(self.fit_tasks)
         layout.addWidget(self.tasks)
 
         self.scan.currentIndexChanged.connect(self._on_scan_changed)
@@ -215,4 +224,5 @@ class LatentSegWidget(QWidget):
         if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
             self.segment_section.live.close()
             self.tasks.stop()
+            self.fit_tasks.stop()
         return super().event(ev)

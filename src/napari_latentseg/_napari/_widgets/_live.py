@@ -8,6 +8,8 @@ plugin's own segmentation layer. A newer stroke supersedes an older one: strokes
 while a live job runs are folded into the next job. When the strokes stop, a full round
 follows through the task bar, so the whole volume (with the connectivity rule and the
 uncertainty) catches up; a stroke during that round stops it and the cycle starts again.
+When the active model changes (a fit running alongside has finished, or the user picked
+another), the volume is segmented again with its features after the same pause.
 
 The user's annotation layer is only read (a copy is taken on the GUI thread).
 """
@@ -87,7 +89,9 @@ class LiveController(QObject):
         self._volume_timer.setInterval(VOLUME_PAUSE_MS)
         self._volume_timer.timeout.connect(self._start_volume)
         self._volume_running = False
+        self._round_model: int | None = None  # id of the active model at the last round
         session.tasks.task_finished.connect(lambda *_: self.volume_round_finished())
+        session.model_changed.connect(self._on_model_changed)
 
     # ------------------------------------------------------------------ wiring
     def follow(self, scan: napari.layers.Image, annotations: napari.layers.Labels,
@@ -98,6 +102,7 @@ class LiveController(QObject):
         array), whose regions anchor the connect-to-stroke rule on live slices.
         """
         self._round_labels = round_labels
+        self._round_model = id(self.session.active_model)
         if self._annotations is not None and not same_layer(self._annotations, annotations):
             self._disconnect()
         if self._annotations is None or not same_layer(self._annotations, annotations):
@@ -122,6 +127,14 @@ class LiveController(QObject):
     def volume_round_finished(self) -> None:
         """The task bar's full round ended (done, stopped or failed)."""
         self._volume_running = False
+
+    def _on_model_changed(self) -> None:
+        # A new active model (a fit ended): the volume catches up with its features. Saving
+        # a model also signals a change, but the model is the same one: nothing to redo.
+        if (self.enabled and self._scan is not None
+                and id(self.session.active_model) != self._round_model):
+            self._round_model = id(self.session.active_model)
+            self._volume_timer.start()
 
     # ------------------------------------------------------------------ strokes
     def _on_paint(self, _event=None) -> None:

@@ -1,5 +1,10 @@
 """Section 2: fit a VAE on image layers (live loss curve, Stop), or load / save a model file.
 
+A fit runs on the dock's fit bar, alongside the main bar: while it runs the user can open
+scans, segment (on the ilastik features, or the active model's) and reconstruct with an
+earlier model; only a second fit waits. When it ends, its model becomes active and the next
+segmentation round uses its features (in live mode the volume is segmented again by itself).
+
 Stop and the previous model: a stopped fit returns its best model so far (nothing is lost),
 but it does not push aside a model the user already had. If a model was active, it stays
 active and the stopped fit's model is added to the model list, one click away; if there was
@@ -137,6 +142,7 @@ class ModelSection(Section):
         lay.addWidget(self.plot)
 
         self._fitting = False
+        self._main_busy = False
         self._probe = _DeviceProbe(self)
         self._probe.found.connect(self._set_devices)
         self._probe.start()
@@ -218,6 +224,18 @@ class ModelSection(Section):
             self.plot.set_history(model.history or [],
                                   caption="This model has no training history.")
 
+    # ------------------------------------------------------------------ busy state
+    def set_busy(self, busy: bool) -> None:
+        """The main bar's job started or ended: Fit stays disabled while a fit runs."""
+        self._main_busy = busy
+        super().set_busy(busy)
+        self.fit_btn.setEnabled(not busy and not self._fitting)
+
+    def set_fitting(self, fitting: bool) -> None:
+        """The fit bar's job started or ended (one fit at a time)."""
+        self._fitting = fitting
+        self.fit_btn.setEnabled(not fitting and not self._main_busy)
+
     # ------------------------------------------------------------------ fit
     def fit(self) -> bool:
         """Fit a model on the ticked scans (or the chosen scan) in a thread worker."""
@@ -250,18 +268,16 @@ class ModelSection(Section):
             if ev.get("stage") == "fit":
                 self.plot.add(int(ev["step"]), ev.get("loss"), ev.get("val"))
 
-        started = self.session.tasks.start(f"Fitting {config}", job, on_yield=on_yield,
-                                        on_return=self._fit_done)
-        self._fitting = started
+        tasks = self.session.fit_tasks
+        started = tasks.start(f"Fitting {config}", job, on_yield=on_yield,
+                              on_return=self._fit_done)
         if started:
-            self.session.tasks.after(self._fit_ended)
+            self.set_fitting(True)
+            tasks.after(lambda: self.set_fitting(False))
         return started
 
-    def _fit_ended(self) -> None:
-        self._fitting = False
-
     def _fit_done(self, result: FitResult) -> None:
-        self._fitting = False
+        self._fitting = False  # so the new model's history replaces the live curve
         session = self.session
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
@@ -285,8 +301,9 @@ class ModelSection(Section):
         else:
             show_info(f"Fit finished after {result.steps} steps "
                       f"({_REASONS.get(result.reason, result.reason)}) in "
-                      f"{result.seconds:.0f} s; the new model is active. Save it with "
-                      "Save model\u2026 to reuse it on other scans.")
+                      f"{result.seconds:.0f} s; the new model is active and the next "
+                      "segmentation round uses its features. Save it with Save model\u2026 "
+                      "to reuse it on other scans.")
 
     # ------------------------------------------------------------------ files
     def _default_model_path(self) -> Path:

@@ -2,7 +2,8 @@
 
 A :class:`Session` holds the scan everything works on, this session's models (one active),
 the device chosen for computing, the feature cache that lets rounds reuse features and the
-task bar that runs one job at a time, with signals for what changes. Sections talk to each
+task bars (one job at a time on the main bar; a fit on its own bar, alongside), with signals
+for what changes. Sections talk to each
 other only through it.
 """
 
@@ -59,6 +60,8 @@ class Session(QObject):
         Runs one long job at a time, with progress and Stop.
     cache : FeatureCache
         Features per (scan, model), reused by clustering and segmentation rounds.
+    fit_tasks : TaskBar, optional
+        Runs a fit alongside the main bar's jobs (default: the main bar itself).
     """
 
     model_changed = Signal()
@@ -66,12 +69,13 @@ class Session(QObject):
     device_changed = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
-                 tasks: TaskBar, cache: FeatureCache) -> None:
+                 tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar | None = None) -> None:
         super().__init__()
         self.viewer = viewer
         self.watcher = watcher
         self.scan = scan
         self.tasks = tasks
+        self.fit_tasks = fit_tasks if fit_tasks is not None else tasks
         self.cache = cache
         self.models: list[ModelEntry] = []
         self._active: ModelEntry | None = None

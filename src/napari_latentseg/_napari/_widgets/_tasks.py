@@ -1,4 +1,8 @@
-"""The dock's task bar: runs one core generator at a time in a napari thread worker.
+"""The dock's task bars: each runs one core generator at a time in a napari thread worker.
+
+The dock has two: the main bar for the jobs a user waits on (open, reconstruct, segment,
+save) and a fit bar, so that a fit (minutes) runs in the background while the user segments
+with the features at hand and sees results.
 
 The core's long operations (``fit_iter``, ``reconstruct_iter``, ``cluster_iter``,
 ``segment_iter``) are generators that yield a progress dict per step and take a
@@ -47,7 +51,14 @@ def _progress_text(title: str, ev: dict) -> str:
 
 
 class TaskBar(QWidget):
-    """Progress bar, status line and Stop button for the one job the dock runs at a time.
+    """Progress bar, status line and Stop button for one job at a time.
+
+    Parameters
+    ----------
+    parent : QWidget, optional
+        The parent widget.
+    idle_text : str
+        The status line before the first job.
 
     Signals
     -------
@@ -61,9 +72,9 @@ class TaskBar(QWidget):
     busy_changed = Signal(bool)
     task_finished = Signal(str, str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, idle_text: str = "Ready.") -> None:
         super().__init__(parent)
-        self._label = QLabel("Ready.")
+        self._label = QLabel(idle_text)
         self._label.setWordWrap(True)
         self._bar = QProgressBar()
         self._bar.setRange(0, 1)
@@ -170,6 +181,7 @@ class TaskBar(QWidget):
         self._bar.setFormat("%p%")
         self._bar.setRange(0, 0)  # busy until the first progress report
         self._stop_btn.setEnabled(stoppable)
+        self.setVisible(True)  # the fit bar is hidden until the first fit
         self.busy_changed.emit(True)
         worker.start()
         return True
