@@ -488,3 +488,41 @@ def test_segment_without_a_model_uses_the_ilastik_features(small_phantom, annota
     assert main(["segment", str(img), "-a", str(ann), "-o", str(tmp_path / "s2.nii.gz"),
                  "--finetune-steps", "5", "-q"]) == 2
     assert "need a fitted model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 9), (3, 1, 17, 3), (1, 1, 40, 33)])
+def test_multiscale_features_match_the_direct_formulas(shape):
+    """The preallocated, concatenation-free feature code equals the textbook formulas
+    (torch.gradient, sqrt of the squares) it replaced for speed."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_latentseg.engine.features import (
+        MULTISCALE_SIGMAS,
+        _gradient,
+        gaussian_blur,
+        multiscale_features,
+    )
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    for dim in (2, 3):
+        torch.testing.assert_close(_gradient(x, dim), torch.gradient(x, dim=dim)[0])
+    ref = []
+    h, w = shape[2:]
+    for s in MULTISCALE_SIGMAS:
+        f = int(max(1, min(s // 2, min(h, w) // 16)))
+        xs = F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x
+        sc = s / f
+        g = gaussian_blur(xs, sc)
+        gy, gx = torch.gradient(g, dim=(2, 3))
+        gyy, gyx = torch.gradient(gy, dim=(2, 3))
+        gxx = torch.gradient(gx, dim=3)[0]
+        root = torch.sqrt((0.5 * (gyy - gxx)) ** 2 + gyx**2)
+        lev = torch.cat([g, torch.sqrt(gy**2 + gx**2) * sc, (0.5 * (gyy + gxx) + root) * sc**2,
+                         (0.5 * (gyy + gxx) - root) * sc**2], dim=1)
+        if f > 1:
+            lev = F.interpolate(lev, scale_factor=f, mode="bilinear",
+                                align_corners=False)[..., :h, :w]
+        ref.append(lev)
+    torch.testing.assert_close(multiscale_features(x), torch.cat(ref, dim=1), atol=1e-5,
+                               rtol=1e-5)

@@ -57,6 +57,22 @@ def gaussian_blur(x: torch.Tensor, sigma: float, dims: int | None = None) -> tor
     return y
 
 
+def _gradient(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.gradient(t, dim=dim)[0]`` (central differences, one-sided at the edges) without
+    its concatenation; no autograd (the forest's features only)."""
+    n = t.shape[dim]
+    if n < 2:
+        return torch.zeros_like(t)
+    out = torch.empty_like(t)
+    if n > 2:
+        mid = out.narrow(dim, 1, n - 2)
+        torch.sub(t.narrow(dim, 2, n - 2), t.narrow(dim, 0, n - 2), out=mid)
+        mid.mul_(0.5)
+    torch.sub(t.narrow(dim, 1, 1), t.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+    torch.sub(t.narrow(dim, n - 1, 1), t.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    return out
+
+
 def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_SIGMAS
                         ) -> torch.Tensor:
     """The ilastik / scikit-image feature set of 2D images, on the device of ``x``.
@@ -75,28 +91,34 @@ def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_
     torch.Tensor
         (B, 4 * len(sigmas), H, W).
     """
-    out = []
-    size = x.shape[2:]
-    for s in sigmas:
+    b, _, h, w = x.shape
+    out = torch.empty((b, 4 * len(sigmas), h, w), dtype=x.dtype, device=x.device)
+    for i, s in enumerate(sigmas):
         # Large scales on a coarser grid (a pyramid): scale-normalised derivatives are the same
         # on both grids, and the blur costs a fraction. sigma >= 4 -> factor sigma / 2.
-        f = int(max(1, min(s // 2, min(size) // 16)))
+        f = int(max(1, min(s // 2, min(h, w) // 16)))
         xs = F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x
         sc = s / f
         g = gaussian_blur(xs, sc)
-        gy, gx = torch.gradient(g, dim=(2, 3))
-        gyy, gyx = torch.gradient(gy, dim=(2, 3))
-        gxx = torch.gradient(gx, dim=3)[0]
-        half_tr = 0.5 * (gyy + gxx)
-        root = torch.sqrt((0.5 * (gyy - gxx)) ** 2 + gyx**2 + 1e-12)
-        # Derivatives scaled by sigma (and sigma^2) so scales are comparable, as in skimage.
-        level = torch.cat([g, torch.sqrt(gy**2 + gx**2 + 1e-12) * sc, (half_tr + root) * sc * sc,
-                           (half_tr - root) * sc * sc], dim=1)
+        gy, gx = _gradient(g, 2), _gradient(g, 3)
+        gyy, gyx, gxx = _gradient(gy, 2), _gradient(gy, 3), _gradient(gx, 3)
+        # Written into one preallocated block (no concatenation): the features are the costly
+        # part of a first segmentation round. Derivatives scaled by sigma (and sigma^2) so
+        # scales are comparable, as in skimage.
+        level = torch.empty((b, 4) + g.shape[2:], dtype=g.dtype, device=g.device)
+        level[:, 0:1] = g
+        torch.hypot(gy, gx, out=level[:, 1:2])
+        level[:, 1:2].mul_(sc)
+        half_tr = (gyy + gxx).mul_(0.5)
+        root = torch.hypot((gyy - gxx).mul_(0.5), gyx)
+        torch.add(half_tr, root, out=level[:, 2:3])
+        torch.sub(half_tr, root, out=level[:, 3:4])
+        level[:, 2:4].mul_(sc * sc)
         if f > 1:
             level = F.interpolate(level, scale_factor=f, mode="bilinear",
-                                  align_corners=False)[..., : size[0], : size[1]]
-        out.append(level)
-    return torch.cat(out, dim=1)
+                                  align_corners=False)[..., :h, :w]
+        out[:, 4 * i : 4 * i + 4] = level
+    return out
 
 
 class Hypercolumn(nn.Module):
