@@ -43,6 +43,7 @@ class LoopOptions:
     """Changes to the forest loop, all off by default (= the engine's forest path)."""
 
     vae: bool = True  # use the VAE columns (False: the ablation)
+    ilastik: bool = True  # use the ilastik columns (False: the VAE columns alone, a probe)
     min_tree_samples: int = 0  # bootstrap at least this many voxels per tree (0: 5 %)
     balanced: bool = False  # class_weight="balanced"
     correction_weight: float = 1.0  # sample weight of corrective strokes
@@ -249,6 +250,8 @@ class ForestLoop:
 
     def __init__(self, feats: np.ndarray, spacing, opts: LoopOptions, setup_s: float):
         self.feats = feats if opts.vae else feats[..., :N_MULTISCALE]
+        if not opts.ilastik:  # how much the VAE columns know on their own
+            self.feats = feats[..., N_MULTISCALE:]
         self.opts = opts
         self.spacing = spacing
         self.setup_s = setup_s

@@ -102,6 +102,11 @@ LOOPS = {
     "pu-adapt-c3": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                       pu_adapt=0.5, pu_cap=3.0),
     "loop-novae": LO(vae=False, min_tree_samples=500, balanced=True, smooth=1.0),
+    # The default's features split: the ilastik columns alone, the VAE columns alone.
+    "pu-adapt-c10-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                             pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
+    "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                               pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
 # The engine's segment() as the dock and CLI call it, with these SegmentOptions fields.
 ENGINE = {
