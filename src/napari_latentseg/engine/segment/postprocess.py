@@ -68,8 +68,11 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         comp, n = ndi.label(labels == c)
         if n == 0:
             continue
-        seeds = np.unique(comp[(annotations == c) & (comp > 0)])
-        drop = (comp > 0) & ~np.isin(comp, seeds)
+        # A lookup table over region numbers (np.isin sorts the whole volume: ~1 s a CT).
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[0] = True  # not this class
+        keep[comp[(annotations == c) & (comp > 0)]] = True
+        drop = ~keep[comp]
         if not drop.any():
             continue
         p = probabilities[:, drop]  # boolean indexing copies
