@@ -72,6 +72,7 @@ class LoopOptions:
     pu_adapt: float = 0.0  # > 0: two passes; the second weighs the prior by the object's
     #                        estimated share pi of the sample: kappa (1 - pi) / pi x object
     pu_cap: float = 50.0  # ... at most this many times the object's painted voxels
+    pu_power: float = 1.0  # ... kappa ((1 - pi) / pi) ** power (0.5: gentler on big objects)
     pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
     #                         probability exceeds this (reliable negatives, PU learning)
 
@@ -321,7 +322,8 @@ class ForestLoop:
         pi = max(float((clf.predict_proba(x[n_painted:])[:, obj] > 0.5).mean()),
                  1.0 / n_prior)
         n_obj = float((w[:n_painted] * (y[:n_painted] != o.pu_class)).sum())
-        total = n_obj * float(np.clip(o.pu_adapt * (1 - pi) / pi, 1.0, o.pu_cap))
+        total = n_obj * float(np.clip(o.pu_adapt * ((1 - pi) / pi) ** o.pu_power, 1.0,
+                                      o.pu_cap))
         w2 = w.copy()
         w2[n_painted:] = total / n_prior
         self.last_pi = pi

@@ -105,6 +105,13 @@ LOOPS = {
     # The default's features split: the ilastik columns alone, the VAE columns alone.
     "pu-adapt-c10-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                              pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
+    # The weight's slope: kappa ((1 - pi) / pi) ** 0.5, gentler where the object is a few %.
+    "pu-adapt-sqrt": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                        pu_adapt=0.5, pu_cap=10.0, pu_power=0.5),
+    "pu-adapt-sqrt1": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                         pu_adapt=1.0, pu_cap=10.0, pu_power=0.5),  # = the engine's default
+    "pu-adapt-sqrt1-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                               pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5),
     # The random walker (session 1's only two-case gain) on top of the default's prior.
     "pu-adapt-c10-walk": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                             pu_adapt=0.5, pu_cap=10.0, walker_beta=30.0, walker_mix=0.5),

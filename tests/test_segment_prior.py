@@ -146,8 +146,9 @@ def test_adaptive_prior_weighs_by_the_object_share(scene):
     from napari_latentseg.engine.segment.prior import ADAPT_CAP, adaptive_prior_weight
 
     assert adaptive_prior_weight(0.5, 10) == 10.0  # big object: no more than the object
-    assert adaptive_prior_weight(0.01, 10) == 10 * ADAPT_CAP  # small object: capped
-    assert adaptive_prior_weight(0.1, 10) == pytest.approx(10 * 0.5 * 0.9 / 0.1)
+    assert adaptive_prior_weight(0.005, 10) == 10 * ADAPT_CAP  # small object: capped
+    assert adaptive_prior_weight(0.1, 10) == pytest.approx(10 * (0.9 / 0.1) ** 0.5)  # 3x
+    assert adaptive_prior_weight(0.05, 10) > adaptive_prior_weight(0.1, 10)
     vol, ann, truth = scene
     res = segment(None, vol, ann, spacing=SPACING)  # adaptive by default
     forest = next(h for h in res.history if h["stage"] == "forest")

@@ -59,9 +59,10 @@ class SegmentOptions:
         No prior voxel this close (mm) to a stroke of the object.
     background_adaptive : bool
         Weigh the prior by the object's share of the scan, estimated by a first forest
-        (two fits a round; ``prior.adaptive_prior_weight``). On whole scans it converges and
-        leads the fixed weight (False: as much as the painted object) on every tumour
-        measured; on crops where the object fills 10-40 % of the volume it under-segments
+        (two fits a round; ``prior.adaptive_prior_weight``: the square root of the odds,
+        1x to 10x the painted object). On whole scans it converges and leads the fixed
+        weight (False: as much as the painted object) on every tumour measured; on objects
+        of several % of the volume (lung2's crop, 7 %) the fixed weight still does better
         (``docs/interactive_benchmarks.md``).
     """
 

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["BACKGROUND_NAMES", "background_from_names", "resolve_background",
            "effective_background", "unpainted_sample", "adaptive_prior_weight",
-           "MIN_TREE_SAMPLES", "ADAPT_KAPPA", "ADAPT_CAP"]
+           "MIN_TREE_SAMPLES", "ADAPT_KAPPA", "ADAPT_POWER", "ADAPT_CAP"]
 
 # Names by which a class is the background (matched case-insensitively, whole name).
 BACKGROUND_NAMES = ("background", "bg", "outside", "other", "rest", "normal", "healthy")
@@ -82,10 +82,14 @@ def resolve_background(spec: str | int | None,
     return named[0]
 
 
-# Adaptive weighting: kappa < 1 leans towards the painted object (1 would make an object voxel
-# of the uniform sample weigh as much as a painted one); the cap keeps an underestimated
-# share (a first pass that missed most of the object) from burying it.
-ADAPT_KAPPA = 0.5
+# Adaptive weighting, measured (docs/interactive_benchmarks.md, "The weight's slope"): the
+# square root of the odds (1 - share) / share. The plain odds (kappa 0.5) buried objects of a
+# few % (lung2's crop: 0.27 against 0.65 with the fixed weight) and made brain1's first round
+# too cautious; the root reaches the cap for tumours under ~1 % of a scan all the same. The
+# cap keeps an underestimated share (a first pass that missed most of the object) from
+# burying it.
+ADAPT_KAPPA = 1.0
+ADAPT_POWER = 0.5
 ADAPT_CAP = 10.0
 
 
@@ -93,12 +97,13 @@ def adaptive_prior_weight(object_share: float, n_object: float) -> float:
     """Total weight of the prior for an object filling ``object_share`` of the scan.
 
     Positive-unlabelled learning: a uniform sample holds the object in proportion to its
-    share, so the background's weight should grow as ``(1 - share) / share``: the smaller
-    the object, the surer an unpainted voxel is background. Returns ``n_object`` times
-    ``ADAPT_KAPPA (1 - share) / share``, clipped to ``[1, ADAPT_CAP]``.
+    share, so the smaller the object, the surer an unpainted voxel is background and the
+    more the prior may weigh. Returns ``n_object`` times
+    ``ADAPT_KAPPA ((1 - share) / share) ** ADAPT_POWER``, clipped to ``[1, ADAPT_CAP]``.
     """
     share = float(np.clip(object_share, 1e-6, 1.0))
-    return float(n_object) * float(np.clip(ADAPT_KAPPA * (1.0 - share) / share, 1.0, ADAPT_CAP))
+    odds = (1.0 - share) / share
+    return float(n_object) * float(np.clip(ADAPT_KAPPA * odds**ADAPT_POWER, 1.0, ADAPT_CAP))
 
 
 def unpainted_sample(annotations: np.ndarray, background: int, n: int, margin_mm: float,
