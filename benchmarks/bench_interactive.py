@@ -13,8 +13,8 @@ breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequ
 ``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49).
 Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
 
-Methods: see benchmarks/_loop_methods.py. VAEs are fitted once per scan (2 min budget) and
-cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
+Methods: see benchmarks/_loop_methods.py and benchmarks/_semisup.py. VAEs are fitted once per
+scan (2 min budget) and cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
 
 Usage: ``python benchmarks/bench_interactive.py [--cases ...] [--methods ...] [--rounds 10]
 [--protocols strokes slices] [--quick] [--seeds N]``; writes
