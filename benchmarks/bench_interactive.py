@@ -13,8 +13,8 @@ breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequ
 ``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49).
 Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
 
-Methods: see benchmarks/_loop_methods.py. VAEs are fitted once per scan (2 min budget) and
-cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
+Methods: see benchmarks/_loop_methods.py and benchmarks/_semisup.py. VAEs are fitted once per
+scan (2 min budget) and cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
 
 Usage: ``python benchmarks/bench_interactive.py [--cases ...] [--methods ...] [--rounds 10]
 [--protocols strokes slices] [--quick] [--seeds N]``; writes
@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _interactive as ia  # noqa: E402
 import _loop_methods as lm  # noqa: E402
+import _semisup as ss  # noqa: E402
 from _loop_methods import LoopOptions as LO  # noqa: E402
 
 FINETUNE_STEPS = 60
@@ -132,6 +133,14 @@ ENGINE = {
     "prior-w2": {"background_weight": 2.0, "background_adaptive": False},
     "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
 }
+# Semi-supervised rounds (benchmarks/_semisup.py, issue #13): encoder + head on the strokes and
+# the background prior, the VAE's loss keeping the encoder an autoencoder.
+SEMISUP = {
+    "semisup": ss.SemiOptions(),  # the network's probabilities
+    "semisup-ce": ss.SemiOptions(recon=0.0),  # ablation: no VAE loss (fine-tuning + prior)
+    "semisup-mix": ss.SemiOptions(mix=0.5),  # averaged with the engine forest's
+    "semisup-forest": ss.SemiOptions(forest_on_tuned=True),  # forest on the tuned encoder
+}
 BASE = ["skimage-rf", "skimage-rf-connected", "vae-default", "engine-novae", "engine-noprior",
         "nomodel", "vae-finetune"]
 CASES = ["phantom", "brain1", "brain2", "lung1", "lung2", "breast1", "brain1-unequal"]
@@ -153,6 +162,10 @@ def build(method: str, env: dict, quick: bool, seed: int = 0):
             model, setup = None, 0.0
         return lm.VAEDefault(model, env["image"], env["modality"], setup, FeatureCache(), ft,
                              seed, env["spacing"], **opts)
+    if method in SEMISUP:
+        opts = dataclasses.replace(SEMISUP[method], seed=seed)
+        return ss.SemiSup(env["model"], env["image"], env["modality"], env["spacing"],
+                          env["fit_s"], opts)
     if method in LOOPS:
         opts = dataclasses.replace(LOOPS[method], seed=seed)
         feats, feat_s, ms_s = env_features(env)
