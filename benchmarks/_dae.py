@@ -310,11 +310,12 @@ def main() -> None:
         if a.pairs and "last" in a.weights:
             for i, s1 in enumerate(seeds):
                 for s2 in seeds[i + 1:]:
-                    raw = post((last_errs[s1] + last_errs[s2]) / 2, x, mask)
-                    row = evaluate(c, raw, calibrate(raw[mask]), mask, truth, smask, fmask)
-                    rows.append({**base, "method": "dae", "mode": "self", "seed": [s1, s2],
-                                 "weights": "last", "post": "mean", "ensemble": "pair", **row})
-                    print(json.dumps(rows[-1]), flush=True)
+                    for pk in a.post:
+                        raw = post((last_errs[s1] + last_errs[s2]) / 2, x, mask, pk)
+                        row = evaluate(c, raw, calibrate(raw[mask]), mask, truth, smask, fmask)
+                        rows.append({**base, "method": "dae", "mode": "self", "seed": [s1, s2],
+                                     "weights": "last", "post": pk, "ensemble": "pair", **row})
+                        print(json.dumps(rows[-1]), flush=True)
         if a.self_only:
             continue
         # Normative: trained and calibrated on the other scan(s).
