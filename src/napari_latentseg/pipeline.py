@@ -240,7 +240,9 @@ def reconstruct_job(
     if anomalies or anomaly_map:
         from .engine.anomaly import anomaly_iter
 
-        reference = "model" if "normative" in (model.anomaly or {}) else None
+        # The denoiser ("dae") scores a scan against itself only.
+        reference = ("model" if "normative" in (model.anomaly or {}) and anomaly_method != "dae"
+                     else None)
         an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
                                      method=anomaly_method, reference=reference, fpr=fpr,
                                      spacing=scan.spacing, error_map=False,
