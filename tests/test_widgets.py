@@ -444,3 +444,21 @@ def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
     assert widget.active_model is not None
     assert "VAE latent" in seg.summary.text()
     assert ms.fit_btn.isEnabled()
+
+
+def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypatch):
+    """The Reconstruct section's score choice reaches the engine: the denoiser (a short fit
+    here) gives the anomaly layers and says which method it used."""
+    from napari_latentseg.engine import anomaly_dae
+
+    monkeypatch.setattr(anomaly_dae, "DAE_STEPS", 10)
+    viewer, widget = dock
+    scan = add_crop(viewer, phantom_crop)
+    fit(qtbot, widget, steps=10)
+    rec = widget.reconstruct_section
+    assert rec.method.currentData() == "default"
+    rec.method.setCurrentIndex(rec.method.findData("dae"))
+    run(qtbot, widget, rec.run)
+    assert "(dae)" in rec.summary.text()
+    assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
+    np.testing.assert_array_equal(scan.data, phantom_crop[0])
