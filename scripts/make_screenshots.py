@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-steps", type=int, default=120,
                         help="fit steps of the real-scan walkthrough (default 120)")
     parser.add_argument("--only-real", action="store_true",
-                        help="only the real-scan walkthrough (06-08)")
+                        help="only the real-scan walkthrough (06-09)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -245,10 +245,10 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
 
 
 def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot):
-    """06-08: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
+    """06-09: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
     a fit started, two strokes and Segment while it runs (08: the ilastik features),
-    reconstruct with the anomaly score once the fit is done (06), Segment with the VAE, then
-    a live correction (07)."""
+    reconstruct with the anomaly score once the fit is done (06), and with the MR denoiser
+    score (09), Segment with the VAE, then a live correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
     from scipy import ndimage as ndi
@@ -302,6 +302,17 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     viewer.reset_view()
     show_sections("reconstruct")
     shot("06_brain1_reconstruct.png")
+
+    print("6b. brain1: Reconstruct with the MR denoiser score", flush=True)
+    rec = dock.reconstruct_section
+    rec.method.setCurrentIndex(rec.method.findData("dae"))
+    wait_job(rec.run)
+    viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
+    for layer in viewer.layers:
+        layer.visible = layer is scan or layer.name.endswith(("anomaly score", "anomalies"))
+    show_sections("reconstruct")
+    shot("09_brain1_denoiser.png")
+    rec.method.setCurrentIndex(0)
 
     print("7. brain1: the same two strokes, Segment with the VAE, one live correction",
           flush=True)
