@@ -209,7 +209,8 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
 
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
-        raw = yield from dae_raw_iter(xnorm, mask, seed=stats.get("seed", 0), stop_event=stop_event)
+        raw = yield from dae_raw_iter(xnorm, mask, spacing=spacing, seed=stats.get("seed", 0),
+                                      stop_event=stop_event)
         return np.where(mask, raw, np.float32(np.nan))
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
@@ -368,8 +369,7 @@ def fit_normative_iter(
     if not len(volumes):
         raise ValueError("fit_normative needs at least one volume")
     if method == "dae" and _keep is None:
-        raise ValueError("the 'dae' method scores a scan against itself only: leave out the "
-                         "normative reference, or use 'intensity' for a normative model")
+        raise ValueError("'dae' scores a scan against itself only: no normative reference")
     mods = list(modalities) if modalities is not None else [None] * len(volumes)
     norm_model = None if method == "dae" else model  # the denoiser's measured normalisation
     prepared = [_prepare(norm_model, np.asarray(v, dtype=np.float32), m)

@@ -27,6 +27,9 @@ _CROP = 64  # training crop side (voxels); inference runs on whole slices
 _NOISE_RES = 8  # coarse-noise cells per crop side
 _NOISE_STD = 0.2  # in units of the percentile-normalised intensity
 _BATCH = 16
+#: In-plane voxel size (mm) the recipe was measured at (brains at half resolution): finer
+#: scans are block-averaged to it, so the coarse noise and the crop keep their size in mm.
+TARGET_MM = 1.5
 
 
 def _unet():
@@ -101,9 +104,16 @@ def slice_normalise(r: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return r
 
 
-def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, steps: int | None = None, seed: int = 0,
-                 device: str = "cpu", stop_event: threading.Event | None = None
-                 ) -> Generator[dict, None, np.ndarray]:
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """In-plane f x f block means (edges padded to a multiple of f)."""
+    z, h, w = a.shape
+    a = np.pad(a.astype(np.float32), ((0, 0), (0, (-h) % f), (0, (-w) % f)), mode="edge")
+    return a.reshape(z, a.shape[1] // f, f, a.shape[2] // f, f).mean((2, 4))
+
+
+def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | None = None,
+                 seed: int = 0, device: str = "cpu",
+                 stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
     """Fit the denoiser on the slices of ``x`` and return its normalised residual.
 
     Parameters
@@ -112,6 +122,9 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, steps: int | None = None, s
         (z, y, x) percentile-normalised volume.
     mask : np.ndarray
         Head mask of the same shape (training and normalisation use only these voxels).
+    spacing : sequence of float, optional
+        Voxel size (mm); in-plane voxels finer than :data:`TARGET_MM` are block-averaged to
+        it for the denoiser and the score is brought back to the scan's grid.
     steps, seed, device
         Training steps (default :data:`DAE_STEPS`), random seed, torch device.
 
@@ -125,6 +138,15 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, steps: int | None = None, s
     from scipy import ndimage
 
     steps = int(steps or DAE_STEPS)
+    f = 1
+    if spacing is not None and min(spacing[-2:]) > 0:
+        f = max(1, int(round(TARGET_MM / float(min(spacing[-2:])))))
+    if f > 1:
+        full = x.shape
+        r = yield from dae_raw_iter(_block_mean(x, f), _block_mean(mask, f) >= 0.5, steps=steps,
+                                    seed=seed, device=device, stop_event=stop_event)
+        r = np.repeat(np.repeat(r, f, axis=1), f, axis=2)[:, : full[1], : full[2]]
+        return ndimage.gaussian_filter(r, (0, f / 2, f / 2)).astype(np.float32)
     z, h, w = x.shape
     crop = min(_CROP, h - h % 8, w - w % 8)
     if crop < 8:
