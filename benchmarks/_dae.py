@@ -30,48 +30,16 @@ import numpy as np
 CROP = 64  # training crop (in-plane voxels); inference runs on whole slices
 NOISE_RES = 8  # coarse-noise grid per crop side (16 per 128-voxel slice, as in the paper)
 NOISE_STD = 0.2  # in units of the normalised intensity (percentile range ~ 0..1)
-RESIDUAL = True  # the UNet predicts the noise (x - net(x)), see UNet.forward
 EMA_DECAY = 0.98  # --weights ema: horizon ~50 steps
 SWA_FRAC = 1 / 3  # --weights swa: mean over the last third of the steps
 
 
-def unet(ch=(16, 32, 64)):
-    import torch
-    from torch import nn
+def unet():
+    """The engine's denoiser (``engine/anomaly_dae.py``: 3-level 2D UNet, 16-32-64 channels,
+    residual output ``x - net(x)``; a direct output stayed blurred after 300 steps)."""
+    from napari_latentseg.engine.anomaly_dae import _unet
 
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(4, o), nn.SiLU(),
-                             nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(4, o), nn.SiLU())
-
-    class UNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down = nn.ModuleList()
-            c_in = 1
-            for c in ch:
-                self.down.append(block(c_in, c))
-                c_in = c
-            self.mid = block(ch[-1], ch[-1])
-            self.up = nn.ModuleList(block(2 * c, c2) for c, c2 in
-                                    zip(ch[::-1], [*ch[::-1][1:], ch[0]], strict=True))
-            self.out = nn.Conv2d(ch[0], 1, 1)
-
-        def forward(self, x):
-            skips = []
-            h = x
-            for d in self.down:
-                h = d(h)
-                skips.append(h)
-                h = nn.functional.avg_pool2d(h, 2)
-            h = self.mid(h)
-            for u, s in zip(self.up, skips[::-1], strict=True):
-                h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
-                h = u(torch.cat([h, s], 1))
-            # Residual form: the net predicts the noise, so identity is the starting point and
-            # 300 CPU steps suffice to keep the contrast (a direct output stayed blurred).
-            return x - self.out(h) if RESIDUAL else self.out(h)
-
-    return UNet()
+    return _unet()
 
 
 def coarse_noise(n, size, mask, rng_t):
@@ -190,16 +158,10 @@ def post(err, x, m, kind="mean"):
 
 
 def slice_norm(r, m):
-    """Centre and scale each slice by its head voxels' median / MAD (global if < 200)."""
-    r = r.astype(np.float32)
-    med_all = np.median(r[m])
-    mad_all = np.median(np.abs(r[m] - med_all)) + 1e-6
-    for k in range(len(r)):
-        v = r[k][m[k]]
-        med, mad = (np.median(v), np.median(np.abs(v - np.median(v))) + 1e-6) \
-            if v.size >= 200 else (med_all, mad_all)
-        r[k] = (r[k] - med) / mad
-    return r
+    """Centre and scale each slice by its head voxels' median / MAD (the engine's)."""
+    from napari_latentseg.engine.anomaly_dae import slice_normalise
+
+    return slice_normalise(r, m)
 
 
 def residual(net, x, m):
