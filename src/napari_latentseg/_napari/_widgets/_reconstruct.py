@@ -180,7 +180,8 @@ class ReconstructSection(Section):
             self._list_candidates(layer, an.candidates)
         else:
             self.candidates.setVisible(False)
-        parts.append(f"{result.seconds:.1f} s on {result.info.get('device', '?')}")
+        seconds = result.seconds + (an.seconds if an is not None else 0.0)  # the score's too
+        parts.append(f"{seconds:.1f} s on {result.info.get('device', '?')}")
         self.summary.setText(" \u00b7 ".join(parts) + ".")
         self.viewer.layers.selection.active = layer
         show_info("Reconstruction done" + (
