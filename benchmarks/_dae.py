@@ -27,9 +27,11 @@ import time
 import bench_anomaly as B
 import numpy as np
 
+from napari_latentseg.engine.anomaly_dae import _NOISE_RES as NOISE_RES
+from napari_latentseg.engine.anomaly_dae import _NOISE_STD as NOISE_STD
+from napari_latentseg.engine.anomaly_dae import noisy_batch
+
 CROP = 64  # training crop (in-plane voxels); inference runs on whole slices
-NOISE_RES = 8  # coarse-noise grid per crop side (16 per 128-voxel slice, as in the paper)
-NOISE_STD = 0.2  # in units of the normalised intensity (percentile range ~ 0..1)
 EMA_DECAY = 0.98  # --weights ema: horizon ~50 steps
 SWA_FRAC = 1 / 3  # --weights swa: mean over the last third of the steps
 
@@ -40,18 +42,6 @@ def unet():
     from napari_latentseg.engine.anomaly_dae import _unet
 
     return _unet()
-
-
-def coarse_noise(n, size, mask, rng_t):
-    import torch
-
-    g = torch.randn(n, 1, NOISE_RES, NOISE_RES, generator=rng_t) * NOISE_STD
-    # Random sub-cell shift: upsample a slightly larger grid and crop (no fixed lattice).
-    up = torch.nn.functional.interpolate(
-        torch.nn.functional.pad(g, (0, 1, 0, 1), mode="replicate"),
-        size=(size + size // NOISE_RES,) * 2, mode="bilinear", align_corners=False)
-    oy, ox = torch.randint(0, size // NOISE_RES, (2,), generator=rng_t).tolist()
-    return up[:, :, oy:oy + size, ox:ox + size] * mask
 
 
 def prepare(vols, mod):
@@ -88,16 +78,9 @@ def train(prepared, steps, seed=0, batch=16, avg=()):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     ema_from, swa_from = int(0.3 * steps), int((1 - SWA_FRAC) * steps)
     avgs: dict = {}
-    h, w = xs.shape[1:]
     t = time.perf_counter()
     for step in range(steps):
-        i = rng.integers(len(xs), size=batch)
-        oy = rng.integers(0, h - CROP + 1, size=batch)
-        ox = rng.integers(0, w - CROP + 1, size=batch)
-        xb = np.stack([xs[a, y:y + CROP, x:x + CROP] for a, y, x in zip(i, oy, ox, strict=True)])
-        mb = np.stack([ms[a, y:y + CROP, x:x + CROP] for a, y, x in zip(i, oy, ox, strict=True)])
-        xb, mb = torch.from_numpy(xb)[:, None], torch.from_numpy(mb)[:, None]
-        noisy = xb + coarse_noise(batch, CROP, mb, rng_t)
+        noisy, xb, mb = noisy_batch(xs, ms, CROP, batch, rng, rng_t)  # the engine's batches
         loss = (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()

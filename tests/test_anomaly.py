@@ -176,3 +176,21 @@ def test_denoiser_slice_normalisation():
     for k in range(3):  # every slice centred on 0 with unit MAD
         assert abs(np.median(out[k])) < 1e-5
         assert np.median(np.abs(out[k])) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_model,
+                                                                       small_phantom):
+    """A model holding normative statistics (``intensity``) scores with them by default; a
+    different method chosen in the dock or with --anomaly-method scores the scan against
+    itself instead of failing."""
+    from napari_latentseg.engine.anomaly import fit_normative
+    from napari_latentseg.pipeline import Scan, reconstruct_job
+    from napari_latentseg.runtime.progress import drive
+
+    img = small_phantom.image.astype(np.float32)
+    stats = fit_normative(tiny_model, [img], modalities=["MR"])
+    model = dataclasses.replace(tiny_model, anomaly={**tiny_model.anomaly, "normative": stats})
+    scan = Scan(img, {}, "MR", "phantom")
+    for method, mode in (("default", "normative"), ("median", "self")):
+        job = drive(reconstruct_job(model, scan, anomalies=True, anomaly_method=method))
+        assert job.anomaly.mode == mode

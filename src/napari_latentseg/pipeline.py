@@ -240,8 +240,10 @@ def reconstruct_job(
     if anomalies or anomaly_map:
         from .engine.anomaly import anomaly_iter
 
-        # The denoiser ("dae") scores a scan against itself only.
-        reference = ("model" if "normative" in (model.anomaly or {}) and anomaly_method != "dae"
+        # The model's normative statistics serve the method they were fitted for; any other
+        # method (the dock's choice, --anomaly-method) scores the scan against itself.
+        normative = (model.anomaly or {}).get("normative")
+        reference = ("model" if normative and anomaly_method in ("default", normative["method"])
                      else None)
         an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
                                      method=anomaly_method, reference=reference, fpr=fpr,

@@ -210,7 +210,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
         raw = yield from dae_raw_iter(xnorm, mask, spacing=spacing, seed=stats.get("seed", 0),
-                                      stop_event=stop_event)
+                                      device=getattr(model, "device", "cpu"), stop_event=stop_event)
         return np.where(mask, raw, np.float32(np.nan))
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..runtime.progress import check_stop
 
-__all__ = ["dae_raw_iter", "slice_normalise", "DAE_STEPS"]
+__all__ = ["dae_raw_iter", "noisy_batch", "slice_normalise", "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule); the benchmark's recipe
 _CROP = 64  # training crop side (voxels); inference runs on whole slices
@@ -85,6 +85,23 @@ def _coarse_noise(n: int, size: int, mask, gen):
                        mode="bilinear", align_corners=False)
     oy, ox = torch.randint(0, cell, (2,), generator=gen).tolist()
     return up[:, :, oy:oy + size, ox:ox + size] * mask
+
+
+def noisy_batch(xs: np.ndarray, ms: np.ndarray, crop: int, batch: int,
+                rng: np.random.Generator, gen):
+    """One training batch: random ``crop``-sized in-plane crops of the slices ``xs`` (and their
+    head masks ``ms``), and the crops with coarse noise added inside the head; torch tensors
+    (noisy, clean, mask) of shape (batch, 1, crop, crop)."""
+    import torch
+
+    h, w = xs.shape[1:]
+    i = rng.integers(len(xs), size=batch)
+    oy = rng.integers(0, h - crop + 1, size=batch)
+    ox = rng.integers(0, w - crop + 1, size=batch)
+    xb = np.stack([xs[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
+    mb = np.stack([ms[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
+    xb, mb = torch.from_numpy(xb)[:, None], torch.from_numpy(mb)[:, None]
+    return xb + _coarse_noise(batch, crop, mb, gen), xb, mb
 
 
 def slice_normalise(r: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -165,14 +182,7 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     for step in range(steps):
         check_stop(stop_event, "anomaly scoring")
-        i = rng.integers(len(xs), size=_BATCH)
-        oy = rng.integers(0, h - crop + 1, size=_BATCH)
-        ox = rng.integers(0, w - crop + 1, size=_BATCH)
-        xb = np.stack([xs[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
-        mb = np.stack([ms[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
-        xb, mb = torch.from_numpy(xb)[:, None], torch.from_numpy(mb)[:, None]
-        noisy = (xb + _coarse_noise(_BATCH, crop, mb, gen)).to(device)
-        xb, mb = xb.to(device), mb.to(device)
+        noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen))
         loss = (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()

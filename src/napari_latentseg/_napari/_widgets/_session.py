@@ -60,8 +60,8 @@ class Session(QObject):
         Runs one long job at a time, with progress and Stop.
     cache : FeatureCache
         Features per (scan, model), reused by clustering and segmentation rounds.
-    fit_tasks : TaskBar, optional
-        Runs a fit alongside the main bar's jobs (default: the main bar itself).
+    fit_tasks : TaskBar
+        Runs a fit alongside the main bar's jobs.
     """
 
     model_changed = Signal()
@@ -69,13 +69,13 @@ class Session(QObject):
     device_changed = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
-                 tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar | None = None) -> None:
+                 tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar) -> None:
         super().__init__()
         self.viewer = viewer
         self.watcher = watcher
         self.scan = scan
         self.tasks = tasks
-        self.fit_tasks = fit_tasks if fit_tasks is not None else tasks
+        self.fit_tasks = fit_tasks
         self.cache = cache
         self.models: list[ModelEntry] = []
         self._active: ModelEntry | None = None
