@@ -27,6 +27,7 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py
+	$(BIN)/python benchmarks/bench_gpu_quality.py
 
 sample-data: $(STAMP)
 	$(BIN)/python -m napari_latentseg.data.phantom src/napari_latentseg/sample_data

@@ -26,6 +26,8 @@ import numpy as np
 DEFAULT_DATA = Path("/work/shared/data/pyradiomics")
 CACHE = Path(os.environ.get("LATENTSEG_BENCH_CACHE", "/work/wt/interactive_cache"))
 FIT_MINUTES = 2.0  # a short VAE fit, once per scan, cached under CACHE
+# Where the benchmark's VAEs are fitted and run (bench_gpu_quality.py sets "cuda").
+DEVICE = os.environ.get("LATENTSEG_BENCH_DEVICE", "cpu")
 RADIUS = 4
 TUMOUR_CASES = ("brain1", "brain2", "lung1", "lung2", "breast1")
 
@@ -192,7 +194,7 @@ def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -
 
 
 def get_model(name: str, image: np.ndarray, modality: str | None,
-              minutes: float = FIT_MINUTES):
+              minutes: float | None = None):
     """The case's VAE fitted on the whole scan once (``minutes`` budget), cached in CACHE.
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
@@ -203,9 +205,11 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     path = CACHE / f"{name}.pt"
     meta = CACHE / f"{name}.json"
     if path.exists() and meta.exists():
-        return load_model(path), json.loads(meta.read_text())["fit_s"]
+        return load_model(path, device=DEVICE), json.loads(meta.read_text())["fit_s"]
     t0 = time.perf_counter()
-    res = fit(image, options=FitOptions(minutes=minutes, device="cpu"), modalities=[modality])
+    minutes = float(os.environ.get("LATENTSEG_BENCH_FIT_MINUTES", FIT_MINUTES)) \
+        if minutes is None else minutes
+    res = fit(image, options=FitOptions(minutes=minutes, device=DEVICE), modalities=[modality])
     fit_s = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
     save_model(res.model, path, overwrite=True)
