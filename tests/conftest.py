@@ -40,3 +40,13 @@ def recovery_dir(tmp_path, monkeypatch):
     folder = tmp_path / "recovery"
     monkeypatch.setenv("LATENTSEG_RECOVERY_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def short_denoiser(monkeypatch):
+    """The default anomaly score of an MR scan fits a denoiser (300 steps, ~1 min on a CPU):
+    tests fit a tiny one, as they fit tiny VAEs. A test that measures the recipe's quality
+    sets ``DAE_STEPS`` itself."""
+    from napari_latentseg.engine import anomaly_dae
+
+    monkeypatch.setattr(anomaly_dae, "DAE_STEPS", 12)

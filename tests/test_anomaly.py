@@ -194,3 +194,21 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
     for method, mode in (("default", "normative"), ("median", "self")):
         job = drive(reconstruct_job(model, scan, anomalies=True, anomaly_method=method))
         assert job.anomaly.mode == mode
+
+
+def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
+    """``"default"`` in self mode: the denoiser on MR (header or intensities), the intensity
+    density on CT and on slices too small for the denoiser's crops; normative statistics
+    fitted with ``"default"`` use the intensity density (the denoiser has no normative mode)."""
+    from napari_latentseg.engine.anomaly import anomaly_map, default_method, fit_normative
+
+    img = small_phantom.image.astype(np.float32)  # 40 x 40 slices, MR-like values
+    ct = np.full((4, 40, 40), -1000.0, np.float32)
+    ct[:, 8:32, 8:32] = 40.0
+    assert default_method(img) == "dae" and default_method(img, "MR") == "dae"
+    assert default_method(img[0]) == "dae"  # a 2D slice
+    assert default_method(ct) == "intensity" and default_method(img, "CT") == "intensity"
+    assert default_method(img[:, :20, :20], "MR") == "intensity"  # under 32 x 32
+    res = anomaly_map(None, img, modality="MR", spacing=small_phantom.spacing)
+    assert (res.method, res.mode) == ("dae", "self")
+    assert fit_normative(None, [img], modalities=["MR"])["method"] == "intensity"

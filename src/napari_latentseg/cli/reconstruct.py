@@ -21,10 +21,10 @@ def add_parser(sub) -> None:
                    help="continuous anomaly score in the scan's geometry (higher = more "
                         "abnormal: -log10 of the fraction of normal voxels scoring higher)")
     r.add_argument("--anomaly-method", default="default",
-                   help="scoring method (default: the benchmark's best, see docs/benchmarks.md; "
-                        "others: features, knn, intensity, error, ssim, median, dae: a "
-                        "denoising autoencoder fitted on the scan, best on MR tumours, "
-                        "~1-2 min on a CPU)")
+                   help="scoring method (default: the benchmark's best for the scan: dae, a "
+                        "denoising autoencoder fitted on the scan, on MR (~1-2 min on a CPU), "
+                        "intensity on CT and with a model's normative statistics; others: "
+                        "features, knn, intensity, error, ssim, median, dae)")
     r.add_argument("--fpr", type=float, default=1e-3,
                    help="false-positive rate of the candidate threshold on normal tissue "
                         "(default 0.001)")

@@ -2,13 +2,10 @@
 
 Two modes:
 
-* **self** (no healthy reference): the normal appearance is learned from the scan itself; a
-  lesion is a small fraction of the head, so the density fit is barely moved by it; the
-  threshold is the scan's own empirical quantile (``fpr`` of its head voxels are flagged, the
-  lesion's first when it scores highest).
-* **normative**: statistics fitted by :func:`fit_normative` on one or more other (healthy or
-  mostly healthy) scans are applied to a new one; store them in ``model.anomaly["normative"]``
-  so they travel with the model file.
+* **self** (no healthy reference): normal appearance is learned from the scan itself (a lesion
+  is a small part of it); ``fpr`` of its head voxels are flagged, the highest scores first.
+* **normative**: statistics fitted by :func:`fit_normative` on other (mostly healthy) scans,
+  applied to a new one; ``model.anomaly["normative"]`` carries them in the model file.
 
 Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the default):
 
@@ -17,19 +14,19 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     multi-scale intensity features; score = negative log-likelihood.
 ``knn``
     Mean distance to the 10 nearest reference samples in the same feature space.
-``intensity`` (default)
+``intensity`` (default on CT and in normative mode)
     The same density on the five intensity features only (intensity smoothed at 1, 2, 4
     voxels and its gradient magnitude; no VAE). It beat the VAE-feature density in the
-    benchmark with short (150-step) VAE fits, so it is the default for now.
+    benchmark with short (150-step) VAE fits.
 ``error``
     Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
 ``ssim``
     ``1 - SSIM(x, recon)`` in 7x7 windows.
 ``median``
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
-``dae``
+``dae`` (default on MR in self mode, see :func:`default_method`)
     A denoising autoencoder fitted on the scan itself, self mode only (:mod:`.anomaly_dae`):
-    the best measured on MR tumours, ~80 s on one CPU thread; on CT ``intensity`` is better.
+    the best measured on MR, ~80 s on one CPU thread; on CT ``intensity`` is better.
 
 Every raw map is smoothed (1 voxel, in-plane for 2D models) and calibrated: the returned
 ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring higher (0.1 -> 1,
@@ -49,14 +46,14 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
-from .anomaly_dae import dae_raw_iter
+from .anomaly_dae import dae_raw_iter, dae_suits
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
            "fit_normative_iter", "fit_normative", "head_mask", "depth_map", "calibrate",
-           "components"]
+           "components", "default_method"]
 
 METHODS = ("features", "knn", "intensity", "error", "ssim", "median", "dae")
-DEFAULT_METHOD = "intensity"  # the benchmark's best (docs/anomaly_benchmarks.md)
+DEFAULT_METHOD = "intensity"  # normative mode and CT (docs/anomaly_benchmarks.md); MR: "dae"
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
 _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
@@ -82,10 +79,8 @@ class AnomalyResult:
     candidates : list of dict
         Per candidate: ``id``, ``voxels``, ``volume_ml``, ``peak_score``, ``centroid``
         (voxel index, array-axis order), sorted by peak score.
-    method : str
-        The method used.
-    mode : str
-        ``"self"`` or ``"normative"``.
+    method, mode : str
+        The method used; ``"self"`` or ``"normative"``.
     error : np.ndarray or None
         The plain reconstruction error map (normalised units), when a model was given.
     mask : np.ndarray
@@ -115,9 +110,9 @@ def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
     from .normalize import foreground_mask, guess_modality
 
     fg = foreground_mask(volume, guess_modality(volume, modality))
-    fg = ndimage.binary_opening(fg, np.ones((1, 3, 3), bool)[-fg.ndim:]) if fg.ndim == 3 else fg
     if fg.ndim == 2:
         return ndimage.binary_fill_holes(fg)
+    fg = ndimage.binary_opening(fg, np.ones((1, 3, 3), bool))
     return np.stack([ndimage.binary_fill_holes(s) for s in fg])
 
 
@@ -179,8 +174,7 @@ def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
                                          stop_event=stop_event)
     rows = feats[:, mask].T
     if stats.get("depth"):
-        # Saturating at a few cm: deeper than that the brain (or body) interior is alike (a
-        # smooth transform, not a clip, so the density sees no point mass).
+        # Saturating smoothly at a few cm (deeper, the interior is alike; no point mass).
         d = depth_map(mask, spacing)[mask]
         d = d / (d + 30.0)
         rows = np.concatenate([rows, d[:, None]], axis=1)
@@ -361,16 +355,17 @@ def fit_normative_iter(
     """
     from .anomaly_features import fit_feature_space
 
-    method = DEFAULT_METHOD if method == "default" else method
+    if not len(volumes):
+        raise ValueError("fit_normative needs at least one volume")
+    mods = list(modalities) if modalities is not None else [None] * len(volumes)
+    if method == "default":  # _keep: self mode (anomaly_iter), where the denoiser may serve
+        method = default_method(volumes[0], mods[0]) if _keep is not None else DEFAULT_METHOD
     if method not in METHODS:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     if method in _NEEDS_MODEL and model is None:
         raise ValueError(f"the {method!r} method needs a fitted model")
-    if not len(volumes):
-        raise ValueError("fit_normative needs at least one volume")
     if method == "dae" and _keep is None:
         raise ValueError("'dae' scores a scan against itself only: no normative reference")
-    mods = list(modalities) if modalities is not None else [None] * len(volumes)
     norm_model = None if method == "dae" else model  # the denoiser's measured normalisation
     prepared = [_prepare(norm_model, np.asarray(v, dtype=np.float32), m)
                 for v, m in zip(volumes, mods, strict=True)]
@@ -397,6 +392,12 @@ def fit_normative_iter(
         yield {"stage": "calibrate", "done": i + 1, "total": len(prepared)}
     stats["calibration"] = calibrate(np.concatenate(raws))
     return stats
+
+
+def default_method(volume: np.ndarray, modality: str | None = None) -> str:
+    """What ``"default"`` means in self mode: ``dae`` where :func:`.anomaly_dae.dae_suits`
+    (MR), else :data:`DEFAULT_METHOD`."""
+    return "dae" if dae_suits(volume, modality) else DEFAULT_METHOD
 
 
 def fit_normative(model: VAEModel | None, volumes: Sequence[np.ndarray], *,
@@ -431,7 +432,7 @@ def anomaly_iter(
         ``"CT"``/``"MR"`` from the header.
     method : str
         One of :data:`METHODS`, or ``"default"`` (the normative statistics' method when a
-        reference is used, else :data:`DEFAULT_METHOD`).
+        reference is used, else :func:`default_method`: ``dae`` on MR, ``intensity`` on CT).
     reference : dict or "model", optional
         Normative statistics from :func:`fit_normative`; ``"model"`` uses
         ``model.anomaly["normative"]``. None fits on the scan itself (self mode).
@@ -449,8 +450,7 @@ def anomaly_iter(
     t0 = time.perf_counter()
     vol = np.asarray(volume, dtype=np.float32)
     squeeze = vol.ndim == 2
-    if squeeze:
-        vol = vol[None]
+    vol = vol[None] if squeeze else vol
     if vol.ndim != 3:
         raise ValueError(f"expected a 2D or 3D array, got shape {np.shape(volume)}")
     if isinstance(reference, str):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..runtime.progress import check_stop
 
-__all__ = ["dae_raw_iter", "noisy_batch", "slice_normalise", "DAE_STEPS"]
+__all__ = ["dae_raw_iter", "dae_suits", "noisy_batch", "slice_normalise", "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule); the benchmark's recipe
 _CROP = 64  # training crop side (voxels); inference runs on whole slices
@@ -126,6 +126,18 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     z, h, w = a.shape
     a = np.pad(a.astype(np.float32), ((0, 0), (0, (-h) % f), (0, (-w) % f)), mode="edge")
     return a.reshape(z, a.shape[1] // f, f, a.shape[2] // f, f).mean((2, 4))
+
+
+def dae_suits(volume: np.ndarray, modality: str | None = None) -> bool:
+    """Whether the denoiser is the default score of a scan against itself: MR (header, else
+    intensities) with slices of at least 32 x 32 voxels. It was the best method on every MR
+    case measured (docs/anomaly_benchmarks.md); on CT the intensity density wins."""
+    from .normalize import guess_modality
+
+    v = np.asarray(volume)
+    if v.ndim not in (2, 3) or min(v.shape[-2:]) < 32:
+        return False
+    return guess_modality(v if v.ndim == 3 else v[None], modality) == "MR"
 
 
 def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | None = None,

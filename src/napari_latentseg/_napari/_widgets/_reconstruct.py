@@ -40,10 +40,13 @@ __all__ = ["ReconstructSection"]
 
 # (shown, engine method, tooltip): the measured choices of docs/anomaly_benchmarks.md.
 _METHODS = (
-    ("intensity density (default, seconds)", "default",
-     "A density model of local intensity features; the model's normative statistics when it "
-     "holds them. Best on CT nodules and the phantom."),
-    ("denoiser, MR (1-2 min)", "dae",
+    ("automatic: denoiser on MR, intensity on CT", "default",
+     "What the benchmark found best for the scan: the denoiser on MR (1-2 min on a CPU, seconds "
+     "on a GPU), the intensity density on CT; the model's normative statistics when it holds "
+     "them."),
+    ("intensity density (seconds)", "intensity",
+     "A density model of local intensity features. Best on CT nodules."),
+    ("denoiser (1-2 min on a CPU)", "dae",
      "A denoising autoencoder fitted on this scan; its residual, normalised per slice. Found "
      "brain1's tumour (best Dice 0.35 against 0.04 for any intensity window); not for CT."),
     ("reconstruction error", "error", "The VAE's plain error |x - reconstruction|."),
