@@ -75,6 +75,7 @@ class LoopOptions:
     pu_power: float = 1.0  # ... kappa ((1 - pi) / pi) ** power (0.5: gentler on big objects)
     pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
     #                         probability exceeds this (reliable negatives, PU learning)
+    extra: tuple = ()  # extra columns (bench_interactive.extra_columns): "dae", "vaectx"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,10 +250,13 @@ def engine_forest_features(model, image, modality, cache, ann) -> np.ndarray:
 class ForestLoop:
     """The engine's forest path on its own features, with the loop changes of ``opts``."""
 
-    def __init__(self, feats: np.ndarray, spacing, opts: LoopOptions, setup_s: float):
+    def __init__(self, feats: np.ndarray, spacing, opts: LoopOptions, setup_s: float,
+                 extra: np.ndarray | None = None):
         self.feats = feats if opts.vae else feats[..., :N_MULTISCALE]
         if not opts.ilastik:  # how much the VAE columns know on their own
             self.feats = feats[..., N_MULTISCALE:]
+        if extra is not None:
+            self.feats = np.concatenate([self.feats, extra.astype(self.feats.dtype)], -1)
         self.opts = opts
         self.spacing = spacing
         self.setup_s = setup_s

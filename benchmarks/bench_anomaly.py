@@ -17,7 +17,8 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   also, on every case, the flagged share of the whole head (what the calibration controls),
   and FP / Dice at the rates in ``SWEEP``.
 
-Methods: the engine's ``intensity`` (default), ``error`` (today's reconstruction error) and
+Methods: the engine's ``default`` (what users get: the denoiser ``dae`` on MR, ``intensity``
+on CT; shown as ``default (dae)``), ``intensity``, ``error`` (today's reconstruction error) and
 ``median`` (|x - median 5x5|) in self mode, ``intensity`` in normative mode, and ``features``
 (VAE encoder-feature density) in both modes on two cases (``knn`` and ``ssim`` were measured
 in exploratory runs only, see docs/anomaly_benchmarks.md). Normative statistics come from
@@ -223,7 +224,8 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
     return out
 
 
-def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "") -> dict:
+def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
+        extra_self: tuple = ("default",)) -> dict:
     from scipy import ndimage
 
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative, head_mask
@@ -240,7 +242,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "")
         models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps)
     print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
     # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
-    self_methods = ["intensity", "median"] + ([] if no_vae else ["error"])
+    # "default": what users get (session 4: the denoiser on MR, intensity on CT).
+    self_methods = ["intensity", "median"] + ([] if no_vae else ["error"]) + list(extra_self)
     norm_methods = ["intensity"]
     feature_cases = {"phantom", "brain1-syn-tissue"}
     norm_cache: dict = {}
@@ -277,7 +280,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "")
                               spacing=c["sp"], error_map=False)
             secs = time.perf_counter() - t
             bd, ap = curve_metrics(res.score, truth, smask)
-            row = {**base, "method": method, "mode": mode, "best_dice": bd, "auprc": ap,
+            shown = method if method == res.method else f"{method} ({res.method})"
+            row = {**base, "method": shown, "mode": mode, "best_dice": bd, "auprc": ap,
                    "dice_at_threshold": dice(res.labels > 0, truth & smask),
                    "threshold": res.threshold, "n_candidates": len(res.candidates),
                    "seconds": round(secs, 2)}
@@ -367,8 +371,11 @@ def main() -> None:
     p.add_argument("--no-vae", action="store_true",
                    help="model-free methods only (intensity, median): no VAE fit")
     p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--extra-self", nargs="*", default=["default"],
+                   help="more self-mode methods (default: 'default', the denoiser on MR)")
     a = p.parse_args()
-    run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag)
+    run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
+        tuple(a.extra_self))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequ
 Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
 
 Methods: see benchmarks/_loop_methods.py and benchmarks/_semisup.py. VAEs are fitted once per
-scan (2 min budget) and cached in /work/wt/interactive_cache (``LATENTSEG_BENCH_CACHE``).
+scan (the product default, 450 steps; ``LATENTSEG_BENCH_FIT_MINUTES`` caps it) and cached in
+benchmarks/.cache/interactive (``LATENTSEG_BENCH_CACHE``).
 
 Usage: ``python benchmarks/bench_interactive.py [--cases ...] [--methods ...] [--rounds 10]
 [--protocols strokes slices] [--quick] [--seeds N]``; writes
@@ -116,6 +117,13 @@ LOOPS = {
     # The random walker (session 1's only two-case gain) on top of the default's prior.
     "pu-adapt-c10-walk": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                             pu_adapt=0.5, pu_cap=10.0, walker_beta=30.0, walker_mix=0.5),
+    # Extra columns (issue #13 session 4): the denoiser's anomaly score; wider VAE context.
+    "sqrt1-dae": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("dae",)),
+    "sqrt1-dae-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                          pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("dae",)),
+    "sqrt1-vaectx": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                       pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("vaectx",)),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
@@ -170,7 +178,8 @@ def build(method: str, env: dict, quick: bool, seed: int = 0):
         opts = dataclasses.replace(LOOPS[method], seed=seed)
         feats, feat_s, ms_s = env_features(env)
         setup = env["fit_s"] + feat_s if opts.vae else ms_s
-        return lm.ForestLoop(feats, env["spacing"], opts, setup)
+        extra, extra_s = extra_columns(env, opts.extra, feats)
+        return lm.ForestLoop(feats, env["spacing"], opts, setup + extra_s, extra)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -199,16 +208,48 @@ def env_features(env: dict):
     return env["feats"], env["feat_s"], env["ms_s"]
 
 
+def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
+    """Extra forest columns (z, y, x, k) of a case and their seconds: ``dae``, the denoising
+    autoencoder's anomaly score fitted on the whole scan (then cropped); ``vaectx``, the VAE
+    columns averaged over a wider neighbourhood (Gaussian, 1 slice x 6 voxels)."""
+    if not names:
+        return None, 0.0
+    cols, secs = [], 0.0
+    for name in names:
+        if name not in env.setdefault("extra", {}):
+            t0 = time.perf_counter()
+            if name == "dae":
+                from napari_latentseg.engine.anomaly import anomaly_map
+
+                res = anomaly_map(None, env["full_image"], modality=env["modality"],
+                                  method="dae", spacing=env["spacing"], error_map=False)
+                col = res.score[env["box"]][..., None]
+            elif name == "vaectx":
+                from scipy import ndimage
+
+                v = feats[..., lm.N_MULTISCALE:].astype(np.float32)
+                col = np.stack([ndimage.gaussian_filter(v[..., k], (1, 6, 6))
+                                for k in range(v.shape[-1])], -1)
+            else:
+                raise ValueError(f"unknown extra column {name!r}")
+            env["extra"][name] = (col.astype(np.float32), time.perf_counter() - t0)
+        cols.append(env["extra"][name][0])
+        secs += env["extra"][name][1]
+    return np.concatenate(cols, -1), secs
+
+
 def case_env(case: str, data: Path, quick: bool) -> dict:
     base = case.split("-")[0]
     image, truth, modality, spacing = ia.load_case(base, data)
     model, fit_s = ia.get_model(base, image, modality)
+    full, box = image, tuple(slice(0, s) for s in image.shape)
     if quick:
         box = ia.crop_box(base, truth)
         image, truth = np.ascontiguousarray(image[box]), np.ascontiguousarray(truth[box])
     classes = sorted(int(c) for c in np.unique(truth))
     radii = {1: 1} if case.endswith("-unequal") else None
     env = {"image": image, "truth": truth, "modality": modality, "spacing": spacing,
+           "full_image": full, "box": box,
            "model": model, "fit_s": fit_s, "classes": classes, "radii": radii,
            "eval": ia.eval_classes(base, truth), "first_ann": ia.first_strokes(truth, classes,
                                                                                radii)}
