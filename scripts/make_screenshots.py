@@ -303,16 +303,13 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     show_sections("reconstruct")
     shot("06_brain1_reconstruct.png")
 
-    print("6b. brain1: Reconstruct with the MR denoiser score", flush=True)
-    rec = dock.reconstruct_section
-    rec.method.setCurrentIndex(rec.method.findData("dae"))
-    wait_job(rec.run)
+    print("6b. brain1: the default score (the denoiser on MR) and its candidates alone",
+          flush=True)
     viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
     for layer in viewer.layers:
         layer.visible = layer is scan or layer.name.endswith(("anomaly score", "anomalies"))
     show_sections("reconstruct")
     shot("09_brain1_denoiser.png")
-    rec.method.setCurrentIndex(0)
 
     print("7. brain1: the same two strokes, Segment with the VAE, one live correction",
           flush=True)

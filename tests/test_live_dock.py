@@ -53,3 +53,26 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     assert out.data[target, y, x] == 2
     seg.live_box.setChecked(False)
     assert not seg.live.enabled
+
+
+def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, qtbot,
+                                                            small_phantom, monkeypatch):
+    """A live volume round that comes due after the user closed the scan and its layers
+    (e.g. a fit ended during the pause) does nothing: no error message, no job."""
+    from napari_latentseg._napari._widgets import _segment
+
+    errors = []
+    monkeypatch.setattr(_segment, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
+    image, truth = small_phantom.image, small_phantom.labels
+    viewer.add_image(image.copy(), name="phantom", metadata={"modality": "MR"})
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    ann.data[6] = np.where(truth[6] == 1, 1, np.where(truth[6] == 6, 2, 0))
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+        assert seg.segment()  # no model: the ilastik features
+    assert seg.live.enabled
+    viewer.layers.clear()
+    seg.live._start_volume()  # what the pause timer calls
+    assert errors == [] and not widget.tasks.busy

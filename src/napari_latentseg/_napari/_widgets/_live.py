@@ -238,6 +238,10 @@ class LiveController(QObject):
     def _start_volume(self) -> None:
         if not self.enabled:
             return
+        layers = self.session.viewer.layers
+        if self._scan not in layers or self._annotations not in layers:
+            self._disconnect()  # removed during the pause (e.g. all layers closed): no error
+            return
         if self._worker is not None or self._pending or self.session.tasks.busy:
             self._volume_timer.start()  # try again after the next pause
             return
