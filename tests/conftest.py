@@ -45,8 +45,7 @@ def recovery_dir(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def short_denoiser(monkeypatch):
     """The default anomaly score of an MR scan fits a denoiser (300 steps, ~1 min on a CPU):
-    tests fit a tiny one, as they fit tiny VAEs. A test that measures the recipe's quality
-    sets ``DAE_STEPS`` itself."""
-    from napari_latentseg.engine import anomaly_dae
-
-    monkeypatch.setattr(anomaly_dae, "DAE_STEPS", 12)
+    tests fit a tiny one, as they fit tiny VAEs. A test that needs more steps sets
+    ``LATENTSEG_DAE_STEPS`` itself."""
+    # Through the environment, so CLI subprocesses and dask workers fit a tiny one too.
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "12")

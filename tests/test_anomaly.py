@@ -149,10 +149,9 @@ def test_denoiser_score_finds_an_implanted_block(tiny_model, small_phantom, monk
     """``dae``: a denoising autoencoder fitted on the scan itself (a few steps here) scores
     an implanted block above the tissue around it; the error map still uses the VAE's own
     normalisation; a normative reference is refused with a clear error."""
-    from napari_latentseg.engine import anomaly_dae
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
-    monkeypatch.setattr(anomaly_dae, "DAE_STEPS", 30)
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "30")
     img, truth = _implant(small_phantom.image, small_phantom.labels)
     res = anomaly_map(tiny_model, img, modality="MR", method="dae",
                       spacing=small_phantom.spacing)
@@ -212,3 +211,20 @@ def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
     res = anomaly_map(None, img, modality="MR", spacing=small_phantom.spacing)
     assert (res.method, res.mode) == ("dae", "self")
     assert fit_normative(None, [img], modalities=["MR"])["method"] == "intensity"
+
+
+def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
+    """``LATENTSEG_DAE_STEPS`` sets the denoiser's training steps (worker processes and the
+    CLI read it too); a value that is not a whole number is a clear error."""
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    img = small_phantom.image.astype(np.float32)
+    seen = []
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "3")
+    anomaly_map(None, img, modality="MR", method="dae",
+                progress=lambda p: seen.append(p.get("total")) if "denoiser" in
+                str(p.get("stage")) else None)
+    assert seen and set(seen) == {3}
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "many")
+    with pytest.raises(ValueError, match="whole number"):
+        anomaly_map(None, img, modality="MR", method="dae")

@@ -449,9 +449,7 @@ def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
 def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypatch):
     """The Reconstruct section's score choice reaches the engine: the denoiser (a short fit
     here) gives the anomaly layers and says which method it used."""
-    from napari_latentseg.engine import anomaly_dae
-
-    monkeypatch.setattr(anomaly_dae, "DAE_STEPS", 10)
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "10")
     viewer, widget = dock
     scan = add_crop(viewer, phantom_crop)
     fit(qtbot, widget, steps=10)
