@@ -212,8 +212,9 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     minutes = FIT_MINUTES if minutes is None else minutes
     path = CACHE / f"{name}.pt"
     meta = CACHE / f"{name}.json"
-    if path.exists() and meta.exists() and json.loads(meta.read_text())["minutes"] == minutes:
-        return load_model(path, device=DEVICE), json.loads(meta.read_text())["fit_s"]
+    cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
+    if cached and cached["minutes"] == minutes:
+        return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
     res = fit(image, options=FitOptions(minutes=minutes, device=DEVICE), modalities=[modality])
     fit_s = time.perf_counter() - t0

@@ -247,8 +247,8 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
 def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, shot):
     """06-09: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
     a fit started, two strokes and Segment while it runs (08: the ilastik features),
-    reconstruct with the anomaly score once the fit is done (06), and with the MR denoiser
-    score (09), Segment with the VAE, then a live correction (07)."""
+    reconstruct once the fit is done (06; the default score on MR is the denoiser's), that
+    score and its candidates alone (09), Segment with the VAE, then a live correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
     from scipy import ndimage as ndi

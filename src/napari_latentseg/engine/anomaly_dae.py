@@ -171,7 +171,7 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     import torch
     from scipy import ndimage
 
-    if not steps:
+    if steps is None:
         env = os.environ.get(STEPS_ENV, "").strip()
         if env and not env.isdigit():
             raise ValueError(f"{STEPS_ENV} must be a whole number of steps, got {env!r}")

@@ -109,6 +109,17 @@ class LiveController(QObject):
             annotations.events.paint.connect(self._on_paint)
         self._scan, self._annotations, self._output = scan, annotations, output
 
+    def _followed_layers_gone(self) -> bool:
+        """True (and stop following) when the scan or the annotations are no longer in the
+        viewer, e.g. closed during the pause: a due round then does nothing, silently."""
+        layers = self.session.viewer.layers
+        if self._scan is None or self._annotations is None:
+            return True
+        if self._scan not in layers or self._annotations not in layers:
+            self._disconnect()
+            return True
+        return False
+
     def _disconnect(self) -> None:
         if self._annotations is not None:
             try:
@@ -157,11 +168,7 @@ class LiveController(QObject):
             self._pending = True
             return
         model = self.session.active_model  # None: the ilastik features, as full rounds
-        if self._scan is None or self._annotations is None:
-            return
-        if self._scan not in self.session.viewer.layers or \
-                self._annotations not in self.session.viewer.layers:
-            self._disconnect()
+        if self._followed_layers_gone():
             return
         ann = np.array(layer_array(self._annotations), copy=True)  # the user paints on
         z = self._current_slice()
@@ -238,9 +245,7 @@ class LiveController(QObject):
     def _start_volume(self) -> None:
         if not self.enabled:
             return
-        layers = self.session.viewer.layers
-        if self._scan not in layers or self._annotations not in layers:
-            self._disconnect()  # removed during the pause (e.g. all layers closed): no error
+        if self._followed_layers_gone():
             return
         if self._worker is not None or self._pending or self.session.tasks.busy:
             self._volume_timer.start()  # try again after the next pause
