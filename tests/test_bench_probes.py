@@ -1,4 +1,5 @@
-"""The session-5 probes patch the engine only while they run, and patch it as they say."""
+"""The session-5 probes: they patch the engine only while they run, as they say, and the
+inpainting prototype hides every voxel once."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def test_noise_patch_sets_the_grid_and_restores_the_engine():
     assert fine > 2.5 * coarse
     mixed = _roughness((4, 16))
     assert coarse * 0.9 <= mixed <= fine * 1.1
+
+
+def test_inpainting_passes_hide_every_voxel_exactly_once():
+    import _inpaint
+
+    hole = 4
+    passes = [_inpaint.checkerboard((20, 27), hole, oy, ox)
+              for oy, ox in ((0, 0), (0, hole), (hole, 0), (hole, hole))]
+    assert np.array_equal(np.sum(passes, axis=0), np.ones((20, 27)))
+    # Each hole is hole x hole and keeps a visible border of the same width around it.
+    first = passes[0]
+    assert first[:hole, :hole].all() and not first[hole : 2 * hole, :].any()
