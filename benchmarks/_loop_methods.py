@@ -63,6 +63,7 @@ class LoopOptions:
     k: int = 15
     min_leaf: int = 1  # forest min_samples_leaf (smoother probabilities)
     trees: int = 50
+    max_features: str | float | None = "sqrt"  # features a split draws from (scikit-learn's)
     seed: int = 0  # forest seed (the seed study: how much of a curve is chance)
     pu: int = 0  # two-class tasks: this many unpainted voxels join the background class...
     pu_frac: float = 1.0  # ... with this much total weight (x the painted voxels' count) ...
@@ -109,7 +110,8 @@ def fit_forest(x: np.ndarray, y: np.ndarray, opts: LoopOptions, w: np.ndarray | 
                seed: int = 0):
     from sklearn.ensemble import RandomForestClassifier
 
-    kw = dict(FOREST, n_estimators=opts.trees, min_samples_leaf=opts.min_leaf)
+    kw = dict(FOREST, n_estimators=opts.trees, min_samples_leaf=opts.min_leaf,
+              max_features=opts.max_features)
     if opts.min_tree_samples and len(y) * kw["max_samples"] < opts.min_tree_samples:
         kw["max_samples"] = min(1.0, opts.min_tree_samples / len(y))
     if opts.balanced:

@@ -124,6 +124,18 @@ LOOPS = {
                           pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("dae",)),
     "sqrt1-vaectx": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                        pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("vaectx",)),
+    # How many columns a split draws from (session 5): with more VAE columns the default
+    # draws the ilastik ones less often; half or all of them, with and without the VAE.
+    "sqrt1-mf05": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                     pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, max_features=0.5),
+    "sqrt1-mf05-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                           pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5,
+                           max_features=0.5),
+    "sqrt1-mf1": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, max_features=None),
+    "sqrt1-mf1-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
+                          pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5,
+                          max_features=None),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
