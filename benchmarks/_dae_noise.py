@@ -46,28 +46,23 @@ def patched(res, std):
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     import napari_latentseg.engine.anomaly_dae as D
+
+    engine = D._coarse_noise
 
     def coarse(n, size, mask, gen):
         r = res if isinstance(res, int) else int(res[int(torch.randint(len(res), (1,),
                                                                        generator=gen))])
-        g = torch.randn(n, 1, r, r, generator=gen) * std
-        cell = max(1, size // r)
-        up = F.interpolate(F.pad(g, (0, 1, 0, 1), mode="replicate"), size=(size + cell,) * 2,
-                           mode="bilinear", align_corners=False)
-        oy, ox = torch.randint(0, cell, (2,), generator=gen).tolist()
-        return up[:, :, oy:oy + size, ox:ox + size] * mask
+        return engine(n, size, mask, gen, res=r, std=std)
 
     @contextlib.contextmanager
     def ctx():
-        old = D._coarse_noise
         D._coarse_noise = coarse
         try:
             yield
         finally:
-            D._coarse_noise = old
+            D._coarse_noise = engine
 
     return ctx()
 
@@ -75,7 +70,7 @@ def patched(res, std):
 def main() -> None:
     from scipy import ndimage
 
-    from napari_latentseg.engine.anomaly import anomaly_map, head_mask
+    from napari_latentseg.engine.anomaly import anomaly_map
 
     p = argparse.ArgumentParser()
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -89,12 +84,7 @@ def main() -> None:
     out = a.out / f"dae-noise{a.tag}"
     for c in cases:
         v, truth = c["v"], c["truth"]
-        mask = head_mask(v, c["mod"])
-        smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
-        lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
-        far = np.ones(v.shape[0], bool)
-        far[lesion_z] = False
-        fmask = mask & far[:, None, None]
+        _, smask, fmask = B.case_masks(c)
         for name in a.variants:
             res_, std = VARIANTS[name]
             t = time.perf_counter()

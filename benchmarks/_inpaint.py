@@ -75,28 +75,17 @@ def inpaint_raw_iter(x, mask, *, spacing=None, steps=None, seed=0, device="cpu",
     keep = mask.reshape(z, -1).mean(1) > 0.05
     xs = np.ascontiguousarray(x[keep], dtype=np.float32)
     ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = D._unet().to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
+
+    def loss_of(net, rng, gen):  # the denoiser's crops, with holes instead of noise
         _, xb, mb = D.noisy_batch(xs, ms, crop, D._BATCH, rng, gen)
         hm = torch.from_numpy(np.stack([checkerboard((crop, crop), hole, *rng.integers(
             0, 2 * hole, size=2)) for _ in range(len(xb))])[:, None].astype(np.float32))
-        inp = xb * (1 - hm) + FILL * hm
-        wgt = hm * mb
-        loss = (((net(inp.to(device)) - xb.to(device)) ** 2) * wgt.to(device)).sum() / \
-            wgt.sum().clamp(min=1).to(device)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 10 == 0 or step == steps - 1:
-            yield {"stage": "anomaly: inpainting", "done": step + 1, "total": steps,
-                   "loss": float(loss.detach())}
-    net.eval()
+        wgt = (hm * mb).to(device)
+        pred = net((xb * (1 - hm) + FILL * hm).to(device))
+        return (((pred - xb.to(device)) ** 2) * wgt).sum() / wgt.sum().clamp(min=1)
+
+    net = yield from D.fit_unet_iter(steps, loss_of, seed=seed, device=device,
+                                     stop_event=stop_event, stage="anomaly: inpainting")
     ph, pw = (-h) % 8, (-w) % 8
     xp = np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)), mode="edge")
     out = np.zeros_like(xp)
@@ -129,9 +118,7 @@ def as_engine_dae(hole: int):
 
 
 def main() -> None:
-    from scipy import ndimage
-
-    from napari_latentseg.engine.anomaly import anomaly_map, head_mask
+    from napari_latentseg.engine.anomaly import anomaly_map
 
     p = argparse.ArgumentParser()
     p.add_argument("--cases", nargs="+", default=_dae_noise.MR_CASES)
@@ -146,12 +133,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for c in cases:
         v, truth = c["v"], c["truth"]
-        mask = head_mask(v, c["mod"])
-        smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
-        lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
-        far = np.ones(v.shape[0], bool)
-        far[lesion_z] = False
-        fmask = mask & far[:, None, None]
+        _, smask, fmask = B.case_masks(c)
         for m in a.methods:
             ctx = as_engine_dae(a.hole) if m == "inpaint" else contextlib.nullcontext()
             t = time.perf_counter()

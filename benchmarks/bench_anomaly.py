@@ -205,6 +205,23 @@ def build_cases(quick: bool):
     return cases, refs
 
 
+def case_masks(c: dict):
+    """(head mask, scored voxels, lesion-free slices' head) of a case from build_cases: the
+    real tumour's slices are not scored in the synthetic brain cases, and false positives are
+    counted at least 3 slices away from every lesion."""
+    from scipy import ndimage
+
+    from napari_latentseg.engine.anomaly import head_mask
+
+    v, truth = c["v"], c["truth"]
+    mask = head_mask(v, c["mod"])
+    smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
+    lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
+    far = np.ones(v.shape[0], bool)
+    far[lesion_z] = False
+    return mask, smask, mask & far[:, None, None]
+
+
 OTHER = {"brain1": "brain2", "brain2": "brain1", "lung1": "lung2", "lung2": "lung1"}
 
 
@@ -226,9 +243,7 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",)) -> dict:
-    from scipy import ndimage
-
-    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative, head_mask
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
     t_all = time.perf_counter()
     cases, refs = build_cases(quick)
@@ -251,12 +266,7 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
     for c in cases:
         model = models[c["group"]]
         v, truth = c["v"], c["truth"]
-        mask = head_mask(v, c["mod"])
-        smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
-        lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
-        far = np.ones(v.shape[0], bool)
-        far[lesion_z] = False
-        fmask = mask & far[:, None, None]
+        mask, smask, fmask = case_masks(c)
         base = {"case": c["name"], "shape": list(v.shape), "lesion_ml":
                 float(truth.sum() * np.prod(c["sp"]) / 1000)}
         rows.append({**base, "method": "oracle-window", "mode": "labels",

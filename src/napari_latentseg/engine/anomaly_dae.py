@@ -21,7 +21,8 @@ import numpy as np
 
 from ..runtime.progress import check_stop
 
-__all__ = ["dae_raw_iter", "dae_suits", "noisy_batch", "slice_normalise", "DAE_STEPS"]
+__all__ = ["dae_raw_iter", "dae_suits", "fit_unet_iter", "noisy_batch", "slice_normalise",
+           "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule); the benchmark's recipe
 #: Environment variable that overrides :data:`DAE_STEPS` (fewer steps on a slow machine, or
@@ -78,12 +79,14 @@ def _unet():
     return UNet()
 
 
-def _coarse_noise(n: int, size: int, mask, gen):
+def _coarse_noise(n: int, size: int, mask, gen, res: int = _NOISE_RES,
+                  std: float = _NOISE_STD):
+    """Gaussian noise (std ``std``) drawn on a ``res`` x ``res`` grid per crop, upsampled."""
     import torch
     import torch.nn.functional as F
 
-    g = torch.randn(n, 1, _NOISE_RES, _NOISE_RES, generator=gen) * _NOISE_STD
-    cell = max(1, size // _NOISE_RES)
+    g = torch.randn(n, 1, res, res, generator=gen) * std
+    cell = max(1, size // res)
     # A random sub-cell shift: upsample a slightly larger grid and crop (no fixed lattice).
     up = F.interpolate(F.pad(g, (0, 1, 0, 1), mode="replicate"), size=(size + cell,) * 2,
                        mode="bilinear", align_corners=False)
@@ -144,6 +147,37 @@ def dae_suits(volume: np.ndarray, modality: str | None = None) -> bool:
     return guess_modality(v if v.ndim == 3 else v[None], modality) == "MR"
 
 
+def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
+                  stop_event: threading.Event | None = None,
+                  stage: str = "anomaly: denoiser") -> Generator[dict, None, object]:
+    """Fit the 3-level UNet with the recipe's optimiser (AdamW, one-cycle at 2e-3).
+
+    ``loss_of(net, rng, gen)`` returns one batch's loss; ``rng`` (numpy) and ``gen`` (torch)
+    are seeded with ``seed``, as are the weights. Yields progress every 10 steps; returns the
+    network in eval mode.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = _unet().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        check_stop(stop_event, "anomaly scoring")
+        loss = loss_of(net, rng, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0 or step == steps - 1:
+            yield {"stage": stage, "done": step + 1, "total": steps,
+                   "loss": float(loss.detach())}
+    net.eval()
+    return net
+
+
 def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | None = None,
                  seed: int = 0, device: str = "cpu",
                  stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
@@ -197,24 +231,13 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         raise ValueError("the dae anomaly score found no head voxels to learn from")
     xs = np.ascontiguousarray(x[keep], dtype=np.float32)
     ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = _unet().to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
-        check_stop(stop_event, "anomaly scoring")
+
+    def loss_of(net, rng, gen):
         noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen))
-        loss = (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 10 == 0 or step == steps - 1:
-            yield {"stage": "anomaly: denoiser", "done": step + 1, "total": steps,
-                   "loss": float(loss.detach())}
-    net.eval()
+        return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
+
+    net = yield from fit_unet_iter(steps, loss_of, seed=seed, device=device,
+                                   stop_event=stop_event, stage="anomaly: denoiser")
     ph, pw = (-h) % 8, (-w) % 8
     out = np.empty_like(x, dtype=np.float32)
     with torch.no_grad():
