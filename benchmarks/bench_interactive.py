@@ -136,6 +136,11 @@ LOOPS = {
     "sqrt1-mf1-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                           pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5,
                           max_features=None),
+    # Momentum on the current default (session 5): last round's probabilities averaged in.
+    "sqrt1-mom": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, momentum=0.5),
+    "sqrt1-mom3": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
+                     pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, momentum=0.3),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
