@@ -223,13 +223,16 @@ class VAEDefault:
         self.setup_s = fit_s
         self.spacing = spacing
         self.options = options  # SegmentOptions fields (background, vae_features...)
+        self.last = None  # the previous round's result (momentum)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         res = segment(self.model, self.image, ann, modality=self.modality, cache=self.cache,
-                      seed=self.seed, spacing=self.spacing, **kw, **self.options)
+                      seed=self.seed, spacing=self.spacing, previous=self.last, **kw,
+                      **self.options)
+        self.last = res
         if self.ft:
             self.model = res.model
         return Round(np.asarray(res.labels, dtype=np.int64), res.probabilities,

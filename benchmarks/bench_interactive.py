@@ -157,6 +157,8 @@ ENGINE = {
     "engine-novae-fixed": {"vae_features": False, "background_adaptive": False},
     "prior-w2": {"background_weight": 2.0, "background_adaptive": False},
     "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
+    # Momentum (session 5, opt-in): the previous round's probabilities averaged in.
+    "vae-momentum": {"momentum": 0.5},
 }
 # Semi-supervised rounds (benchmarks/_semisup.py, issue #13): encoder + head on the strokes and
 # the background prior, the VAE's loss keeping the encoder an autoencoder.

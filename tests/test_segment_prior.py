@@ -157,3 +157,29 @@ def test_adaptive_prior_weighs_by_the_object_share(scene):
     assert _dice(res.labels == 2, truth) > 0.6
     painted = ann > 0
     np.testing.assert_array_equal(res.labels[painted], ann[painted])
+
+
+def test_momentum_averages_the_previous_round_in(scene):
+    vol, ann, _ = scene
+    first = segment(None, vol, ann, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1  # a corrective background stroke
+    plain = segment(None, vol, ann2, spacing=SPACING)
+    mom = segment(None, vol, ann2, SegmentOptions(momentum=0.5), spacing=SPACING,
+                  previous=first)
+    free = ann2 == 0  # painted voxels are one-hot in every round
+    np.testing.assert_allclose(mom.probabilities[:, free],
+                               0.5 * plain.probabilities[:, free]
+                               + 0.5 * first.probabilities[:, free], atol=1e-6)
+    assert any("momentum 0.5" in n for n in mom.notes)
+    painted = ann2 > 0
+    np.testing.assert_array_equal(mom.labels[painted], ann2[painted])
+    # Off by default, and a previous round with other classes is not averaged in.
+    same = segment(None, vol, ann2, spacing=SPACING, previous=first)
+    np.testing.assert_array_equal(same.probabilities, plain.probabilities)
+    other = segment(None, vol, np.where(ann2 == 1, 3, ann2).astype(np.uint8),
+                    SegmentOptions(momentum=0.5, background=3), spacing=SPACING,
+                    previous=first)
+    assert any("other classes" in n for n in other.notes)
+    with pytest.raises(ValueError, match="momentum"):
+        SegmentOptions(momentum=1.0)

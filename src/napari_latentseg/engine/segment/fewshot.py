@@ -54,6 +54,7 @@ def segment_iter(
     cache: FeatureCache | None = None,
     stop_event: threading.Event | None = None,
     spacing: tuple[float, ...] | None = None,
+    previous: SegmentationResult | None = None,
     **legacy_kwargs,
 ) -> Generator[dict, None, SegmentationResult]:
     """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
@@ -89,6 +90,10 @@ def segment_iter(
         Stops fine-tuning at the next step (what was learnt is used); elsewhere cancels.
     spacing : tuple of float, optional
         Voxel size (mm, z y x), for the background prior's margin; 1 mm when unknown.
+    previous : SegmentationResult, optional
+        The last round's result on the same image: with ``options.momentum`` > 0 its
+        probabilities are averaged in (ignored, with a note, when its classes or shape
+        differ).
     **legacy_kwargs
         Fields of :class:`SegmentOptions` as keywords (``finetune_steps=50``, ...), applied
         over ``options``.
@@ -134,6 +139,8 @@ def segment_iter(
         predict = (ForestProbabilities(forest, forest_feats, st.n_classes)
                    if forest is not None else head_round.proba)
         probs = yield from _predict(st, run.volume_batches, predict, later_stop)
+        if previous is not None and opts.momentum > 0:
+            _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
                                                     opts.keep_connected_regions)
         if blend:
@@ -268,6 +275,22 @@ def _predict(st: RoundState, batches: list[np.ndarray], predict: Callable, stop_
         probs[:, zs[0] : zs[-1] + 1] = predict(zs)
         yield {"stage": "segment: predict", "done": i + 1, "total": len(batches)}
     return probs
+
+
+def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,
+                    weight: float, squeezed: bool) -> None:
+    """Average ``probs`` in place with the previous round's at ``weight`` (momentum)."""
+    prev = np.asarray(previous.probabilities)
+    if squeezed:
+        prev = prev[:, None]
+    if list(previous.classes) != list(st.table.classes) or prev.shape != probs.shape:
+        st.notes.append("the previous round had other classes or another shape: its "
+                        "probabilities were not averaged in")
+        return
+    for z0 in range(0, probs.shape[1], 16):  # chunks: no whole-volume temporaries
+        sl = np.s_[:, z0 : z0 + 16]
+        probs[sl] = (1.0 - weight) * probs[sl] + weight * prev[sl]
+    st.notes.append(f"averaged with the previous round's probabilities (momentum {weight:g})")
 
 
 def _refine_boundaries(st: RoundState, probs: np.ndarray, labels: np.ndarray,
