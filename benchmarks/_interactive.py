@@ -198,9 +198,10 @@ def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -
 
 
 def get_model(name: str, image: np.ndarray, modality: str | None,
-              minutes: float | None = None):
+              minutes: float | None = None, config: str | None = None):
     """The case's VAE fitted on the whole scan once (the product default, or a ``minutes``
-    cap), cached in CACHE (refitted when the cached one had another cap).
+    cap), cached in CACHE (refitted when the cached one had another cap). ``config``: a
+    preset other than the default (cached as ``<name>-<config>``).
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
     """
@@ -210,13 +211,17 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     if minutes is None and os.environ.get("LATENTSEG_BENCH_FIT_MINUTES"):
         minutes = float(os.environ["LATENTSEG_BENCH_FIT_MINUTES"])
     minutes = FIT_MINUTES if minutes is None else minutes
-    path = CACHE / f"{name}.pt"
-    meta = CACHE / f"{name}.json"
+    from napari_latentseg.models.config import DEFAULT_CONFIG
+
+    key = name if config is None else f"{name}-{config}"
+    path = CACHE / f"{key}.pt"
+    meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
     if cached and cached["minutes"] == minutes:
         return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
-    res = fit(image, options=FitOptions(minutes=minutes, device=DEVICE), modalities=[modality])
+    res = fit(image, config or DEFAULT_CONFIG, FitOptions(minutes=minutes, device=DEVICE),
+              modalities=[modality])
     fit_s = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
     save_model(res.model, path, overwrite=True)

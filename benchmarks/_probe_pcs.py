@@ -53,7 +53,8 @@ def main() -> None:
     for case in a.cases:
         env = bi.case_env(case, ia.DEFAULT_DATA, a.quick)
         if a.config:
-            env["model"], env["fit_s"] = preset_model(case.split("-")[0], a.config, env)
+            env["model"], env["fit_s"] = ia.get_model(case.split("-")[0], env["full_image"],
+                                                      env["modality"], config=a.config)
         runs = [("novae", None)] + [(f"pcs{k}", k) for k in a.pcs]
         for label, k in runs:
             forest._ENCODER_PCS = default_pcs if k is None else k
@@ -74,27 +75,6 @@ def main() -> None:
                     {"rows": rows, "seconds": round(time.perf_counter() - t_all, 1)}, indent=1))
     name.with_suffix(".md").write_text(markdown(rows))
     print(markdown(rows))
-
-
-def preset_model(name: str, config: str, env: dict):
-    """The scan's VAE of preset ``config`` (the product's default steps), fitted once on the
-    whole scan and cached; returns (model, fit seconds)."""
-    from napari_latentseg.engine.train import FitOptions, fit
-    from napari_latentseg.models.checkpoint import load_model, save_model
-
-    path = ia.CACHE / f"{name}-{config}.pt"
-    meta = path.with_suffix(".json")
-    if path.exists() and meta.exists():
-        return load_model(path, device=ia.DEVICE), json.loads(meta.read_text())["fit_s"]
-    t0 = time.perf_counter()
-    res = fit(env["full_image"], config, FitOptions(device=ia.DEVICE),
-              modalities=[env["modality"]])
-    fit_s = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(res.model, path, overwrite=True)
-    meta.write_text(json.dumps({"fit_s": round(fit_s, 1), "steps": res.steps}))
-    print(f"fitted {config} on {name}: {res.steps} steps, {fit_s:.0f} s", flush=True)
-    return res.model, fit_s
 
 
 def markdown(rows: list[dict]) -> str:

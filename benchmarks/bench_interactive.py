@@ -44,6 +44,11 @@ import _semisup as ss  # noqa: E402
 from _loop_methods import LoopOptions as LO  # noqa: E402
 
 FINETUNE_STEPS = 60
+# The default's forest loop (the engine reproduces it round for round): the background
+# prior weighted by the root of the object's odds; the sqrt1-* variants change one thing.
+R = dataclasses.replace
+SQRT1 = LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True, pu_adapt=1.0,
+           pu_cap=10.0, pu_power=0.5)
 # The loop changes measured (benchmarks/_loop_methods.py); "loop" is the combination kept.
 LOOPS = {
     "forest-engine": LO(),  # the engine's forest path re-implemented (sanity check)
@@ -110,37 +115,24 @@ LOOPS = {
     # The weight's slope: kappa ((1 - pi) / pi) ** 0.5, gentler where the object is a few %.
     "pu-adapt-sqrt": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                         pu_adapt=0.5, pu_cap=10.0, pu_power=0.5),
-    "pu-adapt-sqrt1": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                         pu_adapt=1.0, pu_cap=10.0, pu_power=0.5),  # = the engine's default
-    "pu-adapt-sqrt1-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
-                               pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5),
+    "pu-adapt-sqrt1": SQRT1,  # = the engine's default
+    "pu-adapt-sqrt1-novae": R(SQRT1, vae=False),
     # The random walker (session 1's only two-case gain) on top of the default's prior.
     "pu-adapt-c10-walk": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
                             pu_adapt=0.5, pu_cap=10.0, walker_beta=30.0, walker_mix=0.5),
     # Extra columns (issue #13 session 4): the denoiser's anomaly score; wider VAE context.
-    "sqrt1-dae": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("dae",)),
-    "sqrt1-dae-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
-                          pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("dae",)),
-    "sqrt1-vaectx": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                       pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, extra=("vaectx",)),
+    "sqrt1-dae": R(SQRT1, extra=("dae",)),
+    "sqrt1-dae-novae": R(SQRT1, vae=False, extra=("dae",)),
+    "sqrt1-vaectx": R(SQRT1, extra=("vaectx",)),
     # How many columns a split draws from (session 5): with more VAE columns the default
     # draws the ilastik ones less often; half or all of them, with and without the VAE.
-    "sqrt1-mf05": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                     pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, max_features=0.5),
-    "sqrt1-mf05-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
-                           pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5,
-                           max_features=0.5),
-    "sqrt1-mf1": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, max_features=None),
-    "sqrt1-mf1-novae": LO(vae=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
-                          pu_obj=True, pu_adapt=1.0, pu_cap=10.0, pu_power=0.5,
-                          max_features=None),
+    "sqrt1-mf05": R(SQRT1, max_features=0.5),
+    "sqrt1-mf05-novae": R(SQRT1, vae=False, max_features=0.5),
+    "sqrt1-mf1": R(SQRT1, max_features=None),
+    "sqrt1-mf1-novae": R(SQRT1, vae=False, max_features=None),
     # Momentum on the current default (session 5): last round's probabilities averaged in.
-    "sqrt1-mom": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                    pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, momentum=0.5),
-    "sqrt1-mom3": LO(pu=2000, pu_exclude=10.0, min_tree_samples=500, pu_obj=True,
-                     pu_adapt=1.0, pu_cap=10.0, pu_power=0.5, momentum=0.3),
+    "sqrt1-mom": R(SQRT1, momentum=0.5),
+    "sqrt1-mom3": R(SQRT1, momentum=0.3),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
