@@ -52,6 +52,11 @@ class LoopOptions:
     stable_radius: float = 0.0  # mm: farther from the new stroke, keep the previous label...
     stable_p: float = 0.9  # ...unless the new top probability reaches this
     momentum: float = 0.0  # weight of last round's probabilities in this round's
+    momentum_where: str = "all"  # "all"; "far": only farther than momentum_radius from the
+    #   newest stroke; "shrink": only where the object's probability fell (the object grows
+    #   at once, shrinks at half speed); "unsettled": only where last round's label had
+    #   just changed (a voxel flipping back is held; everywhere in the first correction)
+    momentum_radius: float = 20.0  # mm, for "far"
     walker_beta: float = 0.0  # > 0: random walker on the probabilities, seeded by strokes
     walker_sure: float = 0.97  # ... and by voxels the forest is this sure of
     walker_mix: float = 1.0  # weight of the walker's probabilities against the forest's
@@ -266,6 +271,7 @@ class ForestLoop:
         self.spacing = spacing
         self.setup_s = setup_s
         self.prev: np.ndarray | None = None
+        self.prev_prev: np.ndarray | None = None  # labels two rounds back
         self.prev_probs: np.ndarray | None = None
         self.mu = self.sd = None
 
@@ -311,7 +317,8 @@ class ForestLoop:
             probs = smooth_probs(probs, o.smooth, self.spacing)
         if o.momentum and self.prev_probs is not None and \
                 self.prev_probs.shape == probs.shape:
-            probs = (1 - o.momentum) * probs + o.momentum * self.prev_probs
+            m = self._momentum_weight(probs, classes, strokes_round)
+            probs = ((1 - m) * probs + m * self.prev_probs).astype(np.float32)
         self.prev_probs = probs
         if o.walker_beta:
             pw = walker(probs, classes, ann, o.walker_beta, o.walker_sure)
@@ -319,8 +326,33 @@ class ForestLoop:
         labels = finish(probs, classes, ann, o.connected)
         if o.stable_radius and self.prev is not None:
             labels = self._stabilise(labels, probs, ann, strokes_round)
-        self.prev = labels
+        self.prev_prev, self.prev = self.prev, labels
         return Round(labels, probs, classes)
+
+    def _momentum_weight(self, probs, classes, strokes_round):
+        """Momentum per voxel (a scalar for "all"): where the last round's probabilities are
+        averaged into this round's."""
+        from scipy import ndimage as ndi
+
+        o = self.opts
+        if o.momentum_where == "all":
+            return o.momentum
+        if o.momentum_where == "far":
+            newest = strokes_round == strokes_round.max()
+            near = ndi.distance_transform_edt(~newest, sampling=self.spacing) <= o.momentum_radius
+            return np.where(near, 0.0, o.momentum).astype(np.float32)
+        if o.momentum_where == "shrink":
+            # Two-class tasks: the object is the class other than the prior's background.
+            obj = [i for i, c in enumerate(classes) if c != o.pu_class]
+            if len(classes) != 2 or len(obj) != 1:
+                return o.momentum
+            return np.where(probs[obj[0]] < self.prev_probs[obj[0]], o.momentum,
+                            0.0).astype(np.float32)
+        if o.momentum_where == "unsettled":
+            if self.prev_prev is None:
+                return o.momentum
+            return np.where(self.prev != self.prev_prev, o.momentum, 0.0).astype(np.float32)
+        raise ValueError(f"unknown momentum_where {o.momentum_where!r}")
 
     def _adapt(self, clf, x, y, w, n_painted):
         """Refit with the prior weighted by the object's share of the scan, estimated from

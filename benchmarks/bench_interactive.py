@@ -133,6 +133,12 @@ LOOPS = {
     # Momentum on the current default (session 5): last round's probabilities averaged in.
     "sqrt1-mom": R(SQRT1, momentum=0.5),
     "sqrt1-mom3": R(SQRT1, momentum=0.3),
+    # Momentum only where the loop oscillates (session 6): far from the newest stroke, where
+    # the object shrinks, or where the last label had just changed.
+    "sqrt1-mom-far": R(SQRT1, momentum=0.5, momentum_where="far", momentum_radius=20.0),
+    "sqrt1-mom-far10": R(SQRT1, momentum=0.5, momentum_where="far", momentum_radius=10.0),
+    "sqrt1-mom-shrink": R(SQRT1, momentum=0.5, momentum_where="shrink"),
+    "sqrt1-mom-unsettled": R(SQRT1, momentum=0.5, momentum_where="unsettled"),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }

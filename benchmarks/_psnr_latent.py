@@ -1,0 +1,85 @@
+"""Probe: how the VAE's latent size limits the reconstruction (issue #14's PSNR target).
+
+Fits each preset on full-size brain1 with the product's default fit options (cached beside
+the interactive benchmark's VAEs, ``<case>-<config>``) and reports the fit's seconds and
+steps, and the reconstruction PSNR in the head in scan units (the issue's figure, computed by
+``bench_anomaly.psnr_and_timing``). The same models then go to ``_probe_pcs.py --config`` for
+their value as segmentation columns.
+
+Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
+benchmarks/_psnr_latent.py [--configs cpu-2d cpu-2d-wide cpu-2d-fine] [--cases brain1]``;
+writes ``benchmarks/results/psnr-latent.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _interactive as ia  # noqa: E402
+import bench_anomaly as ba  # noqa: E402
+
+
+def main() -> None:
+    from napari_latentseg.io import read_volume
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", nargs="+", default=["cpu-2d", "cpu-2d-wide", "cpu-2d-fine"])
+    p.add_argument("--cases", nargs="+", default=["brain1"],
+                   help="scans each preset is fitted on; PSNR is always measured on brain1")
+    p.add_argument("--steps", type=int, default=None,
+                   help="fit this many steps instead of the default (cached as -s<N>)")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    a = p.parse_args()
+    path = a.out / "psnr-latent.json"
+    rows = json.loads(path.read_text()) if path.exists() else []  # earlier runs' presets
+    for case in a.cases:
+        image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
+        for cfg in a.configs:
+            t = time.perf_counter()
+            if a.steps:
+                model, fit_s, info = fit_steps(case, image, cfg, a.steps)
+            else:
+                model, fit_s = ia.get_model(case, image, "MR",
+                                            config=None if cfg == "cpu-2d" else cfg)
+                meta = ia.CACHE / (f"{case}.json" if cfg == "cpu-2d" else f"{case}-{cfg}.json")
+                info = json.loads(meta.read_text())
+            n_par = sum(p.numel() for p in model.net.parameters())
+            row = {"case": case, "config": cfg + (f"-s{a.steps}" if a.steps else ""), "fit_s": fit_s, "steps": info.get("steps"),
+                   "parameters": n_par, "load_s": round(time.perf_counter() - t, 1),
+                   **ba.psnr_and_timing(model, quick=True),
+                   "psnr_note": f"fitted on full-size {case}, measured on full-size brain1"}
+            rows = [r for r in rows if (r["case"], r["config"]) != (case, row["config"])]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            a.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows, indent=1))
+
+
+def fit_steps(case: str, image, cfg: str, steps: int):
+    """A preset fitted for ``steps`` steps (otherwise the default options), cached."""
+    from napari_latentseg.engine.train import FitOptions, fit
+    from napari_latentseg.models.checkpoint import load_model, save_model
+
+    path = ia.CACHE / f"{case}-{cfg}-s{steps}.pt"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        return load_model(path, device=ia.DEVICE), info["fit_s"], info
+    t = time.perf_counter()
+    res = fit(image, cfg, FitOptions(steps=steps, device=ia.DEVICE), modalities=["MR"])
+    info = {"fit_s": round(time.perf_counter() - t, 1), "steps": res.steps,
+            "reason": res.reason}
+    ia.CACHE.mkdir(parents=True, exist_ok=True)
+    save_model(res.model, path, overwrite=True)
+    meta.write_text(json.dumps(info))
+    return res.model, info["fit_s"], info
+
+
+if __name__ == "__main__":
+    main()
