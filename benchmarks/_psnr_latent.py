@@ -50,7 +50,8 @@ def main() -> None:
                 meta = ia.CACHE / (f"{case}.json" if cfg == "cpu-2d" else f"{case}-{cfg}.json")
                 info = json.loads(meta.read_text())
             n_par = sum(p.numel() for p in model.net.parameters())
-            row = {"case": case, "config": cfg + (f"-s{a.steps}" if a.steps else ""), "fit_s": fit_s, "steps": info.get("steps"),
+            row = {"case": case, "config": cfg + (f"-s{a.steps}" if a.steps else ""),
+                   "fit_s": fit_s, "steps": info.get("steps"),
                    "parameters": n_par, "load_s": round(time.perf_counter() - t, 1),
                    **ba.psnr_and_timing(model, quick=True),
                    "psnr_note": f"fitted on full-size {case}, measured on full-size brain1"}

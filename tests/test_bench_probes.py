@@ -1,5 +1,5 @@
-"""The session-5 probes: they patch the engine only while they run, as they say, and the
-inpainting prototype hides every voxel once."""
+"""The benchmark probes: they patch the engine only while they run, as they say, the
+inpainting prototype hides every voxel once, and the momentum rules average where they say."""
 
 from __future__ import annotations
 
@@ -47,3 +47,37 @@ def test_inpainting_passes_hide_every_voxel_exactly_once():
     # Each hole is hole x hole and keeps a visible border of the same width around it.
     first = passes[0]
     assert first[:hole, :hole].all() and not first[hole : 2 * hole, :].any()
+
+
+def test_momentum_rules_average_only_where_they_say():
+    """Session 6's momentum rules: none within the radius of the newest stroke ("far"), only
+    where the object's probability fell ("shrink"), only at voxels that just changed
+    ("unsettled")."""
+    import dataclasses
+
+    import _loop_methods as lm
+
+    shape = (3, 8, 8)
+    feats = np.zeros(shape + (lm.N_MULTISCALE + 2,), np.float16)
+    strokes = np.zeros(shape, np.int64)
+    strokes[1, 0, 0] = 1
+    strokes[1, 6, 6] = 3  # the newest stroke (the second correction)
+    o = lm.LoopOptions(momentum=0.5, momentum_where="far", momentum_radius=2.0)
+    loop = lm.ForestLoop(feats, (1.0, 1.0, 1.0), o, 0.0)
+    loop.prev_probs = np.full((2,) + shape, 0.5, np.float32)
+    m = loop._momentum_weight(loop.prev_probs, [1, 2], strokes)
+    assert m[1, 6, 6] == 0 and m[1, 4, 6] == 0 and m[1, 0, 0] == 0.5
+
+    loop.opts = dataclasses.replace(o, momentum_where="shrink")  # class 2 is the object
+    probs = loop.prev_probs.copy()
+    probs[1, :, 0] = 0.2  # the object's probability falls in row 0 only
+    m = loop._momentum_weight(probs, [1, 2], strokes)
+    assert (m[:, 0] == 0.5).all() and (m[:, 1:] == 0).all()
+
+    loop.opts = dataclasses.replace(o, momentum_where="unsettled")
+    assert loop._momentum_weight(probs, [1, 2], strokes) == 0.5  # the first correction
+    loop.prev_prev = np.ones(shape, np.int64)
+    loop.prev = loop.prev_prev.copy()
+    loop.prev[2] = 2
+    m = loop._momentum_weight(probs, [1, 2], strokes)
+    assert (m[2] == 0.5).all() and (m[:2] == 0).all()
