@@ -201,7 +201,7 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
               minutes: float | None = None, config: str | None = None):
     """The case's VAE fitted on the whole scan once (the product default, or a ``minutes``
     cap), cached in CACHE (refitted when the cached one had another cap). ``config``: a
-    preset other than the default (cached as ``<name>-<config>``).
+    preset other than the default (cached as ``<name>-<config>``, cpu-2d as ``<name>``).
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
     """
@@ -213,14 +213,16 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     minutes = FIT_MINUTES if minutes is None else minutes
     from napari_latentseg.models.config import DEFAULT_CONFIG
 
-    key = name if config is None else f"{name}-{config}"
+    config = config or DEFAULT_CONFIG
+    # cpu-2d models (the default until session 6) keep their plain cache names.
+    key = name if config == "cpu-2d" else f"{name}-{config}"
     path = CACHE / f"{key}.pt"
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
     if cached and cached["minutes"] == minutes:
         return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
-    res = fit(image, config or DEFAULT_CONFIG, FitOptions(minutes=minutes, device=DEVICE),
+    res = fit(image, config, FitOptions(minutes=minutes, device=DEVICE),
               modalities=[modality])
     fit_s = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="")
     p.add_argument("--config", default=None, help="VAE preset (default: the benchmark's)")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip the run without VAE columns (measured in another run)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     base_opts = bi.LOOPS["pu-adapt-sqrt1"]
@@ -51,11 +53,9 @@ def main() -> None:
     name = a.out / f"probe-pcs{a.tag}"
     default_pcs = forest._ENCODER_PCS
     for case in a.cases:
-        env = bi.case_env(case, ia.DEFAULT_DATA, a.quick)
-        if a.config:
-            env["model"], env["fit_s"] = ia.get_model(case.split("-")[0], env["full_image"],
-                                                      env["modality"], config=a.config)
-        runs = [("novae", None)] + [(f"pcs{k}", k) for k in a.pcs]
+        env = bi.case_env(case, ia.DEFAULT_DATA, a.quick, config=a.config)
+        runs = [] if a.no_ablation else [("novae", None)]
+        runs += [(f"pcs{k}", k) for k in a.pcs]
         for label, k in runs:
             forest._ENCODER_PCS = default_pcs if k is None else k
             env.pop("feats", None)  # recompute the engine's features with k components

@@ -1,13 +1,14 @@
 """Probe: how the VAE's latent size limits the reconstruction (issue #14's PSNR target).
 
-Fits each preset on full-size brain1 with the product's default fit options (cached beside
-the interactive benchmark's VAEs, ``<case>-<config>``) and reports the fit's seconds and
-steps, and the reconstruction PSNR in the head in scan units (the issue's figure, computed by
-``bench_anomaly.psnr_and_timing``). The same models then go to ``_probe_pcs.py --config`` for
-their value as segmentation columns.
+Fits each preset (and the losing variants of ``variants()``) on full-size brain1 with the
+product's default fit options (cached beside the interactive benchmark's VAEs,
+``<case>-<config>``) and reports the fit's seconds and steps, and the reconstruction PSNR in
+the head in scan units (the issue's figure, computed by ``bench_anomaly.psnr_and_timing``).
+The same models then go to ``_probe_pcs.py --config`` for their value as segmentation
+columns.
 
 Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
-benchmarks/_psnr_latent.py [--configs cpu-2d cpu-2d-wide cpu-2d-fine] [--cases brain1]``;
+benchmarks/_psnr_latent.py [--configs ...] [--cases brain1] [--steps N]``;
 writes ``benchmarks/results/psnr-latent.json``.
 """
 
@@ -25,11 +26,26 @@ import _interactive as ia  # noqa: E402
 import bench_anomaly as ba  # noqa: E402
 
 
+def variants() -> dict:
+    """Latent sizes measured in session 6 that lost (not product presets)."""
+    from napari_latentseg.models.config import ModelConfig
+
+    return {
+        "cpu-2d-wide": ModelConfig(name="cpu-2d-wide", latent_channels=16,
+                                   description="cpu-2d with a 16-channel latent at 1/4"),
+        "cpu-2d-fine8": ModelConfig(name="cpu-2d-fine8", channels=(16, 32), latent_channels=8,
+                                    description="cpu-2d-fine with an 8-channel latent"),
+        "cpu-2d-fine32": ModelConfig(name="cpu-2d-fine32", channels=(32, 64),
+                                     description="cpu-2d-fine with channels 32-64"),
+    }
+
+
 def main() -> None:
     from napari_latentseg.io import read_volume
 
     p = argparse.ArgumentParser()
-    p.add_argument("--configs", nargs="+", default=["cpu-2d", "cpu-2d-wide", "cpu-2d-fine"])
+    p.add_argument("--configs", nargs="+", default=["cpu-2d", "cpu-2d-fine", "cpu-2d-wide",
+                                                     "cpu-2d-fine8", "cpu-2d-fine32"])
     p.add_argument("--cases", nargs="+", default=["brain1"],
                    help="scans each preset is fitted on; PSNR is always measured on brain1")
     p.add_argument("--steps", type=int, default=None,
@@ -42,7 +58,7 @@ def main() -> None:
         image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
         for cfg in a.configs:
             t = time.perf_counter()
-            if a.steps:
+            if a.steps or cfg in variants():
                 model, fit_s, info = fit_steps(case, image, cfg, a.steps)
             else:
                 model, fit_s = ia.get_model(case, image, "MR",
@@ -62,18 +78,20 @@ def main() -> None:
             path.write_text(json.dumps(rows, indent=1))
 
 
-def fit_steps(case: str, image, cfg: str, steps: int):
-    """A preset fitted for ``steps`` steps (otherwise the default options), cached."""
+def fit_steps(case: str, image, cfg: str, steps: int | None):
+    """A preset or variant fitted for ``steps`` steps (None: the default options), cached."""
     from napari_latentseg.engine.train import FitOptions, fit
     from napari_latentseg.models.checkpoint import load_model, save_model
 
-    path = ia.CACHE / f"{case}-{cfg}-s{steps}.pt"
+    path = ia.CACHE / (f"{case}-{cfg}" + (f"-s{steps}" if steps else "") + ".pt")
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
         return load_model(path, device=ia.DEVICE), info["fit_s"], info
     t = time.perf_counter()
-    res = fit(image, cfg, FitOptions(steps=steps, device=ia.DEVICE), modalities=["MR"])
+    opts = FitOptions(device=ia.DEVICE) if steps is None else FitOptions(steps=steps,
+                                                                          device=ia.DEVICE)
+    res = fit(image, variants().get(cfg, cfg), opts, modalities=["MR"])
     info = {"fit_s": round(time.perf_counter() - t, 1), "steps": res.steps,
             "reason": res.reason}
     ia.CACHE.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Runs napari in a real window. Without a ``DISPLAY`` it starts a virtual X server itself
 (``pyvirtualdisplay`` + Xvfb, installed with the test dependencies); ``xvfb-run python
-scripts/make_screenshots.py`` works too. It opens the head phantom, fits a quick cpu-2d
+scripts/make_screenshots.py`` works too. It opens the head phantom, fits a quick cpu-2d-fine
 model (150 steps, about a minute on 2 cores), reconstructs, clusters, segments from the two
 shipped annotated slices, fine-tunes one round and moves to the suggested slice, saving
 ``docs/images/01_open.png`` ... ``05_finetune.png`` (window and dock, downscaled and
@@ -10,7 +10,7 @@ palette-compressed to stay small).
 
 Usage::
 
-    python scripts/make_screenshots.py [--out docs/images] [--steps 150] [--config cpu-2d]
+    python scripts/make_screenshots.py [--out docs/images] [--steps 150] [--config cpu-2d-fine]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--steps", type=int, default=150, help="fit steps (default 150)")
-    parser.add_argument("--config", default="cpu-2d")
+    parser.add_argument("--config", default="cpu-2d-fine")
     parser.add_argument("--finetune-steps", type=int, default=30)
     parser.add_argument("--data", type=Path, default=DATA,
                         help="pyradiomics scans for the real-scan walkthrough (skipped when "
@@ -266,7 +266,7 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     tumour = np.asarray(truth.data) > 0
     z = int(np.argmax(tumour.reshape(len(tumour), -1).sum(1)))
     ms = dock.model_section
-    ms.config.setCurrentText("cpu-2d")
+    ms.config.setCurrentText("cpu-2d-fine")
     ms.steps.setValue(args.real_steps)
     if not ms.fit():  # runs on the fit bar, alongside what follows
         raise RuntimeError(f"the fit did not start: {dock.fit_tasks.status_text}")

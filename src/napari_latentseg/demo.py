@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models.config import DEFAULT_CONFIG
 from .runtime.files import atomic_path, atomic_write
 
 __all__ = ["run_demo"]
@@ -84,7 +85,7 @@ def run_demo(
     *,
     input_path: str | Path | None = None,
     annotations: str | Path | None = None,
-    config: str = "cpu-2d",
+    config: str = DEFAULT_CONFIG,
     steps: int = 400,
     finetune_steps: int = 60,
     minutes: float | None = None,

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..models.config import DEFAULT_CONFIG
 from ._common import Progress, add_common
 
 
@@ -15,7 +16,8 @@ def add_parser(sub) -> None:
     d.add_argument("--output", "-o", default="demo_output", help="output folder")
     d.add_argument("--input", metavar="SCAN", help="use this scan instead of the phantom")
     d.add_argument("--annotations", metavar="ANN", help="sparse annotations for --input")
-    d.add_argument("--config", default="cpu-2d")
+    d.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"model configuration (default {DEFAULT_CONFIG})")
     d.add_argument("--steps", type=int, default=400, help="fit steps (default 400)")
     d.add_argument("--finetune-steps", type=int, default=60,
                    help="fine-tuning steps of the demo's fine-tuning round (default 60)")

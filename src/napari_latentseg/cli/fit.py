@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..models.config import DEFAULT_CONFIG
 from ._common import CLIError, add_common, load_scan, run_core
 
 DEFAULT_STEPS = 450
@@ -18,8 +19,8 @@ def add_parser(sub) -> None:
                    help="NIfTI, NRRD, MetaImage file or DICOM folder")
     f.add_argument("-o", "--output", required=True, metavar="MODEL",
                    help="model file to write (an existing file is kept; a new version is written)")
-    f.add_argument("--config", default="cpu-2d",
-                   help="model configuration (see `latentseg info`); default cpu-2d")
+    f.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"model configuration (see `latentseg info`); default {DEFAULT_CONFIG}")
     budget = f.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
                         help=f"training steps (default {DEFAULT_STEPS})")

@@ -125,9 +125,10 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig(
             name="cpu-2d",
             description=(
-                "Default. 2D slices, 3 levels (16-32-64), latent 4 ch at 1/4 resolution, "
-                "252k parameters; ~0.8 Mvoxel/s reconstruction and ~0.3 s per training step "
-                "on a 2-core CPU."
+                "2D slices, 3 levels (16-32-64), latent 4 ch at 1/4 resolution, 252k "
+                "parameters; ~0.8 Mvoxel/s reconstruction and ~0.3 s per training step on a "
+                "2-core CPU. The default until cpu-2d-fine matched its segmentation features "
+                "with 4 dB more PSNR."
             ),
         ),
         ModelConfig(
@@ -136,6 +137,15 @@ CONFIGS: dict[str, ModelConfig] = {
             description=(
                 "2.5D: the two neighbouring slices as extra channels, otherwise as cpu-2d. "
                 "Better for thin-slice CT/MR, no help for 5 mm+ slices."
+            ),
+        ),
+        ModelConfig(
+            name="cpu-2d-fine",
+            channels=(16, 32),
+            description=(
+                "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
+                "parameters: 27 dB PSNR on a brain MRI where cpu-2d gives 23, segmentation "
+                "features as good, ~1.4x faster to fit than cpu-2d on a CPU."
             ),
         ),
         ModelConfig(
@@ -188,7 +198,7 @@ CONFIGS: dict[str, ModelConfig] = {
     ]
 }
 
-DEFAULT_CONFIG = "cpu-2d"
+DEFAULT_CONFIG = "cpu-2d-fine"
 
 
 def get_config(name: str | ModelConfig) -> ModelConfig:

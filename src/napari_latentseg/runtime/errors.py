@@ -16,7 +16,7 @@ class UserError(Exception):
 # What to do about running out of memory differs by where the user is.
 CLI_HINTS = {
     "gpu_oom": "the GPU ran out of memory; use a smaller --tile or --device cpu",
-    "oom": "out of memory; use a smaller --tile or a smaller configuration (cpu-2d)",
+    "oom": "out of memory; use a smaller --tile or a smaller configuration (cpu-2d-fine)",
 }
 BATCH_HINTS = {
     "gpu_oom": "GPU out of memory while processing this scan (use --device cpu or a smaller "
@@ -25,10 +25,10 @@ BATCH_HINTS = {
 }
 DOCK_HINTS = {
     "gpu_oom": "the GPU ran out of memory. Choose the CPU under Device (section 2), a smaller "
-               "Tile size (section 3) or a smaller configuration such as cpu-2d, or close "
+               "Tile size (section 3) or a smaller configuration such as cpu-2d-fine, or close "
                "other programs using the GPU.",
     "oom": "not enough memory. Close other programs, crop the scan, or choose a smaller "
-           "configuration (cpu-2d).",
+           "configuration (cpu-2d-fine).",
 }
 
 # Exceptions whose message is the whole story: input, files, settings.
