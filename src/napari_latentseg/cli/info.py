@@ -16,8 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.config import CONFIGS
 
     if args.model is None:
+        width = max(map(len, CONFIGS))
         for name, cfg in CONFIGS.items():
-            print(f"{name:10s} {cfg.description}")
+            print(f"{name:{width}s}  {cfg.description}")
         return 0
     m = load_model(args.model)
     n = sum(p.numel() for p in m.net.parameters())

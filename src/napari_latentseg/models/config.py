@@ -123,6 +123,15 @@ CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in [
         ModelConfig(
+            name="cpu-2d-fine",
+            channels=(16, 32),
+            description=(
+                "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
+                "parameters: 27 dB PSNR on a brain MRI where cpu-2d gives 23, segmentation "
+                "features as good, ~1.4x faster to fit than cpu-2d on a CPU."
+            ),
+        ),
+        ModelConfig(
             name="cpu-2d",
             description=(
                 "2D slices, 3 levels (16-32-64), latent 4 ch at 1/4 resolution, 252k "
@@ -137,15 +146,6 @@ CONFIGS: dict[str, ModelConfig] = {
             description=(
                 "2.5D: the two neighbouring slices as extra channels, otherwise as cpu-2d. "
                 "Better for thin-slice CT/MR, no help for 5 mm+ slices."
-            ),
-        ),
-        ModelConfig(
-            name="cpu-2d-fine",
-            channels=(16, 32),
-            description=(
-                "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
-                "parameters: 27 dB PSNR on a brain MRI where cpu-2d gives 23, segmentation "
-                "features as good, ~1.4x faster to fit than cpu-2d on a CPU."
             ),
         ),
         ModelConfig(
