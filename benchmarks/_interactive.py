@@ -197,11 +197,19 @@ def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -
                  for a, b, k, s in zip(lo, hi, m, truth.shape, strict=True))
 
 
+def fit_suffix(steps: int | None, lr: float | None) -> str:
+    """Cache-name suffix of a fit with non-default steps or learning rate."""
+    return (f"-s{steps}" if steps else "") + (f"-lr{lr:g}" if lr else "")
+
+
 def get_model(name: str, image: np.ndarray, modality: str | None,
-              minutes: float | None = None, config: str | None = None):
+              minutes: float | None = None, config=None, steps: int | None = None,
+              lr: float | None = None):
     """The case's VAE fitted on the whole scan once (the product default, or a ``minutes``
     cap), cached in CACHE (refitted when the cached one had another cap). ``config``: a
-    preset other than the default (cached as ``<name>-<config>``, cpu-2d as ``<name>``).
+    preset name or a ``ModelConfig`` other than the default (cached as ``<name>-<config>``,
+    cpu-2d as ``<name>``); ``steps`` / ``lr``: other fit options (cached with ``-s<N>`` /
+    ``-lr<X>``).
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
     """
@@ -214,15 +222,17 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     from napari_latentseg.models.config import DEFAULT_CONFIG
 
     config = config or DEFAULT_CONFIG
+    cname = config if isinstance(config, str) else config.name
     # cpu-2d models (the default until session 6) keep their plain cache names.
-    key = name if config == "cpu-2d" else f"{name}-{config}"
+    key = (name if cname == "cpu-2d" else f"{name}-{cname}") + fit_suffix(steps, lr)
     path = CACHE / f"{key}.pt"
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
-    if cached and cached["minutes"] == minutes:
+    if cached and cached.get("minutes") == minutes:
         return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
-    res = fit(image, config, FitOptions(minutes=minutes, device=DEVICE),
+    kw = {k: v for k, v in (("steps", steps), ("lr", lr)) if v}
+    res = fit(image, config, FitOptions(minutes=minutes, device=DEVICE, **kw),
               modalities=[modality])
     fit_s = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -49,9 +49,9 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["brain1"],
                    help="scans each preset is fitted on; PSNR is always measured on brain1")
     p.add_argument("--steps", type=int, default=None,
-                   help="fit this many steps instead of the default (cached as -s<N>)")
+                   help="fit this many steps instead of the default")
     p.add_argument("--lr", type=float, default=None,
-                   help="fit with this learning rate instead of the default (cached as -lr<X>)")
+                   help="fit with this learning rate instead of the default")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     path = a.out / "psnr-latent.json"
@@ -60,16 +60,11 @@ def main() -> None:
         image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
         for cfg in a.configs:
             t = time.perf_counter()
-            if a.steps or a.lr or cfg in variants():
-                model, fit_s, info = fit_steps(case, image, cfg, a.steps, a.lr)
-            else:
-                model, fit_s = ia.get_model(case, image, "MR",
-                                            config=None if cfg == "cpu-2d" else cfg)
-                meta = ia.CACHE / (f"{case}.json" if cfg == "cpu-2d" else f"{case}-{cfg}.json")
-                info = json.loads(meta.read_text())
+            model, fit_s = ia.get_model(case, image, "MR", config=variants().get(cfg, cfg),
+                                        steps=a.steps, lr=a.lr)
             n_par = sum(p.numel() for p in model.net.parameters())
-            row = {"case": case, "config": cfg + suffix(a.steps, a.lr),
-                   "fit_s": fit_s, "steps": info.get("steps"),
+            row = {"case": case, "config": cfg + ia.fit_suffix(a.steps, a.lr),
+                   "fit_s": fit_s, "steps": model.info.get("steps"),
                    "parameters": n_par, "load_s": round(time.perf_counter() - t, 1),
                    **ba.psnr_and_timing(model, quick=True),
                    "psnr_note": f"fitted on full-size {case}, measured on full-size brain1"}
@@ -78,34 +73,6 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             a.out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows, indent=1))
-
-
-def suffix(steps: int | None, lr: float | None) -> str:
-    """Cache and table suffix of a fit with non-default steps or learning rate."""
-    return (f"-s{steps}" if steps else "") + (f"-lr{lr:g}" if lr else "")
-
-
-def fit_steps(case: str, image, cfg: str, steps: int | None, lr: float | None = None):
-    """A preset or variant fitted for ``steps`` steps at learning rate ``lr`` (None: the
-    default options), cached."""
-    from napari_latentseg.engine.train import FitOptions, fit
-    from napari_latentseg.models.checkpoint import load_model, save_model
-
-    path = ia.CACHE / f"{case}-{cfg}{suffix(steps, lr)}.pt"
-    meta = path.with_suffix(".json")
-    if path.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        return load_model(path, device=ia.DEVICE), info["fit_s"], info
-    t = time.perf_counter()
-    kw = {"steps": steps} if steps else {}
-    opts = FitOptions(device=ia.DEVICE, **({"lr": lr} if lr else {}), **kw)
-    res = fit(image, variants().get(cfg, cfg), opts, modalities=["MR"])
-    info = {"fit_s": round(time.perf_counter() - t, 1), "steps": res.steps,
-            "reason": res.reason}
-    ia.CACHE.mkdir(parents=True, exist_ok=True)
-    save_model(res.model, path, overwrite=True)
-    meta.write_text(json.dumps(info))
-    return res.model, info["fit_s"], info
 
 
 if __name__ == "__main__":
