@@ -197,19 +197,21 @@ def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -
                  for a, b, k, s in zip(lo, hi, m, truth.shape, strict=True))
 
 
-def fit_suffix(steps: int | None, lr: float | None) -> str:
-    """Cache-name suffix of a fit with non-default steps or learning rate."""
-    return (f"-s{steps}" if steps else "") + (f"-lr{lr:g}" if lr else "")
+def fit_suffix(steps: int | None, lr: float | None, schedule: str | None = None) -> str:
+    """Cache-name suffix of a fit with non-default steps, learning rate or schedule."""
+    return ((f"-s{steps}" if steps else "") + (f"-lr{lr:g}" if lr else "")
+            + (f"-{schedule}" if schedule else ""))
 
 
 def get_model(name: str, image: np.ndarray, modality: str | None,
               minutes: float | None = None, config=None, steps: int | None = None,
-              lr: float | None = None):
+              lr: float | None = None, schedule: str | None = None, **fit_kw):
     """The case's VAE fitted on the whole scan once (the product default, or a ``minutes``
     cap), cached in CACHE (refitted when the cached one had another cap). ``config``: a
     preset name or a ``ModelConfig`` other than the default (cached as ``<name>-<config>``,
     cpu-2d as ``<name>``); ``steps`` / ``lr``: other fit options (cached with ``-s<N>`` /
-    ``-lr<X>``).
+    ``-lr<X>``); ``schedule``: another learning-rate schedule (``-<schedule>``); other
+    ``FitOptions`` fields as keywords (cached with ``-<field><value>``).
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
     """
@@ -224,14 +226,16 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     config = config or DEFAULT_CONFIG
     cname = config if isinstance(config, str) else config.name
     # cpu-2d models (the default until session 6) keep their plain cache names.
-    key = (name if cname == "cpu-2d" else f"{name}-{cname}") + fit_suffix(steps, lr)
+    key = ((name if cname == "cpu-2d" else f"{name}-{cname}") + fit_suffix(steps, lr, schedule)
+           + "".join(f"-{k}{v}" for k, v in sorted(fit_kw.items())))
     path = CACHE / f"{key}.pt"
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
     if cached and cached.get("minutes") == minutes:
         return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
-    kw = {k: v for k, v in (("steps", steps), ("lr", lr)) if v}
+    kw = {k: v for k, v in (("steps", steps), ("lr", lr), ("lr_schedule", schedule)) if v}
+    kw.update(fit_kw)
     res = fit(image, config, FitOptions(minutes=minutes, device=DEVICE, **kw),
               modalities=[modality])
     fit_s = time.perf_counter() - t0

@@ -8,7 +8,8 @@ The same models then go to ``_probe_pcs.py --config`` for their value as segment
 columns.
 
 Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
-benchmarks/_psnr_latent.py [--configs ...] [--cases brain1] [--steps N] [--lr X]``;
+benchmarks/_psnr_latent.py [--configs ...] [--cases brain1] [--steps N] [--lr X]
+[--schedule cosine] [--seed N] [--loss l2]``;
 writes ``benchmarks/results/psnr-latent.json``.
 """
 
@@ -52,18 +53,25 @@ def main() -> None:
                    help="fit this many steps instead of the default")
     p.add_argument("--lr", type=float, default=None,
                    help="fit with this learning rate instead of the default")
+    p.add_argument("--schedule", default=None, help="fit with this learning-rate schedule")
+    p.add_argument("--seed", type=int, default=None, help="fit with this seed (default 0)")
+    p.add_argument("--loss", default=None, help="reconstruction loss (default l1)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     path = a.out / "psnr-latent.json"
     rows = json.loads(path.read_text()) if path.exists() else []  # earlier runs' presets
     for case in a.cases:
         image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
+        extra = {k: v for k, v in (("seed", a.seed), ("recon_loss", a.loss)) if v is not None}
+        suffix = ia.fit_suffix(a.steps, a.lr, a.schedule) + "".join(
+            f"-{k}{v}" for k, v in sorted(extra.items()))
         for cfg in a.configs:
             t = time.perf_counter()
             model, fit_s = ia.get_model(case, image, "MR", config=variants().get(cfg, cfg),
-                                        steps=a.steps, lr=a.lr)
+                                        steps=a.steps, lr=a.lr, schedule=a.schedule,
+                                        **extra)
             n_par = sum(p.numel() for p in model.net.parameters())
-            row = {"case": case, "config": cfg + ia.fit_suffix(a.steps, a.lr),
+            row = {"case": case, "config": cfg + suffix,
                    "fit_s": fit_s, "steps": model.info.get("steps"),
                    "parameters": n_par, "load_s": round(time.perf_counter() - t, 1),
                    **ba.psnr_and_timing(model, quick=True),

@@ -36,6 +36,23 @@ def test_loss_goes_down(small_phantom):
     assert min(vals) == pytest.approx(res.best_val)
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_zero(small_phantom):
+    def lrs(schedule):
+        opts = FitOptions(steps=30, eval_every=10, patience=0, lr_schedule=schedule)
+        return [m["lr"] for m in fit_iter(small_phantom.image, "tiny", opts)
+                if m.get("stage") == "fit" and "lr" in m]
+
+    constant, cosine = lrs("constant"), lrs("cosine")
+    assert len(constant) == len(cosine) == 30
+    assert constant[-1] == pytest.approx(1e-3)
+    # Warm-up first (3 steps here), then a monotone decay that ends near zero.
+    assert cosine[2] == pytest.approx(1e-3)
+    assert all(b <= a for a, b in zip(cosine[2:], cosine[3:], strict=False))
+    assert cosine[-1] < 0.02 * cosine[2]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FitOptions(lr_schedule="step")
+
+
 def test_fit_is_reproducible_on_cpu(small_phantom):
     opts = FitOptions(steps=8, eval_every=4, seed=7, device="cpu")
     a = fit(small_phantom.image, "tiny", opts).model

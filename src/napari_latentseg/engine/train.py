@@ -31,6 +31,9 @@ from ..runtime.progress import drive
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
 
+LR_SCHEDULES = ("constant", "cosine")
+RECON_LOSSES = ("l1", "l2", "l1+l2")
+
 __all__ = ["FitOptions", "FitResult", "fit_iter", "fit", "calibrate_anomaly"]
 
 
@@ -46,6 +49,12 @@ class FitOptions:
         Wall-clock budget; the fit ends at whichever of ``steps`` / ``minutes`` comes first.
     lr : float
         Adam learning rate (with a short linear warm-up).
+    lr_schedule : str
+        ``constant`` after the warm-up, or ``cosine``: decayed to zero over the budget
+        (``steps``, or ``minutes`` when that ends first), so the last steps settle.
+    recon_loss : str
+        Reconstruction loss: ``l1`` (mean absolute error), ``l2`` (mean squared error, what
+        PSNR measures) or ``l1+l2`` (their sum).
     kl_weight : float
         Weight of the KL term (summed over latent elements, averaged over the batch).
     adversarial : bool
@@ -74,6 +83,8 @@ class FitOptions:
     steps: int = 450
     minutes: float | None = None
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    recon_loss: str = "l1"
     kl_weight: float = 1e-6
     adversarial: bool = False
     adversarial_weight: float = 0.01
@@ -93,6 +104,12 @@ class FitOptions:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if self.lr <= 0 or self.kl_weight < 0:
             raise ValueError("lr must be > 0 and kl_weight >= 0")
+        if self.recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, "
+                             f"got {self.recon_loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -264,7 +281,19 @@ def fit_iter(
 
     optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
     warmup = min(50, max(1, opts.steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup))
+    budget_s = 60 * opts.minutes if opts.minutes is not None else None
+
+    def lr_factor(s: int) -> float:
+        """Warm-up, then constant or a cosine over the budget's fraction spent so far."""
+        f = min(1.0, (s + 1) / warmup)
+        if opts.lr_schedule == "cosine" and s >= warmup:
+            done = (s - warmup) / max(1, opts.steps - warmup)
+            if budget_s:  # a time budget ends the fit first when it is the tighter one
+                done = max(done, (time.perf_counter() - t_start) / budget_s)
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        return f
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     use_amp = opts.amp and device.type == "cuda"
     # Loss scaling only for float16 (bfloat16 has float32's range); the discriminator gets its
     # own scaler, as its backward pass would otherwise run unscaled in float16.
@@ -319,7 +348,13 @@ def fit_iter(
         target = centre_channel(x)
         with autocast(device, use_amp):
             rec, z_mu, z_sigma = train_net(x)
-            recon_loss = (rec.float() - target).abs().mean()
+            diff = rec.float() - target
+            if opts.recon_loss == "l1":
+                recon_loss = diff.abs().mean()
+            elif opts.recon_loss == "l2":
+                recon_loss = diff.pow(2).mean()
+            else:
+                recon_loss = diff.abs().mean() + diff.pow(2).mean()
             kl = _kl(z_mu.float(), z_sigma.float())
             loss = recon_loss + opts.kl_weight * kl
             g_adv = None
