@@ -48,6 +48,18 @@ def test_fit_writes_a_model_and_never_overwrites(model_file, scan, capsys):
     assert model_file.with_name("vae-v2.pt").is_file()
 
 
+def test_fit_records_the_learning_rate_recipe(model_file, scan, tmp_path):
+    from napari_latentseg.models.checkpoint import load_model
+
+    default = load_model(model_file).info["options"]
+    assert (default["lr"], default["lr_schedule"]) == (2e-3, "cosine")
+    out = tmp_path / "old.pt"
+    assert main(["fit", str(scan), "-o", str(out), "--config", "tiny", "--steps", "2",
+                 "--lr", "1e-3", "--lr-schedule", "constant", "-q"]) == 0
+    old = load_model(out).info["options"]
+    assert (old["lr"], old["lr_schedule"]) == (1e-3, "constant")
+
+
 def test_reconstruct_outputs_keep_the_input_geometry(model_file, scan, tmp_path):
     out, err, anom = tmp_path / "rec.nii.gz", tmp_path / "err.nrrd", tmp_path / "anom.nii.gz"
     code = main(["reconstruct", str(scan), "-m", str(model_file), "-o", str(out),

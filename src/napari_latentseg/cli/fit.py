@@ -27,7 +27,10 @@ def add_parser(sub) -> None:
     budget.add_argument("--minutes", type=float, default=None,
                         help="time budget in minutes instead of a step count")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    f.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: decay to zero over the budget (default); constant: the "
+                        "rate until the end (the recipe of earlier model files)")
     f.add_argument("--kl-weight", type=float, default=1e-6, help="KL weight beta (default 1e-6)")
     f.add_argument("--adversarial", action="store_true",
                    help="VAE-GAN: add a PatchDiscriminator (sharper, slower)")
@@ -77,7 +80,8 @@ def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:
 
     opts = FitOptions(
         steps=args.steps, minutes=args.minutes, device=device, seed=args.seed,
-        lr=args.lr, kl_weight=args.kl_weight, adversarial=args.adversarial,
+        lr=args.lr, lr_schedule=args.lr_schedule, kl_weight=args.kl_weight,
+        adversarial=args.adversarial,
     )
     stream = len(args.images) > args.max_volumes_in_memory
     if stream:

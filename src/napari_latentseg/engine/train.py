@@ -48,10 +48,12 @@ class FitOptions:
     minutes : float or None
         Wall-clock budget; the fit ends at whichever of ``steps`` / ``minutes`` comes first.
     lr : float
-        Adam learning rate (with a short linear warm-up).
+        Adam's peak learning rate (after a short linear warm-up).
     lr_schedule : str
-        ``constant`` after the warm-up, or ``cosine``: decayed to zero over the budget
-        (``steps``, or ``minutes`` when that ends first), so the last steps settle.
+        ``cosine`` (default): decayed to zero over the budget (``steps``, or ``minutes`` when
+        that ends first), so the last steps settle; ``constant`` after the warm-up. On brain1
+        with ``cpu-2d-fine``, 3 seeds: cosine at 2e-3 gives 26.85 dB PSNR (spread 0.75), the
+        earlier constant 1e-3 26.21 dB (spread 1.75).
     recon_loss : str
         Reconstruction loss: ``l1`` (mean absolute error), ``l2`` (mean squared error, what
         PSNR measures) or ``l1+l2`` (their sum).
@@ -82,8 +84,8 @@ class FitOptions:
 
     steps: int = 450
     minutes: float | None = None
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
     recon_loss: str = "l1"
     kl_weight: float = 1e-6
     adversarial: bool = False
