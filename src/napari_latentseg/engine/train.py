@@ -28,90 +28,11 @@ from ..runtime.device import (
     resolve_device,
 )
 from ..runtime.progress import drive
+from .fit_options import FitOptions, lr_factor, reconstruction_loss
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
 
-LR_SCHEDULES = ("constant", "cosine")
-RECON_LOSSES = ("l1", "l2", "l1+l2")
-
 __all__ = ["FitOptions", "FitResult", "fit_iter", "fit", "calibrate_anomaly"]
-
-
-@dataclass
-class FitOptions:
-    """Options of a fit.
-
-    Parameters
-    ----------
-    steps : int
-        Maximum optimisation steps.
-    minutes : float or None
-        Wall-clock budget; the fit ends at whichever of ``steps`` / ``minutes`` comes first.
-    lr : float
-        Adam's peak learning rate (after a short linear warm-up).
-    lr_schedule : str
-        ``cosine`` (default): decayed to zero over the budget (``steps``, or ``minutes`` when
-        that ends first), so the last steps settle; ``constant`` after the warm-up. On brain1
-        with ``cpu-2d-fine``, 3 seeds: cosine at 2e-3 gives 26.85 dB PSNR (spread 0.75), the
-        earlier constant 1e-3 26.21 dB (spread 1.75).
-    recon_loss : str
-        Reconstruction loss: ``l1`` (mean absolute error), ``l2`` (mean squared error, what
-        PSNR measures) or ``l1+l2`` (their sum).
-    kl_weight : float
-        Weight of the KL term (summed over latent elements, averaged over the batch).
-    adversarial : bool
-        Add a MONAI PatchDiscriminator (VAE-GAN) for sharper reconstructions.
-    adversarial_weight : float
-        Weight of the generator's adversarial loss.
-    adversarial_start : int
-        Step from which the adversarial loss is used (the VAE settles first).
-    eval_every : int
-        Validate (held-out crops, mean decoding) every this many steps.
-    patience : int
-        Early stopping: validations without improvement before stopping (0 disables).
-    holdout_every : int
-        One slice in this many is held out of training for validation.
-    device : str
-        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
-    amp : bool
-        Mixed precision on CUDA.
-    seed : int
-        Seed of sampling, augmentation and initial weights: the same seed and data give the
-        same model on the CPU.
-    anomaly_percentile : float
-        Percentile of the fit data's foreground error used as the anomaly threshold.
-    """
-
-    steps: int = 450
-    minutes: float | None = None
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"
-    recon_loss: str = "l1"
-    kl_weight: float = 1e-6
-    adversarial: bool = False
-    adversarial_weight: float = 0.01
-    adversarial_start: int = 200
-    eval_every: int = 50
-    patience: int = 6
-    holdout_every: int = 8
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    anomaly_percentile: float = 99.5
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
-        if self.lr <= 0 or self.kl_weight < 0:
-            raise ValueError("lr must be > 0 and kl_weight >= 0")
-        if self.recon_loss not in RECON_LOSSES:
-            raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, "
-                             f"got {self.recon_loss!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, "
-                             f"got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -283,19 +204,8 @@ def fit_iter(
 
     optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
     warmup = min(50, max(1, opts.steps // 10))
-    budget_s = 60 * opts.minutes if opts.minutes is not None else None
-
-    def lr_factor(s: int) -> float:
-        """Warm-up, then constant or a cosine over the budget's fraction spent so far."""
-        f = min(1.0, (s + 1) / warmup)
-        if opts.lr_schedule == "cosine" and s >= warmup:
-            done = (s - warmup) / max(1, opts.steps - warmup)
-            if budget_s:  # a time budget ends the fit first when it is the tighter one
-                done = max(done, (time.perf_counter() - t_start) / budget_s)
-            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-        return f
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: lr_factor(s, warmup, opts, time.perf_counter() - t_start))
     use_amp = opts.amp and device.type == "cuda"
     # Loss scaling only for float16 (bfloat16 has float32's range); the discriminator gets its
     # own scaler, as its backward pass would otherwise run unscaled in float16.
@@ -350,13 +260,7 @@ def fit_iter(
         target = centre_channel(x)
         with autocast(device, use_amp):
             rec, z_mu, z_sigma = train_net(x)
-            diff = rec.float() - target
-            if opts.recon_loss == "l1":
-                recon_loss = diff.abs().mean()
-            elif opts.recon_loss == "l2":
-                recon_loss = diff.pow(2).mean()
-            else:
-                recon_loss = diff.abs().mean() + diff.pow(2).mean()
+            recon_loss = reconstruction_loss(rec.float() - target, opts.recon_loss)
             kl = _kl(z_mu.float(), z_sigma.float())
             loss = recon_loss + opts.kl_weight * kl
             g_adv = None
