@@ -204,8 +204,19 @@ def fit_iter(
 
     optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
     warmup = min(50, max(1, opts.steps // 10))
+
+    def schedule_clock() -> float:
+        """Seconds since the start; under DDP the slowest rank's, so every rank's optimiser
+        uses the same learning rate when a time budget drives the decay."""
+        elapsed = time.perf_counter() - t_start
+        if ddp and opts.minutes is not None and opts.lr_schedule == "cosine":
+            t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            elapsed = float(t)
+        return elapsed
+
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: lr_factor(s, warmup, opts, time.perf_counter() - t_start))
+        optim, lambda s: lr_factor(s, warmup, opts, schedule_clock()))
     use_amp = opts.amp and device.type == "cuda"
     # Loss scaling only for float16 (bfloat16 has float32's range); the discriminator gets its
     # own scaler, as its backward pass would otherwise run unscaled in float16.
