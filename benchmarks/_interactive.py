@@ -197,10 +197,13 @@ def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -
                  for a, b, k, s in zip(lo, hi, m, truth.shape, strict=True))
 
 
-def fit_suffix(steps: int | None, lr: float | None, schedule: str | None = None) -> str:
-    """Cache-name suffix of a fit with non-default steps, learning rate or schedule."""
+def fit_suffix(steps: int | None, lr: float | None, schedule: str | None = None,
+               **fit_kw) -> str:
+    """Cache-name suffix of a fit with non-default steps, learning rate, schedule or other
+    ``FitOptions`` fields (``-<field><value>``, sorted)."""
     return ((f"-s{steps}" if steps else "") + (f"-lr{lr:g}" if lr else "")
-            + (f"-{schedule}" if schedule else ""))
+            + (f"-{schedule}" if schedule else "")
+            + "".join(f"-{k}{v}" for k, v in sorted(fit_kw.items())))
 
 
 def get_model(name: str, image: np.ndarray, modality: str | None,
@@ -226,8 +229,8 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     config = config or DEFAULT_CONFIG
     cname = config if isinstance(config, str) else config.name
     # cpu-2d models (the default until session 6) keep their plain cache names.
-    key = ((name if cname == "cpu-2d" else f"{name}-{cname}") + fit_suffix(steps, lr, schedule)
-           + "".join(f"-{k}{v}" for k, v in sorted(fit_kw.items())))
+    key = ((name if cname == "cpu-2d" else f"{name}-{cname}")
+           + fit_suffix(steps, lr, schedule, **fit_kw))
     path = CACHE / f"{key}.pt"
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}

@@ -63,8 +63,7 @@ def main() -> None:
     for case in a.cases:
         image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
         extra = {k: v for k, v in (("seed", a.seed), ("recon_loss", a.loss)) if v is not None}
-        suffix = ia.fit_suffix(a.steps, a.lr, a.schedule) + "".join(
-            f"-{k}{v}" for k, v in sorted(extra.items()))
+        suffix = ia.fit_suffix(a.steps, a.lr, a.schedule, **extra)
         for cfg in a.configs:
             t = time.perf_counter()
             model, fit_s = ia.get_model(case, image, "MR", config=variants().get(cfg, cfg),

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..engine.fit_options import LR_SCHEDULES, FitOptions
 from ..models.config import DEFAULT_CONFIG
 from ._common import CLIError, add_common, load_scan, run_core
 
@@ -27,11 +28,13 @@ def add_parser(sub) -> None:
     budget.add_argument("--minutes", type=float, default=None,
                         help="time budget in minutes instead of a step count")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    f.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+    f.add_argument("--lr", type=float, default=FitOptions.lr,
+                   help=f"peak learning rate (default {FitOptions.lr:g})")
+    f.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitOptions.lr_schedule,
                    help="cosine: decay to zero over the budget (default); constant: the "
                         "rate until the end (the recipe of earlier model files)")
-    f.add_argument("--kl-weight", type=float, default=1e-6, help="KL weight beta (default 1e-6)")
+    f.add_argument("--kl-weight", type=float, default=FitOptions.kl_weight,
+                   help=f"KL weight beta (default {FitOptions.kl_weight:g})")
     f.add_argument("--adversarial", action="store_true",
                    help="VAE-GAN: add a PatchDiscriminator (sharper, slower)")
     f.add_argument("--max-volumes-in-memory", type=int, default=4, metavar="M",
@@ -75,7 +78,7 @@ def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:
     """The fit itself; under torchrun every rank runs it, only rank 0 saves and reports."""
     from ..engine.distributed import state_checksum
     from ..engine.stream import VolumeSource
-    from ..engine.train import FitOptions, fit_iter
+    from ..engine.train import fit_iter
     from ..models.checkpoint import next_version_path, save_model
 
     opts = FitOptions(

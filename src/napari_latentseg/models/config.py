@@ -127,9 +127,8 @@ CONFIGS: dict[str, ModelConfig] = {
             channels=(16, 32),
             description=(
                 "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
-                "parameters: 27 dB PSNR on a brain MRI (29 with 900 steps) where cpu-2d gives 23, "
-                "segmentation "
-                "features as good, ~1.4x faster to fit than cpu-2d on a CPU."
+                "parameters: 27 dB PSNR on a brain MRI (29 with 900 steps) where cpu-2d gives "
+                "23, segmentation features as good, ~1.4x faster to fit than cpu-2d on a CPU."
             ),
         ),
         ModelConfig(
