@@ -171,6 +171,11 @@ def load_case(name: str, data: Path = DEFAULT_DATA):
         img = read_volume(folder / "phantom_t1.nii.gz")
         truth = read_volume(folder / "phantom_labels.nii.gz").data.astype(np.int64)
         return img.data.astype(np.float32), truth, "MR", tuple(img.spacing)
+    if name.startswith("phantom") and name[7:].isdigit():  # another instance: phantom<seed>
+        from napari_latentseg.data.phantom import make_phantom
+
+        ph = make_phantom(seed=int(name[7:]))
+        return ph.image.astype(np.float32), ph.labels.astype(np.int64), "MR", tuple(ph.spacing)
     img = read_volume(data / f"{name}_image.nrrd")
     lab = read_volume(data / f"{name}_label.nrrd").data
     truth = np.where(lab > 0, 2, 1).astype(np.int64)
@@ -187,7 +192,7 @@ def eval_classes(name: str, truth: np.ndarray) -> list[int]:
 def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -> tuple:
     """Quick-mode crop: the object's box plus ``margin`` voxels in-plane, ``zmargin`` slices
     (the phantom: its 12 middle slices, whole in-plane)."""
-    if name == "phantom":
+    if name.startswith("phantom"):
         z0 = truth.shape[0] // 2 - 6
         return (slice(z0, z0 + 12), slice(None), slice(None))
     idx = np.argwhere(truth == 2)

@@ -227,16 +227,25 @@ class VAEDefault:
         self.ft = finetune_steps
         self.setup_s = fit_s
         self.spacing = spacing
+        # The engine before session 8 (no bootstrap floor without the prior) for the ablation.
+        self.tree_floor = options.pop("tree_floor", None)
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        import napari_latentseg.engine.segment.forest as forest
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        res = segment(self.model, self.image, ann, modality=self.modality, cache=self.cache,
-                      seed=self.seed, spacing=self.spacing, previous=self.last, **kw,
-                      **self.options)
+        floor = forest.TREE_FLOOR_WITHOUT_PRIOR
+        if self.tree_floor is not None:
+            forest.TREE_FLOOR_WITHOUT_PRIOR = self.tree_floor
+        try:
+            res = segment(self.model, self.image, ann, modality=self.modality,
+                          cache=self.cache, seed=self.seed, spacing=self.spacing,
+                          previous=self.last, **kw, **self.options)
+        finally:
+            forest.TREE_FLOOR_WITHOUT_PRIOR = floor
         self.last = res
         if self.ft:
             self.model = res.model

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _interactive as ia  # noqa: E402
 import _loop_methods as lm  # noqa: E402
+import _proto  # noqa: E402
 import bench_interactive as bi  # noqa: E402
 
 
@@ -44,6 +45,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="")
     p.add_argument("--config", default=None, help="VAE preset (default: the benchmark's)")
+    p.add_argument("--proto", nargs="*", default=[],
+                   help="prototype-column variants SOURCE:METRIC on the default's pcs "
+                        "(vae:euclid, vae:diag, ilastik:euclid, all:euclid; _proto.py); a third "
+                        "field ':novae' drops the VAE columns (the ablation with prototypes)")
+    p.add_argument("--no-base", action="store_true",
+                   help="skip the plain pcs variants (measured in another run)")
     p.add_argument("--no-ablation", action="store_true",
                    help="skip the run without VAE columns (measured in another run)")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -55,15 +62,23 @@ def main() -> None:
     for case in a.cases:
         env = bi.case_env(case, ia.DEFAULT_DATA, a.quick, config=a.config)
         runs = [] if a.no_ablation else [("novae", None)]
-        runs += [(f"pcs{k}", k) for k in a.pcs]
-        for label, k in runs:
-            forest._ENCODER_PCS = default_pcs if k is None else k
-            env.pop("feats", None)  # recompute the engine's features with k components
-            feats, feat_s, _ = bi.env_features(env)
-            forest._ENCODER_PCS = default_pcs
+        runs += [] if a.no_base else [(f"pcs{k}", k, None) for k in a.pcs]
+        runs += [(f"proto-{v.replace(':', '-')}", a.pcs[0], v) for v in a.proto]
+        for label, k, proto in runs:
+            if env.get("feats_pcs", -1) != k:  # recompute the engine's features with k PCs
+                forest._ENCODER_PCS = default_pcs if k is None else k
+                env.pop("feats", None)
+                feats, feat_s, _ = bi.env_features(env)
+                forest._ENCODER_PCS = default_pcs
+                env["feats_pcs"] = k
             for seed in range(a.seeds):
-                opts = dataclasses.replace(base_opts, seed=seed, vae=k is not None)
-                m = lm.ForestLoop(feats, env["spacing"], opts, feat_s)
+                novae = k is None or (proto or "").endswith(":novae")
+                opts = dataclasses.replace(base_opts, seed=seed, vae=not novae)
+                if proto:
+                    source, metric = proto.split(":")[:2]
+                    m = _proto.ProtoLoop(feats, env["spacing"], opts, feat_s, source, metric)
+                else:
+                    m = lm.ForestLoop(feats, env["spacing"], opts, feat_s)
                 r = bi.run_strokes(m, env, a.rounds)
                 r.update(case=case, method=label, seed=seed, protocol="strokes",
                          n_features=int(m.feats.shape[-1]), features_s=round(feat_s, 1))

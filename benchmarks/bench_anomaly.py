@@ -135,16 +135,18 @@ def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def fit_vae(name, vols, steps):
+def fit_vae(name, vols, steps, config="cpu-2d"):
     from napari_latentseg.engine.train import FitOptions, fit
     from napari_latentseg.models.checkpoint import load_model, save_model
 
-    path = CACHE / f"anomaly-{name}-{steps}.pt"
+    # cpu-2d, the preset of the stored figures, keeps its cache names; others are suffixed.
+    suffix = "" if config == "cpu-2d" else f"-{config}"
+    path = CACHE / f"anomaly-{name}-{steps}{suffix}.pt"
     if path.exists():
         return load_model(path), 0.0
     CACHE.mkdir(exist_ok=True)
     t = time.perf_counter()
-    res = fit(vols, "cpu-2d", FitOptions(steps=steps, eval_every=max(10, steps // 4),
+    res = fit(vols, config, FitOptions(steps=steps, eval_every=max(10, steps // 4),
                                          device="cpu", patience=0))
     save_model(res.model, path)
     return res.model, time.perf_counter() - t
@@ -242,7 +244,8 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 
 
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
-        extra_self: tuple = ("default",)) -> dict:
+        extra_self: tuple = ("default",), config: str = "cpu-2d",
+        norm_methods: tuple = ("intensity",), feature_cases: tuple = ()) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
     t_all = time.perf_counter()
@@ -253,14 +256,14 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
     if no_vae:  # the model-free methods only (intensity, median): no VAE fit
         models = {"mr": None, "ct": None}
     else:
-        models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps)
-        models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps)
+        models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps, config)
+        models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps, config)
     print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
     # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
     # "default": what users get (session 4: the denoiser on MR, intensity on CT).
     self_methods = ["intensity", "median"] + ([] if no_vae else ["error"]) + list(extra_self)
-    norm_methods = ["intensity"]
-    feature_cases = {"phantom", "brain1-syn-tissue"}
+    norm_methods = list(norm_methods)
+    feature_cases = set(feature_cases) or {"phantom", "brain1-syn-tissue"}
     norm_cache: dict = {}
     rows = []
     for c in cases:
@@ -272,7 +275,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         rows.append({**base, "method": "oracle-window", "mode": "labels",
                      "best_dice": oracle_window(v, truth, smask)})
         runs = [(m, "self") for m in self_methods] + [(m, "normative") for m in norm_methods]
-        if c["name"] in feature_cases and not quick and not no_vae:
+        if ("all" in feature_cases or c["name"] in feature_cases) and not quick \
+                and not no_vae:
             runs += [("features", "self"), ("features", "normative")]
         for method, mode in runs:
             ref = None
@@ -305,7 +309,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
             rows.append(row)
             print(json.dumps(row), flush=True)
     extra = psnr_and_timing(models["mr"], quick)
-    result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "quick": quick,
+    result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "config": config,
+              "quick": quick,
               "no_vae": no_vae,
               "machine": f"{platform.processor() or platform.machine()}, 1 thread",
               "total_seconds": round(time.perf_counter() - t_all, 1), **extra}
@@ -353,7 +358,8 @@ def _f(x, nd=3):
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Machine: {r['machine']}; VAE steps {r['steps']}; total {r['total_seconds']} s",
+    lines = [f"Machine: {r['machine']}; VAE {r.get('config', 'cpu-2d')}, steps {r['steps']}; "
+             f"total {r['total_seconds']} s",
              "", "| case | method | mode | best Dice | AUPRC | Dice@thr | FP % head | s | "
              + " | ".join(f"FP % / Dice @ {f:g}" for f in SWEEP) + " |",
              "|---|---|---|---|---|---|---|---|" + "---|" * len(SWEEP)]
@@ -383,9 +389,17 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the result file names")
     p.add_argument("--extra-self", nargs="*", default=["default"],
                    help="more self-mode methods (default: 'default', the denoiser on MR)")
+    p.add_argument("--config", default="cpu-2d",
+                   help="VAE preset (cpu-2d: the stored figures; the product's default is "
+                        "cpu-2d-fine)")
+    p.add_argument("--norm-methods", nargs="*", default=["intensity"],
+                   help="normative-mode methods")
+    p.add_argument("--feature-cases", nargs="*", default=[],
+                   help="cases that also run 'features' in both modes ('all'; default: "
+                        "phantom and brain1-syn-tissue)")
     a = p.parse_args()
     run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
-        tuple(a.extra_self))
+        tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ ENGINE = {
     "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
     # Momentum (session 5, opt-in): the previous round's probabilities averaged in.
     "vae-momentum": {"momentum": 0.5},
+    # The engine before session 8: without the prior (three or more classes) each tree saw
+    # 5 % of the painted voxels, not at least MIN_TREE_SAMPLES.
+    "vae-tree5pct": {"tree_floor": False},
+    "engine-novae-tree5pct": {"vae_features": False, "tree_floor": False},
 }
 # Semi-supervised rounds (benchmarks/_semisup.py, issue #13): encoder + head on the strokes and
 # the background prior, the VAE's loss keeping the encoder an autoencoder.
@@ -398,7 +402,7 @@ def main() -> None:
     t_all = time.perf_counter()
     for case in args.cases:
         base = case.split("-")[0]
-        if base != "phantom" and not (args.data / f"{base}_image.nrrd").exists():
+        if not base.startswith("phantom") and not (args.data / f"{base}_image.nrrd").exists():
             print(f"skipping {case}: {args.data / (base + '_image.nrrd')} not found")
             continue
         env = case_env(case, args.data, args.quick)

@@ -183,3 +183,21 @@ def test_momentum_averages_the_previous_round_in(scene):
     assert any("other classes" in n for n in other.notes)
     with pytest.raises(ValueError, match="momentum"):
         SegmentOptions(momentum=1.0)
+
+
+def test_each_tree_sees_enough_painted_voxels_without_the_prior():
+    """Strokes of three or more classes (no prior): each tree bootstraps at least
+    MIN_TREE_SAMPLES draws (all rows when there are fewer), not 5 % of a few hundred painted
+    voxels; with many rows it keeps the 5 %."""
+    from napari_latentseg.engine.segment.forest import fit_forest
+    from napari_latentseg.engine.segment.prior import MIN_TREE_SAMPLES
+
+    rng = np.random.default_rng(0)
+    few = 300  # seven classes of ~43 voxels: a stroke each
+    x, y = rng.random((few, 6)), rng.integers(0, 7, few)
+    drawn = [len(np.unique(s)) for s in fit_forest(x, y, 0).estimators_samples_]
+    assert min(drawn) > 0.5 * few  # a bootstrap of all 300 rows holds ~63 % of them
+    many = 40 * MIN_TREE_SAMPLES
+    x, y = rng.random((many, 6)), rng.integers(0, 7, many)
+    drawn = [len(np.unique(s)) for s in fit_forest(x, y, 0).estimators_samples_]
+    assert 0.9 * 0.05 * many < np.mean(drawn) <= 0.05 * many

@@ -23,6 +23,9 @@ __all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predic
            "forest_features_name", "training_set", "TrainingSet"]
 
 _ENCODER_PCS = 4
+# The MIN_TREE_SAMPLES floor also without sample weights (False: 5 % of the painted rows, the
+# engine before session 8; kept switchable for the benchmark's ablation).
+TREE_FLOOR_WITHOUT_PRIOR = True
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 
@@ -226,19 +229,24 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
 def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarray | None = None):
     """A random forest predicting class indices ``y`` from feature rows ``x``.
 
-    With ``sample_weight`` (the background prior), each tree draws rows with probability
-    proportional to their weight (scikit-learn's frequency semantics), as many as a fraction
-    ``max(5 %, MIN_TREE_SAMPLES / rows)`` of the weights' sum: the object's few painted
-    voxels and the prior's many light ones are drawn about as often as they weigh.
+    Each tree bootstraps a fraction ``max(5 %, MIN_TREE_SAMPLES / rows)`` of the rows. With
+    ``sample_weight`` (the background prior), each tree draws rows with probability
+    proportional to their weight (scikit-learn's frequency semantics), as many as that
+    fraction of the weights' sum: the object's few painted voxels and the prior's many light
+    ones are drawn about as often as they weigh.
     """
     import torch
     from sklearn.ensemble import RandomForestClassifier
 
     kw = dict(FOREST)
+    frac = max(kw["max_samples"], min(1.0, MIN_TREE_SAMPLES / len(y)))
     if sample_weight is not None:
-        frac = max(kw["max_samples"], min(1.0, MIN_TREE_SAMPLES / len(y)))
         # As an integer: the same count scikit-learn derives from the fraction, no warning.
         kw["max_samples"] = max(1, int(frac * float(np.sum(sample_weight))))
+    elif TREE_FLOOR_WITHOUT_PRIOR:
+        # Strokes without the prior (three or more classes): 5 % of a few hundred painted
+        # voxels would give each tree ~20 of them, a handful per class.
+        kw["max_samples"] = max(1, int(round(frac * len(y))))
     # As many jobs as torch threads, which a batch worker may have limited.
     return RandomForestClassifier(**kw, n_jobs=torch.get_num_threads(),
                                   random_state=seed).fit(x, y, sample_weight=sample_weight)
