@@ -227,8 +227,11 @@ class VAEDefault:
         self.ft = finetune_steps
         self.setup_s = fit_s
         self.spacing = spacing
-        # The engine before session 8 (no bootstrap floor without the prior) for the ablation.
-        self.tree_floor = options.pop("tree_floor", None)
+        # Engine constants patched for an ablation (session 8): the bootstrap floor without
+        # the prior, the prototypes' columns.
+        self.patch = {name: options.pop(key) for key, name in (
+            ("tree_floor", "TREE_FLOOR_WITHOUT_PRIOR"), ("proto_columns", "PROTOTYPE_COLUMNS"))
+            if key in options}
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
@@ -237,15 +240,16 @@ class VAEDefault:
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        floor = forest.TREE_FLOOR_WITHOUT_PRIOR
-        if self.tree_floor is not None:
-            forest.TREE_FLOOR_WITHOUT_PRIOR = self.tree_floor
+        saved = {name: getattr(forest, name) for name in self.patch}
+        for name, value in self.patch.items():
+            setattr(forest, name, value)
         try:
             res = segment(self.model, self.image, ann, modality=self.modality,
                           cache=self.cache, seed=self.seed, spacing=self.spacing,
                           previous=self.last, **kw, **self.options)
         finally:
-            forest.TREE_FLOOR_WITHOUT_PRIOR = floor
+            for name, value in saved.items():
+                setattr(forest, name, value)
         self.last = res
         if self.ft:
             self.model = res.model

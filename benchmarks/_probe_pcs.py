@@ -61,7 +61,7 @@ def main() -> None:
     default_pcs = forest._ENCODER_PCS
     for case in a.cases:
         env = bi.case_env(case, ia.DEFAULT_DATA, a.quick, config=a.config)
-        runs = [] if a.no_ablation else [("novae", None)]
+        runs = [] if a.no_ablation else [("novae", None, None)]
         runs += [] if a.no_base else [(f"pcs{k}", k, None) for k in a.pcs]
         runs += [(f"proto-{v.replace(':', '-')}", a.pcs[0], v) for v in a.proto]
         for label, k, proto in runs:

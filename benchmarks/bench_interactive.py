@@ -161,6 +161,10 @@ ENGINE = {
     # 5 % of the painted voxels, not at least MIN_TREE_SAMPLES.
     "vae-tree5pct": {"tree_floor": False},
     "engine-novae-tree5pct": {"vae_features": False, "tree_floor": False},
+    # Session 8: class-prototype columns in rounds of three or more classes (the default).
+    "vae-noproto": {"prototypes": False},
+    "vae-proto-all": {"proto_columns": "all"},  # prototypes of every column, VAE's included
+    "engine-novae-noproto": {"vae_features": False, "prototypes": False},
 }
 # Semi-supervised rounds (benchmarks/_semisup.py, issue #13): encoder + head on the strokes and
 # the background prior, the VAE's loss keeping the encoder an autoencoder.

@@ -237,6 +237,11 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
     assert main(["segment", str(img), "-m", str(model), "-a", str(ann), "-o",
                  str(tmp_path / "seg3.nii.gz"), "--no-vae-features", "-q"]) == 0
     assert "features: ilastik multiscale set only" in capsys.readouterr().out
+    # Seven classes: the class prototypes are columns, unless asked not to be.
+    assert "+ class prototypes" in out
+    assert main(["segment", str(img), "-m", str(model), "-a", str(ann), "-o",
+                 str(tmp_path / "seg4.nii.gz"), "--no-prototypes", "-q"]) == 0
+    assert "prototypes" not in capsys.readouterr().out
 
 
 def test_keep_connected_drops_regions_away_from_strokes():
@@ -526,3 +531,36 @@ def test_multiscale_features_match_the_direct_formulas(shape):
         ref.append(lev)
     torch.testing.assert_close(multiscale_features(x), torch.cat(ref, dim=1), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_class_prototypes_are_columns_of_multiclass_rounds_only(tiny_model, small_phantom,
+                                                                  annotations, few_shot):
+    from napari_latentseg.engine.segment.prototypes import Prototypes
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -2.0]])
+    y = np.repeat([0, 2], 50)  # class 1 painted nowhere
+    x = (centres[y] + rng.normal(0, 0.5, (100, 3))).astype(np.float32)
+    protos = Prototypes.fit(x, y)
+    d = protos.distances(x)
+    assert d.shape == (100, 3) and protos.extend(x).shape == (100, 6)
+    np.testing.assert_array_equal(np.where(d[:, 0] < d[:, 2], 0, 2), y)  # nearest = own class
+    assert d[:, 1].min() > 1e5  # an unpainted class is infinitely far, not NaN
+    # The ilastik columns only: a prototype of the first column ignores the others.
+    first = Prototypes.fit(x, y, columns=1)
+    np.testing.assert_allclose(first.distances(x), first.distances(x[:, :1] @ np.eye(1, 3)))
+
+    def forest_features(res):
+        return next(h for h in res.history if h["stage"] == "forest")["features"]
+
+    assert len(few_shot.classes) >= 3 and "class prototypes" in forest_features(few_shot)
+    off = segment(tiny_model, small_phantom.image, annotations, prototypes=False)
+    assert "prototypes" not in forest_features(off)
+    assert not np.allclose(off.probabilities, few_shot.probabilities)
+    painted = annotations > 0
+    np.testing.assert_array_equal(few_shot.labels[painted], annotations[painted])
+    # Object vs background: the prior's round, no prototypes.
+    two = np.where(annotations == 1, 1, np.where(annotations == 5, 2, 0)).astype(np.uint8)
+    res = segment(tiny_model, small_phantom.image, two)
+    assert "background prior" in forest_features(res)
+    assert "prototypes" not in forest_features(res)

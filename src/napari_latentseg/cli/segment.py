@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     s.add_argument("--no-vae-features", action="store_true",
                    help="the forest on the ilastik multiscale features alone (the ablation of "
                         "the VAE features; docs/interactive_benchmarks.md)")
+    s.add_argument("--no-prototypes", action="store_true",
+                   help="without the class-prototype columns that rounds of three or more "
+                        "classes get by default (their ablation; docs/benchmarks.md)")
     s.add_argument("--background", default="auto", metavar="LABEL",
                    help="the background class (label id or name) of an object-vs-background "
                         "task: unpainted voxels train the forest as weak background, so one "
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
-        vae_features=not args.no_vae_features, background=background, stop_event=stop,
+        vae_features=not args.no_vae_features, prototypes=not args.no_prototypes,
+        background=background, stop_event=stop,
         **({} if args.background_prior is None
            else {"background_adaptive": args.background_prior == "adaptive"})),
         args.quiet)

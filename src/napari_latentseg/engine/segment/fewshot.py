@@ -215,6 +215,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
                        "features": forest_features_name(forest_feats.vae)
                        + (" + background prior" if ts.prior else "")
+                       + (" + class prototypes" if ts.prototypes is not None else "")
                        + (f" (adaptive: the object ~{100 * ts.object_share:.1f} % of the scan)"
                           if ts.object_share is not None else "")})
     yield {"stage": "segment: forest", "done": 1, "total": 1}

@@ -17,6 +17,7 @@ from .prior import (
     effective_background,
     unpainted_sample,
 )
+from .prototypes import MIN_CLASSES, Prototypes
 from .runner import FeatureRunner, to_rows
 
 __all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict",
@@ -26,6 +27,8 @@ _ENCODER_PCS = 4
 # The MIN_TREE_SAMPLES floor also without sample weights (False: 5 % of the painted rows, the
 # engine before session 8; kept switchable for the benchmark's ablation).
 TREE_FLOOR_WITHOUT_PRIOR = True
+# Which columns the class prototypes are built from: "ilastik" (the multiscale set) or "all".
+PROTOTYPE_COLUMNS = "ilastik"
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 
@@ -52,7 +55,8 @@ class ForestFeatures:
         self.run = run
         self.vae = vae  # False: the ilastik set alone (the ablation of the VAE features)
         self.enc = slice(0, sum(run.hyper.tap_channels))
-        self.n_features = 4 * len(MULTISCALE_SIGMAS) + (
+        self.n_multiscale = 4 * len(MULTISCALE_SIGMAS)  # the ilastik set: the first columns
+        self.n_features = self.n_multiscale + (
             run.hyper.latent_channels + _ENCODER_PCS if vae else 0)
         self.cache = cache
         kind = "forest" if vae else "forest-ilastik"
@@ -177,9 +181,12 @@ class TrainingSet:
     background_index: int | None = None
     adaptive: bool = False
     object_share: float | None = None
+    prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
 
     def fit(self, seed: int):
         forest = fit_forest(self.x, self.y, seed, self.weight)
+        # The forest carries them: forest_predict appends the same columns to its rows.
+        forest.prototypes_ = self.prototypes
         if not (self.adaptive and self.prior and self.weight is not None):
             return forest
         n = len(self.y) - self.prior
@@ -190,7 +197,9 @@ class TrainingSet:
         w = self.weight.copy()
         w[n:] = adaptive_prior_weight(self.object_share, n_obj) / self.prior
         self.weight = w
-        return fit_forest(self.x, self.y, seed, w)
+        forest = fit_forest(self.x, self.y, seed, w)
+        forest.prototypes_ = self.prototypes
+        return forest
 
 
 def training_set(features: ForestFeatures, annotations: np.ndarray, table: ClassTable,
@@ -198,7 +207,17 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
                  spacing: Sequence[float] | None = None, stop_event=None) -> TrainingSet:
     """The painted voxels (a class-capped sample) at weight 1 and, with
     ``options.background``, the background prior's unpainted voxels (:mod:`.prior`) as that
-    class at a low weight."""
+    class at a low weight; without the prior and with three or more classes, the class
+    prototypes' distances as more columns (:mod:`.prototypes`)."""
+    ts = _training_set(features, annotations, table, options, rng, spacing, stop_event)
+    if options.prototypes and not ts.prior and len(table.classes) >= MIN_CLASSES:
+        cols = features.n_multiscale if PROTOTYPE_COLUMNS == "ilastik" else None
+        ts.prototypes = Prototypes.fit(ts.x, ts.y, cols)
+        ts.x = ts.prototypes.extend(ts.x)
+    return ts
+
+
+def _training_set(features, annotations, table, options, rng, spacing, stop_event):
     x, ids = features.annotated(annotations, options.max_per_class, rng, stop_event)
     y = table.index(ids)
     bg = effective_background(options.background, table.classes)
@@ -273,6 +292,9 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     """
     from scipy import ndimage as ndi
 
+    protos = getattr(forest, "prototypes_", None)
+    if protos is not None:
+        rows = protos.extend(rows)
     b, h, w = shape
     if h * w < 128 * 128:
         return _forest_proba(forest, rows, n_cls).T.reshape((n_cls,) + shape)

@@ -71,6 +71,11 @@ class SegmentOptions:
         on breast1 and the brains (worst drop 0.004-0.035 against 0.024-0.205) but held
         back lung2, which the default segments monotonically (whole-scan AUC 0.526 against
         0.607): off by default.
+    prototypes : bool
+        Rounds of three or more classes without the background prior get one more forest
+        column per class: each voxel's distance to the mean features of that class's painted
+        voxels (``prototypes.py``; measured on the phantom's tissue classes). False: the
+        forest on the features alone.
     """
 
     classifier: str = "forest"
@@ -90,6 +95,7 @@ class SegmentOptions:
     background_margin_mm: float = 10.0
     background_adaptive: bool = True
     momentum: float = 0.0
+    prototypes: bool = True
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
