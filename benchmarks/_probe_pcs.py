@@ -47,8 +47,9 @@ def main() -> None:
     p.add_argument("--config", default=None, help="VAE preset (default: the benchmark's)")
     p.add_argument("--proto", nargs="*", default=[],
                    help="prototype-column variants SOURCE:METRIC on the default's pcs "
-                        "(vae:euclid, vae:diag, ilastik:euclid, all:euclid; _proto.py); a third "
-                        "field ':novae' drops the VAE columns (the ablation with prototypes)")
+                        "(vae:euclid, vae:diag, ilastik:euclid, all:euclid; _proto.py); more "
+                        "fields: ':novae' drops the VAE columns (the ablation with prototypes), "
+                        "':obj' keeps the object's column alone in two-class rounds")
     p.add_argument("--no-base", action="store_true",
                    help="skip the plain pcs variants (measured in another run)")
     p.add_argument("--no-ablation", action="store_true",
@@ -72,11 +73,13 @@ def main() -> None:
                 forest._ENCODER_PCS = default_pcs
                 env["feats_pcs"] = k
             for seed in range(a.seeds):
-                novae = k is None or (proto or "").endswith(":novae")
+                flags = (proto or "").split(":")[2:]
+                novae = k is None or "novae" in flags
                 opts = dataclasses.replace(base_opts, seed=seed, vae=not novae)
                 if proto:
                     source, metric = proto.split(":")[:2]
-                    m = _proto.ProtoLoop(feats, env["spacing"], opts, feat_s, source, metric)
+                    m = _proto.ProtoLoop(feats, env["spacing"], opts, feat_s, source, metric,
+                                         object_only="obj" in flags)
                 else:
                     m = lm.ForestLoop(feats, env["spacing"], opts, feat_s)
                 r = bi.run_strokes(m, env, a.rounds)

@@ -7,7 +7,8 @@ every voxel's features to the mean feature vector of the class's painted voxels 
 segmentation's prototypes), or with ``metric="diag"`` the same scaled by the class's own
 spread per column (a diagonal Mahalanobis distance). ``source`` says which columns the
 prototypes are built from: ``"vae"`` (the latent and encoder components: the VAE's share),
-``"ilastik"`` (the control: does the mechanism alone help?) or ``"all"``.
+``"ilastik"`` (the control: does the mechanism alone help?) or ``"all"``; ``object_only``:
+in two-class rounds, the object's column alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class ProtoLoop(lm.ForestLoop):
     """``lm.ForestLoop`` with per-class prototype-distance columns recomputed every round."""
 
     def __init__(self, feats: np.ndarray, spacing, opts: lm.LoopOptions, setup_s: float,
-                 source: str = "vae", metric: str = "euclid", floor: float = 0.1):
+                 source: str = "vae", metric: str = "euclid", floor: float = 0.1,
+                 object_only: bool = False):
         super().__init__(feats, spacing, opts, setup_s)
         cols = {"vae": slice(lm.N_MULTISCALE, None), "ilastik": slice(0, lm.N_MULTISCALE),
                 "all": slice(None)}[source]
@@ -31,12 +33,17 @@ class ProtoLoop(lm.ForestLoop):
         sub = self.src[:: max(1, len(self.src) // 50_000)].astype(np.float32)
         self.mu, self.sd = sub.mean(0), sub.std(0) + 1e-3
         self.metric, self.floor = metric, floor
+        # Two-class tasks: only the object's prototype (the prior's background class is
+        # mostly unpainted, so its prototype describes one stroke).
+        self.object_only = object_only
         self.base = self.feats
 
     def columns(self, ann: np.ndarray) -> np.ndarray:
         """(z, y, x, n_painted_classes) float16 distances to each painted class's prototype."""
         flat = ann.reshape(-1)
         classes = np.unique(flat[flat > 0])
+        if self.object_only and len(classes) == 2:
+            classes = classes[classes != self.opts.pu_class]
         protos, scales = [], []
         for c in classes:
             x = (self.src[flat == c].astype(np.float32) - self.mu) / self.sd
