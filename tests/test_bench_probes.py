@@ -81,3 +81,35 @@ def test_momentum_rules_average_only_where_they_say():
     loop.prev[2] = 2
     m = loop._momentum_weight(probs, [1, 2], strokes)
     assert (m[2] == 0.5).all() and (m[:2] == 0).all()
+
+
+def test_engine_ablations_patch_the_forest_only_during_a_round():
+    """The benchmark's pre-session-8 engine (no bootstrap floor) and prototypes of every
+    column: set for the round, restored after it, and the round says what it used."""
+    import _loop_methods as lm
+
+    import napari_latentseg.engine.segment.forest as forest
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.segment import FeatureCache
+
+    ph = make_phantom((6, 32, 32), spacing=(4.0, 4.0, 4.0), seed=1)
+    ann = np.zeros(ph.labels.shape, np.uint8)
+    ann[3] = ph.labels[3]  # one annotated slice, every class
+    seen = {}
+    original = forest.fit_forest
+
+    def spy(*args, **kwargs):
+        seen.update(floor=forest.TREE_FLOOR_WITHOUT_PRIOR, cols=forest.PROTOTYPE_COLUMNS)
+        return original(*args, **kwargs)
+
+    forest.fit_forest = spy
+    try:
+        m = lm.VAEDefault(None, ph.image.astype(np.float32), "MR", 0.0, FeatureCache(),
+                          tree_floor=False, proto_columns="all")
+        r = m(ann, (ann > 0).astype(np.int64))
+    finally:
+        forest.fit_forest = original
+    assert seen == {"floor": False, "cols": "all"}
+    assert forest.TREE_FLOOR_WITHOUT_PRIOR is True and forest.PROTOTYPE_COLUMNS == "ilastik"
+    painted = ann > 0
+    np.testing.assert_array_equal(r.labels[painted], ann[painted])
