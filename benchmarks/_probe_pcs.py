@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["breast1", "brain1", "brain2",
                                                    "brain1-unequal"])
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed + seeds - 1 (more seeds for a run)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="")
@@ -72,7 +74,7 @@ def main() -> None:
                 feats, feat_s, _ = bi.env_features(env)
                 forest._ENCODER_PCS = default_pcs
                 env["feats_pcs"] = k
-            for seed in range(a.seeds):
+            for seed in range(a.first_seed, a.first_seed + a.seeds):
                 flags = (proto or "").split(":")[2:]
                 novae = k is None or "novae" in flags
                 opts = dataclasses.replace(base_opts, seed=seed, vae=not novae)
