@@ -218,6 +218,7 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
 
 
 def _training_set(features, annotations, table, options, rng, spacing, stop_event):
+    """:func:`training_set` before the prototypes: the painted rows and the prior."""
     x, ids = features.annotated(annotations, options.max_per_class, rng, stop_event)
     y = table.index(ids)
     bg = effective_background(options.background, table.classes)
