@@ -183,10 +183,14 @@ class TrainingSet:
     object_share: float | None = None
     prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
 
-    def fit(self, seed: int):
-        forest = fit_forest(self.x, self.y, seed, self.weight)
-        # The forest carries them: forest_predict appends the same columns to its rows.
+    def _fit(self, seed: int, weight: np.ndarray | None):
+        forest = fit_forest(self.x, self.y, seed, weight)
+        # The forest carries them: its predictions append the same columns to their rows.
         forest.prototypes_ = self.prototypes
+        return forest
+
+    def fit(self, seed: int):
+        forest = self._fit(seed, self.weight)
         if not (self.adaptive and self.prior and self.weight is not None):
             return forest
         n = len(self.y) - self.prior
@@ -197,9 +201,7 @@ class TrainingSet:
         w = self.weight.copy()
         w[n:] = adaptive_prior_weight(self.object_share, n_obj) / self.prior
         self.weight = w
-        forest = fit_forest(self.x, self.y, seed, w)
-        forest.prototypes_ = self.prototypes
-        return forest
+        return self._fit(seed, w)
 
 
 def training_set(features: ForestFeatures, annotations: np.ndarray, table: ClassTable,
@@ -273,8 +275,10 @@ def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarra
 
 
 def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
-    """(voxels, n_classes) probabilities, with zeros for a class no tree saw."""
-    p = forest.predict_proba(rows)
+    """(voxels, n_classes) probabilities of feature rows (the forest's prototype columns
+    appended, when it has them), with zeros for a class no tree saw."""
+    protos = getattr(forest, "prototypes_", None)
+    p = forest.predict_proba(rows if protos is None else protos.extend(rows))
     if p.shape[1] == n_cls:
         return p.astype(np.float32)
     out = np.zeros((len(rows), n_cls), dtype=np.float32)
@@ -293,9 +297,6 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     """
     from scipy import ndimage as ndi
 
-    protos = getattr(forest, "prototypes_", None)
-    if protos is not None:
-        rows = protos.extend(rows)
     b, h, w = shape
     if h * w < 128 * 128:
         return _forest_proba(forest, rows, n_cls).T.reshape((n_cls,) + shape)
