@@ -138,7 +138,8 @@ def segment_iter(
             blend = yield from _check_head(st, forest_feats, head_round, later_stop)
         predict = (ForestProbabilities(forest, forest_feats, st.n_classes)
                    if forest is not None else head_round.proba)
-        probs = yield from _predict(st, run.volume_batches, predict, later_stop)
+        batches = forest_feats.predict_batches if forest is not None else run.volume_batches
+        probs = yield from _predict(st, batches, predict, later_stop)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,

@@ -31,6 +31,15 @@ TREE_FLOOR_WITHOUT_PRIOR = True
 PROTOTYPE_COLUMNS = "ilastik"
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+# Coarse-to-fine prediction (forest_predict): the coarsest in-plane stride, the smallest grid a
+# slice may be first predicted on, and the top probability under which a coarse voxel is
+# predicted again at the finer level (besides class boundaries).
+MAX_STRIDE = 4
+MIN_COARSE_PLANE = 64 * 64
+REFINE_BELOW = 0.8
+# Voxels a prediction batch may hold (cached features) and rows a predict_proba call gets.
+PREDICT_VOXELS = 1 << 22
+PROBA_CHUNK = 1 << 18
 
 
 def forest_features_name(vae: bool) -> str:
@@ -114,6 +123,25 @@ class ForestFeatures:
             return ms.float().cpu()
         vae = to_rows(self.run.compute_projected(zs, self._pca), sd)
         return torch.cat([ms, vae], dim=1).float().cpu()
+
+    @property
+    def predict_batches(self) -> list[np.ndarray]:
+        """Slice batches of the forest's prediction: the feature batches, or with cached
+        features batches of up to ``PREDICT_VOXELS`` voxels (scikit-learn's forest costs
+        ~0.1 ms a tree a call: a 512x512 CT in 24 small batches spent more in that than in
+        its trees)."""
+        if self.cached is None:
+            return self.batches
+        z = self.run.volume.shape[0]
+        per = max(1, PREDICT_VOXELS // int(np.prod(self.run.volume.shape[1:])))
+        return [np.arange(i, min(i + per, z)) for i in range(0, z, per)]
+
+    def rows_of(self, zs: np.ndarray) -> np.ndarray:
+        """Feature rows of slices ``zs`` as numpy: a view of the float16 cache when there is
+        one (the forest converts only the rows it predicts), else computed float32."""
+        if self.cached is not None:
+            return self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
+        return self.compute(zs).numpy()
 
     def fill_cache(self, stop_event) -> Generator[dict, None, None]:
         """One pass over the volume storing the features, when they fit in the cache."""
@@ -278,40 +306,58 @@ def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
     """(voxels, n_classes) probabilities of feature rows (the forest's prototype columns
     appended, when it has them), with zeros for a class no tree saw."""
     protos = getattr(forest, "prototypes_", None)
-    p = forest.predict_proba(rows if protos is None else protos.extend(rows))
-    if p.shape[1] == n_cls:
-        return p.astype(np.float32)
     out = np.zeros((len(rows), n_cls), dtype=np.float32)
-    out[:, forest.classes_] = p
+    # In chunks: float16 cache rows become float32 (and get their prototype columns) only a
+    # chunk at a time.
+    for i in range(0, len(rows), PROBA_CHUNK):
+        x = np.asarray(rows[i : i + PROBA_CHUNK], dtype=np.float32)
+        out[i : i + PROBA_CHUNK, forest.classes_] = forest.predict_proba(
+            x if protos is None else protos.extend(x))
     return out
 
 
+def _stride(h: int, w: int, max_stride: int) -> int:
+    """The coarsest in-plane stride (a power of two up to ``max_stride``) whose grid still
+    has at least ``MIN_COARSE_PLANE`` voxels a slice (1: predict every voxel)."""
+    s = 1
+    while s * 2 <= max_stride and (h // (s * 2)) * (w // (s * 2)) >= MIN_COARSE_PLANE:
+        s *= 2
+    return s
+
+
 def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
-                   sure: float = 0.8) -> np.ndarray:
+                   sure: float | None = None, max_stride: int | None = None) -> np.ndarray:
     """(n_classes, *shape) forest probabilities, coarse to fine.
 
-    The forest is the costly part on big scans, so it first runs on every other voxel in-plane;
-    the full-resolution prediction is then computed only where that coarse map has a class
-    boundary within one coarse voxel or is unsure (top probability below ``sure``). Elsewhere
-    the 2x2 block shares its coarse probability: the neighbourhood agrees on the class.
+    The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
+    (every 2nd or 4th voxel, see :func:`_stride`); each finer level (half the stride) is then
+    predicted only where the level above has a class boundary within one of its voxels or is
+    unsure (top probability below ``sure``). Elsewhere a voxel shares the probability of the
+    coarse voxel it falls in: the neighbourhood agrees on the class. Voxels the level above
+    predicted are not predicted again.
     """
     from scipy import ndimage as ndi
 
+    sure = REFINE_BELOW if sure is None else sure
     b, h, w = shape
-    if h * w < 128 * 128:
-        return _forest_proba(forest, rows, n_cls).T.reshape((n_cls,) + shape)
     grid = rows.reshape(b, h, w, -1)
-    coarse = np.ascontiguousarray(grid[:, ::2, ::2]).reshape(-1, grid.shape[-1])
-    hc, wc = (h + 1) // 2, (w + 1) // 2
-    pc = _forest_proba(forest, coarse, n_cls).reshape(b, hc, wc, n_cls)
-    lab = pc.argmax(-1)
-    refine = (ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3)))
-    refine |= pc.max(-1) < sure
-    full = pc.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
-    where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :h, :w]
-    if where.any():
-        full[where] = _forest_proba(forest, grid[where], n_cls)
-    return np.moveaxis(full, -1, 0)
+    s = _stride(h, w, MAX_STRIDE if max_stride is None else max_stride)
+    level = np.ascontiguousarray(grid[:, ::s, ::s])
+    p = _forest_proba(forest, level.reshape(-1, grid.shape[-1]), n_cls).reshape(
+        level.shape[:3] + (n_cls,))
+    while s > 1:
+        s //= 2
+        fine = grid[:, ::s, ::s]
+        hf, wf = fine.shape[1:3]
+        lab = p.argmax(-1)
+        refine = ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3))
+        refine |= p.max(-1) < sure
+        p = p.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
+        where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
+        where[:, ::2, ::2] = False  # the level above's own voxels: already exact
+        if where.any():
+            p[where] = _forest_proba(forest, fine[where], n_cls)
+    return np.moveaxis(p, -1, 0)
 
 
 class ForestProbabilities:
@@ -324,5 +370,4 @@ class ForestProbabilities:
 
     def __call__(self, zs: np.ndarray) -> np.ndarray:
         shape = (len(zs),) + self.features.run.volume.shape[1:]
-        return forest_predict(self.forest, self.features.compute(zs).numpy(), shape,
-                              self.n_classes)
+        return forest_predict(self.forest, self.features.rows_of(zs), shape, self.n_classes)

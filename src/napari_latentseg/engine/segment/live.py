@@ -160,7 +160,7 @@ class LiveSegmenter:
         zs = np.array([z])
         shape = (1,) + self.volume.shape[1:]
         n = len(self._table)
-        probs = forest_predict(self._forest, self._features.compute(zs).numpy(), shape, n)[:, 0]
+        probs = forest_predict(self._forest, self._features.rows_of(zs), shape, n)[:, 0]
         ann = self._annotations[z]
         painted = ann > 0
         if painted.any():

@@ -6,7 +6,8 @@ import numpy as np
 
 from .annotations import ClassTable, label_dtype
 
-__all__ = ["keep_connected", "boundary_band", "labels_from_probabilities", "normalised_entropy"]
+__all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
+           "normalised_entropy"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
 
@@ -25,11 +26,23 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
         probs[ci][annotated] = (painted == ci).astype(np.float32)
     labels = np.empty(probs.shape[1:], dtype=table.dtype)
     for z0 in range(0, len(labels), CHUNK):  # int64 argmax of a whole CT is 0.8 GB
-        labels[z0 : z0 + CHUNK] = table.ids[probs[:, z0 : z0 + CHUNK].argmax(0)]
+        labels[z0 : z0 + CHUNK] = table.ids[argmax_classes(probs[:, z0 : z0 + CHUNK])]
     labels[annotated] = annotations[annotated]
     if not connected:
         return labels, 0
     return keep_connected(labels, probs, annotations, table.classes)
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(0)`` (the first class on ties) for a few classes, class by class:
+    numpy's argmax over the leading axis is 1.4-3.4x slower (2-7 classes, a CT chunk)."""
+    best = probs[0].copy()
+    idx = np.zeros(probs.shape[1:], dtype=np.intp)
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        idx[better] = c
+        np.maximum(best, probs[c], out=best)
+    return idx
 
 
 def normalised_entropy(probs: np.ndarray) -> np.ndarray:

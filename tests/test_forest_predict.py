@@ -1,0 +1,82 @@
+"""Coarse-to-fine forest prediction: the levels, what is predicted again, and the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+
+from napari_latentseg.engine.segment import forest as F
+
+
+class _Counting:
+    """A fitted forest that counts the rows it is asked about."""
+
+    def __init__(self, forest) -> None:
+        self.forest, self.rows = forest, 0
+        self.classes_ = forest.classes_
+
+    def predict_proba(self, x):
+        self.rows += len(x)
+        return self.forest.predict_proba(x)
+
+
+def _scene(b: int = 1, h: int = 256, w: int = 256):
+    """Feature rows of discs of three classes on a smooth background, and a fitted forest."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    lab = np.zeros((b, h, w), np.int64)
+    lab[:, (yy - 80) ** 2 + (xx - 90) ** 2 < 40**2] = 1
+    lab[:, (yy - 170) ** 2 + (xx - 170) ** 2 < 30**2] = 2
+    img = lab + 0.15 * rng.normal(size=lab.shape)
+    feats = np.stack([img, np.broadcast_to(yy / h, img.shape),
+                      np.broadcast_to(xx / w, img.shape)], -1).astype(np.float32)
+    rows = feats.reshape(-1, 3)
+    idx = rng.choice(len(rows), 4000, replace=False)
+    clf = RandomForestClassifier(30, max_depth=8, random_state=0).fit(rows[idx],
+                                                                      lab.reshape(-1)[idx])
+    return rows, lab, clf
+
+
+def test_stride_levels():
+    assert F._stride(512, 512, 4) == 4
+    assert F._stride(256, 256, 4) == 4  # a 64 x 64 coarse grid is enough
+    assert F._stride(128, 128, 4) == 2
+    assert F._stride(100, 100, 4) == 1  # too small to share anything
+    assert F._stride(512, 512, 2) == 2
+    assert F._stride(512, 512, 1) == 1
+
+
+def test_stride_one_is_every_voxel():
+    rows, lab, clf = _scene(1)
+    counted = _Counting(clf)
+    p = F.forest_predict(counted, rows, lab.shape, 3, max_stride=1)
+    assert counted.rows == lab.size
+    np.testing.assert_allclose(p.reshape(3, -1).T, clf.predict_proba(rows), atol=1e-6)
+
+
+@pytest.mark.parametrize("max_stride", [2, 4])
+def test_coarse_to_fine_agrees_with_full_at_a_fraction_of_the_rows(max_stride):
+    rows, lab, clf = _scene()
+    full = F.forest_predict(clf, rows, lab.shape, 3, max_stride=1)
+    counted = _Counting(clf)
+    p = F.forest_predict(counted, rows, lab.shape, 3, max_stride=max_stride)
+    assert p.shape == full.shape == (3,) + lab.shape
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    # Boundaries and unsure voxels are predicted at full resolution: the labels agree.
+    assert (p.argmax(0) == full.argmax(0)).mean() > 0.995
+    # No voxel is predicted twice, and the uniform interiors are not predicted at all.
+    assert counted.rows < (0.5 if max_stride == 4 else 0.6) * lab.size
+    # The coarsest grid's voxels keep their exact probability.
+    s = max_stride
+    np.testing.assert_allclose(p[:, :, ::s, ::s], full[:, :, ::s, ::s], atol=1e-6)
+
+
+def test_refine_threshold_predicts_unsure_voxels_again():
+    rows, lab, clf = _scene()
+    few, many = _Counting(clf), _Counting(clf)
+    F.forest_predict(few, rows, lab.shape, 3, sure=0.0, max_stride=4)
+    F.forest_predict(many, rows, lab.shape, 3, sure=1.01, max_stride=4)
+    # sure > 1: every coarse voxel is unsure, so every voxel is predicted exactly once.
+    assert many.rows == lab.size
+    assert few.rows < many.rows
