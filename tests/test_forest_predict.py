@@ -80,3 +80,20 @@ def test_refine_threshold_predicts_unsure_voxels_again():
     # sure > 1: every coarse voxel is unsure, so every voxel is predicted exactly once.
     assert many.rows == lab.size
     assert few.rows < many.rows
+
+
+def test_odd_slice_sizes_keep_their_shape():
+    rows, lab, clf = _scene(1, 259, 261)
+    full = F.forest_predict(clf, rows, lab.shape, 3, max_stride=1)
+    p = F.forest_predict(clf, rows, lab.shape, 3, max_stride=4)
+    assert p.shape == (3, 1, 259, 261)
+    np.testing.assert_allclose(p[:, :, ::4, ::4], full[:, :, ::4, ::4], atol=1e-6)
+    assert (p.argmax(0) == full.argmax(0)).mean() > 0.995
+
+
+def test_float16_rows_predict_as_their_float32_values():
+    rows, lab, clf = _scene(1, 128, 128)
+    half = rows.astype(np.float16)
+    p16 = F.forest_predict(clf, half, lab.shape, 3)
+    p32 = F.forest_predict(clf, half.astype(np.float32), lab.shape, 3)
+    np.testing.assert_array_equal(p16, p32)
