@@ -124,6 +124,8 @@ LOOPS = {
     "sqrt1-dae": R(SQRT1, extra=("dae",)),
     "sqrt1-dae-novae": R(SQRT1, vae=False, extra=("dae",)),
     "sqrt1-vaectx": R(SQRT1, extra=("vaectx",)),
+    # The VAE posterior's log sigma (session 9): how sure the encoder is, 4 more columns.
+    "sqrt1-vaesigma": R(SQRT1, extra=("vaesigma",)),
     # How many columns a split draws from (session 5): with more VAE columns the default
     # draws the ilastik ones less often; half or all of them, with and without the VAE.
     "sqrt1-mf05": R(SQRT1, max_features=0.5),
@@ -235,7 +237,8 @@ def env_features(env: dict):
 
 def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
     """Extra forest columns (z, y, x, k) of a case and their seconds: ``dae``, the denoising
-    autoencoder's anomaly score fitted on the whole scan (then cropped); ``vaectx``, the VAE
+    autoencoder's anomaly score fitted on the whole scan (then cropped); ``vaesigma``, the VAE
+    posterior's log sigma (nearest-upsampled to voxels); ``vaectx``, the VAE
     columns averaged over a wider neighbourhood (Gaussian, 1 slice x 6 voxels)."""
     if not names:
         return None, 0.0
@@ -249,6 +252,15 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
                 res = anomaly_map(None, env["full_image"], modality=env["modality"],
                                   method="dae", spacing=env["spacing"], error_map=False)
                 col = res.score[env["box"]][..., None]
+            elif name == "vaesigma":
+                from napari_latentseg.engine.infer import encode
+
+                lat = encode(env["model"], env["full_image"], modality=env["modality"])
+                ls = np.log(np.maximum(lat.sigma, 1e-6)).astype(np.float32)
+                shape = env["full_image"].shape
+                f = -(-shape[-1] // ls.shape[-1])
+                ls = ls.repeat(f, axis=-2).repeat(f, axis=-1)[..., : shape[-2], : shape[-1]]
+                col = np.moveaxis(ls, 0, -1)[env["box"]]
             elif name == "vaectx":
                 from scipy import ndimage
 
