@@ -99,30 +99,36 @@ class ForestFeatures:
         _, _, v = torch.linalg.svd((sub - mean) / std, full_matrices=False)
         self._pca = (mean, std, v[:_ENCODER_PCS].T.contiguous())
 
-    def compute(self, zs: np.ndarray):
-        """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
+    def _parts(self, zs: np.ndarray):
+        """The ilastik set (B, C, h, w) and the VAE columns ((B, K, h, w); (1, K, z, h, w)
+        for 3D models; None without them) of slices ``zs``, float32 on the CPU."""
         from ..features import multiscale_features
 
         torch = self.run.torch
-        if self.cached is not None:
-            rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
-            return torch.from_numpy(np.ascontiguousarray(rows)).float()
         if self._pca is None and self.vae:
             self._fit_pca()
-        sd = self.run.cfg.spatial_dims
-        if sd == 2:
+        if self.run.cfg.spatial_dims == 2:
             c = self.run.cfg.context_slices
             x = self.run.input_block(zs)[:, c : c + 1]
         else:
             x = self.run.norm(self.run.volume)[:, None]
         with torch.inference_mode():
             ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
-                self.run.device))
-        ms = ms.permute(0, 2, 3, 1).reshape(-1, ms.shape[1])
+                self.run.device)).float().cpu()
         if not self.vae:
-            return ms.float().cpu()
-        vae = to_rows(self.run.compute_projected(zs, self._pca), sd)
-        return torch.cat([ms, vae], dim=1).float().cpu()
+            return ms, None
+        return ms, self.run.compute_projected(zs, self._pca).float().cpu()
+
+    def compute(self, zs: np.ndarray):
+        """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
+        torch = self.run.torch
+        if self.cached is not None:
+            rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
+            return torch.from_numpy(np.ascontiguousarray(rows)).float()
+        ms, vae = self._parts(zs)
+        if vae is None:
+            return to_rows(ms, 2)
+        return torch.cat([to_rows(ms, 2), to_rows(vae, self.run.cfg.spatial_dims)], dim=1)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
@@ -152,8 +158,13 @@ class ForestFeatures:
         store = np.empty(shape + (self.n_features,), dtype=np.float16)
         for i, zs in enumerate(self.batches):
             check_stop(stop_event, "segmentation")
-            store[zs[0] : zs[-1] + 1] = self.compute(zs).half().numpy().reshape(
-                (len(zs),) + shape[1:] + (self.n_features,))
+            # Written in place, cast on the way: no float32 row copies of the batch.
+            dst = self.run.torch.from_numpy(store[zs[0] : zs[-1] + 1])
+            ms, vae = self._parts(zs)
+            dst[..., : self.n_multiscale].copy_(ms.permute(0, 2, 3, 1))
+            if vae is not None:
+                grid = vae.permute(0, 2, 3, 1) if vae.ndim == 4 else vae[0].permute(1, 2, 3, 0)
+                dst[..., self.n_multiscale :].copy_(grid)
             yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
         self.cached = store
         self.cache.put(self.key, store)
