@@ -257,8 +257,7 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
 
                 lat = encode(env["model"], env["full_image"], modality=env["modality"])
                 ls = np.log(np.maximum(lat.sigma, 1e-6)).astype(np.float32)
-                shape = env["full_image"].shape
-                f = -(-shape[-1] // ls.shape[-1])
+                shape, f = env["full_image"].shape, int(lat.scale[-1])  # latent cell: f voxels
                 ls = ls.repeat(f, axis=-2).repeat(f, axis=-1)[..., : shape[-2], : shape[-1]]
                 col = np.moveaxis(ls, 0, -1)[env["box"]]
             elif name == "vaectx":

@@ -121,14 +121,12 @@ class ForestFeatures:
 
     def compute(self, zs: np.ndarray):
         """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
-        torch = self.run.torch
         if self.cached is not None:
-            rows = self.cached[zs[0] : zs[-1] + 1].reshape(-1, self.n_features)
-            return torch.from_numpy(np.ascontiguousarray(rows)).float()
+            return self.run.torch.from_numpy(self.rows_of(zs)).float()
         ms, vae = self._parts(zs)
         if vae is None:
             return to_rows(ms, 2)
-        return torch.cat([to_rows(ms, 2), to_rows(vae, self.run.cfg.spatial_dims)], dim=1)
+        return self.run.torch.cat([to_rows(ms, 2), to_rows(vae, self.run.cfg.spatial_dims)], dim=1)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
