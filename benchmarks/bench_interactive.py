@@ -274,11 +274,13 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
     return np.concatenate(cols, -1), secs
 
 
-def case_env(case: str, data: Path, quick: bool, config: str | None = None) -> dict:
-    """The case's scan, truth and VAE (``config``: a preset other than the default)."""
+def case_env(case: str, data: Path, quick: bool, config: str | None = None,
+             **fit_kw) -> dict:
+    """The case's scan, truth and VAE (``config``: a preset other than the default;
+    ``fit_kw``: fit options other than the default, as ``_interactive.get_model`` takes them)."""
     base = case.split("-")[0]
     image, truth, modality, spacing = ia.load_case(base, data)
-    model, fit_s = ia.get_model(base, image, modality, config=config)
+    model, fit_s = ia.get_model(base, image, modality, config=config, **fit_kw)
     full, box = image, tuple(slice(0, s) for s in image.shape)
     if quick:
         box = ia.crop_box(base, truth)

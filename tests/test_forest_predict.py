@@ -40,9 +40,10 @@ def _scene(b: int = 1, h: int = 256, w: int = 256):
 
 def test_stride_levels():
     assert F._stride(512, 512, 4) == 4
-    assert F._stride(256, 256, 4) == 4  # a 64 x 64 coarse grid is enough
-    assert F._stride(128, 128, 4) == 2
-    assert F._stride(100, 100, 4) == 1  # too small to share anything
+    assert F._stride(256, 256, 4) == 4
+    assert F._stride(128, 128, 4) == 4  # a 32 x 32 coarse grid is enough
+    assert F._stride(120, 45, 4) == 2  # breast1's slices: a 60 x 22 grid
+    assert F._stride(60, 60, 4) == 1  # too small to share anything
     assert F._stride(512, 512, 2) == 2
     assert F._stride(512, 512, 1) == 1
 

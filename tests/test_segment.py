@@ -546,6 +546,13 @@ def test_class_prototypes_are_columns_of_multiclass_rounds_only(tiny_model, smal
     assert d.shape == (100, 3) and protos.extend(x).shape == (100, 6)
     np.testing.assert_array_equal(np.where(d[:, 0] < d[:, 2], 0, 2), y)  # nearest = own class
     assert d[:, 1].min() > 1e5  # an unpainted class is infinitely far, not NaN
+    # The expanded product equals the plain root mean square of standardised differences.
+    z = (x - protos.mean) / protos.scale
+    direct = np.sqrt(((z[:, None] - protos.centres[[0, 2]]) ** 2).mean(-1))
+    np.testing.assert_allclose(d[:, [0, 2]], direct, rtol=1e-4, atol=1e-4)
+    # float16 cache rows: converted once, the same columns as from float32 rows.
+    x16 = x.astype(np.float16)
+    np.testing.assert_allclose(protos.extend(x16), protos.extend(x16.astype(np.float32)))
     # The ilastik columns only: a prototype of the first column ignores the others.
     first = Prototypes.fit(x, y, columns=1)
     np.testing.assert_allclose(first.distances(x), first.distances(x[:, :1] @ np.eye(1, 3)))

@@ -35,7 +35,7 @@ FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 # slice may be first predicted on, and the top probability under which a coarse voxel is
 # predicted again at the finer level (besides class boundaries).
 MAX_STRIDE = 4
-MIN_COARSE_PLANE = 64 * 64
+MIN_COARSE_PLANE = 32 * 32
 REFINE_BELOW = 0.8
 # Voxels a prediction batch may hold (cached features) and rows a predict_proba call gets.
 PREDICT_VOXELS = 1 << 22
@@ -319,9 +319,9 @@ def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
     # In chunks: float16 cache rows become float32 (and get their prototype columns) only a
     # chunk at a time.
     for i in range(0, len(rows), PROBA_CHUNK):
-        x = np.asarray(rows[i : i + PROBA_CHUNK], dtype=np.float32)
-        out[i : i + PROBA_CHUNK, forest.classes_] = forest.predict_proba(
-            x if protos is None else protos.extend(x))
+        x = rows[i : i + PROBA_CHUNK]
+        x = np.asarray(x, dtype=np.float32) if protos is None else protos.extend(x)
+        out[i : i + PROBA_CHUNK, forest.classes_] = forest.predict_proba(x)
     return out
 
 

@@ -50,20 +50,34 @@ class Prototypes:
 
     def distances(self, rows: np.ndarray) -> np.ndarray:
         """(voxels, n_classes) float32 distances of feature rows to each prototype."""
+        out = np.empty((len(rows), len(self.centres)), dtype=np.float32)
+        self._distances_into(rows, out)
+        return out
+
+    def _distances_into(self, rows: np.ndarray, out: np.ndarray) -> None:
         painted = np.isfinite(self.centres[:, 0])
         centres = np.where(painted[:, None], self.centres, 0.0).astype(np.float32)
         sq_centres = (centres**2).sum(1)
+        m2 = -2.0 * centres.T
         n_cols = float(self.columns)
-        out = np.empty((len(rows), len(centres)), dtype=np.float32)
         for i in range(0, len(rows), _CHUNK):
-            z = (np.asarray(rows[i : i + _CHUNK, : self.columns], dtype=np.float32)
-                 - self.mean) / self.scale
+            # A float32 copy standardised in place (the caller's rows stay as they are).
+            z = np.array(rows[i : i + _CHUNK, : self.columns], dtype=np.float32)
+            z -= self.mean
+            z /= self.scale
             # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one matrix product for every class.
-            d2 = (z**2).sum(1, keepdims=True) - 2.0 * (z @ centres.T) + sq_centres
-            out[i : i + _CHUNK] = np.sqrt(np.maximum(d2, 0.0) / n_cols)
+            d2 = z @ m2
+            d2 += np.einsum("ij,ij->i", z, z)[:, None]
+            d2 += sq_centres
+            np.maximum(d2, 0.0, out=d2)
+            d2 /= n_cols
+            out[i : i + _CHUNK] = np.sqrt(d2, out=d2)
         out[:, ~painted] = 1e6  # a class painted nowhere: no voxel is near it
-        return out
 
     def extend(self, rows: np.ndarray) -> np.ndarray:
-        """The rows with their prototype distances appended (float32)."""
-        return np.concatenate([np.asarray(rows, dtype=np.float32), self.distances(rows)], 1)
+        """The rows with their prototype distances appended (float32; one conversion)."""
+        f = rows.shape[1]
+        out = np.empty((len(rows), f + len(self.centres)), dtype=np.float32)
+        out[:, :f] = rows
+        self._distances_into(out[:, : self.columns], out[:, f:])
+        return out
