@@ -11,7 +11,8 @@ preset instead: the 2.5D one sees the neighbouring slices, context the in-plane 
 
 Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
 benchmarks/_probe_pcs.py [--pcs 4 12] [--cases ...] [--seeds 2] [--rounds 10] [--quick]
-[--config NAME] [--lr X] [--fit-seed N] [--tag T]``; writes ``benchmarks/results/probe-pcs{T}.json`` / ``.md``.
+[--config NAME] [--lr X] [--schedule S] [--fit-seed N] [--tag T]``; writes
+``benchmarks/results/probe-pcs{T}.json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     p.add_argument("--config", default=None, help="VAE preset (default: the benchmark's)")
     p.add_argument("--lr", type=float, default=None,
                    help="the VAE fitted with this peak learning rate (cached per case)")
+    p.add_argument("--schedule", default=None,
+                   help="the VAE fitted with this learning-rate schedule (cache name)")
     p.add_argument("--fit-seed", type=int, default=None,
                    help="the VAE fitted with this seed (default: the fit's default, 0)")
     p.add_argument("--proto", nargs="*", default=[],
@@ -67,7 +70,8 @@ def main() -> None:
     name = a.out / f"probe-pcs{a.tag}"
     default_pcs = forest._ENCODER_PCS
     for case in a.cases:
-        fit_kw = {k: v for k, v in (("lr", a.lr), ("seed", a.fit_seed)) if v is not None}
+        fit_kw = {k: v for k, v in (("lr", a.lr), ("schedule", a.schedule),
+                                    ("seed", a.fit_seed)) if v is not None}
         env = bi.case_env(case, ia.DEFAULT_DATA, a.quick, config=a.config, **fit_kw)
         runs = [] if a.no_ablation else [("novae", None, None)]
         runs += [] if a.no_base else [(f"pcs{k}", k, None) for k in a.pcs]
