@@ -98,3 +98,30 @@ def test_float16_rows_predict_as_their_float32_values():
     p16 = F.forest_predict(clf, half, lab.shape, 3)
     p32 = F.forest_predict(clf, half.astype(np.float32), lab.shape, 3)
     np.testing.assert_array_equal(p16, p32)
+
+
+def test_upsampling_is_bilinear_between_coarse_voxels():
+    rng = np.random.default_rng(0)
+    p = rng.random((2, 1, 3, 4)).astype(np.float32)
+    up = F._upsample2(p, 6, 7)  # an odd width: the last column is cropped
+    assert up.shape == (2, 1, 6, 7)
+    np.testing.assert_array_equal(up[..., ::2, ::2], p[..., :, :4])
+    np.testing.assert_allclose(up[..., 1, 0], (p[..., 0, 0] + p[..., 1, 0]) / 2)
+    np.testing.assert_allclose(up[..., 0, 1], (p[..., 0, 0] + p[..., 0, 1]) / 2)
+    np.testing.assert_allclose(up[..., 3, 5], p[..., 1:3, 2:4].mean((-1, -2)), rtol=1e-6)
+    np.testing.assert_array_equal(up[..., 5, 0], p[..., 2, 0])  # the edge repeats
+
+
+def test_shared_voxels_keep_the_labels_of_nearest_sharing(monkeypatch):
+    rows, lab, clf = _scene()
+    bilinear = F.forest_predict(clf, rows, lab.shape, 3)
+
+    def nearest(p, hf, wf):
+        return p.repeat(2, axis=-2).repeat(2, axis=-1)[..., :hf, :wf]
+
+    monkeypatch.setattr(F, "_upsample2", nearest)
+    blocks = F.forest_predict(clf, rows, lab.shape, 3)
+    np.testing.assert_array_equal(bilinear.argmax(0), blocks.argmax(0))
+    # The probabilities are closer to the full prediction's: no coarse blocks in the map.
+    full = F.forest_predict(clf, rows, lab.shape, 3, max_stride=1)
+    assert np.abs(bilinear - full).mean() < np.abs(blocks - full).mean()

@@ -334,6 +334,31 @@ def _stride(h: int, w: int, max_stride: int) -> int:
     return s
 
 
+def _upsample2(p: np.ndarray, hf: int, wf: int) -> np.ndarray:
+    """(k, b, hf, wf) from (k, b, h, w) at twice the in-plane resolution, bilinear: the
+    coarse voxels keep their values, a voxel between two (or four) takes their mean (the last
+    row and column repeat the edge).
+
+    Where the refinement leaves a voxel alone its coarse neighbours share one class, and a
+    mean of probability vectors with the same top class keeps that class: the labels are
+    those of nearest-neighbour sharing, and the probabilities (the uncertainty map) do not
+    show the coarse grid's blocks.
+    """
+    k, b, h, w = p.shape
+    out = np.empty((k, b, 2 * h, 2 * w), dtype=p.dtype)
+    out[..., ::2, ::2] = p
+    rows = out[..., 1:-1:2, ::2]  # between two coarse rows
+    np.add(p[..., :-1, :], p[..., 1:, :], out=rows)
+    rows *= 0.5
+    out[..., -1, ::2] = p[..., -1, :]
+    even = out[..., ::2]  # every row's coarse columns, now filled
+    cols = out[..., 1:-1:2]
+    np.add(even[..., :-1], even[..., 1:], out=cols)
+    cols *= 0.5
+    out[..., -1] = even[..., -1]
+    return out[..., :hf, :wf]
+
+
 def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
                    sure: float | None = None, max_stride: int | None = None) -> np.ndarray:
     """(n_classes, *shape) forest probabilities, coarse to fine.
@@ -341,9 +366,9 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
     (every 2nd or 4th voxel, see :func:`_stride`); each finer level (half the stride) is then
     predicted only where the level above has a class boundary within one of its voxels or is
-    unsure (top probability below ``sure``). Elsewhere a voxel shares the probability of the
-    coarse voxel it falls in: the neighbourhood agrees on the class. Voxels the level above
-    predicted are not predicted again.
+    unsure (top probability below ``sure``). Elsewhere a voxel takes the bilinear mean of the
+    coarse voxels around it (:func:`_upsample2`): the neighbourhood agrees on the class.
+    Voxels the level above predicted are not predicted again.
     """
     from scipy import ndimage as ndi
 
@@ -352,21 +377,22 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     grid = rows.reshape(b, h, w, -1)
     s = _stride(h, w, MAX_STRIDE if max_stride is None else max_stride)
     level = np.ascontiguousarray(grid[:, ::s, ::s])
-    p = _forest_proba(forest, level.reshape(-1, grid.shape[-1]), n_cls).reshape(
-        level.shape[:3] + (n_cls,))
+    p = _forest_proba(forest, level.reshape(-1, grid.shape[-1]), n_cls)
+    # Classes first: the upsampling and the class reductions run on contiguous planes.
+    p = np.ascontiguousarray(p.T).reshape((n_cls,) + level.shape[:3])
     while s > 1:
         s //= 2
         fine = grid[:, ::s, ::s]
         hf, wf = fine.shape[1:3]
-        lab = p.argmax(-1)
+        lab = p.argmax(0)
         refine = ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3))
-        refine |= p.max(-1) < sure
-        p = p.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
+        refine |= p.max(0) < sure
+        p = _upsample2(p, hf, wf)
         where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
         where[:, ::2, ::2] = False  # the level above's own voxels: already exact
         if where.any():
-            p[where] = _forest_proba(forest, fine[where], n_cls)
-    return np.moveaxis(p, -1, 0)
+            p[:, where] = _forest_proba(forest, fine[where], n_cls).T
+    return p
 
 
 class ForestProbabilities:
