@@ -81,6 +81,9 @@ class LoopOptions:
     pu_power: float = 1.0  # ... kappa ((1 - pi) / pi) ** power (0.5: gentler on big objects)
     pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
     #                         probability exceeds this (reliable negatives, PU learning)
+    reach: float = 0.0  # > 0 (mm): two-class tasks, the object's probability fades beyond
+    #   max(reach, reach_factor x the object strokes' spread) from the nearest object stroke
+    reach_factor: float = 1.5
     extra: tuple = ()  # extra columns (bench_interactive.extra_columns): "dae", "vaectx"
 
 
@@ -333,6 +336,8 @@ class ForestLoop:
             m = self._momentum_weight(probs, classes, strokes_round)
             probs = ((1 - m) * probs + m * self.prev_probs).astype(np.float32)
         self.prev_probs = probs
+        if o.reach and len(classes) == 2 and o.pu_class in classes:
+            probs = self._reach(probs, classes, ann)
         if o.walker_beta:
             pw = walker(probs, classes, ann, o.walker_beta, o.walker_sure)
             probs = o.walker_mix * pw + (1 - o.walker_mix) * probs
@@ -341,6 +346,27 @@ class ForestLoop:
             labels = self._stabilise(labels, probs, ann, strokes_round)
         self.prev_prev, self.prev = self.prev, labels
         return Round(labels, probs, classes)
+
+    def _reach(self, probs, classes, ann):
+        """The object's probability times a spatial prior: 1 within R mm of an object
+        stroke, a Gaussian fall-off (sigma R / 2) beyond; R = max(reach, reach_factor x the
+        largest distance of an object-painted voxel from their centroid)."""
+        from scipy import ndimage as ndi
+
+        o = self.opts
+        obj_c = [c for c in classes if c != o.pu_class][0]
+        oi = classes.index(obj_c)
+        painted = ann == obj_c
+        pts = np.argwhere(painted) * np.asarray(self.spacing)
+        spread = float(np.sqrt(((pts - pts.mean(0)) ** 2).sum(1)).max()) if len(pts) else 0.0
+        r = max(o.reach, o.reach_factor * spread)
+        d = ndi.distance_transform_edt(~painted, sampling=self.spacing)
+        gate = np.exp(-0.5 * (np.maximum(d - r, 0.0) / (0.5 * r)) ** 2).astype(np.float32)
+        out = probs.copy()
+        out[oi] = probs[oi] * gate
+        out[1 - oi] = 1.0 - out[oi]
+        self.last_reach = r
+        return out
 
     def _momentum_weight(self, probs, classes, strokes_round):
         """Momentum per voxel (a scalar for "all"): where the last round's probabilities are
