@@ -201,3 +201,27 @@ def test_each_tree_sees_enough_painted_voxels_without_the_prior():
     x, y = rng.random((many, 6)), rng.integers(0, 7, many)
     drawn = [len(np.unique(s)) for s in fit_forest(x, y, 0).estimators_samples_]
     assert 0.9 * 0.05 * many < np.mean(drawn) <= 0.05 * many
+
+
+def test_adaptive_prior_estimates_with_a_small_forest_then_fits_the_full_one(monkeypatch):
+    import napari_latentseg.engine.segment.forest as F
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    y = np.r_[np.ones(50, int), np.zeros(550, int)]
+    x[:50] += 3.0  # the painted object, well apart
+    w = np.r_[np.ones(50), np.full(550, 0.1)]
+    sizes = []
+    real = F.fit_forest
+
+    def spy(*args, **kwargs):
+        forest = real(*args, **kwargs)
+        sizes.append(len(forest.estimators_))
+        return forest
+
+    monkeypatch.setattr(F, "fit_forest", spy)
+    ts = F.TrainingSet(x, y, w, prior=500, background_index=0, adaptive=True)
+    forest = ts.fit(seed=0)
+    assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
+    assert len(forest.estimators_) == F.FOREST["n_estimators"]
+    assert 0 < ts.object_share < 0.1  # the prior's rows are background: a small share
