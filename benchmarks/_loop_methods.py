@@ -84,6 +84,8 @@ class LoopOptions:
     reach: float = 0.0  # > 0 (mm): two-class tasks, the object's probability fades beyond
     #   max(reach, reach_factor x the object strokes' spread) from the nearest object stroke
     reach_factor: float = 1.5
+    reach_geodesic: float = 0.0  # > 0: the reach's distance is geodesic through the image,
+    #   each mm costing 1 + this x the smoothed image's gradient (normalised units per mm)
     extra: tuple = ()  # extra columns (bench_interactive.extra_columns): "dae", "vaectx"
 
 
@@ -360,13 +362,34 @@ class ForestLoop:
         pts = np.argwhere(painted) * np.asarray(self.spacing)
         spread = float(np.sqrt(((pts - pts.mean(0)) ** 2).sum(1)).max()) if len(pts) else 0.0
         r = max(o.reach, o.reach_factor * spread)
-        d = ndi.distance_transform_edt(~painted, sampling=self.spacing)
+        if o.reach_geodesic:
+            d = self._geodesic(painted, o.reach_geodesic)
+        else:
+            d = ndi.distance_transform_edt(~painted, sampling=self.spacing)
         gate = np.exp(-0.5 * (np.maximum(d - r, 0.0) / (0.5 * r)) ** 2).astype(np.float32)
         out = probs.copy()
         out[oi] = probs[oi] * gate
         out[1 - oi] = 1.0 - out[oi]
         self.last_reach = r
         return out
+
+    def _geodesic(self, painted: np.ndarray, beta: float, f: int = 4) -> np.ndarray:
+        """Geodesic distance (mm) from the painted voxels on an in-plane / f grid, through a
+        cost of 1 + beta |grad I| (I: the ilastik set's Gaussian at its second sigma, in
+        normalised units), nearest-upsampled to voxels."""
+        from skimage.graph import MCP_Geometric
+
+        img = self.feats[:, ::f, ::f, 4].astype(np.float32)
+        sp = (self.spacing[0], self.spacing[1] * f, self.spacing[2] * f)
+        grad = np.sqrt(sum(g ** 2 for g in np.gradient(img, *sp)))
+        cost = 1.0 + beta * grad
+        small = painted[:, ::f, ::f]
+        seeds = np.argwhere(small)
+        if not len(seeds):  # a stroke thinner than the grid: its nearest grid voxels
+            seeds = np.unique(np.argwhere(painted) // np.array([1, f, f]), axis=0)
+        d, _ = MCP_Geometric(cost, sampling=sp).find_costs([tuple(p) for p in seeds])
+        d = d.repeat(f, 1).repeat(f, 2)[:, : painted.shape[1], : painted.shape[2]]
+        return d.astype(np.float32)
 
     def _momentum_weight(self, probs, classes, strokes_round):
         """Momentum per voxel (a scalar for "all"): where the last round's probabilities are

@@ -141,6 +141,14 @@ LOOPS = {
     "sqrt1-mom-far10": R(SQRT1, momentum=0.5, momentum_where="far", momentum_radius=10.0),
     "sqrt1-mom-shrink": R(SQRT1, momentum=0.5, momentum_where="shrink"),
     "sqrt1-mom-unsettled": R(SQRT1, momentum=0.5, momentum_where="unsettled"),
+    # The object's probability fading beyond a reach from its strokes (session 10: Euclidean,
+    # lost; session 11: geodesic through the image's edges).
+    "sqrt1-reach": R(SQRT1, reach=20.0),
+    "sqrt1-geo50": R(SQRT1, reach=20.0, reach_geodesic=50.0),
+    "sqrt1-geo200": R(SQRT1, reach=20.0, reach_geodesic=200.0),
+    "sqrt1-reach40": R(SQRT1, reach=40.0),
+    "sqrt1-geo50-r40": R(SQRT1, reach=40.0, reach_geodesic=50.0),
+    "sqrt1-geo20-r40": R(SQRT1, reach=40.0, reach_geodesic=20.0),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
@@ -159,6 +167,8 @@ ENGINE = {
     "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
     # Momentum (session 5, opt-in): the previous round's probabilities averaged in.
     "vae-momentum": {"momentum": 0.5},
+    # Session 11: the object's geodesic reach (the default); without it, the engine before.
+    "vae-noreach": {"object_reach": False},
     # The engine before session 8: without the prior (three or more classes) each tree saw
     # 5 % of the painted voxels, not at least MIN_TREE_SAMPLES.
     "vae-tree5pct": {"tree_floor": False},
@@ -402,6 +412,8 @@ def main() -> None:
     p.add_argument("--tag", default="interactive")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat each run with forest seeds 0..N-1 (curves vary a lot by seed)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed + seeds - 1 (more seeds for a run)")
     args = p.parse_args()
     from napari_latentseg.runtime.device import configure_threads
 
@@ -426,7 +438,9 @@ def main() -> None:
         for proto in args.protocols:
             if proto == "slices" and case.endswith("-unequal"):
                 continue
-            for method, seed in [(m, s) for m in args.methods for s in range(args.seeds)]:
+            for method, seed in [(m, s) for m in args.methods
+                                 for s in range(args.first_seed,
+                                                args.first_seed + args.seeds)]:
                 m = build(method, env, args.quick, seed)
                 fn = run_strokes if proto == "strokes" else run_slices
                 n = rounds if proto == "strokes" else slice_rounds
