@@ -49,6 +49,11 @@ def add_parser(sub) -> None:
                         "object) or adaptive (by the object's estimated share of the scan: "
                         "converges better on small objects in whole scans, slower on objects "
                         "that fill much of it); default adaptive")
+    s.add_argument("--no-reach", action="store_true",
+                   help="object-vs-background tasks: do not fade the object beyond its reach "
+                        "(a geodesic distance of at least 40 mm from its strokes, edges of the "
+                        "image counting as distance) that keeps far tissue of the same kind "
+                        "from joining it")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
         vae_features=not args.no_vae_features, prototypes=not args.no_prototypes,
-        background=background, stop_event=stop,
+        background=background, object_reach=not args.no_reach, stop_event=stop,
         **({} if args.background_prior is None
            else {"background_adaptive": args.background_prior == "adaptive"})),
         args.quiet)

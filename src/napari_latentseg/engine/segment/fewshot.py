@@ -140,6 +140,8 @@ def segment_iter(
                    if forest is not None else head_round.proba)
         batches = forest_feats.predict_batches if forest is not None else run.volume_batches
         probs = yield from _predict(st, batches, predict, later_stop)
+        if forest is not None and opts.object_reach and st.prior_background is not None:
+            yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
@@ -210,6 +212,8 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
                       stop_event)
     if ts.note:
         st.notes.append(ts.note)
+    if ts.prior and st.n_classes == 2:
+        st.prior_background = ts.background_index
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
@@ -277,6 +281,44 @@ def _predict(st: RoundState, batches: list[np.ndarray], predict: Callable, stop_
         probs[:, zs[0] : zs[-1] + 1] = predict(zs)
         yield {"stage": "segment: predict", "done": i + 1, "total": len(batches)}
     return probs
+
+
+def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures,
+                 run: FeatureRunner) -> Generator[dict, None, None]:
+    """Fade the object's probability beyond its geodesic reach from its strokes, in place
+    (object-vs-background rounds with the prior; :mod:`.reach`)."""
+    from .reach import geodesic_distance, reach_gate, reach_radius
+
+    yield {"stage": "segment: reach", "done": 0, "total": 1}
+    bg = st.prior_background
+    obj = 1 - bg
+    seeds = st.annotations == st.table.classes[obj]
+    spacing = st.spacing or (1.0, 1.0, 1.0)
+    smooth = _smoothed_image(forest_feats, run)
+    dist = geodesic_distance(smooth, seeds, spacing)
+    radius = reach_radius(seeds, spacing)
+    gate = reach_gate(dist, radius)
+    faded = int(np.count_nonzero((gate < 0.5) & (probs[obj] > probs[bg])))
+    probs[obj] *= gate
+    np.subtract(1.0, probs[obj], out=probs[bg])
+    st.history.append({"stage": "reach", "radius_mm": round(radius, 1), "faded": faded})
+    if faded:
+        st.notes.append(f"{faded} voxels beyond the object's reach ({radius:.0f} mm from its "
+                        "strokes, image edges counting as distance) went to the background")
+    yield {"stage": "segment: reach", "done": 1, "total": 1}
+
+
+def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner) -> np.ndarray:
+    """The ilastik set's Gaussian at its second sigma (2 voxels): the cached column, or
+    computed from the normalised volume when the features are not cached."""
+    if forest_feats.cached is not None:
+        return forest_feats.cached[..., 4]
+    from scipy import ndimage
+
+    from ..features import MULTISCALE_SIGMAS
+
+    s = MULTISCALE_SIGMAS[1]
+    return ndimage.gaussian_filter(run.norm(run.volume).astype(np.float32), (0, s, s))
 
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,

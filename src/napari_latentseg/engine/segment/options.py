@@ -71,6 +71,11 @@ class SegmentOptions:
         on breast1 and the brains (worst drop 0.004-0.035 against 0.024-0.205) but held
         back lung2, which the default segments monotonically (whole-scan AUC 0.526 against
         0.607): off by default.
+    object_reach : bool
+        Object-vs-background rounds with the prior: the object's probability fades beyond
+        a geodesic distance from its strokes (``reach.py``; at least 40 mm, crossing image
+        edges counts as distance), so a region of the same tissue far from the tumour does
+        not join it. Not applied to live slice previews.
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
@@ -95,6 +100,7 @@ class SegmentOptions:
     background_margin_mm: float = 10.0
     background_adaptive: bool = True
     momentum: float = 0.0
+    object_reach: bool = True
     prototypes: bool = True
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ class RoundState:
     history: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     spacing: tuple[float, ...] | None = None  # mm (z, y, x); None: unknown (1 mm)
+    prior_background: int | None = None  # class index of the background prior's class
 
     @property
     def spatial_dims(self) -> int:
