@@ -17,7 +17,8 @@ next to the default VAE's columns and the ablation without VAE columns, same see
 
 Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
 benchmarks/_contrastive.py [--weights 0.01] [--cases ...] [--seeds 3] [--fit-only]
-[--tag=-x]``; writes ``benchmarks/results/contrastive{tag}.json`` / ``.md``.
+[--fit-seed N] [--no-base] [--tag=-x]``; writes ``benchmarks/results/contrastive{tag}.json``
+/ ``.md``. Measured in docs/interactive_benchmarks.md ("A dense contrastive term": loses).
 """
 
 from __future__ import annotations
@@ -113,26 +114,29 @@ class DenseNCE:
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def fit_contrastive(case: str, image, modality, weight: float, steps: int | None = None):
+def fit_contrastive(case: str, image, modality, weight: float, steps: int | None = None,
+                    seed: int | None = None):
     """The product's default fit plus the dense term (weight x InfoNCE), cached."""
     import napari_latentseg.engine.train as train
     from napari_latentseg.engine.train import FitOptions
     from napari_latentseg.models.checkpoint import load_model, save_model
     from napari_latentseg.models.config import DEFAULT_CONFIG
 
-    key = f"{case}-{DEFAULT_CONFIG}-nce{weight:g}" + (f"-s{steps}" if steps else "")
+    key = (f"{case}-{DEFAULT_CONFIG}-nce{weight:g}" + (f"-s{steps}" if steps else "")
+           + (f"-seed{seed}" if seed is not None else ""))
     path, meta = ia.CACHE / f"{key}.pt", ia.CACHE / f"{key}.json"
     if path.exists() and meta.exists():
         return load_model(path, device=ia.DEVICE), json.loads(meta.read_text())
     opts = FitOptions(minutes=ia.FIT_MINUTES, device=ia.DEVICE,
-                      **({"steps": steps} if steps else {}))
+                      **({"steps": steps} if steps else {}),
+                      **({"seed": seed} if seed is not None else {}))
     orig_build, orig_kl = train.build_network, train._kl
     state: dict = {}
     log: list[float] = []
 
     def build(cfg):
         net = orig_build(cfg)
-        state["nce"] = DenseNCE(net)
+        state["nce"] = DenseNCE(net, seed or 0)
         return net
 
     def kl(z_mu, z_sigma):
@@ -168,6 +172,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--fit-only", action="store_true")
+    p.add_argument("--fit-seed", type=int, default=None,
+                   help="both VAEs (default and contrastive) fitted with this seed")
     p.add_argument("--no-base", action="store_true",
                    help="skip the default VAE and the ablation (measured in another run)")
     p.add_argument("--tag", default="")
@@ -178,12 +184,14 @@ def main() -> None:
     base_opts = bi.LOOPS["pu-adapt-sqrt1"]
     rows, fits, t_all = [], {}, time.perf_counter()
     for case in a.cases:
-        env = bi.case_env(case, ia.DEFAULT_DATA, False)
+        fit_kw = {} if a.fit_seed is None else {"seed": a.fit_seed}
+        env = bi.case_env(case, ia.DEFAULT_DATA, False, **fit_kw)
         default_model = env["model"]
         base = case.split("-")[0]
         models = [] if a.no_base else [("novae", default_model), ("default", default_model)]
         for w in a.weights:
-            m, info = fit_contrastive(base, env["full_image"], env["modality"], w)
+            m, info = fit_contrastive(base, env["full_image"], env["modality"], w,
+                                      seed=a.fit_seed)
             fits[f"{base}-nce{w:g}"] = info
             print(base, f"nce{w:g}", info, flush=True)
             models.append((f"nce{w:g}", m))

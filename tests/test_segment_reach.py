@@ -33,6 +33,11 @@ def test_geodesic_distance_counts_edges_as_distance():
     assert d_edge[1, 16, 60] - d_flat[1, 16, 60] > 30.0
     np.testing.assert_allclose(d_edge[1, 16, :28], d_flat[1, 16, :28])  # before the edge
     assert d_flat[0, 16, 4] == pytest.approx(2.0)  # one slice away: the slice spacing
+    # The grid: / 4 up to 256-voxel slices, coarser for bigger ones (512: / 8).
+    big = np.zeros((2, 512, 512), bool)
+    big[0, 100, 100] = True
+    d_big = geodesic_distance(np.zeros(big.shape, np.float32), big, (1.0, 1.0, 1.0))
+    assert d_big[0, 100, 96:104].max() == 0.0 and d_big[0, 100, 104] == pytest.approx(8.0)
 
 
 def test_gate_and_radius():

@@ -115,7 +115,9 @@ class SegmentSection(Section):
         self.prior.setToolTip(
             "With two classes (the background: the class named so, else class 1), voxels you "
             "did not paint count as weak background, so one small background stroke does not "
-            "let the object flood the scan. Untick when both classes fill the scan alike.")
+            "let the object flood the scan, and the object fades beyond a reach from its "
+            "strokes (measured through the image: edges count as distance; paint the part "
+            "it misses to extend it). Untick when both classes fill the scan alike.")
         self.segment_btn = self.job_button(
             "Segment", "Train a classifier on the painted voxels and label every voxel "
             "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))
