@@ -79,6 +79,8 @@ class LoopOptions:
     #                        estimated share pi of the sample: kappa (1 - pi) / pi x object
     pu_cap: float = 50.0  # ... at most this many times the object's painted voxels
     pu_power: float = 1.0  # ... kappa ((1 - pi) / pi) ** power (0.5: gentler on big objects)
+    pu_early: float = 0.0  # > 0: kappa in the first ``early_rounds`` rounds (a lighter prior
+    early_rounds: int = 0  #   while the object is barely painted)
     pu_refine: float = 0.0  # > 0: refit without prior voxels whose out-of-bag object
     #                         probability exceeds this (reliable negatives, PU learning)
     reach: float = 0.0  # > 0 (mm): two-class tasks, the object's probability fades beyond
@@ -295,6 +297,7 @@ class ForestLoop:
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         o = self.opts
+        self.round = int(strokes_round.max()) - 1  # 0: the first strokes' round
         rng = np.random.default_rng(o.seed)
         idx = sample(ann, rng)
         flat = self.feats.reshape(-1, self.feats.shape[-1])
@@ -425,8 +428,8 @@ class ForestLoop:
         pi = max(float((clf.predict_proba(x[n_painted:])[:, obj] > 0.5).mean()),
                  1.0 / n_prior)
         n_obj = float((w[:n_painted] * (y[:n_painted] != o.pu_class)).sum())
-        total = n_obj * float(np.clip(o.pu_adapt * ((1 - pi) / pi) ** o.pu_power, 1.0,
-                                      o.pu_cap))
+        kappa = o.pu_early if o.pu_early and self.round < o.early_rounds else o.pu_adapt
+        total = n_obj * float(np.clip(kappa * ((1 - pi) / pi) ** o.pu_power, 1.0, o.pu_cap))
         w2 = w.copy()
         w2[n_painted:] = total / n_prior
         self.last_pi = pi

@@ -152,6 +152,7 @@ LOOPS = {
     # With the reach holding far tissue back, does a lighter prior find the object sooner?
     "geo-k05": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_adapt=0.5),
     "geo-cap5": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_cap=5.0),
+    "geo-k05-early3": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_early=0.5, early_rounds=3),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }
