@@ -353,46 +353,32 @@ class ForestLoop:
         return Round(labels, probs, classes)
 
     def _reach(self, probs, classes, ann):
-        """The object's probability times a spatial prior: 1 within R mm of an object
-        stroke, a Gaussian fall-off (sigma R / 2) beyond; R = max(reach, reach_factor x the
-        largest distance of an object-painted voxel from their centroid)."""
+        """The object's probability times the engine's reach gate (engine/segment/reach.py)
+        with this loop's floor and factor; the distance Euclidean, or geodesic on the
+        ilastik set's Gaussian at 2 voxels on a fixed in-plane / 4 grid (as measured)."""
         from scipy import ndimage as ndi
+
+        from napari_latentseg.engine.segment.reach import (
+            geodesic_distance,
+            reach_gate,
+            reach_radius,
+        )
 
         o = self.opts
         obj_c = [c for c in classes if c != o.pu_class][0]
         oi = classes.index(obj_c)
         painted = ann == obj_c
-        pts = np.argwhere(painted) * np.asarray(self.spacing)
-        spread = float(np.sqrt(((pts - pts.mean(0)) ** 2).sum(1)).max()) if len(pts) else 0.0
-        r = max(o.reach, o.reach_factor * spread)
+        r = reach_radius(painted, self.spacing, o.reach, o.reach_factor)
         if o.reach_geodesic:
-            d = self._geodesic(painted, o.reach_geodesic)
+            d = geodesic_distance(self.feats[..., 4], painted, self.spacing,
+                                  o.reach_geodesic, grid=4)
         else:
             d = ndi.distance_transform_edt(~painted, sampling=self.spacing)
-        gate = np.exp(-0.5 * (np.maximum(d - r, 0.0) / (0.5 * r)) ** 2).astype(np.float32)
         out = probs.copy()
-        out[oi] = probs[oi] * gate
+        out[oi] = probs[oi] * reach_gate(d, r)
         out[1 - oi] = 1.0 - out[oi]
         self.last_reach = r
         return out
-
-    def _geodesic(self, painted: np.ndarray, beta: float, f: int = 4) -> np.ndarray:
-        """Geodesic distance (mm) from the painted voxels on an in-plane / f grid, through a
-        cost of 1 + beta |grad I| (I: the ilastik set's Gaussian at its second sigma, in
-        normalised units), nearest-upsampled to voxels."""
-        from skimage.graph import MCP_Geometric
-
-        img = self.feats[:, ::f, ::f, 4].astype(np.float32)
-        sp = (self.spacing[0], self.spacing[1] * f, self.spacing[2] * f)
-        grad = np.sqrt(sum(g ** 2 for g in np.gradient(img, *sp)))
-        cost = 1.0 + beta * grad
-        small = painted[:, ::f, ::f]
-        seeds = np.argwhere(small)
-        if not len(seeds):  # a stroke thinner than the grid: its nearest grid voxels
-            seeds = np.unique(np.argwhere(painted) // np.array([1, f, f]), axis=0)
-        d, _ = MCP_Geometric(cost, sampling=sp).find_costs([tuple(p) for p in seeds])
-        d = d.repeat(f, 1).repeat(f, 2)[:, : painted.shape[1], : painted.shape[2]]
-        return d.astype(np.float32)
 
     def _momentum_weight(self, probs, classes, strokes_round):
         """Momentum per voxel (a scalar for "all"): where the last round's probabilities are

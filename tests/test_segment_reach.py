@@ -121,3 +121,10 @@ def test_cli_no_reach(twin, tmp_path, monkeypatch, capsys):
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "off.nii.gz"), "-q",
                  "--no-reach"]) == 0
     assert calls == [1]  # not computed again
+
+
+def test_geodesic_distance_on_a_grid_of_one_voxel():
+    seeds = np.zeros((1, 3, 3), bool)
+    seeds[0, 1, 1] = True
+    d = geodesic_distance(np.zeros((1, 3, 3), np.float32), seeds, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(d, np.zeros((1, 3, 3), np.float32))

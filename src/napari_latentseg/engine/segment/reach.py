@@ -59,10 +59,11 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
         grid = max(GRID, round(max(seeds.shape[1:]) / GRID_WIDTH))
     img = np.asarray(smooth[:, ::grid, ::grid], dtype=np.float32)
     sp = (float(spacing[0]), float(spacing[1]) * grid, float(spacing[2]) * grid)
-    axes = [i for i in range(3) if img.shape[i] > 1]
-    grads = np.gradient(img, *[sp[i] for i in axes], axis=axes)
-    grads = grads if isinstance(grads, list | tuple) else [grads]
-    cost = 1.0 + edge_cost * np.sqrt(sum(g * g for g in grads))
+    axes = [i for i in range(3) if img.shape[i] > 1]  # np.gradient needs 2 voxels an axis
+    sq = np.zeros_like(img)
+    for i in axes:
+        sq += np.gradient(img, sp[i], axis=i) ** 2
+    cost = 1.0 + edge_cost * np.sqrt(sq)
     small = seeds[:, ::grid, ::grid]
     # A stroke thinner than the grid still seeds its nearest grid voxels.
     starts = np.argwhere(small) if small.any() else np.unique(
@@ -72,12 +73,15 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
     return dist[:, : seeds.shape[1], : seeds.shape[2]].astype(np.float32)
 
 
-def reach_radius(seeds: np.ndarray, spacing: Sequence[float]) -> float:
-    """R in mm: max(REACH_MM, REACH_FACTOR x the largest distance of a seed voxel from the
-    seeds' centroid)."""
+def reach_radius(seeds: np.ndarray, spacing: Sequence[float], floor: float | None = None,
+                 factor: float | None = None) -> float:
+    """R in mm: max(floor, factor x the largest distance of a seed voxel from the seeds'
+    centroid); None: :data:`REACH_MM`, :data:`REACH_FACTOR`."""
+    floor = REACH_MM if floor is None else floor
+    factor = REACH_FACTOR if factor is None else factor
     pts = np.argwhere(seeds) * np.asarray(spacing, dtype=np.float64)
     spread = float(np.sqrt(((pts - pts.mean(0)) ** 2).sum(1)).max()) if len(pts) else 0.0
-    return max(REACH_MM, REACH_FACTOR * spread)
+    return max(floor, factor * spread)
 
 
 def reach_gate(distance: np.ndarray, radius: float) -> np.ndarray:
