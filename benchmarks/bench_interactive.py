@@ -170,7 +170,13 @@ ENGINE = {
     "prior-w2": {"background_weight": 2.0, "background_adaptive": False},
     "prior-w05": {"background_weight": 0.5, "background_adaptive": False},
     # Momentum (session 5, opt-in): the previous round's probabilities averaged in.
-    "vae-momentum": {"momentum": 0.5},
+    "vae-momentum": {"momentum": 0.5, "momentum_where": "all"},
+    # Session 12, with the reach: momentum everywhere at 0.3, only where the object shrinks
+    # at 0.5 or 0.7 (the default since), and none (the default before).
+    "vae-mom03": {"momentum": 0.3, "momentum_where": "all"},
+    "vae-mom-shrink": {"momentum": 0.5, "momentum_where": "shrink"},
+    "vae-mom07-shrink": {"momentum": 0.7, "momentum_where": "shrink"},
+    "vae-nomomentum": {"momentum": 0.0},
     # Session 11: the object's geodesic reach (the default); without it, the engine before.
     "vae-noreach": {"object_reach": False},
     # The engine before session 8: without the prior (three or more classes) each tree saw

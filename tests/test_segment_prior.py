@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_latentseg.cli import main
-from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, SegmentOptions, segment
+from napari_latentseg.engine.segment import (
+    FeatureCache,
+    LiveSegmenter,
+    SegmentOptions,
+    continues_round,
+    segment,
+)
 from napari_latentseg.engine.segment.prior import (
     background_from_names,
     effective_background,
@@ -167,8 +173,8 @@ def test_momentum_averages_the_previous_round_in(scene):
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1  # a corrective background stroke
     plain = segment(None, vol, ann2, spacing=SPACING)
-    mom = segment(None, vol, ann2, SegmentOptions(momentum=0.5), spacing=SPACING,
-                  previous=first)
+    mom = segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where="all"),
+                  spacing=SPACING, previous=first)
     free = ann2 == 0  # painted voxels are one-hot in every round
     np.testing.assert_allclose(mom.probabilities[:, free],
                                0.5 * plain.probabilities[:, free]
@@ -176,15 +182,58 @@ def test_momentum_averages_the_previous_round_in(scene):
     assert any("momentum 0.5" in n for n in mom.notes)
     painted = ann2 > 0
     np.testing.assert_array_equal(mom.labels[painted], ann2[painted])
-    # Off by default, and a previous round with other classes is not averaged in.
-    same = segment(None, vol, ann2, spacing=SPACING, previous=first)
+    # Momentum 0 ignores the previous round, and one with other classes is not averaged in.
+    same = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
+                   previous=first)
     np.testing.assert_array_equal(same.probabilities, plain.probabilities)
     other = segment(None, vol, np.where(ann2 == 1, 3, ann2).astype(np.uint8),
-                    SegmentOptions(momentum=0.5, background=3), spacing=SPACING,
-                    previous=first)
+                    SegmentOptions(background=3), spacing=SPACING, previous=first)
     assert any("other classes" in n for n in other.notes)
     with pytest.raises(ValueError, match="momentum"):
         SegmentOptions(momentum=1.0)
+
+
+def test_shrink_momentum_lets_the_object_grow_at_once(scene):
+    """``momentum_where="shrink"``: voxels whose object probability rose take this round's
+    probabilities; those where it fell are averaged with the last round's."""
+    vol, ann, _ = scene
+    first = segment(None, vol, ann, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING)
+    res = segment(None, vol, ann2, SegmentOptions(momentum=0.5), spacing=SPACING,
+                  previous=first)  # "shrink" is the default
+    free = ann2 == 0
+    new, old = plain.probabilities[1], first.probabilities[1]  # class 2, the object
+    fell, rose = free & (new < old - 1e-6), free & (new > old + 1e-6)
+    assert fell.any() and rose.any()
+    np.testing.assert_allclose(res.probabilities[1][rose], new[rose], atol=1e-6)
+    np.testing.assert_allclose(res.probabilities[1][fell], 0.5 * (new[fell] + old[fell]),
+                               atol=1e-6)
+    assert any("where the object's probability fell" in n for n in res.notes)
+    # Without the prior (or with three classes) "shrink" averages nothing in.
+    free_rounds = [segment(None, vol, ann2, SegmentOptions(background=None, momentum=m),
+                           spacing=SPACING, previous=p) for m, p in ((0.5, None), (0.5, first))]
+    np.testing.assert_array_equal(*(r.probabilities for r in free_rounds))
+    with pytest.raises(ValueError, match="momentum_where"):
+        SegmentOptions(momentum_where="far")
+
+
+def test_a_round_continues_the_last_only_when_it_adds_strokes():
+    last = np.zeros((2, 4, 4), np.uint8)
+    last[0, 0, :2] = 1
+    last[1, 3, 3] = 2
+    added = last.copy()
+    added[1, 0, 0] = 1
+    assert continues_round(last, added)
+    assert not continues_round(last, last.copy())  # nothing new: its own answer
+    erased = added.copy()
+    erased[0, 0, 0] = 0
+    assert not continues_round(last, erased)
+    repainted = added.copy()
+    repainted[1, 3, 3] = 1
+    assert not continues_round(last, repainted)
+    assert not continues_round(None, added) and not continues_round(last, added[:1])
 
 
 def test_each_tree_sees_enough_painted_voxels_without_the_prior():

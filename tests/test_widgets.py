@@ -401,6 +401,15 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     assert_on_grid(pred, scan)
     assert "ilastik multiscale set only" in seg.summary.text()
     assert "background prior" in seg.summary.text()
+    assert "momentum" not in seg.summary.text()  # a first round has nothing to continue
+    # A correction (a stroke added) continues the last round: its result is averaged in
+    # where the object shrinks; after an erased stroke the round starts over.
+    ann.data_setitem((np.array([6]), np.array([0]), np.array([2])), 1)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "where the object's probability fell (momentum 0.7)" in seg.summary.text()
+    ann.data_setitem((np.array([6]), np.array([0]), np.array([0])), 0)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "momentum" not in seg.summary.text()
     assert seg.background() == 1  # the table names class 1 "background" (the convention)
     seg.classes.rename(1, "liver")
     seg.classes.rename(2, "Background")

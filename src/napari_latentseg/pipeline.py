@@ -301,6 +301,7 @@ def segment_job(
     stop_event: threading.Event | None = None,
     locked: Iterable[int] | None = None,
     previous: np.ndarray | None = None,
+    last_round: Any = None,
     **options: Any,
 ) -> Generator[dict, None, JobResult]:
     """Few-shot segmentation of ``scan`` from ``annotations`` (0 = not annotated, 1..N).
@@ -312,6 +313,10 @@ def segment_job(
     ``locked`` classes (finished structures) keep exactly their voxels of ``previous`` (the
     last segmentation, with the user's edits): see :func:`keep_locked`. A ``ValueError`` is
     raised when classes are locked without a ``previous`` on the scan's grid.
+
+    ``last_round`` (the last round's :class:`SegmentationResult` on this scan, for a round
+    that only adds strokes to it) is averaged in where the object shrinks (the engine's
+    momentum: ``SegmentOptions.momentum``).
     """
     from .engine.segment import segment_iter
 
@@ -329,7 +334,8 @@ def segment_job(
     if model is not None:  # None: the forest on the ilastik features alone, no fit needed
         _to_device(model, device)
     res = yield from segment_iter(model, scan.data, ann, modality=scan.modality, cache=cache,
-                                  stop_event=stop_event, spacing=scan.spacing, **options)
+                                  stop_event=stop_event, spacing=scan.spacing,
+                                  previous=last_round, **options)
     if locked:
         res.labels, res.uncertainty = keep_locked(res.labels, res.probabilities, res.classes,
                                                   previous, locked, res.uncertainty)

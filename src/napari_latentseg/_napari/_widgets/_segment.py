@@ -49,7 +49,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ...engine.segment import validate_annotations
+from ...engine.segment import continues_round, validate_annotations
 from ...pipeline import cluster_job, segment_job
 from ._annotations import AnnotationBox
 from ._base import Section
@@ -181,6 +181,9 @@ class SegmentSection(Section):
         self._suggestion_scan: napari.layers.Layer | None = None
         self._written: dict[str, np.ndarray] = {}  # output key -> what the plugin last wrote
         self._live_offered = False
+        # (scan layer, its annotations, result) of the last round: the next round averages it
+        # in where the object shrinks, if it only adds strokes (SegmentOptions.momentum).
+        self._last_round: tuple | None = None
 
     def set_busy(self, busy: bool) -> None:
         """Disable the job buttons here and in the annotation box."""
@@ -281,14 +284,19 @@ class SegmentSection(Section):
         connected = self.connected.isChecked()
         locked, previous = self._locked_and_previous(scan)
         background = self.background()
+        last = self._last_round
+        # A round that only adds strokes continues the last one (momentum); any other starts over.
+        last_round = (last[2] if last is not None and last[0] is scan
+                      and continues_round(last[1], ann) else None)
 
         def job(stop):
             return segment_job(model, image, ann, finetune_steps=steps,
                                keep_connected_regions=connected, cache=cache, device=device,
                                stop_event=stop, locked=locked, previous=previous,
-                               background=background)
+                               background=background, last_round=last_round)
 
         def done(result: JobResult) -> None:
+            self._last_round = (scan, ann, result.result)
             self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"

@@ -30,7 +30,7 @@ file format is :mod:`napari_latentseg.models.head`.
 
 from __future__ import annotations
 
-from .annotations import validate_annotations
+from .annotations import continues_round, validate_annotations
 from .cache import FeatureCache
 from .cluster import ClusterResult, cluster, cluster_iter
 from .fewshot import segment, segment_iter
@@ -53,5 +53,6 @@ __all__ = [
     "segment",
     "suggest_slices",
     "validate_annotations",
+    "continues_round",
     "keep_connected",
 ]

@@ -11,7 +11,22 @@ from ...runtime.progress import check_stop
 from .runner import slice_runs
 
 __all__ = ["validate_annotations", "label_dtype", "ClassTable", "annotated_batches",
-           "sample_annotated"]
+           "sample_annotated", "continues_round"]
+
+
+def continues_round(last: np.ndarray | None, annotations: np.ndarray) -> bool:
+    """Whether ``annotations`` add strokes to ``last`` and change none (a correction round).
+
+    Only then is the last round's result averaged in (momentum): after strokes were erased
+    or repainted the user is redirecting the result, not correcting it, and a round without
+    new strokes (other options, a new model) should give its own answer.
+    """
+    if last is None or np.shape(last) != np.shape(annotations):
+        return False
+    last, ann = np.asarray(last), np.asarray(annotations)
+    painted = last > 0
+    return (bool(painted.any()) and int(np.count_nonzero(ann)) > int(painted.sum())
+            and bool(np.array_equal(ann[painted], last[painted])))
 
 
 def validate_annotations(annotations: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -323,7 +323,12 @@ def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner) -> np.ndar
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,
                     weight: float, squeezed: bool) -> None:
-    """Average ``probs`` in place with the previous round's at ``weight`` (momentum)."""
+    """Average ``probs`` in place with the previous round's at ``weight`` (momentum;
+    ``options.momentum_where``: everywhere, or where the object's probability fell)."""
+    bg = st.prior_background
+    shrink = st.options.momentum_where == "shrink"
+    if shrink and (bg is None or len(probs) != 2):
+        return  # "shrink" is for object-vs-background rounds (the phantom's tissues lost)
     prev = np.asarray(previous.probabilities)
     if squeezed:
         prev = prev[:, None]
@@ -333,8 +338,15 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
         return
     for z0 in range(0, probs.shape[1], 16):  # chunks: no whole-volume temporaries
         sl = np.s_[:, z0 : z0 + 16]
-        probs[sl] = (1.0 - weight) * probs[sl] + weight * prev[sl]
-    st.notes.append(f"averaged with the previous round's probabilities (momentum {weight:g})")
+        mixed = (1.0 - weight) * probs[sl] + weight * prev[sl]
+        if shrink:  # only where the object's probability fell: it grows at once
+            obj = 1 - bg
+            fell = probs[obj, z0 : z0 + 16] < prev[obj, z0 : z0 + 16]
+            mixed = np.where(fell[None], mixed, probs[sl])
+        probs[sl] = mixed
+    where = " where the object's probability fell" if shrink else ""
+    st.notes.append(f"averaged with the previous round's probabilities{where} "
+                    f"(momentum {weight:g})")
 
 
 def _refine_boundaries(st: RoundState, probs: np.ndarray, labels: np.ndarray,
