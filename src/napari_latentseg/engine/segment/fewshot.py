@@ -91,9 +91,10 @@ def segment_iter(
     spacing : tuple of float, optional
         Voxel size (mm, z y x), for the background prior's margin; 1 mm when unknown.
     previous : SegmentationResult, optional
-        The last round's result on the same image: with ``options.momentum`` > 0 its
-        probabilities are averaged in (ignored, with a note, when its classes or shape
-        differ).
+        The last round's result on the same image, when this round only adds strokes:
+        with ``options.momentum`` > 0 its probabilities are averaged in (by default where the
+        object's probability fell, in object-vs-background rounds; ignored, with a note,
+        when its classes or shape differ).
     **legacy_kwargs
         Fields of :class:`SegmentOptions` as keywords (``finetune_steps=50``, ...), applied
         over ``options``.
