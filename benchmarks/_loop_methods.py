@@ -28,6 +28,7 @@ import numpy as np
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 MAX_PER_CLASS = 20_000
 N_MULTISCALE = 20  # 4 features x 5 sigmas (engine.features.MULTISCALE_SIGMAS)
+LATENT_COLUMNS = 4  # the default VAE's latent mean channels, after the ilastik set
 
 
 @dataclass
@@ -88,6 +89,8 @@ class LoopOptions:
     reach_factor: float = 1.5
     reach_geodesic: float = 0.0  # > 0: the reach's distance is geodesic through the image,
     #   each mm costing 1 + this x the smoothed image's gradient (normalised units per mm)
+    reach_on: str = "image"  # the geodesic cost's channels: "image" (the ilastik set's
+    #   smoothed image), "latent" (the VAE latent mean's channels) or "both"
     extra: tuple = ()  # extra columns (bench_interactive.extra_columns): "dae", "vaectx"
 
 
@@ -282,6 +285,7 @@ class ForestLoop:
 
     def __init__(self, feats: np.ndarray, spacing, opts: LoopOptions, setup_s: float,
                  extra: np.ndarray | None = None):
+        self.all_feats = feats  # the reach may measure on the VAE's channels (reach_on)
         self.feats = feats if opts.vae else feats[..., :N_MULTISCALE]
         if not opts.ilastik:  # how much the VAE columns know on their own
             self.feats = feats[..., N_MULTISCALE:]
@@ -370,8 +374,13 @@ class ForestLoop:
         painted = ann == obj_c
         r = reach_radius(painted, self.spacing, o.reach, o.reach_factor)
         if o.reach_geodesic:
-            d = geodesic_distance(self.feats[..., 4], painted, self.spacing,
-                                  o.reach_geodesic, grid=4)
+            lat = slice(N_MULTISCALE, N_MULTISCALE + LATENT_COLUMNS)
+            src = {"image": lambda: self.all_feats[..., 4],
+                   "latent": lambda: self.all_feats[..., lat],
+                   "both": lambda: self.all_feats[..., [4] + list(range(lat.start, lat.stop))],
+                   "latent-smooth": lambda: self._smooth_latent(lat),
+                   }[o.reach_on]()
+            d = geodesic_distance(src, painted, self.spacing, o.reach_geodesic, grid=4)
         else:
             d = ndi.distance_transform_edt(~painted, sampling=self.spacing)
         out = probs.copy()
@@ -379,6 +388,17 @@ class ForestLoop:
         out[1 - oi] = 1.0 - out[oi]
         self.last_reach = r
         return out
+
+    def _smooth_latent(self, lat: slice) -> np.ndarray:
+        """The latent channels smoothed in-plane (Gaussian, 2 voxels, as the image's column
+        4), computed once."""
+        if getattr(self, "_lat_smooth", None) is None:
+            from scipy import ndimage as ndi
+
+            v = self.all_feats[..., lat].astype(np.float32)
+            self._lat_smooth = np.stack([ndi.gaussian_filter(v[..., k], (0, 2, 2))
+                                         for k in range(v.shape[-1])], -1)
+        return self._lat_smooth
 
     def _momentum_weight(self, probs, classes, strokes_round):
         """Momentum per voxel (a scalar for "all"): where the last round's probabilities are

@@ -153,6 +153,15 @@ LOOPS = {
     "geo-k05": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_adapt=0.5),
     "geo-cap5": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_cap=5.0),
     "geo-k05-early3": R(SQRT1, reach=40.0, reach_geodesic=50.0, pu_early=0.5, early_rounds=3),
+    # Session 12: the reach measured through the VAE latent's channels instead of the image
+    # (each channel in its standard deviations; raw or smoothed in-plane at 2 voxels), or
+    # both; and the ablation's reach.
+    "geo-latent50": R(SQRT1, reach=40.0, reach_geodesic=50.0, reach_on="latent"),
+    "geo-latent15": R(SQRT1, reach=40.0, reach_geodesic=15.0, reach_on="latent"),
+    "geo-both50": R(SQRT1, reach=40.0, reach_geodesic=50.0, reach_on="both"),
+    "geo-latsm50": R(SQRT1, reach=40.0, reach_geodesic=50.0, reach_on="latent-smooth"),
+    "geo-latsm15": R(SQRT1, reach=40.0, reach_geodesic=15.0, reach_on="latent-smooth"),
+    "geo-novae": R(SQRT1, vae=False, reach=40.0, reach_geodesic=50.0),
     "pu-adapt-c10-vaeonly": LO(ilastik=False, pu=2000, pu_exclude=10.0, min_tree_samples=500,
                                pu_obj=True, pu_adapt=0.5, pu_cap=10.0),
 }

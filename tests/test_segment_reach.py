@@ -40,6 +40,23 @@ def test_geodesic_distance_counts_edges_as_distance():
     assert d_big[0, 100, 96:104].max() == 0.0 and d_big[0, 100, 104] == pytest.approx(8.0)
 
 
+def test_geodesic_distance_on_channels_counts_each_in_its_deviations():
+    """(z, y, x, C) input: every channel is scaled to unit standard deviation, so an edge
+    costs the same in any channel whatever its units."""
+    edged = np.zeros((3, 32, 64), np.float32)
+    edged[:, :, 32:] = 1.0
+    seeds = np.zeros(edged.shape, bool)
+    seeds[1, 16, 4] = True
+    one = geodesic_distance(edged[..., None], seeds, (2.0, 1.0, 1.0))
+    scaled = geodesic_distance(100.0 * edged[..., None], seeds, (2.0, 1.0, 1.0))
+    np.testing.assert_allclose(one, scaled, rtol=1e-5)
+    plain = geodesic_distance(edged / edged.std(), seeds, (2.0, 1.0, 1.0))
+    np.testing.assert_allclose(one, plain, rtol=1e-5)
+    flat = np.zeros_like(edged)
+    two = geodesic_distance(np.stack([edged, flat], -1), seeds, (2.0, 1.0, 1.0))
+    np.testing.assert_allclose(two, one, rtol=1e-5)  # a flat channel adds no cost
+
+
 def test_gate_and_radius():
     d = np.array([0.0, 40.0, 60.0, 200.0], np.float32)
     g = reach_gate(d, 40.0)

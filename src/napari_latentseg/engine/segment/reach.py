@@ -36,7 +36,8 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
     ----------
     smooth : np.ndarray
         (z, y, x) smoothed normalised image (a view is enough: only every ``grid``-th voxel
-        in-plane is read).
+        in-plane is read), or (z, y, x, C) feature channels, each scaled to unit standard
+        deviation before its gradient is taken.
     seeds : np.ndarray
         (z, y, x) bool, at least one voxel set.
     spacing : sequence of float
@@ -58,11 +59,15 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
     if grid is None:
         grid = max(GRID, round(max(seeds.shape[1:]) / GRID_WIDTH))
     img = np.asarray(smooth[:, ::grid, ::grid], dtype=np.float32)
+    if img.ndim == 4:  # channels last: each in its own standard deviations
+        img = img / np.maximum(img.reshape(-1, img.shape[-1]).std(0), 1e-6)
+    else:
+        img = img[..., None]
     sp = (float(spacing[0]), float(spacing[1]) * grid, float(spacing[2]) * grid)
     axes = [i for i in range(3) if img.shape[i] > 1]  # np.gradient needs 2 voxels an axis
-    sq = np.zeros_like(img)
+    sq = np.zeros(img.shape[:3], np.float32)
     for i in axes:
-        sq += np.gradient(img, sp[i], axis=i) ** 2
+        sq += (np.gradient(img, sp[i], axis=i) ** 2).sum(-1)
     cost = 1.0 + edge_cost * np.sqrt(sq)
     small = seeds[:, ::grid, ::grid]
     # A stroke thinner than the grid still seeds its nearest grid voxels.
