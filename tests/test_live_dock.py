@@ -10,7 +10,15 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
 
-def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, small_phantom):
+def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, small_phantom,
+                                                  monkeypatch):
+    from napari_latentseg.engine.segment import LiveSegmenter
+
+    given = []  # whether each live slice got the last round's probabilities (momentum)
+    predict = LiveSegmenter.predict_slice
+    monkeypatch.setattr(LiveSegmenter, "predict_slice", lambda self, z, anchors=None,
+                        previous=None: given.append(previous is not None)
+                        or predict(self, z, anchors, previous))
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
     widget.model_section.config.setCurrentText("tiny")
@@ -40,6 +48,7 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
         ann.paint((target, y, x), 2)
     index, seconds = blocker.args
     assert index == target and seconds > 0
+    assert given == [True]  # a stroke added to the last round's: it continues that round
     assert out.data[target, y, x] == 2  # the stroke's class shows on the displayed slice
     np.testing.assert_array_equal(out.data[:target], before[:target])  # only that slice
     # The user's layers: the scan untouched, the annotations hold exactly the strokes.

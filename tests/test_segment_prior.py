@@ -124,6 +124,30 @@ def test_live_slice_equals_the_full_round_with_the_prior(scene):
     live.close()
 
 
+def test_live_slice_applies_the_momentum_of_full_rounds(scene):
+    """Given the last round's slice, a live preview averages it in where the object shrinks,
+    as the full round after it does (without the reach, which live slices skip)."""
+    vol, ann, _ = scene
+    cache = FeatureCache()
+    opts = SegmentOptions(object_reach=False, keep_connected_regions=False)
+    first = segment(None, vol, ann, opts, cache=cache, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+    full = segment(None, vol, ann2, opts, cache=cache, spacing=SPACING, previous=first)
+    assert any("momentum 0.7" in n for n in full.notes)
+    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING, options=opts)
+    drive(live.prepare())
+    live.update(ann2)
+    assert live.classes == [1, 2]
+    for z in (3, 4):
+        pred = live.predict_slice(z, previous=first.probabilities[:, z])
+        np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
+        np.testing.assert_array_equal(pred.labels, full.labels[z])
+    plain = live.predict_slice(3)
+    assert not np.allclose(plain.probabilities, full.probabilities[:, 3])
+    live.close()
+
+
 def test_cli_background_option(scene, tmp_path, capsys):
     vol, ann, truth = scene
     img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)

@@ -61,7 +61,7 @@ class LiveController(QObject):
 
     def __init__(self, session: Session, full_round, locked=lambda: [],
                  connected=lambda: True, background=lambda: "auto",
-                 parent: QObject | None = None) -> None:
+                 last_round=lambda: None, parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
         super().__init__(parent)
@@ -70,6 +70,7 @@ class LiveController(QObject):
         self._locked = locked
         self._connected = connected
         self._background = background
+        self._last_round = last_round  # (scan, annotations, result) of the last full round
         self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
@@ -182,11 +183,13 @@ class LiveController(QObject):
         modality = (self._scan.metadata or {}).get("modality")
         cache, device, started = self.session.cache, self.session.device, self._stroke_at
         spacing = scan_from_layer(self._scan).spacing  # what full rounds use (segment_job)
+        last = self._last_round()
+        last = last if last is not None and last[0] is self._scan else None
         self._stroke_at = None
         self._pending = False
 
         def job():
-            from ...engine.segment import LiveSegmenter, SegmentOptions
+            from ...engine.segment import LiveSegmenter, SegmentOptions, continues_round
             from ...runtime.progress import drive
 
             seg = segmenter
@@ -196,7 +199,11 @@ class LiveController(QObject):
                                     options=SegmentOptions(background=background))
                 drive(seg.prepare())
             seg.update(ann)
-            return seg, key, seg.predict_slice(z, anchors), started
+            # As the full round after the pause will: the last round averaged in (momentum).
+            previous = (last[2].probabilities[:, z] if last is not None
+                        and list(last[2].classes) == seg.classes
+                        and continues_round(last[1], ann) else None)
+            return seg, key, seg.predict_slice(z, anchors, previous), started
 
         from napari.qt.threading import create_worker
 

@@ -142,7 +142,8 @@ class SegmentSection(Section):
         self.live = LiveController(session, lambda: self.segment(finetune=False),
                                    locked=lambda: self.classes.locked(),
                                    connected=lambda: self.connected.isChecked(),
-                                   background=self.background, parent=self)
+                                   background=self.background,
+                                   last_round=lambda: self._last_round, parent=self)
         self.live_box = QCheckBox("Live: the slice follows your strokes")
         self.live_box.setToolTip(
             "After a stroke, the slice on screen is segmented again within about a second; "

@@ -22,7 +22,12 @@ from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
 from .nomodel import NO_MODEL_NOTE, features_only_model
 from .options import SegmentOptions, resolve_options
-from .postprocess import boundary_band, labels_from_probabilities, normalised_entropy
+from .postprocess import (
+    blend_momentum,
+    boundary_band,
+    labels_from_probabilities,
+    normalised_entropy,
+)
 from .runner import FeatureRunner, slice_runs
 from .state import RoundState, SegmentationResult
 from .suggest import object_region, suggest_slices
@@ -337,14 +342,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
         st.notes.append("the previous round had other classes or another shape: its "
                         "probabilities were not averaged in")
         return
-    for z0 in range(0, probs.shape[1], 16):  # chunks: no whole-volume temporaries
-        sl = np.s_[:, z0 : z0 + 16]
-        mixed = (1.0 - weight) * probs[sl] + weight * prev[sl]
-        if shrink:  # only where the object's probability fell: it grows at once
-            obj = 1 - bg
-            fell = probs[obj, z0 : z0 + 16] < prev[obj, z0 : z0 + 16]
-            mixed = np.where(fell[None], mixed, probs[sl])
-        probs[sl] = mixed
+    blend_momentum(probs, prev, weight, 1 - bg if shrink else None)
     where = " where the object's probability fell" if shrink else ""
     st.notes.append(f"averaged with the previous round's probabilities{where} "
                     f"(momentum {weight:g})")

@@ -24,7 +24,7 @@ from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .nomodel import features_only_model
 from .options import SegmentOptions
-from .postprocess import keep_connected
+from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
@@ -102,11 +102,17 @@ class LiveSegmenter:
         self._forest = None
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None
+        self._object: int | None = None
 
     @property
     def ready(self) -> bool:
         """Features are cached: updates and slice predictions are fast."""
         return self._features.cached is not None
+
+    @property
+    def classes(self) -> list[int]:
+        """The class ids of the last :meth:`update` (empty before one)."""
+        return list(self._table.classes) if self._table is not None else []
 
     @property
     def fitted(self) -> bool:
@@ -135,9 +141,13 @@ class LiveSegmenter:
                           stop_event)
         self._forest = ts.fit(self.options.seed)
         self._table, self._annotations = table, ann
+        # The object's class index where the full round's momentum applies ("shrink").
+        self._object = (1 - ts.background_index
+                        if ts.prior and len(table) == 2 else None)
         return int(len(ts.y) - ts.prior)
 
-    def predict_slice(self, index: int, anchors: np.ndarray | None = None) -> SlicePrediction:
+    def predict_slice(self, index: int, anchors: np.ndarray | None = None,
+                      previous: np.ndarray | None = None) -> SlicePrediction:
         """Labels and probabilities of axial slice ``index`` (painted voxels keep their label).
 
         Parameters
@@ -150,6 +160,11 @@ class LiveSegmenter:
             class ``c`` that touches neither a stroke of ``c`` on this slice nor a voxel the
             last round gave ``c`` goes to its next most probable class, so look-alikes the
             volume round removed do not come back between rounds.
+        previous : np.ndarray, optional
+            The slice's probabilities ``(n_classes, y, x)`` from the last full round, when
+            the strokes since only add to its annotations: averaged in as a full round does
+            (``options.momentum``, ``momentum_where``), so the slice does not shrink now and
+            grow back when the round arrives. Ignored when its shape differs.
         """
         if self._forest is None or self._table is None:
             raise RuntimeError("call update(annotations) before predict_slice")
@@ -161,6 +176,7 @@ class LiveSegmenter:
         shape = (1,) + self.volume.shape[1:]
         n = len(self._table)
         probs = forest_predict(self._forest, self._features.rows_of(zs), shape, n)[:, 0]
+        self._blend(probs, previous)
         ann = self._annotations[z]
         painted = ann > 0
         if painted.any():
@@ -175,6 +191,16 @@ class LiveSegmenter:
                                     self._table.classes)[0][0]
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
+
+    def _blend(self, probs: np.ndarray, previous: np.ndarray | None) -> None:
+        opts = self.options
+        if previous is None or opts.momentum <= 0 or np.shape(previous) != probs.shape:
+            return
+        shrink = opts.momentum_where == "shrink"
+        if shrink and self._object is None:
+            return  # as full rounds: "shrink" needs an object and its background prior
+        blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
+                       opts.momentum, self._object if shrink else None)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""

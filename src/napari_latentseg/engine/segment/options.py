@@ -68,7 +68,8 @@ class SegmentOptions:
         With ``previous`` (the last round's result) given to :func:`segment`, this round's
         probabilities are averaged with it at this weight before labelling (a running
         average over the rounds; see ``momentum_where``). The dock passes the last round
-        when the new one only adds strokes (:func:`~.annotations.continues_round`).
+        when the new one only adds strokes (:func:`~.annotations.continues_round`), and
+        its live slices take the last round's slice (:class:`~.live.LiveSegmenter`).
     momentum_where : str
         ``"shrink"`` (default): in object-vs-background rounds with the prior, only voxels
         whose object probability fell since the last round are averaged, so the object

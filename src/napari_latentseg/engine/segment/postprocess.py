@@ -7,7 +7,7 @@ import numpy as np
 from .annotations import ClassTable, label_dtype
 
 __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
-           "normalised_entropy"]
+           "normalised_entropy", "blend_momentum"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
 
@@ -31,6 +31,22 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     if not connected:
         return labels, 0
     return keep_connected(labels, probs, annotations, table.classes)
+
+
+def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
+                   object_index: int | None = None) -> None:
+    """Average ``probs`` (classes first) in place with ``previous`` at ``weight``.
+
+    With ``object_index``, only where that class's probability fell: the object grows at
+    once and shrinks at the momentum's pace. Chunked along the second axis (slices).
+    """
+    for z0 in range(0, probs.shape[1], CHUNK):  # no whole-volume temporaries
+        sl = np.s_[:, z0 : z0 + CHUNK]
+        mixed = (1.0 - weight) * probs[sl] + weight * previous[sl]
+        if object_index is not None:
+            fell = probs[object_index, z0 : z0 + CHUNK] < previous[object_index, z0 : z0 + CHUNK]
+            mixed = np.where(fell[None], mixed, probs[sl])
+        probs[sl] = mixed
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:
