@@ -240,26 +240,29 @@ class VAEDefault:
         # Engine constants patched for an ablation (session 8): the bootstrap floor without
         # the prior, the prototypes' columns.
         self.patch = {name: options.pop(key) for key, name in (
-            ("tree_floor", "TREE_FLOOR_WITHOUT_PRIOR"), ("proto_columns", "PROTOTYPE_COLUMNS"))
-            if key in options}
+            ("tree_floor", "TREE_FLOOR_WITHOUT_PRIOR"), ("proto_columns", "PROTOTYPE_COLUMNS"),
+            ("suggest_end", "SUGGEST_OBJECT_END")) if key in options}
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        saved = {name: getattr(forest, name) for name in self.patch}
+        where = {name: fewshot if hasattr(fewshot, name) and not hasattr(forest, name)
+                 else forest for name in self.patch}
+        saved = {name: getattr(where[name], name) for name in self.patch}
         for name, value in self.patch.items():
-            setattr(forest, name, value)
+            setattr(where[name], name, value)
         try:
             res = segment(self.model, self.image, ann, modality=self.modality,
                           cache=self.cache, seed=self.seed, spacing=self.spacing,
                           previous=self.last, **kw, **self.options)
         finally:
             for name, value in saved.items():
-                setattr(forest, name, value)
+                setattr(where[name], name, value)
         self.last = res
         if self.ft:
             self.model = res.model

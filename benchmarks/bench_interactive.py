@@ -186,6 +186,9 @@ ENGINE = {
     "vae-mom-shrink": {"momentum": 0.5, "momentum_where": "shrink"},
     "vae-mom07-shrink": {"momentum": 0.7, "momentum_where": "shrink"},
     "vae-nomomentum": {"momentum": 0.0},
+    # Session 12: the next slice past an end of the object on an annotated slice (the
+    # default), or the most uncertain slice alone (the suggestion before).
+    "vae-suggest-uncertain": {"suggest_end": False},
     # Session 11: the object's geodesic reach (the default); without it, the engine before.
     "vae-noreach": {"object_reach": False},
     # The engine before session 8: without the prior (three or more classes) each tree saw

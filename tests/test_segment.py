@@ -17,6 +17,7 @@ from napari_latentseg.engine.segment import (
     segment_iter,
     suggest_slices,
 )
+from napari_latentseg.engine.segment.suggest import object_end_slice, toward_the_object
 from napari_latentseg.io import read_volume, save_volume
 from napari_latentseg.models.checkpoint import load_model, save_model
 
@@ -87,6 +88,25 @@ def test_suggest_slices_per_axis():
     assert suggest_slices(unc, ann)["per_axis"][0]["index"] != 2
     full = np.ones(unc.shape, dtype=np.uint8)
     assert suggest_slices(unc, full)["index"] is None
+
+
+def test_suggestion_goes_past_the_objects_end_when_far_from_it():
+    """An object that ends on an annotated slice: a suggestion far from it moves to the
+    next slice past that end; one within a slice of the object stays."""
+    labels = np.ones((12, 8, 8), np.uint8)
+    labels[6, 2:6, 2:6] = 2  # predicted object on slice 6 only
+    labels[5, 3:5, 3:5] = 2  # ...and a little on slice 5
+    ann = np.zeros_like(labels)
+    ann[6] = labels[6]  # slice 6 annotated whole: the object's upper end
+    far = {"axis": 0, "index": 1, "score": 0.4}
+    out = toward_the_object(far, labels, ann, [1, 2])
+    assert out["index"] == 7 and out["axis"] == 0 and "ends on a slice" in out["reason"]
+    near = {"axis": 0, "index": 4, "score": 0.4}  # next to slice 5's object
+    assert toward_the_object(near, labels, ann, [1, 2]) is near
+    assert object_end_slice(labels, ann, [1, 2]) == 7  # the lower end (5) is not annotated
+    ann[7] = 1  # slice 7 annotated too: that end is closed
+    assert toward_the_object(far, labels, ann, [1, 2]) is far
+    assert object_end_slice(np.ones_like(labels), ann, [1, 2]) is None  # no object
 
 
 def test_input_model_is_never_modified(tiny_model, small_phantom, annotations):

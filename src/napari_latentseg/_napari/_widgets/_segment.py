@@ -400,8 +400,10 @@ class SegmentSection(Section):
         scan = self._suggestion_scan
         if scan is not None and scan.ndim == 2:
             return ("2D image: look where the uncertainty layer is bright and paint there.")
-        return (f"Next slice to annotate: {_AXES.get(s['axis'], s['axis'])} {s['index']} "
-                f"(uncertainty {float(s.get('score') or 0):.2f}).")
+        where = f"Next slice to annotate: {_AXES.get(s['axis'], s['axis'])} {s['index']}"
+        if s.get("reason"):
+            return f"{where} ({s['reason']})."
+        return f"{where} (uncertainty {float(s.get('score') or 0):.2f})."
 
     # ------------------------------------------------------------------ next slice
     def go_to_suggestion(self) -> bool:

@@ -30,12 +30,16 @@ from .postprocess import (
 )
 from .runner import FeatureRunner, slice_runs
 from .state import RoundState, SegmentationResult
-from .suggest import object_region, suggest_slices
+from .suggest import object_region, suggest_slices, toward_the_object
 
 if TYPE_CHECKING:  # torch is imported when a round runs, not with the package
     from ...models.head import SegmentationHead
 
 __all__ = ["segment_iter", "segment"]
+
+# Far from the object, suggest the slice past an end of it that lies on an annotated slice
+# instead of the most uncertain one (suggest.toward_the_object; switchable for the ablation).
+SUGGEST_OBJECT_END = True
 
 
 @dataclass
@@ -161,6 +165,9 @@ def segment_iter(
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)
         suggestion = suggest_slices(uncertainty, st.annotations, region)
+        if SUGGEST_OBJECT_END:
+            suggestion = toward_the_object(suggestion, labels, st.annotations,
+                                           st.table.classes, uncertainty)
         if head_round is not None:
             st.model.head = _head_record(st, head_round)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["suggest_slices", "object_region"]
+__all__ = ["suggest_slices", "object_region", "object_end_slice", "toward_the_object"]
 
 
 def suggest_slices(uncertainty: np.ndarray, annotations: np.ndarray,
@@ -55,3 +55,61 @@ def object_region(probs: np.ndarray, ann: np.ndarray, classes: list[int],
     if body is not None:
         region &= np.asarray(body, dtype=bool)
     return region if region.any() else body
+
+
+def toward_the_object(suggestion: dict, labels: np.ndarray, annotations: np.ndarray,
+                      classes: list[int], uncertainty: np.ndarray | None = None) -> dict:
+    """``suggestion``, or the slice past an end of the object (:func:`object_end_slice`)
+    when the suggested slice is not within one slice of the object.
+
+    The most uncertain slice is the better choice near the object (breast1: the tumour's
+    next predicted slice, where the end rule would send the user past the tumour's true
+    end); far from it, the object's missed neighbour is.
+    """
+    if suggestion.get("index") is None or np.ndim(labels) != 3 or len(labels) < 2:
+        return suggestion
+    ann = np.asarray(annotations)
+    counts = [np.count_nonzero(ann == c) for c in classes]
+    bg = classes[int(np.argmax(counts))]
+    lab = np.asarray(labels)
+    axis, index = int(suggestion["axis"]), int(suggestion["index"])
+    near = np.take(lab, range(max(0, index - 1), min(lab.shape[axis], index + 2)), axis=axis)
+    if np.any((near > 0) & (near != bg)):
+        return suggestion
+    end = object_end_slice(lab, ann, classes)
+    if end is None:
+        return suggestion
+    score = float(np.mean(uncertainty[end])) if uncertainty is not None else 0.0
+    return dict(suggestion, axis=0, index=end, score=score,
+                reason="the object ends on a slice you annotated: is it on the next one?")
+
+
+def object_end_slice(labels: np.ndarray, annotations: np.ndarray,
+                     classes: list[int]) -> int | None:
+    """The unannotated axial slice just past an end of the object, when that end is a slice
+    the user annotated (None otherwise).
+
+    The object (every class but the most painted one, usually the background) rarely ends
+    exactly on an annotated slice: more often the classifier, taught by that slice, misses
+    the object's next one (brain2, 6.5 mm slices: slice 8 annotated, the tumour's 226
+    voxels on slices 9-10 all missed, and the uncertainty sent the user to slice 3). Of the
+    two ends, the one with more object on its annotated slice.
+    """
+    ann = np.asarray(annotations)
+    counts = [np.count_nonzero(ann == c) for c in classes]
+    bg = classes[int(np.argmax(counts))]
+    lab = np.asarray(labels)
+    obj = np.array([np.any((lab[z] > 0) & (lab[z] != bg)) for z in range(lab.shape[0])])
+    if not obj.any():
+        return None
+    zs = np.flatnonzero(obj)
+    painted = ann.reshape(ann.shape[0], -1).any(1)
+    best, area = None, -1
+    for end, step in ((int(zs[0]), -1), (int(zs[-1]), 1)):
+        nxt = end + step
+        if not (painted[end] and 0 <= nxt < len(painted)) or painted[nxt]:
+            continue
+        a = int(np.count_nonzero((lab[end] > 0) & (lab[end] != bg)))
+        if a > area:
+            best, area = nxt, a
+    return best
