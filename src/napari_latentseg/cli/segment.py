@@ -127,6 +127,8 @@ def _print_suggestion(sgt: dict) -> None:
         return
     print(f"suggestion: annotate slice {sgt['index']} along axis {sgt['axis']} "
           f"(mean foreground uncertainty {sgt['score']:.3f})")
+    if sgt.get("reason"):
+        print(f"  {sgt['reason']} (the most uncertain slices per axis:)")
     for p in sgt["per_axis"]:
         if p["index"] is not None:
             print(f"  axis {p['axis']}: slice {p['index']} ({p['score']:.3f})")
