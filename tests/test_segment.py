@@ -591,3 +591,14 @@ def test_class_prototypes_are_columns_of_multiclass_rounds_only(tiny_model, smal
     res = segment(tiny_model, small_phantom.image, two)
     assert "background prior" in forest_features(res)
     assert "prototypes" not in forest_features(res)
+
+
+def test_cli_prints_why_the_next_slice_was_chosen(capsys):
+    from napari_latentseg.cli.segment import _print_suggestion
+
+    _print_suggestion({"axis": 0, "index": 7, "score": 0.2, "reason": "the object ends on a "
+                       "slice you annotated: is it on the next one?",
+                       "per_axis": [{"axis": 0, "index": 1, "score": 0.4}]})
+    out = capsys.readouterr().out
+    assert "annotate slice 7 along axis 0" in out and "the object ends" in out
+    assert "axis 0: slice 1 (0.400)" in out
