@@ -33,6 +33,7 @@ round on an unchanged encoder does not recompute them (the summary says so).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -297,7 +298,10 @@ class SegmentSection(Section):
                                background=background, last_round=last_round)
 
         def done(result: JobResult) -> None:
-            self._last_round = (scan, ann, result.result)
+            # Only what the next round averages in: not the result's model, labels, uncertainty.
+            res = result.result
+            self._last_round = (scan, ann, SimpleNamespace(probabilities=res.probabilities,
+                                                           classes=list(res.classes)))
             self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"
