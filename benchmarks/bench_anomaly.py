@@ -397,7 +397,13 @@ def main() -> None:
     p.add_argument("--feature-cases", nargs="*", default=[],
                    help="cases that also run 'features' in both modes ('all'; default: "
                         "phantom and brain1-syn-tissue)")
+    p.add_argument("--slice-norm", action="store_true",
+                   help="density scores centred and scaled per slice (session 12 probe)")
     a = p.parse_args()
+    if a.slice_norm:
+        import napari_latentseg.engine.anomaly as anomaly
+
+        anomaly.SLICE_NORMALISE_DENSITY = True
     run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
         tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases))
 

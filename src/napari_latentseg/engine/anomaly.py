@@ -58,6 +58,9 @@ _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
 _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
+# Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
+# the denoiser's residual is: probe of session 12 against the end slices' false positives.
+SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
 # Quantile levels: percentiles to the 90th, then tenths of a decade down to 1e-8 survival.
 _QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -8, 71)[1:]])
@@ -210,6 +213,10 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     sd = model.config.spatial_dims if model is not None else 2
     raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)))
+    if SLICE_NORMALISE_DENSITY and method in ("features", "knn", "intensity") and raw.ndim == 3:
+        from .anomaly_dae import slice_normalise
+
+        raw = slice_normalise(raw, mask)
     raw[~mask] = np.nan
     return raw
 
