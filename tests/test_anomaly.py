@@ -228,3 +228,25 @@ def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "many")
     with pytest.raises(ValueError, match="whole number"):
         anomaly_map(None, img, modality="MR", method="dae")
+
+
+def test_ct_bone_is_not_scored_but_a_dense_nodule_is():
+    """On CT, dense structures over 5 mL (bone) get score 0 after calibration; a calcified
+    nodule (dense, small) is still scored and found."""
+    from napari_latentseg.engine.anomaly import anomaly_map, bone_mask
+
+    rng = np.random.default_rng(0)
+    ct = np.full((12, 64, 64), -1000.0, np.float32)  # air around the body
+    ct[:, 4:60, 4:60] = rng.normal(40.0, 20.0, (12, 56, 56))  # soft tissue
+    ct[:, 14:50, 14:50] = rng.normal(-850.0, 30.0, (12, 36, 36))  # lung
+    ct[:, 6:12, 10:54] = rng.normal(900.0, 30.0, (12, 6, 44))  # a rib-like bar: 6.3 mL
+    ct[5:7, 40:43, 30:33] = 400.0  # a calcified nodule: 0.04 mL
+    spacing = (2.0, 1.0, 1.0)
+    bone = bone_mask(ct, spacing)
+    assert bone[:, 6:12, 10:54].all() and bone[:, 5, 10:54].all()  # grown by a voxel
+    assert not bone[5:7, 40:43, 30:33].any()
+    res = anomaly_map(None, ct, modality="CT", method="intensity", spacing=spacing,
+                      error_map=False)
+    assert (res.score[bone] == 0).all()
+    assert res.score[5:7, 40:43, 30:33].mean() > res.threshold
+    assert bone_mask(np.full((2, 8, 8), -1000.0, np.float32)).sum() == 0

@@ -47,10 +47,11 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_dae import dae_raw_iter, dae_suits
+from .normalize import guess_modality
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
            "fit_normative_iter", "fit_normative", "head_mask", "depth_map", "calibrate",
-           "components", "default_method"]
+           "components", "default_method", "bone_mask"]
 
 METHODS = ("features", "knn", "intensity", "error", "ssim", "median", "dae")
 DEFAULT_METHOD = "intensity"  # normative mode and CT (docs/anomaly_benchmarks.md); MR: "dae"
@@ -58,6 +59,11 @@ _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
 _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
+# CT: bone (above BONE_HU in structures over BONE_ML mL) gets score 0 after calibration
+# (session 12: the density flagged it; docs/anomaly_benchmarks.md, "Bone on CT").
+CT_SKIP_BONE = True
+BONE_HU = 300.0
+BONE_ML = 5.0
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
@@ -119,8 +125,30 @@ def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s) for s in fg])
 
 
-def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None):
-    """(normalised volume, head mask) with the model's normalisation (percentiles without)."""
+def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """CT bone: voxels above :data:`BONE_HU` in connected structures larger than
+    :data:`BONE_ML` mL, grown by one voxel (their edges). A calcified nodule (a few mL at
+    most) is not bone by this rule."""
+    from scipy import ndimage
+
+    v = np.asarray(volume)
+    dense = v > BONE_HU
+    if not dense.any():
+        return dense
+    lab, _ = ndimage.label(dense)
+    sp = tuple(spacing) if spacing is not None else (1.0,) * v.ndim
+    ml = np.bincount(lab.ravel()) * float(np.prod(sp[-v.ndim:])) / 1000.0
+    ml[0] = 0.0
+    big = (ml > BONE_ML)[lab]
+    return ndimage.binary_dilation(big, iterations=1) if big.any() else big
+
+
+def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None,
+             spacing: Sequence[float] | None = None):
+    """(normalised volume, scored mask) with the model's normalisation (percentiles without).
+
+    The mask is the head / body (bone included: it is part of what the density learns as
+    normal; :func:`anomaly_iter` sets bone's score to 0 afterwards on CT)."""
     from .normalize import Normalizer
 
     mask = head_mask(volume, modality)
@@ -374,7 +402,7 @@ def fit_normative_iter(
     if method == "dae" and _keep is None:
         raise ValueError("'dae' scores a scan against itself only: no normative reference")
     norm_model = None if method == "dae" else model  # the denoiser's measured normalisation
-    prepared = [_prepare(norm_model, np.asarray(v, dtype=np.float32), m)
+    prepared = [_prepare(norm_model, np.asarray(v, dtype=np.float32), m, spacing)
                 for v, m in zip(volumes, mods, strict=True)]
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes),
                    "depth": USE_DEPTH, "seed": int(seed)}
@@ -471,7 +499,7 @@ def anomaly_iter(
             raise ValueError(f"the reference was fitted for {reference['method']!r}, "
                              f"not {method!r}")
         mode = "normative"
-        x, mask = _prepare(model, vol, modality)
+        x, mask = _prepare(model, vol, modality, spacing)
         stats = reference
         raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spacing)
     else:
@@ -485,12 +513,16 @@ def anomaly_iter(
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
     score = _calibrated(raw, cal)
+    if CT_SKIP_BONE and guess_modality(vol, modality) == "CT":
+        # The density flags dense bone as rare (lung1: the false positives' median 580 HU);
+        # bone is not scored, the threshold stays the calibrated one.
+        score[bone_mask(vol, spacing)] = 0.0
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
     if error_map and model is not None:
         yield {"stage": "error map", "done": 0, "total": 1}
-        xe = _prepare(model, vol, modality)[0] if method == "dae" else x  # the VAE's norm.
+        xe = _prepare(model, vol, modality, spacing)[0] if method == "dae" else x  # VAE's
         err = np.abs(xe - _recon(model, xe))
     if squeeze:
         score, labels, mask = score[0], labels[0], mask[0]
