@@ -47,6 +47,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_dae import dae_raw_iter, dae_suits
+from .anomaly_masks import bone_mask, depth_map, head_mask
 from .normalize import guess_modality
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
@@ -59,11 +60,9 @@ _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
 _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
-# CT: bone (above BONE_HU in structures over BONE_ML mL) gets score 0 after calibration
+# CT: bone (anomaly_masks.bone_mask) gets score 0 after calibration
 # (session 12: the density flagged it; docs/anomaly_benchmarks.md, "Bone on CT").
 CT_SKIP_BONE = True
-BONE_HU = 300.0
-BONE_ML = 5.0
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
@@ -112,37 +111,6 @@ class AnomalyResult:
     info: dict = field(default_factory=dict)
 
 
-def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
-    """Head / body foreground with holes filled per slice (CT lungs and MR CSF are inside)."""
-    from scipy import ndimage
-
-    from .normalize import foreground_mask, guess_modality
-
-    fg = foreground_mask(volume, guess_modality(volume, modality))
-    if fg.ndim == 2:
-        return ndimage.binary_fill_holes(fg)
-    fg = ndimage.binary_opening(fg, np.ones((1, 3, 3), bool))
-    return np.stack([ndimage.binary_fill_holes(s) for s in fg])
-
-
-def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """CT bone: voxels above :data:`BONE_HU` in connected structures larger than
-    :data:`BONE_ML` mL, grown by one voxel (their edges). A calcified nodule (a few mL at
-    most) is not bone by this rule."""
-    from scipy import ndimage
-
-    v = np.asarray(volume)
-    dense = v > BONE_HU
-    if not dense.any():
-        return dense
-    lab, _ = ndimage.label(dense)
-    sp = tuple(spacing) if spacing is not None else (1.0,) * v.ndim
-    ml = np.bincount(lab.ravel()) * float(np.prod(sp[-v.ndim:])) / 1000.0
-    ml[0] = 0.0
-    big = (ml > BONE_ML)[lab]
-    return ndimage.binary_dilation(big, iterations=1) if big.any() else big
-
-
 def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None,
              spacing: Sequence[float] | None = None):
     """(normalised volume, scored mask) with the model's normalisation (percentiles without).
@@ -181,20 +149,6 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         _, s = structural_similarity(x[i], y[i], data_range=1.0, win_size=7, full=True)
         out[i] = 1.0 - s
     return out
-
-
-def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """In-plane distance (mm) of each voxel to the outside of the head, per slice.
-
-    A position feature that needs no registration: scalp and skull are normal at depth 0,
-    not 4 cm inside the head.
-    """
-    from scipy import ndimage
-
-    sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
-    m = mask if mask.ndim == 3 else mask[None]
-    out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
-    return out.astype(np.float32).reshape(mask.shape)
 
 
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):

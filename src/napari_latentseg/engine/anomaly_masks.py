@@ -1,0 +1,58 @@
+"""Masks of the anomaly maps: the head / body, CT bone, and the depth inside the head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["head_mask", "bone_mask", "depth_map", "BONE_HU", "BONE_ML"]
+
+# CT bone: denser than this (HU) in a connected structure larger than this (mL).
+BONE_HU = 300.0
+BONE_ML = 5.0
+
+
+def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
+    """Head / body foreground with holes filled per slice (CT lungs and MR CSF are inside)."""
+    from scipy import ndimage
+
+    from .normalize import foreground_mask, guess_modality
+
+    fg = foreground_mask(volume, guess_modality(volume, modality))
+    if fg.ndim == 2:
+        return ndimage.binary_fill_holes(fg)
+    fg = ndimage.binary_opening(fg, np.ones((1, 3, 3), bool))
+    return np.stack([ndimage.binary_fill_holes(s) for s in fg])
+
+
+def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """CT bone: voxels above :data:`BONE_HU` in connected structures larger than
+    :data:`BONE_ML` mL, grown by one voxel (their edges). A calcified nodule (a few mL at
+    most) is not bone by this rule."""
+    from scipy import ndimage
+
+    v = np.asarray(volume)
+    dense = v > BONE_HU
+    if not dense.any():
+        return dense
+    lab, _ = ndimage.label(dense)
+    sp = tuple(spacing) if spacing is not None else (1.0,) * v.ndim
+    ml = np.bincount(lab.ravel()) * float(np.prod(sp[-v.ndim:])) / 1000.0
+    ml[0] = 0.0
+    big = (ml > BONE_ML)[lab]
+    return ndimage.binary_dilation(big, iterations=1) if big.any() else big
+
+
+def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """In-plane distance (mm) of each voxel to the outside of the head, per slice.
+
+    A position feature that needs no registration: scalp and skull are normal at depth 0,
+    not 4 cm inside the head.
+    """
+    from scipy import ndimage
+
+    sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
+    m = mask if mask.ndim == 3 else mask[None]
+    out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
+    return out.astype(np.float32).reshape(mask.shape)
