@@ -250,3 +250,8 @@ def test_ct_bone_is_not_scored_but_a_dense_nodule_is():
     assert (res.score[bone] == 0).all()
     assert res.score[5:7, 40:43, 30:33].mean() > res.threshold
     assert bone_mask(np.full((2, 8, 8), -1000.0, np.float32)).sum() == 0
+    # Metal of any size (a skin marker), grown by two voxels: not scored either.
+    ct[6, 59, 30] = 2600.0
+    metal = bone_mask(ct, spacing)
+    assert metal[6, 57:62, 30].all() and metal[4:9, 59, 30].all()
+    assert not metal[5:7, 40:43, 30:33].any()

@@ -6,11 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["head_mask", "bone_mask", "depth_map", "BONE_HU", "BONE_ML"]
+__all__ = ["head_mask", "bone_mask", "depth_map", "BONE_HU", "BONE_ML", "METAL_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
 BONE_ML = 5.0
+# CT metal (denser than cortical bone, any size: skin markers, leads, clips), grown by
+# METAL_GROW voxels (its blur and streaks).
+METAL_HU = 2000.0
+METAL_GROW = 2
 
 
 def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
@@ -27,9 +31,13 @@ def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
 
 
 def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """CT bone: voxels above :data:`BONE_HU` in connected structures larger than
-    :data:`BONE_ML` mL, grown by one voxel (their edges). A calcified nodule (a few mL at
-    most) is not bone by this rule."""
+    """CT bone and metal, which the anomaly score leaves out.
+
+    Bone: voxels above :data:`BONE_HU` in connected structures larger than :data:`BONE_ML`
+    mL, grown by one voxel (their edges); a calcified nodule (a few mL at most) is not bone
+    by this rule. Metal: voxels above :data:`METAL_HU` of any size (a skin marker on lung1's
+    back, 2577 HU, was its largest false positive), grown by :data:`METAL_GROW` voxels.
+    """
     from scipy import ndimage
 
     v = np.asarray(volume)
@@ -41,7 +49,11 @@ def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.
     ml = np.bincount(lab.ravel()) * float(np.prod(sp[-v.ndim:])) / 1000.0
     ml[0] = 0.0
     big = (ml > BONE_ML)[lab]
-    return ndimage.binary_dilation(big, iterations=1) if big.any() else big
+    out = ndimage.binary_dilation(big, iterations=1) if big.any() else big
+    metal = v > METAL_HU
+    if metal.any():
+        out |= ndimage.binary_dilation(metal, iterations=METAL_GROW)
+    return out
 
 
 def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
