@@ -60,8 +60,8 @@ _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
 _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
-# CT: bone (anomaly_masks.bone_mask) gets score 0 after calibration
-# (session 12: the density flagged it; docs/anomaly_benchmarks.md, "Bone on CT").
+# CT: bone and metal (anomaly_masks.bone_mask) get score 0 after calibration (session 12:
+# the density flagged them; docs/anomaly_benchmarks.md, "Bone (and metal) on CT").
 CT_SKIP_BONE = True
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
