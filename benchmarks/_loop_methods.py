@@ -237,11 +237,13 @@ class VAEDefault:
         self.ft = finetune_steps
         self.setup_s = fit_s
         self.spacing = spacing
-        # Engine constants patched for an ablation (session 8): the bootstrap floor without
-        # the prior, the prototypes' columns.
-        self.patch = {name: options.pop(key) for key, name in (
-            ("tree_floor", "TREE_FLOOR_WITHOUT_PRIOR"), ("proto_columns", "PROTOTYPE_COLUMNS"),
-            ("suggest_end", "SUGGEST_OBJECT_END")) if key in options}
+        # Engine constants patched for an ablation, (module, name) -> value: the bootstrap
+        # floor without the prior, the prototypes' columns (session 8), the object-end
+        # suggestion (session 12).
+        self.patch = {where: options.pop(key) for key, where in (
+            ("tree_floor", ("forest", "TREE_FLOOR_WITHOUT_PRIOR")),
+            ("proto_columns", ("forest", "PROTOTYPE_COLUMNS")),
+            ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END"))) if key in options}
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
@@ -251,18 +253,17 @@ class VAEDefault:
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        where = {name: fewshot if hasattr(fewshot, name) and not hasattr(forest, name)
-                 else forest for name in self.patch}
-        saved = {name: getattr(where[name], name) for name in self.patch}
-        for name, value in self.patch.items():
-            setattr(where[name], name, value)
+        modules = {"forest": forest, "fewshot": fewshot}
+        saved = {(m, name): getattr(modules[m], name) for m, name in self.patch}
+        for (m, name), value in self.patch.items():
+            setattr(modules[m], name, value)
         try:
             res = segment(self.model, self.image, ann, modality=self.modality,
                           cache=self.cache, seed=self.seed, spacing=self.spacing,
                           previous=self.last, **kw, **self.options)
         finally:
-            for name, value in saved.items():
-                setattr(where[name], name, value)
+            for (m, name), value in saved.items():
+                setattr(modules[m], name, value)
         self.last = res
         if self.ft:
             self.model = res.model

@@ -314,8 +314,9 @@ def segment_job(
     last segmentation, with the user's edits): see :func:`keep_locked`. A ``ValueError`` is
     raised when classes are locked without a ``previous`` on the scan's grid.
 
-    ``last_round`` (the last round's :class:`SegmentationResult` on this scan, for a round
-    that only adds strokes to it) is averaged in where the object shrinks (the engine's
+    ``last_round`` (the last round's result on this scan, for a round that only adds strokes
+    to it: anything with its ``probabilities`` and ``classes``, such as a
+    :class:`SegmentationResult`) is averaged in where the object shrinks (the engine's
     momentum: ``SegmentOptions.momentum``).
     """
     from .engine.segment import segment_iter

@@ -286,12 +286,12 @@ class SegmentSection(Section):
         connected = self.connected.isChecked()
         locked, previous = self._locked_and_previous(scan)
         background = self.background()
-        last = self._last_round
-        # A round that only adds strokes continues the last one (momentum); any other starts over.
-        last_round = (last[2] if last is not None and last[0] is scan
-                      and continues_round(last[1], ann) else None)
+        last = self._last_round if self._last_round and self._last_round[0] is scan else None
 
         def job(stop):
+            # A round that only adds strokes continues the last one (momentum); any other
+            # starts over. Compared here, off the GUI thread (a whole-volume comparison).
+            last_round = last[2] if last is not None and continues_round(last[1], ann) else None
             return segment_job(model, image, ann, finetune_steps=steps,
                                keep_connected_regions=connected, cache=cache, device=device,
                                stop_event=stop, locked=locked, previous=previous,

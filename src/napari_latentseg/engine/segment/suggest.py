@@ -50,11 +50,16 @@ def object_region(probs: np.ndarray, ann: np.ndarray, classes: list[int],
     """
     from scipy import ndimage as ndi
 
-    counts = [np.count_nonzero(ann == c) for c in classes]
-    region = ndi.binary_dilation(probs[int(np.argmax(counts))] < sure, iterations=2)
+    region = ndi.binary_dilation(probs[_most_painted(ann, classes)] < sure, iterations=2)
     if body is not None:
         region &= np.asarray(body, dtype=bool)
     return region if region.any() else body
+
+
+def _most_painted(annotations: np.ndarray, classes: list[int]) -> int:
+    """Index (in ``classes``) of the class with the most painted voxels: the background."""
+    ann = np.asarray(annotations)
+    return int(np.argmax([np.count_nonzero(ann == c) for c in classes]))
 
 
 def toward_the_object(suggestion: dict, labels: np.ndarray, annotations: np.ndarray,
@@ -68,15 +73,13 @@ def toward_the_object(suggestion: dict, labels: np.ndarray, annotations: np.ndar
     """
     if suggestion.get("index") is None or np.ndim(labels) != 3 or len(labels) < 2:
         return suggestion
-    ann = np.asarray(annotations)
-    counts = [np.count_nonzero(ann == c) for c in classes]
-    bg = classes[int(np.argmax(counts))]
+    bg = classes[_most_painted(annotations, classes)]
     lab = np.asarray(labels)
     axis, index = int(suggestion["axis"]), int(suggestion["index"])
     near = np.take(lab, range(max(0, index - 1), min(lab.shape[axis], index + 2)), axis=axis)
     if np.any((near > 0) & (near != bg)):
         return suggestion
-    end = object_end_slice(lab, ann, classes)
+    end = _end_slice(lab, np.asarray(annotations), bg)
     if end is None:
         return suggestion
     score = float(np.mean(uncertainty[end])) if uncertainty is not None else 0.0
@@ -95,21 +98,22 @@ def object_end_slice(labels: np.ndarray, annotations: np.ndarray,
     voxels on slices 9-10 all missed, and the uncertainty sent the user to slice 3). Of the
     two ends, the one with more object on its annotated slice.
     """
-    ann = np.asarray(annotations)
-    counts = [np.count_nonzero(ann == c) for c in classes]
-    bg = classes[int(np.argmax(counts))]
-    lab = np.asarray(labels)
-    obj = np.array([np.any((lab[z] > 0) & (lab[z] != bg)) for z in range(lab.shape[0])])
-    if not obj.any():
+    return _end_slice(np.asarray(labels), np.asarray(annotations),
+                      classes[_most_painted(annotations, classes)])
+
+
+def _end_slice(lab: np.ndarray, ann: np.ndarray, bg: int) -> int | None:
+    obj = (lab > 0) & (lab != bg)
+    area = obj.reshape(len(obj), -1).sum(1)
+    zs = np.flatnonzero(area)
+    if not zs.size:
         return None
-    zs = np.flatnonzero(obj)
-    painted = ann.reshape(ann.shape[0], -1).any(1)
-    best, area = None, -1
+    painted = ann.reshape(len(ann), -1).any(1)
+    best, best_area = None, -1
     for end, step in ((int(zs[0]), -1), (int(zs[-1]), 1)):
         nxt = end + step
         if not (painted[end] and 0 <= nxt < len(painted)) or painted[nxt]:
             continue
-        a = int(np.count_nonzero((lab[end] > 0) & (lab[end] != bg)))
-        if a > area:
-            best, area = nxt, a
+        if area[end] > best_area:
+            best, best_area = nxt, int(area[end])
     return best
