@@ -243,17 +243,19 @@ class VAEDefault:
         self.patch = {where: options.pop(key) for key, where in (
             ("tree_floor", ("forest", "TREE_FLOOR_WITHOUT_PRIOR")),
             ("proto_columns", ("forest", "PROTOTYPE_COLUMNS")),
-            ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END"))) if key in options}
+            ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
+            ("adapt_kappa", ("prior", "ADAPT_KAPPA"))) if key in options}
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
+        import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        modules = {"forest": forest, "fewshot": fewshot}
+        modules = {"forest": forest, "fewshot": fewshot, "prior": prior}
         saved = {(m, name): getattr(modules[m], name) for m, name in self.patch}
         for (m, name), value in self.patch.items():
             setattr(modules[m], name, value)

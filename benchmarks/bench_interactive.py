@@ -191,6 +191,8 @@ ENGINE = {
     "vae-suggest-uncertain": {"suggest_end": False},
     # Session 11: the object's geodesic reach (the default); without it, the engine before.
     "vae-noreach": {"object_reach": False},
+    "vae-k05": {"adapt_kappa": 0.5},  # a lighter prior, now that momentum holds the shrink
+    "vae-k07": {"adapt_kappa": 0.7},
     # The engine before session 8: without the prior (three or more classes) each tree saw
     # 5 % of the painted voxels, not at least MIN_TREE_SAMPLES.
     "vae-tree5pct": {"tree_floor": False},
