@@ -244,7 +244,8 @@ class VAEDefault:
             ("tree_floor", ("forest", "TREE_FLOOR_WITHOUT_PRIOR")),
             ("proto_columns", ("forest", "PROTOTYPE_COLUMNS")),
             ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
-            ("adapt_kappa", ("prior", "ADAPT_KAPPA"))) if key in options}
+            ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
+            ("far_growth", ("fewshot", "FAR_GROWTH"))) if key in options}
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 

@@ -193,6 +193,10 @@ ENGINE = {
     "vae-noreach": {"object_reach": False},
     "vae-k05": {"adapt_kappa": 0.5},  # a lighter prior, now that momentum holds the shrink
     "vae-k07": {"adapt_kappa": 0.7},
+    # momentum also on the object's growth far from its strokes (the growth drops)
+    "vae-shrinkfar": {"momentum_where": "shrink-far"},
+    "vae-shrinkfar25": {"momentum_where": "shrink-far", "far_growth": 0.25},
+    "vae-shrinkfar75": {"momentum_where": "shrink-far", "far_growth": 0.75},
     # The engine before session 8: without the prior (three or more classes) each tree saw
     # 5 % of the painted voxels, not at least MIN_TREE_SAMPLES.
     "vae-tree5pct": {"tree_floor": False},

@@ -241,6 +241,32 @@ def test_shrink_momentum_lets_the_object_grow_at_once(scene):
     np.testing.assert_array_equal(*(r.probabilities for r in free_rounds))
     with pytest.raises(ValueError, match="momentum_where"):
         SegmentOptions(momentum_where="far")
+    SegmentOptions(momentum_where="shrink-far")  # valid
+
+
+def test_shrink_far_momentum_also_averages_far_growth(scene, monkeypatch):
+    """``momentum_where="shrink-far"``: as "shrink" near the object's strokes; beyond
+    ``FAR_GROWTH`` of the reach its growth is averaged too (0: almost everywhere, as "all")."""
+    import napari_latentseg.engine.segment.fewshot as fewshot
+
+    vol, ann, _ = scene
+    first = segment(None, vol, ann, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+    free = ann2 == 0
+
+    def round_(where):
+        return segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where=where),
+                       spacing=SPACING, previous=first)
+
+    monkeypatch.setattr(fewshot, "FAR_GROWTH", 1e9)  # nothing is far: "shrink" exactly
+    np.testing.assert_array_equal(round_("shrink-far").probabilities,
+                                  round_("shrink").probabilities)
+    monkeypatch.setattr(fewshot, "FAR_GROWTH", 0.0)  # all but the strokes' own grid cells
+    far, every = round_("shrink-far"), round_("all")
+    same = np.isclose(far.probabilities[1], every.probabilities[1], atol=1e-6)[free]
+    assert same.mean() > 0.95
+    assert any("rose far from its strokes" in n for n in far.notes)
 
 
 def test_a_round_continues_the_last_only_when_it_adds_strokes():

@@ -40,6 +40,9 @@ __all__ = ["segment_iter", "segment"]
 # Far from the object, suggest the slice past an end of it that lies on an annotated slice
 # instead of the most uncertain one (suggest.toward_the_object; switchable for the ablation).
 SUGGEST_OBJECT_END = True
+# momentum_where="shrink-far": the object's growth is averaged too where its geodesic
+# distance from its strokes exceeds this fraction of the reach's radius.
+FAR_GROWTH = 0.5
 
 
 @dataclass
@@ -311,6 +314,7 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     dist = geodesic_distance(smooth, seeds, spacing)
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
+    st.reach = (dist, radius)
     faded = int(np.count_nonzero((gate < 0.5) & (probs[obj] > probs[bg])))
     probs[obj] *= gate
     np.subtract(1.0, probs[obj], out=probs[bg])
@@ -339,7 +343,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     """Average ``probs`` in place with the previous round's at ``weight`` (momentum;
     ``options.momentum_where``: everywhere, or where the object's probability fell)."""
     bg = st.prior_background
-    shrink = st.options.momentum_where == "shrink"
+    shrink = st.options.momentum_where in ("shrink", "shrink-far")
     if shrink and (bg is None or len(probs) != 2):
         return  # "shrink" is for object-vs-background rounds (the phantom's tissues lost)
     prev = np.asarray(previous.probabilities)
@@ -349,8 +353,14 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
         st.notes.append("the previous round had other classes or another shape: its "
                         "probabilities were not averaged in")
         return
-    blend_momentum(probs, prev, weight, 1 - bg if shrink else None)
+    far = None
+    if st.options.momentum_where == "shrink-far" and st.reach is not None:
+        dist, radius = st.reach
+        far = dist > FAR_GROWTH * radius
+    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far)
     where = " where the object's probability fell" if shrink else ""
+    if far is not None:
+        where += " or rose far from its strokes"
     st.notes.append(f"averaged with the previous round's probabilities{where} "
                     f"(momentum {weight:g})")
 

@@ -77,7 +77,9 @@ class SegmentOptions:
         Measured (strokes, 10 rounds, whole scans, seeds 0-5): the worst round-to-round
         drop on breast1 0.05 against 0.18, mean AUC +0.003 to +0.028 on five tumour cases,
         -0.006 on brain2. ``"all"``: every voxel (0.5 held lung2 back, 0.558 against 0.626
-        AUC; on the phantom's six tissues 0.713 against 0.721).
+        AUC; on the phantom's six tissues 0.713 against 0.721). ``"shrink-far"``: as
+        ``"shrink"``, and the object's growth is averaged too beyond ``FAR_GROWTH`` of its
+        reach (geodesic, :mod:`.reach`) from its strokes.
     object_reach : bool
         Object-vs-background rounds with the prior: the object's probability fades beyond
         a geodesic distance from its strokes (``reach.py``; at least 40 mm, crossing image
@@ -137,8 +139,8 @@ class SegmentOptions:
                              f"{self.background_margin_mm}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.momentum_where not in ("all", "shrink"):
-            raise ValueError("momentum_where must be 'all' or 'shrink', got "
+        if self.momentum_where not in ("all", "shrink", "shrink-far"):
+            raise ValueError("momentum_where must be 'all', 'shrink' or 'shrink-far', got "
                              f"{self.momentum_where!r}")
         if not self.vae_features and self.classifier != "forest":
             raise ValueError("vae_features=False is an option of the forest: the MLP head "
