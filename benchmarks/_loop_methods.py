@@ -246,6 +246,10 @@ class VAEDefault:
             ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
             ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
             ("far_growth", ("fewshot", "FAR_GROWTH"))) if key in options}
+        # The prior's scale in the first round(s) only (probe, session 13): a number (the
+        # first round) or a list (round by round; the default's scale after it).
+        self.first_kappa = options.pop("first_kappa", None)
+        self.round = 0
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
 
@@ -257,8 +261,15 @@ class VAEDefault:
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior}
-        saved = {(m, name): getattr(modules[m], name) for m, name in self.patch}
-        for (m, name), value in self.patch.items():
+        patch = dict(self.patch)
+        ramp = self.first_kappa
+        if ramp is not None and not isinstance(ramp, (list, tuple)):
+            ramp = [ramp]
+        if ramp is not None and self.round < len(ramp):
+            patch[("prior", "ADAPT_KAPPA")] = ramp[self.round]
+        self.round += 1
+        saved = {(m, name): getattr(modules[m], name) for m, name in patch}
+        for (m, name), value in patch.items():
             setattr(modules[m], name, value)
         try:
             res = segment(self.model, self.image, ann, modality=self.modality,

@@ -193,6 +193,13 @@ ENGINE = {
     "vae-noreach": {"object_reach": False},
     "vae-k05": {"adapt_kappa": 0.5},  # a lighter prior, now that momentum holds the shrink
     "vae-k07": {"adapt_kappa": 0.7},
+    # The prior's scale in the first round(s) only (session 13): the probe patching the
+    # constant, ramps, and the engine's option (vae-fresh05 = vae-first-k05 round for round).
+    "vae-first-k05": {"first_kappa": 0.5},
+    "vae-first-k03": {"first_kappa": 0.3},
+    "vae-ramp": {"first_kappa": [0.5, 0.75]},  # then 1
+    "vae-ramp3": {"first_kappa": [0.5, 0.67, 0.83]},
+    "vae-fresh05": {"fresh_prior_scale": 0.5},
     # momentum also on the object's growth far from its strokes (the growth drops)
     "vae-shrinkfar": {"momentum_where": "shrink-far"},
     "vae-shrinkfar25": {"momentum_where": "shrink-far", "far_growth": 0.25},

@@ -269,6 +269,25 @@ def test_shrink_far_momentum_also_averages_far_growth(scene, monkeypatch):
     assert any("rose far from its strokes" in n for n in far.notes)
 
 
+def test_a_fresh_round_weighs_the_prior_lighter(scene):
+    """Without ``previous`` the adaptive prior is scaled by ``fresh_prior_scale`` (the object
+    comes out larger from the first strokes); a round that continues one weighs it in full."""
+    vol, ann, truth = scene
+    # The block is small: the root odds pass the 10x cap even at 0.5, so far lighter here.
+    light = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=0.05), spacing=SPACING)
+    full = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=1.0), spacing=SPACING)
+    assert (light.labels == 2).sum() >= (full.labels == 2).sum()
+    assert not np.array_equal(light.probabilities, full.probabilities)
+    assert _dice(light.labels == 2, truth) > 0.6
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+    cont = [segment(None, vol, ann2, SegmentOptions(fresh_prior_scale=f, momentum=0.0),
+                    spacing=SPACING, previous=light) for f in (0.05, 1.0)]
+    np.testing.assert_array_equal(cont[0].probabilities, cont[1].probabilities)
+    with pytest.raises(ValueError, match="fresh_prior_scale"):
+        SegmentOptions(fresh_prior_scale=0.0)
+
+
 def test_a_round_continues_the_last_only_when_it_adds_strokes():
     last = np.zeros((2, 4, 4), np.uint8)
     last[0, 0, :2] = 1

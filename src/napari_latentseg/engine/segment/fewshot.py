@@ -126,6 +126,7 @@ def segment_iter(
         model = features_only_model(volume, modality)
     st, squeeze = _start_round(model, volume, annotations, opts)
     st.spacing = _spacing3(spacing, squeeze)
+    st.fresh = previous is None
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
@@ -228,6 +229,8 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
                       stop_event)
     if ts.note:
         st.notes.append(ts.note)
+    if st.fresh and ts.adaptive:
+        ts.scale = st.options.fresh_prior_scale
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
     yield {"stage": "segment: forest", "done": 0, "total": 1}

@@ -222,6 +222,7 @@ class TrainingSet:
     adaptive: bool = False
     object_share: float | None = None
     prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
+    scale: float = 1.0  # of the adaptive weight (adaptive_prior_weight)
 
     def _fit(self, seed: int, weight: np.ndarray | None, trees: int | None = None):
         forest = fit_forest(self.x, self.y, seed, weight, trees)
@@ -241,7 +242,7 @@ class TrainingSet:
         self.object_share = max(float(np.mean(p_obj > 0.5)), 1.0 / self.prior)
         n_obj = float(np.count_nonzero(self.y[:n] != self.background_index))
         w = self.weight.copy()
-        w[n:] = adaptive_prior_weight(self.object_share, n_obj) / self.prior
+        w[n:] = adaptive_prior_weight(self.object_share, n_obj, self.scale) / self.prior
         self.weight = w
         return self._fit(seed, w)
 

@@ -93,17 +93,19 @@ ADAPT_POWER = 0.5
 ADAPT_CAP = 10.0
 
 
-def adaptive_prior_weight(object_share: float, n_object: float) -> float:
+def adaptive_prior_weight(object_share: float, n_object: float, scale: float = 1.0) -> float:
     """Total weight of the prior for an object filling ``object_share`` of the scan.
 
     Positive-unlabelled learning: a uniform sample holds the object in proportion to its
     share, so the smaller the object, the surer an unpainted voxel is background and the
     more the prior may weigh. Returns ``n_object`` times
-    ``ADAPT_KAPPA ((1 - share) / share) ** ADAPT_POWER``, clipped to ``[1, ADAPT_CAP]``.
+    ``scale ADAPT_KAPPA ((1 - share) / share) ** ADAPT_POWER``, clipped to
+    ``[1, ADAPT_CAP]`` (``scale``: lighter in a fresh round, ``SegmentOptions``).
     """
     share = float(np.clip(object_share, 1e-6, 1.0))
     odds = (1.0 - share) / share
-    return float(n_object) * float(np.clip(ADAPT_KAPPA * odds**ADAPT_POWER, 1.0, ADAPT_CAP))
+    kappa = scale * ADAPT_KAPPA
+    return float(n_object) * float(np.clip(kappa * odds**ADAPT_POWER, 1.0, ADAPT_CAP))
 
 
 def unpainted_sample(annotations: np.ndarray, background: int, n: int, margin_mm: float,

@@ -32,6 +32,7 @@ class RoundState:
     spacing: tuple[float, ...] | None = None  # mm (z, y, x); None: unknown (1 mm)
     prior_background: int | None = None  # class index of the background prior's class
     reach: tuple[np.ndarray, float] | None = None  # the object's geodesic distance, radius (mm)
+    fresh: bool = True  # the round does not continue an earlier one (no ``previous``)
 
     @property
     def spatial_dims(self) -> int:
