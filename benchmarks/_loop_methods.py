@@ -245,7 +245,8 @@ class VAEDefault:
             ("proto_columns", ("forest", "PROTOTYPE_COLUMNS")),
             ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
             ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
-            ("far_growth", ("fewshot", "FAR_GROWTH"))) if key in options}
+            ("far_growth", ("fewshot", "FAR_GROWTH")),
+            ("boundary_grow_only", ("boundary", "GROW_ONLY"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -254,13 +255,14 @@ class VAEDefault:
         self.last = None  # the previous round's result (momentum)
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
+        import napari_latentseg.engine.segment.boundary as boundary
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
-        modules = {"forest": forest, "fewshot": fewshot, "prior": prior}
+        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

@@ -200,6 +200,10 @@ ENGINE = {
     "vae-ramp": {"first_kappa": [0.5, 0.75]},  # then 1
     "vae-ramp3": {"first_kappa": [0.5, 0.67, 0.83]},
     "vae-fresh05": {"fresh_prior_scale": 0.5},
+    "vae-boundary": {"boundary_refine": True},  # local region competition at the edge
+    "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
+    "vae-boundary-grow-sf": {"boundary_refine": True, "boundary_grow_only": True,
+                             "momentum_where": "shrink-far"},
     # momentum also on the object's growth far from its strokes (the growth drops)
     "vae-shrinkfar": {"momentum_where": "shrink-far"},
     "vae-shrinkfar25": {"momentum_where": "shrink-far", "far_growth": 0.25},

@@ -15,6 +15,7 @@ import numpy as np
 from ...models.checkpoint import VAEModel
 from ...runtime.progress import check_stop, drive
 from .annotations import ClassTable
+from .boundary import refine_object_boundary
 from .cache import FeatureCache
 from .finetune import finetune
 from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
@@ -160,6 +161,9 @@ def segment_iter(
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
                                                     opts.keep_connected_regions)
+        if (forest is not None and opts.boundary_refine and st.prior_background is not None
+                and len(probs) == 2):
+            _move_boundary(st, labels, forest_feats, run)
         if blend:
             labels, changed = yield from _refine_boundaries(
                 st, probs, labels, head_round.proba, len(run.volume_batches[0]), later_stop)
@@ -328,16 +332,30 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     yield {"stage": "segment: reach", "done": 1, "total": 1}
 
 
-def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner) -> np.ndarray:
-    """The ilastik set's Gaussian at its second sigma (2 voxels): the cached column, or
-    computed from the normalised volume when the features are not cached."""
+def _move_boundary(st: RoundState, labels: np.ndarray, forest_feats: ForestFeatures,
+                   run: FeatureRunner) -> None:
+    """The object's boundary to the closer local mean intensity (:mod:`.boundary`)."""
+    bg = st.prior_background
+    classes = st.table.classes
+    moved = refine_object_boundary(labels, _smoothed_image(forest_feats, run, 0),
+                                   st.annotations, classes[1 - bg], classes[bg])
+    st.history.append({"stage": "boundary", "moved": moved})
+    if moved:
+        st.notes.append(f"{moved} voxels at the object's edge changed side to the closer "
+                        "local mean intensity")
+
+
+def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner, level: int = 1
+                    ) -> np.ndarray:
+    """The ilastik set's Gaussian at its sigma number ``level`` (1: 2 voxels): the cached
+    column, or computed from the normalised volume when the features are not cached."""
     if forest_feats.cached is not None:
-        return forest_feats.cached[..., 4]
+        return forest_feats.cached[..., 4 * level]
     from scipy import ndimage
 
     from ..features import MULTISCALE_SIGMAS
 
-    s = MULTISCALE_SIGMAS[1]
+    s = MULTISCALE_SIGMAS[level]
     return ndimage.gaussian_filter(run.norm(run.volume).astype(np.float32), (0, s, s))
 
 

@@ -93,6 +93,11 @@ class SegmentOptions:
         a geodesic distance from its strokes (``reach.py``; at least 40 mm, crossing image
         edges counts as distance), so a region of the same tissue far from the tumour does
         not join it. Not applied to live slice previews.
+    boundary_refine : bool
+        Object-vs-background forest rounds with the prior: voxels within 2 of the object's
+        labelled boundary take the side whose local mean smoothed intensity (11x11 in-plane)
+        is closer (``boundary.py``; painted voxels keep their labels; the probabilities are
+        the forest's).
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
@@ -121,6 +126,7 @@ class SegmentOptions:
     momentum_where: str = "shrink"
     object_reach: bool = True
     prototypes: bool = True
+    boundary_refine: bool = False
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:

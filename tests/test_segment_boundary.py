@@ -1,0 +1,60 @@
+"""The object's boundary moved to the closer local mean (engine/segment/boundary.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from napari_latentseg.engine.segment import SegmentOptions, segment
+from napari_latentseg.engine.segment.boundary import refine_object_boundary
+
+
+def _disk(shape, r, cy=32, cx=32):
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    return np.broadcast_to((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r, shape).copy()
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_the_boundary_moves_to_the_image_edge_both_ways():
+    shape = (3, 64, 64)
+    truth = _disk(shape, 12)
+    smooth = ndimage.gaussian_filter(truth.astype(np.float32), (0, 1, 1))
+    ann = np.zeros(shape, np.uint8)
+    ann[1, 30:35, 30:35] = 2
+    for r in (10, 14):  # a label too small, then too large, by two voxels
+        labels = np.where(_disk(shape, r), 2, 1).astype(np.uint8)
+        before = labels.copy()
+        moved = refine_object_boundary(labels, smooth, ann, 2, 1)
+        assert moved > 0
+        assert _dice(labels == 2, truth) > _dice(before == 2, truth) + 0.05
+        far = ndimage.distance_transform_edt(before == 2) > 3
+        far |= ndimage.distance_transform_edt(before != 2) > 3
+        np.testing.assert_array_equal(labels[far], before[far])  # only the band changes
+    # Painted voxels keep their labels, whatever their neighbourhood says.
+    labels = np.where(_disk(shape, 10), 2, 1).astype(np.uint8)
+    ann[1, 21, 32] = 1  # painted background just inside the true edge
+    refine_object_boundary(labels, smooth, ann, 2, 1)
+    assert labels[1, 21, 32] == 1
+    # No object: nothing to do.
+    empty = np.ones(shape, np.uint8)
+    assert refine_object_boundary(empty, smooth, np.zeros(shape, np.uint8), 2, 1) == 0
+
+
+def test_segment_records_the_boundary_step():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 0.2, (4, 48, 48)).astype(np.float32)
+    vol[:, 14:34, 14:34] += 2.0
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[2, 22:26, 22:26] = 2
+    ann[2, 2:5, 2:5] = 1
+    res = segment(None, vol, ann, SegmentOptions(boundary_refine=True),
+                  spacing=(3.0, 1.0, 1.0))
+    step = [h for h in res.history if h["stage"] == "boundary"]
+    assert len(step) == 1 and step[0]["moved"] >= 0
+    painted = ann > 0
+    np.testing.assert_array_equal(res.labels[painted], ann[painted])
+    plain = segment(None, vol, ann, spacing=(3.0, 1.0, 1.0))
+    assert not any(h["stage"] == "boundary" for h in plain.history)
