@@ -140,6 +140,25 @@ def test_cli_no_reach(twin, tmp_path, monkeypatch, capsys):
     assert calls == [1]  # not computed again
 
 
+def test_cli_snap_edge_and_light_prior(twin, tmp_path, monkeypatch):
+    import napari_latentseg.engine.segment.fewshot as fewshot
+    from napari_latentseg.cli import main
+    from napari_latentseg.io import save_volume
+
+    vol, ann = twin
+    seen = []
+    real = fewshot.resolve_options
+    monkeypatch.setattr(fewshot, "resolve_options",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
+    a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
+    for i, flags in enumerate(([], ["--snap-edge", "--light-prior"])):
+        assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / f"{i}.nii.gz"),
+                     "-q", *flags]) == 0
+    assert [(o.boundary_refine, o.fresh_prior_scale) for o in seen] == [(False, 1.0),
+                                                                         (True, 0.5)]
+
+
 def test_geodesic_distance_on_a_grid_of_one_voxel():
     seeds = np.zeros((1, 3, 3), bool)
     seeds[0, 1, 1] = True

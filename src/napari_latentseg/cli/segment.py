@@ -54,6 +54,16 @@ def add_parser(sub) -> None:
                         "(a geodesic distance of at least 40 mm from its strokes, edges of the "
                         "image counting as distance) that keeps far tissue of the same kind "
                         "from joining it")
+    s.add_argument("--snap-edge", action="store_true",
+                   help="object-vs-background tasks: move the object's edge, within two "
+                        "voxels, to the side of the closer local mean intensity; over a "
+                        "correction loop it reaches more of the object sooner (lung2 ends at "
+                        "0.86-0.90 Dice against 0.82) but a round steps back more often")
+    s.add_argument("--light-prior", action="store_true",
+                   help="object-vs-background tasks: half the background prior's weight "
+                        "(each run of this command is a fresh round): a first result from "
+                        "two strokes covers more of the object (brain1 0.59 Dice against "
+                        "0.36); for a one-off segmentation, not for rounds of corrections")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
                         "drop them, so the object is the one you painted; use this to find "
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         keep_connected_regions=not args.all_regions, seed=args.seed,
         vae_features=not args.no_vae_features, prototypes=not args.no_prototypes,
         background=background, object_reach=not args.no_reach, stop_event=stop,
+        boundary_refine=args.snap_edge, fresh_prior_scale=0.5 if args.light_prior else 1.0,
         **({} if args.background_prior is None
            else {"background_adaptive": args.background_prior == "adaptive"})),
         args.quiet)
