@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 if TYPE_CHECKING:
     from ._session import Session
 
-__all__ = ["Section", "hint", "button_row"]
+__all__ = ["Section", "hint", "button_row", "checkbox"]
 
 
 def hint(text: str) -> QLabel:
@@ -19,6 +19,14 @@ def hint(text: str) -> QLabel:
     label.setStyleSheet("color: palette(mid); font-size: small;")
     label.setProperty("latentseg_hint", True)
     return label
+
+
+def checkbox(text: str, checked: bool, tip: str) -> QCheckBox:
+    """A check box with its initial state and tooltip."""
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    box.setToolTip(tip)
+    return box
 
 
 def button_row(*buttons: QPushButton) -> QHBoxLayout:

@@ -340,9 +340,8 @@ def _move_boundary(st: RoundState, labels: np.ndarray, forest_feats: ForestFeatu
     moved = refine_object_boundary(labels, _smoothed_image(forest_feats, run, 0),
                                    st.annotations, classes[1 - bg], classes[bg])
     st.history.append({"stage": "boundary", "moved": moved})
-    if moved:
-        st.notes.append(f"{moved} voxels at the object's edge changed side to the closer "
-                        "local mean intensity")
+    st.notes.append(f"the object's edge snapped to the image: {moved} voxels changed side "
+                    "to the closer local mean intensity")
 
 
 def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner, level: int = 1
