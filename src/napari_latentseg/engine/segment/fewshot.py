@@ -321,7 +321,8 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     dist = geodesic_distance(smooth, seeds, spacing)
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
-    st.reach = (dist, radius)
+    if st.options.momentum_where == "shrink-far":  # a whole-volume array: only when used
+        st.reach = (dist, radius)
     faded = int(np.count_nonzero((gate < 0.5) & (probs[obj] > probs[bg])))
     probs[obj] *= gate
     np.subtract(1.0, probs[obj], out=probs[bg])
