@@ -246,7 +246,8 @@ class VAEDefault:
             ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
             ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
             ("far_growth", ("fewshot", "FAR_GROWTH")),
-            ("boundary_grow_only", ("boundary", "GROW_ONLY"))) if key in options}
+            ("boundary_grow_only", ("boundary", "GROW_ONLY")),
+            ("boundary_band", ("boundary", "BAND"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

@@ -202,6 +202,7 @@ ENGINE = {
     "vae-fresh05": {"fresh_prior_scale": 0.5},
     "vae-boundary": {"boundary_refine": True},  # local region competition at the edge
     "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
+    "vae-boundary-b1": {"boundary_refine": True, "boundary_band": 1},
     "vae-boundary-grow-sf": {"boundary_refine": True, "boundary_grow_only": True,
                              "momentum_where": "shrink-far"},
     # momentum also on the object's growth far from its strokes (the growth drops)

@@ -24,8 +24,8 @@ GROW_ONLY = False
 
 
 def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: np.ndarray,
-                           object_id: int, background_id: int, window: int = WINDOW,
-                           band: int = BAND) -> int:
+                           object_id: int, background_id: int, window: int | None = None,
+                           band: int | None = None) -> int:
     """Move the object's boundary to the closer local mean, in place.
 
     Parameters
@@ -37,6 +37,9 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         (z, y, x) the smoothed normalised image (a view of the cached features is enough).
     annotations : np.ndarray
         (z, y, x) painted ids (0 = not painted); painted voxels are left alone.
+    window, band
+        The local means' in-plane window and the band's half-width (voxels); None:
+        :data:`WINDOW`, :data:`BAND`.
 
     Returns
     -------
@@ -45,6 +48,8 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
     """
     from scipy import ndimage as ndi
 
+    window = WINDOW if window is None else window
+    band = BAND if band is None else band
     square = np.ones((1, 3, 3), bool)  # in-plane 8-neighbourhood
     size = (1, window, window)
     changed = 0
