@@ -321,8 +321,8 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     dist = geodesic_distance(smooth, seeds, spacing)
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
-    if st.options.momentum_where == "shrink-far":  # a whole-volume array: only when used
-        st.reach = (dist, radius)
+    if st.options.momentum_where == "shrink-far":  # a whole-volume mask: only when used
+        st.far_from_object = dist > FAR_GROWTH * radius
     faded = int(np.count_nonzero((gate < 0.5) & (probs[obj] > probs[bg])))
     probs[obj] *= gate
     np.subtract(1.0, probs[obj], out=probs[bg])
@@ -364,7 +364,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     """Average ``probs`` in place with the previous round's at ``weight`` (momentum;
     ``options.momentum_where``: everywhere, or where the object's probability fell)."""
     bg = st.prior_background
-    shrink = st.options.momentum_where in ("shrink", "shrink-far")
+    shrink = st.options.momentum_on_shrink
     if shrink and (bg is None or len(probs) != 2):
         return  # "shrink" is for object-vs-background rounds (the phantom's tissues lost)
     prev = np.asarray(previous.probabilities)
@@ -374,10 +374,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
         st.notes.append("the previous round had other classes or another shape: its "
                         "probabilities were not averaged in")
         return
-    far = None
-    if st.options.momentum_where == "shrink-far" and st.reach is not None:
-        dist, radius = st.reach
-        far = dist > FAR_GROWTH * radius
+    far = st.far_from_object
     blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far)
     where = " where the object's probability fell" if shrink else ""
     if far is not None:

@@ -197,7 +197,7 @@ class LiveSegmenter:
         if previous is None or opts.momentum <= 0 or np.shape(previous) != probs.shape:
             return
         # "shrink-far" acts as "shrink" on a slice: the reach is a full round's.
-        shrink = opts.momentum_where in ("shrink", "shrink-far")
+        shrink = opts.momentum_on_shrink
         if shrink and self._object is None:
             return  # as full rounds: "shrink" needs an object and its background prior
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],

@@ -168,6 +168,12 @@ class SegmentOptions:
         """Whether this round trains a head whatever the model holds (MLP or fine-tuning)."""
         return self.classifier == "mlp" or self.finetune_steps > 0
 
+    @property
+    def momentum_on_shrink(self) -> bool:
+        """Whether momentum averages only where the object shrinks ("shrink", "shrink-far"):
+        object-vs-background rounds with the prior only."""
+        return self.momentum_where in ("shrink", "shrink-far")
+
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SegmentOptions))
 
