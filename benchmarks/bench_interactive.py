@@ -203,6 +203,13 @@ ENGINE = {
     "vae-boundary": {"boundary_refine": True},  # local region competition at the edge
     "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
     "vae-boundary-b1": {"boundary_refine": True, "boundary_band": 1},
+    # Session 14: the edge step's moved voxels swap their probabilities (the engine since);
+    # the same step without the swap; a heavier momentum on the shrink (0.85 instead of 0.7).
+    "vae-boundary-noswap": {"boundary_refine": True, "swap_moved": False},
+    "vae-boundary-m85": {"boundary_refine": True, "momentum": 0.85},
+    "vae-m85": {"momentum": 0.85},
+    "vae-m90": {"momentum": 0.9},
+    "vae-m70": {"momentum": 0.7},  # the default before session 14
     "vae-boundary-grow-sf": {"boundary_refine": True, "boundary_grow_only": True,
                              "momentum_where": "shrink-far"},
     # momentum also on the object's growth far from its strokes (the growth drops)

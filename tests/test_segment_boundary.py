@@ -58,3 +58,22 @@ def test_segment_records_the_boundary_step():
     np.testing.assert_array_equal(res.labels[painted], ann[painted])
     plain = segment(None, vol, ann, spacing=(3.0, 1.0, 1.0))
     assert not any(h["stage"] == "boundary" for h in plain.history)
+
+
+def test_moved_voxels_carry_probabilities_that_agree_with_their_labels():
+    # A blurred object: the forest's edge and the image's differ, so the step moves voxels;
+    # the probabilities (the next round's momentum, the uncertainty map) must follow.
+    rng = np.random.default_rng(1)
+    truth = _disk((4, 64, 64), 14)
+    vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
+    vol += rng.normal(0, 0.15, vol.shape).astype(np.float32)
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[2, 29:36, 29:36] = 2
+    ann[2, 2:6, 2:6] = 1
+    opts = SegmentOptions(boundary_refine=True, keep_connected_regions=False)
+    res = segment(None, vol, ann, opts, spacing=(3.0, 1.0, 1.0))
+    moved = [h["moved"] for h in res.history if h["stage"] == "boundary"]
+    assert moved and moved[0] > 0
+    top = np.asarray(res.classes)[np.argmax(res.probabilities, axis=0)]
+    free = ann == 0
+    np.testing.assert_array_equal(top[free], res.labels[free])

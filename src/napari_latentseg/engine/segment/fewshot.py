@@ -44,6 +44,7 @@ SUGGEST_OBJECT_END = True
 # momentum_where="shrink-far": the object's growth is averaged too where its geodesic
 # distance from its strokes exceeds this fraction of the reach's radius.
 FAR_GROWTH = 0.5
+SWAP_MOVED = True
 
 
 @dataclass
@@ -163,7 +164,7 @@ def segment_iter(
                                                     opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
-            _move_boundary(st, labels, forest_feats, run)
+            _move_boundary(st, labels, probs, forest_feats, run)
         if blend:
             labels, changed = yield from _refine_boundaries(
                 st, probs, labels, head_round.proba, len(run.volume_batches[0]), later_stop)
@@ -333,13 +334,24 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     yield {"stage": "segment: reach", "done": 1, "total": 1}
 
 
-def _move_boundary(st: RoundState, labels: np.ndarray, forest_feats: ForestFeatures,
-                   run: FeatureRunner) -> None:
-    """The object's boundary to the closer local mean intensity (:mod:`.boundary`)."""
+def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
+                   forest_feats: ForestFeatures, run: FeatureRunner) -> None:
+    """The object's boundary to the closer local mean intensity (:mod:`.boundary`), in
+    place; the moved voxels' two probabilities swap, so that the probabilities (the next
+    round's momentum, the uncertainty) agree with the labels."""
     bg = st.prior_background
     classes = st.table.classes
+    before = labels.copy()
     moved = refine_object_boundary(labels, _smoothed_image(forest_feats, run, 0),
                                    st.annotations, classes[1 - bg], classes[bg])
+    if SWAP_MOVED and moved:
+        flip = labels != before
+        to_obj = labels[flip] == classes[1 - bg]
+        # The side a voxel moved to takes the larger of its two probabilities (a tie, just
+        # above one half).
+        p_side = np.maximum(probs[:, flip].max(0), 0.5 + 1e-3)
+        probs[1 - bg][flip] = np.where(to_obj, p_side, 1.0 - p_side)
+        probs[bg][flip] = np.where(to_obj, 1.0 - p_side, p_side)
     st.history.append({"stage": "boundary", "moved": moved})
     st.notes.append(f"the object's edge snapped to the image: {moved} voxels changed side "
                     "to the closer local mean intensity")
