@@ -207,6 +207,7 @@ ENGINE = {
     # the same step without the swap; a heavier momentum on the shrink (0.85 instead of 0.7).
     "vae-boundary-noswap": {"boundary_refine": True, "swap_moved": False},
     "vae-boundary-m85": {"boundary_refine": True, "momentum": 0.85},
+    "vae-boundary-m70": {"boundary_refine": True, "momentum": 0.7},  # bswap-*-s14
     "vae-m85": {"momentum": 0.85},
     "vae-m90": {"momentum": 0.9},
     "vae-m70": {"momentum": 0.7},  # the default before session 14

@@ -134,7 +134,7 @@ def test_live_slice_applies_the_momentum_of_full_rounds(scene):
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1
     full = segment(None, vol, ann2, opts, cache=cache, spacing=SPACING, previous=first)
-    assert any("momentum 0.7" in n for n in full.notes)
+    assert any("momentum 0.85" in n for n in full.notes)
     live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING, options=opts)
     drive(live.prepare())
     live.update(ann2)
