@@ -203,11 +203,10 @@ ENGINE = {
     "vae-boundary": {"boundary_refine": True},  # local region competition at the edge
     "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
     "vae-boundary-b1": {"boundary_refine": True, "boundary_band": 1},
-    # Session 14: the edge step's moved voxels swap their probabilities (the engine since);
-    # the same step without the swap; a heavier momentum on the shrink (0.85 instead of 0.7).
-    "vae-boundary-noswap": {"boundary_refine": True, "swap_moved": False},
-    "vae-boundary-m85": {"boundary_refine": True, "momentum": 0.85},
-    "vae-boundary-m70": {"boundary_refine": True, "momentum": 0.7},  # bswap-*-s14
+    # Session 14: the edge step's moved voxels swap their probabilities (a probe, off in the
+    # engine), with momentum 0.85 (the default since) and 0.7 (the default before).
+    "vae-boundary-swap": {"boundary_refine": True, "swap_moved": True},
+    "vae-boundary-swap-m70": {"boundary_refine": True, "swap_moved": True, "momentum": 0.7},
     "vae-m85": {"momentum": 0.85},
     "vae-m90": {"momentum": 0.9},
     "vae-m70": {"momentum": 0.7},  # the default before session 14

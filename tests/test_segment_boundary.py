@@ -60,9 +60,12 @@ def test_segment_records_the_boundary_step():
     assert not any(h["stage"] == "boundary" for h in plain.history)
 
 
-def test_moved_voxels_carry_probabilities_that_agree_with_their_labels():
-    # A blurred object: the forest's edge and the image's differ, so the step moves voxels;
-    # the probabilities (the next round's momentum, the uncertainty map) must follow.
+def test_moved_voxels_keep_the_forests_probabilities_unless_swapped(monkeypatch):
+    # A blurred object: the forest's edge and the image's differ, so the step moves voxels.
+    # By default their probabilities stay the forest's (swapping them makes momentum a
+    # ratchet); the probe's swap makes them agree with the labels.
+    import napari_latentseg.engine.segment.fewshot as fewshot
+
     rng = np.random.default_rng(1)
     truth = _disk((4, 64, 64), 14)
     vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
@@ -71,9 +74,14 @@ def test_moved_voxels_carry_probabilities_that_agree_with_their_labels():
     ann[2, 29:36, 29:36] = 2
     ann[2, 2:6, 2:6] = 1
     opts = SegmentOptions(boundary_refine=True, keep_connected_regions=False)
-    res = segment(None, vol, ann, opts, spacing=(3.0, 1.0, 1.0))
-    moved = [h["moved"] for h in res.history if h["stage"] == "boundary"]
-    assert moved and moved[0] > 0
-    top = np.asarray(res.classes)[np.argmax(res.probabilities, axis=0)]
     free = ann == 0
-    np.testing.assert_array_equal(top[free], res.labels[free])
+    disagree = []
+    for swap in (False, True):
+        monkeypatch.setattr(fewshot, "SWAP_MOVED", swap)
+        res = segment(None, vol, ann, opts, spacing=(3.0, 1.0, 1.0))
+        moved = [h["moved"] for h in res.history if h["stage"] == "boundary"]
+        assert moved and moved[0] > 0
+        top = np.asarray(res.classes)[np.argmax(res.probabilities, axis=0)]
+        disagree.append(int(np.count_nonzero(top[free] != res.labels[free])))
+    assert disagree[0] == moved[0]  # every moved voxel, and only those
+    assert disagree[1] == 0

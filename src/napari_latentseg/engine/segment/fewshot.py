@@ -44,7 +44,10 @@ SUGGEST_OBJECT_END = True
 # momentum_where="shrink-far": the object's growth is averaged too where its geodesic
 # distance from its strokes exceeds this fraction of the reach's radius.
 FAR_GROWTH = 0.5
-SWAP_MOVED = True
+# The edge step's moved voxels swap their two probabilities (so they agree with the labels).
+# Off: with momentum it is a ratchet, each round's step adds a layer the next round's
+# momentum holds, and lung2's object creeps outward (session 14, interactive_benchmarks.md).
+SWAP_MOVED = False
 
 
 @dataclass
@@ -337,8 +340,7 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
 def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
                    forest_feats: ForestFeatures, run: FeatureRunner) -> None:
     """The object's boundary to the closer local mean intensity (:mod:`.boundary`), in
-    place; the moved voxels' two probabilities swap, so that the probabilities (the next
-    round's momentum, the uncertainty) agree with the labels."""
+    place (with ``SWAP_MOVED``, the moved voxels' two probabilities swap too)."""
     bg = st.prior_background
     classes = st.table.classes
     before = labels.copy()

@@ -101,7 +101,8 @@ class SegmentOptions:
         Object-vs-background forest rounds with the prior: voxels within 2 of the object's
         labelled boundary take the side whose local mean smoothed intensity (11x11 in-plane)
         is closer (``boundary.py``; painted voxels keep their labels; the probabilities are
-        the forest's).
+        the forest's, so the uncertainty map does not follow the moved voxels: making them
+        follow lets momentum hold each round's moved layer, and lung2's object creeps).
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
