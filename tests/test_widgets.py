@@ -406,7 +406,10 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     # where the object shrinks; after an erased stroke the round starts over.
     ann.data_setitem((np.array([6]), np.array([0]), np.array([2])), 1)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert "where the object's probability fell (momentum 0.7)" in seg.summary.text()
+    from napari_latentseg.engine.segment import SegmentOptions
+
+    momentum = f"(momentum {SegmentOptions().momentum:g})"
+    assert f"where the object's probability fell {momentum}" in seg.summary.text()
     ann.data_setitem((np.array([6]), np.array([0]), np.array([0])), 0)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "momentum" not in seg.summary.text()
