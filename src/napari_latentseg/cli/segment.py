@@ -57,8 +57,9 @@ def add_parser(sub) -> None:
     s.add_argument("--snap-edge", action="store_true",
                    help="object-vs-background tasks: move the object's edge, within two "
                         "voxels, to the side of the closer local mean intensity; over a "
-                        "correction loop it reaches more of the object sooner (lung2 ends at "
-                        "0.86-0.90 Dice against 0.82) but a round steps back more often")
+                        "correction loop it reaches more of the object sooner (mean Dice over "
+                        "rounds 0.765 against 0.745 on six tumour benchmarks) but a round "
+                        "steps back more often")
     s.add_argument("--light-prior", action="store_true",
                    help="object-vs-background tasks: half the background prior's weight "
                         "(each run of this command is a fresh round): a first result from "

@@ -343,10 +343,10 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     place (with ``SWAP_MOVED``, the moved voxels' two probabilities swap too)."""
     bg = st.prior_background
     classes = st.table.classes
-    before = labels.copy()
+    before = labels.copy() if SWAP_MOVED else None  # the probe needs the moved voxels
     moved = refine_object_boundary(labels, _smoothed_image(forest_feats, run, 0),
                                    st.annotations, classes[1 - bg], classes[bg])
-    if SWAP_MOVED and moved:
+    if before is not None and moved:
         flip = labels != before
         to_obj = labels[flip] == classes[1 - bg]
         # The side a voxel moved to takes the larger of its two probabilities (a tie, just
