@@ -38,6 +38,12 @@ def variants() -> dict:
                                     description="cpu-2d-fine with an 8-channel latent"),
         "cpu-2d-fine32": ModelConfig(name="cpu-2d-fine32", channels=(32, 64),
                                      description="cpu-2d-fine with channels 32-64"),
+        # Session 15: more, cheaper steps for the same compute (fitted with --steps 900).
+        "cpu-2d-fine-b8": ModelConfig(name="cpu-2d-fine-b8", channels=(16, 32), batch_size=8,
+                                      description="cpu-2d-fine, batches of 8"),
+        "cpu-2d-fine-p64": ModelConfig(name="cpu-2d-fine-p64", channels=(16, 32),
+                                       patch_size=(64, 64),
+                                       description="cpu-2d-fine, 64x64 patches"),
     }
 
 

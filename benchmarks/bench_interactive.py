@@ -461,6 +461,13 @@ def main() -> None:
                    help="repeat each run with forest seeds 0..N-1 (curves vary a lot by seed)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="seeds first-seed .. first-seed + seeds - 1 (more seeds for a run)")
+    p.add_argument("--config", default=None,
+                   help="the VAEs of this preset (or a _psnr_latent.py variant), fitted once "
+                        "per case and cached (default: the product's preset)")
+    p.add_argument("--fit-steps", type=int, default=None,
+                   help="the VAEs fitted with this many steps (cached per case)")
+    p.add_argument("--fit-seed", type=int, default=None,
+                   help="the VAEs fitted with this seed (cached per case; default 0)")
     args = p.parse_args()
     from napari_latentseg.runtime.device import configure_threads
 
@@ -481,7 +488,14 @@ def main() -> None:
         if not base.startswith("phantom") and not (args.data / f"{base}_image.nrrd").exists():
             print(f"skipping {case}: {args.data / (base + '_image.nrrd')} not found")
             continue
-        env = case_env(case, args.data, args.quick)
+        config = args.config
+        if config is not None:
+            from _psnr_latent import variants
+
+            config = variants().get(config, config)
+        fit_kw = {} if args.fit_seed is None else {"seed": args.fit_seed}
+        env = case_env(case, args.data, args.quick, config=config, steps=args.fit_steps,
+                       **fit_kw)
         for proto in args.protocols:
             if proto == "slices" and case.endswith("-unequal"):
                 continue
