@@ -211,6 +211,21 @@ def fit_suffix(steps: int | None, lr: float | None, schedule: str | None = None,
             + "".join(f"-{k}{v}" for k, v in sorted(fit_kw.items())))
 
 
+def config_stamp(config) -> dict:
+    """What of a preset (a name or a ``ModelConfig``) shapes its fit: every field but the
+    name and description. A cached VAE is reused only under the same stamp, so a preset whose
+    recipe changed (session 15: cpu-2d-fine's 64x64 crops) is refitted, not mistaken for the
+    old one."""
+    import dataclasses
+
+    from napari_latentseg.models.config import get_config
+
+    d = dataclasses.asdict(get_config(config))
+    for k in ("name", "description"):
+        d.pop(k, None)
+    return json.loads(json.dumps(d))  # tuples as lists, as the cache file holds them
+
+
 def get_model(name: str, image: np.ndarray, modality: str | None,
               minutes: float | None = None, config=None, steps: int | None = None,
               lr: float | None = None, schedule: str | None = None, **fit_kw):
@@ -239,7 +254,9 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     path = CACHE / f"{key}.pt"
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
-    if cached and cached.get("minutes") == minutes:
+    arch = config_stamp(config)
+    # Files from before session 15 carry no stamp: taken as they are.
+    if cached and cached.get("minutes") == minutes and cached.get("config", arch) == arch:
         return load_model(path, device=DEVICE), cached["fit_s"]
     t0 = time.perf_counter()
     kw = {k: v for k, v in (("steps", steps), ("lr", lr), ("lr_schedule", schedule)) if v}
@@ -250,5 +267,5 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     CACHE.mkdir(parents=True, exist_ok=True)
     save_model(res.model, path, overwrite=True)
     meta.write_text(json.dumps({"fit_s": round(fit_s, 1), "steps": res.steps,
-                                "reason": res.reason, "minutes": minutes}))
+                                "reason": res.reason, "minutes": minutes, "config": arch}))
     return res.model, fit_s

@@ -247,6 +247,7 @@ class VAEDefault:
             ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
             ("far_growth", ("fewshot", "FAR_GROWTH")),
             ("swap_moved", ("fewshot", "SWAP_MOVED")),
+            ("refine_margin", ("forest", "REFINE_BY_MARGIN")),
             ("boundary_grow_only", ("boundary", "GROW_ONLY")),
             ("boundary_band", ("boundary", "BAND"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the

@@ -44,6 +44,10 @@ def variants() -> dict:
         "cpu-2d-fine-p64": ModelConfig(name="cpu-2d-fine-p64", channels=(16, 32),
                                        patch_size=(64, 64),
                                        description="cpu-2d-fine, 64x64 patches"),
+        # cpu-2d-fine as it was until session 15 (96x96 crops), for same-run comparisons.
+        "cpu-2d-fine-p96": ModelConfig(name="cpu-2d-fine-p96", channels=(16, 32),
+                                       patch_size=(96, 96),
+                                       description="cpu-2d-fine with 96x96 crops"),
     }
 
 

@@ -210,6 +210,9 @@ ENGINE = {
     "vae-m85": {"momentum": 0.85},
     "vae-m90": {"momentum": 0.9},
     "vae-m70": {"momentum": 0.7},  # the default before session 14
+    # Session 15: with three or more classes, "unsure" was the top probability below 0.8
+    # (refined again at the finer level) before the runner-up's margin replaced it.
+    "vae-topsure": {"refine_margin": False},
     "vae-boundary-grow-sf": {"boundary_refine": True, "boundary_grow_only": True,
                              "momentum_where": "shrink-far"},
     # momentum also on the object's growth far from its strokes (the growth drops)

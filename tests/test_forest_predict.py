@@ -125,3 +125,12 @@ def test_shared_voxels_keep_the_labels_of_nearest_sharing(monkeypatch):
     # The probabilities are closer to the full prediction's: no coarse blocks in the map.
     full = F.forest_predict(clf, rows, lab.shape, 3, max_stride=1)
     assert np.abs(bilinear - full).mean() < np.abs(blocks - full).mean()
+
+
+def test_unsure_is_the_runner_up_margin_with_three_classes():
+    # Voxels: a clear winner at 0.75 (lead 0.6), a tie, a winner at 0.85.
+    p = np.array([[0.75, 0.45, 0.85], [0.15, 0.45, 0.10], [0.10, 0.10, 0.05]], np.float32)
+    np.testing.assert_array_equal(F._unsure(p, 0.8), [False, True, False])
+    # Two classes: the lead is 2 p - 1, the same rule as the top probability below 0.8.
+    two = np.array([[0.79, 0.81, 0.2], [0.21, 0.19, 0.8]], np.float32)
+    np.testing.assert_array_equal(F._unsure(two, 0.8), [True, False, False])

@@ -30,9 +30,10 @@ class FitOptions:
     lr_schedule : str
         ``cosine`` (default): decayed to zero over the budget (``steps``, or ``minutes`` when
         that ends first), so the last steps settle; ``constant`` after the warm-up. On brain1
-        with ``cpu-2d-fine``, 3 seeds: cosine at 2e-3 gives 26.85 dB PSNR (spread 0.75), the
-        earlier constant 1e-3 26.21 dB (spread 1.75). A 6e-3 peak gives 27.86 dB but worse
-        segmentation columns (mean AUC -0.022 on brain1 over three fit seeds): 2e-3 stays.
+        with ``cpu-2d-fine`` (its 96x96 crops of sessions 6-14), 3 seeds: cosine at 2e-3 gives
+        26.85 dB PSNR (spread 0.75), the earlier constant 1e-3 26.21 dB (spread 1.75). A 6e-3
+        peak gives 27.86 dB but worse segmentation columns (mean AUC -0.022 on brain1 over
+        three fit seeds): 2e-3 stays.
     recon_loss : str
         Reconstruction loss: ``l1`` (mean absolute error), ``l2`` (mean squared error, what
         PSNR measures) or ``l1+l2`` (their sum).

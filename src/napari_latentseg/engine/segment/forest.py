@@ -40,6 +40,11 @@ ESTIMATE_TREES = 16
 MAX_STRIDE = 4
 MIN_COARSE_PLANE = 32 * 32
 REFINE_BELOW = 0.8
+# With three or more classes "unsure" is the top class's lead over the runner-up below
+# 2 * REFINE_BELOW - 1 (the same rule as the top probability for two classes); False: the top
+# probability below REFINE_BELOW (before session 15: with seven classes most of the phantom's
+# voxels were unsure although their label was clear).
+REFINE_BY_MARGIN = True
 # Voxels a prediction batch may hold (cached features) and rows a predict_proba call gets.
 PREDICT_VOXELS = 1 << 22
 PROBA_CHUNK = 1 << 18
@@ -368,6 +373,15 @@ def _upsample2(p: np.ndarray, hf: int, wf: int) -> np.ndarray:
     return out[..., :hf, :wf]
 
 
+def _unsure(p: np.ndarray, sure: float) -> np.ndarray:
+    """Where the (n_classes, ...) probabilities ``p`` are unsure: the top class's lead over the
+    runner-up below ``2 * sure - 1`` (for two classes: top probability below ``sure``)."""
+    if not REFINE_BY_MARGIN or len(p) <= 2:
+        return p.max(0) < sure
+    top2 = np.partition(p, len(p) - 2, axis=0)[-2:]
+    return top2[1] - top2[0] < 2.0 * sure - 1.0
+
+
 def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
                    sure: float | None = None, max_stride: int | None = None) -> np.ndarray:
     """(n_classes, *shape) forest probabilities, coarse to fine.
@@ -375,7 +389,7 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
     (every 2nd or 4th voxel, see :func:`_stride`); each finer level (half the stride) is then
     predicted only where the level above has a class boundary within one of its voxels or is
-    unsure (top probability below ``sure``). Elsewhere a voxel takes the bilinear mean of the
+    unsure (:func:`_unsure`: the top class leads the runner-up by less than ``2 sure - 1``). Elsewhere a voxel takes the bilinear mean of the
     coarse voxels around it (:func:`_upsample2`): the neighbourhood agrees on the class.
     Voxels the level above predicted are not predicted again.
     """
@@ -395,7 +409,7 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
         hf, wf = fine.shape[1:3]
         lab = p.argmax(0)
         refine = ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3))
-        refine |= p.max(0) < sure
+        refine |= _unsure(p, sure)
         p = _upsample2(p, hf, wf)
         where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
         where[:, ::2, ::2] = False  # the level above's own voxels: already exact
