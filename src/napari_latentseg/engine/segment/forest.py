@@ -389,8 +389,9 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
     (every 2nd or 4th voxel, see :func:`_stride`); each finer level (half the stride) is then
     predicted only where the level above has a class boundary within one of its voxels or is
-    unsure (:func:`_unsure`: the top class leads the runner-up by less than ``2 sure - 1``). Elsewhere a voxel takes the bilinear mean of the
-    coarse voxels around it (:func:`_upsample2`): the neighbourhood agrees on the class.
+    unsure (:func:`_unsure`: the top class leads the runner-up by less than ``2 sure - 1``).
+    Elsewhere a voxel takes the bilinear mean of the coarse voxels around it
+    (:func:`_upsample2`): the neighbourhood agrees on the class.
     Voxels the level above predicted are not predicted again.
     """
     from scipy import ndimage as ndi
