@@ -121,6 +121,22 @@ def test_input_model_is_never_modified(tiny_model, small_phantom, annotations):
     assert any(k.startswith("encoder") for k in changed)
 
 
+def test_a_forest_round_shares_the_network_but_not_the_model(tiny_model, small_phantom,
+                                                             annotations):
+    # No head is trained: the round's model holds the input's network (no deep copy), while
+    # its own record (provenance) leaves the caller's model as it was.
+    import copy
+
+    mine = copy.copy(tiny_model)
+    mine.source_path = "saved.pt"
+    info = dict(mine.info)
+    res = segment(mine, small_phantom.image[:6], annotations[:6])
+    assert res.model is not mine and res.model.net is mine.net
+    assert res.model.head is None and mine.head is None
+    assert res.model.info["parent"] == "saved.pt" and res.model.source_path is None
+    assert mine.info == info and mine.source_path == "saved.pt"
+
+
 def test_next_round_starts_from_the_fine_tuned_model(tiny_model, small_phantom, annotations,
                                                      tmp_path):
     r1 = segment(tiny_model, small_phantom.image, annotations, finetune_steps=2, head_steps=10)
