@@ -278,3 +278,21 @@ def test_configs_are_consistent():
         assert cfg.name == name
         assert ModelConfig.from_dict(cfg.to_dict()) == cfg
         assert cfg.description
+
+
+def test_the_default_fits_large_slices_on_larger_crops():
+    cfg = CONFIGS["cpu-2d-fine"]
+    assert cfg.patch_size == (64, 64) and cfg.large_slice_patch == (96, 96)
+    assert cfg.for_slices([(30, 256, 256), (5, 128, 200)]) is cfg
+    assert cfg.for_slices([(30, 256, 256), (48, 512, 512)]).patch_size == (96, 96)
+    assert CONFIGS["cpu-2d"].for_slices([(48, 512, 512)]).patch_size == (96, 96)
+    with pytest.raises(ValueError, match="large_slice_patch"):
+        ModelConfig(name="x", spatial_dims=3, patch_size=(32, 32, 32),
+                    large_slice_patch=(64, 64))
+    rng = np.random.default_rng(0)
+    for side, crop in ((96, (64, 64)), (264, (96, 96))):
+        vol = rng.normal(100, 20, (3, side, side)).astype(np.float32)
+        res = fit(vol, "cpu-2d-fine", FitOptions(steps=1, device="cpu", eval_every=1))
+        # The model records the crop it was fitted on; a round trip keeps the preset's rule.
+        assert res.model.config.patch_size == crop
+        assert ModelConfig.from_dict(res.model.config.to_dict()) == res.model.config

@@ -173,6 +173,8 @@ def fit_iter(
                 prepare_volume(arr, mod, holdout_every=opts.holdout_every, seed=opts.seed))
             _refuse_constant(arr, f"volume {i}" if len(volumes) > 1 else "the image")
         norm_dict = prepared[0].normalizer.to_dict()
+        if initial is None:  # the preset's crop for these slices (a continued fit keeps its own)
+            cfg = cfg.for_slices(np.shape(v) for v in volumes)
         sampler = CropSampler(prepared, cfg, seed=opts.seed + rank)
         scan_modalities = [p.modality for p in prepared]
         calibration = prepared

@@ -7,10 +7,14 @@ in each ``description`` come from ``benchmarks/bench_configs.py`` on a 2-core AM
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["ModelConfig", "CONFIGS", "DEFAULT_CONFIG", "get_config", "build_network"]
+
+
+# Slices wider than this (voxels, either side) are fitted on ``large_slice_patch`` crops.
+LARGE_SLICE = 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class ModelConfig:
         reconstructs the centre slice.
     patch_size : tuple of int
         Training crop size (in-plane for 2D, full 3D patch for 3D).
+    large_slice_patch : tuple of int or None
+        2D only: the crop size instead of ``patch_size`` when a fitted scan's slices exceed
+        ``LARGE_SLICE`` voxels on a side (:meth:`for_slices`; None: ``patch_size`` always).
     batch_size : int
         Training batch size.
     description : str
@@ -54,6 +61,7 @@ class ModelConfig:
     attention_last_level: bool = False
     context_slices: int = 0
     patch_size: tuple[int, ...] = (96, 96)
+    large_slice_patch: tuple[int, ...] | None = None
     batch_size: int = 16
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +82,13 @@ class ModelConfig:
             raise ValueError(
                 f"patch_size {self.patch_size} must be a multiple of {self.downsampling}"
             )
+        if self.large_slice_patch is not None and (
+                self.spatial_dims != 2 or len(self.large_slice_patch) != 2
+                or any(p % self.downsampling for p in self.large_slice_patch)):
+            raise ValueError(
+                f"large_slice_patch {self.large_slice_patch} must be 2 entries, multiples of "
+                f"{self.downsampling}, for a 2D configuration"
+            )
         if self.spatial_dims == 3 and self.context_slices:
             raise ValueError("context_slices applies to 2D configurations only")
 
@@ -86,6 +101,15 @@ class ModelConfig:
     def in_channels(self) -> int:
         """Input channels of the network (1, or 1 + 2 * context_slices for 2.5D)."""
         return 1 + 2 * self.context_slices
+
+    def for_slices(self, shapes) -> ModelConfig:
+        """The configuration a fit on volumes of ``shapes`` uses: ``large_slice_patch`` as the
+        crop when any slice exceeds ``LARGE_SLICE`` voxels on a side, else this one."""
+        if self.large_slice_patch is None:
+            return self
+        if any(max(tuple(sh)[-2:]) > LARGE_SLICE for sh in shapes):
+            return replace(self, patch_size=tuple(self.large_slice_patch))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly representation (tuples become lists)."""
@@ -128,7 +152,10 @@ CONFIGS: dict[str, ModelConfig] = {
             # 64x64 crops (96x96 until session 15): a step costs 0.27 s instead of 0.62 s on
             # one CPU thread, brain1 fits in ~2 min at 27.3 dB (was ~4 min, 26.9 dB) and the
             # segmentation columns are level (docs/anomaly_benchmarks.md, "Smaller crops").
+            # 512x512 CT keeps 96x96: its columns lost with 64x64 (lung1 -0.008 over two fits,
+            # lung2 -0.030 over three).
             patch_size=(64, 64),
+            large_slice_patch=(96, 96),
             description=(
                 "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
                 "parameters: 27 dB PSNR on a brain MRI in ~2 min on a 2-core CPU (28.7 dB with "
