@@ -45,7 +45,9 @@ class ModelConfig:
         Training crop size (in-plane for 2D, full 3D patch for 3D).
     large_slice_patch : tuple of int or None
         2D only: the crop size instead of ``patch_size`` when a fitted scan's slices exceed
-        ``LARGE_SLICE`` voxels on a side (:meth:`for_slices`; None: ``patch_size`` always).
+        ``LARGE_SLICE`` voxels on a side (:meth:`for_slices`, applied by in-memory fits; a
+        streamed cohort, whose shapes are known only as it is read, uses ``patch_size``).
+        None: ``patch_size`` always.
     batch_size : int
         Training batch size.
     description : str
