@@ -216,14 +216,10 @@ def config_stamp(config) -> dict:
     name and description. A cached VAE is reused only under the same stamp, so a preset whose
     recipe changed (session 15: cpu-2d-fine's 64x64 crops) is refitted, not mistaken for the
     old one."""
-    import dataclasses
-
     from napari_latentseg.models.config import get_config
 
-    d = dataclasses.asdict(get_config(config))
-    for k in ("name", "description"):
-        d.pop(k, None)
-    return json.loads(json.dumps(d))  # tuples as lists, as the cache file holds them
+    d = get_config(config).to_dict()  # tuples as lists, as the cache file holds them
+    return {k: v for k, v in d.items() if k not in ("name", "description")}
 
 
 def get_model(name: str, image: np.ndarray, modality: str | None,

@@ -485,18 +485,18 @@ def main() -> None:
             "threads": torch.get_num_threads(), "quick": args.quick, "rounds": rounds}
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    config = args.config
+    if config is not None:  # a preset's name, or one of _psnr_latent.py's variants
+        from _psnr_latent import variants
+
+        config = variants().get(config, config)
+    fit_kw = {} if args.fit_seed is None else {"seed": args.fit_seed}
     t_all = time.perf_counter()
     for case in args.cases:
         base = case.split("-")[0]
         if not base.startswith("phantom") and not (args.data / f"{base}_image.nrrd").exists():
             print(f"skipping {case}: {args.data / (base + '_image.nrrd')} not found")
             continue
-        config = args.config
-        if config is not None:
-            from _psnr_latent import variants
-
-            config = variants().get(config, config)
-        fit_kw = {} if args.fit_seed is None else {"seed": args.fit_seed}
         env = case_env(case, args.data, args.quick, config=config, steps=args.fit_steps,
                        **fit_kw)
         for proto in args.protocols:
