@@ -224,13 +224,16 @@ def config_stamp(config) -> dict:
 
 def get_model(name: str, image: np.ndarray, modality: str | None,
               minutes: float | None = None, config=None, steps: int | None = None,
-              lr: float | None = None, schedule: str | None = None, **fit_kw):
+              lr: float | None = None, schedule: str | None = None,
+              encoder_only: bool = False, **fit_kw):
     """The case's VAE fitted on the whole scan once (the product default, or a ``minutes``
     cap), cached in CACHE (refitted when the cached one had another cap). ``config``: a
     preset name or a ``ModelConfig`` other than the default (cached as ``<name>-<config>``,
     cpu-2d as ``<name>``); ``steps`` / ``lr``: other fit options (cached with ``-s<N>`` /
     ``-lr<X>``); ``schedule``: another learning-rate schedule (``-<schedule>``); other
-    ``FitOptions`` fields as keywords (cached with ``-<field><value>``).
+    ``FitOptions`` fields as keywords (cached with ``-<field><value>``). ``encoder_only``: the
+    caller reads the encoder alone (segmentation), so a cached VAE from before the decoder
+    phase (session 16) is taken: its encoder is the one a fit makes today.
 
     Returns (model, fit seconds) -- the seconds of the original fit, also when cached.
     """
@@ -251,17 +254,21 @@ def get_model(name: str, image: np.ndarray, modality: str | None,
     meta = CACHE / f"{key}.json"
     cached = json.loads(meta.read_text()) if path.exists() and meta.exists() else {}
     arch = config_stamp(config)
-    # Files from before session 15 carry no stamp: taken as they are.
-    if cached and cached.get("minutes") == minutes and cached.get("config", arch) == arch:
-        return load_model(path, device=DEVICE), cached["fit_s"]
-    t0 = time.perf_counter()
     kw = {k: v for k, v in (("steps", steps), ("lr", lr), ("lr_schedule", schedule)) if v}
     kw.update(fit_kw)
-    res = fit(image, config, FitOptions(minutes=minutes, device=DEVICE, **kw),
-              modalities=[modality])
+    opts = FitOptions(minutes=minutes, device=DEVICE, **kw)
+    # Files from before session 15 carry no stamp: taken as they are. Files from before
+    # session 16 had no decoder phase: taken only when the decoder does not matter.
+    decoder_ok = encoder_only or cached.get("decoder_steps", 0) == opts.planned_decoder_steps
+    if (cached and cached.get("minutes") == minutes and cached.get("config", arch) == arch
+            and decoder_ok):
+        return load_model(path, device=DEVICE), cached["fit_s"]
+    t0 = time.perf_counter()
+    res = fit(image, config, opts, modalities=[modality])
     fit_s = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
     save_model(res.model, path, overwrite=True)
     meta.write_text(json.dumps({"fit_s": round(fit_s, 1), "steps": res.steps,
-                                "reason": res.reason, "minutes": minutes, "config": arch}))
+                                "reason": res.reason, "minutes": minutes, "config": arch,
+                                "decoder_steps": opts.planned_decoder_steps}))
     return res.model, fit_s

@@ -340,7 +340,9 @@ def case_env(case: str, data: Path, quick: bool, config: str | None = None,
     ``fit_kw``: fit options other than the default, as ``_interactive.get_model`` takes them)."""
     base = case.split("-")[0]
     image, truth, modality, spacing = ia.load_case(base, data)
-    model, fit_s = ia.get_model(base, image, modality, config=config, **fit_kw)
+    # Segmentation reads the encoder only: VAEs cached before the decoder phase still serve.
+    model, fit_s = ia.get_model(base, image, modality, config=config, encoder_only=True,
+                                **fit_kw)
     full, box = image, tuple(slice(0, s) for s in image.shape)
     if quick:
         box = ia.crop_box(base, truth)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_latentseg.cli import main
+from napari_latentseg.cli import EXIT_USAGE, main
 from napari_latentseg.io import read_volume, save_volume
 
 
@@ -51,13 +51,17 @@ def test_fit_writes_a_model_and_never_overwrites(model_file, scan, capsys):
 def test_fit_records_the_learning_rate_recipe(model_file, scan, tmp_path):
     from napari_latentseg.models.checkpoint import load_model
 
-    default = load_model(model_file).info["options"]
-    assert (default["lr"], default["lr_schedule"]) == (2e-3, "cosine")
+    default = load_model(model_file).info
+    assert (default["options"]["lr"], default["options"]["lr_schedule"]) == (2e-3, "cosine")
+    assert default["decoder_steps"] == 4  # two thirds of --steps 6
     out = tmp_path / "old.pt"
     assert main(["fit", str(scan), "-o", str(out), "--config", "tiny", "--steps", "2",
-                 "--lr", "1e-3", "--lr-schedule", "constant", "-q"]) == 0
-    old = load_model(out).info["options"]
-    assert (old["lr"], old["lr_schedule"]) == (1e-3, "constant")
+                 "--lr", "1e-3", "--lr-schedule", "constant", "--decoder-steps", "0",
+                 "-q"]) == 0
+    old = load_model(out).info
+    assert (old["options"]["lr"], old["options"]["lr_schedule"]) == (1e-3, "constant")
+    assert old["decoder_steps"] == 0
+    assert main(["fit", str(scan), "-o", str(out), "--decoder-steps", "-1"]) == EXIT_USAGE
 
 
 def test_reconstruct_outputs_keep_the_input_geometry(model_file, scan, tmp_path):

@@ -29,6 +29,7 @@ from ..runtime.device import (
 )
 from ..runtime.progress import drive
 from .fit_options import FitOptions, lr_factor, reconstruction_loss
+from .polish import DecoderPhase, polish_iter
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
 
@@ -45,6 +46,29 @@ class FitResult:
     seconds: float
     best_val: float
     history: list[dict] = field(default_factory=list)
+    decoder_steps: int = 0  # steps of the decoder phase after the ``steps`` of the main fit
+
+
+def _ddp_wrap(module, device):
+    """``module`` in DistributedDataParallel on ``device``."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = None
+    if device.type == "cuda":  # "cuda" without an index (from "auto") is the current GPU
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def _record(gen: Generator[dict, None, object], history: list[dict]):
+    """``yield from gen``, appending each metrics dict to ``history``; returns gen's value."""
+    while True:
+        try:
+            metrics = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        history.append(metrics)
+        yield metrics
 
 
 def _kl(z_mu, z_sigma):
@@ -111,7 +135,9 @@ def fit_iter(
     ------
     dict
         ``step``, ``total``, ``loss``, ``recon``, ``kl``, ``step_time``, ``elapsed``, and
-        ``val`` / ``best_val`` on validation steps.
+        ``val`` / ``best_val`` on validation steps. The decoder phase's steps (see
+        :mod:`~.polish`) follow the main fit's, with ``phase`` ``"decoder"``; ``total`` counts
+        both.
 
     Notes
     -----
@@ -145,7 +171,8 @@ def fit_iter(
     torch.manual_seed(opts.seed)
     t_start = time.perf_counter()
 
-    yield {"stage": "prepare", "step": 0, "total": opts.steps, "message": "normalising volumes"}
+    total = opts.steps + opts.planned_decoder_steps  # the decoder phase's steps come last
+    yield {"stage": "prepare", "step": 0, "total": total, "message": "normalising volumes"}
     n_val = 16 if cfg.spatial_dims == 2 else 4
     calibration: Iterable[PreparedVolume]
     if streaming:
@@ -188,12 +215,7 @@ def fit_iter(
         net = net.to(memory_format=torch.channels_last)
     train_net = net
     if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = None
-        if device.type == "cuda":  # "cuda" without an index (from "auto") is the current GPU
-            ids = [device.index if device.index is not None else torch.cuda.current_device()]
-        train_net = DistributedDataParallel(net, device_ids=ids)
+        train_net = _ddp_wrap(net, device)
         torch.manual_seed(opts.seed + rank)  # different latent noise per rank
 
     def agree(*flags: bool) -> list[bool]:
@@ -211,7 +233,7 @@ def fit_iter(
         """Seconds since the start; under DDP the slowest rank's, so every rank's optimiser
         uses the same learning rate when a time budget drives the decay."""
         elapsed = time.perf_counter() - t_start
-        if ddp and opts.minutes is not None and opts.lr_schedule == "cosine":
+        if ddp and opts.main_minutes is not None and opts.lr_schedule == "cosine":
             t = torch.tensor([elapsed], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             elapsed = float(t)
@@ -311,7 +333,7 @@ def fit_iter(
         metrics = {
             "stage": "fit",
             "step": step,
-            "total": opts.steps,
+            "total": total,
             "loss": loss_v,
             "recon": recon_v,
             "kl": kl_v,
@@ -324,7 +346,7 @@ def fit_iter(
             metrics["adv_d"] = d_loss_val
         last = step == opts.steps
         (out_of_time,) = agree(
-            opts.minutes is not None and metrics["elapsed"] >= 60 * opts.minutes)
+            opts.main_minutes is not None and metrics["elapsed"] >= 60 * opts.main_minutes)
         if step % opts.eval_every == 0 or last or out_of_time:
             val = validate()
             metrics["val"] = val
@@ -352,9 +374,21 @@ def fit_iter(
                 best_state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
     if best_state is not None:
         net.load_state_dict(best_state)
+    decoder_steps = 0
+    if opts.planned_decoder_steps and step > 0 and reason not in ("stopped", "diverged"):
+        phase = DecoderPhase(
+            net, lambda: _to_tensor(sampler.sample(), device, channels_last), validate,
+            centre_channel, agree, wrap=lambda m: _ddp_wrap(m, device) if ddp else m,
+            autocast=lambda: autocast(device, use_amp), scaler=scaler, clock=schedule_clock)
+        deadline = 60 * opts.minutes if opts.minutes is not None else None
+        polish = polish_iter(phase, opts, first_step=step, total=total, best_val=best_val,
+                             deadline_s=deadline, t_start=t_start, stop_event=stop_event)
+        decoder_steps, decoder_reason, best_val = yield from _record(polish, history)
+        if decoder_reason == "stopped":  # the main fit is whole; the user still asked to stop
+            reason = "stopped"
     net = net.to(memory_format=torch.contiguous_format).eval()
 
-    yield {"stage": "calibrate", "step": step, "total": opts.steps,
+    yield {"stage": "calibrate", "step": step + decoder_steps, "total": total,
            "message": "learning the anomaly threshold"}
     model = VAEModel(
         net=net,
@@ -364,6 +398,7 @@ def fit_iter(
         info={
             "fitted_on": list(sources) if sources else [],
             "steps": step,
+            "decoder_steps": decoder_steps,
             "seconds": round(time.perf_counter() - t_start, 2),
             "stop_reason": reason,
             "best_val_l1": best_val,
@@ -385,7 +420,7 @@ def fit_iter(
         model.anomaly = calibrate_anomaly(model, calibration, opts.anomaly_percentile)
     elapsed = time.perf_counter() - t_start
     model.info["seconds"] = round(elapsed, 2)
-    return FitResult(model, reason, step, elapsed, best_val, history)
+    return FitResult(model, reason, step, elapsed, best_val, history, decoder_steps)
 
 
 def calibrate_anomaly(

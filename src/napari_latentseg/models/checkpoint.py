@@ -87,10 +87,11 @@ class VAEModel:
         on = self.info.get("fitted_on") or []
         names = ", ".join(Path(p).name for p in on[:3]) + (" ..." if len(on) > 3 else "")
         steps = self.info.get("steps")
+        dec = self.info.get("decoder_steps")
         ft = " + fine-tuned" if self.head else ""
         return f"{self.config.name}{ft}, fitted on {names or 'unknown data'}" + (
             f" for {steps} steps" if steps else ""
-        )
+        ) + (f" + {dec} decoder steps" if steps and dec else "")
 
 
 def _plain(value: Any) -> Any:

@@ -260,7 +260,8 @@ class ModelSection(Section):
             show_error(f"Cannot fit: {exc}")
             return False
         names = ", ".join(f"'{layer.name}'" for layer in layers)
-        self.plot.clear(total=steps, caption=f"Fitting {config} on {names}\u2026")
+        self.plot.clear(total=steps + options.planned_decoder_steps,
+                        caption=f"Fitting {config} on {names}\u2026")
 
         def job(stop):
             return fit_iter(volumes, config, options, modalities=modalities, sources=sources,
