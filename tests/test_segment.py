@@ -209,6 +209,21 @@ def test_features_are_cached_between_rounds(tiny_model, small_phantom, annotatio
     assert (a.labels == b.labels).mean() > 0.98
 
 
+def test_the_feature_cache_follows_the_encoder_not_the_decoder(tiny_model, small_phantom):
+    import copy
+
+    import torch
+
+    cache = FeatureCache()
+    polished, tuned = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(polished.net.decoder.parameters()).add_(1.0)  # what the decoder phase changes
+        next(tuned.net.encoder.parameters()).add_(1.0)  # what fine-tuning the encoder changes
+    key = cache.key(tiny_model, small_phantom.image)
+    assert cache.key(polished, small_phantom.image) == key
+    assert cache.key(tuned, small_phantom.image) != key
+
+
 def test_fine_tuning_stops_when_asked(tiny_model, small_phantom, annotations):
     stop = threading.Event()
     gen = segment_iter(tiny_model, small_phantom.image, annotations, finetune_steps=1000,

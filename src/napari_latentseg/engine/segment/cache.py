@@ -18,9 +18,16 @@ def _fingerprint_array(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
+# Every cached kind is computed from the encoder side: a model whose decoder alone changed (the
+# fit's decoder phase) keeps its features.
+_ENCODER_SIDE = ("encoder.", "quant_conv_mu.", "quant_conv_log_sigma.")
+
+
 def _fingerprint_model(model: VAEModel) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for k, v in model.net.state_dict().items():
+    state = model.net.state_dict()
+    side = {k: v for k, v in state.items() if k.startswith(_ENCODER_SIDE)} or state
+    for k, v in side.items():
         h.update(k.encode())
         h.update(v.detach().cpu().numpy().tobytes())
     h.update(repr(sorted(model.normalization.items())).encode())
