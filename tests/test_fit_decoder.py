@@ -78,3 +78,26 @@ def test_a_time_budget_is_shared_with_the_decoder_phase(small_phantom):
     main_end = max(h["elapsed"] for h in res.history if h.get("phase") != "decoder")
     # The main fit stops at two thirds of the budget (1.2 s), leaving the rest to the decoder.
     assert main_end < 0.03 * 60
+
+
+def test_the_encoder_model_is_handed_over_when_the_decoder_phase_starts(small_phantom):
+    gen = fit_iter(small_phantom.image, "tiny",
+                   FitOptions(steps=8, decoder_steps=6, eval_every=4, seed=2))
+    handed = []
+    try:
+        while True:
+            ev = next(gen)
+            if ev.get("model") is not None:
+                handed.append(ev)
+    except StopIteration as done:
+        result = done.value
+    assert len(handed) == 1 and handed[0]["step"] == 8
+    interim = handed[0]["model"]
+    assert interim.net is not result.model.net  # a copy: the decoder trains on apart
+    assert interim.info["decoder_steps"] == 0 and not interim.anomaly
+    assert _same(_encoder_state(interim.net), _encoder_state(result.model.net))
+    # No decoder phase, no hand-over.
+    plain = [ev for ev in fit_iter(small_phantom.image, "tiny",
+                                   FitOptions(steps=4, decoder_steps=0, eval_every=2))
+             if ev.get("model") is not None]
+    assert plain == []

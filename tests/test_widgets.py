@@ -284,6 +284,29 @@ def test_stop_keeps_model_and_gui_stays_responsive(dock, qtbot, phantom_crop):
     assert not widget.fit_tasks.busy and widget.model_section.fit_btn.isEnabled()
 
 
+def test_the_encoder_is_handed_over_while_the_decoder_trains(dock, qtbot, phantom_crop):
+    """Segmentation reads the encoder alone: its model is active as soon as the main fit
+    ends, and the finished model (decoder trained, anomalies calibrated) takes its place."""
+    import torch
+
+    viewer, widget = dock
+    add_crop(viewer, phantom_crop)
+    seen = []
+    widget.session.model_changed.connect(
+        lambda: seen.append((widget.active_entry, widget.active_entry.origin,
+                             widget.active_model)))
+    fit(qtbot, widget, steps=12)
+    origins = [origin for _, origin, _ in seen]
+    assert origins[0] == "decoder still training" and origins[-1] == "fitted"
+    entry, _, interim = seen[0]
+    assert len(widget.models) == 1 and widget.active_entry is entry
+    final = widget.active_model
+    assert final is not interim and final.info["decoder_steps"] == 8
+    assert interim.info["decoder_steps"] == 0 and not interim.anomaly and final.anomaly
+    enc = [k for k in final.net.state_dict() if k.startswith("encoder.")]
+    assert all(torch.equal(final.net.state_dict()[k], interim.net.state_dict()[k]) for k in enc)
+
+
 def test_stopped_reconstruction_changes_nothing(dock, qtbot, phantom_crop, monkeypatch):
     from napari_latentseg._napari._widgets import _reconstruct
 

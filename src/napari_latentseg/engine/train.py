@@ -137,7 +137,8 @@ def fit_iter(
         ``step``, ``total``, ``loss``, ``recon``, ``kl``, ``step_time``, ``elapsed``, and
         ``val`` / ``best_val`` on validation steps. The decoder phase's steps (see
         :mod:`~.polish`) follow the main fit's, with ``phase`` ``"decoder"``; ``total`` counts
-        both.
+        both. The phase opens with a dict whose ``model`` is the fitted encoder's model (a
+        copy, without anomaly calibration), for callers that segment while the decoder trains.
 
     Notes
     -----
@@ -374,8 +375,35 @@ def fit_iter(
                 best_state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
     if best_state is not None:
         net.load_state_dict(best_state)
+    def make_model(net_, decoder_steps_: int, reason_: str) -> VAEModel:
+        return VAEModel(
+            net=net_,
+            config=cfg,
+            normalization=norm_dict,
+            history=_thin(history),
+            info={
+                "fitted_on": list(sources) if sources else [],
+                "steps": step,
+                "decoder_steps": decoder_steps_,
+                "seconds": round(time.perf_counter() - t_start, 2),
+                "stop_reason": reason_,
+                "best_val_l1": best_val,
+                "device": str(device),
+                "seed": opts.seed,
+                "options": {k: v for k, v in vars(opts).items()},
+                "modalities": scan_modalities,
+                "parent": initial.source_path if initial is not None else None,
+            },
+        )
+
     decoder_steps = 0
     if opts.planned_decoder_steps and step > 0 and reason not in ("stopped", "diverged"):
+        # The encoder is final: hand over a copy now, so segmentation (which reads the encoder
+        # alone) need not wait for the decoder; it is not calibrated for anomalies.
+        interim = copy.deepcopy(net).to(memory_format=torch.contiguous_format).eval()
+        yield {"stage": "fit", "phase": "decoder", "step": step, "total": total,
+               "message": "encoder ready; training the decoder",
+               "model": make_model(interim, 0, "decoder phase")}
         phase = DecoderPhase(
             net, lambda: _to_tensor(sampler.sample(), device, channels_last), validate,
             centre_channel, agree, wrap=lambda m: _ddp_wrap(m, device) if ddp else m,
@@ -390,25 +418,7 @@ def fit_iter(
 
     yield {"stage": "calibrate", "step": step + decoder_steps, "total": total,
            "message": "learning the anomaly threshold"}
-    model = VAEModel(
-        net=net,
-        config=cfg,
-        normalization=norm_dict,
-        history=_thin(history),
-        info={
-            "fitted_on": list(sources) if sources else [],
-            "steps": step,
-            "decoder_steps": decoder_steps,
-            "seconds": round(time.perf_counter() - t_start, 2),
-            "stop_reason": reason,
-            "best_val_l1": best_val,
-            "device": str(device),
-            "seed": opts.seed,
-            "options": {k: v for k, v in vars(opts).items()},
-            "modalities": scan_modalities,
-            "parent": initial.source_path if initial is not None else None,
-        },
-    )
+    model = make_model(net, decoder_steps, reason)
     if ddp:
         model.info["distributed"] = {"world_size": world,
                                      "backend": str(torch.distributed.get_backend())}

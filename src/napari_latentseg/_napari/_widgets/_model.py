@@ -144,6 +144,7 @@ class ModelSection(Section):
         lay.addWidget(self.plot)
 
         self._fitting = False
+        self._interim = None  # the running fit's encoder model, once handed over
         self._main_busy = False
         self._probe = _DeviceProbe(self)
         self._probe.found.connect(self._set_devices)
@@ -268,7 +269,9 @@ class ModelSection(Section):
                             stop_event=stop)
 
         def on_yield(ev: dict) -> None:
-            if ev.get("stage") == "fit":
+            if ev.get("model") is not None:
+                self._encoder_ready(ev["model"])
+            elif ev.get("stage") == "fit":
                 self.plot.add(int(ev["step"]), ev.get("loss"), ev.get("val"))
 
         tasks = self.session.fit_tasks
@@ -276,12 +279,40 @@ class ModelSection(Section):
                               on_return=self._fit_done)
         if started:
             self.set_fitting(True)
-            tasks.after(lambda: self.set_fitting(False))
+            tasks.after(self._fit_ended)
         return started
+
+    def _fit_ended(self) -> None:
+        """The fit bar's job ended, whatever the outcome."""
+        self.set_fitting(False)
+        interim, self._interim = self._interim, None
+        if interim is not None and interim in self.session.models:  # the decoder phase failed
+            self.session.replace_model(interim, interim.model, "encoder only", keep_path=True)
+
+    def _encoder_ready(self, model) -> None:
+        """The main fit ended and the decoder trains on: segmentation can use the encoder."""
+        self._interim = self.session.add_model(model, "decoder still training")
+        show_info("The VAE's encoder is fitted: the next segmentation round uses its "
+                  "features. The decoder trains on for sharper reconstructions; the model "
+                  "is updated when it ends.")
 
     def _fit_done(self, result: FitResult) -> None:
         self._fitting = False  # so the new model's history replaces the live curve
         session = self.session
+        interim, self._interim = self._interim, None
+        if interim is not None and interim in session.models:
+            # The encoder was handed over already: the finished model takes its place (beside
+            # it, if the user saved the encoder's model meanwhile).
+            origin = "decoder phase stopped" if result.reason == "stopped" else "fitted"
+            if interim.path:
+                session.add_model(result.model, origin,
+                                  activate=session.active_entry is interim)
+            else:
+                session.replace_model(interim, result.model, origin)
+            show_info(f"Fit finished: {result.steps} steps, then {result.decoder_steps} of "
+                      f"the decoder, in {result.seconds:.0f} s. Save it with Save "
+                      "model\u2026 to reuse it on other scans.")
+            return
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
                          "active model is unchanged. Try fewer steps or another configuration.")

@@ -124,6 +124,16 @@ class Session(QObject):
         self.model_changed.emit()
         return entry
 
+    def replace_model(self, entry: ModelEntry, model: VAEModel, origin: str, *,
+                      keep_path: bool = False) -> None:
+        """Put ``model`` in ``entry``'s place (a fit's finished model after its encoder's);
+        whether it is active is unchanged. A new model is not saved (``keep_path``: the same
+        model, relabelled)."""
+        entry.model, entry.origin = model, origin
+        if not keep_path:
+            entry.path = None
+        self.model_changed.emit()
+
     def mark_saved(self, entry: ModelEntry, path: str) -> None:
         """Record that ``entry``'s model was written to ``path``."""
         entry.path = path
