@@ -41,7 +41,8 @@ def _progress_text(title: str, ev: dict) -> str:
         return f"{title}: {ev['message']}"
     parts = [title]
     if stage == "fit":
-        parts.append(f"step {ev.get('step')}/{ev.get('total')}")
+        parts.append(f"step {ev.get('step')}/{ev.get('total')}"
+                     + (" (decoder)" if ev.get("phase") == "decoder" else ""))
     elif stage:
         done, total = ev.get("done"), ev.get("total")
         parts.append(f"{stage} {done}/{total}" if done is not None and total else stage)
