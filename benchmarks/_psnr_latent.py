@@ -9,7 +9,7 @@ columns.
 
 Usage: ``LATENTSEG_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONPATH=src python
 benchmarks/_psnr_latent.py [--configs ...] [--cases brain1] [--steps N] [--lr X]
-[--schedule cosine] [--seed N] [--loss l2]``;
+[--schedule cosine] [--seed N] [--loss l2] [--decoder-steps N]``;
 writes ``benchmarks/results/psnr-latent.json``.
 """
 
@@ -66,13 +66,16 @@ def main() -> None:
     p.add_argument("--schedule", default=None, help="fit with this learning-rate schedule")
     p.add_argument("--seed", type=int, default=None, help="fit with this seed (default 0)")
     p.add_argument("--loss", default=None, help="reconstruction loss (default l1)")
+    p.add_argument("--decoder-steps", type=int, default=None,
+                   help="steps of the decoder phase (default: as many as the steps)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     path = a.out / "psnr-latent.json"
     rows = json.loads(path.read_text()) if path.exists() else []  # earlier runs' presets
     for case in a.cases:
         image = read_volume(ia.DEFAULT_DATA / f"{case}_image.nrrd").data.astype("float32")
-        extra = {k: v for k, v in (("seed", a.seed), ("recon_loss", a.loss)) if v is not None}
+        extra = {k: v for k, v in (("seed", a.seed), ("recon_loss", a.loss),
+                                   ("decoder_steps", a.decoder_steps)) if v is not None}
         suffix = ia.fit_suffix(a.steps, a.lr, a.schedule, **extra)
         for cfg in a.configs:
             t = time.perf_counter()

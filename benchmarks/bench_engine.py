@@ -77,6 +77,10 @@ def case_fit(name: str, data: Path, device: str, model_out: Path) -> dict:
     return {
         "case": name, "shape": list(vol.data.shape), "modality": res.model.info["modalities"][0],
         "config": res.model.config.name, "fit_s": round(fit_s, 1), "steps": res.steps,
+        "decoder_steps": res.decoder_steps,
+        # When the encoder (all that segmentation reads) was final and handed over.
+        "encoder_ready_s": round(max((h["elapsed"] for h in res.history
+                                      if h.get("phase") != "decoder"), default=0.0), 1),
         "stop_reason": res.reason, "best_val_l1": round(res.best_val, 4),
         "heldout_slices": held.tolist(), "psnr_db": round(float(psnr), 2), "ssim": round(ssim, 3),
         "recon_s": round(rec.seconds, 2),

@@ -53,7 +53,7 @@ def test_fit_records_the_learning_rate_recipe(model_file, scan, tmp_path):
 
     default = load_model(model_file).info
     assert (default["options"]["lr"], default["options"]["lr_schedule"]) == (2e-3, "cosine")
-    assert default["decoder_steps"] == 4  # two thirds of --steps 6
+    assert default["decoder_steps"] == 6  # as many as --steps
     out = tmp_path / "old.pt"
     assert main(["fit", str(scan), "-o", str(out), "--config", "tiny", "--steps", "2",
                  "--lr", "1e-3", "--lr-schedule", "constant", "--decoder-steps", "0",

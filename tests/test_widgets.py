@@ -301,7 +301,7 @@ def test_the_encoder_is_handed_over_while_the_decoder_trains(dock, qtbot, phanto
     entry, _, interim = seen[0]
     assert len(widget.models) == 1 and widget.active_entry is entry
     final = widget.active_model
-    assert final is not interim and final.info["decoder_steps"] == 8
+    assert final is not interim and final.info["decoder_steps"] == 12
     assert interim.info["decoder_steps"] == 0 and not interim.anomaly and final.anomaly
     enc = [k for k in final.net.state_dict() if k.startswith("encoder.")]
     assert all(torch.equal(final.net.state_dict()[k], interim.net.state_dict()[k]) for k in enc)

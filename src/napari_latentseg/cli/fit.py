@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                         help="time budget in minutes instead of a step count")
     f.add_argument("--decoder-steps", type=int, default=None, metavar="N",
                    help="steps of the decoder-only phase after the fit: sharper "
-                        "reconstructions, the same segmentation features (default: two thirds "
-                        "of --steps, or a third of --minutes; 0: none)")
+                        "reconstructions, the same segmentation features (default: as many as "
+                        "--steps, or 40 %% of --minutes; 0: none)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--lr", type=float, default=FitOptions.lr,
                    help=f"peak learning rate (default {FitOptions.lr:g})")

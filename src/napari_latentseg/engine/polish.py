@@ -7,7 +7,7 @@ main fit's exactly; only reconstructions, error maps and the anomaly threshold c
 
 Why a phase of its own: a longer main fit sharpens reconstructions too (brain1 28.7 dB at 900
 steps) but makes worse segmentation columns (mean AUC -0.019 over three fits). The decoder
-phase raises PSNR (27.26 -> 28.13 dB with 300 steps, the same three seeds) at 0.2 s a step, and
+phase raises PSNR (27.26 -> 28.32 dB with 450 steps, the same three seeds) at 0.2 s a step, and
 leaves the columns as they were.
 """
 
