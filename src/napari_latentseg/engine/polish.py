@@ -18,23 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Generator
 
-from torch import nn
-
 from .fit_options import FitOptions, reconstruction_loss
 
 __all__ = ["DecoderPhase", "polish_iter"]
-
-
-class _Decoder(nn.Module):
-    """The trainable half: distributed training syncs these parameters only."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.post_quant_conv = net.post_quant_conv
-        self.decoder = net.decoder
-
-    def forward(self, z):
-        return self.decoder(self.post_quant_conv(z))
 
 
 class DecoderPhase:
@@ -100,7 +86,8 @@ def polish_iter(
     import torch
 
     net, steps = phase.net, opts.planned_decoder_steps
-    module = _Decoder(net)
+    # decode() without the latent sampling: distributed training syncs these parameters only.
+    module = torch.nn.Sequential(net.post_quant_conv, net.decoder)
     frozen = [p for p in net.parameters() if p.requires_grad]
     trainable = list(module.parameters())
     for p in frozen:
