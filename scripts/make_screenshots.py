@@ -168,7 +168,9 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
     grabbed: list[bool] = []
 
     def grab_mid_fit(ev: dict) -> None:
-        if not grabbed and ev.get("stage") == "fit" and ev.get("step", 0) >= 0.7 * args.steps:
+        # In the decoder phase: the encoder's model already active, the curve past the fit.
+        if (not grabbed and ev.get("phase") == "decoder"
+                and ev.get("step", 0) >= 1.5 * args.steps):
             grabbed.append(True)
             QApplication.processEvents()
             _save(viewer.screenshot(canvas_only=False, flash=False), args.out / "02_fit.png")
