@@ -160,8 +160,8 @@ CONFIGS: dict[str, ModelConfig] = {
             large_slice_patch=(96, 96),
             description=(
                 "Default. 2D slices, 2 levels (16-32), latent 4 ch at 1/2 resolution, 60k "
-                "parameters: 27 dB PSNR on a brain MRI in ~2 min on a 2-core CPU (28.7 dB with "
-                "900 steps) where cpu-2d gives 23, segmentation features as good."
+                "parameters: 28 dB PSNR on a brain MRI in ~2 min on a 2-core CPU (its encoder, "
+                "which segmentation uses, ready in ~1 min) where cpu-2d gives 23."
             ),
         ),
         ModelConfig(

@@ -47,6 +47,7 @@ _REASONS = {
     "time": "time limit reached",
     "early-stopping": "validation loss stopped improving",
     "stopped": "stopped",
+    "decoder phase": "decoder still training (segmentation can use it now)",
 }
 
 
