@@ -136,19 +136,23 @@ def dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def fit_vae(name, vols, steps, config="cpu-2d"):
+def fit_vae(name, vols, steps, config="cpu-2d", decoder_steps=None):
     from napari_latentseg.engine.train import FitOptions, fit
     from napari_latentseg.models.checkpoint import load_model, save_model
 
-    # cpu-2d, the preset of the stored figures, keeps its cache names; others are suffixed.
+    opts = FitOptions(steps=steps, eval_every=max(10, steps // 4), device="cpu", patience=0,
+                      decoder_steps=decoder_steps)
+    # cpu-2d, the preset of the stored figures, keeps its cache names; others are suffixed,
+    # and so is a decoder phase (session 16: the VAEs cached before had none).
     suffix = "" if config == "cpu-2d" else f"-{config}"
+    if opts.planned_decoder_steps:
+        suffix += f"-dec{opts.planned_decoder_steps}"
     path = CACHE / f"anomaly-{name}-{steps}{suffix}.pt"
     if path.exists():
         return load_model(path), 0.0
     CACHE.mkdir(exist_ok=True)
     t = time.perf_counter()
-    res = fit(vols, config, FitOptions(steps=steps, eval_every=max(10, steps // 4),
-                                         device="cpu", patience=0))
+    res = fit(vols, config, opts)
     save_model(res.model, path)
     return res.model, time.perf_counter() - t
 
@@ -246,7 +250,8 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",), config: str = "cpu-2d",
-        norm_methods: tuple = ("intensity",), feature_cases: tuple = ()) -> dict:
+        norm_methods: tuple = ("intensity",), feature_cases: tuple = (),
+        decoder_steps: int | None = None) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
     t_all = time.perf_counter()
@@ -257,8 +262,10 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
     if no_vae:  # the model-free methods only (intensity, median): no VAE fit
         models = {"mr": None, "ct": None}
     else:
-        models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps, config)
-        models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps, config)
+        models["mr"], fit_s["mr"] = fit_vae("mr-quick" if quick else "mr", mr, steps, config,
+                                            decoder_steps)
+        models["ct"], fit_s["ct"] = fit_vae("ct-quick" if quick else "ct", ct, steps, config,
+                                            decoder_steps)
     print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
     # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
     # "default": what users get (session 4: the denoiser on MR, intensity on CT).
@@ -433,6 +440,9 @@ def main() -> None:
     p.add_argument("--feature-cases", nargs="*", default=[],
                    help="cases that also run 'features' in both modes ('all'; default: "
                         "phantom and brain1-syn-tissue)")
+    p.add_argument("--decoder-steps", type=int, default=None,
+                   help="the VAE fits' decoder phase (default: as many as --steps; 0: none, "
+                        "as the VAEs cached before session 16)")
     p.add_argument("--slice-norm", action="store_true",
                    help="density scores centred and scaled per slice (session 12 probe)")
     a = p.parse_args()
@@ -441,7 +451,8 @@ def main() -> None:
 
         anomaly.SLICE_NORMALISE_DENSITY = True
     run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
-        tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases))
+        tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases),
+        a.decoder_steps)
 
 
 if __name__ == "__main__":
