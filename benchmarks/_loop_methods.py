@@ -248,6 +248,7 @@ class VAEDefault:
             ("far_growth", ("fewshot", "FAR_GROWTH")),
             ("swap_moved", ("fewshot", "SWAP_MOVED")),
             ("refine_margin", ("forest", "REFINE_BY_MARGIN")),
+            ("forest", ("forest", "FOREST")),
             ("boundary_grow_only", ("boundary", "GROW_ONLY")),
             ("boundary_band", ("boundary", "BAND"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the

@@ -213,6 +213,9 @@ ENGINE = {
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},
+    # Session 16: fewer trees in the round's forest (breast1's trees are stumps; each costs
+    # scikit-learn's per-tree overhead).
+    "vae-trees25": {"forest": {"n_estimators": 25, "max_depth": 10, "max_samples": 0.05}},
     "vae-boundary-grow-sf": {"boundary_refine": True, "boundary_grow_only": True,
                              "momentum_where": "shrink-far"},
     # momentum also on the object's growth far from its strokes (the growth drops)
