@@ -111,15 +111,17 @@ class ModelSection(Section):
         self.steps.setValue(FitOptions.steps)
         self.steps.setSingleStep(50)
         self.steps.setToolTip("Training steps; the fit may end earlier when the validation "
-                              "loss stops improving. Twice the default sharpens the "
-                              "reconstruction (a brain MRI with cpu-2d-fine: 28.7 dB PSNR "
-                              "against 27.3 dB) in twice the time.")
+                              "loss stops improving. As many decoder-only steps follow: "
+                              "sharper reconstructions (a brain MRI with cpu-2d-fine: 28.3 dB "
+                              "PSNR against 27.3 dB), while segmentation can already use the "
+                              "fitted encoder.")
         self.minutes = QSpinBox()
         self.minutes.setRange(0, 24 * 60)
         self.minutes.setSpecialValueText("none")
         self.minutes.setSuffix(" min")
         self.minutes.setToolTip("Optional time limit; the fit ends at the steps or the time "
-                                "limit, whichever comes first.")
+                                "limit, whichever comes first (60 % of it for the fit, the "
+                                "rest for the decoder).")
         self.fit_btn = self.job_button("Fit", "Fit a new model on the ticked scans (no labels "
                                        "needed). Progress and Stop are at the bottom.", self.fit)
         self.load_btn = self.job_button("Load model\u2026", "Open a model file (.pt).",
