@@ -96,8 +96,8 @@ def main() -> None:
                          scaler=torch.amp.GradScaler("cuda", enabled=False),
                          clock=time.perf_counter)
     t0 = time.perf_counter()
-    gen = polish_iter(phase, opts, first_step=0, total=a.steps, best_val=validate(),
-                      deadline_s=None, t_start=t0)
+    gen = polish_iter(phase, opts, steps=a.steps, first_step=0, total=a.steps,
+                      best_val=validate(), deadline_s=None, t_start=t0)
     while True:
         try:
             next(gen)

@@ -290,9 +290,11 @@ def test_the_default_fits_large_slices_on_larger_crops():
         ModelConfig(name="x", spatial_dims=3, patch_size=(32, 32, 32),
                     large_slice_patch=(64, 64))
     rng = np.random.default_rng(0)
-    for side, crop in ((96, (64, 64)), (264, (96, 96))):
+    for side, crop, decoder in ((96, (64, 64), 3), (264, (96, 96), 1)):
         vol = rng.normal(100, 20, (3, side, side)).astype(np.float32)
-        res = fit(vol, "cpu-2d-fine", FitOptions(steps=1, device="cpu", eval_every=1))
+        res = fit(vol, "cpu-2d-fine", FitOptions(steps=3, device="cpu", eval_every=1))
         # The model records the crop it was fitted on; a round trip keeps the preset's rule.
         assert res.model.config.patch_size == crop
+        # The decoder phase takes the same seconds on larger crops: 3 * (64 / 96)^2 steps.
+        assert res.decoder_steps == decoder
         assert ModelConfig.from_dict(res.model.config.to_dict()) == res.model.config

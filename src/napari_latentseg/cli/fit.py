@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     f.add_argument("--decoder-steps", type=int, default=None, metavar="N",
                    help="steps of the decoder-only phase after the fit: sharper "
                         "reconstructions, the same segmentation features (default: as many as "
-                        "--steps, or 40 %% of --minutes; 0: none)")
+                        "--steps, fewer on the larger crops of large slices, or 40 %% of "
+                        "--minutes; 0: none)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--lr", type=float, default=FitOptions.lr,
                    help=f"peak learning rate (default {FitOptions.lr:g})")

@@ -61,6 +61,7 @@ def polish_iter(
     phase: DecoderPhase,
     opts: FitOptions,
     *,
+    steps: int,
     first_step: int,
     total: int,
     best_val: float,
@@ -68,7 +69,7 @@ def polish_iter(
     t_start: float,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, tuple[int, str, float]]:
-    """Train the decoder alone; yields a metrics dict per step.
+    """Train the decoder alone for ``steps`` steps; yields a metrics dict per step.
 
     The steps continue the main fit's numbering (``first_step + 1`` ...), with ``phase``
     ``"decoder"``. The learning rate warms up over 20 steps to ``opts.lr`` and follows a cosine
@@ -85,7 +86,7 @@ def polish_iter(
     """
     import torch
 
-    net, steps = phase.net, opts.planned_decoder_steps
+    net = phase.net
     # decode() without the latent sampling: distributed training syncs these parameters only.
     module = torch.nn.Sequential(net.post_quant_conv, net.decoder)
     frozen = [p for p in net.parameters() if p.requires_grad]

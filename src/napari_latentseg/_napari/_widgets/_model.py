@@ -272,6 +272,8 @@ class ModelSection(Section):
                             stop_event=stop)
 
         def on_yield(ev: dict) -> None:
+            if ev.get("total"):  # the fit's own count: its decoder phase depends on the crops
+                self.plot.total = int(ev["total"])
             if ev.get("model") is not None:
                 self._encoder_ready(ev["model"])
             elif ev.get("stage") == "fit":
