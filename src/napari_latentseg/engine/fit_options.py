@@ -20,7 +20,7 @@ DECODER_SHARE = 1.0
 DECODER_TIME_SHARE = 0.4
 
 __all__ = ["DECODER_SHARE", "FitOptions", "LR_SCHEDULES", "RECON_LOSSES", "lr_factor",
-           "reconstruction_loss"]
+           "reconstruction_loss", "loop_end"]
 
 
 @dataclass
@@ -135,6 +135,15 @@ def lr_factor(step: int, warmup: int, opts: FitOptions, elapsed_s: float) -> flo
             done = max(done, elapsed_s / (60 * opts.main_minutes))
         f *= 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return f
+
+
+def loop_end(out_of_time: bool, bad_evals: int, patience: int) -> str | None:
+    """Why a training loop ends after this step (``time``, ``early-stopping``), or None."""
+    if out_of_time:
+        return "time"
+    if patience and bad_evals >= patience:
+        return "early-stopping"
+    return None
 
 
 def reconstruction_loss(diff, kind: str):

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 
-from .fit_options import FitOptions, reconstruction_loss
+from .fit_options import FitOptions, loop_end, reconstruction_loss
 
 __all__ = ["DecoderPhase", "polish_iter"]
 
@@ -156,11 +156,9 @@ def polish_iter(
                     bad_evals += 1
                 metrics["best_val"] = best_val
             yield metrics
-            if out_of_time:
-                reason = "time"
-                break
-            if opts.patience and bad_evals >= opts.patience:
-                reason = "early-stopping"
+            end = loop_end(out_of_time, bad_evals, opts.patience)
+            if end:
+                reason = end
                 break
         if not fresh:  # stopped between validations: keep the last weights if they are better
             val = phase.validate()

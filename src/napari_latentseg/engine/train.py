@@ -28,7 +28,7 @@ from ..runtime.device import (
     resolve_device,
 )
 from ..runtime.progress import drive
-from .fit_options import FitOptions, lr_factor, reconstruction_loss
+from .fit_options import FitOptions, loop_end, lr_factor, reconstruction_loss
 from .polish import DecoderPhase, polish_iter
 from .sampling import CropSampler, PreparedVolume, prepare_volume
 from .stream import StreamingCropSampler, VolumeSource
@@ -371,11 +371,9 @@ def fit_iter(
             metrics["best_val"] = best_val
         history.append(metrics)
         yield metrics
-        if out_of_time:
-            reason = "time"
-            break
-        if opts.patience and bad_evals >= opts.patience:
-            reason = "early-stopping"
+        end = loop_end(out_of_time, bad_evals, opts.patience)
+        if end:
+            reason = end
             break
 
     if best_state is None or (step > 0 and history and "val" not in history[-1]):
