@@ -476,6 +476,8 @@ def main() -> None:
                    help="the VAEs fitted with this many steps (cached per case)")
     p.add_argument("--fit-seed", type=int, default=None,
                    help="the VAEs fitted with this seed (cached per case; default 0)")
+    p.add_argument("--fit-kl-weight", type=float, default=None,
+                   help="the VAEs fitted with this KL weight (cached per case; default 1e-6)")
     args = p.parse_args()
     from napari_latentseg.runtime.device import configure_threads
 
@@ -496,6 +498,8 @@ def main() -> None:
 
         config = variants().get(config, config)
     fit_kw = {} if args.fit_seed is None else {"seed": args.fit_seed}
+    if args.fit_kl_weight is not None:
+        fit_kw["kl_weight"] = args.fit_kl_weight
     t_all = time.perf_counter()
     for case in args.cases:
         base = case.split("-")[0]
