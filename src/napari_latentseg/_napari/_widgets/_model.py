@@ -308,15 +308,18 @@ class ModelSection(Section):
         if interim is not None and interim in session.models:
             # The encoder was handed over already: the finished model takes its place (beside
             # it, if the user saved the encoder's model meanwhile).
-            origin = "decoder phase stopped" if result.reason == "stopped" else "fitted"
+            stopped = result.reason == "stopped"
+            origin = "decoder phase stopped" if stopped else "fitted"
             if interim.path:
                 session.add_model(result.model, origin,
                                   activate=session.active_entry is interim)
             else:
                 session.replace_model(interim, result.model, origin)
-            show_info(f"Fit finished: {result.steps} steps, then {result.decoder_steps} of "
-                      f"the decoder, in {result.seconds:.0f} s. Save it with Save "
-                      "model\u2026 to reuse it on other scans.")
+            ended = "stopped in the decoder phase" if stopped else "finished"
+            show_info(f"Fit {ended}: {result.steps} steps, then {result.decoder_steps} of "
+                      f"the decoder, in {result.seconds:.0f} s; the model takes the place of "
+                      "the encoder's. Save it with Save model\u2026 to reuse it on "
+                      "other scans.")
             return
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
