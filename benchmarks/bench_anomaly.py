@@ -18,9 +18,10 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   and FP / Dice at the rates in ``SWEEP``; and (full runs) the default's false positives on
   the whole lung1 and lung2 CTs, with the bone and metal rules and without (``ct_whole_scan_fp``);
 
-Methods: the engine's ``default`` (what users get: the denoiser ``dae`` on MR, ``intensity``
-on CT; shown as ``default (dae)``), ``intensity``, ``error`` (today's reconstruction error) and
-``median`` (|x - median 5x5|) in self mode, ``intensity`` in normative mode, and ``features``
+Methods: the engine's ``default`` (what users get: the denoiser ``dae`` on MR, ``contrast``
+on CT; shown as ``default (dae)``), ``intensity``, ``contrast``, ``error`` (today's
+reconstruction error) and ``median`` (|x - median 5x5|) in self mode, ``intensity`` and
+``contrast`` in normative mode, and ``features``
 (VAE encoder-feature density) in both modes on two cases (``knn`` and ``ssim`` were measured
 in exploratory runs only, see docs/anomaly_benchmarks.md). Normative statistics come from
 the other scan of the pair (brain1 <-> brain2, lung1 <-> lung2, phantom seed 0 <- seeds
@@ -250,7 +251,7 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",), config: str = "cpu-2d",
-        norm_methods: tuple = ("intensity",), feature_cases: tuple = (),
+        norm_methods: tuple = ("intensity", "contrast"), feature_cases: tuple = (),
         decoder_steps: int | None = None) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
@@ -269,7 +270,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
     print(f"VAE fits: {fit_s} s ({steps} steps; 0 = cached)", flush=True)
     # The VAE-feature density costs 2-3 min a case here (under load): on two cases only.
     # "default": what users get (session 4: the denoiser on MR, intensity on CT).
-    self_methods = ["intensity", "median"] + ([] if no_vae else ["error"]) + list(extra_self)
+    self_methods = ["intensity", "contrast", "median"] + ([] if no_vae else ["error"]) \
+        + list(extra_self)
     norm_methods = list(norm_methods)
     feature_cases = set(feature_cases) or {"phantom", "brain1-syn-tissue"}
     norm_cache: dict = {}
@@ -435,7 +437,7 @@ def main() -> None:
     p.add_argument("--config", default="cpu-2d",
                    help="VAE preset (cpu-2d: the stored figures; the product's default is "
                         "cpu-2d-fine)")
-    p.add_argument("--norm-methods", nargs="*", default=["intensity"],
+    p.add_argument("--norm-methods", nargs="*", default=["intensity", "contrast"],
                    help="normative-mode methods")
     p.add_argument("--feature-cases", nargs="*", default=[],
                    help="cases that also run 'features' in both modes ('all'; default: "

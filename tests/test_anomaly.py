@@ -196,9 +196,10 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
 
 
 def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
-    """``"default"`` in self mode: the denoiser on MR (header or intensities), the intensity
-    density on CT and on slices too small for the denoiser's crops; normative statistics
-    fitted with ``"default"`` use the intensity density (the denoiser has no normative mode)."""
+    """``"default"`` in self mode: the denoiser on MR (header or intensities), the contrast
+    density on CT, the intensity density on slices too small for the denoiser's crops;
+    normative statistics fitted with ``"default"`` use the intensity density on MR (the
+    denoiser has no normative mode) and the contrast density on CT."""
     from napari_latentseg.engine.anomaly import anomaly_map, default_method, fit_normative
 
     img = small_phantom.image.astype(np.float32)  # 40 x 40 slices, MR-like values
@@ -206,11 +207,15 @@ def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
     ct[:, 8:32, 8:32] = 40.0
     assert default_method(img) == "dae" and default_method(img, "MR") == "dae"
     assert default_method(img[0]) == "dae"  # a 2D slice
-    assert default_method(ct) == "intensity" and default_method(img, "CT") == "intensity"
+    assert default_method(ct) == "contrast" and default_method(img, "CT") == "contrast"
+    assert default_method(ct[0]) == "contrast"  # a 2D slice
+    assert default_method(ct, self_mode=False) == "contrast"
+    assert default_method(img, self_mode=False) == "intensity"
     assert default_method(img[:, :20, :20], "MR") == "intensity"  # under 32 x 32
     res = anomaly_map(None, img, modality="MR", spacing=small_phantom.spacing)
     assert (res.method, res.mode) == ("dae", "self")
     assert fit_normative(None, [img], modalities=["MR"])["method"] == "intensity"
+    assert fit_normative(None, [ct], modalities=["CT"])["method"] == "contrast"
 
 
 def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
@@ -255,3 +260,33 @@ def test_ct_bone_is_not_scored_but_a_dense_nodule_is():
     metal = bone_mask(ct, spacing)
     assert metal[6, 57:62, 30].all() and metal[4:9, 59, 30].all()
     assert not metal[5:7, 40:43, 30:33].any()
+
+
+def test_ct_default_finds_a_nodule_by_its_contrast():
+    """The CT default (``contrast``) scores a soft-tissue nodule in lung above the lung and
+    the chest wall, and its features are in mm: the same scan at half the in-plane voxel
+    size gives the same nodule/lung contrast feature at the nodule's centre."""
+    from napari_latentseg.engine.anomaly import anomaly_map
+    from napari_latentseg.engine.anomaly_features import contrast_features
+
+    rng = np.random.default_rng(1)
+    ct = np.full((10, 64, 64), -1000.0, np.float32)
+    ct[:, 4:60, 4:60] = rng.normal(40.0, 20.0, (10, 56, 56))  # chest wall
+    ct[:, 12:52, 12:52] = rng.normal(-850.0, 30.0, (10, 40, 40))  # lung
+    zz, yy, xx = np.indices(ct.shape)
+    nodule = ((zz - 5) * 2.0) ** 2 + ((yy - 32) * 1.5) ** 2 + ((xx - 26) * 1.5) ** 2 <= 5.0 ** 2
+    ct[nodule] = rng.normal(40.0, 20.0, int(nodule.sum()))
+    spacing = (2.0, 1.5, 1.5)
+    res = anomaly_map(None, ct, modality="CT", spacing=spacing, error_map=False)
+    assert res.method == "contrast" and res.mode == "self"
+    lung = np.zeros(ct.shape, bool)
+    lung[:, 14:50, 14:50] = True
+    lung &= ~nodule
+    assert np.median(res.score[nodule]) > np.percentile(res.score[lung], 99)
+    assert res.labels[5, 32, 26] > 0  # a candidate at the default threshold
+    feats = contrast_features(ct[:, :, :], spacing)
+    assert len(feats) == 7
+    fine = np.repeat(np.repeat(ct, 2, axis=1), 2, axis=2)
+    feats_fine = contrast_features(fine, (2.0, 0.75, 0.75))
+    for a, b in zip(feats[4:], feats_fine[4:], strict=True):  # the contrasts
+        assert abs(a[5, 32, 26] - b[5, 64, 52]) < 0.1 * abs(a[5, 32, 26]) + 5.0

@@ -23,8 +23,9 @@ def add_parser(sub) -> None:
     r.add_argument("--anomaly-method", default="default",
                    help="scoring method (default: the benchmark's best for the scan: dae, a "
                         "denoising autoencoder fitted on the scan, on MR (~1-2 min on a CPU), "
-                        "intensity on CT and with a model's normative statistics; others: "
-                        "features, knn, intensity, error, ssim, median, dae)")
+                        "contrast on CT, the model's normative statistics' method with "
+                        "them; others: features, knn, intensity, contrast, error, ssim, "
+                        "median, dae)")
     r.add_argument("--fpr", type=float, default=1e-3,
                    help="false-positive rate of the candidate threshold on normal tissue "
                         "(default 0.001)")

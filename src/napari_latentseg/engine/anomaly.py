@@ -14,10 +14,12 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     multi-scale intensity features; score = negative log-likelihood.
 ``knn``
     Mean distance to the 10 nearest reference samples in the same feature space.
-``intensity`` (default on CT and in normative mode)
+``intensity`` (default in normative mode on MR)
     The same density on the five intensity features only (intensity smoothed at 1, 2, 4
-    voxels and its gradient magnitude; no VAE). It beat the VAE-feature density in the
-    benchmark with short (150-step) VAE fits.
+    voxels and its gradient magnitude; no VAE).
+``contrast`` (default on CT, both modes)
+    The same density on intensity, its Gaussian means at 2, 4, 8 mm and their
+    centre-surround contrasts (no VAE): a nodule is a rare contrast with its surround.
 ``error``
     Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
 ``ssim``
@@ -26,7 +28,7 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
 ``dae`` (default on MR in self mode, see :func:`default_method`)
     A denoising autoencoder fitted on the scan itself, self mode only (:mod:`.anomaly_dae`):
-    the best measured on MR, ~80 s on one CPU thread; on CT ``intensity`` is better.
+    the best measured on MR, ~80 s on one CPU thread; on CT ``contrast`` is better.
 
 Every raw map is smoothed (1 voxel, in-plane for 2D models) and calibrated: the returned
 ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring higher (0.1 -> 1,
@@ -46,6 +48,7 @@ import numpy as np
 
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
+from .anomaly_calibration import _calibrated, _threshold, calibrate, components
 from .anomaly_dae import dae_raw_iter, dae_suits
 from .anomaly_masks import bone_mask, depth_map, head_mask
 from .normalize import guess_modality
@@ -54,11 +57,11 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomal
            "fit_normative_iter", "fit_normative", "head_mask", "depth_map", "calibrate",
            "components", "default_method", "bone_mask"]
 
-METHODS = ("features", "knn", "intensity", "error", "ssim", "median", "dae")
-DEFAULT_METHOD = "intensity"  # normative mode and CT (docs/anomaly_benchmarks.md); MR: "dae"
+METHODS = ("features", "knn", "intensity", "contrast", "error", "ssim", "median", "dae")
+DEFAULT_METHOD = "intensity"  # normative MR (docs/anomaly_benchmarks.md); MR self: "dae"
+CT_METHOD = "contrast"  # CT, both modes (session 17: 2-3.5x intensity's best Dice on nodules)
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
-_TAIL_P = 0.10  # tail of calibrations saved before the empirical tables (see _calibrated)
-_MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
+_DENSITY = ("features", "knn", "intensity", "contrast")
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
 # CT: bone and metal (anomaly_masks.bone_mask) get score 0 after calibration (session 12:
 # the density flagged them; docs/anomaly_benchmarks.md, "Bone (and metal) on CT").
@@ -67,8 +70,6 @@ CT_SKIP_BONE = True
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
-# Quantile levels: percentiles to the 90th, then tenths of a decade down to 1e-8 survival.
-_QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -8, 71)[1:]])
 
 
 @dataclass
@@ -152,11 +153,14 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
-    from .anomaly_features import feature_maps_iter
+    from .anomaly_features import contrast_features, feature_maps_iter
 
-    use_model = model if method != "intensity" else None
-    feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
-                                         stop_event=stop_event)
+    if method == "contrast":
+        feats = np.stack(contrast_features(xnorm, spacing))
+    else:
+        use_model = model if method != "intensity" else None
+        feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
+                                             stop_event=stop_event)
     rows = feats[:, mask].T
     if stats.get("depth"):
         # Saturating smoothly at a few cm (deeper, the interior is alike; no point mass).
@@ -172,7 +176,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
     from .anomaly_features import gmm_nll, knn_distance
 
     raw = np.zeros(xnorm.shape, dtype=np.float32)
-    if method in ("features", "knn", "intensity"):
+    if method in _DENSITY:
         if rows is None:
             rows = yield from _feature_rows(model, xnorm, mask, stats, method, stop_event,
                                             spacing)
@@ -195,126 +199,12 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     sd = model.config.spatial_dims if model is not None else 2
     raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)))
-    if SLICE_NORMALISE_DENSITY and method in ("features", "knn", "intensity") and raw.ndim == 3:
+    if SLICE_NORMALISE_DENSITY and method in _DENSITY and raw.ndim == 3:
         from .anomaly_dae import slice_normalise
 
         raw = slice_normalise(raw, mask)
     raw[~mask] = np.nan
     return raw
-
-
-def calibrate(fit_scores: np.ndarray) -> dict:
-    """Calibration of raw scores from normal (or mostly normal) voxels: empirical quantiles.
-
-    The quantiles go up to ``1 - 10 / n`` (ten fit voxels beyond the last one, so it is
-    supported by the sample), in tenths of a decade from the 90th percentile; beyond that an
-    exponential tail ``P(S > s) = tail_p * exp(-(s - tail_start) / tail_scale)`` with the
-    heavier of the last two decades' slopes (extrapolating conservatively: more voxels
-    flagged, not fewer). Returns a plain dict for :func:`_calibrated`.
-    """
-    v = np.asarray(fit_scores, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("calibration needs at least one finite score")
-    surv = 1.0 - _QS
-    p = _QS[(surv >= min(_TAIL_P, _MIN_BEYOND / v.size) - 1e-12) | (_QS == 0.0)]
-    q = np.maximum.accumulate(np.quantile(v, p))
-    # Tail slope from the top two supported decades (their heavier one), in raw units per e.
-    k = -np.log10(np.maximum(1.0 - p, 1e-300))
-    scales = []
-    for lo in (k[-1] - 1.0, k[-1] - 2.0):
-        i = int(np.argmin(np.abs(k - lo)))
-        j = int(np.argmin(np.abs(k - (lo + 1.0))))
-        if k[i] >= 1.0 - 1e-9 and k[j] > k[i]:
-            scales.append(float(q[j] - q[i]) / ((k[j] - k[i]) * np.log(10.0)))
-    if not scales:  # too few voxels for a decade beyond the 90th percentile: from the median
-        i = int(np.argmin(np.abs(p - 0.5)))
-        scales.append(float(q[-1] - q[i]) / max(np.log((1.0 - p[i]) / (1.0 - p[-1])), 1e-9))
-    scale = max(max(scales), 1e-9)
-    return {"p": p.tolist(), "q": q.tolist(), "tail_start": float(q[-1]),
-            "tail_p": float(1.0 - p[-1]), "tail_scale": scale, "n": int(v.size)}
-
-
-def _calibrated(raw: np.ndarray, cal: dict) -> np.ndarray:
-    """Raw score -> ``-log10`` survival: empirical in the table, exponential beyond it.
-
-    Tied quantiles (a flat table) take their lowest survival rank, so a voxel scores no higher
-    than the fraction of fit voxels at or above it. Calibrations saved before the empirical
-    tables (no ``tail_p``) keep their 90th-percentile tail.
-    """
-    p, q = np.asarray(cal["p"]), np.asarray(cal["q"])
-    tail_p = float(cal.get("tail_p", _TAIL_P))
-    keep = p <= 1 - tail_p + 1e-12
-    p, q = p[keep], q[keep]
-    # For runs of equal quantiles keep the first (lowest p): conservative and strictly rising.
-    first = np.concatenate([[True], np.diff(q) > 0])
-    p, q = p[first], q[first]
-    logsurv = np.log10(np.maximum(1.0 - p, 1e-300))
-    r = np.asarray(raw, dtype=np.float64)
-    body = np.interp(r, q, logsurv) if q.size > 1 else np.zeros_like(r)
-    tail = np.log10(tail_p) - (r - cal["tail_start"]) / (cal["tail_scale"] * np.log(10.0))
-    out = -np.where(r > cal["tail_start"], np.minimum(tail, np.log10(tail_p)),
-                    np.maximum(body, np.log10(tail_p)))
-    out = np.minimum(out, 30.0)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
-
-
-def _threshold(cal: dict, fpr: float, mode: str) -> float:
-    """Score whose survival on the fit data is ``fpr``: ``-log10(fpr)`` in both modes.
-
-    Older calibrations (no ``tail_p``) keep their rule: the fit data's quantile in normative
-    mode, the tail model's score in self mode.
-    """
-    if not 0 < fpr < 1:
-        raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
-    if mode == "normative" and "tail_p" not in cal:
-        raw_t = float(np.interp(1 - fpr, cal["p"], cal["q"]))
-        return float(_calibrated(np.array([raw_t]), cal)[0])
-    return float(-np.log10(fpr))
-
-
-def components(labels_in: np.ndarray, score: np.ndarray, spacing: Sequence[float] | None = None,
-               min_volume_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
-    """Connected components of a boolean map, with volume (mL), peak score and centroid.
-
-    Parameters
-    ----------
-    labels_in : np.ndarray
-        Boolean candidate map.
-    score : np.ndarray
-        Score map (for each component's peak).
-    spacing : sequence of float, optional
-        Voxel size in mm per array axis (1 mm when missing).
-    min_volume_ml : float
-        Components smaller than this are dropped.
-    """
-    from scipy import ndimage
-
-    nd = labels_in.ndim
-    sp = np.ones(nd) if spacing is None else np.asarray(spacing, float)[-nd:]
-    voxel_ml = float(np.prod(sp)) / 1000.0
-    lab, n = ndimage.label(labels_in)
-    out = np.zeros(labels_in.shape, dtype=np.uint16)
-    cands: list[dict] = []
-    if n == 0:
-        return out, cands
-    idx = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(np.ones_like(lab, dtype=np.int64), lab, idx)
-    peaks = ndimage.maximum(score, lab, idx)
-    cents = ndimage.center_of_mass(labels_in, lab, idx)
-    order = np.argsort(-np.asarray(peaks))
-    for i in order:
-        if sizes[i] * voxel_ml < min_volume_ml:
-            continue
-        cands.append({"id": len(cands) + 1, "voxels": int(sizes[i]),
-                      "volume_ml": float(sizes[i] * voxel_ml), "peak_score": float(peaks[i]),
-                      "centroid": [float(c) for c in cents[i]], "_label": int(idx[i])})
-        if len(cands) >= 65535:
-            break
-    remap = np.zeros(n + 1, dtype=np.uint16)
-    for c in cands:
-        remap[c.pop("_label")] = c["id"]
-    return remap[lab], cands
 
 
 def _fit_density(rows: list[np.ndarray], method: str, seed: int) -> dict:
@@ -348,7 +238,7 @@ def fit_normative_iter(
         raise ValueError("fit_normative needs at least one volume")
     mods = list(modalities) if modalities is not None else [None] * len(volumes)
     if method == "default":  # _keep: self mode (anomaly_iter), where the denoiser may serve
-        method = default_method(volumes[0], mods[0]) if _keep is not None else DEFAULT_METHOD
+        method = default_method(volumes[0], mods[0], self_mode=_keep is not None)
     if method not in METHODS:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     if method in _NEEDS_MODEL and model is None:
@@ -361,8 +251,8 @@ def fit_normative_iter(
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes),
                    "depth": USE_DEPTH, "seed": int(seed)}
     rows = []
-    if method in ("features", "knn", "intensity"):
-        if method != "intensity" and model is not None:
+    if method in _DENSITY:
+        if method in ("features", "knn") and model is not None:
             yield {"stage": "feature space", "done": 0, "total": 1}
             stats["space"] = dict(fit_feature_space(model, prepared, seed=seed,
                                                     stop_event=stop_event))
@@ -383,10 +273,14 @@ def fit_normative_iter(
     return stats
 
 
-def default_method(volume: np.ndarray, modality: str | None = None) -> str:
-    """What ``"default"`` means in self mode: ``dae`` where :func:`.anomaly_dae.dae_suits`
-    (MR), else :data:`DEFAULT_METHOD`."""
-    return "dae" if dae_suits(volume, modality) else DEFAULT_METHOD
+def default_method(volume: np.ndarray, modality: str | None = None, *,
+                   self_mode: bool = True) -> str:
+    """What ``"default"`` means: :data:`CT_METHOD` on CT; on MR ``dae`` in self mode where
+    :func:`.anomaly_dae.dae_suits`, else :data:`DEFAULT_METHOD`."""
+    v = np.asarray(volume)
+    if v.ndim in (2, 3) and guess_modality(v if v.ndim == 3 else v[None], modality) == "CT":
+        return CT_METHOD
+    return "dae" if self_mode and dae_suits(volume, modality) else DEFAULT_METHOD
 
 
 def fit_normative(model: VAEModel | None, volumes: Sequence[np.ndarray], *,
@@ -421,7 +315,7 @@ def anomaly_iter(
         ``"CT"``/``"MR"`` from the header.
     method : str
         One of :data:`METHODS`, or ``"default"`` (the normative statistics' method when a
-        reference is used, else :func:`default_method`: ``dae`` on MR, ``intensity`` on CT).
+        reference is used, else :func:`default_method`: ``dae`` on MR, ``contrast`` on CT).
     reference : dict or "model", optional
         Normative statistics from :func:`fit_normative`; ``"model"`` uses
         ``model.anomaly["normative"]``. None fits on the scan itself (self mode).

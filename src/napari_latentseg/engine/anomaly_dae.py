@@ -138,7 +138,7 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
 def dae_suits(volume: np.ndarray, modality: str | None = None) -> bool:
     """Whether the denoiser is the default score of a scan against itself: MR (header, else
     intensities) with slices of at least 32 x 32 voxels. It was the best method on every MR
-    case measured (docs/anomaly_benchmarks.md); on CT the intensity density wins."""
+    case measured (docs/anomaly_benchmarks.md); on CT the contrast density wins."""
     from .normalize import guess_modality
 
     v = np.asarray(volume)

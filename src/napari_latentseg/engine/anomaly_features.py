@@ -20,8 +20,8 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop
 
-__all__ = ["FeatureSpace", "fit_feature_space", "feature_maps_iter", "fit_gmm", "gmm_nll",
-           "fit_knn", "knn_distance"]
+__all__ = ["FeatureSpace", "fit_feature_space", "feature_maps_iter", "contrast_features",
+           "fit_gmm", "gmm_nll", "fit_knn", "knn_distance"]
 
 _SLICE_VOXELS = 1 << 19  # voxels per encoder batch (~8 slices of 256^2)
 
@@ -126,6 +126,32 @@ def _intensity_features(xnorm: np.ndarray, spatial_dims: int) -> list[np.ndarray
     axes = (1, 2) if spatial_dims == 2 else (0, 1, 2)
     g = np.sqrt(sum(np.gradient(out[0], axis=a) ** 2 for a in axes))
     return [xnorm] + out + [g.astype(np.float32)]
+
+
+CONTRAST_SCALES_MM = (2.0, 4.0, 8.0)  # centre sizes: small nodules to lesions of ~2 cm
+CONTRAST_Z_MAX = 1.0  # through-plane sigma cap (slices)
+CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 level)
+
+
+def contrast_features(xnorm: np.ndarray, spacing=None) -> list[np.ndarray]:
+    """Intensity, and at each of :data:`CONTRAST_SCALES_MM` its Gaussian mean and its
+    centre-surround contrast (difference of Gaussians, surround twice as wide): seven features.
+
+    Scales are in mm, so a normative density applies to a scan of another voxel size. Through
+    thick slices the centre spans at most one slice: a small lesion shows on one or two.
+    """
+    from scipy import ndimage
+
+    sp = np.ones(xnorm.ndim) if spacing is None else np.asarray(spacing, float)[-xnorm.ndim:]
+    means, contrasts = [], []
+    for s in CONTRAST_SCALES_MM:
+        sig = s / sp
+        if xnorm.ndim == 3:
+            sig[0] = min(sig[0], CONTRAST_Z_MAX)
+        a = ndimage.gaussian_filter(xnorm, sig)
+        means.append(a)
+        contrasts.append(a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND))
+    return [xnorm] + means + contrasts
 
 
 def feature_maps_iter(model: VAEModel | None, xnorm: np.ndarray, space: dict | None,
