@@ -16,7 +16,8 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   or implanted) of ``brain1-tumour``, ``brain2-tumour`` and ``lung1-nodule-solid``, % of head;
   also, on every case, the flagged share of the whole head (what the calibration controls),
   and FP / Dice at the rates in ``SWEEP``; and (full runs) the default's false positives on
-  the whole lung1 and lung2 CTs, with the bone and metal rules and without (``ct_whole_scan_fp``);
+  the whole lung1 and lung2 CTs, with the bone, metal and air rules and without
+  (``ct_whole_scan_fp``);
 
 Methods: the engine's ``default`` (what users get: the denoiser ``dae`` on MR, ``contrast``
 on CT; shown as ``default (dae)``), ``intensity``, ``contrast``, ``error`` (today's
@@ -367,13 +368,13 @@ def psnr_and_timing(model, quick: bool) -> dict:
 
 def ct_whole_scan_fp() -> list[dict]:
     """The default's false positives on each whole lung CT (every slice, in-plane / 4), in the
-    body's slices at least 3 slices from the real tumour: the bone and metal rules were found
+    body's slices at least 3 slices from the real tumour: the bone, metal and air rules were found
     on lung1, this checks them on lung2 too (with them and without)."""
     from scipy import ndimage
 
     import napari_latentseg.engine.anomaly as anomaly
 
-    rows, saved = [], anomaly.CT_SKIP_BONE
+    rows, saved = [], (anomaly.CT_SKIP_BONE, anomaly.CT_SKIP_AIR)
     try:
         for name in ("lung1", "lung2"):
             v, lab, sp = load(name, 4)
@@ -381,7 +382,7 @@ def ct_whole_scan_fp() -> list[dict]:
             far = ~ndimage.binary_dilation(lab.any((1, 2)), iterations=3)
             fmask = body & far[:, None, None]
             for skip in (True, False):
-                anomaly.CT_SKIP_BONE = skip
+                anomaly.CT_SKIP_BONE = anomaly.CT_SKIP_AIR = skip
                 res = anomaly.anomaly_map(None, v, modality="CT", spacing=sp)
                 flagged = res.labels > 0
                 rows.append({"scan": name, "shape": list(v.shape), "bone_metal_rules": skip,
@@ -389,7 +390,7 @@ def ct_whole_scan_fp() -> list[dict]:
                              "tumour_flagged_pct": float(100 * flagged[lab].mean())})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        anomaly.CT_SKIP_BONE = saved
+        anomaly.CT_SKIP_BONE, anomaly.CT_SKIP_AIR = saved
     return rows
 
 
@@ -414,7 +415,7 @@ def markdown(r: dict) -> str:
               f"{_f(r.get('psnr_brain1_restored_db'), 1)} dB, clipped "
               f"{_f(r.get('psnr_brain1_clipped_db'), 1)} dB"]
     for row in r.get("ct_whole_scan_fp", []):
-        lines.append(f"Whole {row['scan']} {tuple(row['shape'])}, bone and metal rules "
+        lines.append(f"Whole {row['scan']} {tuple(row['shape'])}, bone, metal and air rules "
                      f"{'on' if row['bone_metal_rules'] else 'off'}: FP "
                      f"{row['fp_pct_body']:.3f} % of the body in tumour-free slices, tumour "
                      f"flagged {row['tumour_flagged_pct']:.1f} %")

@@ -264,8 +264,9 @@ def test_ct_bone_is_not_scored_but_a_dense_nodule_is():
 
 def test_ct_default_finds_a_nodule_by_its_contrast():
     """The CT default (``contrast``) scores a soft-tissue nodule in lung above the lung and
-    the chest wall, and its features are in mm: the same scan at half the in-plane voxel
-    size gives the same nodule/lung contrast feature at the nodule's centre."""
+    the chest wall; air inside the body (an airway in the wall) gets score 0; the features
+    are in mm: the same scan at half the in-plane voxel size gives the same nodule/lung
+    contrast feature at the nodule's centre."""
     from napari_latentseg.engine.anomaly import anomaly_map
     from napari_latentseg.engine.anomaly_features import contrast_features
 
@@ -276,9 +277,11 @@ def test_ct_default_finds_a_nodule_by_its_contrast():
     zz, yy, xx = np.indices(ct.shape)
     nodule = ((zz - 5) * 2.0) ** 2 + ((yy - 32) * 1.5) ** 2 + ((xx - 26) * 1.5) ** 2 <= 5.0 ** 2
     ct[nodule] = rng.normal(40.0, 20.0, int(nodule.sum()))
+    ct[:, 55:57, 28:34] = -1000.0  # an airway in the chest wall
     spacing = (2.0, 1.5, 1.5)
     res = anomaly_map(None, ct, modality="CT", spacing=spacing, error_map=False)
     assert res.method == "contrast" and res.mode == "self"
+    assert res.mask[:, 55:57, 28:34].all() and (res.score[:, 55:57, 28:34] == 0).all()
     lung = np.zeros(ct.shape, bool)
     lung[:, 14:50, 14:50] = True
     lung &= ~nodule

@@ -50,7 +50,7 @@ from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_calibration import _calibrated, _threshold, calibrate, components
 from .anomaly_dae import dae_raw_iter, dae_suits
-from .anomaly_masks import bone_mask, depth_map, head_mask
+from .anomaly_masks import air_mask, bone_mask, depth_map, head_mask
 from .normalize import guess_modality
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
@@ -66,6 +66,7 @@ USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
 # CT: bone and metal (anomaly_masks.bone_mask) get score 0 after calibration (session 12:
 # the density flagged them; docs/anomaly_benchmarks.md, "Bone (and metal) on CT").
 CT_SKIP_BONE = True
+CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, bowel gas)
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
@@ -365,6 +366,8 @@ def anomaly_iter(
         # The density flags dense bone as rare (lung1: the false positives' median 580 HU);
         # bone is not scored, the threshold stays the calibrated one.
         score[bone_mask(vol, spacing)] = 0.0
+        if CT_SKIP_AIR:
+            score[air_mask(vol)] = 0.0
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None

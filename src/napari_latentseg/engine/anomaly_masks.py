@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["head_mask", "bone_mask", "depth_map", "BONE_HU", "BONE_ML", "METAL_HU"]
+__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "BONE_HU", "BONE_ML", "METAL_HU",
+           "AIR_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
@@ -15,6 +16,8 @@ BONE_ML = 5.0
 # METAL_GROW voxels (its blur and streaks).
 METAL_HU = 2000.0
 METAL_GROW = 2
+# CT air inside the body (airways, bowel gas) is below this (HU); lung parenchyma is above.
+AIR_HU = -900.0
 
 
 def head_mask(volume: np.ndarray, modality: str | None = None) -> np.ndarray:
@@ -54,6 +57,13 @@ def bone_mask(volume: np.ndarray, spacing: Sequence[float] | None = None) -> np.
     if metal.any():
         out |= ndimage.binary_dilation(metal, iterations=METAL_GROW)
     return out
+
+
+def air_mask(volume: np.ndarray) -> np.ndarray:
+    """CT air (below :data:`AIR_HU`): the trachea and gas in the bowel are dark holes in soft
+    tissue, which a contrast score finds rare; lung nodules, ground glass included, are
+    denser than lung."""
+    return np.asarray(volume) < AIR_HU
 
 
 def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
