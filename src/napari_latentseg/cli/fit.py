@@ -12,6 +12,9 @@ from ..models.config import DEFAULT_CONFIG
 from ._common import CLIError, add_common, load_scan, run_core
 
 DEFAULT_STEPS = 450
+# Methods with a normative mode (the denoiser scores a scan against itself only; the error
+# map needs no statistics).
+_NORMATIVE_METHODS = ("default", "intensity", "contrast", "features", "knn")
 
 
 def add_parser(sub) -> None:
@@ -45,6 +48,13 @@ def add_parser(sub) -> None:
     f.add_argument("--max-volumes-in-memory", type=int, default=4, metavar="M",
                    help="with more scans than M, read them from disk during the fit, at most M "
                         "in memory at once (default 4)")
+    f.add_argument("--normative", action="store_true",
+                   help="also fit normative anomaly statistics on these scans (healthy ones: "
+                        "a reference cohort) and store them in the model; `reconstruct "
+                        "--anomaly-map` then scores a new scan against them")
+    f.add_argument("--normative-method", default="default", metavar="METHOD",
+                   help="score of the normative statistics (default: contrast on CT, "
+                        "intensity on MR; also features, knn, intensity, contrast)")
     f.add_argument("--distributed", action="store_true",
                    help="DistributedDataParallel over the processes torchrun starts (automatic "
                         "when torchrun starts more than one; see docs/cohorts.md)")
@@ -61,6 +71,8 @@ def finish_args(args: argparse.Namespace) -> None:
         raise CLIError("--steps must be at least 1")
     if args.decoder_steps is not None and args.decoder_steps < 0:
         raise CLIError("--decoder-steps must be at least 0")
+    if args.normative_method not in _NORMATIVE_METHODS:
+        raise CLIError(f"--normative-method must be one of {', '.join(_NORMATIVE_METHODS)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +140,8 @@ def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:
               f"checksum {state_checksum(result.model.net)}", file=sys.stderr, flush=True)
     if rank != 0:
         return 0
+    if args.normative:
+        _fit_normative(args, result.model, scans if not stream else None)
     path = save_model(result.model, out)
     extra = ""
     if stream:
@@ -140,3 +154,49 @@ def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:
           f"{result.steps} steps{decoder}, {result.seconds:.0f} s; best validation L1 "
           f"{result.best_val:.4f}{extra})")
     return 0
+
+
+class _ScansOnDisk:
+    """Scans read one at a time, the last one kept: ``data[i]``, ``spacing[i]``."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths, self._index, self._scan = paths, None, None
+        self.data, self.spacing = _View(self, "data"), _View(self, "spacing")
+
+    def scan(self, i: int):
+        if self._index != i:
+            self._scan, self._index = load_scan(self.paths[i]), i
+        return self._scan
+
+
+class _View:
+    def __init__(self, scans: _ScansOnDisk, attr: str) -> None:
+        self.scans, self.attr = scans, attr
+
+    def __len__(self) -> int:
+        return len(self.scans.paths)
+
+    def __getitem__(self, i: int):
+        return getattr(self.scans.scan(i), self.attr)
+
+
+def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
+    """Normative anomaly statistics of the fit's scans, stored in ``model.anomaly``."""
+    import time
+
+    from ..engine.anomaly import fit_normative_iter
+
+    t0 = time.perf_counter()
+    if scans is None:  # streamed: read again, one scan at a time
+        on_disk = _ScansOnDisk([str(p) for p in args.images])
+        data, spacing, modalities = on_disk.data, on_disk.spacing, None
+    else:
+        data = [s.data for s in scans]
+        spacing = [s.spacing for s in scans]
+        modalities = [s.modality for s in scans]
+    stats = run_core(lambda stop: fit_normative_iter(
+        model, data, modalities=modalities, method=args.normative_method, spacing=spacing,
+        seed=args.seed, stop_event=stop), args.quiet)
+    model.anomaly = {**(model.anomaly or {}), "normative": stats}
+    print(f"normative statistics: {stats['method']} of {stats['n_scans']} scan(s), "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)

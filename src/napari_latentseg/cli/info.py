@@ -27,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
           f"{m.config.latent_channels} ch at 1/{m.config.downsampling}")
     print(f"  normalisation {m.normalization.get('method')}, anomaly threshold "
           f"{m.anomaly.get('threshold')}")
+    norm = (m.anomaly or {}).get("normative")
+    if norm:
+        print(f"  normative anomaly statistics: {norm.get('method')} of "
+              f"{norm.get('n_scans')} scan(s)")
     print(f"  segmentation head: {'yes' if m.head else 'no'}")
     return 0

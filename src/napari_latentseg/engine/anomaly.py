@@ -208,13 +208,24 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
     return raw
 
 
-def _fit_density(rows: list[np.ndarray], method: str, seed: int) -> dict:
+def _density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) -> np.ndarray:
+    """One scan's share of the density's fit rows (30000 in all, drawn scan by scan)."""
+    per = max(1, 30000 // n_scans)
+    return rows[rng.choice(len(rows), min(per, len(rows)), replace=False)]
+
+
+def _fit_density(samples: list[np.ndarray], method: str, seed: int) -> dict:
     from .anomaly_features import fit_gmm, fit_knn
 
-    rng = np.random.default_rng(seed)
-    per = max(1, 30000 // len(rows))
-    x = np.concatenate([r[rng.choice(len(r), min(per, len(r)), replace=False)] for r in rows])
+    x = np.concatenate(samples)
     return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
+
+
+def _spacing_of(spacing, i: int):
+    """Scan ``i``'s voxel size from one spacing for all scans or a list of per-scan ones."""
+    if spacing is None or np.ndim(spacing[0]) == 0:
+        return spacing
+    return spacing[i]
 
 
 def fit_normative_iter(
@@ -231,13 +242,16 @@ def fit_normative_iter(
     """Fit normative anomaly statistics on one or more scans; returns a plain dict.
 
     Store the result as ``model.anomaly["normative"]`` (saved with the model) or pass it as
-    ``reference=`` to :func:`anomaly_iter`.
+    ``reference=`` to :func:`anomaly_iter`. ``volumes`` is read twice, one scan at a time (a
+    lazy sequence may load each from disk): once for the density's sample, once for the
+    calibration. ``spacing`` is one voxel size for every scan or a list of per-scan ones.
     """
     from .anomaly_features import fit_feature_space
 
-    if not len(volumes):
+    n = len(volumes)
+    if not n:
         raise ValueError("fit_normative needs at least one volume")
-    mods = list(modalities) if modalities is not None else [None] * len(volumes)
+    mods = list(modalities) if modalities is not None else [None] * n
     if method == "default":  # _keep: self mode (anomaly_iter), where the denoiser may serve
         method = default_method(volumes[0], mods[0], self_mode=_keep is not None)
     if method not in METHODS:
@@ -247,29 +261,38 @@ def fit_normative_iter(
     if method == "dae" and _keep is None:
         raise ValueError("'dae' scores a scan against itself only: no normative reference")
     norm_model = None if method == "dae" else model  # the denoiser's measured normalisation
-    prepared = [_prepare(norm_model, np.asarray(v, dtype=np.float32), m, spacing)
-                for v, m in zip(volumes, mods, strict=True)]
-    stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": len(volumes),
+
+    def prepared(i: int):
+        return _prepare(norm_model, np.asarray(volumes[i], dtype=np.float32), mods[i],
+                        _spacing_of(spacing, i))
+
+    stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
                    "depth": USE_DEPTH, "seed": int(seed)}
-    rows = []
+    kept = None  # one scan: its features serve both passes
     if method in _DENSITY:
         if method in ("features", "knn") and model is not None:
             yield {"stage": "feature space", "done": 0, "total": 1}
-            stats["space"] = dict(fit_feature_space(model, prepared, seed=seed,
-                                                    stop_event=stop_event))
-        for x, m in prepared:
-            rows.append((yield from _feature_rows(model, x, m, stats, method, stop_event,
-                                                  spacing)))
+            stats["space"] = dict(fit_feature_space(model, [prepared(i) for i in range(n)],
+                                                    seed=seed, stop_event=stop_event))
+        rng, samples = np.random.default_rng(seed), []
+        for i in range(n):
+            x, m = prepared(i)
+            rows = yield from _feature_rows(model, x, m, stats, method, stop_event,
+                                            _spacing_of(spacing, i))
+            samples.append(_density_sample(rows, n, rng))
+            kept = (x, m, rows) if n == 1 else None
+            yield {"stage": "density sample", "done": i + 1, "total": n}
         yield {"stage": "density", "done": 0, "total": 1}
-        stats["density"] = _fit_density(rows, method, seed)
+        stats["density"] = _fit_density(samples, method, seed)
     raws = []
-    for i, (x, m) in enumerate(prepared):
-        raw = yield from _raw_iter(model, x, m, stats, method, stop_event,
-                                   rows=rows[i] if rows else None, spacing=spacing)
+    for i in range(n):
+        x, m, rows = kept if kept is not None else (*prepared(i), None)
+        raw = yield from _raw_iter(model, x, m, stats, method, stop_event, rows=rows,
+                                   spacing=_spacing_of(spacing, i))
         raws.append(raw[m])
         if _keep is not None:
             _keep.append((x, m, raw))
-        yield {"stage": "calibrate", "done": i + 1, "total": len(prepared)}
+        yield {"stage": "calibrate", "done": i + 1, "total": n}
     stats["calibration"] = calibrate(np.concatenate(raws))
     return stats
 
