@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,6 +255,29 @@ def reconstruct_job(
         metrics.update(anomaly_metrics(an.candidates))
         metrics["anomaly_method"] = f"{an.method} ({an.mode})"
     return job
+
+
+def normative_job(
+    model: VAEModel,
+    volumes: Sequence[np.ndarray],
+    spacings: Sequence[Sequence[float]],
+    *,
+    modalities: Sequence[str | None] | None = None,
+    method: str = "default",
+    seed: int = 0,
+    stop_event: threading.Event | None = None,
+) -> Generator[dict, None, dict]:
+    """Normative anomaly statistics of reference scans (healthy ones), stored in
+    ``model.anomaly["normative"]``; returns them. ``volumes`` may be a lazy sequence (each
+    scan is read twice, one at a time). :func:`reconstruct_job` then scores a new scan
+    against them."""
+    from .engine.anomaly import fit_normative_iter
+
+    stats = yield from fit_normative_iter(model, volumes, modalities=modalities, method=method,
+                                          spacing=spacings, seed=seed,
+                                          stop_event=stop_event)
+    model.anomaly = {**(model.anomaly or {}), "normative": stats}
+    return stats
 
 
 def anomaly_metrics(candidates: list[dict], top: int = 3) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
     """Normative anomaly statistics of the fit's scans, stored in ``model.anomaly``."""
     import time
 
-    from ..engine.anomaly import fit_normative_iter
+    from ..pipeline import normative_job
 
     t0 = time.perf_counter()
     if scans is None:  # streamed: read again, one scan at a time
@@ -194,9 +194,8 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
         data = [s.data for s in scans]
         spacing = [s.spacing for s in scans]
         modalities = [s.modality for s in scans]
-    stats = run_core(lambda stop: fit_normative_iter(
-        model, data, modalities=modalities, method=args.normative_method, spacing=spacing,
+    stats = run_core(lambda stop: normative_job(
+        model, data, spacing, modalities=modalities, method=args.normative_method,
         seed=args.seed, stop_event=stop), args.quiet)
-    model.anomaly = {**(model.anomaly or {}), "normative": stats}
     print(f"normative statistics: {stats['method']} of {stats['n_scans']} scan(s), "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -49,6 +50,15 @@ _REASONS = {
     "stopped": "stopped",
     "decoder phase": "decoder still training (segmentation can use it now)",
 }
+
+
+def _normative_note(model) -> str:
+    """What a finished fit's message adds when it learned normative statistics."""
+    norm = (model.anomaly or {}).get("normative")
+    if not norm:
+        return ""
+    return (f" It holds normative anomaly statistics ({norm['method']} density of "
+            f"{norm['n_scans']} scan(s)): Reconstruct scores new scans against them.")
 
 
 class _DeviceProbe(QObject):
@@ -122,6 +132,12 @@ class ModelSection(Section):
         self.minutes.setToolTip("Optional time limit; the fit ends at the steps or the time "
                                 "limit, whichever comes first (60 % of it for the fit, the "
                                 "rest for the decoder).")
+        self.normative = QCheckBox("Normative anomaly statistics")
+        self.normative.setToolTip(
+            "After the fit, learn what the ticked scans look like (tick healthy ones) and "
+            "keep it in the model: Reconstruct then scores a new scan against them rather "
+            "than against itself (the contrast density on CT, the intensity density on MR). "
+            "A few seconds a scan.")
         self.fit_btn = self.job_button("Fit", "Fit a new model on the ticked scans (no labels "
                                        "needed). Progress and Stop are at the bottom.", self.fit)
         self.load_btn = self.job_button("Load model\u2026", "Open a model file (.pt).",
@@ -140,6 +156,7 @@ class ModelSection(Section):
         form.addRow("Device", self.device_box)
         form.addRow("Steps", self.steps)
         form.addRow("Time limit", self.minutes)
+        form.addRow(self.normative)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(8, 0, 4, 4)
         lay.addLayout(form)
@@ -267,12 +284,22 @@ class ModelSection(Section):
         self.plot.clear(total=steps + options.planned_decoder_steps,
                         caption=f"Fitting {config} on {names}\u2026")
 
+        spacings = [tuple(float(v) for v in layer.scale) for layer in layers]
+        normative = self.normative.isChecked()
+
         def job(stop):
-            return fit_iter(volumes, config, options, modalities=modalities, sources=sources,
-                            stop_event=stop)
+            result = yield from fit_iter(volumes, config, options, modalities=modalities,
+                                         sources=sources, stop_event=stop)
+            if normative and result.steps and result.reason not in ("stopped", "diverged"):
+                from ...pipeline import normative_job
+
+                yield from normative_job(result.model, volumes, spacings,
+                                         modalities=modalities, stop_event=stop)
+            return result
 
         def on_yield(ev: dict) -> None:
-            if ev.get("total"):  # the fit's own count: its decoder phase depends on the crops
+            if ev.get("stage") in ("prepare", "fit", "calibrate") and ev.get("total"):
+                # The fit's own count: its decoder phase depends on the crops.
                 self.plot.total = int(ev["total"])
             if ev.get("model") is not None:
                 self._encoder_ready(ev["model"])
@@ -319,7 +346,7 @@ class ModelSection(Section):
             show_info(f"Fit {ended}: {result.steps} steps, then {result.decoder_steps} of "
                       f"the decoder, in {result.seconds:.0f} s; the model takes the place of "
                       "the encoder's. Save it with Save model\u2026 to reuse it on "
-                      "other scans.")
+                      f"other scans.{_normative_note(result.model)}")
             return
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
@@ -345,7 +372,7 @@ class ModelSection(Section):
                       f"({_REASONS.get(result.reason, result.reason)}) in "
                       f"{result.seconds:.0f} s; the new model is active and the next "
                       "segmentation round uses its features. Save it with Save model\u2026 "
-                      "to reuse it on other scans.")
+                      f"to reuse it on other scans.{_normative_note(result.model)}")
 
     # ------------------------------------------------------------------ files
     def _default_model_path(self) -> Path:

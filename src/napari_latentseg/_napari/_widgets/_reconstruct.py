@@ -182,7 +182,8 @@ class ReconstructSection(Section):
                                  opacity=1.0, colormap=_candidate_colormap())
             anom.contour = 2
             n = len(an.candidates)
-            parts.append(f"{n} anomaly candidate{'s' if n != 1 else ''} ({an.method})")
+            ref = ", against the model's normative statistics" if an.mode == "normative" else ""
+            parts.append(f"{n} anomaly candidate{'s' if n != 1 else ''} ({an.method}{ref})")
             self._list_candidates(layer, an.candidates)
         else:
             self.candidates.setVisible(False)

@@ -221,8 +221,7 @@ class TaskBar(QWidget):
         if not isinstance(ev, dict):
             return
         total = ev.get("total")
-        done = ev.get("step") if ev.get("stage") in ("fit", "prepare", "calibrate") else \
-            ev.get("done")
+        done = ev.get("step") if "step" in ev else ev.get("done")
         if ev.get("message") or not total or done is None:
             self._bar.setRange(0, 0)
         else:
