@@ -287,6 +287,8 @@ def test_ct_default_finds_a_nodule_by_its_contrast():
     lung &= ~nodule
     assert np.median(res.score[nodule]) > np.percentile(res.score[lung], 99)
     assert res.labels[5, 32, 26] > 0  # a candidate at the default threshold
+    one = anomaly_map(None, ct[5], modality="CT", spacing=spacing[1:], error_map=False)
+    assert one.method == "contrast" and one.score.shape == ct[5].shape  # a 2D slice
     feats = contrast_features(ct[:, :, :], spacing)
     assert len(feats) == 7
     fine = np.repeat(np.repeat(ct, 2, axis=1), 2, axis=2)

@@ -142,7 +142,10 @@ def contrast_features(xnorm: np.ndarray, spacing=None) -> list[np.ndarray]:
     """
     from scipy import ndimage
 
-    sp = np.ones(xnorm.ndim) if spacing is None else np.asarray(spacing, float)[-xnorm.ndim:]
+    sp = np.ones(xnorm.ndim)
+    if spacing is not None:  # a 2D scan's in-plane spacing serves its one-slice volume too
+        given = np.asarray(spacing, float)[-xnorm.ndim:]
+        sp[xnorm.ndim - len(given):] = given
     means, contrasts = [], []
     for s in CONTRAST_SCALES_MM:
         sig = s / sp
