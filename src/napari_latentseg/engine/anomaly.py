@@ -154,15 +154,17 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
-    from .anomaly_features import contrast_features, feature_maps_iter
+    from .anomaly_features import CONTRAST_SCALES_MM, feature_maps_iter, iter_contrast_features
 
-    if method == "contrast":
-        feats = np.stack(contrast_features(xnorm, spacing))
+    if method == "contrast":  # column by column: the seven volumes are never held at once
+        rows = np.empty((int(mask.sum()), 1 + 2 * len(CONTRAST_SCALES_MM)), np.float32)
+        for col, f in iter_contrast_features(xnorm, spacing):
+            rows[:, col] = f[mask]
     else:
         use_model = model if method != "intensity" else None
         feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
                                              stop_event=stop_event)
-    rows = feats[:, mask].T
+        rows = feats[:, mask].T
     if stats.get("depth"):
         # Saturating smoothly at a few cm (deeper, the interior is alike; no point mass).
         d = depth_map(mask, spacing)[mask]

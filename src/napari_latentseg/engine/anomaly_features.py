@@ -21,7 +21,7 @@ from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop
 
 __all__ = ["FeatureSpace", "fit_feature_space", "feature_maps_iter", "contrast_features",
-           "fit_gmm", "gmm_nll", "fit_knn", "knn_distance"]
+           "iter_contrast_features", "fit_gmm", "gmm_nll", "fit_knn", "knn_distance"]
 
 _SLICE_VOXELS = 1 << 19  # voxels per encoder batch (~8 slices of 256^2)
 
@@ -133,6 +133,26 @@ CONTRAST_Z_MAX = 1.0  # through-plane sigma cap (slices)
 CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 level)
 
 
+def iter_contrast_features(xnorm: np.ndarray, spacing=None):
+    """``(column, map)`` of the seven :func:`contrast_features`, one map at a time (a caller
+    that keeps only the masked voxels never holds all seven volumes)."""
+    from scipy import ndimage
+
+    sp = np.ones(xnorm.ndim)
+    if spacing is not None:  # a 2D scan's in-plane spacing serves its one-slice volume too
+        given = np.asarray(spacing, float)[-xnorm.ndim:]
+        sp[xnorm.ndim - len(given):] = given
+    yield 0, xnorm
+    n = len(CONTRAST_SCALES_MM)
+    for k, s in enumerate(CONTRAST_SCALES_MM):
+        sig = s / sp
+        if xnorm.ndim == 3:
+            sig[0] = min(sig[0], CONTRAST_Z_MAX)
+        a = ndimage.gaussian_filter(xnorm, sig)
+        yield 1 + k, a
+        yield 1 + n + k, a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND)
+
+
 def contrast_features(xnorm: np.ndarray, spacing=None) -> list[np.ndarray]:
     """Intensity, and at each of :data:`CONTRAST_SCALES_MM` its Gaussian mean and its
     centre-surround contrast (difference of Gaussians, surround twice as wide): seven features.
@@ -140,21 +160,10 @@ def contrast_features(xnorm: np.ndarray, spacing=None) -> list[np.ndarray]:
     Scales are in mm, so a normative density applies to a scan of another voxel size. Through
     thick slices the centre spans at most one slice: a small lesion shows on one or two.
     """
-    from scipy import ndimage
-
-    sp = np.ones(xnorm.ndim)
-    if spacing is not None:  # a 2D scan's in-plane spacing serves its one-slice volume too
-        given = np.asarray(spacing, float)[-xnorm.ndim:]
-        sp[xnorm.ndim - len(given):] = given
-    means, contrasts = [], []
-    for s in CONTRAST_SCALES_MM:
-        sig = s / sp
-        if xnorm.ndim == 3:
-            sig[0] = min(sig[0], CONTRAST_Z_MAX)
-        a = ndimage.gaussian_filter(xnorm, sig)
-        means.append(a)
-        contrasts.append(a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND))
-    return [xnorm] + means + contrasts
+    out: list = [None] * (1 + 2 * len(CONTRAST_SCALES_MM))
+    for col, f in iter_contrast_features(xnorm, spacing):
+        out[col] = f
+    return out
 
 
 def feature_maps_iter(model: VAEModel | None, xnorm: np.ndarray, space: dict | None,
