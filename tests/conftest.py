@@ -49,3 +49,19 @@ def short_denoiser(monkeypatch):
     ``LATENTSEG_DAE_STEPS`` itself."""
     # Through the environment, so CLI subprocesses and dask workers fit a tiny one too.
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "12")
+
+
+@pytest.fixture(scope="session")
+def chest_ct():
+    """Factory of small chest-like CTs in HU (8 x 48 x 48): chest wall around a lung, and with
+    ``nodule=True`` a 40 HU nodule at [3:5, 22:26, 18:22]."""
+    def make(seed: int, nodule: bool = False) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        ct = np.full((8, 48, 48), -1000.0, np.float32)
+        ct[:, 3:45, 3:45] = rng.normal(40.0, 20.0, (8, 42, 42))
+        ct[:, 10:38, 10:38] = rng.normal(-850.0, 30.0, (8, 28, 28))
+        if nodule:
+            ct[3:5, 22:26, 18:22] = 40.0
+        return ct
+
+    return make

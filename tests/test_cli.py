@@ -146,24 +146,13 @@ def test_info_lists_configurations(capsys, model_file):
     assert "tiny" in capsys.readouterr().out
 
 
-def _chest(seed: int, nodule: bool = False) -> np.ndarray:
-    """A small chest-like CT (HU): wall, lung, optionally a 40 HU nodule."""
-    rng = np.random.default_rng(seed)
-    ct = np.full((8, 48, 48), -1000.0, np.float32)
-    ct[:, 3:45, 3:45] = rng.normal(40.0, 20.0, (8, 42, 42))
-    ct[:, 10:38, 10:38] = rng.normal(-850.0, 30.0, (8, 28, 28))
-    if nodule:
-        ct[3:5, 22:26, 18:22] = 40.0
-    return ct
-
-
 @pytest.mark.parametrize("in_memory", [2, 1])
-def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory):
+def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory, chest_ct):
     """``fit --normative`` stores statistics of the fit's scans (read again from disk when
     streamed) in the model; ``reconstruct`` then scores a new scan against them."""
     from napari_latentseg.models.checkpoint import load_model
 
-    paths = [save_volume(tmp_path / f"ref{i}.nrrd", _chest(i), spacing=(3.0, 1.5, 1.5))
+    paths = [save_volume(tmp_path / f"ref{i}.nrrd", chest_ct(i), spacing=(3.0, 1.5, 1.5))
              for i in range(2)]
     out = tmp_path / "vae.pt"
     assert main(["fit", *map(str, paths), "-o", str(out), "--config", "tiny", "--steps", "2",
@@ -172,7 +161,7 @@ def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory):
     assert "normative statistics: contrast of 2 scan(s)" in capsys.readouterr().err
     norm = load_model(out).anomaly["normative"]
     assert norm["method"] == "contrast" and norm["n_scans"] == 2
-    new = save_volume(tmp_path / "new.nrrd", _chest(5, nodule=True), spacing=(3.0, 1.5, 1.5))
+    new = save_volume(tmp_path / "new.nrrd", chest_ct(5, nodule=True), spacing=(3.0, 1.5, 1.5))
     assert main(["reconstruct", str(new), "-m", str(out), "-o", str(tmp_path / "r.nrrd"),
                  "--anomaly-map", str(tmp_path / "s.nrrd")]) == 0
     assert "anomaly scoring: contrast (normative)" in capsys.readouterr().out

@@ -10,17 +10,7 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
 
-def _chest(seed: int, nodule: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ct = np.full((8, 48, 48), -1000.0, np.float32)
-    ct[:, 3:45, 3:45] = rng.normal(40.0, 20.0, (8, 42, 42))
-    ct[:, 10:38, 10:38] = rng.normal(-850.0, 30.0, (8, 28, 28))
-    if nodule:
-        ct[3:5, 22:26, 18:22] = 40.0
-    return ct
-
-
-def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtbot):
+def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtbot, chest_ct):
     """Ticking *Normative anomaly statistics* adds them (of the ticked scans, in mm) to the
     fitted model; Reconstruct on another scan then scores it against them."""
     viewer = make_napari_viewer()
@@ -28,7 +18,7 @@ def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtb
     ms = widget.model_section
     ms.config.setCurrentText("tiny")
     meta = {"modality": "CT"}
-    refs = [viewer.add_image(_chest(i), name=f"ref {i}", scale=(3.0, 1.5, 1.5),
+    refs = [viewer.add_image(chest_ct(i), name=f"ref {i}", scale=(3.0, 1.5, 1.5),
                              metadata=dict(meta)) for i in range(2)]
     ms.fit_on.set_checked(refs)
     ms.steps.setValue(3)
@@ -38,7 +28,7 @@ def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtb
     assert blocker.args[1] == "done", widget.fit_tasks.status_text
     norm = widget.session.active_model.anomaly["normative"]
     assert norm["method"] == "contrast" and norm["n_scans"] == 2
-    new = viewer.add_image(_chest(5, nodule=True), name="new", scale=(3.0, 1.5, 1.5),
+    new = viewer.add_image(chest_ct(5, nodule=True), name="new", scale=(3.0, 1.5, 1.5),
                            metadata=dict(meta))
     widget.scan.set_layer(new)
     with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as blocker:
