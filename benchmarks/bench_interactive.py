@@ -124,6 +124,8 @@ LOOPS = {
     "sqrt1-dae": R(SQRT1, extra=("dae",)),
     "sqrt1-dae-novae": R(SQRT1, vae=False, extra=("dae",)),
     "sqrt1-vaectx": R(SQRT1, extra=("vaectx",)),
+    # The latent of the scan at half resolution (session 17): context the filters lack.
+    "sqrt1-vaecoarse": R(SQRT1, extra=("vaecoarse",)),
     # The VAE posterior's log sigma (session 9): how sure the encoder is, 4 more columns.
     "sqrt1-vaesigma": R(SQRT1, extra=("vaesigma",)),
     # How many columns a split draws from (session 5): with more VAE columns the default
@@ -323,6 +325,20 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
                 shape, f = env["full_image"].shape, int(lat.scale[-1])  # latent cell: f voxels
                 ls = ls.repeat(f, axis=-2).repeat(f, axis=-1)[..., : shape[-2], : shape[-1]]
                 col = np.moveaxis(ls, 0, -1)[env["box"]]
+            elif name == "vaecoarse":
+                # The encoder's latent mean of the scan at half the in-plane resolution (each
+                # latent cell sees twice the context), bilinearly back to voxels.
+                from scipy import ndimage
+
+                from napari_latentseg.engine.infer import encode
+
+                img = env["full_image"].astype(np.float32)
+                half = ndimage.zoom(img, (1, 0.5, 0.5), order=1)
+                mu = encode(env["model"], half, modality=env["modality"]).mu
+                shape = img.shape
+                up = [ndimage.zoom(m, (1, shape[1] / m.shape[1], shape[2] / m.shape[2]),
+                                   order=1)[:, : shape[1], : shape[2]] for m in mu]
+                col = np.stack(up, -1)[env["box"]]
             elif name == "vaectx":
                 from scipy import ndimage
 
