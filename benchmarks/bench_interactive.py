@@ -126,6 +126,8 @@ LOOPS = {
     "sqrt1-vaectx": R(SQRT1, extra=("vaectx",)),
     # The latent of the scan at half resolution (session 17): context the filters lack.
     "sqrt1-vaecoarse": R(SQRT1, extra=("vaecoarse",)),
+    "sqrt1-dog": R(SQRT1, extra=("dog",)),
+    "sqrt1-dog-novae": R(SQRT1, vae=False, extra=("dog",)),
     # The VAE posterior's log sigma (session 9): how sure the encoder is, 4 more columns.
     "sqrt1-vaesigma": R(SQRT1, extra=("vaesigma",)),
     # How many columns a split draws from (session 5): with more VAE columns the default
@@ -339,6 +341,18 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
                 up = [ndimage.zoom(m, (1, shape[1] / m.shape[1], shape[2] / m.shape[2]),
                                    order=1)[:, : shape[1], : shape[2]] for m in mu]
                 col = np.stack(up, -1)[env["box"]]
+            elif name == "dog":
+                # Centre-surround contrasts of the normalised image in-plane (sigma 1-8
+                # voxels against twice as wide): what the anomaly score on CT gained by.
+                from scipy import ndimage
+
+                from napari_latentseg.engine.infer import normalizer_for
+
+                norm = normalizer_for(env["model"], env["image"], env["modality"])[0]
+                x = norm(env["image"]).astype(np.float32)
+                col = np.stack([ndimage.gaussian_filter(x, (0, s_, s_))
+                                - ndimage.gaussian_filter(x, (0, 2 * s_, 2 * s_))
+                                for s_ in (1.0, 2.0, 4.0, 8.0)], -1)
             elif name == "vaectx":
                 from scipy import ndimage
 
