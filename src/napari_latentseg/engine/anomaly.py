@@ -159,6 +159,7 @@ def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
     if method == "contrast":  # column by column: the seven volumes are never held at once
         rows = np.empty((int(mask.sum()), 1 + 2 * len(CONTRAST_SCALES_MM)), np.float32)
         for col, f in iter_contrast_features(xnorm, spacing):
+            check_stop(stop_event, "anomaly features")
             rows[:, col] = f[mask]
     else:
         use_model = model if method != "intensity" else None

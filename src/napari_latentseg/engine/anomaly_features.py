@@ -2,9 +2,11 @@
 
 Features: the VAE encoder's hypercolumn (every encoder level and the latent mean, upsampled to
 voxel resolution) projected on its principal components, plus the normalised intensity
-Gaussian-smoothed at 1, 2 and 4 voxels and its gradient magnitude. Normal anatomy (tissue,
-tissue boundaries, the skull rim) is frequent in that space; a lesion is a rare combination of
-intensity and context, so its density is low even when its intensity is tissue-like.
+Gaussian-smoothed at 1, 2 and 4 voxels and its gradient magnitude; or, for the ``contrast``
+score, the intensity with its means and centre-surround contrasts at 2, 4 and 8 mm. Normal
+anatomy (tissue, tissue boundaries, the skull rim) is frequent in that space; a lesion is a rare
+combination of intensity and context, so its density is low even when its intensity is
+tissue-like.
 
 Density models are stored as plain lists (model files hold plain types only) and evaluated in
 numpy, so a stored normative model needs neither scikit-learn nor pickles to be applied.
@@ -13,7 +15,7 @@ numpy, so a stored normative model needs neither scikit-learn nor pickles to be 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -133,7 +135,8 @@ CONTRAST_Z_MAX = 1.0  # through-plane sigma cap (slices)
 CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 level)
 
 
-def iter_contrast_features(xnorm: np.ndarray, spacing=None):
+def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None
+                           ) -> Iterator[tuple[int, np.ndarray]]:
     """``(column, map)`` of the seven :func:`contrast_features`, one map at a time (a caller
     that keeps only the masked voxels never holds all seven volumes)."""
     from scipy import ndimage
@@ -153,7 +156,8 @@ def iter_contrast_features(xnorm: np.ndarray, spacing=None):
         yield 1 + n + k, a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND)
 
 
-def contrast_features(xnorm: np.ndarray, spacing=None) -> list[np.ndarray]:
+def contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None
+                      ) -> list[np.ndarray]:
     """Intensity, and at each of :data:`CONTRAST_SCALES_MM` its Gaussian mean and its
     centre-surround contrast (difference of Gaussians, surround twice as wide): seven features.
 
