@@ -171,3 +171,23 @@ def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory, 
     assert "normative anomaly statistics: contrast of 2 scan(s)" in capsys.readouterr().out
     assert main(["fit", str(paths[0]), "-o", str(out), "--normative",
                  "--normative-method", "dae"]) == EXIT_USAGE
+
+
+def test_a_stopped_normative_step_still_saves_the_fit(tmp_path, capsys, chest_ct, monkeypatch):
+    """Ctrl-C during ``--normative`` (the statistics stop) keeps the fitted model: it is saved
+    without statistics, and the command says so."""
+    import napari_latentseg.pipeline as pipeline
+    from napari_latentseg.models.checkpoint import load_model
+    from napari_latentseg.runtime.progress import Cancelled
+
+    def stopped(*args, **kwargs):
+        yield {"stage": "density sample", "done": 0, "total": 1}
+        raise Cancelled("anomaly features")
+
+    monkeypatch.setattr(pipeline, "normative_job", stopped)
+    scan = save_volume(tmp_path / "ref.nrrd", chest_ct(0), spacing=(3.0, 1.5, 1.5))
+    out = tmp_path / "vae.pt"
+    assert main(["fit", str(scan), "-o", str(out), "--config", "tiny", "--steps", "2",
+                 "--decoder-steps", "0", "--normative", "-q"]) == 0
+    assert "normative statistics stopped" in capsys.readouterr().err
+    assert "normative" not in (load_model(out).anomaly or {})

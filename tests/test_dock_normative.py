@@ -38,3 +38,34 @@ def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtb
         widget.reconstruct_section.summary.text()
     score = np.asarray(viewer.layers["new anomaly score"].data)
     assert score[3:5, 22:26, 18:22].mean() > np.percentile(score[:, 12:36, 12:36], 95)
+
+
+def test_stop_during_the_normative_statistics_keeps_the_fitted_model(make_napari_viewer, qtbot,
+                                                                       chest_ct, monkeypatch):
+    """Stop after the fit, while the statistics are computed: the fitted model is kept (and
+    made active), without statistics, and the message says so."""
+    from napari.utils.notifications import notification_manager
+
+    import napari_latentseg.pipeline as pipeline
+    from napari_latentseg.runtime.progress import Cancelled
+
+    def stopped(*args, **kwargs):
+        yield {"stage": "density sample", "done": 0, "total": 1}
+        raise Cancelled("anomaly features")
+
+    monkeypatch.setattr(pipeline, "normative_job", stopped)
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(n.message))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
+    ms = widget.model_section
+    ms.config.setCurrentText("tiny")
+    viewer.add_image(chest_ct(0), name="ref", scale=(3.0, 1.5, 1.5), metadata={"modality": "CT"})
+    ms.steps.setValue(3)
+    ms.normative.setChecked(True)
+    with qtbot.waitSignal(widget.fit_tasks.task_finished, timeout=TIMEOUT_MS):
+        assert ms.fit()
+    model = widget.session.active_model
+    assert model is not None and model.info["steps"] == 3
+    assert "normative" not in (model.anomaly or {})
+    assert any("Normative statistics were stopped" in m for m in messages)

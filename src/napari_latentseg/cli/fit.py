@@ -184,7 +184,8 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
     """Normative anomaly statistics of the fit's scans, stored in ``model.anomaly``."""
     import time
 
-    from ..pipeline import normative_job
+    from .. import pipeline
+    from ..runtime.progress import Cancelled
 
     t0 = time.perf_counter()
     if scans is None:  # streamed: read again, one scan at a time
@@ -194,8 +195,13 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
         data = [s.data for s in scans]
         spacing = [s.spacing for s in scans]
         modalities = [s.modality for s in scans]
-    stats = run_core(lambda stop: normative_job(
-        model, data, spacing, modalities=modalities, method=args.normative_method,
-        seed=args.seed, stop_event=stop), args.quiet)
+    try:
+        stats = run_core(lambda stop: pipeline.normative_job(
+            model, data, spacing, modalities=modalities, method=args.normative_method,
+            seed=args.seed, stop_event=stop), args.quiet)
+    except Cancelled:  # Ctrl-C here keeps the fitted model: it is saved without them
+        print("normative statistics stopped: the model is saved without them",
+              file=sys.stderr)
+        return
     print(f"normative statistics: {stats['method']} of {stats['n_scans']} scan(s), "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)

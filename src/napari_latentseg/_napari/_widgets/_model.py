@@ -52,8 +52,10 @@ _REASONS = {
 }
 
 
-def _normative_note(model) -> str:
+def _normative_note(model, stopped: bool = False) -> str:
     """What a finished fit's message adds when it learned normative statistics."""
+    if stopped:
+        return " Normative statistics were stopped: the model holds none."
     norm = (model.anomaly or {}).get("normative")
     if not norm:
         return ""
@@ -286,19 +288,24 @@ class ModelSection(Section):
 
         spacings = [tuple(float(v) for v in layer.scale) for layer in layers]
         normative = self.normative.isChecked()
+        normative_stopped: list[bool] = []  # set in the worker, read when the job returns
 
         def job(stop):
             result = yield from fit_iter(volumes, config, options, modalities=modalities,
                                          sources=sources, stop_event=stop)
             if normative and result.steps and result.reason not in ("stopped", "diverged"):
                 from ...pipeline import normative_job
+                from ...runtime.progress import Cancelled
 
-                yield from normative_job(result.model, volumes, spacings,
-                                         modalities=modalities, stop_event=stop)
+                try:
+                    yield from normative_job(result.model, volumes, spacings,
+                                             modalities=modalities, stop_event=stop)
+                except Cancelled:  # Stop during the statistics keeps the fitted model
+                    normative_stopped.append(True)
             return result
 
         def on_yield(ev: dict) -> None:
-            if ev.get("stage") in ("prepare", "fit", "calibrate") and ev.get("total"):
+            if "step" in ev and ev.get("total"):
                 # The fit's own count: its decoder phase depends on the crops.
                 self.plot.total = int(ev["total"])
             if ev.get("model") is not None:
@@ -308,7 +315,7 @@ class ModelSection(Section):
 
         tasks = self.session.fit_tasks
         started = tasks.start(f"Fitting {config}", job, on_yield=on_yield,
-                              on_return=self._fit_done)
+                              on_return=lambda r: self._fit_done(r, bool(normative_stopped)))
         if started:
             self.set_fitting(True)
             tasks.after(self._fit_ended)
@@ -328,7 +335,7 @@ class ModelSection(Section):
                   "features. The decoder trains on for sharper reconstructions; the model "
                   "is updated when it ends.")
 
-    def _fit_done(self, result: FitResult) -> None:
+    def _fit_done(self, result: FitResult, normative_stopped: bool = False) -> None:
         self._fitting = False  # so the new model's history replaces the live curve
         session = self.session
         interim, self._interim = self._interim, None
@@ -346,7 +353,7 @@ class ModelSection(Section):
             show_info(f"Fit {ended}: {result.steps} steps, then {result.decoder_steps} of "
                       f"the decoder, in {result.seconds:.0f} s; the model takes the place of "
                       "the encoder's. Save it with Save model\u2026 to reuse it on "
-                      f"other scans.{_normative_note(result.model)}")
+                      f"other scans.{_normative_note(result.model, normative_stopped)}")
             return
         if result.reason == "diverged":
             show_warning("The fit diverged (the loss became infinite) and was discarded; the "
@@ -372,7 +379,8 @@ class ModelSection(Section):
                       f"({_REASONS.get(result.reason, result.reason)}) in "
                       f"{result.seconds:.0f} s; the new model is active and the next "
                       "segmentation round uses its features. Save it with Save model\u2026 "
-                      f"to reuse it on other scans.{_normative_note(result.model)}")
+                      f"to reuse it on other scans."
+                      f"{_normative_note(result.model, normative_stopped)}")
 
     # ------------------------------------------------------------------ files
     def _default_model_path(self) -> Path:
