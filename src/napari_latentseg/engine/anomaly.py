@@ -224,13 +224,6 @@ def _fit_density(samples: list[np.ndarray], method: str, seed: int) -> dict:
     return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
 
 
-def _spacing_of(spacing, i: int):
-    """Scan ``i``'s voxel size from one spacing for all scans or a list of per-scan ones."""
-    if spacing is None or np.ndim(spacing[0]) == 0:
-        return spacing
-    return spacing[i]
-
-
 def fit_normative_iter(
     model: VAEModel | None,
     volumes: Sequence[np.ndarray],
@@ -264,10 +257,14 @@ def fit_normative_iter(
     if method == "dae" and _keep is None:
         raise ValueError("'dae' scores a scan against itself only: no normative reference")
     norm_model = None if method == "dae" else model  # the denoiser's measured normalisation
+    # Decided once: a lazy sequence reads a scan for each item asked.
+    per_scan = spacing is not None and np.ndim(spacing[0]) > 0
 
     def prepared(i: int):
-        return _prepare(norm_model, np.asarray(volumes[i], dtype=np.float32), mods[i],
-                        _spacing_of(spacing, i))
+        """(normalised volume, mask, voxel size) of scan ``i``."""
+        sp = spacing[i] if per_scan else spacing
+        return (*_prepare(norm_model, np.asarray(volumes[i], dtype=np.float32), mods[i], sp),
+                sp)
 
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
                    "depth": USE_DEPTH, "seed": int(seed)}
@@ -275,23 +272,22 @@ def fit_normative_iter(
     if method in _DENSITY:
         if method in ("features", "knn") and model is not None:
             yield {"stage": "feature space", "done": 0, "total": 1}
-            stats["space"] = dict(fit_feature_space(model, [prepared(i) for i in range(n)],
-                                                    seed=seed, stop_event=stop_event))
+            stats["space"] = dict(fit_feature_space(
+                model, [prepared(i)[:2] for i in range(n)], seed=seed, stop_event=stop_event))
         rng, samples = np.random.default_rng(seed), []
         for i in range(n):
-            x, m = prepared(i)
-            rows = yield from _feature_rows(model, x, m, stats, method, stop_event,
-                                            _spacing_of(spacing, i))
+            x, m, sp = prepared(i)
+            rows = yield from _feature_rows(model, x, m, stats, method, stop_event, sp)
             samples.append(_density_sample(rows, n, rng))
-            kept = (x, m, rows) if n == 1 else None
+            kept = (x, m, sp, rows) if n == 1 else None
             yield {"stage": "density sample", "done": i + 1, "total": n}
         yield {"stage": "density", "done": 0, "total": 1}
         stats["density"] = _fit_density(samples, method, seed)
     raws = []
     for i in range(n):
-        x, m, rows = kept if kept is not None else (*prepared(i), None)
+        x, m, sp, rows = kept if kept is not None else (*prepared(i), None)
         raw = yield from _raw_iter(model, x, m, stats, method, stop_event, rows=rows,
-                                   spacing=_spacing_of(spacing, i))
+                                   spacing=sp)
         raws.append(raw[m])
         if _keep is not None:
             _keep.append((x, m, raw))
@@ -305,8 +301,10 @@ def default_method(volume: np.ndarray, modality: str | None = None, *,
     """What ``"default"`` means: :data:`CT_METHOD` on CT; on MR ``dae`` in self mode where
     :func:`.anomaly_dae.dae_suits`, else :data:`DEFAULT_METHOD`."""
     v = np.asarray(volume)
-    if v.ndim in (2, 3) and guess_modality(v if v.ndim == 3 else v[None], modality) == "CT":
-        return CT_METHOD
+    if v.ndim in (2, 3):
+        modality = guess_modality(v if v.ndim == 3 else v[None], modality)
+        if modality == "CT":
+            return CT_METHOD
     return "dae" if self_mode and dae_suits(volume, modality) else DEFAULT_METHOD
 
 
@@ -388,10 +386,11 @@ def anomaly_iter(
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
     score = _calibrated(raw, cal)
-    if CT_SKIP_BONE and guess_modality(vol, modality) == "CT":
-        # The density flags dense bone as rare (lung1: the false positives' median 580 HU);
-        # bone is not scored, the threshold stays the calibrated one.
-        score[bone_mask(vol, spacing)] = 0.0
+    if (CT_SKIP_BONE or CT_SKIP_AIR) and guess_modality(vol, modality) == "CT":
+        # The density flags dense bone as rare (lung1: the false positives' median 580 HU), the
+        # contrast density air pockets; neither is scored, the threshold stays the calibrated one.
+        if CT_SKIP_BONE:
+            score[bone_mask(vol, spacing)] = 0.0
         if CT_SKIP_AIR:
             score[air_mask(vol)] = 0.0
     thr = _threshold(cal, fpr, mode)

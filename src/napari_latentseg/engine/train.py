@@ -385,6 +385,7 @@ def fit_iter(
                 best_state = {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()}
     if best_state is not None:
         net.load_state_dict(best_state)
+
     def make_model(net_, decoder_steps_: int, reason_: str) -> VAEModel:
         return VAEModel(
             net=net_,

@@ -33,7 +33,7 @@ from ...engine.train import FitOptions, fit_iter
 from ...models.checkpoint import load_model, next_version_path, save_model
 from ...models.config import CONFIGS, DEFAULT_CONFIG
 from ._base import Section, button_row, hint
-from ._layers import check_scan_layer, layer_array
+from ._layers import check_scan_layer, layer_array, scan_from_layer
 from ._loss_plot import LossPlot
 from ._pickers import LayerChecklist
 
@@ -286,7 +286,8 @@ class ModelSection(Section):
         self.plot.clear(total=steps + options.planned_decoder_steps,
                         caption=f"Fitting {config} on {names}\u2026")
 
-        spacings = [tuple(float(v) for v in layer.scale) for layer in layers]
+        # The voxel sizes Reconstruct will score new scans with (the file's geometry).
+        spacings = [scan_from_layer(layer).spacing for layer in layers]
         normative = self.normative.isChecked()
         normative_stopped: list[bool] = []  # set in the worker, read when the job returns
 
