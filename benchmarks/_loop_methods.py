@@ -250,7 +250,9 @@ class VAEDefault:
             ("refine_margin", ("forest", "REFINE_BY_MARGIN")),
             ("forest", ("forest", "FOREST")),
             ("boundary_grow_only", ("boundary", "GROW_ONLY")),
-            ("boundary_band", ("boundary", "BAND"))) if key in options}
+            ("boundary_band", ("boundary", "BAND")),
+            ("contrast_columns", ("forest", "CONTRAST_WITHOUT_VAE")),
+            ("forest_kind", ("forest", "FOREST_KIND"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

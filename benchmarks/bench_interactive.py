@@ -175,6 +175,11 @@ ENGINE = {
     "vae-finetune": {},
     "engine-noprior": {"background": None},  # the default before the background prior
     "engine-novae": {"vae_features": False},  # ablation of the VAE columns, same prior
+    # Session 18 (both lose): centre-surround columns without the VAE's; extremely randomised
+    # trees in place of the random forest, with and without the VAE's columns.
+    "engine-novae-dog": {"vae_features": False, "contrast_columns": True},
+    "vae-extra": {"forest_kind": "extra"},
+    "engine-novae-extra": {"vae_features": False, "forest_kind": "extra"},
     "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).

@@ -113,3 +113,37 @@ def test_engine_ablations_patch_the_forest_only_during_a_round():
     assert forest.TREE_FLOOR_WITHOUT_PRIOR is True and forest.PROTOTYPE_COLUMNS == "ilastik"
     painted = ann > 0
     np.testing.assert_array_equal(r.labels[painted], ann[painted])
+
+
+def test_extra_trees_and_contrast_switches_serve_one_round_only():
+    """Session 18's probes: extremely randomised trees and the centre-surround columns are
+    used during the benchmark's round and the engine's defaults come back after it."""
+    import _loop_methods as lm
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    import napari_latentseg.engine.segment.forest as forest
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.segment import FeatureCache
+
+    ph = make_phantom((6, 32, 32), spacing=(4.0, 4.0, 4.0), seed=1)
+    ann = np.zeros(ph.labels.shape, np.uint8)
+    ann[3] = ph.labels[3]
+    fitted = []
+    original = forest.fit_forest
+
+    def spy(*args, **kwargs):
+        fitted.append(original(*args, **kwargs))
+        return fitted[-1]
+
+    forest.fit_forest = spy
+    try:
+        m = lm.VAEDefault(None, ph.image.astype(np.float32), "MR", 0.0, FeatureCache(),
+                          forest_kind="extra", contrast_columns=True)
+        r = m(ann, (ann > 0).astype(np.int64))
+    finally:
+        forest.fit_forest = original
+    assert fitted and all(isinstance(f, ExtraTreesClassifier) for f in fitted)
+    assert fitted[-1].n_features_in_ == 24 + len(np.unique(ann[ann > 0]))  # + prototypes
+    assert forest.FOREST_KIND == "random" and forest.CONTRAST_WITHOUT_VAE is False
+    painted = ann > 0
+    np.testing.assert_array_equal(r.labels[painted], ann[painted])

@@ -500,6 +500,7 @@ def test_annotated_sample_is_balanced_and_in_volume_order():
 
 def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, annotations,
                                                    tmp_path, capsys):
+    import napari_latentseg.engine.segment.forest as forest_module
     from napari_latentseg.engine.segment.forest import ForestFeatures
     from napari_latentseg.engine.segment.runner import FeatureRunner
 
@@ -507,9 +508,16 @@ def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, ann
     zs = np.array([3, 4])
     with_vae = ForestFeatures(run, None, vae=True).compute(zs).numpy()
     without = ForestFeatures(run, None, vae=False).compute(zs).numpy()
+    with pytest.MonkeyPatch.context() as mp:  # the benchmark's centre-surround variant
+        mp.setattr(forest_module, "CONTRAST_WITHOUT_VAE", True)
+        dog = ForestFeatures(run, None, vae=False).compute(zs).numpy()
     run.close()
     assert without.shape[1] == 20 < with_vae.shape[1]  # 5 sigmas x 4 ilastik features
     np.testing.assert_allclose(without, with_vae[:, :20], atol=1e-5)  # the same ilastik set
+    # Each smoothed intensity (columns 0, 4, ...) minus the next wider one; nothing of the VAE.
+    assert dog.shape[1] == 24
+    np.testing.assert_allclose(dog[:, :20], without, atol=1e-5)
+    np.testing.assert_allclose(dog[:, 20:], without[:, 0:16:4] - without[:, 4:20:4], atol=1e-5)
     res = segment(tiny_model, small_phantom.image, annotations, vae_features=False)
     forest = next(h for h in res.history if h["stage"] == "forest")
     assert "no VAE" in forest["features"]

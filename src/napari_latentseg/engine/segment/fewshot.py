@@ -249,7 +249,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
-                       "features": forest_features_name(forest_feats.vae)
+                       "features": forest_features_name(forest_feats.vae, forest_feats.contrast)
                        + (" + background prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")
                        + (f" (adaptive: the object ~{100 * ts.object_share:.1f} % of the scan)"

@@ -31,6 +31,9 @@ TREE_FLOOR_WITHOUT_PRIOR = True
 PROTOTYPE_COLUMNS = "ilastik"
 # scikit-image's trainable-segmentation settings, measured on the benchmark cases.
 FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
+# "random": scikit-learn's random forest; "extra": extremely randomised trees (random split
+# thresholds, the same draws of rows). Session 18: extra trees lose with the VAE columns.
+FOREST_KIND = "random"
 # Trees of the adaptive prior's first forest, which only estimates the object's share
 # (session 10: 16 trees level with 50 on AUC over six cases, the round up to 2x faster).
 ESTIMATE_TREES = 16
@@ -48,12 +51,19 @@ REFINE_BY_MARGIN = True
 # Voxels a prediction batch may hold (cached features) and rows a predict_proba call gets.
 PREDICT_VOXELS = 1 << 22
 PROBA_CHUNK = 1 << 18
+# True: without VAE columns, four centre-surround contrasts join the ilastik set (each
+# scale's smoothed intensity minus the next wider one). Session 18: level with the ilastik set
+# alone in the engine (+0.002 mean AUC over seven cases), so off; kept for the benchmark.
+CONTRAST_WITHOUT_VAE = False
 
 
-def forest_features_name(vae: bool) -> str:
+def forest_features_name(vae: bool, contrast: bool = False) -> str:
     """What the forest saw, in words for results and logs."""
-    return ("ilastik multiscale set + VAE latent and encoder components" if vae
-            else "ilastik multiscale set only (no VAE features)")
+    if vae:
+        return "ilastik multiscale set + VAE latent and encoder components"
+    if contrast:
+        return "ilastik multiscale set + centre-surround contrasts (no VAE features)"
+    return "ilastik multiscale set only (no VAE features)"
 
 
 class ForestFeatures:
@@ -71,12 +81,14 @@ class ForestFeatures:
 
         self.run = run
         self.vae = vae  # False: the ilastik set alone (the ablation of the VAE features)
+        self.contrast = not vae and CONTRAST_WITHOUT_VAE
         self.enc = slice(0, sum(run.hyper.tap_channels))
         self.n_multiscale = 4 * len(MULTISCALE_SIGMAS)  # the ilastik set: the first columns
         self.n_features = self.n_multiscale + (
-            run.hyper.latent_channels + _ENCODER_PCS if vae else 0)
+            run.hyper.latent_channels + _ENCODER_PCS if vae
+            else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0)
         self.cache = cache
-        kind = "forest" if vae else "forest-ilastik"
+        kind = "forest" if vae else "forest-contrast" if self.contrast else "forest-ilastik"
         self.key = cache.key(run.model, run.volume, kind) if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
@@ -109,7 +121,8 @@ class ForestFeatures:
 
     def _parts(self, zs: np.ndarray):
         """The ilastik set (B, C, h, w) and the VAE columns ((B, K, h, w); (1, K, z, h, w)
-        for 3D models; None without them) of slices ``zs``, float32 on the CPU."""
+        for 3D models), or without them the centre-surround contrasts (B, 4, h, w) or None,
+        of slices ``zs``, float32 on the CPU."""
         from ..features import multiscale_features
 
         torch = self.run.torch
@@ -124,17 +137,19 @@ class ForestFeatures:
             ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
                 self.run.device)).float().cpu()
         if not self.vae:
-            return ms, None
+            # Smoothed intensities sit at columns 0, 4, 8...: each minus the next wider one.
+            return ms, (ms[:, 0:-4:4] - ms[:, 4::4]) if self.contrast else None
         return ms, self.run.compute_projected(zs, self._pca).float().cpu()
 
     def compute(self, zs: np.ndarray):
         """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
         if self.cached is not None:
             return self.run.torch.from_numpy(self.rows_of(zs)).float()
-        ms, vae = self._parts(zs)
-        if vae is None:
+        ms, more = self._parts(zs)
+        if more is None:
             return to_rows(ms, 2)
-        return self.run.torch.cat([to_rows(ms, 2), to_rows(vae, self.run.cfg.spatial_dims)], dim=1)
+        dims = self.run.cfg.spatial_dims if self.vae else 2
+        return self.run.torch.cat([to_rows(ms, 2), to_rows(more, dims)], dim=1)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
@@ -307,7 +322,7 @@ def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarra
     ones are drawn about as often as they weigh.
     """
     import torch
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
     kw = dict(FOREST)
     if trees is not None:
@@ -321,6 +336,9 @@ def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarra
         # voxels would give each tree ~20 of them, a handful per class.
         kw["max_samples"] = max(1, int(round(frac * len(y))))
     # As many jobs as torch threads, which a batch worker may have limited.
+    if FOREST_KIND == "extra":  # max_samples needs bootstrap: the same draws of rows
+        return ExtraTreesClassifier(**kw, bootstrap=True, n_jobs=torch.get_num_threads(),
+                                    random_state=seed).fit(x, y, sample_weight=sample_weight)
     return RandomForestClassifier(**kw, n_jobs=torch.get_num_threads(),
                                   random_state=seed).fit(x, y, sample_weight=sample_weight)
 
