@@ -2,9 +2,10 @@
 
 The benchmark (``docs/interactive_benchmarks.md``) measures the VAE features adding little to
 the forest on strokes (+0.013 mean AUC over seven cases in session 18), while the fit costs
-minutes. A scan can therefore be segmented before (or without) any fit. The rounds' machinery takes a model for the intensity
-normalisation and the slice context; :func:`features_only_model` builds the smallest one,
-untrained, whose network is never run (``vae_features=False``).
+minutes. A scan can therefore be segmented before (or without) any fit. The rounds'
+machinery takes a model for the intensity normalisation and the slice context;
+:func:`features_only_model` builds the smallest one, untrained, whose network is never run
+(``vae_features=False``).
 """
 
 from __future__ import annotations
