@@ -33,7 +33,7 @@ from ...engine.train import FitOptions, fit_iter
 from ...models.checkpoint import load_model, next_version_path, save_model
 from ...models.config import CONFIGS, DEFAULT_CONFIG
 from ._base import Section, button_row, hint
-from ._layers import check_scan_layer, layer_array, scan_from_layer
+from ._layers import check_scan_layer, scan_from_layer
 from ._loss_plot import LossPlot
 from ._pickers import LayerChecklist
 
@@ -270,8 +270,12 @@ class ModelSection(Section):
             if problem:
                 show_error(problem)
                 return False
-        volumes = [layer_array(layer) for layer in layers]
-        modalities = [(layer.metadata or {}).get("modality") for layer in layers]
+        # Each layer read once: its array, modality and the voxel size Reconstruct will score
+        # new scans with (the file's geometry), for the normative statistics.
+        scans = [scan_from_layer(layer) for layer in layers]
+        volumes = [scan.data for scan in scans]
+        modalities = [scan.modality for scan in scans]
+        spacings = [scan.spacing for scan in scans]
         sources = [(layer.metadata or {}).get("source_path") or layer.name for layer in layers]
         config = self.config.currentText()
         steps = int(self.steps.value())
@@ -286,8 +290,6 @@ class ModelSection(Section):
         self.plot.clear(total=steps + options.planned_decoder_steps,
                         caption=f"Fitting {config} on {names}\u2026")
 
-        # The voxel sizes Reconstruct will score new scans with (the file's geometry).
-        spacings = [scan_from_layer(layer).spacing for layer in layers]
         normative = self.normative.isChecked()
         normative_stopped: list[bool] = []  # set in the worker, read when the job returns
 
