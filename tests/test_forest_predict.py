@@ -73,7 +73,8 @@ def test_coarse_to_fine_agrees_with_full_at_a_fraction_of_the_rows(max_stride):
     np.testing.assert_allclose(p[:, :, ::s, ::s], full[:, :, ::s, ::s], atol=1e-6)
 
 
-def test_refine_threshold_predicts_unsure_voxels_again():
+def test_refine_threshold_predicts_unsure_voxels_again(monkeypatch):
+    monkeypatch.setattr(F, "REFINE_UNSURE_MAX_CLASSES", 3)
     rows, lab, clf = _scene()
     few, many = _Counting(clf), _Counting(clf)
     F.forest_predict(few, rows, lab.shape, 3, sure=0.0, max_stride=4)
@@ -134,3 +135,12 @@ def test_unsure_is_the_runner_up_margin_with_three_classes():
     # Two classes: the lead is 2 p - 1, the same rule as the top probability below 0.8.
     two = np.array([[0.79, 0.81, 0.2], [0.21, 0.19, 0.8]], np.float32)
     np.testing.assert_array_equal(F._unsure(two, 0.8), [True, False, False])
+
+
+def test_three_classes_refine_at_boundaries_only():
+    # By default (REFINE_UNSURE_MAX_CLASSES = 2) "unsure" does not add rows with three classes.
+    rows, lab, clf = _scene()
+    few, many = _Counting(clf), _Counting(clf)
+    F.forest_predict(few, rows, lab.shape, 3, sure=0.0, max_stride=4)
+    F.forest_predict(many, rows, lab.shape, 3, sure=1.01, max_stride=4)
+    assert few.rows == many.rows < lab.size

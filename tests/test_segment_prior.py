@@ -336,12 +336,12 @@ def test_adaptive_prior_estimates_with_a_small_forest_then_fits_the_full_one(mon
 
     def spy(*args, **kwargs):
         forest = real(*args, **kwargs)
-        sizes.append(len(forest.estimators_))
+        sizes.append(forest.n_estimators)
         return forest
 
     monkeypatch.setattr(F, "fit_forest", spy)
     ts = F.TrainingSet(x, y, w, prior=500, background_index=0, adaptive=True)
     forest = ts.fit(seed=0)
     assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
-    assert len(forest.estimators_) == F.FOREST["n_estimators"]
+    assert forest.n_estimators == F.FOREST["n_estimators"]
     assert 0 < ts.object_share < 0.1  # the prior's rows are background: a small share

@@ -19,6 +19,7 @@ from .prior import (
 )
 from .prototypes import MIN_CLASSES, Prototypes
 from .runner import FeatureRunner, to_rows
+from .trees import fit_lean_forest
 
 __all__ = ["ForestFeatures", "ForestProbabilities", "fit_forest", "forest_predict",
            "forest_features_name", "training_set", "TrainingSet"]
@@ -48,6 +49,10 @@ REFINE_BELOW = 0.8
 # probability below REFINE_BELOW (before session 15: with seven classes most of the phantom's
 # voxels were unsure although their label was clear).
 REFINE_BY_MARGIN = True
+# Unsure voxels are refined only in rounds of at most this many classes. Session 19, the
+# phantom's seven classes: the unsure voxels away from any class boundary were 10-30 % of the
+# finest level's predictions and changed label in 0.02-0.3 % of them; boundaries alone.
+REFINE_UNSURE_MAX_CLASSES = 2
 # Voxels a prediction batch may hold (cached features) and rows a predict_proba call gets.
 PREDICT_VOXELS = 1 << 22
 PROBA_CHUNK = 1 << 18
@@ -336,10 +341,16 @@ def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarra
         # voxels would give each tree ~20 of them, a handful per class.
         kw["max_samples"] = max(1, int(round(frac * len(y))))
     # As many jobs as torch threads, which a batch worker may have limited.
+    threads = torch.get_num_threads()
+    if FOREST_KIND == "random":
+        lean = fit_lean_forest(x, y, seed, kw["n_estimators"], kw["max_depth"],
+                               kw["max_samples"], sample_weight, threads)
+        if lean is not None:  # the same trees without scikit-learn's per-tree overhead
+            return lean
     if FOREST_KIND == "extra":  # max_samples needs bootstrap: the same draws of rows
-        return ExtraTreesClassifier(**kw, bootstrap=True, n_jobs=torch.get_num_threads(),
+        return ExtraTreesClassifier(**kw, bootstrap=True, n_jobs=threads,
                                     random_state=seed).fit(x, y, sample_weight=sample_weight)
-    return RandomForestClassifier(**kw, n_jobs=torch.get_num_threads(),
+    return RandomForestClassifier(**kw, n_jobs=threads,
                                   random_state=seed).fit(x, y, sample_weight=sample_weight)
 
 
@@ -406,8 +417,9 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
 
     The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
     (every 2nd or 4th voxel, see :func:`_stride`); each finer level (half the stride) is then
-    predicted only where the level above has a class boundary within one of its voxels or is
-    unsure (:func:`_unsure`: the top class leads the runner-up by less than ``2 sure - 1``).
+    predicted only where the level above has a class boundary within one of its voxels or,
+    with at most ``REFINE_UNSURE_MAX_CLASSES`` classes, is unsure (:func:`_unsure`: the top
+    class leads the runner-up by less than ``2 sure - 1``).
     Elsewhere a voxel takes the bilinear mean of the coarse voxels around it
     (:func:`_upsample2`): the neighbourhood agrees on the class.
     Voxels the level above predicted are not predicted again.
@@ -428,7 +440,8 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
         hf, wf = fine.shape[1:3]
         lab = p.argmax(0)
         refine = ndi.maximum_filter(lab, size=(1, 3, 3)) != ndi.minimum_filter(lab, size=(1, 3, 3))
-        refine |= _unsure(p, sure)
+        if n_cls <= REFINE_UNSURE_MAX_CLASSES:
+            refine |= _unsure(p, sure)
         p = _upsample2(p, hf, wf)
         where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
         where[:, ::2, ::2] = False  # the level above's own voxels: already exact
