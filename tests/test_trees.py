@@ -31,9 +31,9 @@ def test_lean_forest_matches_scikit_learn(k, weighted, max_samples):
     test = rng.normal(size=(3000, 12)).astype(np.float32)
     test[:, 0] += rng.integers(0, k, len(test)) * 3 + 2
     np.testing.assert_array_equal(lean.predict_proba(test), ref.predict_proba(test))
-    for mine, theirs in zip(lean.trees, ref.estimators_):
+    for mine, theirs in zip(lean.trees, ref.estimators_, strict=True):
         np.testing.assert_array_equal(mine.threshold, theirs.tree_.threshold)
-    for mine, theirs in zip(lean.estimators_samples_, ref.estimators_samples_):
+    for mine, theirs in zip(lean.estimators_samples_, ref.estimators_samples_, strict=True):
         np.testing.assert_array_equal(mine, theirs)
 
 
