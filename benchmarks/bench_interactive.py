@@ -182,6 +182,8 @@ ENGINE = {
     "engine-novae-extra": {"vae_features": False, "forest_kind": "extra"},
     # Session 19: unsure voxels refined with any number of classes (the default before).
     "vae-refine-unsure": {"refine_unsure_classes": 1 << 30},
+    # ... and scikit-learn's forest class: the engine of session 18 (its times).
+    "vae-s18": {"refine_unsure_classes": 1 << 30, "lean_forest": False},
     "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
