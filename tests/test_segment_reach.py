@@ -127,8 +127,8 @@ def test_cli_no_reach(twin, tmp_path, monkeypatch, capsys):
 
     vol, ann = twin
     calls = []
-    real = reach.geodesic_distance
-    monkeypatch.setattr(reach, "geodesic_distance",
+    real = reach.geodesic_grid
+    monkeypatch.setattr(reach, "geodesic_grid",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
     a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
@@ -164,3 +164,21 @@ def test_geodesic_distance_on_a_grid_of_one_voxel():
     seeds[0, 1, 1] = True
     d = geodesic_distance(np.zeros((1, 3, 3), np.float32), seeds, (1.0, 1.0, 1.0))
     np.testing.assert_array_equal(d, np.zeros((1, 3, 3), np.float32))
+
+
+def test_grid_helpers_equal_the_full_size_upsampling():
+    from napari_latentseg.engine.segment import reach
+
+    rng = np.random.default_rng(0)
+    cells = rng.random((3, 4, 5)).astype(np.float32)
+    target = rng.random((3, 15, 18)).astype(np.float32)  # not a multiple of the grid
+    full = reach.upsample_grid(cells, 4, target.shape)
+    assert full.shape == target.shape
+    np.testing.assert_array_equal(full[:, 4:8, 8:12], np.broadcast_to(cells[:, 1:2, 2:3],
+                                                                      (3, 4, 4)))
+    expected = target * full
+    reach.scale_by_grid(target, cells, 4)
+    np.testing.assert_array_equal(target, expected)
+    mask = rng.random(target.shape) > 0.5
+    low = cells < 0.3
+    assert reach.count_by_grid(mask, low, 4) == int(np.count_nonzero(mask & (full < 0.3)))

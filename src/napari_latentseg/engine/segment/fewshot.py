@@ -318,7 +318,14 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
                  run: FeatureRunner) -> Generator[dict, None, None]:
     """Fade the object's probability beyond its geodesic reach from its strokes, in place
     (object-vs-background rounds with the prior; :mod:`.reach`)."""
-    from .reach import geodesic_distance, reach_gate, reach_radius
+    from .reach import (
+        count_by_grid,
+        geodesic_grid,
+        reach_gate,
+        reach_radius,
+        scale_by_grid,
+        upsample_grid,
+    )
 
     yield {"stage": "segment: reach", "done": 0, "total": 1}
     bg = st.prior_background
@@ -326,13 +333,15 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     seeds = st.annotations == st.table.classes[obj]
     spacing = st.spacing or (1.0, 1.0, 1.0)
     smooth = _smoothed_image(forest_feats, run)
-    dist = geodesic_distance(smooth, seeds, spacing)
+    # On the distance's grid: the gate is a function of the distance alone, so each cell's
+    # voxels share it, and it scales the probabilities without a full-size copy.
+    dist, grid = geodesic_grid(smooth, seeds, spacing)
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
     if st.options.momentum_where == "shrink-far":  # a whole-volume mask: only when used
-        st.far_from_object = dist > FAR_GROWTH * radius
-    faded = int(np.count_nonzero((gate < 0.5) & (probs[obj] > probs[bg])))
-    probs[obj] *= gate
+        st.far_from_object = upsample_grid(dist, grid, seeds.shape) > FAR_GROWTH * radius
+    faded = count_by_grid(probs[obj] > probs[bg], gate < 0.5, grid)
+    scale_by_grid(probs[obj], gate, grid)
     np.subtract(1.0, probs[obj], out=probs[bg])
     st.history.append({"stage": "reach", "radius_mm": round(radius, 1), "faded": faded})
     if faded:

@@ -446,11 +446,26 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
         if n_cls <= REFINE_UNSURE_MAX_CLASSES:
             refine |= _unsure(p, sure)
         p = _upsample2(p, hf, wf)
-        where = refine.repeat(2, axis=1).repeat(2, axis=2)[:, :hf, :wf]
-        where[:, ::2, ::2] = False  # the level above's own voxels: already exact
-        if where.any():
-            p[:, where] = _forest_proba(forest, fine[where], n_cls).T
+        z, y, x = _children(refine, hf, wf)
+        if len(z):
+            p[:, z, y, x] = _forest_proba(forest, fine[z, y, x], n_cls).T
     return p
+
+
+def _children(refine: np.ndarray, hf: int, wf: int) -> tuple[np.ndarray, ...]:
+    """Indices (z, y, x) at the finer level of the voxels under the ``refine`` voxels of the
+    level above, less those voxels themselves (already exact), within (hf, wf). Index
+    arrays, not a full-size mask: on a 61 x 512 x 512 scan, expanding the mask took longer
+    than the voxels' prediction."""
+    zc, yc, xc = np.nonzero(refine)
+    zs, ys, xs = [], [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        y, x = 2 * yc + dy, 2 * xc + dx
+        keep = (y < hf) & (x < wf)
+        zs.append(zc[keep])
+        ys.append(y[keep])
+        xs.append(x[keep])
+    return np.concatenate(zs), np.concatenate(ys), np.concatenate(xs)
 
 
 class ForestProbabilities:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["REACH_MM", "REACH_FACTOR", "EDGE_COST", "GRID", "GRID_WIDTH", "geodesic_distance",
-           "reach_gate", "reach_radius"]
+           "count_by_grid", "geodesic_grid", "reach_gate", "reach_radius", "scale_by_grid",
+           "upsample_grid"]
 
 REACH_MM = 40.0
 REACH_FACTOR = 1.5
@@ -30,7 +31,43 @@ GRID_WIDTH = 64  # ...enough for a grid about this many voxels across (512 x 512
 
 def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[float],
                       edge_cost: float | None = None, grid: int | None = None) -> np.ndarray:
-    """Geodesic distance (mm) of every voxel from the ``seeds`` voxels.
+    """Geodesic distance (mm) of every voxel from the ``seeds`` voxels: :func:`geodesic_grid`
+    shared by the voxels of each grid cell, (z, y, x) float32."""
+    dist, grid = geodesic_grid(smooth, seeds, spacing, edge_cost, grid)
+    return upsample_grid(dist, grid, seeds.shape)
+
+
+def upsample_grid(a: np.ndarray, grid: int, shape: Sequence[int]) -> np.ndarray:
+    """(z, y, x) of ``shape`` from a (z, ceil(y / grid), ceil(x / grid)) grid: each voxel
+    takes its cell's value."""
+    return a.repeat(grid, axis=1).repeat(grid, axis=2)[:, : shape[1], : shape[2]]
+
+
+def scale_by_grid(target: np.ndarray, a: np.ndarray, grid: int) -> None:
+    """``target *= upsample_grid(a, grid, target.shape)`` in place, a row of cells at a time
+    (no full-size copy of ``a``: on a 61 x 512 x 512 scan the copies took longer than the
+    distance itself)."""
+    rows = a.repeat(grid, axis=2)[:, :, : target.shape[2]]
+    for dy in range(grid):
+        part = target[:, dy::grid]
+        part *= rows[:, : part.shape[1]]
+
+
+def count_by_grid(mask: np.ndarray, cells: np.ndarray, grid: int) -> int:
+    """How many voxels of the (z, y, x) ``mask`` lie in a grid cell set in ``cells``."""
+    rows = cells.repeat(grid, axis=2)[:, :, : mask.shape[2]]
+    n = 0
+    for dy in range(grid):
+        part = mask[:, dy::grid]
+        n += int(np.count_nonzero(part & rows[:, : part.shape[1]]))
+    return n
+
+
+def geodesic_grid(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[float],
+                  edge_cost: float | None = None, grid: int | None = None
+                  ) -> tuple[np.ndarray, int]:
+    """Geodesic distance (mm) from the ``seeds`` voxels on the in-plane grid it is computed
+    on, and that grid's step (see :func:`upsample_grid` for every voxel's).
 
     Parameters
     ----------
@@ -48,8 +85,8 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
 
     Returns
     -------
-    np.ndarray
-        (z, y, x) float32, 0 at the seeds' grid voxels.
+    tuple of (np.ndarray, int)
+        (z, ceil(y / grid), ceil(x / grid)) float32, 0 at the seeds' grid voxels; the grid.
     """
     from skimage.graph import MCP_Geometric
 
@@ -74,8 +111,7 @@ def geodesic_distance(smooth: np.ndarray, seeds: np.ndarray, spacing: Sequence[f
     starts = np.argwhere(small) if small.any() else np.unique(
         np.argwhere(seeds) // np.array([1, grid, grid]), axis=0)
     dist, _ = MCP_Geometric(cost, sampling=sp).find_costs([tuple(p) for p in starts])
-    dist = dist.repeat(grid, axis=1).repeat(grid, axis=2)
-    return dist[:, : seeds.shape[1], : seeds.shape[2]].astype(np.float32)
+    return dist.astype(np.float32), grid
 
 
 def reach_radius(seeds: np.ndarray, spacing: Sequence[float], floor: float | None = None,
