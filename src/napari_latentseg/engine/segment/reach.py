@@ -8,8 +8,9 @@ multiplied by a gate: 1 within ``R`` mm of an object stroke, a Gaussian fall-off
 the object's strokes) and the distance is geodesic: every mm costs 1 + :data:`EDGE_COST` x
 the smoothed image's gradient (normalised units per mm), so crossing an edge of the image
 counts as going further. It is computed on an in-plane / 4 grid, / 8 for 512 x 512 slices
-(lung2's round: +0.5-1.1 s; its / 4 grid cost 1.9 s for the same AUC). Measured in
-docs/interactive_benchmarks.md ("A geodesic reach").
+(its / 4 grid cost lung2 1.9 s a round for the same AUC), and the gate is applied on that grid
+(lung2: 0.25 s a round). Measured in docs/interactive_benchmarks.md ("A geodesic reach",
+"A lean forest").
 """
 
 from __future__ import annotations
