@@ -39,8 +39,11 @@ def test_lean_forest_matches_scikit_learn(k, weighted, max_samples):
 
 def test_lean_forest_threads_give_the_same_result():
     x, y, rng = _data(600, 3)
-    one = fit_lean_forest(x, y, 1, 8, 8, 200, None, threads=1)
-    two = fit_lean_forest(x, y, 1, 8, 8, 200, None, threads=2)
+    # 1200 draws a tree: enough for the trees to be grown in threads too.
+    one = fit_lean_forest(x, y, 1, 8, 8, 1200, None, threads=1)
+    two = fit_lean_forest(x, y, 1, 8, 8, 1200, None, threads=2)
+    for a, b in zip(one.trees, two.trees, strict=True):
+        np.testing.assert_array_equal(a.threshold, b.threshold)
     rows = rng.normal(size=(70_000, 12)).astype(np.float32)  # enough for row chunks
     np.testing.assert_array_equal(one.predict_proba(rows), two.predict_proba(rows))
 
