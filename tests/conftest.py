@@ -29,6 +29,22 @@ def tiny_model(small_phantom):
     return result.model
 
 
+@pytest.fixture(scope="module")
+def annotations(small_phantom):
+    """The small phantom's labels painted whole on slices 4 and 8."""
+    from napari_latentseg.data.phantom import annotation_from_labels
+
+    return annotation_from_labels(small_phantom.labels, [4, 8])
+
+
+@pytest.fixture(scope="module")
+def few_shot(tiny_model, small_phantom, annotations):
+    """The default few-shot round of the tiny model on those annotations."""
+    from napari_latentseg.engine.segment import segment
+
+    return segment(tiny_model, small_phantom.image, annotations)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
