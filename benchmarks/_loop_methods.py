@@ -160,6 +160,8 @@ class VAEDefault:
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
+        # The edge step (boundary_refine) in the first N rounds only (probe, session 19).
+        self.boundary_rounds = options.pop("boundary_rounds", None)
         self.round = 0
         self.options = options  # SegmentOptions fields (background, vae_features...)
         self.last = None  # the previous round's result (momentum)
@@ -172,6 +174,8 @@ class VAEDefault:
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
+        if self.boundary_rounds is not None:
+            kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary}
         patch = dict(self.patch)
         ramp = self.first_kappa

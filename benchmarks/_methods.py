@@ -180,6 +180,9 @@ ENGINE = {
     "vae-ramp3": {"first_kappa": [0.5, 0.67, 0.83]},
     "vae-fresh05": {"fresh_prior_scale": 0.5},
     "vae-boundary": {"boundary_refine": True},  # local region competition at the edge
+    # Session 19: the edge step in the first three rounds only (its gain is early, its dips
+    # later?).
+    "vae-boundary-early3": {"boundary_rounds": 3},
     "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
     "vae-boundary-b1": {"boundary_refine": True, "boundary_band": 1},
     # Session 14: the edge step's moved voxels swap their probabilities (a probe, off in the
