@@ -132,6 +132,9 @@ def segment_iter(
     st, squeeze = _start_round(model, volume, annotations, opts)
     st.spacing = _spacing3(spacing, squeeze)
     st.fresh = previous is None
+    if previous is not None:
+        st.previous_share = next((h.get("object_share") for h in previous.history
+                                  if h.get("stage") == "forest"), None)
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
@@ -243,6 +246,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         st.notes.append(ts.note)
     if st.fresh and ts.adaptive:
         ts.scale = st.options.fresh_prior_scale
+    ts.previous_share = st.previous_share
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
     yield {"stage": "segment: forest", "done": 0, "total": 1}
