@@ -132,8 +132,8 @@ def segment_iter(
     st, squeeze = _start_round(model, volume, annotations, opts)
     st.spacing = _spacing3(spacing, squeeze)
     st.fresh = previous is None
-    if previous is not None:
-        st.previous_share = next((h.get("object_share") for h in previous.history
+    if previous is not None:  # a result, or what the dock keeps of one (no history)
+        st.previous_share = next((h.get("object_share") for h in getattr(previous, "history", ())
                                   if h.get("stage") == "forest"), None)
     if no_model:
         st.notes.append(NO_MODEL_NOTE)

@@ -35,8 +35,9 @@ FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 # "random": scikit-learn's random forest; "extra": extremely randomised trees (random split
 # thresholds, the same draws of rows). Session 18: extra trees lose with the VAE columns.
 FOREST_KIND = "random"
-# Probe (session 19): the adaptive prior's share estimate averaged (geometric mean) with the
-# last round's when a round continues another.
+# Probe (session 19, level): the adaptive prior's share estimate averaged (geometric mean)
+# with the last round's when a round continues a SegmentationResult (the dock keeps only the
+# last round's probabilities, so it never applies there).
 SHARE_MEMORY = False
 # Grow the random forest's trees through :mod:`.trees` (the same trees, less overhead; False:
 # scikit-learn's class, kept for the benchmark's timing ablation).
