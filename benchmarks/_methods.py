@@ -183,13 +183,9 @@ ENGINE = {
     # Session 19: the edge step in the first three rounds only (its gain is early, its dips
     # later?).
     "vae-boundary-early3": {"boundary_rounds": 3},
-    # Session 19: the prior's share estimate averaged with the last round's (with and
-    # without the edge step).
-    "vae-share-mem": {"share_memory": True},
     # Session 19: more trees (the rounds got cheaper): do the phantom's drops come from the
     # forest's variance?
     "vae-trees100": {"forest": {"n_estimators": 100, "max_depth": 10, "max_samples": 0.05}},
-    "vae-boundary-share-mem": {"boundary_refine": True, "share_memory": True},
     "vae-boundary-grow": {"boundary_refine": True, "boundary_grow_only": True},
     "vae-boundary-b1": {"boundary_refine": True, "boundary_band": 1},
     # Session 14: the edge step's moved voxels swap their probabilities (a probe, off in the

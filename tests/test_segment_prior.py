@@ -345,22 +345,3 @@ def test_adaptive_prior_estimates_with_a_small_forest_then_fits_the_full_one(mon
     assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
     assert forest.n_estimators == F.FOREST["n_estimators"]
     assert 0 < ts.object_share < 0.1  # the prior's rows are background: a small share
-
-
-def test_share_memory_is_the_geometric_mean_with_the_last_round(scene, monkeypatch):
-    # A benchmark switch (session 19, level: off by default).
-    from napari_latentseg.engine.segment import forest as F
-
-    vol, ann, _ = scene
-    first = segment(None, vol, ann, spacing=SPACING)
-    ann2 = ann.copy()
-    ann2[3, 40:43, 40:43] = 1
-
-    def share(res):
-        return next(h for h in res.history if h["stage"] == "forest")["object_share"]
-
-    fresh = segment(None, vol, ann2, spacing=SPACING, previous=first)
-    monkeypatch.setattr(F, "SHARE_MEMORY", True)
-    kept = segment(None, vol, ann2, spacing=SPACING, previous=first)
-    assert share(kept) == pytest.approx(np.sqrt(share(fresh) * share(first)))
-    assert share(segment(None, vol, ann2, spacing=SPACING)) == share(fresh)  # no last round

@@ -132,9 +132,6 @@ def segment_iter(
     st, squeeze = _start_round(model, volume, annotations, opts)
     st.spacing = _spacing3(spacing, squeeze)
     st.fresh = previous is None
-    if previous is not None:  # a result, or what the dock keeps of one (no history)
-        st.previous_share = next((h.get("object_share") for h in getattr(previous, "history", ())
-                                  if h.get("stage") == "forest"), None)
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
@@ -246,7 +243,6 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         st.notes.append(ts.note)
     if st.fresh and ts.adaptive:
         ts.scale = st.options.fresh_prior_scale
-    ts.previous_share = st.previous_share
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
     yield {"stage": "segment: forest", "done": 0, "total": 1}

@@ -35,10 +35,6 @@ FOREST = {"n_estimators": 50, "max_depth": 10, "max_samples": 0.05}
 # "random": scikit-learn's random forest; "extra": extremely randomised trees (random split
 # thresholds, the same draws of rows). Session 18: extra trees lose with the VAE columns.
 FOREST_KIND = "random"
-# Probe (session 19, level): the adaptive prior's share estimate averaged (geometric mean)
-# with the last round's when a round continues a SegmentationResult (the dock keeps only the
-# last round's probabilities, so it never applies there).
-SHARE_MEMORY = False
 # Grow the random forest's trees through :mod:`.trees` (the same trees, less overhead; False:
 # scikit-learn's class, kept for the benchmark's timing ablation).
 LEAN_FOREST = True
@@ -255,7 +251,6 @@ class TrainingSet:
     object_share: float | None = None
     prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
     scale: float = 1.0  # of the adaptive weight (adaptive_prior_weight)
-    previous_share: float | None = None  # the last round's estimate (SHARE_MEMORY)
 
     def _fit(self, seed: int, weight: np.ndarray | None, trees: int | None = None):
         forest = fit_forest(self.x, self.y, seed, weight, trees)
@@ -273,10 +268,6 @@ class TrainingSet:
         bg = list(forest.classes_).index(self.background_index)
         p_obj = 1.0 - forest.predict_proba(self.x[n:])[:, bg]
         self.object_share = max(float(np.mean(p_obj > 0.5)), 1.0 / self.prior)
-        if SHARE_MEMORY and self.previous_share:
-            # The geometric mean with the last round's (itself such a mean): one stroke
-            # moves the estimate, and the prior's weight, less.
-            self.object_share = float(np.sqrt(self.object_share * self.previous_share))
         n_obj = float(np.count_nonzero(self.y[:n] != self.background_index))
         w = self.weight.copy()
         w[n:] = adaptive_prior_weight(self.object_share, n_obj, self.scale) / self.prior
