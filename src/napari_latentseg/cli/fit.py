@@ -156,32 +156,23 @@ def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:
     return 0
 
 
-class _ScansOnDisk:
-    """Scans read one at a time, the last one kept: ``data[i]``, ``spacing[i]``."""
+class _OnDisk:
+    """One attribute (``data``, ``spacing``) of scans read on demand: ``read(i)`` keeps the
+    last scan, so asking for both of scan ``i`` in turn reads it once."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths, self._index, self._scan = paths, None, None
-        self.data, self.spacing = _View(self, "data"), _View(self, "spacing")
-
-    def scan(self, i: int):
-        if self._index != i:
-            self._scan, self._index = load_scan(self.paths[i]), i
-        return self._scan
-
-
-class _View:
-    def __init__(self, scans: _ScansOnDisk, attr: str) -> None:
-        self.scans, self.attr = scans, attr
+    def __init__(self, read, n: int, attr: str) -> None:
+        self.read, self.n, self.attr = read, n, attr
 
     def __len__(self) -> int:
-        return len(self.scans.paths)
+        return self.n
 
     def __getitem__(self, i: int):
-        return getattr(self.scans.scan(i), self.attr)
+        return getattr(self.read(i), self.attr)
 
 
 def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
     """Normative anomaly statistics of the fit's scans, stored in ``model.anomaly``."""
+    import functools
     import time
 
     from .. import pipeline
@@ -189,8 +180,9 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
 
     t0 = time.perf_counter()
     if scans is None:  # streamed: read again, one scan at a time
-        on_disk = _ScansOnDisk([str(p) for p in args.images])
-        data, spacing, modalities = on_disk.data, on_disk.spacing, None
+        read = functools.lru_cache(maxsize=1)(lambda i: load_scan(str(args.images[i])))
+        n = len(args.images)
+        data, spacing, modalities = _OnDisk(read, n, "data"), _OnDisk(read, n, "spacing"), None
     else:
         data = [s.data for s in scans]
         spacing = [s.spacing for s in scans]
