@@ -240,7 +240,8 @@ def fit_normative_iter(
     Store the result as ``model.anomaly["normative"]`` (saved with the model) or pass it as
     ``reference=`` to :func:`anomaly_iter`. ``volumes`` is read twice, one scan at a time (a
     lazy sequence may load each from disk): once for the density's sample, once for the
-    calibration. ``spacing`` is one voxel size for every scan or a list of per-scan ones.
+    calibration ("features" and "knn" read every scan once more, all held at once, for their
+    feature space). ``spacing`` is one voxel size for every scan or a list of per-scan ones.
     """
     from .anomaly_features import fit_feature_space
 
