@@ -290,8 +290,48 @@ def test_ct_default_finds_a_nodule_by_its_contrast():
     one = anomaly_map(None, ct[5], modality="CT", spacing=spacing[1:], error_map=False)
     assert one.method == "contrast" and one.score.shape == ct[5].shape  # a 2D slice
     feats = contrast_features(ct[:, :, :], spacing)
-    assert len(feats) == 7
+    assert len(feats) == 8  # intensity, 3 means, 3 contrasts, the 4 mm blob
+    assert feats[7][5, 32, 26] > 0  # the nodule is a bright blob
     fine = np.repeat(np.repeat(ct, 2, axis=1), 2, axis=2)
     feats_fine = contrast_features(fine, (2.0, 0.75, 0.75))
     for a, b in zip(feats[4:], feats_fine[4:], strict=True):  # the contrasts
         assert abs(a[5, 32, 26] - b[5, 64, 52]) < 0.1 * abs(a[5, 32, 26]) + 5.0
+
+
+def test_blob_column_sees_blobs_not_edges():
+    """The blob column is positive on a bright disk, negative on a dark one, zero on a
+    straight edge; normative statistics stored without blob columns (before session 20)
+    still score a scan, with their own seven columns."""
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+    from napari_latentseg.engine.anomaly_features import _blob
+
+    yy, xx = np.indices((64, 96))
+    img = np.zeros((1, 64, 96), np.float32)
+    img[0, :, 64:] = 100.0  # an edge at x = 64
+    img[0][(yy - 32) ** 2 + (xx - 16) ** 2 <= 16] = 100.0  # bright disk
+    img[0][(yy - 32) ** 2 + (xx - 80) ** 2 <= 16] = 0.0  # dark disk on the bright side
+    b = _blob(img, np.array([0.0, 3.0, 3.0]), np.ones(3))
+    assert b[0, 32, 16] > 5 and b[0, 32, 80] < -5
+    assert abs(b[0, 5, 64]) < 1e-3 and abs(b[0, 5, 63]) < 1e-3  # along the edge, far from both
+    rng = np.random.default_rng(0)
+    ct = np.full((6, 48, 48), -1000.0, np.float32)
+    ct[:, 4:44, 4:44] = rng.normal(40.0, 20.0, (6, 40, 40))  # chest wall
+    ct[:, 10:38, 10:38] = rng.normal(-850.0, 30.0, (6, 28, 28))  # lung
+    ref = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.5, 1.5),
+                        modalities=["CT"])
+    assert ref["blob_mm"] == [4.0] and len(ref["density"]["mu"]) == 8
+    import napari_latentseg.engine.anomaly_features as af
+
+    saved = af.CONTRAST_BLOB_MM
+    try:  # a density of seven columns, as stored before the blob column
+        af.CONTRAST_BLOB_MM = ()
+        seven = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.5, 1.5),
+                              modalities=["CT"])
+    finally:
+        af.CONTRAST_BLOB_MM = saved
+    assert "blob_mm" in seven and seven["blob_mm"] == []
+    del seven["blob_mm"]
+    assert len(seven["density"]["mu"]) == 7
+    res = anomaly_map(None, ct, modality="CT", reference=seven, spacing=(2.0, 1.5, 1.5),
+                      error_map=False)
+    assert res.mode == "normative" and np.isfinite(res.score).all()

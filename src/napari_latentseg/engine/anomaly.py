@@ -18,8 +18,9 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     The same density on the five intensity features only (intensity smoothed at 1, 2, 4
     voxels and its gradient magnitude; no VAE).
 ``contrast`` (default on CT, both modes)
-    The same density on intensity, its Gaussian means at 2, 4, 8 mm and their
-    centre-surround contrasts (no VAE): a nodule is a rare contrast with its surround.
+    The same density on intensity, its Gaussian means at 2, 4, 8 mm, their
+    centre-surround contrasts and an in-plane blob filter at 4 mm (no VAE): a nodule is a
+    rare, round contrast with its surround.
 ``error``
     Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
 ``ssim``
@@ -154,11 +155,13 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
-    from .anomaly_features import CONTRAST_SCALES_MM, feature_maps_iter, iter_contrast_features
+    from .anomaly_features import feature_maps_iter, iter_contrast_features, n_contrast_columns
 
-    if method == "contrast":  # column by column: the seven volumes are never held at once
-        rows = np.empty((int(mask.sum()), 1 + 2 * len(CONTRAST_SCALES_MM)), np.float32)
-        for col, f in iter_contrast_features(xnorm, spacing):
+    if method == "contrast":  # column by column: the volumes are never held at once
+        # Statistics stored before session 20 have no blob columns, and keep none.
+        blob_mm = tuple(stats.get("blob_mm", ()))
+        rows = np.empty((int(mask.sum()), n_contrast_columns(blob_mm)), np.float32)
+        for col, f in iter_contrast_features(xnorm, spacing, blob_mm):
             check_stop(stop_event, "anomaly features")
             rows[:, col] = f[mask]
     else:
@@ -269,6 +272,10 @@ def fit_normative_iter(
 
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
                    "depth": USE_DEPTH, "seed": int(seed)}
+    if method == "contrast":  # read here, so a probe can switch it
+        from .anomaly_features import CONTRAST_BLOB_MM
+
+        stats["blob_mm"] = [float(b) for b in CONTRAST_BLOB_MM]
     kept = None  # one scan: its features serve both passes
     if method in _DENSITY:
         if method in ("features", "knn") and model is not None:

@@ -3,7 +3,8 @@
 Features: the VAE encoder's hypercolumn (every encoder level and the latent mean, upsampled to
 voxel resolution) projected on its principal components, plus the normalised intensity
 Gaussian-smoothed at 1, 2 and 4 voxels and its gradient magnitude; or, for the ``contrast``
-score, the intensity with its means and centre-surround contrasts at 2, 4 and 8 mm. Normal
+score, the intensity with its means and centre-surround contrasts at 2, 4 and 8 mm and an
+in-plane blob filter at 4 mm. Normal
 anatomy (tissue, tissue boundaries, the skull rim) is frequent in that space; a lesion is a rare
 combination of intensity and context, so its density is low even when its intensity is
 tissue-like.
@@ -133,12 +134,61 @@ def _intensity_features(xnorm: np.ndarray, spatial_dims: int) -> list[np.ndarray
 CONTRAST_SCALES_MM = (2.0, 4.0, 8.0)  # centre sizes: small nodules to lesions of ~2 cm
 CONTRAST_Z_MAX = 1.0  # through-plane sigma cap (slices)
 CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 level)
+# In-plane Hessian blob columns (session 20: at 4 mm, nodules' best Dice 0.34 -> 0.45 on the
+# mean of twelve held-out implants; docs/anomaly_benchmarks.md, "A blob column on CT").
+CONTRAST_BLOB_MM: tuple[float, ...] = (4.0,)
 
 
-def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None
+def n_contrast_columns(blob_mm: Sequence[float] = CONTRAST_BLOB_MM) -> int:
+    """Columns of :func:`contrast_features` with ``blob_mm`` blob scales."""
+    return 2 * len(CONTRAST_SCALES_MM) + 1 + len(blob_mm)
+
+
+def _blob(xnorm: np.ndarray, sig: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """Signed in-plane blob strength at Gaussian width ``sig`` (voxels): where both Hessian
+    eigenvalues have one sign, ``small**2 / big`` (Li et al. 2003's dot filter), scaled by the
+    width squared (dimensionless); positive on bright blobs, negative on dark ones, 0 on edges
+    and ridges. float32 throughout, in place: four volumes at the peak."""
+    from scipy import ndimage
+
+    ay, ax = xnorm.ndim - 2, xnorm.ndim - 1
+
+    def d2(a0: int, a1: int) -> np.ndarray:
+        order = [0] * xnorm.ndim
+        order[a0] += 1
+        order[a1] += 1
+        out = ndimage.gaussian_filter(xnorm.astype(np.float32, copy=False), sig, order=order)
+        out *= np.float32(1.0 / (sp[a0] * sp[a1]))
+        return out
+
+    a, b = d2(ay, ay), d2(ax, ax)
+    t = a + b
+    t *= 0.5  # half the trace
+    a -= b
+    a *= 0.5
+    np.hypot(a, d2(ay, ax), out=a)  # the eigenvalues are t +- a
+    np.add(t, a, out=b)  # l1 >= l2
+    t -= a
+    same = (b > 0) == (t > 0)
+    bright = b < 0  # both negative: a bright blob
+    np.abs(b, out=b)
+    np.abs(t, out=t)
+    np.maximum(b, t, out=a)  # |big|
+    np.minimum(b, t, out=b)  # |small|
+    b *= b
+    np.maximum(a, np.float32(1e-12), out=a)
+    b /= a
+    b[~same] = 0.0
+    b *= np.where(bright, np.float32(1.0), np.float32(-1.0))
+    b *= np.float32((sig[-1] * sp[-1]) ** 2)
+    return b
+
+
+def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None,
+                           blob_mm: Sequence[float] = CONTRAST_BLOB_MM
                            ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(column, map)`` of the seven :func:`contrast_features`, one map at a time (a caller
-    that keeps only the masked voxels never holds all seven volumes)."""
+    """``(column, map)`` of :func:`contrast_features`, one map at a time (a caller that keeps
+    only the masked voxels never holds all the volumes)."""
     from scipy import ndimage
 
     sp = np.ones(xnorm.ndim)
@@ -154,18 +204,24 @@ def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = 
         a = ndimage.gaussian_filter(xnorm, sig)
         yield 1 + k, a
         yield 1 + n + k, a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND)
+    for k, s in enumerate(blob_mm):
+        sig = s / sp
+        if xnorm.ndim == 3:
+            sig[0] = min(sig[0], CONTRAST_Z_MAX)
+        yield 1 + 2 * n + k, _blob(xnorm, sig, sp)
 
 
-def contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None
-                      ) -> list[np.ndarray]:
+def contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None,
+                      blob_mm: Sequence[float] = CONTRAST_BLOB_MM) -> list[np.ndarray]:
     """Intensity, and at each of :data:`CONTRAST_SCALES_MM` its Gaussian mean and its
-    centre-surround contrast (difference of Gaussians, surround twice as wide): seven features.
+    centre-surround contrast (difference of Gaussians, surround twice as wide), then a signed
+    in-plane blob strength at each of ``blob_mm`` (:func:`_blob`).
 
     Scales are in mm, so a normative density applies to a scan of another voxel size. Through
     thick slices the centre spans at most one slice: a small lesion shows on one or two.
     """
-    out: list = [None] * (1 + 2 * len(CONTRAST_SCALES_MM))
-    for col, f in iter_contrast_features(xnorm, spacing):
+    out: list = [None] * n_contrast_columns(blob_mm)
+    for col, f in iter_contrast_features(xnorm, spacing, blob_mm):
         out[col] = f
     return out
 
