@@ -29,7 +29,12 @@ def run(args: argparse.Namespace) -> int:
           f"{m.anomaly.get('threshold')}")
     norm = (m.anomaly or {}).get("normative")
     if norm:
+        blob = ""
+        if norm.get("method") == "contrast":  # statistics stored before the column have none
+            mm = norm.get("blob_mm") or []
+            blob = (f", blob column at {', '.join(f'{b:g}' for b in mm)} mm" if mm
+                    else ", no blob column")
         print(f"  normative anomaly statistics: {norm.get('method')} of "
-              f"{norm.get('n_scans')} scan(s)")
+              f"{norm.get('n_scans')} scan(s){blob}")
     print(f"  segmentation head: {'yes' if m.head else 'no'}")
     return 0
