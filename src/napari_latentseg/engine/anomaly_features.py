@@ -179,7 +179,7 @@ def _blob(xnorm: np.ndarray, sig: np.ndarray, sp: np.ndarray) -> np.ndarray:
     np.maximum(a, np.float32(1e-12), out=a)
     b /= a
     b[~same] = 0.0
-    b *= np.where(bright, np.float32(1.0), np.float32(-1.0))
+    np.negative(b, out=b, where=~bright)
     b *= np.float32((sig[-1] * sp[-1]) ** 2)
     return b
 
