@@ -42,7 +42,7 @@ def anomaly_section(data: Path, device: str, cases, res: dict, save, budget) -> 
     map) is the interactive section's, fitted once per scan on ``device``."""
     import _interactive as ia
     from bench_anomaly import curve_metrics, dice
-    from bench_gpu import Clock
+    from _gpu_helpers import Clock
 
     from napari_latentseg.engine.anomaly import anomaly_map, head_mask
 
@@ -114,7 +114,7 @@ def main() -> int:
     os.environ["LATENTSEG_BENCH_FIT_MINUTES"] = str(a.fit_minutes)
     os.environ.setdefault("LATENTSEG_BENCH_CACHE", tempfile.mkdtemp(prefix="latentseg-gpuq-"))
     import torch
-    from bench_gpu import default_data
+    from _gpu_helpers import default_data
 
     if a.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU")
