@@ -41,8 +41,8 @@ def anomaly_section(data: Path, device: str, cases, res: dict, save, budget) -> 
     """Self-mode anomaly maps of full-size brain1 and brain2; the VAE (for the ``error``
     map) is the interactive section's, fitted once per scan on ``device``."""
     import _interactive as ia
-    from bench_anomaly import curve_metrics, dice
     from _gpu_helpers import Clock
+    from bench_anomaly import curve_metrics, dice
 
     from napari_latentseg.engine.anomaly import anomaly_map, head_mask
 
