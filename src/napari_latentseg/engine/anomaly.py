@@ -269,7 +269,11 @@ def fit_normative_iter(
     # Decided once: a lazy sequence reads a scan for each item asked.
     per_scan = spacing is not None and np.ndim(spacing[0]) > 0
 
-    def prepared(i: int, unscored: bool = True):
+    # CT's unscored voxels are needed to zero the scan's own scores (self mode) or to leave
+    # them out of the calibration; a normative fit's scans need them for neither by default.
+    need_unscored = _keep is not None or CALIBRATE_SCORED_ONLY
+
+    def prepared(i: int, unscored: bool = False):
         """(normalised volume, mask, voxel size, voxels left unscored or None) of scan ``i``."""
         sp = spacing[i] if per_scan else spacing
         vol = np.asarray(volumes[i], dtype=np.float32)
@@ -290,7 +294,7 @@ def fit_normative_iter(
                 model, [prepared(i)[:2] for i in range(n)], seed=seed, stop_event=stop_event))
         rng, samples = np.random.default_rng(seed), []
         for i in range(n):
-            x, m, sp, skip = prepared(i, unscored=n == 1)
+            x, m, sp, skip = prepared(i, unscored=n == 1 and need_unscored)
             rows = yield from _feature_rows(model, x, m, stats, method, stop_event, sp)
             samples.append(_density_sample(rows, n, rng))
             kept = (x, m, sp, skip, rows) if n == 1 else None
@@ -299,7 +303,8 @@ def fit_normative_iter(
         stats["density"] = _fit_density(samples, method, seed)
     raws = []
     for i in range(n):
-        x, m, sp, skip, rows = kept if kept is not None else (*prepared(i), None)
+        x, m, sp, skip, rows = (kept if kept is not None
+                                else (*prepared(i, unscored=need_unscored), None))
         raw = yield from _raw_iter(model, x, m, stats, method, stop_event, rows=rows,
                                    spacing=sp)
         cal = m & ~skip if skip is not None and CALIBRATE_SCORED_ONLY else m

@@ -195,20 +195,23 @@ def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = 
     if spacing is not None:  # a 2D scan's in-plane spacing serves its one-slice volume too
         given = np.asarray(spacing, float)[-xnorm.ndim:]
         sp[xnorm.ndim - len(given):] = given
+
+    def sigma(mm: float) -> np.ndarray:
+        """Gaussian widths (voxels) of a scale in mm, through-plane capped."""
+        sig = mm / sp
+        if xnorm.ndim == 3:
+            sig[0] = min(sig[0], CONTRAST_Z_MAX)
+        return sig
+
     yield 0, xnorm
     n = len(CONTRAST_SCALES_MM)
     for k, s in enumerate(CONTRAST_SCALES_MM):
-        sig = s / sp
-        if xnorm.ndim == 3:
-            sig[0] = min(sig[0], CONTRAST_Z_MAX)
+        sig = sigma(s)
         a = ndimage.gaussian_filter(xnorm, sig)
         yield 1 + k, a
         yield 1 + n + k, a - ndimage.gaussian_filter(xnorm, sig * CONTRAST_SURROUND)
     for k, s in enumerate(blob_mm):
-        sig = s / sp
-        if xnorm.ndim == 3:
-            sig[0] = min(sig[0], CONTRAST_Z_MAX)
-        yield 1 + 2 * n + k, _blob(xnorm, sig, sp)
+        yield 1 + 2 * n + k, _blob(xnorm, sigma(s), sp)
 
 
 def contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None,
