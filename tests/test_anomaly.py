@@ -320,6 +320,7 @@ def test_blob_column_sees_blobs_not_edges():
     ref = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.5, 1.5),
                         modalities=["CT"])
     assert ref["blob_mm"] == [4.0] and len(ref["density"]["mu"]) == 8
+    assert ref["smoothing_mm"] == 2.5
     import napari_latentseg.engine.anomaly_features as af
 
     saved = af.CONTRAST_BLOB_MM
@@ -330,8 +331,29 @@ def test_blob_column_sees_blobs_not_edges():
     finally:
         af.CONTRAST_BLOB_MM = saved
     assert "blob_mm" in seven and seven["blob_mm"] == []
-    del seven["blob_mm"]
+    del seven["blob_mm"], seven["smoothing_mm"]  # as stored before sessions 20 and 21
     assert len(seven["density"]["mu"]) == 7
     res = anomaly_map(None, ct, modality="CT", reference=seven, spacing=(2.0, 1.5, 1.5),
                       error_map=False)
     assert res.mode == "normative" and np.isfinite(res.score).all()
+
+
+def test_score_smoothing_in_mm_follows_the_voxel_size():
+    """The contrast score is smoothed by a width in mm (the same physical smoothing at every
+    voxel size); without a voxel size, or for statistics stored before, by 1 voxel."""
+    from scipy import ndimage
+
+    from napari_latentseg.engine.anomaly import _smooth
+
+    raw = np.zeros((3, 33, 33), np.float32)
+    raw[1, 16, 16] = 1.0
+    np.testing.assert_allclose(_smooth(raw, 2, 1.0, 3.0, (5.0, 1.5, 1.5)),
+                               ndimage.gaussian_filter(raw, (0, 2, 2)), atol=1e-7)
+    np.testing.assert_allclose(_smooth(raw, 3, 1.0, 3.0, (5.0, 1.5, 0.75)),
+                               ndimage.gaussian_filter(raw, (0.6, 2, 4)), atol=1e-7)
+    np.testing.assert_allclose(_smooth(raw, 2, 1.0), ndimage.gaussian_filter(raw, (0, 1, 1)))
+    np.testing.assert_allclose(_smooth(raw, 2, 1.0, 3.0, None),
+                               ndimage.gaussian_filter(raw, (0, 1, 1)))
+    one = raw[1:2]  # a 2D scan's one-slice volume with its in-plane spacing
+    np.testing.assert_allclose(_smooth(one, 2, 1.0, 3.0, (1.5, 1.5)),
+                               ndimage.gaussian_filter(one, (0, 2, 2)), atol=1e-7)

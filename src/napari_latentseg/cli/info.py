@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
             mm = norm.get("blob_mm") or []
             blob = (f", blob column at {', '.join(f'{b:g}' for b in mm)} mm" if mm
                     else ", no blob column")
+            sm = norm.get("smoothing_mm")  # statistics stored before session 21: 1 voxel
+            blob += f", score smoothed {sm:g} mm" if sm else ", score smoothed 1 voxel"
         print(f"  normative anomaly statistics: {norm.get('method')} of "
               f"{norm.get('n_scans')} scan(s){blob}")
     print(f"  segmentation head: {'yes' if m.head else 'no'}")

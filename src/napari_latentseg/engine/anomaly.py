@@ -31,7 +31,8 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     A denoising autoencoder fitted on the scan itself, self mode only (:mod:`.anomaly_dae`):
     the best measured on MR, ~80 s on one CPU thread; on CT ``contrast`` is better.
 
-Every raw map is smoothed (1 voxel, in-plane for 2D models) and calibrated: the returned
+Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
+calibrated: the returned
 ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring higher (0.1 -> 1,
 0.001 -> 3): empirical quantiles as far as the fit data support them (ten voxels beyond), an
 exponential tail past that. ``threshold`` = ``-log10(fpr)``, so ``fpr`` of the fit voxels are
@@ -77,6 +78,10 @@ CALIBRATE_SCORED_ONLY = False
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
+# The contrast density's score is smoothed in mm (in-plane), so a full-size CT is scored as the
+# benchmark's in-plane / 4 one is (session 21: 1 voxel before, 0.6 mm at full size, where
+# the nodules' best Dice was half; docs/anomaly_benchmarks.md, "Smoothing in mm").
+CONTRAST_SMOOTH_MM = 2.5
 
 
 @dataclass
@@ -136,11 +141,21 @@ def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None,
     return norm(volume), mask
 
 
-def _smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0) -> np.ndarray:
+def _smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0, mm: float | None = None,
+            spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Gaussian smoothing of a raw map: ``sigma`` voxels, or ``mm`` millimetres where the voxel
+    size is known; in-plane only for 2D models."""
     from scipy import ndimage
 
-    s = (0.0, sigma, sigma) if spatial_dims == 2 else (sigma,) * 3
-    return ndimage.gaussian_filter(raw, s[-raw.ndim:])
+    s = np.full(raw.ndim, float(sigma))
+    if mm is not None and spacing is not None:
+        sp = np.ones(raw.ndim)
+        given = np.asarray(spacing, float)[-raw.ndim:]
+        sp[raw.ndim - len(given):] = given  # a 2D scan's spacing serves its 1-slice volume
+        s = float(mm) / sp
+    if spatial_dims == 2 and raw.ndim == 3:
+        s[0] = 0.0
+    return ndimage.gaussian_filter(raw, tuple(s))
 
 
 def _recon(model: VAEModel, xnorm: np.ndarray) -> np.ndarray:
@@ -210,7 +225,9 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     sd = model.config.spatial_dims if model is not None else 2
-    raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)))
+    # Statistics stored before session 21 have no "smoothing_mm": 1 voxel, as they were fitted.
+    raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)),
+                  stats.get("smoothing_mm"), spacing)
     if SLICE_NORMALISE_DENSITY and method in _DENSITY and raw.ndim == 3:
         from .anomaly_dae import slice_normalise
 
@@ -286,6 +303,7 @@ def fit_normative_iter(
         from .anomaly_features import CONTRAST_BLOB_MM
 
         stats["blob_mm"] = [float(b) for b in CONTRAST_BLOB_MM]
+        stats["smoothing_mm"] = float(CONTRAST_SMOOTH_MM)
     kept = None  # one scan: its features serve both passes
     if method in _DENSITY:
         if method in ("features", "knn") and model is not None:
