@@ -357,3 +357,53 @@ def test_score_smoothing_in_mm_follows_the_voxel_size():
     one = raw[1:2]  # a 2D scan's one-slice volume with its in-plane spacing
     np.testing.assert_allclose(_smooth(one, 2, 1.0, 3.0, (1.5, 1.5)),
                                ndimage.gaussian_filter(one, (0, 2, 2)), atol=1e-7)
+
+
+def test_fine_ct_is_scored_on_a_coarser_grid():
+    """A CT of 0.5 mm pixels is scored on a grid of about 2.4 mm (block means) and its score
+    brought back to the scan's grid: the nodule is found there, the airway is not scored;
+    normative statistics record the grid, and those stored without one (before session 21)
+    score on the scan's own grid."""
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+    from napari_latentseg.engine.anomaly_masks import grid_factor, to_coarse, to_fine
+
+    ramp = np.tile(np.arange(23, dtype=np.float32), (2, 17, 1))  # x = 0..22, 23 % 5 != 0
+    coarse, sp = to_coarse(ramp, (3.0, 0.5, 0.5), 5)
+    assert coarse.shape == (2, 4, 5) and sp == (3.0, 2.5, 2.5)
+    assert coarse[0, 0, 1] == 7.0  # the mean of pixels 5..9
+    back = to_fine(coarse, ramp.shape, 5)
+    assert back.shape == ramp.shape and np.allclose(back[:, :, 4:18], ramp[:, :, 4:18])
+    assert grid_factor((10, 192, 192), (2.0, 0.5, 0.5), 2.4) == 5
+    assert grid_factor((10, 64, 64), (2.0, 0.5, 0.5), 2.4) == 2  # 32 pixels a side at least
+    assert grid_factor((10, 192, 192), None, 2.4) == grid_factor((9, 9), (1, 1), None) == 1
+
+    rng = np.random.default_rng(1)
+    ct = np.full((10, 64, 64), -1000.0, np.float32)
+    ct[:, 4:60, 4:60] = rng.normal(40.0, 20.0, (10, 56, 56))
+    ct[:, 12:52, 12:52] = rng.normal(-850.0, 30.0, (10, 40, 40))
+    zz, yy, xx = np.indices(ct.shape)
+    nodule = ((zz - 5) * 2.0) ** 2 + ((yy - 32) * 1.5) ** 2 + ((xx - 26) * 1.5) ** 2 <= 5.0 ** 2
+    ct[nodule] = rng.normal(40.0, 20.0, int(nodule.sum()))
+    ct[:, 55:57, 28:34] = -1000.0  # an airway in the chest wall
+    fine = np.repeat(np.repeat(ct, 3, axis=1), 3, axis=2)  # (10, 192, 192) at 0.5 mm
+    nod = np.repeat(np.repeat(nodule, 3, axis=1), 3, axis=2)
+    lung = np.zeros(fine.shape, bool)
+    lung[:, 42:150, 42:150] = True
+    lung &= ~nod
+    spacing = (2.0, 0.5, 0.5)
+    # A toy scan: the 5 mm nodule is two pixels of the grid, its flagged core 0.02 mL.
+    res = anomaly_map(None, fine, modality="CT", spacing=spacing, error_map=False,
+                      min_volume_ml=0.01)
+    assert res.score.shape == res.mask.shape == res.labels.shape == fine.shape
+    assert np.median(res.score[nod]) > np.percentile(res.score[lung], 99)
+    assert res.labels[5, 97, 79] == res.candidates[0]["id"] > 0
+    assert (res.score[:, 166:170, 85:101] == 0).all()  # the airway
+    ref = fit_normative(None, [fine], method="contrast", spacing=spacing, modalities=["CT"])
+    assert ref["grid_mm"] == 2.4
+    new = anomaly_map(None, fine, modality="CT", spacing=spacing, reference=ref,
+                      error_map=False, min_volume_ml=0.01)
+    assert new.mode == "normative" and new.labels[5, 97, 79] > 0
+    del ref["grid_mm"]
+    old = anomaly_map(None, fine, modality="CT", spacing=spacing, reference=ref,
+                      error_map=False)
+    assert old.score.shape == fine.shape and np.isfinite(old.score).all()

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
                     else ", no blob column")
             sm = norm.get("smoothing_mm")  # statistics stored before session 21: 1 voxel
             blob += f", score smoothed {sm:g} mm" if sm else ", score smoothed 1 voxel"
+            if norm.get("grid_mm"):
+                blob += f" on a {norm['grid_mm']:g} mm grid"
         print(f"  normative anomaly statistics: {norm.get('method')} of "
               f"{norm.get('n_scans')} scan(s){blob}")
     print(f"  segmentation head: {'yes' if m.head else 'no'}")

@@ -1,4 +1,5 @@
-"""Masks of the anomaly maps: the head / body, CT bone, and the depth inside the head."""
+"""Masks of the anomaly maps (the head / body, CT bone, the depth inside the head) and the
+coarser grid the contrast density scores a fine CT on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "BONE_HU", "BONE_ML", "METAL_HU",
-           "AIR_HU"]
+__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "grid_factor", "to_coarse",
+           "to_fine", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
@@ -78,3 +79,38 @@ def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.nd
     m = mask if mask.ndim == 3 else mask[None]
     out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
     return out.astype(np.float32).reshape(mask.shape)
+
+
+def grid_factor(shape: Sequence[int], spacing: Sequence[float] | None,
+                grid_mm: float | None) -> int:
+    """In-plane factor that brings pixels of ``spacing`` to about ``grid_mm`` (1: as they are;
+    also without a voxel size, or where fewer than 32 pixels a side would be left)."""
+    if not grid_mm or spacing is None or len(shape) < 2:
+        return 1
+    f = int(round(float(grid_mm) / float(np.mean(np.asarray(spacing, float)[-2:]))))
+    return max(1, min(f, min(shape[-2:]) // 32))
+
+
+def to_coarse(vol: np.ndarray, spacing: Sequence[float], f: int
+              ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """In-plane block means of ``f`` x ``f`` pixels (edges padded) and their voxel size."""
+    if f == 1:
+        return vol, tuple(float(s) for s in spacing)
+    z, y, x = vol.shape
+    py, px = -y % f, -x % f
+    v = np.pad(vol, ((0, 0), (0, py), (0, px)), mode="edge") if py or px else vol
+    v = v.reshape(z, (y + py) // f, f, (x + px) // f, f).mean((2, 4), dtype=np.float32)
+    sp = [float(s) for s in spacing]
+    sp[-2:] = [sp[-2] * f, sp[-1] * f]
+    return v.astype(np.float32, copy=False), tuple(sp)
+
+
+def to_fine(coarse: np.ndarray, shape: Sequence[int], f: int) -> np.ndarray:
+    """A map of :func:`to_coarse`'s grid back on the ``shape`` grid (linear, pixel centres
+    aligned)."""
+    from scipy import ndimage
+
+    if f == 1:
+        return coarse
+    out = ndimage.zoom(coarse, (1, f, f), order=1, grid_mode=True, mode="nearest")
+    return np.ascontiguousarray(out[:, : shape[-2], : shape[-1]])
