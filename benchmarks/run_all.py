@@ -10,8 +10,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_engine.py", "bench_segment.py", "bench_loop.py", "bench_interactive.py",
-           "bench_first_result.py",
-           "bench_anomaly.py", "bench_live.py", "bench_scaling.py", "bench_batch.py"]
+           "bench_first_result.py", "bench_anomaly.py", "bench_ct_fullres.py", "bench_live.py",
+           "bench_scaling.py", "bench_batch.py"]
 # napari's canvas needs a display: bench_live runs under Xvfb when there is none.
 NEEDS_DISPLAY = {"bench_live.py"}
 
