@@ -39,17 +39,15 @@ def method_and_blob(method: str):
 def heldout_nodules(variants=((4.0,), ()), seeds=HELDOUT_SEEDS) -> list[dict]:
     """Best Dice of the contrast density with each blob ``variants`` on held-out nodule
     implants, with the best baseline (oracle window, |x - median 5x5|) of the same case."""
-    from bench_anomaly import case_masks, curve_metrics, implant, load, noise_sigma, oracle_window
+    from bench_anomaly import case_masks, curve_metrics, implant, load, lung_region, oracle_window
     from scipy import ndimage
 
-    from napari_latentseg.engine.anomaly import anomaly_map, head_mask
+    from napari_latentseg.engine.anomaly import anomaly_map
 
     rows = []
     for name in ("lung1", "lung2"):
         v0, lab, sp = load(name, 4, z_window=24)
-        body = head_mask(v0, "CT")
-        lung = body & (v0 < -500) & ~ndimage.binary_dilation(lab, iterations=4)
-        sig = noise_sigma(v0, body & (v0 > -200) & (v0 < 200))
+        _, lung, sig = lung_region(v0, lab)
         for kind, level in KINDS:
             for seed in seeds:
                 vv, tr = implant(v0, lung, sp, level, (3, 6, 10), sig, seed=seed)

@@ -90,6 +90,18 @@ def noise_sigma(v: np.ndarray, region: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / 0.85)
 
 
+def lung_region(v: np.ndarray, lab: np.ndarray):
+    """(body, lung away from the real tumour, noise sigma of soft tissue) of a CT in HU: where
+    nodules are implanted, and the noise they are given."""
+    from scipy import ndimage
+
+    from napari_latentseg.engine.anomaly import head_mask
+
+    body = head_mask(v, "CT")
+    lung = body & (v < -500) & ~ndimage.binary_dilation(lab, iterations=4)
+    return body, lung, noise_sigma(v, body & (v > -200) & (v < 200))
+
+
 def implant(v, region, spacing, level, radii_mm, sigma, seed, avoid=None, margin_mm=1.0):
     """Spheres with a soft edge at ``level`` + the scan's noise; returns (volume, mask)."""
     from scipy import ndimage
@@ -199,11 +211,7 @@ def build_cases(quick: bool):
     for name in ("lung1", "lung2"):
         v, lab, sp = load(name, f, z_window=24)
         refs[name] = v
-        body = head_mask(v, "CT")
-        from scipy import ndimage
-
-        lung = body & (v < -500) & ~ndimage.binary_dilation(lab, iterations=4)
-        sig = noise_sigma(v, body & (v > -200) & (v < 200))
+        _, lung, sig = lung_region(v, lab)
         for kind in kinds_ct if name == "lung1" else kinds_ct[:1]:
             level = {"solid": 40.0, "ggo": -450.0, "calcified": 400.0}[kind]
             vv, tr = implant(v, lung, sp, level, (3, 6, 10), sig, seed=len(cases))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_anomaly import DATA, curve_metrics, dice, implant, load, noise_sigma
+from bench_anomaly import DATA, curve_metrics, dice, implant, load, lung_region
 
 HERE = Path(__file__).resolve().parent
 KINDS = {"solid": 40.0, "ggo": -450.0, "calcified": 400.0}
@@ -36,17 +36,13 @@ def _score(v, sp):
 def run(out: Path, tag: str = "") -> dict:
     from scipy import ndimage
 
-    from napari_latentseg.engine.anomaly import head_mask
-
     res: dict = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
                  "dice": {}, "whole": {}}
     hits, false_c = {r: 0 for r in RADII}, []
     t_all = time.perf_counter()
     for name in ("lung1", "lung2"):
         v0, lab, sp = load(name, 1)
-        body = head_mask(v0, "CT")
-        lung = body & (v0 < -500) & ~ndimage.binary_dilation(lab, iterations=4)
-        sig = noise_sigma(v0, body & (v0 > -200) & (v0 < 200))
+        body, lung, sig = lung_region(v0, lab)
         smask = body & ~ndimage.binary_dilation(lab, iterations=2)
         for kind, seed in [(k, 7) for k in KINDS] + [(k, s) for s in (11, 13)
                                                      for k in ("solid", "calcified")]:

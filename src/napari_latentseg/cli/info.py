@@ -29,16 +29,16 @@ def run(args: argparse.Namespace) -> int:
           f"{m.anomaly.get('threshold')}")
     norm = (m.anomaly or {}).get("normative")
     if norm:
-        blob = ""
+        extra = ""
         if norm.get("method") == "contrast":  # statistics stored before the column have none
             mm = norm.get("blob_mm") or []
-            blob = (f", blob column at {', '.join(f'{b:g}' for b in mm)} mm" if mm
-                    else ", no blob column")
+            extra = (f", blob column at {', '.join(f'{b:g}' for b in mm)} mm" if mm
+                     else ", no blob column")
             sm = norm.get("smoothing_mm")  # statistics stored before session 21: 1 voxel
-            blob += f", score smoothed {sm:g} mm" if sm else ", score smoothed 1 voxel"
+            extra += f", score smoothed {sm:g} mm" if sm else ", score smoothed 1 voxel"
             if norm.get("grid_mm"):
-                blob += f" on a {norm['grid_mm']:g} mm grid"
+                extra += f" on a {norm['grid_mm']:g} mm grid"
         print(f"  normative anomaly statistics: {norm.get('method')} of "
-              f"{norm.get('n_scans')} scan(s){blob}")
+              f"{norm.get('n_scans')} scan(s){extra}")
     print(f"  segmentation head: {'yes' if m.head else 'no'}")
     return 0

@@ -60,6 +60,7 @@ from .anomaly_masks import (
     head_mask,
     to_coarse,
     to_fine,
+    voxel_size,
 )
 from .normalize import guess_modality
 
@@ -161,10 +162,7 @@ def _smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0, mm: float | 
 
     s = np.full(raw.ndim, float(sigma))
     if mm is not None and spacing is not None:
-        sp = np.ones(raw.ndim)
-        given = np.asarray(spacing, float)[-raw.ndim:]
-        sp[raw.ndim - len(given):] = given  # a 2D scan's spacing serves its 1-slice volume
-        s = float(mm) / sp
+        s = float(mm) / voxel_size(raw.ndim, spacing)
     if spatial_dims == 2 and raw.ndim == 3:
         s[0] = 0.0
     return ndimage.gaussian_filter(raw, tuple(s))
@@ -445,7 +443,7 @@ def anomaly_iter(
         stats = reference
         # Statistics stored before session 21 have no grid: the scan's own, as they were fitted.
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
-        vc, spc = to_coarse(vol, spacing, f) if f > 1 else (vol, spacing)
+        vc, spc = to_coarse(vol, spacing, f)
         x, mask = _prepare(model, vc, modality, spc)
         raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc)
     else:

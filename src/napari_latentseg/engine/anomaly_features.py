@@ -191,10 +191,9 @@ def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = 
     only the masked voxels never holds all the volumes)."""
     from scipy import ndimage
 
-    sp = np.ones(xnorm.ndim)
-    if spacing is not None:  # a 2D scan's in-plane spacing serves its one-slice volume too
-        given = np.asarray(spacing, float)[-xnorm.ndim:]
-        sp[xnorm.ndim - len(given):] = given
+    from .anomaly_masks import voxel_size
+
+    sp = voxel_size(xnorm.ndim, spacing)
 
     def sigma(mm: float) -> np.ndarray:
         """Gaussian widths (voxels) of a scale in mm, through-plane capped."""

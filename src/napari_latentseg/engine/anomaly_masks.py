@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "grid_factor", "to_coarse",
-           "to_fine", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
+__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "voxel_size", "grid_factor",
+           "to_coarse", "to_fine", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
@@ -81,6 +81,16 @@ def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.nd
     return out.astype(np.float32).reshape(mask.shape)
 
 
+def voxel_size(ndim: int, spacing: Sequence[float] | None) -> np.ndarray:
+    """Voxel size (mm) per axis of an ``ndim`` array, 1 where unknown: a 2D scan's in-plane
+    spacing serves its one-slice volume too."""
+    sp = np.ones(ndim)
+    if spacing is not None:
+        given = np.asarray(spacing, float)[-ndim:]
+        sp[ndim - len(given):] = given
+    return sp
+
+
 def grid_factor(shape: Sequence[int], spacing: Sequence[float] | None,
                 grid_mm: float | None) -> int:
     """In-plane factor that brings pixels of ``spacing`` to about ``grid_mm`` (1: as they are;
@@ -93,9 +103,10 @@ def grid_factor(shape: Sequence[int], spacing: Sequence[float] | None,
 
 def to_coarse(vol: np.ndarray, spacing: Sequence[float], f: int
               ) -> tuple[np.ndarray, tuple[float, ...]]:
-    """In-plane block means of ``f`` x ``f`` pixels (edges padded) and their voxel size."""
+    """In-plane block means of ``f`` x ``f`` pixels (edges padded) and their voxel size;
+    ``vol`` and ``spacing`` as they are for ``f`` = 1."""
     if f == 1:
-        return vol, tuple(float(s) for s in spacing)
+        return vol, spacing
     z, y, x = vol.shape
     py, px = -y % f, -x % f
     v = np.pad(vol, ((0, 0), (0, py), (0, px)), mode="edge") if py or px else vol
