@@ -195,6 +195,9 @@ ENGINE = {
     "vae-m85": {"momentum": 0.85},
     "vae-m90": {"momentum": 0.9},
     "vae-m70": {"momentum": 0.7},  # the default before session 14
+    # session 22: growth to a marginal object probability is averaged too
+    "vae-marginal": {"momentum_where": "shrink-marginal"},
+    "vae-marginal60": {"momentum_where": "shrink-marginal", "marginal_growth": 0.6},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

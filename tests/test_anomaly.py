@@ -407,3 +407,34 @@ def test_fine_ct_is_scored_on_a_coarser_grid():
     old = anomaly_map(None, fine, modality="CT", spacing=spacing, reference=ref,
                       error_map=False)
     assert old.score.shape == fine.shape and np.isfinite(old.score).all()
+
+
+def test_model_free_score_is_the_same_with_a_model_loaded(tiny_model):
+    """A score that does not use the VAE (the CT default) ignores the model's normalisation:
+    a CT model's clipped HU window gave another map than the one measured without a model.
+    Statistics stored before that change follow the model's normalisation, as fitted."""
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+    from napari_latentseg.engine.normalize import Normalizer
+
+    rng = np.random.default_rng(2)
+    ct = rng.normal(-850.0, 30.0, (6, 48, 48)).astype(np.float32)  # lung
+    ct[:, :, :6] = rng.normal(1200.0, 50.0, (6, 48, 6))  # dense bone, past the window
+    ct[2:4, 20:26, 20:26] = rng.normal(-450.0, 30.0, (2, 6, 6))  # ground glass
+    ct_model = dataclasses.replace(
+        tiny_model, normalization=Normalizer.for_modality("CT").to_dict())
+    spacing = (2.0, 2.0, 2.0)
+    kw = dict(modality="CT", spacing=spacing, min_volume_ml=0.01)
+    free = anomaly_map(None, ct, error_map=False, **kw)
+    loaded = anomaly_map(ct_model, ct, **kw)
+    assert loaded.method == "contrast" and loaded.error is not None
+    np.testing.assert_array_equal(loaded.score, free.score)
+    ref = fit_normative(ct_model, [ct], method="contrast", spacing=spacing, modalities=["CT"])
+    assert ref["normalization"] == "scan"
+    new = anomaly_map(ct_model, ct, reference=ref, error_map=False, **kw)
+    np.testing.assert_array_equal(new.score, anomaly_map(None, ct, reference=ref,
+                                                         error_map=False, **kw).score)
+    del ref["normalization"]  # as stored before: the model's window
+    old = anomaly_map(ct_model, ct, reference=ref, error_map=False, **kw)
+    assert not np.array_equal(old.score, new.score)
+    assert fit_normative(tiny_model, [ct], method="error", spacing=spacing,
+                         modalities=["CT"])["normalization"] == "model"

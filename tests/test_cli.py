@@ -168,8 +168,10 @@ def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory, 
     score = read_volume(tmp_path / "s.nrrd").data
     assert score[3:5, 22:26, 18:22].mean() > np.percentile(score[:, 12:36, 12:36], 95)
     assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
     assert ("normative anomaly statistics: contrast of 2 scan(s), blob column at 4 mm, "
-            "score smoothed 2.5 mm" in capsys.readouterr().out)
+            "score smoothed 2.5 mm" in info)
+    assert "intensities normalised per scan" in info  # the CT score ignores the VAE's window
     assert main(["fit", str(paths[0]), "-o", str(out), "--normative",
                  "--normative-method", "dae"]) == EXIT_USAGE
 

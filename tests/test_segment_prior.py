@@ -269,6 +269,35 @@ def test_shrink_far_momentum_also_averages_far_growth(scene, monkeypatch):
     assert any("rose far from its strokes" in n for n in far.notes)
 
 
+def test_shrink_marginal_momentum_also_averages_unsure_growth(scene, monkeypatch):
+    """``momentum_where="shrink-marginal"``: as "shrink", and growth to an object probability
+    under ``MARGINAL_GROWTH`` is averaged too (0: "shrink" exactly; above 1: "all")."""
+    import napari_latentseg.engine.segment.options as options
+
+    vol, ann, _ = scene
+    first = segment(None, vol, ann, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+
+    def round_(where):
+        return segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where=where),
+                       spacing=SPACING, previous=first)
+
+    monkeypatch.setattr(options, "MARGINAL_GROWTH", 0.0)
+    np.testing.assert_array_equal(round_("shrink-marginal").probabilities,
+                                  round_("shrink").probabilities)
+    monkeypatch.setattr(options, "MARGINAL_GROWTH", 1.01)
+    every = round_("all")
+    marginal = round_("shrink-marginal")
+    np.testing.assert_allclose(marginal.probabilities, every.probabilities, atol=1e-6)
+    assert any("rose to under 1.01" in n for n in marginal.notes)
+    monkeypatch.setattr(options, "MARGINAL_GROWTH", 0.7)
+    mid = round_("shrink-marginal").probabilities[1]
+    shrink = round_("shrink").probabilities[1]
+    unsure = (ann2 == 0) & (shrink > first.probabilities[1] + 1e-6) & (shrink < 0.7)
+    assert unsure.any() and (mid[unsure] < shrink[unsure]).all()
+
+
 def test_a_fresh_round_weighs_the_prior_lighter(scene):
     """Without ``previous`` the adaptive prior is scaled by ``fresh_prior_scale`` (the object
     comes out larger from the first strokes); a round that continues one weighs it in full."""

@@ -402,10 +402,13 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
                         "probabilities were not averaged in")
         return
     far = st.far_from_object
-    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far)
+    marginal = st.options.marginal_growth
+    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far, marginal)
     where = " where the object's probability fell" if shrink else ""
     if far is not None:
         where += " or rose far from its strokes"
+    if marginal is not None:
+        where += f" or rose to under {marginal:g}"
     st.notes.append(f"averaged with the previous round's probabilities{where} "
                     f"(momentum {weight:g})")
 

@@ -201,7 +201,8 @@ class LiveSegmenter:
         if shrink and self._object is None:
             return  # as full rounds: "shrink" needs an object and its background prior
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
-                       opts.momentum, self._object if shrink else None)
+                       opts.momentum, self._object if shrink else None,
+                       marginal=opts.marginal_growth)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""

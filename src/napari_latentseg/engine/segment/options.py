@@ -9,6 +9,9 @@ from typing import Any
 __all__ = ["SegmentOptions", "resolve_options"]
 
 CLASSIFIERS = ("forest", "mlp")
+MOMENTUM_WHERE = ("all", "shrink", "shrink-far", "shrink-marginal")
+# momentum_where="shrink-marginal": growth to an object probability under this is averaged.
+MARGINAL_GROWTH = 0.7
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ class SegmentOptions:
         -0.006 on brain2. ``"all"``: every voxel (0.5 held lung2 back, 0.558 against 0.626
         AUC; on the phantom's six tissues 0.713 against 0.721). ``"shrink-far"``: as
         ``"shrink"``, and the object's growth is averaged too beyond ``FAR_GROWTH`` of its
-        reach (geodesic, :mod:`.reach`) from its strokes.
+        reach (geodesic, :mod:`.reach`) from its strokes. ``"shrink-marginal"``: as
+        ``"shrink"``, and growth to an object probability under ``MARGINAL_GROWTH`` is
+        averaged too (the object grows at once only where the forest is sure).
     object_reach : bool
         Object-vs-background rounds with the prior: the object's probability fades beyond
         a geodesic distance from its strokes (``reach.py``; at least 40 mm, crossing image
@@ -161,9 +166,9 @@ class SegmentOptions:
             raise ValueError(f"fresh_prior_scale must be > 0, got {self.fresh_prior_scale}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.momentum_where not in ("all", "shrink", "shrink-far"):
-            raise ValueError("momentum_where must be 'all', 'shrink' or 'shrink-far', got "
-                             f"{self.momentum_where!r}")
+        if self.momentum_where not in MOMENTUM_WHERE:
+            raise ValueError(f"momentum_where must be one of {', '.join(MOMENTUM_WHERE)}, "
+                             f"got {self.momentum_where!r}")
         if not self.vae_features and self.classifier != "forest":
             raise ValueError("vae_features=False is an option of the forest: the MLP head "
                              "is the VAE's features")
@@ -175,9 +180,14 @@ class SegmentOptions:
 
     @property
     def momentum_on_shrink(self) -> bool:
-        """Whether momentum averages only where the object shrinks ("shrink", "shrink-far"):
-        object-vs-background rounds with the prior only."""
-        return self.momentum_where in ("shrink", "shrink-far")
+        """Whether momentum averages only where the object shrinks ("shrink", "shrink-far",
+        "shrink-marginal"): object-vs-background rounds with the prior only."""
+        return self.momentum_where.startswith("shrink")
+
+    @property
+    def marginal_growth(self) -> float | None:
+        """The object probability under which growth is averaged too, or None."""
+        return MARGINAL_GROWTH if self.momentum_where == "shrink-marginal" else None
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SegmentOptions))
