@@ -148,7 +148,7 @@ class VAEDefault:
             ("suggest_end", ("fewshot", "SUGGEST_OBJECT_END")),
             ("adapt_kappa", ("prior", "ADAPT_KAPPA")),
             ("far_growth", ("fewshot", "FAR_GROWTH")),
-            ("marginal_growth", ("options", "MARGINAL_GROWTH")),
+            ("fresh_shrinks", ("fewshot", "FRESH_SHRINKS_AT_ONCE")),
             ("swap_moved", ("fewshot", "SWAP_MOVED")),
             ("refine_margin", ("forest", "REFINE_BY_MARGIN")),
             ("forest", ("forest", "FOREST")),
@@ -171,15 +171,13 @@ class VAEDefault:
         import napari_latentseg.engine.segment.boundary as boundary
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
-        import napari_latentseg.engine.segment.options as options
         import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
-        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "options": options}
+        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

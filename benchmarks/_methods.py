@@ -195,9 +195,13 @@ ENGINE = {
     "vae-m85": {"momentum": 0.85},
     "vae-m90": {"momentum": 0.9},
     "vae-m70": {"momentum": 0.7},  # the default before session 14
-    # session 22: growth to a marginal object probability is averaged too
-    "vae-marginal": {"momentum_where": "shrink-marginal"},
-    "vae-marginal60": {"momentum_where": "shrink-marginal", "marginal_growth": 0.6},
+    # Session 22: the edge step and fresh growth let go (the default since); the default of
+    # session 21 (neither), the edge step alone (session 19's option), fresh growth alone.
+    # The probe "shrink-marginal" (growth to an object probability under 0.7 / 0.6 averaged
+    # too) lost and left the engine (code at commit f0de292).
+    "vae-s21": {"boundary_refine": False, "fresh_shrinks": False},
+    "vae-snap-only": {"fresh_shrinks": False},
+    "vae-fresh-only": {"boundary_refine": False},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_latentseg.data.phantom import annotation_from_labels
-from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, segment
+from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, SegmentOptions, segment
 from napari_latentseg.runtime.progress import drive
 
 ANNOTATED = [2, 6, 9]
@@ -73,7 +73,9 @@ def test_anchors_apply_the_connect_to_stroke_rule_on_the_slice(tiny_model, small
                                                                 annotations):
     from scipy import ndimage as ndi
 
-    live = LiveSegmenter(tiny_model, small_phantom.image, modality="MR")
+    # The rule alone: the edge step (test_segment_prior) would move the kept rim.
+    live = LiveSegmenter(tiny_model, small_phantom.image, modality="MR",
+                         options=SegmentOptions(boundary_refine=False))
     two = np.where(annotations == 1, 1, np.where(annotations == 6, 6, 0))  # object vs rest
     live.update(two)
     z = 4  # not annotated

@@ -50,13 +50,13 @@ def test_segment_records_the_boundary_step():
     ann = np.zeros(vol.shape, np.uint8)
     ann[2, 22:26, 22:26] = 2
     ann[2, 2:5, 2:5] = 1
-    res = segment(None, vol, ann, SegmentOptions(boundary_refine=True),
-                  spacing=(3.0, 1.0, 1.0))
+    res = segment(None, vol, ann, spacing=(3.0, 1.0, 1.0))  # on by default (session 22)
     step = [h for h in res.history if h["stage"] == "boundary"]
     assert len(step) == 1 and step[0]["moved"] >= 0
     painted = ann > 0
     np.testing.assert_array_equal(res.labels[painted], ann[painted])
-    plain = segment(None, vol, ann, spacing=(3.0, 1.0, 1.0))
+    plain = segment(None, vol, ann, SegmentOptions(boundary_refine=False),
+                    spacing=(3.0, 1.0, 1.0))
     assert not any(h["stage"] == "boundary" for h in plain.history)
 
 

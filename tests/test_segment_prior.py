@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -269,33 +271,37 @@ def test_shrink_far_momentum_also_averages_far_growth(scene, monkeypatch):
     assert any("rose far from its strokes" in n for n in far.notes)
 
 
-def test_shrink_marginal_momentum_also_averages_unsure_growth(scene, monkeypatch):
-    """``momentum_where="shrink-marginal"``: as "shrink", and growth to an object probability
-    under ``MARGINAL_GROWTH`` is averaged too (0: "shrink" exactly; above 1: "all")."""
-    import napari_latentseg.engine.segment.options as options
+def test_growth_of_the_last_round_shrinks_at_once(scene, monkeypatch):
+    """The shrink's momentum spares the voxels that joined the object in the last round (a
+    correction that shows them wrong takes them back at once); the round records them."""
+    import napari_latentseg.engine.segment.fewshot as fewshot
 
     vol, ann, _ = scene
     first = segment(None, vol, ann, spacing=SPACING)
+    assert first.grown is None  # a fresh round: nothing to compare with
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1
-
-    def round_(where):
-        return segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where=where),
-                       spacing=SPACING, previous=first)
-
-    monkeypatch.setattr(options, "MARGINAL_GROWTH", 0.0)
-    np.testing.assert_array_equal(round_("shrink-marginal").probabilities,
-                                  round_("shrink").probabilities)
-    monkeypatch.setattr(options, "MARGINAL_GROWTH", 1.01)
-    every = round_("all")
-    marginal = round_("shrink-marginal")
-    np.testing.assert_allclose(marginal.probabilities, every.probabilities, atol=1e-6)
-    assert any("rose to under 1.01" in n for n in marginal.notes)
-    monkeypatch.setattr(options, "MARGINAL_GROWTH", 0.7)
-    mid = round_("shrink-marginal").probabilities[1]
-    shrink = round_("shrink").probabilities[1]
-    unsure = (ann2 == 0) & (shrink > first.probabilities[1] + 1e-6) & (shrink < 0.7)
-    assert unsure.any() and (mid[unsure] < shrink[unsure]).all()
+    second = segment(None, vol, ann2, SegmentOptions(momentum=0.5), spacing=SPACING,
+                     previous=first)
+    was_bg = first.probabilities[1] <= first.probabilities[0]
+    np.testing.assert_array_equal(second.grown, (second.labels == 2) & was_bg)
+    # As if all of the object had just grown: nothing is averaged in where it fell.
+    spared = dataclasses.replace(first, grown=first.labels == 2)
+    ann3 = ann.copy()
+    ann3[3, 30:33, 30:33] = 1
+    plain = segment(None, vol, ann3, SegmentOptions(momentum=0.0), spacing=SPACING)
+    res = segment(None, vol, ann3, SegmentOptions(momentum=0.5), spacing=SPACING,
+                  previous=spared)
+    obj = first.labels == 2
+    np.testing.assert_allclose(res.probabilities[:, obj], plain.probabilities[:, obj],
+                               atol=1e-6)
+    assert any("the object gained last round were free to go" in n for n in res.notes)
+    monkeypatch.setattr(fewshot, "FRESH_SHRINKS_AT_ONCE", False)
+    held = segment(None, vol, ann3, SegmentOptions(momentum=0.5), spacing=SPACING,
+                   previous=spared)
+    fell = obj & (plain.probabilities[1] < first.probabilities[1] - 1e-6) & (ann3 == 0)
+    assert fell.any()
+    assert (held.probabilities[1][fell] > plain.probabilities[1][fell]).all()
 
 
 def test_a_fresh_round_weighs_the_prior_lighter(scene):
@@ -303,8 +309,11 @@ def test_a_fresh_round_weighs_the_prior_lighter(scene):
     comes out larger from the first strokes); a round that continues one weighs it in full."""
     vol, ann, truth = scene
     # The block is small: the root odds pass the 10x cap even at 0.5, so far lighter here.
-    light = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=0.05), spacing=SPACING)
-    full = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=1.0), spacing=SPACING)
+    # The forest's object, without the edge step that takes both to the block's edges.
+    light = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=0.05,
+                                                   boundary_refine=False), spacing=SPACING)
+    full = segment(None, vol, ann, SegmentOptions(fresh_prior_scale=1.0,
+                                                  boundary_refine=False), spacing=SPACING)
     assert (light.labels == 2).sum() >= (full.labels == 2).sum()
     assert not np.array_equal(light.probabilities, full.probabilities)
     assert _dice(light.labels == 2, truth) > 0.6

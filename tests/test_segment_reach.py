@@ -152,11 +152,14 @@ def test_cli_snap_edge_and_light_prior(twin, tmp_path, monkeypatch):
                         lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
     a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
-    for i, flags in enumerate(([], ["--snap-edge", "--light-prior"])):
+    for i, flags in enumerate(([], ["--snap-edge", "--light-prior"], ["--no-snap-edge"])):
         assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / f"{i}.nii.gz"),
                      "-q", *flags]) == 0
-    assert [(o.boundary_refine, o.fresh_prior_scale) for o in seen] == [(False, 1.0),
-                                                                         (True, 0.5)]
+    assert [(o.boundary_refine, o.fresh_prior_scale) for o in seen] == [
+        (True, 1.0), (True, 0.5), (False, 1.0)]  # the edge step is the default
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "x.nii.gz"),
+              "--snap-edge", "--no-snap-edge"])
 
 
 def test_geodesic_distance_on_a_grid_of_one_voxel():

@@ -436,11 +436,11 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     ann.data_setitem((np.array([6]), np.array([0]), np.array([0])), 0)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "momentum" not in seg.summary.text()
-    assert "snapped" not in seg.summary.text()
-    seg.snap.setChecked(True)  # the edge step, off by default
-    run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert "edge snapped to the image" in seg.summary.text()
+    assert "edge snapped to the image" in seg.summary.text()  # on by default
     seg.snap.setChecked(False)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "snapped" not in seg.summary.text()
+    seg.snap.setChecked(True)
     assert seg.background() == 1  # the table names class 1 "background" (the convention)
     seg.classes.rename(1, "liver")
     seg.classes.rename(2, "Background")

@@ -110,11 +110,11 @@ class SegmentSection(Section):
             "Keep, for each class, only the regions connected to voxels you painted with it "
             "(the object is the one you painted). Untick to find lesions you did not paint.")
         self.snap = checkbox(
-            "Snap the object's edge to the image", False,
+            "Snap the object's edge to the image", True,
             "Object-vs-background rounds: voxels within two of the object's edge take the side "
-            "whose local mean intensity is closer. More of the object sooner, and better "
-            "rounds from whole annotated slices; after a stroke at the rim a round may step "
-            "back more often (docs/interactive_benchmarks.md).")
+            "whose local mean intensity is closer. More of the object sooner (mean Dice over "
+            "ten corrections +0.03 to +0.08 on six tumour benchmarks); a round steps back "
+            "more often, mostly on small tumours (docs/interactive_benchmarks.md).")
         self.prior = checkbox(
             "Unpainted voxels are mostly background", True,
             "With two classes (the background: the class named so, else class 1), voxels you "
@@ -306,7 +306,8 @@ class SegmentSection(Section):
             # Only what the next round averages in: not the result's model, labels, uncertainty.
             res = result.result
             self._last_round = (scan, ann, SimpleNamespace(probabilities=res.probabilities,
-                                                           classes=list(res.classes)))
+                                                           classes=list(res.classes),
+                                                           grown=res.grown))
             self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["refine_object_boundary", "WINDOW", "BAND"]
+__all__ = ["refine_object_boundary", "smoothed_image", "WINDOW", "BAND"]
 
 WINDOW = 11  # in-plane window of the local means (voxels)
 BAND = 2  # voxels either side of the boundary that may change side
@@ -21,6 +21,21 @@ CHUNK = 16  # slices at a time (in-plane filters only)
 # Only background voxels may join the object (a probe: more AUC on the lungs and brain2, larger
 # drops on brain2; docs/interactive_benchmarks.md).
 GROW_ONLY = False
+
+
+def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
+                   z: slice = slice(None)) -> np.ndarray:
+    """Slices ``z`` of the ilastik set's Gaussian at its sigma number ``level`` (1: 2
+    voxels): the cached feature column, or computed from the normalised volume (in-plane, so
+    a slice alone gives the same)."""
+    if cached is not None:
+        return cached[z][..., 4 * level]
+    from scipy import ndimage
+
+    from ..features import MULTISCALE_SIGMAS
+
+    s = MULTISCALE_SIGMAS[level]
+    return ndimage.gaussian_filter(run.norm(run.volume[z]).astype(np.float32), (0, s, s))
 
 
 def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: np.ndarray,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ...models.checkpoint import VAEModel
 from .annotations import ClassTable
+from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .nomodel import features_only_model
@@ -189,6 +190,12 @@ class LiveSegmenter:
             seeds = np.where(painted, ann, np.asarray(anchors).astype(ann.dtype, copy=False))
             labels = keep_connected(labels[None], probs[:, None], seeds[None],
                                     self._table.classes)[0][0]
+        if self.options.boundary_refine and self._object is not None:
+            # The full round's edge step: in-plane, so the slice alone gives the same.
+            cls = self._table.classes
+            refine_object_boundary(labels[None], smoothed_image(
+                self._features.cached, self._run, 0, slice(z, z + 1)), ann[None],
+                cls[self._object], cls[1 - self._object])
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
 
@@ -201,8 +208,7 @@ class LiveSegmenter:
         if shrink and self._object is None:
             return  # as full rounds: "shrink" needs an object and its background prior
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
-                       opts.momentum, self._object if shrink else None,
-                       marginal=opts.marginal_growth)
+                       opts.momentum, self._object if shrink else None)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""

@@ -35,25 +35,23 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
                    object_index: int | None = None, far: np.ndarray | None = None,
-                   marginal: float | None = None) -> None:
+                   spare: np.ndarray | None = None) -> None:
     """Average ``probs`` (classes first) in place with ``previous`` at ``weight``.
 
     With ``object_index``, only where that class's probability fell: the object grows at
     once and shrinks at the momentum's pace. ``far`` (bool, the volume's shape): there the
-    object's growth is averaged too. ``marginal``: so is growth to an object probability
-    under this value (the object grows at once only where the forest is sure). Chunked
-    along the second axis (slices).
+    object's growth is averaged too. ``spare`` (bool, the volume's shape): there the object
+    shrinks at once (not averaged). Chunked along the second axis (slices).
     """
     for z0 in range(0, probs.shape[1], CHUNK):  # no whole-volume temporaries
         sl = np.s_[:, z0 : z0 + CHUNK]
         mixed = (1.0 - weight) * probs[sl] + weight * previous[sl]
         if object_index is not None:
-            p_obj = probs[object_index, z0 : z0 + CHUNK]
-            fell = p_obj < previous[object_index, z0 : z0 + CHUNK]
+            fell = probs[object_index, z0 : z0 + CHUNK] < previous[object_index, z0 : z0 + CHUNK]
             if far is not None:
                 fell |= far[z0 : z0 + CHUNK]
-            if marginal is not None:
-                fell |= p_obj < marginal
+            if spare is not None:
+                fell &= ~spare[z0 : z0 + CHUNK]
             mixed = np.where(fell[None], mixed, probs[sl])
         probs[sl] = mixed
 

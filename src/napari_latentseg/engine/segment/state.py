@@ -57,6 +57,9 @@ class SegmentationResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     cache_hit: bool = False
+    # Object voxels that joined the object this round (object-vs-background rounds that
+    # continued another; else None): the next round's momentum may let them go at once.
+    grown: np.ndarray | None = None
 
     @property
     def trained_head(self) -> bool:
