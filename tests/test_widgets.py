@@ -433,6 +433,8 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
 
     momentum = f"(momentum {SegmentOptions().momentum:g})"
     assert f"where the object's probability fell {momentum}" in seg.summary.text()
+    kept = seg._last_round[2]  # what the next round needs: the object's gain of this one
+    assert kept.grown is not None and kept.grown.shape == kept.labels.shape
     ann.data_setitem((np.array([6]), np.array([0]), np.array([0])), 0)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "momentum" not in seg.summary.text()

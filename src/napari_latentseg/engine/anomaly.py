@@ -234,10 +234,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         return np.where(mask, raw, np.float32(np.nan))
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
-    # A model-free score is smoothed in-plane whatever model is loaded (statistics stored
-    # before session 22 have no "normalization" and follow the model, as they were fitted).
-    by_model = model is not None and stats.get("normalization", "model") == "model"
-    sd = model.config.spatial_dims if by_model else 2
+    sd = model.config.spatial_dims if _by_model(model, stats) else 2  # model-free: in-plane
     # Statistics stored before session 21 have no "smoothing_mm": 1 voxel, as they were fitted.
     raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)),
                   stats.get("smoothing_mm"), spacing)
@@ -247,6 +244,11 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = slice_normalise(raw, mask)
     raw[~mask] = np.nan
     return raw
+
+
+def _by_model(model: VAEModel | None, stats: dict) -> bool:
+    """Whether a score takes the model's normalisation (as stored before session 22: yes)."""
+    return model is not None and stats.get("normalization", "model") == "model"
 
 
 def _density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) -> np.ndarray:
@@ -295,8 +297,7 @@ def fit_normative_iter(
         raise ValueError(f"the {method!r} method needs a fitted model")
     if method == "dae" and _keep is None:
         raise ValueError("'dae' scores a scan against itself only: no normative reference")
-    # The model's normalisation only where the score uses the model: a model-free score is the
-    # same with or without a VAE loaded, as measured (session 22: on CT the model's clipped HU
+    # A model-free score ignores the model's normalisation (session 22: on CT its clipped HU
     # window cost lung1's ground-glass nodules 0.266 -> 0.197 best Dice).
     norm_model = model if method in _NEEDS_MODEL else None
     # Decided once: a lazy sequence reads a scan for each item asked.
@@ -451,9 +452,7 @@ def anomaly_iter(
         # Statistics stored before session 21 have no grid: the scan's own, as they were fitted.
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
         vc, spc = to_coarse(vol, spacing, f)
-        # Statistics stored before session 22 have no "normalization": the model's, as fitted.
-        by_model = stats.get("normalization", "model") == "model"
-        x, mask = _prepare(model if by_model else None, vc, modality, spc)
+        x, mask = _prepare(model if _by_model(model, stats) else None, vc, modality, spc)
         raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc)
     else:
         mode = "self"
@@ -462,7 +461,6 @@ def anomaly_iter(
                                               method=method, spacing=spacing, seed=seed,
                                               stop_event=stop_event, _keep=keep)
         method = stats["method"]
-        by_model = stats["normalization"] == "model"
         x, mask, raw, unscored = keep[0]
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
     yield {"stage": "calibrate", "done": 1, "total": 1}
@@ -484,7 +482,8 @@ def anomaly_iter(
     if error_map and model is not None:
         yield {"stage": "error map", "done": 0, "total": 1}
         # The VAE's normalisation, on the scan's grid.
-        xe = _prepare(model, vol, modality, spacing)[0] if not by_model or f > 1 else x
+        same = _by_model(model, stats) and f == 1
+        xe = x if same else _prepare(model, vol, modality, spacing)[0]
         err = np.abs(xe - _recon(model, xe))
     if squeeze:
         score, labels, mask = score[0], labels[0], mask[0]

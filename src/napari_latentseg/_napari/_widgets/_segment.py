@@ -303,11 +303,12 @@ class SegmentSection(Section):
                                boundary_refine=snap)
 
         def done(result: JobResult) -> None:
-            # Only what the next round averages in: not the result's model, labels, uncertainty.
+            # Only what the next round uses (momentum, and what the object gained): not the
+            # result's model or uncertainty.
             res = result.result
-            self._last_round = (scan, ann, SimpleNamespace(probabilities=res.probabilities,
-                                                           classes=list(res.classes),
-                                                           grown=res.grown))
+            self._last_round = (scan, ann, SimpleNamespace(
+                probabilities=res.probabilities, classes=list(res.classes),
+                labels=res.labels, grown=res.grown))
             self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"

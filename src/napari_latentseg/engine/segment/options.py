@@ -105,11 +105,11 @@ class SegmentOptions:
         the forest's, so the uncertainty map does not follow the moved voxels: making them
         follow lets momentum hold each round's moved layer, and lung2's object creeps).
         On by default since session 22, with the shrink's momentum sparing the last round's
-        growth (``fewshot.FRESH_SHRINKS_AT_ONCE``): strokes, 10 rounds, seeds 0-5 (lungs
-        0-1), mean AUC brain1 0.705 / 0.703 without, brain1-unequal 0.707 / 0.690, brain2
-        0.634 / 0.560, breast1 0.945 / 0.933, lung1 0.943 / 0.915, lung2 0.719 / 0.635;
-        Dice >= 0.85 within 10 strokes on brain1 and lung2; but more rounds step back by
-        over 0.02 (11 of 24 small-case runs against 5; brain2 in every run, up to 0.12).
+        growth (``fewshot.FRESH_SHRINKS_AT_ONCE``): strokes, 10 rounds, seeds 0-2 (lungs
+        0-1), mean AUC against session 21's default brain1 0.720 / 0.699, brain1-unequal
+        0.717 / 0.701, brain2 0.627 / 0.568, breast1 0.947 / 0.931, lung1 0.944 / 0.915,
+        lung2 0.719 / 0.635; Dice >= 0.85 within 10 strokes on brain1 and lung2 in every
+        run; but brain2 steps back by over 0.02 in every run (up to 0.12; before, none).
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
