@@ -17,8 +17,8 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     given = []  # whether each live slice got the last round's probabilities (momentum)
     predict = LiveSegmenter.predict_slice
     monkeypatch.setattr(LiveSegmenter, "predict_slice", lambda self, z, anchors=None,
-                        previous=None: given.append(previous is not None)
-                        or predict(self, z, anchors, previous))
+                        previous=None, grown=None: given.append(previous is not None)
+                        or predict(self, z, anchors, previous, grown))
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
     widget.model_section.config.setCurrentText("tiny")

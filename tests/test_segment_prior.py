@@ -147,6 +147,16 @@ def test_live_slice_applies_the_momentum_of_full_rounds(scene):
         np.testing.assert_array_equal(pred.labels, full.labels[z])
     plain = live.predict_slice(3)
     assert not np.allclose(plain.probabilities, full.probabilities[:, 3])
+    # A round that continues one with growth lets that growth go; the slice does too.
+    ann3 = ann2.copy()
+    ann3[3, 30:33, 30:33] = 1
+    third = segment(None, vol, ann3, opts, cache=cache, spacing=SPACING, previous=full)
+    assert full.grown is not None
+    live.update(ann3)
+    for z in (3, 4):
+        pred = live.predict_slice(z, previous=full.probabilities[:, z], grown=full.grown[z])
+        np.testing.assert_allclose(pred.probabilities, third.probabilities[:, z], atol=1e-6)
+        np.testing.assert_array_equal(pred.labels, third.labels[z])
     live.close()
 
 

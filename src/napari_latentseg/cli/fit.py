@@ -86,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
     distributed = dist.launched_by_torchrun()
     world, rank = dist.world_info()[:2] if distributed else (1, 0)
     device = str(dist.init_distributed(args.device)) if distributed else args.device
+    finished = False
     try:
-        return _fit(args, device, world, rank)
+        code = _fit(args, device, world, rank)
+        finished = True
+        return code
     finally:
         if distributed:
-            dist.shutdown_distributed()
+            dist.shutdown_distributed(finished)
 
 
 def _fit(args: argparse.Namespace, device: str, world: int, rank: int) -> int:

@@ -85,11 +85,17 @@ def init_distributed(device: str = "auto"):
     return dev
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (no-op when none was joined)."""
+def shutdown_distributed(finished: bool = False) -> None:
+    """Leave the process group (no-op when none was joined).
+
+    ``finished``: every rank got here normally, so they meet first: a rank that left while
+    another still saved could abort in gloo's teardown ("terminate called without an active
+    exception", seen once in the test suite). After an error, no meeting (it would hang)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -200,10 +200,12 @@ class LiveController(QObject):
                 drive(seg.prepare())
             seg.update(ann)
             # As the full round after the pause will: the last round averaged in (momentum).
-            previous = (last[2].probabilities[:, z] if last is not None
-                        and list(last[2].classes) == seg.classes
-                        and continues_round(last[1], ann) else None)
-            return seg, key, seg.predict_slice(z, anchors, previous), started
+            cont = (last is not None and list(last[2].classes) == seg.classes
+                    and continues_round(last[1], ann))
+            previous = last[2].probabilities[:, z] if cont else None
+            grown = getattr(last[2], "grown", None) if cont else None
+            grown = grown[z] if grown is not None else None
+            return seg, key, seg.predict_slice(z, anchors, previous, grown), started
 
         from napari.qt.threading import create_worker
 

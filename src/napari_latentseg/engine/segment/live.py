@@ -148,7 +148,8 @@ class LiveSegmenter:
         return int(len(ts.y) - ts.prior)
 
     def predict_slice(self, index: int, anchors: np.ndarray | None = None,
-                      previous: np.ndarray | None = None) -> SlicePrediction:
+                      previous: np.ndarray | None = None,
+                      grown: np.ndarray | None = None) -> SlicePrediction:
         """Labels and probabilities of axial slice ``index`` (painted voxels keep their label).
 
         Parameters
@@ -166,6 +167,9 @@ class LiveSegmenter:
             the strokes since only add to its annotations: averaged in as a full round does
             (``options.momentum``, ``momentum_where``), so the slice does not shrink now and
             grow back when the round arrives. Ignored when its shape differs.
+        grown : np.ndarray, optional
+            The slice of the last round's ``grown`` (what the object gained in it): let go
+            at once, as the full round does (``fewshot.FRESH_SHRINKS_AT_ONCE``).
         """
         if self._forest is None or self._table is None:
             raise RuntimeError("call update(annotations) before predict_slice")
@@ -177,7 +181,7 @@ class LiveSegmenter:
         shape = (1,) + self.volume.shape[1:]
         n = len(self._table)
         probs = forest_predict(self._forest, self._features.rows_of(zs), shape, n)[:, 0]
-        self._blend(probs, previous)
+        self._blend(probs, previous, grown)
         ann = self._annotations[z]
         painted = ann > 0
         if painted.any():
@@ -199,7 +203,10 @@ class LiveSegmenter:
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
 
-    def _blend(self, probs: np.ndarray, previous: np.ndarray | None) -> None:
+    def _blend(self, probs: np.ndarray, previous: np.ndarray | None,
+               grown: np.ndarray | None) -> None:
+        from . import fewshot  # its switch, read when used (the benchmark's ablation sets it)
+
         opts = self.options
         if previous is None or opts.momentum <= 0 or np.shape(previous) != probs.shape:
             return
@@ -207,8 +214,12 @@ class LiveSegmenter:
         shrink = opts.momentum_on_shrink
         if shrink and self._object is None:
             return  # as full rounds: "shrink" needs an object and its background prior
+        spare = None
+        if grown is not None and shrink and fewshot.FRESH_SHRINKS_AT_ONCE \
+                and np.shape(grown) == probs.shape[1:]:
+            spare = np.asarray(grown, bool)[None]
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
-                       opts.momentum, self._object if shrink else None)
+                       opts.momentum, self._object if shrink else None, spare=spare)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""
