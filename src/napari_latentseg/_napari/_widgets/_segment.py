@@ -113,7 +113,7 @@ class SegmentSection(Section):
             "Snap the object's edge to the image", True,
             "Object-vs-background rounds: voxels within two of the object's edge take the side "
             "whose local mean intensity is closer. More of the object sooner (mean Dice over "
-            "ten corrections +0.03 to +0.08 on six tumour benchmarks); a round steps back "
+            "ten corrections +0.02 to +0.08 on six tumour benchmarks); a round steps back "
             "more often, mostly on small tumours (docs/interactive_benchmarks.md).")
         self.prior = checkbox(
             "Unpainted voxels are mostly background", True,
