@@ -203,8 +203,7 @@ class LiveController(QObject):
             cont = (last is not None and list(last[2].classes) == seg.classes
                     and continues_round(last[1], ann))
             previous = last[2].probabilities[:, z] if cont else None
-            grown = getattr(last[2], "grown", None) if cont else None
-            grown = grown[z] if grown is not None else None
+            grown = last[2].grown[z] if cont and last[2].grown is not None else None
             return seg, key, seg.predict_slice(z, anchors, previous, grown), started
 
         from napari.qt.threading import create_worker

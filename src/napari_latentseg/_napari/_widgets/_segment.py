@@ -304,11 +304,12 @@ class SegmentSection(Section):
 
         def done(result: JobResult) -> None:
             # Only what the next round uses (momentum, and what the object gained): not the
-            # result's model or uncertainty.
+            # result's model or uncertainty. The labels are copied: the segmentation layer
+            # shows (and the user edits) the result's own array.
             res = result.result
             self._last_round = (scan, ann, SimpleNamespace(
                 probabilities=res.probabilities, classes=list(res.classes),
-                labels=res.labels, grown=res.grown))
+                labels=np.array(res.labels, copy=True), grown=res.grown))
             self._show_segmentation(scan, result.result, finetune)
 
         title = "Fine-tuning" if finetune else "Segmenting"

@@ -357,7 +357,7 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     obj = 1 - bg
     seeds = st.annotations == st.table.classes[obj]
     spacing = st.spacing or (1.0, 1.0, 1.0)
-    smooth = _smoothed_image(forest_feats, run)
+    smooth = smoothed_image(forest_feats.cached, run)
     # On the distance's grid: the gate is a function of the distance alone, so each cell's
     # voxels share it, and it scales the probabilities without a full-size copy.
     dist, grid = geodesic_grid(smooth, seeds, spacing)
@@ -382,7 +382,7 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     bg = st.prior_background
     classes = st.table.classes
     before = labels.copy() if SWAP_MOVED else None  # the probe needs the moved voxels
-    moved = refine_object_boundary(labels, _smoothed_image(forest_feats, run, 0),
+    moved = refine_object_boundary(labels, smoothed_image(forest_feats.cached, run, 0),
                                    st.annotations, classes[1 - bg], classes[bg])
     if before is not None and moved:
         flip = labels != before
@@ -395,12 +395,6 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     st.history.append({"stage": "boundary", "moved": moved})
     st.notes.append(f"the object's edge snapped to the image: {moved} voxels changed side "
                     "to the closer local mean intensity")
-
-
-def _smoothed_image(forest_feats: ForestFeatures, run: FeatureRunner, level: int = 1
-                    ) -> np.ndarray:
-    """The ilastik set's Gaussian at its sigma number ``level`` (:func:`.smoothed_image`)."""
-    return smoothed_image(forest_feats.cached, run, level)
 
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,
