@@ -157,7 +157,8 @@ class VAEDefault:
             ("contrast_columns", ("forest", "CONTRAST_WITHOUT_VAE")),
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
-            ("lean_forest", ("forest", "LEAN_FOREST"))) if key in options}
+            ("lean_forest", ("forest", "LEAN_FOREST")),
+            ("relative_columns", ("forest", "RELATIVE_COLUMNS"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

@@ -202,6 +202,9 @@ ENGINE = {
     "vae-s21": {"boundary_refine": False, "fresh_shrinks": False},
     "vae-snap-only": {"fresh_shrinks": False},
     "vae-fresh-only": {"boundary_refine": False},
+    # Session 23: relative intensities (an MR bias field's invariant) as three more columns.
+    "vae-relative": {"relative_columns": True},
+    "engine-novae-relative": {"vae_features": False, "relative_columns": True},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

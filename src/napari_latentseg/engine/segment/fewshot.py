@@ -18,7 +18,7 @@ from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .finetune import finetune
-from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
+from .forest import ForestFeatures, ForestProbabilities, training_set
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
 from .nomodel import NO_MODEL_NOTE, features_only_model
@@ -274,7 +274,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
-                       "features": forest_features_name(forest_feats.vae, forest_feats.contrast)
+                       "features": forest_feats.name
                        + (" + background prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")
                        + (f" (adaptive: the object ~{100 * ts.object_share:.1f} % of the scan)"
