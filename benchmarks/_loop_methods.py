@@ -158,7 +158,8 @@ class VAEDefault:
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
-            ("relative_columns", ("forest", "RELATIVE_COLUMNS"))) if key in options}
+            ("relative_columns", ("forest", "RELATIVE_COLUMNS")),
+            ("keep_sure", ("postprocess", "KEEP_SURE"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -172,13 +173,15 @@ class VAEDefault:
         import napari_latentseg.engine.segment.boundary as boundary
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
+        import napari_latentseg.engine.segment.postprocess as postprocess
         import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
-        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary}
+        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
+                   "postprocess": postprocess}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

@@ -204,6 +204,16 @@ ENGINE = {
     "vae-fresh-only": {"boundary_refine": False},
     # Session 23: relative intensities (an MR bias field's invariant) as three more columns.
     "vae-relative": {"relative_columns": True},
+    "vae-noconnect": {"keep_connected_regions": False},
+    # Session 23: with three or more classes a region no stroke touches stays where the forest
+    # is sure of it (mean probability >= 0.6, the default since); before: always dropped.
+    "vae-s22": {"keep_sure": None},
+    "engine-novae-s22": {"vae_features": False, "keep_sure": None},
+    "vae-keepsure5": {"keep_sure": 0.5},
+    "vae-keepsure6": {"keep_sure": 0.6},
+    "vae-keepsure7": {"keep_sure": 0.7},
+    "vae-keepsure6-relative": {"keep_sure": 0.6, "relative_columns": True},
+    "engine-novae-keepsure6": {"vae_features": False, "keep_sure": 0.6},
     "engine-novae-relative": {"vae_features": False, "relative_columns": True},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.

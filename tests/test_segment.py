@@ -296,6 +296,18 @@ def test_keep_connected_drops_regions_away_from_strokes():
     assert changed == 2 * 4 * 4
     assert (out[1:3, 2:6, 2:6] == 2).all() and (out[1:3, 12:16, 12:16] == 1).all()
     assert (labels[1:3, 12:16, 12:16] == 2).all()  # the input is not modified
+    # keep_sure: an island the classifier is sure of stays, an unsure one still goes.
+    labels[3, 12:16, 2:6] = 2
+    probs = np.stack([(labels == 1), (labels == 2)]).astype(np.float32)
+    probs[:, 3, 12:16, 2:6] = [[[0.45]], [[0.55]]]
+    out, changed = keep_connected(labels, probs, ann, [1, 2], keep_sure=0.6)
+    assert changed == 16 and (out[1:3, 12:16, 12:16] == 2).all()
+    assert (out[3, 12:16, 2:6] == 1).all()
+    # Rounds use it with three or more classes only: an object-vs-background round's object
+    # stays the one painted.
+    from napari_latentseg.engine.segment.postprocess import KEEP_SURE, sure_regions
+
+    assert sure_regions(2) is None and sure_regions(3) == KEEP_SURE == 0.6
 
 
 def test_forest_round_and_unpainted_regions(tiny_model, small_phantom, annotations):

@@ -7,9 +7,16 @@ import numpy as np
 from .annotations import ClassTable, label_dtype
 
 __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
+           "sure_regions",
            "normalised_entropy", "blend_momentum"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
+# Rounds of three or more classes: a region not connected to a stroke of its class stays when
+# its class's mean probability over it is at least this (None: every such region goes). A
+# tissue task's classes have parts nobody painted (a second ventricle, the other lesions).
+# Session 23, three phantoms, six seeds: +0.014 mean AUC (0.5: +0.005, 0.7: +0.010).
+KEEP_SURE: float | None = 0.6
+MIN_CLASSES_KEEP_SURE = 3
 
 
 def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table: ClassTable,
@@ -30,7 +37,12 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     labels[annotated] = annotations[annotated]
     if not connected:
         return labels, 0
-    return keep_connected(labels, probs, annotations, table.classes)
+    return keep_connected(labels, probs, annotations, table.classes, sure_regions(len(table)))
+
+
+def sure_regions(n_classes: int) -> float | None:
+    """:func:`keep_connected`'s ``keep_sure`` for a round of ``n_classes`` classes."""
+    return KEEP_SURE if n_classes >= MIN_CLASSES_KEEP_SURE else None
 
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
@@ -79,13 +91,16 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
-                   classes: list[int]) -> tuple[np.ndarray, int]:
+                   classes: list[int], keep_sure: float | None = None
+                   ) -> tuple[np.ndarray, int]:
     """Keep, for each class, only the regions connected to a voxel painted with that class.
 
     A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
     painted ``c`` goes to its next most probable class. This is the seeded-region prior of
     interactive tools: the object is the one the user painted. A lesion nobody painted is
-    therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
+    therefore dropped, unless ``keep_sure`` is given and its class's mean probability over it
+    reaches that value (rounds of three or more classes, :data:`KEEP_SURE`); switch the rule
+    off (``keep_connected=False``) to find every lesion.
 
     Returns
     -------
@@ -108,6 +123,10 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         keep = np.zeros(n + 1, dtype=bool)
         keep[0] = True  # not this class
         keep[comp[(annotations == c) & (comp > 0)]] = True
+        if keep_sure is not None:
+            size = np.bincount(comp.ravel(), minlength=n + 1)
+            total = np.bincount(comp.ravel(), weights=probabilities[ci].ravel(), minlength=n + 1)
+            keep[1:] |= total[1:] >= keep_sure * size[1:]
         drop = ~keep[comp]
         if not drop.any():
             continue
