@@ -159,7 +159,8 @@ class VAEDefault:
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
             ("relative_columns", ("forest", "RELATIVE_COLUMNS")),
-            ("keep_sure", ("postprocess", "KEEP_SURE"))) if key in options}
+            ("keep_sure", ("postprocess", "KEEP_SURE")),
+            ("keep_sure_min", ("postprocess", "KEEP_SURE_MIN_VOXELS"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

@@ -209,6 +209,8 @@ ENGINE = {
     # is sure of it (mean probability >= 0.6, the default since); before: always dropped.
     "vae-s22": {"keep_sure": None},
     "engine-novae-s22": {"vae_features": False, "keep_sure": None},
+    "vae-keepsure-any": {"keep_sure_min": 1},  # sure regions of any size stay
+    "engine-novae-keepsure-any": {"vae_features": False, "keep_sure_min": 1},
     "vae-keepsure5": {"keep_sure": 0.5},
     "vae-keepsure6": {"keep_sure": 0.6},
     "vae-keepsure7": {"keep_sure": 0.7},

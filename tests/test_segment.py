@@ -300,8 +300,10 @@ def test_keep_connected_drops_regions_away_from_strokes():
     labels[3, 12:16, 2:6] = 2
     probs = np.stack([(labels == 1), (labels == 2)]).astype(np.float32)
     probs[:, 3, 12:16, 2:6] = [[[0.45]], [[0.55]]]
-    out, changed = keep_connected(labels, probs, ann, [1, 2], keep_sure=0.6)
+    stats: dict = {}
+    out, changed = keep_connected(labels, probs, ann, [1, 2], keep_sure=0.6, stats=stats)
     assert changed == 16 and (out[1:3, 12:16, 12:16] == 2).all()
+    assert stats == {"sure_regions": 1, "sure_voxels": 32}
     assert (out[3, 12:16, 2:6] == 1).all()
     # Rounds use it with three or more classes only: an object-vs-background round's object
     # stays the one painted.

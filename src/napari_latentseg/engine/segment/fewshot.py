@@ -168,8 +168,9 @@ def segment_iter(
             yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
+        kept: dict = {}
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
-                                                    opts.keep_connected_regions)
+                                                    opts.keep_connected_regions, kept)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
             _move_boundary(st, labels, probs, forest_feats, run)
@@ -179,6 +180,10 @@ def segment_iter(
         if changed:
             st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
                             "class went to their next most probable class")
+        if kept.get("sure_regions"):
+            st.notes.append(f"{kept['sure_regions']} regions ({kept['sure_voxels']} voxels) no "
+                            "stroke of their class touches were kept: the classifier is sure "
+                            "of them (three or more classes)")
         grown = _grown(st, labels, previous, squeeze)
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)

@@ -16,16 +16,19 @@ CHUNK = 16  # slices per chunk of whole-volume post-processing
 # tissue task's classes have parts nobody painted (a second ventricle, the other lesions).
 # Session 23, three phantoms, six seeds: +0.014 mean AUC (0.5: +0.005, 0.7: +0.010).
 KEEP_SURE: float | None = 0.6
+# ...and when it holds at least this many voxels: sure specks of a voxel or two are noise.
+KEEP_SURE_MIN_VOXELS = 20
 MIN_CLASSES_KEEP_SURE = 3
 
 
 def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table: ClassTable,
-                              connected: bool) -> tuple[np.ndarray, int]:
+                              connected: bool, stats: dict | None = None
+                              ) -> tuple[np.ndarray, int]:
     """Labels of the most probable class; the user's label wins where they painted.
 
     Painted voxels' probabilities become one-hot in place (they are certain), then
-    :func:`keep_connected` applies when ``connected``. Returns the labels (the class ids'
-    type) and how many voxels that rule moved to another class.
+    :func:`keep_connected` applies when ``connected`` (``stats``: see there). Returns the
+    labels (the class ids' type) and how many voxels that rule moved to another class.
     """
     annotated = annotations > 0
     painted = table.index(annotations[annotated])
@@ -37,7 +40,8 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     labels[annotated] = annotations[annotated]
     if not connected:
         return labels, 0
-    return keep_connected(labels, probs, annotations, table.classes, sure_regions(len(table)))
+    return keep_connected(labels, probs, annotations, table.classes, sure_regions(len(table)),
+                          stats)
 
 
 def sure_regions(n_classes: int) -> float | None:
@@ -91,16 +95,18 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
-                   classes: list[int], keep_sure: float | None = None
-                   ) -> tuple[np.ndarray, int]:
+                   classes: list[int], keep_sure: float | None = None,
+                   stats: dict | None = None) -> tuple[np.ndarray, int]:
     """Keep, for each class, only the regions connected to a voxel painted with that class.
 
     A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
     painted ``c`` goes to its next most probable class. This is the seeded-region prior of
     interactive tools: the object is the one the user painted. A lesion nobody painted is
-    therefore dropped, unless ``keep_sure`` is given and its class's mean probability over it
-    reaches that value (rounds of three or more classes, :data:`KEEP_SURE`); switch the rule
-    off (``keep_connected=False``) to find every lesion.
+    therefore dropped, unless ``keep_sure`` is given, its class's mean probability over it
+    reaches that value and it holds :data:`KEEP_SURE_MIN_VOXELS` voxels or more (rounds of
+    three or more classes, :data:`KEEP_SURE`); switch the rule
+    off (``keep_connected=False``) to find every lesion. ``stats`` (a dict) receives how
+    many regions, and voxels, stayed that way (``"sure_regions"``, ``"sure_voxels"``).
 
     Returns
     -------
@@ -114,7 +120,7 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     table = np.asarray(classes)
     # A class id the labels' type cannot hold widens the output (ids are never wrapped).
     out = labels.astype(np.result_type(labels.dtype, label_dtype(int(table.max()))))
-    changed = 0
+    changed = sure_regions_kept = sure_voxels = 0
     for ci, c in enumerate(classes):
         comp, n = ndi.label(labels == c)
         if n == 0:
@@ -126,7 +132,11 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         if keep_sure is not None:
             size = np.bincount(comp.ravel(), minlength=n + 1)
             total = np.bincount(comp.ravel(), weights=probabilities[ci].ravel(), minlength=n + 1)
-            keep[1:] |= total[1:] >= keep_sure * size[1:]
+            sure = ~keep & (total >= keep_sure * size) & (size >= KEEP_SURE_MIN_VOXELS)
+            sure[0] = False
+            sure_regions_kept += int(sure.sum())
+            sure_voxels += int(size[sure].sum())
+            keep |= sure
         drop = ~keep[comp]
         if not drop.any():
             continue
@@ -134,6 +144,8 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         p[ci] = -1.0
         out[drop] = table[p.argmax(0)]
         changed += int(drop.sum())
+    if stats is not None:
+        stats.update(sure_regions=sure_regions_kept, sure_voxels=sure_voxels)
     return out, changed
 
 
