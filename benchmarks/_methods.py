@@ -206,7 +206,9 @@ ENGINE = {
     "vae-relative": {"relative_columns": True},
     "vae-noconnect": {"keep_connected_regions": False},
     # Session 23: with three or more classes a region no stroke touches stays where the forest
-    # is sure of it (mean probability >= 0.6, the default since); before: always dropped.
+    # is sure of it (vae-keepsure*: mean probability >= that, 20 voxels or more; the default
+    # for part of the session, in whose result files vae-default has it and vae-s22 not).
+    # It wins on the phantoms and loses on tumour cases as three classes: off.
     "vae-s22": {"keep_sure": None},
     "engine-novae-s22": {"vae_features": False, "keep_sure": None},
     "vae-keepsure-any": {"keep_sure_min": 1},  # sure regions of any size stay

@@ -10,7 +10,9 @@ Protocols (the annotator is benchmarks/_interactive.py):
 
 Cases: the phantom's tissue classes, tumour vs background in brain1, brain2, lung1, lung2,
 breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequal`` /
-``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49).
+``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49), and
+``<case>-3class`` (a tumour case as three classes, the air, the tumour and the rest of the
+body, scored on the tumour: a multi-class round on a real scan).
 Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
 
 Methods: see benchmarks/_loop_methods.py and benchmarks/_semisup.py. VAEs are fitted once per
@@ -184,13 +186,19 @@ def case_env(case: str, data: Path, quick: bool, config: str | None = None,
     if quick:
         box = ia.crop_box(base, truth)
         image, truth = np.ascontiguousarray(image[box]), np.ascontiguousarray(truth[box])
+    evaluate = ia.eval_classes(base, truth)
+    if case.endswith("-3class"):  # tumour cases as three classes: air, the tumour, the body
+        from napari_latentseg.engine.normalize import foreground_mask
+
+        body = foreground_mask(image, modality)
+        truth = np.where(truth == 2, 2, np.where(body, 3, 1)).astype(np.int64)
+        evaluate = [2]  # scored on the tumour alone
     classes = sorted(int(c) for c in np.unique(truth))
     radii = {1: 1} if case.endswith("-unequal") else None
     env = {"image": image, "truth": truth, "modality": modality, "spacing": spacing,
            "full_image": full, "box": box,
            "model": model, "fit_s": fit_s, "classes": classes, "radii": radii,
-           "eval": ia.eval_classes(base, truth), "first_ann": ia.first_strokes(truth, classes,
-                                                                               radii)}
+           "eval": evaluate, "first_ann": ia.first_strokes(truth, classes, radii)}
     return env
 
 

@@ -305,11 +305,14 @@ def test_keep_connected_drops_regions_away_from_strokes():
     assert changed == 16 and (out[1:3, 12:16, 12:16] == 2).all()
     assert stats == {"sure_regions": 1, "sure_voxels": 32}
     assert (out[3, 12:16, 2:6] == 1).all()
-    # Rounds use it with three or more classes only: an object-vs-background round's object
-    # stays the one painted.
-    from napari_latentseg.engine.segment.postprocess import KEEP_SURE, sure_regions
+    # A switch for rounds of three or more classes, off by default (it keeps a tumour's
+    # look-alikes on real scans); never in object-vs-background rounds.
+    import napari_latentseg.engine.segment.postprocess as post
 
-    assert sure_regions(2) is None and sure_regions(3) == KEEP_SURE == 0.6
+    assert post.KEEP_SURE is None and post.sure_regions(3) is None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(post, "KEEP_SURE", 0.6)
+        assert post.sure_regions(2) is None and post.sure_regions(3) == 0.6
 
 
 def test_forest_round_and_unpainted_regions(tiny_model, small_phantom, annotations):

@@ -70,9 +70,8 @@ def add_parser(sub) -> None:
                         "0.36); for a one-off segmentation, not for rounds of corrections")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "
-                        "drop them, so the object is the one you painted, except with three "
-                        "or more classes where the classifier is sure of them; use this to "
-                        "find lesions you did not paint)")
+                        "drop them, so the object is the one you painted; use this to find "
+                        "lesions you did not paint)")
     s.add_argument("--save-model", metavar="MODEL2",
                    help="where to save the model with its head (default: next free version "
                         "of MODEL, e.g. model-v2.pt)")

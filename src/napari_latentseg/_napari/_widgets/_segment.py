@@ -108,8 +108,7 @@ class SegmentSection(Section):
         self.connected = checkbox(
             "Only regions touching a stroke", True,
             "Keep, for each class, only the regions connected to voxels you painted with it "
-            "(the object is the one you painted). With three or more classes, regions the "
-            "classifier is sure of stay too. Untick to find lesions you did not paint.")
+            "(the object is the one you painted). Untick to find lesions you did not paint.")
         self.snap = checkbox(
             "Snap the object's edge to the image", True,
             "Object-vs-background rounds: voxels within two of the object's edge take the side "

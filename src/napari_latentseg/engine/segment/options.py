@@ -23,8 +23,7 @@ class SegmentOptions:
         ``"mlp"``: the MLP head alone (the encoder's hypercolumn, no forest).
     keep_connected_regions : bool
         Apply :func:`~napari_latentseg.engine.segment.keep_connected`: a region of a class
-        must touch a voxel painted with it (with three or more classes, or be one the
-        classifier is sure of: ``postprocess.KEEP_SURE``).
+        must touch a voxel painted with it.
     finetune_steps : int
         Steps of fine-tuning the head and (``finetune_encoder``) the encoder on crops around
         the annotated voxels; 0 trains no head unless ``classifier="mlp"`` or the model has one.
