@@ -213,6 +213,14 @@ ENGINE = {
     "engine-novae-s22": {"vae_features": False, "keep_sure": None},
     "vae-keepsure-any": {"keep_sure_min": 1},  # sure regions of any size stay
     "engine-novae-keepsure-any": {"vae_features": False, "keep_sure_min": 1},
+    # Session 23: the unpainted sample as weak rows of the large classes in rounds of three or
+    # more classes (multiprior.py), classes under 2 % (the default since) / 5 % of the sample
+    # being "small"; vae-nomultiprior: without it (the default before).
+    "vae-multiprior": {"small_share": 0.02},
+    "vae-nomultiprior": {"small_share": None},
+    "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
+    "vae-multiprior5": {"small_share": 0.05},
+    "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},
     "vae-keepsure5": {"keep_sure": 0.5},
     "vae-keepsure6": {"keep_sure": 0.6},
     "vae-keepsure7": {"keep_sure": 0.7},

@@ -392,3 +392,43 @@ def test_adaptive_prior_estimates_with_a_small_forest_then_fits_the_full_one(mon
     assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
     assert forest.n_estimators == F.FOREST["n_estimators"]
     assert 0 < ts.object_share < 0.1  # the prior's rows are background: a small share
+
+
+def test_multiclass_prior_tells_the_rarest_class_where_it_is_not():
+    """Three classes: the unpainted sample joins as weak rows of the large classes only."""
+    import napari_latentseg.engine.segment.multiprior as mp
+    from napari_latentseg.engine.segment.forest import TrainingSet, fit_forest
+
+    vol = np.zeros((4, 30, 30), dtype=np.float32)
+    vol[:, :, 15:] = 2.0  # two large halves...
+    vol[:, 10:13, 5:8] = 1.0  # ...and a small bright blob in the first
+    ann = np.zeros(vol.shape, dtype=np.uint8)
+    ann[1, 2:5, 2:5], ann[1, 20:23, 20:23], ann[1, 10:13, 5:8] = 1, 3, 2
+
+    class Features:  # one column: the intensity
+        def rows_at(self, flat, stop_event=None):
+            return vol.reshape(-1, 1)[flat]
+
+        def prior_slices(self):
+            return None
+
+    painted = ann > 0
+    ts = TrainingSet(vol[painted][:, None], ann[painted].astype(np.int64) - 1)
+    opts = SegmentOptions(background_samples=300, background_margin_mm=2.0, seed=0)
+
+    def add(share):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(mp, "SMALL_SHARE", share)
+            return mp.add_multiclass_prior(dataclasses.replace(ts), Features(), ann, 3, opts,
+                                           np.random.default_rng(0), SPACING, None, fit_forest)
+
+    assert mp.SMALL_SHARE == 0.02 and add(None).prior == 0  # None: off
+    out = add(0.02)
+    n = len(ts.y)
+    assert out.prior == 300 and len(out.y) == n + 300 and "weak evidence" in out.note
+    assert not np.any(out.y[n:] == 1)  # the blob's class gets none of the sample
+    prior_vals = out.x[n:, 0]
+    np.testing.assert_array_equal(out.y[n:][prior_vals == 0.0], 0)  # by the first forest
+    np.testing.assert_array_equal(out.y[n:][prior_vals == 2.0], 2)
+    assert (out.weight[:n] == 1).all() and np.ptp(out.weight[n:]) == 0
+    assert 0 < out.weight[n:].sum() <= 10 * 9  # at most ADAPT_CAP times the blob's rows

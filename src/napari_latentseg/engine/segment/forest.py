@@ -10,6 +10,7 @@ import numpy as np
 from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
+from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
     MIN_TREE_SAMPLES,
@@ -70,9 +71,8 @@ RELATIVE_COLUMNS = False
 
 def forest_features_name(vae: bool, contrast: bool = False, relative: bool = False) -> str:
     """What the forest saw, in words for results and logs."""
-    more = (" + VAE latent and encoder components" if vae else
-            " + centre-surround contrasts" if contrast else "")
-    more += " + relative intensities" if relative else ""
+    more = (" + VAE latent and encoder components" if vae else " + centre-surround contrasts"
+            if contrast else "") + (" + relative intensities" if relative else "")
     return "ilastik multiscale set" + (more or " only") + ("" if vae else " (no VAE features)")
 
 
@@ -299,13 +299,14 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
     """The painted voxels (a class-capped sample) at weight 1 and, with
     ``options.background``, the background prior's unpainted voxels (:mod:`.prior`) as that
     class at a low weight; without the prior and with three or more classes, the class
-    prototypes' distances as more columns (:mod:`.prototypes`)."""
+    prototypes' distances as more columns (:mod:`.prototypes`) and :mod:`.multiprior`."""
     ts = _training_set(features, annotations, table, options, rng, spacing, stop_event)
     if options.prototypes and not ts.prior and len(table.classes) >= MIN_CLASSES:
         cols = features.n_multiscale if PROTOTYPE_COLUMNS == "ilastik" else None
         ts.prototypes = Prototypes.fit(ts.x, ts.y, cols)
         ts.x = ts.prototypes.extend(ts.x)
-    return ts
+    return add_multiclass_prior(ts, features, annotations, len(table.classes), options, rng,
+                                spacing, stop_event, fit_forest)
 
 
 def _training_set(features, annotations, table, options, rng, spacing, stop_event):
