@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                         "small background stroke does not let the object flood the scan "
                         "(default auto: the class named background/outside/other in the "
                         "annotations' label names, else class 1 when exactly two classes are "
-                        "painted; none: off)")
+                        "painted; with three or more classes the unpainted voxels count as "
+                        "weak evidence of the large ones; none: both off)")
     s.add_argument("--background-prior", choices=["fixed", "adaptive"], default=None,
                    help="how much the unpainted voxels weigh: fixed (as much as the painted "
                         "object) or adaptive (by the object's estimated share of the scan: "

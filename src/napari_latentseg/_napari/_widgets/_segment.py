@@ -121,7 +121,9 @@ class SegmentSection(Section):
             "did not paint count as weak background, so one small background stroke does not "
             "let the object flood the scan, and the object fades beyond a reach from its "
             "strokes (measured through the image: edges count as distance; paint the part "
-            "it misses to extend it). Untick when both classes fill the scan alike.")
+            "it misses to extend it). With three or more classes they count as weak evidence "
+            "of the large classes, so the rarest one learns where it is not. Untick when the "
+            "classes fill the scan alike.")
         self.segment_btn = self.job_button(
             "Segment", "Train a classifier on the painted voxels and label every voxel "
             "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))

@@ -51,7 +51,8 @@ class SegmentOptions:
         ``background_weight`` times the object's painted voxels, none within
         ``background_margin_mm`` of the object's strokes) trains the forest as weak
         background (``prior.py``). ``"auto"`` (default): class 1 when exactly two classes,
-        1 among them, are painted (the dock's convention: 1 = background); None: no prior.
+        1 among them, are painted (the dock's convention: 1 = background); None: no prior
+        (nor :mod:`.multiprior`'s, which rounds of three or more classes get otherwise).
     background_samples : int
         How many unpainted voxels the prior draws.
     background_weight : float
