@@ -425,7 +425,7 @@ def test_multiclass_prior_tells_the_rarest_class_where_it_is_not():
     assert mp.SMALL_SHARE == 0.02 and add(None).prior == 0  # None: off
     out = add(0.02)
     n = len(ts.y)
-    assert out.prior == 300 and len(out.y) == n + 300 and "weak evidence" in out.note
+    assert out.prior == 300 and len(out.y) == n + 300 and "the rarest class learns" in out.note
     assert not np.any(out.y[n:] == 1)  # the blob's class gets none of the sample
     prior_vals = out.x[n:, 0]
     np.testing.assert_array_equal(out.y[n:][prior_vals == 0.0], 0)  # by the first forest

@@ -280,7 +280,8 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
                        "features": forest_feats.name
-                       + (" + background prior" if ts.prior else "")
+                       + (" + background prior" if ts.prior and st.n_classes == 2 else
+                          " + unpainted prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")
                        + (f" (adaptive: the object ~{100 * ts.object_share:.1f} % of the scan)"
                           if ts.object_share is not None else "")})

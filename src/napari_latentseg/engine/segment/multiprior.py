@@ -63,6 +63,9 @@ def add_multiclass_prior(ts, features, annotations: np.ndarray, n_classes: int, 
     ts.y = np.concatenate([ts.y, yu])
     ts.weight = np.concatenate([w, np.full(len(flat), total / len(flat))])
     ts.prior = len(flat)
-    ts.note = (f"{len(flat)} unpainted voxels joined as weak evidence of the large classes "
-               f"({int(small.sum())} small: under {100 * SMALL_SHARE:g} % of the scan)")
+    k = int(small.sum())
+    rarest = ("the rarest class learns where it is not" if k == 1
+              else f"the {k} rarest classes learn where they are not")
+    ts.note = (f"{len(flat)} unpainted voxels joined as weak evidence of the {n_classes - k} "
+               f"largest classes: {rarest}")
     return ts
