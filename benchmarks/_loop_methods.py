@@ -161,8 +161,7 @@ class VAEDefault:
             ("relative_columns", ("forest", "RELATIVE_COLUMNS")),
             ("keep_sure", ("postprocess", "KEEP_SURE")),
             ("keep_sure_min", ("postprocess", "KEEP_SURE_MIN_VOXELS")),
-            ("small_share", ("multiprior", "SMALL_SHARE")),
-            ("small_reach", ("reach", "SMALL_CLASSES_REACH"))) if key in options}
+            ("small_share", ("multiprior", "SMALL_SHARE"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -179,14 +178,13 @@ class VAEDefault:
         import napari_latentseg.engine.segment.multiprior as multiprior
         import napari_latentseg.engine.segment.postprocess as postprocess
         import napari_latentseg.engine.segment.prior as prior
-        import napari_latentseg.engine.segment.reach as reach
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "postprocess": postprocess, "multiprior": multiprior, "reach": reach}
+                   "postprocess": postprocess, "multiprior": multiprior}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

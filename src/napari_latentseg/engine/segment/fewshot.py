@@ -166,8 +166,6 @@ def segment_iter(
         probs = yield from _predict(st, batches, predict, later_stop)
         if forest is not None and opts.object_reach and st.prior_background is not None:
             yield from _apply_reach(st, probs, forest_feats, run)
-        elif forest is not None and opts.object_reach and st.small_classes is not None:
-            _fade_small(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         kept: dict = {}
@@ -277,9 +275,6 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         ts.scale = st.options.fresh_prior_scale
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
-    from . import reach
-    if reach.SMALL_CLASSES_REACH:
-        st.small_classes = getattr(ts, "small_classes", None)
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
@@ -406,16 +401,6 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     st.history.append({"stage": "boundary", "moved": moved})
     st.notes.append(f"the object's edge snapped to the image: {moved} voxels changed side "
                     "to the closer local mean intensity")
-
-
-def _fade_small(st: RoundState, probs: np.ndarray, forest_feats, run) -> None:
-    """The reach for the small classes of a round of three or more classes (a probe)."""
-    from .reach import fade_small_classes
-
-    classes = st.table.classes
-    faded = fade_small_classes(probs, st.small_classes, lambda c: st.annotations == classes[c],
-                               smoothed_image(forest_feats.cached, run), st.spacing or (1.0,) * 3)
-    st.notes.append(f"{faded} voxels beyond the rarest classes' reach went to other classes")
 
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,

@@ -130,35 +130,3 @@ def reach_gate(distance: np.ndarray, radius: float) -> np.ndarray:
     """1 within ``radius`` mm, a Gaussian fall-off (sigma radius / 2) beyond (float32)."""
     excess = np.maximum(distance - radius, 0.0) / (0.5 * radius)
     return np.exp(-0.5 * excess * excess).astype(np.float32)
-
-
-# Rounds of three or more classes: the classes the unpainted prior leaves out (the rarest;
-# :mod:`.multiprior`) fade beyond their own reach too, the others sharing what they lose.
-# Session 23 probe; False: off.
-SMALL_CLASSES_REACH = False
-
-
-def fade_small_classes(probs: np.ndarray, small: Sequence[int], seeds_of, smooth: np.ndarray,
-                       spacing: Sequence[float]) -> int:
-    """Fade each small class's probability beyond its geodesic reach from its strokes, in
-    place; the other classes share the lost probability in proportion to theirs.
-
-    ``probs`` (classes, z, y, x); ``seeds_of(c)``: the voxels painted with class index ``c``.
-    Returns how many voxels the small classes lost the lead in.
-    """
-    faded = 0
-    for c in small:
-        seeds = seeds_of(c)
-        if not seeds.any():
-            continue
-        dist, grid = geodesic_grid(smooth, seeds, spacing)
-        gate = upsample_grid(reach_gate(dist, reach_radius(seeds, spacing)), grid, seeds.shape)
-        before = probs[c].copy()
-        led = probs[c] >= probs.max(0)
-        probs[c] *= gate
-        rest = np.maximum(1.0 - before, 1e-6)
-        for k in range(len(probs)):
-            if k != c:
-                probs[k] *= (1.0 - probs[c]) / rest
-        faded += int(np.count_nonzero(led & (probs[c] < probs.max(0))))
-    return faded
