@@ -161,8 +161,7 @@ class VAEDefault:
             ("relative_columns", ("forest", "RELATIVE_COLUMNS")),
             ("keep_sure", ("postprocess", "KEEP_SURE")),
             ("keep_sure_min", ("postprocess", "KEEP_SURE_MIN_VOXELS")),
-            ("small_share", ("multiprior", "SMALL_SHARE")),
-            ("small_momentum", ("fewshot", "SMALL_MOMENTUM"))) if key in options}
+            ("small_share", ("multiprior", "SMALL_SHARE"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

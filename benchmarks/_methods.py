@@ -218,7 +218,6 @@ ENGINE = {
     # being "small"; vae-nomultiprior: without it (the default before).
     "vae-multiprior": {"small_share": 0.02},
     "vae-nomultiprior": {"small_share": None},
-    "vae-smallmomentum": {"small_momentum": True},
     "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
     "vae-multiprior5": {"small_share": 0.05},
     "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},

@@ -53,9 +53,6 @@ SWAP_MOVED = False
 # since, mean AUC of seven cases 0.772 against 0.740, lung2 no longer steps back;
 # docs/interactive_benchmarks.md, "The edge step with fresh growth let go").
 FRESH_SHRINKS_AT_ONCE = True
-# Probe (session 23): the shrink's momentum in rounds of three or more classes, where the
-# rarest class's probability fell (the class the unpainted prior leaves out).
-SMALL_MOMENTUM = False
 
 
 @dataclass
@@ -278,7 +275,6 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         ts.scale = st.options.fresh_prior_scale
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
-    st.small_classes = getattr(ts, "small_classes", None)
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
@@ -413,12 +409,8 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     ``options.momentum_where``: everywhere, or where the object's probability fell)."""
     bg = st.prior_background
     shrink = st.options.momentum_on_shrink
-    small = st.small_classes if SMALL_MOMENTUM else None
-    if shrink and (bg is None or len(probs) != 2) and (small is None or len(small) != 1):
+    if shrink and (bg is None or len(probs) != 2):
         return  # "shrink" is for object-vs-background rounds (the phantom's tissues lost)
-    obj = 1 - bg if bg is not None and len(probs) == 2 else None
-    if obj is None and small is not None:
-        obj = int(small[0])  # three or more classes: where the rarest class's probability fell
     prev = np.asarray(previous.probabilities)
     if squeezed:
         prev = prev[:, None]
@@ -431,7 +423,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     if fresh is not None:
         fresh = fresh[None] if squeezed else fresh
         fresh = fresh if fresh.shape == probs.shape[1:] else None
-    blend_momentum(probs, prev, weight, obj if shrink else None, far, fresh)
+    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far, fresh)
     where = " where the object's probability fell" if shrink else ""
     if far is not None:
         where += " or rose far from its strokes"
