@@ -7,8 +7,7 @@ import numpy as np
 from .annotations import ClassTable, label_dtype
 
 __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
-           "sure_regions",
-           "normalised_entropy", "blend_momentum"]
+           "sure_regions", "normalised_entropy", "blend_momentum"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
 # Rounds of three or more classes: a region not connected to a stroke of its class stays when
@@ -105,8 +104,8 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     interactive tools: the object is the one the user painted. A lesion nobody painted is
     therefore dropped, unless ``keep_sure`` is given, its class's mean probability over it
     reaches that value and it holds :data:`KEEP_SURE_MIN_VOXELS` voxels or more (rounds of
-    three or more classes, :data:`KEEP_SURE`); switch the rule
-    off (``keep_connected=False``) to find every lesion. ``stats`` (a dict) receives how
+    three or more classes, :data:`KEEP_SURE`); switch the rule off
+    (``keep_connected=False``) to find every lesion. ``stats`` (a dict) receives how
     many regions, and voxels, stayed that way (``"sure_regions"``, ``"sure_voxels"``).
 
     Returns
