@@ -202,17 +202,10 @@ ENGINE = {
     "vae-s21": {"boundary_refine": False, "fresh_shrinks": False},
     "vae-snap-only": {"fresh_shrinks": False},
     "vae-fresh-only": {"boundary_refine": False},
-    # Session 23: relative intensities (an MR bias field's invariant) as three more columns.
-    "vae-relative": {"relative_columns": True},
+    # Session 23: the connectivity rule off. The probes "relative intensity columns"
+    # (vae-relative, ...) and "sure regions no stroke touches kept" (vae-keepsure*, vae-s22)
+    # lost and left the engine: their code is at commit 0523b33.
     "vae-noconnect": {"keep_connected_regions": False},
-    # Session 23: with three or more classes a region no stroke touches stays where the forest
-    # is sure of it (vae-keepsure*: mean probability >= that, 20 voxels or more; the default
-    # for part of the session, in whose result files vae-default has it and vae-s22 not).
-    # It wins on the phantoms and loses on tumour cases as three classes: off.
-    "vae-s22": {"keep_sure": None},
-    "engine-novae-s22": {"vae_features": False, "keep_sure": None},
-    "vae-keepsure-any": {"keep_sure_min": 1},  # sure regions of any size stay
-    "engine-novae-keepsure-any": {"vae_features": False, "keep_sure_min": 1},
     # Session 23: the unpainted sample as weak rows of the large classes in rounds of three or
     # more classes (multiprior.py), classes under 2 % (the default since) / 5 % of the sample
     # being "small"; vae-nomultiprior: without it (the default before).
@@ -221,12 +214,6 @@ ENGINE = {
     "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
     "vae-multiprior5": {"small_share": 0.05},
     "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},
-    "vae-keepsure5": {"keep_sure": 0.5},
-    "vae-keepsure6": {"keep_sure": 0.6},
-    "vae-keepsure7": {"keep_sure": 0.7},
-    "vae-keepsure6-relative": {"keep_sure": 0.6, "relative_columns": True},
-    "engine-novae-keepsure6": {"vae_features": False, "keep_sure": 0.6},
-    "engine-novae-relative": {"vae_features": False, "relative_columns": True},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-dir", default=str(Path.home() / ".cache" / "napari-latentseg"
                                               / "bench-models"))
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--out", default="bench_live.json")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_live.json"))
     args = p.parse_args(argv)
 
     from qtpy.QtWidgets import QApplication
@@ -165,6 +165,7 @@ def main(argv=None) -> int:
             vol = read_volume(img)
             truth = read_volume(Path(args.data) / f"{name}_label.nrrd").data > 0
         results.append(run_case(app, name, vol, truth, args))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
     return 0

@@ -296,23 +296,6 @@ def test_keep_connected_drops_regions_away_from_strokes():
     assert changed == 2 * 4 * 4
     assert (out[1:3, 2:6, 2:6] == 2).all() and (out[1:3, 12:16, 12:16] == 1).all()
     assert (labels[1:3, 12:16, 12:16] == 2).all()  # the input is not modified
-    # keep_sure: an island the classifier is sure of stays, an unsure one still goes.
-    labels[3, 12:16, 2:6] = 2
-    probs = np.stack([(labels == 1), (labels == 2)]).astype(np.float32)
-    probs[:, 3, 12:16, 2:6] = [[[0.45]], [[0.55]]]
-    stats: dict = {}
-    out, changed = keep_connected(labels, probs, ann, [1, 2], keep_sure=0.6, stats=stats)
-    assert changed == 16 and (out[1:3, 12:16, 12:16] == 2).all()
-    assert stats == {"sure_regions": 1, "sure_voxels": 32}
-    assert (out[3, 12:16, 2:6] == 1).all()
-    # A switch for rounds of three or more classes, off by default (it keeps a tumour's
-    # look-alikes on real scans); never in object-vs-background rounds.
-    import napari_latentseg.engine.segment.postprocess as post
-
-    assert post.KEEP_SURE is None and post.sure_regions(3) is None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(post, "KEEP_SURE", 0.6)
-        assert post.sure_regions(2) is None and post.sure_regions(3) == 0.6
 
 
 def test_forest_round_and_unpainted_regions(tiny_model, small_phantom, annotations):

@@ -19,7 +19,7 @@ from torch import nn
 from ..models.head import SegmentationHead
 
 __all__ = ["Hypercolumn", "SegmentationHead", "Segmenter", "gaussian_blur", "multiscale_features",
-           "relative_intensity", "MULTISCALE_SIGMAS", "RELATIVE_LEVELS"]
+           "MULTISCALE_SIGMAS"]
 
 _SIGMAS = (1.0, 2.0, 4.0)
 # scikit-image's multiscale_basic_features(sigma_min=1, sigma_max=16): the ilastik set.
@@ -121,48 +121,6 @@ def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_
                                   align_corners=False)[..., :h, :w]
         out[:, 4 * i : 4 * i + 4] = level
     return out
-
-
-# Relative intensities: the smoothed intensities at these sigma numbers (sigma 1, 2, 4 voxels)
-# over the tissue's wide mean (RELATIVE_SIGMA voxels, in-plane, over voxels above
-# RELATIVE_FLOOR: air left out), as logs.
-RELATIVE_LEVELS = (0, 1, 2)
-RELATIVE_SIGMA = 16.0
-RELATIVE_FLOOR = 0.05  # normalised units: MR maps its foreground's 0.5th percentile to 0
-
-
-def relative_intensity(x: torch.Tensor, ms: torch.Tensor) -> torch.Tensor:
-    """Log of each smoothed intensity over the surrounding tissue's mean: an MR bias field
-    multiplies both, so the ratio is the same for a tissue wherever it lies in the scan.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        (B, 1, H, W) normalised images.
-    ms : torch.Tensor
-        Their :func:`multiscale_features` (smoothed intensities at columns 0, 4, 8...).
-
-    Returns
-    -------
-    torch.Tensor
-        (B, len(RELATIVE_LEVELS), H, W).
-    """
-    h, w = x.shape[-2:]
-    tissue = (x > RELATIVE_FLOOR).to(x.dtype)
-    # The wide mean on a coarser grid, as multiscale_features does for its large sigmas.
-    f = int(max(1, min(RELATIVE_SIGMA // 2, min(h, w) // 16)))
-    both = torch.cat([x * tissue, tissue], dim=1)
-    if f > 1:
-        both = F.avg_pool2d(both, f, ceil_mode=True)
-    both = gaussian_blur(both, RELATIVE_SIGMA / f)
-    if f > 1:
-        both = F.interpolate(both, scale_factor=f, mode="bilinear",
-                             align_corners=False)[..., :h, :w]
-    wide = both[:, :1] / both[:, 1:].clamp_min(1e-3)
-    floor = RELATIVE_FLOOR
-    log_wide = wide.clamp_min(floor).log()
-    return torch.cat([ms[:, 4 * i : 4 * i + 1].clamp_min(floor).log() - log_wide
-                      for i in RELATIVE_LEVELS], dim=1)
 
 
 class Hypercolumn(nn.Module):

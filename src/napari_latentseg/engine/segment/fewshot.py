@@ -18,7 +18,7 @@ from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .finetune import finetune
-from .forest import ForestFeatures, ForestProbabilities, training_set
+from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
 from .nomodel import NO_MODEL_NOTE, features_only_model
@@ -168,9 +168,8 @@ def segment_iter(
             yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
-        kept: dict = {}
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
-                                                    opts.keep_connected_regions, kept)
+                                                    opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
             _move_boundary(st, labels, probs, forest_feats, run)
@@ -180,10 +179,6 @@ def segment_iter(
         if changed:
             st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
                             "class went to their next most probable class")
-        if kept.get("sure_regions"):
-            st.notes.append(f"{kept['sure_regions']} regions ({kept['sure_voxels']} voxels) no "
-                            "stroke of their class touches were kept: the classifier is sure "
-                            "of them (three or more classes)")
         grown = _grown(st, labels, previous, squeeze)
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)
@@ -279,7 +274,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
-                       "features": forest_feats.name
+                       "features": forest_features_name(forest_feats.vae, forest_feats.contrast)
                        + (" + background prior" if ts.prior and st.n_classes == 2 else
                           " + unpainted prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")

@@ -64,16 +64,15 @@ PROBA_CHUNK = 1 << 18
 # scale's smoothed intensity minus the next wider one). Session 18: level with the ilastik set
 # alone in the engine (+0.002 mean AUC over seven cases), so off; kept for the benchmark.
 CONTRAST_WITHOUT_VAE = False
-# True: on MR, three relative intensities join the columns (features.relative_intensity: not
-# moved by a bias field). Session 23: level with the VAE, so off; kept for the benchmark.
-RELATIVE_COLUMNS = False
 
 
-def forest_features_name(vae: bool, contrast: bool = False, relative: bool = False) -> str:
+def forest_features_name(vae: bool, contrast: bool = False) -> str:
     """What the forest saw, in words for results and logs."""
-    more = (" + VAE latent and encoder components" if vae else " + centre-surround contrasts"
-            if contrast else "") + (" + relative intensities" if relative else "")
-    return "ilastik multiscale set" + (more or " only") + ("" if vae else " (no VAE features)")
+    if vae:
+        return "ilastik multiscale set + VAE latent and encoder components"
+    if contrast:
+        return "ilastik multiscale set + centre-surround contrasts (no VAE features)"
+    return "ilastik multiscale set only (no VAE features)"
 
 
 class ForestFeatures:
@@ -87,22 +86,18 @@ class ForestFeatures:
 
     def __init__(self, run: FeatureRunner, cache: FeatureCache | None,
                  vae: bool = True) -> None:
-        from ..features import MULTISCALE_SIGMAS, RELATIVE_LEVELS
+        from ..features import MULTISCALE_SIGMAS
 
         self.run = run
         self.vae = vae  # False: the ilastik set alone (the ablation of the VAE features)
         self.contrast = not vae and CONTRAST_WITHOUT_VAE
-        # MR only: CT's Hounsfield units mean the same everywhere in the scan.
-        self.relative = RELATIVE_COLUMNS and run.norm.method == "percentile"
         self.enc = slice(0, sum(run.hyper.tap_channels))
         self.n_multiscale = 4 * len(MULTISCALE_SIGMAS)  # the ilastik set: the first columns
         self.n_features = self.n_multiscale + (
             run.hyper.latent_channels + _ENCODER_PCS if vae
-            else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0) + (
-            len(RELATIVE_LEVELS) if self.relative else 0)
+            else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0)
         self.cache = cache
         kind = "forest" if vae else "forest-contrast" if self.contrast else "forest-ilastik"
-        kind += "-relative" if self.relative else ""
         self.key = cache.key(run.model, run.volume, kind) if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
@@ -133,17 +128,11 @@ class ForestFeatures:
         _, _, v = torch.linalg.svd((sub - mean) / std, full_matrices=False)
         self._pca = (mean, std, v[:_ENCODER_PCS].T.contiguous())
 
-    @property
-    def name(self) -> str:
-        """The columns in words (:func:`forest_features_name`)."""
-        return forest_features_name(self.vae, self.contrast, self.relative)
-
     def _parts(self, zs: np.ndarray):
-        """The ilastik set (B, C, h, w), the VAE columns ((B, K, h, w); (1, K, z, h, w)
-        for 3D models) or without them the centre-surround contrasts (B, 4, h, w) or None,
-        and the relative intensities (B, 3, h, w) or None, of slices ``zs``, float32 on the
-        CPU."""
-        from ..features import multiscale_features, relative_intensity
+        """The ilastik set (B, C, h, w) and the VAE columns ((B, K, h, w); (1, K, z, h, w)
+        for 3D models), or without them the centre-surround contrasts (B, 4, h, w) or None,
+        of slices ``zs``, float32 on the CPU."""
+        from ..features import multiscale_features
 
         torch = self.run.torch
         if self._pca is None and self.vae:
@@ -154,24 +143,22 @@ class ForestFeatures:
         else:
             x = self.run.norm(self.run.volume)[:, None]
         with torch.inference_mode():
-            xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.run.device)
-            ms = multiscale_features(xt)
-            rel = relative_intensity(xt, ms).float().cpu() if self.relative else None
-            ms = ms.float().cpu()
+            ms = multiscale_features(torch.from_numpy(np.ascontiguousarray(x)).to(
+                self.run.device)).float().cpu()
         if not self.vae:
             # Smoothed intensities sit at columns 0, 4, 8...: each minus the next wider one.
-            return ms, (ms[:, 0:-4:4] - ms[:, 4::4]) if self.contrast else None, rel
-        return ms, self.run.compute_projected(zs, self._pca).float().cpu(), rel
+            return ms, (ms[:, 0:-4:4] - ms[:, 4::4]) if self.contrast else None
+        return ms, self.run.compute_projected(zs, self._pca).float().cpu()
 
     def compute(self, zs: np.ndarray):
         """Features of slices ``zs`` (all slices for 3D models) as (voxels, F) float32 rows."""
         if self.cached is not None:
             return self.run.torch.from_numpy(self.rows_of(zs)).float()
-        ms, more, rel = self._parts(zs)
+        ms, more = self._parts(zs)
+        if more is None:
+            return to_rows(ms, 2)
         dims = self.run.cfg.spatial_dims if self.vae else 2
-        parts = [to_rows(ms, 2)] + ([] if more is None else [to_rows(more, dims)]) + (
-            [] if rel is None else [to_rows(rel, 2)])
-        return parts[0] if len(parts) == 1 else self.run.torch.cat(parts, dim=1)
+        return self.run.torch.cat([to_rows(ms, 2), to_rows(more, dims)], dim=1)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
@@ -203,15 +190,11 @@ class ForestFeatures:
             check_stop(stop_event, "segmentation")
             # Written in place, cast on the way: no float32 row copies of the batch.
             dst = self.run.torch.from_numpy(store[zs[0] : zs[-1] + 1])
-            ms, more, rel = self._parts(zs)
+            ms, vae = self._parts(zs)
             dst[..., : self.n_multiscale].copy_(ms.permute(0, 2, 3, 1))
-            end = self.n_features - (0 if rel is None else rel.shape[1])
-            if more is not None:
-                grid = (more.permute(0, 2, 3, 1) if more.ndim == 4
-                        else more[0].permute(1, 2, 3, 0))
-                dst[..., self.n_multiscale : end].copy_(grid)
-            if rel is not None:
-                dst[..., end:].copy_(rel.permute(0, 2, 3, 1))
+            if vae is not None:
+                grid = vae.permute(0, 2, 3, 1) if vae.ndim == 4 else vae[0].permute(1, 2, 3, 0)
+                dst[..., self.n_multiscale :].copy_(grid)
             yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
         self.cached = store
         self.cache.put(self.key, store)

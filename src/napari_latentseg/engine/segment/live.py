@@ -25,7 +25,7 @@ from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .nomodel import features_only_model
 from .options import SegmentOptions
-from .postprocess import blend_momentum, keep_connected, sure_regions
+from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
@@ -193,7 +193,7 @@ class LiveSegmenter:
         if anchors is not None:
             seeds = np.where(painted, ann, np.asarray(anchors).astype(ann.dtype, copy=False))
             labels = keep_connected(labels[None], probs[:, None], seeds[None],
-                                    self._table.classes, sure_regions(n))[0][0]
+                                    self._table.classes)[0][0]
         if self.options.boundary_refine and self._object is not None:
             # The full round's edge step: in-plane, so the slice alone gives the same.
             cls = self._table.classes

@@ -7,28 +7,18 @@ import numpy as np
 from .annotations import ClassTable, label_dtype
 
 __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
-           "sure_regions", "normalised_entropy", "blend_momentum"]
+           "normalised_entropy", "blend_momentum"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
-# Rounds of three or more classes: a region not connected to a stroke of its class stays when
-# its class's mean probability over it is at least this (None: every such region goes, the
-# default). Session 23 (0.6): the phantoms' unpainted lesions stay (+0.014 mean AUC over
-# three phantoms, six seeds), but on real scans as three classes (air, tumour, body) the
-# tumour class keeps look-alikes elsewhere: brain1 0.30 against 0.50. Kept for the benchmark.
-KEEP_SURE: float | None = None
-# ...and when it holds at least this many voxels: sure specks of a voxel or two are noise.
-KEEP_SURE_MIN_VOXELS = 20
-MIN_CLASSES_KEEP_SURE = 3
 
 
 def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table: ClassTable,
-                              connected: bool, stats: dict | None = None
-                              ) -> tuple[np.ndarray, int]:
+                              connected: bool) -> tuple[np.ndarray, int]:
     """Labels of the most probable class; the user's label wins where they painted.
 
     Painted voxels' probabilities become one-hot in place (they are certain), then
-    :func:`keep_connected` applies when ``connected`` (``stats``: see there). Returns the
-    labels (the class ids' type) and how many voxels that rule moved to another class.
+    :func:`keep_connected` applies when ``connected``. Returns the labels (the class ids'
+    type) and how many voxels that rule moved to another class.
     """
     annotated = annotations > 0
     painted = table.index(annotations[annotated])
@@ -40,13 +30,7 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     labels[annotated] = annotations[annotated]
     if not connected:
         return labels, 0
-    return keep_connected(labels, probs, annotations, table.classes, sure_regions(len(table)),
-                          stats)
-
-
-def sure_regions(n_classes: int) -> float | None:
-    """:func:`keep_connected`'s ``keep_sure`` for a round of ``n_classes`` classes."""
-    return KEEP_SURE if n_classes >= MIN_CLASSES_KEEP_SURE else None
+    return keep_connected(labels, probs, annotations, table.classes)
 
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
@@ -95,18 +79,13 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
-                   classes: list[int], keep_sure: float | None = None,
-                   stats: dict | None = None) -> tuple[np.ndarray, int]:
+                   classes: list[int]) -> tuple[np.ndarray, int]:
     """Keep, for each class, only the regions connected to a voxel painted with that class.
 
     A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
     painted ``c`` goes to its next most probable class. This is the seeded-region prior of
     interactive tools: the object is the one the user painted. A lesion nobody painted is
-    therefore dropped, unless ``keep_sure`` is given, its class's mean probability over it
-    reaches that value and it holds :data:`KEEP_SURE_MIN_VOXELS` voxels or more (rounds of
-    three or more classes, :data:`KEEP_SURE`); switch the rule off
-    (``keep_connected=False``) to find every lesion. ``stats`` (a dict) receives how
-    many regions, and voxels, stayed that way (``"sure_regions"``, ``"sure_voxels"``).
+    therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
 
     Returns
     -------
@@ -120,7 +99,7 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     table = np.asarray(classes)
     # A class id the labels' type cannot hold widens the output (ids are never wrapped).
     out = labels.astype(np.result_type(labels.dtype, label_dtype(int(table.max()))))
-    changed = sure_regions_kept = sure_voxels = 0
+    changed = 0
     for ci, c in enumerate(classes):
         comp, n = ndi.label(labels == c)
         if n == 0:
@@ -129,14 +108,6 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         keep = np.zeros(n + 1, dtype=bool)
         keep[0] = True  # not this class
         keep[comp[(annotations == c) & (comp > 0)]] = True
-        if keep_sure is not None:
-            size = np.bincount(comp.ravel(), minlength=n + 1)
-            total = np.bincount(comp.ravel(), weights=probabilities[ci].ravel(), minlength=n + 1)
-            sure = ~keep & (total >= keep_sure * size) & (size >= KEEP_SURE_MIN_VOXELS)
-            sure[0] = False
-            sure_regions_kept += int(sure.sum())
-            sure_voxels += int(size[sure].sum())
-            keep |= sure
         drop = ~keep[comp]
         if not drop.any():
             continue
@@ -144,8 +115,6 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         p[ci] = -1.0
         out[drop] = table[p.argmax(0)]
         changed += int(drop.sum())
-    if stats is not None:
-        stats.update(sure_regions=sure_regions_kept, sure_voxels=sure_voxels)
     return out, changed
 
 
