@@ -158,7 +158,9 @@ class VAEDefault:
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
-            ("small_share", ("multiprior", "SMALL_SHARE"))) if key in options}
+            ("small_share", ("multiprior", "SMALL_SHARE")),
+            ("split", ("split", "SPLIT")),
+            ("split_mix", ("split", "MIX_WHOLE"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -174,13 +176,14 @@ class VAEDefault:
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.multiprior as multiprior
         import napari_latentseg.engine.segment.prior as prior
+        import napari_latentseg.engine.segment.split as split
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "multiprior": multiprior}
+                   "multiprior": multiprior, "split": split}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

@@ -30,6 +30,7 @@ from .postprocess import (
     normalised_entropy,
 )
 from .runner import FeatureRunner, slice_runs
+from .split import split_round, splits
 from .state import RoundState, SegmentationResult
 from .suggest import object_region, suggest_slices, toward_the_object
 
@@ -123,9 +124,27 @@ def segment_iter(
 
     Yields progress dicts; returns a :class:`SegmentationResult`.
     """
+    opts = resolve_options(options, legacy_kwargs)
+    if splits(opts, annotations, bool(model is not None and model.head)):
+        # Three or more classes: the rarest one again as an object (:mod:`.split`); one
+        # cache for both rounds, so the features are computed once.
+        cache = cache if cache is not None else FeatureCache()
+        return (yield from split_round(_round_iter, model, volume, annotations, opts,
+                                       previous, modality=modality, cache=cache,
+                                       stop_event=stop_event, spacing=spacing))
+    return (yield from _round_iter(model, volume, annotations, opts, modality=modality,
+                                   cache=cache, stop_event=stop_event, spacing=spacing,
+                                   previous=previous))
+
+
+def _round_iter(model: VAEModel | None, volume: np.ndarray, annotations: np.ndarray,
+                opts: SegmentOptions, *, modality: str | None, cache: FeatureCache | None,
+                stop_event: threading.Event | None, spacing: tuple[float, ...] | None,
+                previous: SegmentationResult | None
+                ) -> Generator[dict, None, SegmentationResult]:
+    """One round of :func:`segment_iter` with resolved options (not split)."""
     import torch
 
-    opts = resolve_options(options, legacy_kwargs)
     t0 = time.perf_counter()
     no_model = model is None
     if no_model:  # few-shot on the ilastik set alone: nothing to fit first
