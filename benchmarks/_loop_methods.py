@@ -159,8 +159,7 @@ class VAEDefault:
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
             ("small_share", ("multiprior", "SMALL_SHARE")),
-            ("split", ("split", "SPLIT")),
-            ("split_mix", ("split", "MIX_WHOLE"))) if key in options}
+            ("region_memory", ("fewshot", "REGION_MEMORY_CLASSES"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -176,14 +175,13 @@ class VAEDefault:
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.multiprior as multiprior
         import napari_latentseg.engine.segment.prior as prior
-        import napari_latentseg.engine.segment.split as split
         from napari_latentseg.engine.segment import segment
 
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "multiprior": multiprior, "split": split}
+                   "multiprior": multiprior}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

@@ -30,7 +30,6 @@ from .postprocess import (
     normalised_entropy,
 )
 from .runner import FeatureRunner, slice_runs
-from .split import split_round, splits
 from .state import RoundState, SegmentationResult
 from .suggest import object_region, suggest_slices, toward_the_object
 
@@ -54,6 +53,10 @@ SWAP_MOVED = False
 # since, mean AUC of seven cases 0.772 against 0.740, lung2 no longer steps back;
 # docs/interactive_benchmarks.md, "The edge step with fresh growth let go").
 FRESH_SHRINKS_AT_ONCE = True
+# Rounds of at least this many classes that continue another keep a region no stroke of its
+# class touches when it had that class last round (postprocess.keep_connected's memory);
+# None: off.
+REGION_MEMORY_CLASSES: int | None = 3
 
 
 @dataclass
@@ -124,27 +127,9 @@ def segment_iter(
 
     Yields progress dicts; returns a :class:`SegmentationResult`.
     """
-    opts = resolve_options(options, legacy_kwargs)
-    if splits(opts, annotations, bool(model is not None and model.head)):
-        # Three or more classes: the rarest one again as an object (:mod:`.split`); one
-        # cache for both rounds, so the features are computed once.
-        cache = cache if cache is not None else FeatureCache()
-        return (yield from split_round(_round_iter, model, volume, annotations, opts,
-                                       previous, modality=modality, cache=cache,
-                                       stop_event=stop_event, spacing=spacing))
-    return (yield from _round_iter(model, volume, annotations, opts, modality=modality,
-                                   cache=cache, stop_event=stop_event, spacing=spacing,
-                                   previous=previous))
-
-
-def _round_iter(model: VAEModel | None, volume: np.ndarray, annotations: np.ndarray,
-                opts: SegmentOptions, *, modality: str | None, cache: FeatureCache | None,
-                stop_event: threading.Event | None, spacing: tuple[float, ...] | None,
-                previous: SegmentationResult | None
-                ) -> Generator[dict, None, SegmentationResult]:
-    """One round of :func:`segment_iter` with resolved options (not split)."""
     import torch
 
+    opts = resolve_options(options, legacy_kwargs)
     t0 = time.perf_counter()
     no_model = model is None
     if no_model:  # few-shot on the ilastik set alone: nothing to fit first
@@ -188,7 +173,8 @@ def _round_iter(model: VAEModel | None, volume: np.ndarray, annotations: np.ndar
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
-                                                    opts.keep_connected_regions)
+                                                    opts.keep_connected_regions,
+                                                    _remembered(st, previous, squeeze))
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
             _move_boundary(st, labels, probs, forest_feats, run)
@@ -220,6 +206,20 @@ def _round_iter(model: VAEModel | None, volume: np.ndarray, annotations: np.ndar
     return SegmentationResult(labels, probs, uncertainty, st.table.classes, st.model,
                               suggestion, st.history, time.perf_counter() - t0, st.notes, hit,
                               grown)
+
+
+def _remembered(st: RoundState, previous: SegmentationResult | None,
+                squeezed: bool) -> np.ndarray | None:
+    """The last round's labels for the connectivity rule's memory (rounds of at least
+    ``REGION_MEMORY_CLASSES`` classes continuing one with the same classes), else None."""
+    prev = getattr(previous, "labels", None)
+    if REGION_MEMORY_CLASSES is None or prev is None or st.n_classes < REGION_MEMORY_CLASSES:
+        return None
+    prev = np.asarray(prev)
+    prev = prev[None] if squeezed else prev
+    if prev.shape != st.annotations.shape or list(previous.classes) != st.table.classes:
+        return None
+    return prev
 
 
 def _grown(st: RoundState, labels: np.ndarray, previous: SegmentationResult | None,
