@@ -214,10 +214,6 @@ ENGINE = {
     "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
     "vae-multiprior5": {"small_share": 0.05},
     "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},
-    # Session 24: the connectivity rule keeps, in rounds of three or more classes, a region
-    # that had its class last round (vae-memory); vae-nomemory: without (the default before).
-    "vae-memory": {"region_memory": 3},
-    "vae-nomemory": {"region_memory": None},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

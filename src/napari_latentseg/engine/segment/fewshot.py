@@ -53,10 +53,6 @@ SWAP_MOVED = False
 # since, mean AUC of seven cases 0.772 against 0.740, lung2 no longer steps back;
 # docs/interactive_benchmarks.md, "The edge step with fresh growth let go").
 FRESH_SHRINKS_AT_ONCE = True
-# Rounds of at least this many classes that continue another keep a region no stroke of its
-# class touches when it had that class last round (postprocess.keep_connected's memory);
-# None: off.
-REGION_MEMORY_CLASSES: int | None = 3
 
 
 @dataclass
@@ -173,8 +169,7 @@ def segment_iter(
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, opts.momentum, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
-                                                    opts.keep_connected_regions,
-                                                    _remembered(st, previous, squeeze))
+                                                    opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
             _move_boundary(st, labels, probs, forest_feats, run)
@@ -206,20 +201,6 @@ def segment_iter(
     return SegmentationResult(labels, probs, uncertainty, st.table.classes, st.model,
                               suggestion, st.history, time.perf_counter() - t0, st.notes, hit,
                               grown)
-
-
-def _remembered(st: RoundState, previous: SegmentationResult | None,
-                squeezed: bool) -> np.ndarray | None:
-    """The last round's labels for the connectivity rule's memory (rounds of at least
-    ``REGION_MEMORY_CLASSES`` classes continuing one with the same classes), else None."""
-    prev = getattr(previous, "labels", None)
-    if REGION_MEMORY_CLASSES is None or prev is None or st.n_classes < REGION_MEMORY_CLASSES:
-        return None
-    prev = np.asarray(prev)
-    prev = prev[None] if squeezed else prev
-    if prev.shape != st.annotations.shape or list(previous.classes) != st.table.classes:
-        return None
-    return prev
 
 
 def _grown(st: RoundState, labels: np.ndarray, previous: SegmentationResult | None,

@@ -10,14 +10,10 @@ __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_pro
            "normalised_entropy", "blend_momentum"]
 
 CHUNK = 16  # slices per chunk of whole-volume post-processing
-# keep_connected with the last round's labels: a region this share of which had its class
-# there is kept without a stroke.
-MEMORY_OVERLAP = 0.5
 
 
 def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table: ClassTable,
-                              connected: bool, previous: np.ndarray | None = None
-                              ) -> tuple[np.ndarray, int]:
+                              connected: bool) -> tuple[np.ndarray, int]:
     """Labels of the most probable class; the user's label wins where they painted.
 
     Painted voxels' probabilities become one-hot in place (they are certain), then
@@ -34,7 +30,7 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     labels[annotated] = annotations[annotated]
     if not connected:
         return labels, 0
-    return keep_connected(labels, probs, annotations, table.classes, previous)
+    return keep_connected(labels, probs, annotations, table.classes)
 
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
@@ -83,17 +79,13 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
-                   classes: list[int], previous: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, int]:
+                   classes: list[int]) -> tuple[np.ndarray, int]:
     """Keep, for each class, only the regions connected to a voxel painted with that class.
 
     A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
     painted ``c`` goes to its next most probable class. This is the seeded-region prior of
     interactive tools: the object is the one the user painted. A lesion nobody painted is
     therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
-    With ``previous`` (the last round's labels), a region at least ``MEMORY_OVERLAP`` of
-    which had its class there is kept too: a thin bridge the forest lost this round does not
-    drop what hung from it.
 
     Returns
     -------
@@ -116,10 +108,6 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         keep = np.zeros(n + 1, dtype=bool)
         keep[0] = True  # not this class
         keep[comp[(annotations == c) & (comp > 0)]] = True
-        if previous is not None and not keep[1:].all():
-            size = np.bincount(comp.ravel(), minlength=n + 1)
-            had = np.bincount(comp[(previous == c) & (comp > 0)], minlength=n + 1)
-            keep |= had >= MEMORY_OVERLAP * np.maximum(size, 1)
         drop = ~keep[comp]
         if not drop.any():
             continue
