@@ -214,10 +214,6 @@ ENGINE = {
     "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
     "vae-multiprior5": {"small_share": 0.05},
     "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},
-    # Session 24 (probe): a depth-inside-the-body column in rounds of >= 3 (2) classes.
-    "vae-depth3": {"depth": 3},
-    "vae-depth2": {"depth": 2},
-    "engine-novae-depth3": {"vae_features": False, "depth": 3},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

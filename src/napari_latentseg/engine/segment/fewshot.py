@@ -144,12 +144,7 @@ def segment_iter(
     # Features are computed once per round even without a caller's cache.
     cache = cache if cache is not None else FeatureCache()
     run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
-    from . import forest as _forest  # the probe's switch, read at call time
-
-    depth = (_forest.DEPTH_MIN_CLASSES is not None
-             and len(st.table) >= _forest.DEPTH_MIN_CLASSES)
-    forest_feats = (ForestFeatures(run, cache, opts.vae_features, st.spacing, depth)
-                    if use_forest else None)
+    forest_feats = ForestFeatures(run, cache, opts.vae_features) if use_forest else None
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     try:

@@ -64,10 +64,6 @@ PROBA_CHUNK = 1 << 18
 # scale's smoothed intensity minus the next wider one). Session 18: level with the ilastik set
 # alone in the engine (+0.002 mean AUC over seven cases), so off; kept for the benchmark.
 CONTRAST_WITHOUT_VAE = False
-# Probe (session 24): one more column, each voxel's depth inside the body (mm from the
-# foreground's edge, holes filled per slice), in rounds of at least this many classes
-# (None: never). Skull and CSF share an intensity; their depth tells them apart.
-DEPTH_MIN_CLASSES: int | None = None
 
 
 def forest_features_name(vae: bool, contrast: bool = False) -> str:
@@ -89,7 +85,7 @@ class ForestFeatures:
     """
 
     def __init__(self, run: FeatureRunner, cache: FeatureCache | None,
-                 vae: bool = True, spacing=None, depth: bool = False) -> None:
+                 vae: bool = True) -> None:
         from ..features import MULTISCALE_SIGMAS
 
         self.run = run
@@ -99,12 +95,9 @@ class ForestFeatures:
         self.n_multiscale = 4 * len(MULTISCALE_SIGMAS)  # the ilastik set: the first columns
         self.n_features = self.n_multiscale + (
             run.hyper.latent_channels + _ENCODER_PCS if vae
-            else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0) + int(depth)
+            else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0)
         self.cache = cache
         kind = "forest" if vae else "forest-contrast" if self.contrast else "forest-ilastik"
-        self.depth = _depth_map(run, spacing) if depth else None
-        if depth:
-            kind += f"-depth{tuple(spacing) if spacing else ''}"
         self.key = cache.key(run.model, run.volume, kind) if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
@@ -162,13 +155,10 @@ class ForestFeatures:
         if self.cached is not None:
             return self.run.torch.from_numpy(self.rows_of(zs)).float()
         ms, more = self._parts(zs)
-        parts = [to_rows(ms, 2)]
-        if more is not None:
-            parts.append(to_rows(more, self.run.cfg.spatial_dims if self.vae else 2))
-        if self.depth is not None:
-            parts.append(self.run.torch.from_numpy(
-                self.depth[zs[0] : zs[-1] + 1].reshape(-1, 1)))
-        return parts[0] if len(parts) == 1 else self.run.torch.cat(parts, dim=1)
+        if more is None:
+            return to_rows(ms, 2)
+        dims = self.run.cfg.spatial_dims if self.vae else 2
+        return self.run.torch.cat([to_rows(ms, 2), to_rows(more, dims)], dim=1)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
@@ -204,9 +194,7 @@ class ForestFeatures:
             dst[..., : self.n_multiscale].copy_(ms.permute(0, 2, 3, 1))
             if vae is not None:
                 grid = vae.permute(0, 2, 3, 1) if vae.ndim == 4 else vae[0].permute(1, 2, 3, 0)
-                dst[..., self.n_multiscale : self.n_multiscale + grid.shape[-1]].copy_(grid)
-            if self.depth is not None:
-                store[zs[0] : zs[-1] + 1, ..., -1] = self.depth[zs[0] : zs[-1] + 1]
+                dst[..., self.n_multiscale :].copy_(grid)
             yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
         self.cached = store
         self.cache.put(self.key, store)
@@ -242,15 +230,6 @@ class ForestFeatures:
                 check_stop(stop_event, "segmentation")
                 out[sel] = self.compute(zs).numpy()[flat[sel] - int(zs[0]) * plane]
         return out
-
-
-def _depth_map(run: FeatureRunner, spacing) -> np.ndarray:
-    """(z, y, x) float32 mm from the foreground's edge (0 outside), holes filled per slice."""
-    from scipy import ndimage as ndi
-
-    fg = np.stack([ndi.binary_fill_holes(s) for s in np.asarray(run.mask, bool)])
-    sp = tuple(spacing) if spacing is not None else (1.0, 1.0, 1.0)
-    return ndi.distance_transform_edt(fg, sampling=sp).astype(np.float32)
 
 
 @dataclass
