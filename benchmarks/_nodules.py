@@ -29,26 +29,10 @@ def blob_columns(scales):
         af.CONTRAST_BLOB_MM = saved
 
 
-@contextlib.contextmanager
-def centre_scales(scales):
-    """The contrast density with centres at ``scales`` (mm) inside."""
-    import napari_latentseg.engine.anomaly_features as af
-
-    saved = af.CONTRAST_SCALES_MM
-    af.CONTRAST_SCALES_MM = tuple(scales)
-    try:
-        yield
-    finally:
-        af.CONTRAST_SCALES_MM = saved
-
-
 def method_and_blob(method: str):
-    """``contrast-noblob`` is the contrast density without the blob column, ``contrast-8mm``
-    without the 16 mm centre (the default before session 24; the ablations)."""
+    """``contrast-noblob`` is the contrast density without the blob column (the ablation)."""
     if method == "contrast-noblob":
         return "contrast", blob_columns(())
-    if method == "contrast-8mm":
-        return "contrast", centre_scales((2.0, 4.0, 8.0))
     return method, contextlib.nullcontext()
 
 

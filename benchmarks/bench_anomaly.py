@@ -27,8 +27,7 @@ on CT; shown as ``default (dae)``), ``intensity``, ``contrast``, ``error`` (toda
 reconstruction error) and ``median`` (|x - median 5x5|) in self mode, ``intensity`` and
 ``contrast`` in normative mode, and ``features``
 (VAE encoder-feature density) in both modes on two cases; ``contrast-noblob`` (the
-contrast density without its blob column) and ``contrast-8mm`` (without its 16 mm centre,
-the default before session 24) with ``--extra-self`` / ``--norm-methods``
+contrast density without its blob column) with ``--extra-self`` / ``--norm-methods``
 (``knn`` and ``ssim`` were measured in exploratory runs only, see
 docs/anomaly_benchmarks.md). Normative statistics come from
 the other scan of the pair (brain1 <-> brain2, lung1 <-> lung2, phantom seed 0 <- seeds

@@ -290,19 +290,18 @@ def test_ct_default_finds_a_nodule_by_its_contrast():
     one = anomaly_map(None, ct[5], modality="CT", spacing=spacing[1:], error_map=False)
     assert one.method == "contrast" and one.score.shape == ct[5].shape  # a 2D slice
     feats = contrast_features(ct[:, :, :], spacing)
-    assert len(feats) == 10  # intensity, 4 means, 4 contrasts, the 4 mm blob
-    assert feats[9][5, 32, 26] > 0  # the nodule is a bright blob
+    assert len(feats) == 8  # intensity, 3 means, 3 contrasts, the 4 mm blob
+    assert feats[7][5, 32, 26] > 0  # the nodule is a bright blob
     fine = np.repeat(np.repeat(ct, 2, axis=1), 2, axis=2)
     feats_fine = contrast_features(fine, (2.0, 0.75, 0.75))
-    for a, b in zip(feats[5:], feats_fine[5:], strict=True):  # the contrasts
+    for a, b in zip(feats[4:], feats_fine[4:], strict=True):  # the contrasts
         assert abs(a[5, 32, 26] - b[5, 64, 52]) < 0.1 * abs(a[5, 32, 26]) + 5.0
 
 
 def test_blob_column_sees_blobs_not_edges():
     """The blob column is positive on a bright disk, negative on a dark one, zero on a
-    straight edge; normative statistics stored without blob columns (before session 20) and
-    without the 16 mm scale (before session 24) still score a scan, with their own seven
-    columns."""
+    straight edge; normative statistics stored without blob columns (before session 20)
+    still score a scan, with their own seven columns."""
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
     from napari_latentseg.engine.anomaly_features import _blob
 
@@ -320,50 +319,21 @@ def test_blob_column_sees_blobs_not_edges():
     ct[:, 10:38, 10:38] = rng.normal(-850.0, 30.0, (6, 28, 28))  # lung
     ref = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.5, 1.5),
                         modalities=["CT"])
-    # A 72 mm field holds the 2 and 4 mm centres (a surround spans at most a sixth of it).
-    assert ref["blob_mm"] == [4.0] and ref["scales_mm"] == [2.0, 4.0]
-    assert len(ref["density"]["mu"]) == 6
+    assert ref["blob_mm"] == [4.0] and len(ref["density"]["mu"]) == 8
     assert ref["smoothing_mm"] == 2.5
     import napari_latentseg.engine.anomaly_features as af
 
-    saved = af.CONTRAST_BLOB_MM, af.CONTRAST_SCALES_MM, af.FOV_PER_SURROUND
-    try:  # seven columns, as stored before the blob column, the 16 mm scale and the field rule
-        af.CONTRAST_BLOB_MM, af.CONTRAST_SCALES_MM = (), af.LEGACY_SCALES_MM
-        af.FOV_PER_SURROUND = 0.0
+    saved = af.CONTRAST_BLOB_MM
+    try:  # a density of seven columns, as stored before the blob column
+        af.CONTRAST_BLOB_MM = ()
         seven = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.5, 1.5),
                               modalities=["CT"])
     finally:
-        af.CONTRAST_BLOB_MM, af.CONTRAST_SCALES_MM, af.FOV_PER_SURROUND = saved
+        af.CONTRAST_BLOB_MM = saved
     assert "blob_mm" in seven and seven["blob_mm"] == []
-    # as stored before sessions 20, 21 and 24
-    del seven["blob_mm"], seven["smoothing_mm"], seven["scales_mm"]
+    del seven["blob_mm"], seven["smoothing_mm"]  # as stored before sessions 20 and 21
     assert len(seven["density"]["mu"]) == 7
     res = anomaly_map(None, ct, modality="CT", reference=seven, spacing=(2.0, 1.5, 1.5),
-                      error_map=False)
-    assert res.mode == "normative" and np.isfinite(res.score).all()
-
-
-def test_contrast_scales_follow_the_field_of_view():
-    """A centre size is used where the scan's in-plane field spans six of its surrounds (a
-    320 mm CT holds the 16 mm centre, a 96 mm crop the 2-8 mm ones); a fit records the scales
-    its first scan holds, and a scan scored against it gets those columns whatever its own
-    field."""
-    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
-    from napari_latentseg.engine.anomaly_features import contrast_scales
-
-    assert contrast_scales((24, 128, 128), (5.0, 2.5, 2.5)) == (2.0, 4.0, 8.0, 16.0)
-    assert contrast_scales((10, 64, 64), (2.0, 1.5, 1.5)) == (2.0, 4.0, 8.0)
-    assert contrast_scales((64, 64), (1.5, 1.5)) == (2.0, 4.0, 8.0)  # a 2D slice
-    assert contrast_scales((4, 8, 8), None) == (2.0,)  # at least the smallest
-    rng = np.random.default_rng(3)
-    ct = np.full((3, 160, 160), -1000.0, np.float32)
-    ct[:, 8:152, 8:152] = rng.normal(40.0, 20.0, (3, 144, 144))  # chest wall
-    ct[:, 24:136, 24:136] = rng.normal(-850.0, 30.0, (3, 112, 112))  # lung
-    ref = fit_normative(None, [ct], method="contrast", spacing=(2.0, 1.25, 1.25),
-                        modalities=["CT"])
-    assert ref["scales_mm"] == [2.0, 4.0, 8.0, 16.0] and len(ref["density"]["mu"]) == 10
-    crop = ct[:, 40:104, 40:104]  # 80 mm: it alone would hold 2 and 4 mm
-    res = anomaly_map(None, crop, modality="CT", reference=ref, spacing=(2.0, 1.25, 1.25),
                       error_map=False)
     assert res.mode == "normative" and np.isfinite(res.score).all()
 

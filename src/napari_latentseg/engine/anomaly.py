@@ -18,9 +18,9 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     The same density on the five intensity features only (intensity smoothed at 1, 2, 4
     voxels and its gradient magnitude; no VAE).
 ``contrast`` (default on CT, both modes)
-    The same density on intensity, its Gaussian means at 2, 4, 8, 16 mm (the sizes the
-    field of view holds), their centre-surround contrasts and an in-plane blob filter at
-    4 mm (no VAE): a nodule is a rare, round contrast with its surround.
+    The same density on intensity, its Gaussian means at 2, 4, 8 mm, their
+    centre-surround contrasts and an in-plane blob filter at 4 mm (no VAE): a nodule is a
+    rare, round contrast with its surround.
 ``error``
     Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
 ``ssim``
@@ -185,18 +185,19 @@ def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
-    from . import anomaly_features as af
+    from .anomaly_features import feature_maps_iter, iter_contrast_features, n_contrast_columns
 
     if method == "contrast":  # column by column: the volumes are never held at once
-        blob_mm, scales = af.stored_layout(stats, xnorm.shape, spacing)
-        rows = np.empty((int(mask.sum()), af.n_contrast_columns(blob_mm, scales)), np.float32)
-        for col, f in af.iter_contrast_features(xnorm, spacing, blob_mm, scales):
+        # Statistics stored before session 20 have no blob columns, and keep none.
+        blob_mm = tuple(stats.get("blob_mm", ()))
+        rows = np.empty((int(mask.sum()), n_contrast_columns(blob_mm)), np.float32)
+        for col, f in iter_contrast_features(xnorm, spacing, blob_mm):
             check_stop(stop_event, "anomaly features")
             rows[:, col] = f[mask]
     else:
         use_model = model if method != "intensity" else None
-        feats = yield from af.feature_maps_iter(use_model, xnorm, stats.get("space"),
-                                                stop_event=stop_event)
+        feats = yield from feature_maps_iter(use_model, xnorm, stats.get("space"),
+                                             stop_event=stop_event)
         rows = feats[:, mask].T
     if stats.get("depth"):
         # Saturating smoothly at a few cm (deeper, the interior is alike; no point mass).
@@ -257,12 +258,10 @@ def _density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) ->
 
 
 def _fit_density(samples: list[np.ndarray], method: str, seed: int) -> dict:
-    from .anomaly_features import CONTRAST_GMM_STARTS, fit_gmm, fit_knn
+    from .anomaly_features import fit_gmm, fit_knn
 
     x = np.concatenate(samples)
-    starts = CONTRAST_GMM_STARTS if method == "contrast" else 1
-    return (fit_knn(x, seed=seed) if method == "knn"
-            else fit_gmm(x, GMM_COMPONENTS, seed=seed, n_init=starts))
+    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
 
 
 def fit_normative_iter(
@@ -328,7 +327,6 @@ def fit_normative_iter(
         from .anomaly_features import CONTRAST_BLOB_MM
 
         stats["blob_mm"] = [float(b) for b in CONTRAST_BLOB_MM]
-        stats["scales_mm"] = None  # those the first scan holds (stored_layout)
         stats["smoothing_mm"] = float(CONTRAST_SMOOTH_MM)
         if grid_mm:
             stats["grid_mm"] = float(grid_mm)

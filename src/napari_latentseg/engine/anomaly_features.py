@@ -3,8 +3,8 @@
 Features: the VAE encoder's hypercolumn (every encoder level and the latent mean, upsampled to
 voxel resolution) projected on its principal components, plus the normalised intensity
 Gaussian-smoothed at 1, 2 and 4 voxels and its gradient magnitude; or, for the ``contrast``
-score, the intensity with its means and centre-surround contrasts at 2, 4, 8 and 16 mm and
-an in-plane blob filter at 4 mm. Normal
+score, the intensity with its means and centre-surround contrasts at 2, 4 and 8 mm and an
+in-plane blob filter at 4 mm. Normal
 anatomy (tissue, tissue boundaries, the skull rim) is frequent in that space; a lesion is a rare
 combination of intensity and context, so its density is low even when its intensity is
 tissue-like.
@@ -131,16 +131,7 @@ def _intensity_features(xnorm: np.ndarray, spatial_dims: int) -> list[np.ndarray
     return [xnorm] + out + [g.astype(np.float32)]
 
 
-# Centre sizes: small nodules to tumours of several cm. Session 24 added 16 mm: lung2's case,
-# whose 49 mL real tumour the 2-8 mm centres left unflagged, 0.132 -> 0.194 best Dice (three
-# fits), held-out nodules level (0.454 -> 0.463; docs/anomaly_benchmarks.md, "A 16 mm scale").
-CONTRAST_SCALES_MM: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
-# The scales of normative statistics stored before session 24 (they record none).
-LEGACY_SCALES_MM: tuple[float, ...] = (2.0, 4.0, 8.0)
-# A scale is used where the scan's in-plane field of view spans this many of its surrounds
-# (16 mm: 192 mm): a wider surround measures the field's layout, not a lesion (on a 96 mm
-# toy CT the 16 mm columns hid a nodule the 2-8 mm ones find).
-FOV_PER_SURROUND = 6.0
+CONTRAST_SCALES_MM = (2.0, 4.0, 8.0)  # centre sizes: small nodules to lesions of ~2 cm
 CONTRAST_Z_MAX = 1.0  # through-plane sigma cap (slices)
 CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 level)
 # In-plane Hessian blob columns (session 20: at 4 mm, nodules' best Dice 0.34 -> 0.45 on the
@@ -148,37 +139,9 @@ CONTRAST_SURROUND = 2.0  # surround / centre width (session 17: 2.0 and 2.5 leve
 CONTRAST_BLOB_MM: tuple[float, ...] = (4.0,)
 
 
-def contrast_scales(shape: Sequence[int], spacing: Sequence[float] | None
-                    ) -> tuple[float, ...]:
-    """The :data:`CONTRAST_SCALES_MM` a scan of this shape and voxel size holds
-    (:data:`FOV_PER_SURROUND`); at least the smallest."""
-    from .anomaly_masks import voxel_size
-
-    sp = voxel_size(len(shape), spacing)
-    fov = min(float(shape[-2] * sp[-2]), float(shape[-1] * sp[-1]))
-    fits = tuple(s for s in CONTRAST_SCALES_MM
-                 if s * CONTRAST_SURROUND * FOV_PER_SURROUND <= fov)
-    return fits or CONTRAST_SCALES_MM[:1]
-
-
-def stored_layout(stats: dict, shape: Sequence[int], spacing: Sequence[float] | None
-                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The blob and centre scales (mm) of the contrast density of ``stats``: statistics
-    stored before session 20 have no blob column, before session 24 no 16 mm centre; a fit
-    under way (``scales_mm`` None) takes the scales its first scan holds
-    (:func:`contrast_scales`) and records them in ``stats``."""
-    if stats.get("scales_mm", ()) is None:
-        stats["scales_mm"] = [float(s) for s in contrast_scales(shape, spacing)]
-    return (tuple(stats.get("blob_mm", ())),
-            tuple(stats.get("scales_mm", LEGACY_SCALES_MM)))
-
-
-def n_contrast_columns(blob_mm: Sequence[float] = CONTRAST_BLOB_MM,
-                       scales_mm: Sequence[float] | None = None) -> int:
-    """Columns of :func:`contrast_features` with ``blob_mm`` blob scales and ``scales_mm``
-    centre sizes (None: :data:`CONTRAST_SCALES_MM`)."""
-    scales = CONTRAST_SCALES_MM if scales_mm is None else scales_mm
-    return 2 * len(scales) + 1 + len(blob_mm)
+def n_contrast_columns(blob_mm: Sequence[float] = CONTRAST_BLOB_MM) -> int:
+    """Columns of :func:`contrast_features` with ``blob_mm`` blob scales."""
+    return 2 * len(CONTRAST_SCALES_MM) + 1 + len(blob_mm)
 
 
 def _blob(xnorm: np.ndarray, sig: np.ndarray, sp: np.ndarray) -> np.ndarray:
@@ -222,8 +185,7 @@ def _blob(xnorm: np.ndarray, sig: np.ndarray, sp: np.ndarray) -> np.ndarray:
 
 
 def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None,
-                           blob_mm: Sequence[float] = CONTRAST_BLOB_MM,
-                           scales_mm: Sequence[float] | None = None
+                           blob_mm: Sequence[float] = CONTRAST_BLOB_MM
                            ) -> Iterator[tuple[int, np.ndarray]]:
     """``(column, map)`` of :func:`contrast_features`, one map at a time (a caller that keeps
     only the masked voxels never holds all the volumes)."""
@@ -240,10 +202,9 @@ def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = 
             sig[0] = min(sig[0], CONTRAST_Z_MAX)
         return sig
 
-    scales = CONTRAST_SCALES_MM if scales_mm is None else tuple(scales_mm)
     yield 0, xnorm
-    n = len(scales)
-    for k, s in enumerate(scales):
+    n = len(CONTRAST_SCALES_MM)
+    for k, s in enumerate(CONTRAST_SCALES_MM):
         sig = sigma(s)
         a = ndimage.gaussian_filter(xnorm, sig)
         yield 1 + k, a
@@ -253,18 +214,16 @@ def iter_contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = 
 
 
 def contrast_features(xnorm: np.ndarray, spacing: Sequence[float] | None = None,
-                      blob_mm: Sequence[float] = CONTRAST_BLOB_MM,
-                      scales_mm: Sequence[float] | None = None) -> list[np.ndarray]:
-    """Intensity, and at each of ``scales_mm`` (None: :data:`CONTRAST_SCALES_MM`) its
-    Gaussian mean and its
+                      blob_mm: Sequence[float] = CONTRAST_BLOB_MM) -> list[np.ndarray]:
+    """Intensity, and at each of :data:`CONTRAST_SCALES_MM` its Gaussian mean and its
     centre-surround contrast (difference of Gaussians, surround twice as wide), then a signed
     in-plane blob strength at each of ``blob_mm`` (:func:`_blob`).
 
     Scales are in mm, so a normative density applies to a scan of another voxel size. Through
     thick slices the centre spans at most one slice: a small lesion shows on one or two.
     """
-    out: list = [None] * n_contrast_columns(blob_mm, scales_mm)
-    for col, f in iter_contrast_features(xnorm, spacing, blob_mm, scales_mm):
+    out: list = [None] * n_contrast_columns(blob_mm)
+    for col, f in iter_contrast_features(xnorm, spacing, blob_mm):
         out[col] = f
     return out
 
@@ -295,21 +254,15 @@ def feature_maps_iter(model: VAEModel | None, xnorm: np.ndarray, space: dict | N
 
 # --- density models ------------------------------------------------------------------------
 
-# k-means starts of the contrast density's mixture, the most likely kept: with the 16 mm
-# columns one start in five missed a small nodule the others found (session 24).
-CONTRAST_GMM_STARTS = 3
-
-def fit_gmm(x: np.ndarray, n_components: int = 6, seed: int = 0, trim: float = 0.02,
-            n_init: int = 1) -> dict:
+def fit_gmm(x: np.ndarray, n_components: int = 6, seed: int = 0, trim: float = 0.02) -> dict:
     """Gaussian mixture (full covariances) on standardised samples, refitted once without the
-    ``trim`` least likely samples so a small lesion in the fit data does not get a component;
-    the first fit from ``n_init`` starts."""
+    ``trim`` least likely samples so a small lesion in the fit data does not get a component."""
     from sklearn.mixture import GaussianMixture
 
     mu, sd = x.mean(0), x.std(0) + 1e-6
     z = (x - mu) / sd
     gm = GaussianMixture(n_components, covariance_type="full", reg_covar=1e-3,
-                         random_state=seed, max_iter=100, n_init=n_init)
+                         random_state=seed, max_iter=100)
     gm.fit(z)
     if trim > 0:
         s = gm.score_samples(z)

@@ -45,7 +45,7 @@ _METHODS = (
      "on a GPU), the contrast density on CT; the model's normative statistics when it holds "
      "them."),
     ("contrast density (seconds)", "contrast",
-     "A density model of intensity and its contrast with the surroundings at 2-16 mm. Best on "
+     "A density model of intensity and its contrast with the surroundings at 2-8 mm. Best on "
      "CT nodules."),
     ("intensity density (seconds)", "intensity",
      "A density model of local intensity features. Best on the phantom's lesions."),
