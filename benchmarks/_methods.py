@@ -214,6 +214,11 @@ ENGINE = {
     "engine-novae-nomultiprior": {"vae_features": False, "small_share": None},
     "vae-multiprior5": {"small_share": 0.05},
     "engine-novae-multiprior": {"vae_features": False, "small_share": 0.02},
+    # Session 24: rounds of three or more classes averaged with the last round everywhere
+    # (momentum_multiclass; 0.5 the default since, 0 the default before).
+    "vae-mcmom0": {"momentum_multiclass": 0.0},
+    "vae-mcmom03": {"momentum_multiclass": 0.3},
+    "engine-novae-mcmom0": {"vae_features": False, "momentum_multiclass": 0.0},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

@@ -229,6 +229,43 @@ def test_momentum_averages_the_previous_round_in(scene):
         SegmentOptions(momentum=1.0)
 
 
+def test_rounds_of_three_classes_average_every_voxel(scene):
+    """With three or more classes (no object, so no "shrink"), a round that continues
+    another averages every voxel at ``momentum_multiclass``; 0 switches it off, and so does
+    ``momentum`` 0."""
+    vol, ann, _ = scene
+    ann3 = ann.copy()
+    ann3[4, 2:5, 2:5] = 3  # the dark field as a third class
+    first = segment(None, vol, ann3, spacing=SPACING)
+    ann4 = ann3.copy()
+    ann4[3, 40:43, 40:43] = 1
+    plain = segment(None, vol, ann4, SegmentOptions(momentum_multiclass=0.0),
+                    spacing=SPACING, previous=first)
+    assert not any("momentum" in n for n in plain.notes)
+    mom = segment(None, vol, ann4, spacing=SPACING, previous=first)  # the default, 0.5
+    free = ann4 == 0
+    np.testing.assert_allclose(mom.probabilities[:, free],
+                               0.5 * plain.probabilities[:, free]
+                               + 0.5 * first.probabilities[:, free], atol=1e-6)
+    assert any("momentum 0.5" in n for n in mom.notes)
+    painted = ann4 > 0
+    np.testing.assert_array_equal(mom.labels[painted], ann4[painted])
+    off = segment(None, vol, ann4, SegmentOptions(momentum=0.0), spacing=SPACING,
+                  previous=first)
+    np.testing.assert_array_equal(off.probabilities, plain.probabilities)
+    # A live slice given the last round's slice averages it in as the full round does.
+    cache = FeatureCache()
+    segment(None, vol, ann4, spacing=SPACING, cache=cache)  # fills the cache
+    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING)
+    drive(live.prepare())
+    live.update(ann4)
+    pred = live.predict_slice(3, previous=first.probabilities[:, 3])
+    np.testing.assert_allclose(pred.probabilities, mom.probabilities[:, 3], atol=1e-6)
+    live.close()
+    with pytest.raises(ValueError, match="momentum_multiclass"):
+        SegmentOptions(momentum_multiclass=1.0)
+
+
 def test_shrink_momentum_lets_the_object_grow_at_once(scene):
     """``momentum_where="shrink"``: voxels whose object probability rose take this round's
     probabilities; those where it fell are averaged with the last round's."""

@@ -167,7 +167,7 @@ def segment_iter(
         if forest is not None and opts.object_reach and st.prior_background is not None:
             yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
-            _blend_previous(st, probs, previous, opts.momentum, squeeze)
+            _blend_previous(st, probs, previous, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
                                                     opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
@@ -399,13 +399,14 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
 
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,
-                    weight: float, squeezed: bool) -> None:
-    """Average ``probs`` in place with the previous round's at ``weight`` (momentum;
-    ``options.momentum_where``: everywhere, or where the object's probability fell)."""
+                    squeezed: bool) -> None:
+    """Average ``probs`` in place with the previous round's (momentum;
+    ``options.momentum_where``: everywhere, or where the object's probability fell; rounds
+    of three or more classes everywhere at ``options.momentum_multiclass``)."""
     bg = st.prior_background
-    shrink = st.options.momentum_on_shrink
-    if shrink and (bg is None or len(probs) != 2):
-        return  # "shrink" is for object-vs-background rounds (the phantom's tissues lost)
+    weight, shrink = st.options.momentum_for(len(probs), bg is not None and len(probs) == 2)
+    if weight <= 0:
+        return
     prev = np.asarray(previous.probabilities)
     if squeezed:
         prev = prev[:, None]

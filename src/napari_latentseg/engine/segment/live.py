@@ -207,19 +207,19 @@ class LiveSegmenter:
                grown: np.ndarray | None) -> None:
         from . import fewshot  # its switch, read when used (the benchmark's ablation sets it)
 
-        opts = self.options
-        if previous is None or opts.momentum <= 0 or np.shape(previous) != probs.shape:
+        if previous is None or np.shape(previous) != probs.shape:
             return
-        # "shrink-far" acts as "shrink" on a slice: the reach is a full round's.
-        shrink = opts.momentum_on_shrink
-        if shrink and self._object is None:
-            return  # as full rounds: "shrink" needs an object and its background prior
+        # As full rounds ("shrink-far" acts as "shrink" on a slice: the reach is a full
+        # round's).
+        weight, shrink = self.options.momentum_for(len(probs), self._object is not None)
+        if weight <= 0:
+            return
         spare = None
         if grown is not None and shrink and fewshot.FRESH_SHRINKS_AT_ONCE \
                 and np.shape(grown) == probs.shape[1:]:
             spare = np.asarray(grown, bool)[None]
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
-                       opts.momentum, self._object if shrink else None, spare=spare)
+                       weight, self._object if shrink else None, spare=spare)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""

@@ -94,6 +94,13 @@ class SegmentOptions:
         AUC; on the phantom's six tissues 0.713 against 0.721). ``"shrink-far"``: as
         ``"shrink"``, and the object's growth is averaged too beyond ``FAR_GROWTH`` of its
         reach (geodesic, :mod:`.reach`) from its strokes.
+    momentum_multiclass : float
+        With ``"shrink"`` (or ``"shrink-far"``), rounds of three or more classes average
+        every voxel with the last round at this weight instead (0: not at all, the default
+        before session 24). 0.5 (default): strokes, 10 rounds, seeds 0-5, runs stepping back
+        by more than 0.02 Dice fell on three phantoms and three tumours painted with the air
+        and the body, at a level mean AUC (``docs/interactive_benchmarks.md``, "Momentum for
+        three or more classes"). Needs ``momentum`` > 0.
     object_reach : bool
         Object-vs-background rounds with the prior: the object's probability fades beyond
         a geodesic distance from its strokes (``reach.py``; at least 40 mm, crossing image
@@ -137,6 +144,7 @@ class SegmentOptions:
     fresh_prior_scale: float = 1.0
     momentum: float = 0.85
     momentum_where: str = "shrink"
+    momentum_multiclass: float = 0.5
     object_reach: bool = True
     prototypes: bool = True
     boundary_refine: bool = True
@@ -169,6 +177,9 @@ class SegmentOptions:
             raise ValueError(f"fresh_prior_scale must be > 0, got {self.fresh_prior_scale}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.momentum_multiclass < 1.0:
+            raise ValueError("momentum_multiclass must be in [0, 1), got "
+                             f"{self.momentum_multiclass}")
         if self.momentum_where not in MOMENTUM_WHERE:
             raise ValueError(f"momentum_where must be one of {', '.join(MOMENTUM_WHERE)}, "
                              f"got {self.momentum_where!r}")
@@ -186,6 +197,17 @@ class SegmentOptions:
         """Whether momentum averages only where the object shrinks ("shrink", "shrink-far"):
         object-vs-background rounds with the prior only."""
         return self.momentum_where in ("shrink", "shrink-far")
+
+    def momentum_for(self, n_classes: int, object_round: bool) -> tuple[float, bool]:
+        """(weight, averaged only where the object shrinks) of a round's momentum:
+        ``object_round``: object-vs-background with the prior. Weight 0: no averaging."""
+        if self.momentum <= 0:
+            return 0.0, False
+        if not self.momentum_on_shrink:
+            return self.momentum, False
+        if object_round:
+            return self.momentum, True
+        return (self.momentum_multiclass if n_classes >= 3 else 0.0), False
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SegmentOptions))
