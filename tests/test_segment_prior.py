@@ -203,6 +203,18 @@ def test_adaptive_prior_weighs_by_the_object_share(scene):
     np.testing.assert_array_equal(res.labels[painted], ann[painted])
 
 
+def _assert_averaged(mom, plain, first, ann) -> None:
+    """``mom`` is ``plain`` averaged half and half with ``first`` where nothing is painted
+    (painted voxels are one-hot in every round and keep their label), and says so."""
+    free = ann == 0
+    np.testing.assert_allclose(mom.probabilities[:, free],
+                               0.5 * plain.probabilities[:, free]
+                               + 0.5 * first.probabilities[:, free], atol=1e-6)
+    assert any("momentum 0.5" in n for n in mom.notes)
+    painted = ann > 0
+    np.testing.assert_array_equal(mom.labels[painted], ann[painted])
+
+
 def test_momentum_averages_the_previous_round_in(scene):
     vol, ann, _ = scene
     first = segment(None, vol, ann, spacing=SPACING)
@@ -211,13 +223,7 @@ def test_momentum_averages_the_previous_round_in(scene):
     plain = segment(None, vol, ann2, spacing=SPACING)
     mom = segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where="all"),
                   spacing=SPACING, previous=first)
-    free = ann2 == 0  # painted voxels are one-hot in every round
-    np.testing.assert_allclose(mom.probabilities[:, free],
-                               0.5 * plain.probabilities[:, free]
-                               + 0.5 * first.probabilities[:, free], atol=1e-6)
-    assert any("momentum 0.5" in n for n in mom.notes)
-    painted = ann2 > 0
-    np.testing.assert_array_equal(mom.labels[painted], ann2[painted])
+    _assert_averaged(mom, plain, first, ann2)
     # Momentum 0 ignores the previous round, and one with other classes is not averaged in.
     same = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
                    previous=first)
@@ -243,13 +249,7 @@ def test_rounds_of_three_classes_average_every_voxel(scene):
                     spacing=SPACING, previous=first)
     assert not any("momentum" in n for n in plain.notes)
     mom = segment(None, vol, ann4, spacing=SPACING, previous=first)  # the default, 0.5
-    free = ann4 == 0
-    np.testing.assert_allclose(mom.probabilities[:, free],
-                               0.5 * plain.probabilities[:, free]
-                               + 0.5 * first.probabilities[:, free], atol=1e-6)
-    assert any("momentum 0.5" in n for n in mom.notes)
-    painted = ann4 > 0
-    np.testing.assert_array_equal(mom.labels[painted], ann4[painted])
+    _assert_averaged(mom, plain, first, ann4)
     off = segment(None, vol, ann4, SegmentOptions(momentum=0.0), spacing=SPACING,
                   previous=first)
     np.testing.assert_array_equal(off.probabilities, plain.probabilities)
