@@ -165,8 +165,9 @@ class LiveSegmenter:
         previous : np.ndarray, optional
             The slice's probabilities ``(n_classes, y, x)`` from the last full round, when
             the strokes since only add to its annotations: averaged in as a full round does
-            (``options.momentum``, ``momentum_where``), so the slice does not shrink now and
-            grow back when the round arrives. Ignored when its shape differs.
+            (``options.momentum``, ``momentum_where``, ``momentum_multiclass``), so the
+            slice does not shrink now and grow back when the round arrives. Ignored when its
+            shape differs.
         grown : np.ndarray, optional
             The slice of the last round's ``grown`` (what the object gained in it): let go
             at once, as the full round does (``fewshot.FRESH_SHRINKS_AT_ONCE``).
