@@ -404,7 +404,7 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     ``options.momentum_where``: everywhere, or where the object's probability fell; rounds
     of three or more classes everywhere at ``options.momentum_multiclass``)."""
     bg = st.prior_background
-    weight, shrink = st.options.momentum_for(len(probs), bg is not None and len(probs) == 2)
+    weight, shrink = st.options.momentum_for(len(probs), bg is not None)
     if weight <= 0:
         return
     prev = np.asarray(previous.probabilities)

@@ -13,6 +13,7 @@ from .cache import FeatureCache
 from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
+    ESTIMATE_TREES,
     MIN_TREE_SAMPLES,
     adaptive_prior_weight,
     effective_background,
@@ -39,9 +40,6 @@ FOREST_KIND = "random"
 # Grow the random forest's trees through :mod:`.trees` (the same trees, less overhead; False:
 # scikit-learn's class, kept for the benchmark's timing ablation).
 LEAN_FOREST = True
-# Trees of the adaptive prior's first forest, which only estimates the object's share
-# (session 10: 16 trees level with 50 on AUC over six cases, the round up to 2x faster).
-ESTIMATE_TREES = 16
 # Coarse-to-fine prediction (forest_predict): the coarsest in-plane stride, the smallest grid a
 # slice may be first predicted on, and the top probability under which a coarse voxel is
 # predicted again at the finer level (besides class boundaries).

@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .prior import adaptive_prior_weight, unpainted_sample
+from .prior import ESTIMATE_TREES, adaptive_prior_weight, unpainted_sample
 
 __all__ = ["add_multiclass_prior", "SMALL_SHARE"]
-
-ESTIMATE_TREES = 16  # the first forest only estimates the classes' shares (as forest.py's)
 
 # Classes under this share of the unpainted sample (by the first forest) are "small"; None:
 # no prior in rounds of three or more classes. Session 23, six seeds: tumour cases as three
