@@ -158,8 +158,7 @@ class VAEDefault:
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
-            ("small_share", ("multiprior", "SMALL_SHARE")),
-            ("boundary_latent", ("boundary", "LATENT_WEIGHT"))) if key in options}
+            ("small_share", ("multiprior", "SMALL_SHARE"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

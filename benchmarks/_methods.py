@@ -219,10 +219,6 @@ ENGINE = {
     "vae-mcmom0": {"momentum_multiclass": 0.0},
     "vae-mcmom03": {"momentum_multiclass": 0.3},
     "engine-novae-mcmom0": {"vae_features": False, "momentum_multiclass": 0.0},
-    # Session 25: the edge step's local means over the VAE latent beside the intensity
-    # (boundary.LATENT_WEIGHT: the latent's channels together at 1x / 3x the intensity's).
-    "vae-edgelat1": {"boundary_latent": 1.0},
-    "vae-edgelat3": {"boundary_latent": 3.0},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

@@ -21,9 +21,6 @@ CHUNK = 16  # slices at a time (in-plane filters only)
 # Only background voxels may join the object (a probe: more AUC on the lungs and brain2, larger
 # drops on brain2; docs/interactive_benchmarks.md).
 GROW_ONLY = False
-# Weight of the VAE latent's channels beside the smoothed intensity in the local means' distance
-# (0: intensity alone; a probe, docs/interactive_benchmarks.md).
-LATENT_WEIGHT = 0.0
 
 
 def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
@@ -69,11 +66,6 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
     window = WINDOW if window is None else window
     band = BAND if band is None else band
     square = np.ones((1, 3, 3), bool)  # in-plane 8-neighbourhood
-    weights = None
-    if smooth.ndim == 4:  # channel 0 at weight 1, the others scaled to it by their spread
-        sub = np.asarray(smooth[:: max(1, smooth.shape[0] // 8), ::4, ::4], np.float32)
-        sd = sub.reshape(-1, smooth.shape[-1]).std(0) + 1e-6
-        weights = (sd[0] / sd) ** 2 * LATENT_WEIGHT / max(1, smooth.shape[-1] - 1)
     size = (1, window, window)
     changed = 0
     for z0 in range(0, labels.shape[0], CHUNK):
@@ -90,17 +82,10 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         img = np.asarray(smooth[sl], dtype=np.float32)
         o = obj.astype(np.float32)
         share = ndi.uniform_filter(o, size)
+        mean_o = ndi.uniform_filter(img * o, size) / np.maximum(share, 1e-6)
+        mean_b = ndi.uniform_filter(img * (1.0 - o), size) / np.maximum(1.0 - share, 1e-6)
         ring &= (share > MIN_SIDE) & (share < 1.0 - MIN_SIDE)
-        chans = [img] if img.ndim == 3 else [img[..., c] for c in range(img.shape[-1])]
-        d_o = np.zeros(o.shape, np.float32)
-        d_b = np.zeros(o.shape, np.float32)
-        for c, ch in enumerate(chans):
-            w = 1.0 if c == 0 else weights[c]
-            mean_o = ndi.uniform_filter(ch * o, size) / np.maximum(share, 1e-6)
-            mean_b = ndi.uniform_filter(ch * (1.0 - o), size) / np.maximum(1.0 - share, 1e-6)
-            d_o += w * (ch - mean_o) ** 2
-            d_b += w * (ch - mean_b) ** 2
-        to_obj = d_o < d_b
+        to_obj = np.abs(img - mean_o) < np.abs(img - mean_b)
         new = np.where(to_obj, object_id, background_id).astype(lab.dtype)
         flip = ring & (new != lab)
         if GROW_ONLY:

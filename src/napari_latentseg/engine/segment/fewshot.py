@@ -14,7 +14,6 @@ import numpy as np
 
 from ...models.checkpoint import VAEModel
 from ...runtime.progress import check_stop, drive
-from . import boundary
 from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
@@ -384,12 +383,8 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     bg = st.prior_background
     classes = st.table.classes
     before = labels.copy() if SWAP_MOVED else None  # the probe needs the moved voxels
-    guide = smoothed_image(forest_feats.cached, run, 0)
-    if boundary.LATENT_WEIGHT > 0 and forest_feats.vae and forest_feats.cached is not None:
-        n0 = forest_feats.n_multiscale
-        k = run.hyper.latent_channels
-        guide = forest_feats.cached[..., [0] + list(range(n0, n0 + k))]
-    moved = refine_object_boundary(labels, guide, st.annotations, classes[1 - bg], classes[bg])
+    moved = refine_object_boundary(labels, smoothed_image(forest_feats.cached, run, 0),
+                                   st.annotations, classes[1 - bg], classes[bg])
     if before is not None and moved:
         flip = labels != before
         to_obj = labels[flip] == classes[1 - bg]
