@@ -158,7 +158,8 @@ class VAEDefault:
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
-            ("small_share", ("multiprior", "SMALL_SHARE"))) if key in options}
+            ("small_share", ("multiprior", "SMALL_SHARE")),
+            ("iterate_connected", ("postprocess", "ITERATE_CONNECTED"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -173,6 +174,7 @@ class VAEDefault:
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.multiprior as multiprior
+        import napari_latentseg.engine.segment.postprocess as postprocess
         import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
 
@@ -180,7 +182,7 @@ class VAEDefault:
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "multiprior": multiprior}
+                   "multiprior": multiprior, "postprocess": postprocess}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

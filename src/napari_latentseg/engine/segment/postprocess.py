@@ -78,6 +78,14 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     return out
 
 
+# With three or more classes, "multi": a region the rule moves must connect to its new class's
+# strokes too (a probe, docs/interactive_benchmarks.md); False: one pass.
+ITERATE_CONNECTED: str | bool = False
+# "plausible": a moved voxel whose new class has at least this probability there stays
+# without a connection (the one-pass rule); below it, the new class must connect.
+PLAUSIBLE = 0.2
+
+
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
                    classes: list[int]) -> tuple[np.ndarray, int]:
     """Keep, for each class, only the regions connected to a voxel painted with that class.
@@ -99,6 +107,10 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     table = np.asarray(classes)
     # A class id the labels' type cannot hold widens the output (ids are never wrapped).
     out = labels.astype(np.result_type(labels.dtype, label_dtype(int(table.max()))))
+    if ITERATE_CONNECTED in ("multi", "contact", "plausible") and 2 < len(classes) <= 32:
+        return _keep_connected_iterated(labels, out, probabilities, annotations, table,
+                                        ITERATE_CONNECTED == "contact",
+                                        PLAUSIBLE if ITERATE_CONNECTED == "plausible" else None)
     changed = 0
     for ci, c in enumerate(classes):
         comp, n = ndi.label(labels == c)
@@ -116,6 +128,82 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
         out[drop] = table[p.argmax(0)]
         changed += int(drop.sum())
     return out, changed
+
+
+def _contact_class(drop: np.ndarray, out: np.ndarray, allowed: np.ndarray, table) -> tuple:
+    """Per region of ``drop`` (face-connected): the allowed class (index) it shares the most
+    faces with outside it, or -1 when none; returns (region numbers of ``drop``'s voxels,
+    class per region)."""
+    from scipy import ndimage as ndi
+
+    comp, n = ndi.label(drop)
+    k = len(table)
+    idx = np.full(int(table.max()) + 1, -1, np.int64)
+    idx[table] = np.arange(k)
+    counts = np.zeros((n + 1, k), np.int64)
+    for ax in range(drop.ndim):
+        for a, b in ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))):
+            sa = [slice(None)] * drop.ndim
+            sb = [slice(None)] * drop.ndim
+            sa[ax], sb[ax] = a, b
+            ca, cb = comp[tuple(sa)], comp[tuple(sb)]
+            hit = (ca > 0) & (cb == 0)
+            cls = idx[out[tuple(sb)][hit]]
+            np.add.at(counts, (ca[hit], cls), 1)
+    region_of = comp[drop]
+    # only classes still allowed for the region's voxels (the first voxel stands for it)
+    first = np.zeros(n + 1, np.int64)
+    first[region_of[::-1]] = np.arange(len(region_of))[::-1]
+    ok = allowed[:, first[1:]].T  # (n, k)
+    c = np.where(ok, counts[1:], -1)
+    best = np.where(c.max(1) > 0, c.argmax(1), -1)
+    return region_of, np.concatenate([[-1], best])
+
+
+def _keep_connected_iterated(labels, out, probabilities, annotations, table,
+                             contact: bool = False, plausible: float | None = None):
+    """:func:`keep_connected` where a moved region must connect to its new class's strokes
+    too: classes are checked again until nothing moves; a voxel that no class's strokes
+    reach keeps its most probable class."""
+    from scipy import ndimage as ndi
+
+    excluded = np.zeros(labels.shape, np.uint32)  # bit ci: class ci was ruled out here
+    settled = np.zeros(labels.shape, bool)  # moved to a plausible runner-up: not checked again
+    pending = list(range(len(table)))
+    for _ in range(len(table) + 1):
+        received: set[int] = set()
+        for ci in pending:
+            c = table[ci]
+            comp, n = ndi.label(out == c)
+            if n == 0:
+                continue
+            keep = np.zeros(n + 1, dtype=bool)
+            keep[0] = True
+            keep[comp[(annotations == c) & (comp > 0)]] = True
+            drop = ~keep[comp] & ~settled
+            if not drop.any():
+                continue
+            ex = excluded[drop] | np.uint32(1 << ci)
+            excluded[drop] = ex
+            p = probabilities[:, drop]
+            for k in range(len(table)):
+                p[k][(ex >> np.uint32(k)) & 1 > 0] = -1.0
+            best = p.argmax(0)
+            if contact:  # the region joins the allowed class it borders most
+                region_of, by_contact = _contact_class(drop, out, p >= 0, table)
+                bc = by_contact[region_of]
+                best = np.where(bc >= 0, bc, best)
+            new = np.where(p.max(0) < 0, labels[drop], table[best])
+            if plausible is not None:
+                settled[drop] = p.max(0) >= plausible
+            moved = new != out[drop]
+            if moved.any():
+                received.update(int(i) for i in np.unique(best[moved]))
+                out[drop] = new
+        pending = sorted(received)
+        if not pending:
+            break
+    return out, int(np.count_nonzero(out != labels))
 
 
 def boundary_band(labels: np.ndarray, radius: int, through: int = 3) -> np.ndarray:
