@@ -284,6 +284,23 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
     assert "prototypes" not in capsys.readouterr().out
 
 
+def test_keep_connected_moves_regions_on_to_a_class_their_strokes_reach():
+    """Three classes: a region moved by the rule must connect to its new class's strokes."""
+    labels = np.ones((1, 10, 30), dtype=np.uint8)
+    labels[..., 10:20] = 2
+    labels[..., 20:] = 3
+    labels[0, 4:6, 24:27] = 1  # air in the body, away from the air stroke
+    ann = np.zeros_like(labels)
+    ann[0, 0, 0], ann[0, 0, 15], ann[0, 0, 29] = 1, 2, 3
+    # The runner-up there is class 2, whose strokes do not reach it.
+    probs = np.stack([np.full(labels.shape, p, np.float32) for p in (0.5, 0.3, 0.2)])
+    out, changed = keep_connected(labels, probs, ann, [1, 2, 3])
+    assert changed == 6 and (out[0, 4:6, 24:27] == 3).all()
+    # Voxels no class's strokes reach keep their most probable class.
+    out, changed = keep_connected(labels, probs, np.zeros_like(ann), [1, 2, 3])
+    assert changed == 0 and (out == labels).all()
+
+
 def test_keep_connected_drops_regions_away_from_strokes():
     labels = np.ones((5, 20, 20), dtype=np.uint8)
     labels[1:3, 2:6, 2:6] = 2  # the painted object
@@ -420,10 +437,11 @@ def test_label_ids_above_16_bits_and_float_annotations(tiny_model, small_phantom
     out, changed = keep_connected(labels, probs, ann, [1, 70_000])
     assert changed == 0 and out.dtype == np.uint32
     labels[0, 3, 3] = 5  # no class, no seed: untouched
-    labels[0, 2:, :2] = 2  # unpainted class 2 goes to the next most probable class
+    labels[0, 2:, :2] = 2  # unpainted class 2 goes to the next most probable class...
     out, changed = keep_connected(labels, np.stack([probs[0], probs[1], probs[1]]), ann,
                                   [1, 2, 70_000])
-    assert changed == 4 and (out[0, 2:, :2] == 70_000).all() and out[0, 3, 3] == 5
+    # ... and on, to class 1: no stroke of class 70000 reaches it.
+    assert changed == 4 and (out[0, 2:, :2] == 1).all() and out[0, 3, 3] == 5
     # The CLI writes them as they are.
     img = save_volume(tmp_path / "img.nii.gz", small_phantom.image, spacing=(4.0, 4.0, 4.0))
     ann_file = save_volume(tmp_path / "ann.nii.gz", big, spacing=(4.0, 4.0, 4.0),
