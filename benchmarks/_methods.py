@@ -220,14 +220,15 @@ ENGINE = {
     "vae-mcmom03": {"momentum_multiclass": 0.3},
     "engine-novae-mcmom0": {"vae_features": False, "momentum_multiclass": 0.0},
     # Session 25: with three or more classes, a region the connectivity rule moves must
-    # connect to its new class's strokes too (postprocess.ITERATE_CONNECTED).
-    "vae-conniter": {"iterate_connected": "multi"},
-    # ... and it joins the class it borders most (the runner-up where it borders none).
-    "vae-conncontact": {"iterate_connected": "contact"},
-    # ... only where the new class's probability is under 0.2 (postprocess.PLAUSIBLE);
-    # above it, the one-pass rule.
-    "vae-connplaus": {"iterate_connected": "plausible"},
-    "engine-novae-conniter": {"vae_features": False, "iterate_connected": "multi"},
+    # connect to its new class's strokes too (postprocess.ITERATE_CONNECTED; the default
+    # since; probes at commit a875b48: vae-conncontact, the class it borders most;
+    # vae-connplaus, the check only below a 0.2 probability); vae-conn1 is one pass (the
+    # default before).
+    "vae-conn1": {"iterate_connected": False},
+    "engine-novae-conn1": {"vae_features": False, "iterate_connected": False},
+    # ... and only to a class of at least 5 % probability there, else it stays (the default
+    # too; vae-connmin5 in the session-25 result files); vae-conniter without the 5 %.
+    "vae-conniter": {"min_move_p": 0.0},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

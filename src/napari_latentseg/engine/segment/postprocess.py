@@ -82,6 +82,9 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
 # strokes too (session 25); False: one pass, the moved region kept wherever it lands (the
 # benchmark's ablation, docs/interactive_benchmarks.md).
 ITERATE_CONNECTED = True
+# ... and only to a class of at least this probability there; with none, the voxel stays in
+# its class (the air of a lung the air stroke misses is air, at 98 %, not body at 1 %).
+MIN_MOVE_P = 0.05
 
 
 def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: np.ndarray,
@@ -93,8 +96,9 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     interactive tools: the object is the one the user painted. A lesion nobody painted is
     therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
     With three or more classes the moved region must connect to its new class's strokes
-    too, or it moves on to the next class (a voxel no class's strokes reach keeps its most
-    probable class): in one pass, the air of a lung that the air stroke does not reach went
+    too, or it moves on to the next class, and it moves only to a class of at least
+    :data:`MIN_MOVE_P` probability there; a voxel left with no such class keeps its most
+    probable class. In one pass, the air of a lung that the air stroke does not reach went
     to the tumour, the runner-up at 1 %, and the tumour came and went round by round.
 
     Returns
@@ -135,8 +139,9 @@ def _keep_connected_iterated(labels: np.ndarray, out: np.ndarray, probabilities:
                              ) -> tuple[np.ndarray, int]:
     """:func:`keep_connected` where a moved region must connect to its new class's strokes
     too: the classes that received voxels are checked again until nothing moves. A voxel
-    goes to its most probable class not yet ruled out there; one that every class's strokes
-    leave unreached keeps its most probable class. Writes ``out`` (a copy of ``labels``)."""
+    goes to its most probable class not yet ruled out there (and of at least
+    :data:`MIN_MOVE_P`); one left with none keeps its most probable class. Writes ``out`` (a
+    copy of ``labels``)."""
     from scipy import ndimage as ndi
 
     bits = np.min_scalar_type((1 << len(table)) - 1)
@@ -161,6 +166,8 @@ def _keep_connected_iterated(labels: np.ndarray, out: np.ndarray, probabilities:
             p = probabilities[:, drop]  # boolean indexing copies
             for k in range(len(table)):
                 p[k][(ex >> bits.type(k)) & 1 > 0] = -1.0
+            if MIN_MOVE_P > 0:
+                p[p < MIN_MOVE_P] = -1.0
             own = order[np.searchsorted(table[order], labels[drop])]
             best = np.where(p.max(0) < 0, own, p.argmax(0))
             moved = table[best] != out[drop]
