@@ -299,6 +299,10 @@ def test_keep_connected_moves_regions_on_to_a_class_their_strokes_reach():
     # Voxels no class's strokes reach keep their most probable class.
     out, changed = keep_connected(labels, probs, np.zeros_like(ann), [1, 2, 3])
     assert changed == 0 and (out == labels).all()
+    # A region whose other classes are all under 5 % there stays in its class.
+    sure = np.stack([np.full(labels.shape, p, np.float32) for p in (0.98, 0.01, 0.01)])
+    out, changed = keep_connected(labels, sure, ann, [1, 2, 3])
+    assert changed == 0 and (out[0, 4:6, 24:27] == 1).all()
 
 
 def test_keep_connected_drops_regions_away_from_strokes():

@@ -141,43 +141,73 @@ def _keep_connected_iterated(labels: np.ndarray, out: np.ndarray, probabilities:
     too: the classes that received voxels are checked again until nothing moves. A voxel
     goes to its most probable class not yet ruled out there (and of at least
     :data:`MIN_MOVE_P`); one left with none keeps its most probable class. Writes ``out`` (a
-    copy of ``labels``)."""
+    copy of ``labels``).
+
+    Each class is labelled over the volume once; after that only the voxels not yet kept
+    are, within their bounding box: a voxel a check kept stays connected to its strokes."""
     from scipy import ndimage as ndi
 
     bits = np.min_scalar_type((1 << len(table)) - 1)
     excluded = np.zeros(labels.shape, bits)  # bit ci: class ci was ruled out here
     order = np.argsort(table)  # ids may be large (uint32): no lookup table over them
-    pending = list(range(len(table)))
+    open_ = np.ones(labels.shape, bool)  # not (yet) kept by a check of their present class
+    full = tuple(slice(None) for _ in labels.shape)
+    seen: set[int] = set()
     for _ in range(len(table) + 1):
-        received: set[int] = set()
-        for ci in pending:
-            c = table[ci]
-            comp, n = ndi.label(out == c)
+        moved_any = False
+        for ci, c in enumerate(table):
+            box = full
+            if ci in seen:
+                box = _box(open_ & (out == c))
+                if box is None:
+                    continue
+            seen.add(ci)
+            is_c = out[box] == c
+            cand = open_[box] & is_c
+            comp, n = ndi.label(is_c if box is full else cand)
             if n == 0:
                 continue
             keep = np.zeros(n + 1, dtype=bool)
             keep[0] = True
-            keep[comp[(annotations == c) & (comp > 0)]] = True
+            anchor = annotations[box] == c
+            if box is not full:  # or touching a voxel a check of the class kept
+                anchor = ndi.binary_dilation(anchor | (is_c & ~cand)) & cand
+            keep[comp[anchor & (comp > 0)]] = True
             drop = ~keep[comp]
+            still = open_[box]
+            still[(comp > 0) & ~drop] = False
             if not drop.any():
                 continue
-            ex = excluded[drop] | bits.type(1 << ci)
-            excluded[drop] = ex
-            p = probabilities[:, drop]  # boolean indexing copies
+            ex = excluded[box][drop] | bits.type(1 << ci)
+            excluded[box][drop] = ex
+            p = probabilities[(slice(None),) + box][:, drop]  # boolean indexing copies
             for k in range(len(table)):
                 p[k][(ex >> bits.type(k)) & 1 > 0] = -1.0
             if MIN_MOVE_P > 0:
                 p[p < MIN_MOVE_P] = -1.0
-            own = order[np.searchsorted(table[order], labels[drop])]
+            # No class left: the voxel keeps its most probable one (and stays open, so a
+            # region that reaches it later still connects through it).
+            own = order[np.searchsorted(table[order], labels[box][drop])]
             best = np.where(p.max(0) < 0, own, p.argmax(0))
-            moved = table[best] != out[drop]
+            target = out[box]
+            moved = table[best] != target[drop]
             if moved.any():
-                received.update(int(i) for i in np.unique(best[moved]))
-                out[drop] = table[best]
-        pending = sorted(received)
-        if not pending:
+                moved_any = True
+                target[drop] = table[best]
+        if not moved_any:
             break
     return out, int(np.count_nonzero(out != labels))
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` grown by one voxel (None when it is empty)."""
+    if not mask.any():
+        return None
+    box = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
+        box.append(slice(max(0, int(hit[0]) - 1), min(mask.shape[ax], int(hit[-1]) + 2)))
+    return tuple(box)
 
 
 def boundary_band(labels: np.ndarray, radius: int, through: int = 3) -> np.ndarray:
