@@ -55,7 +55,9 @@ SWAP_MOVED = False
 FRESH_SHRINKS_AT_ONCE = True
 # Rounds of three or more classes: the reach for the multi-class prior's small classes too (a
 # probe, docs/interactive_benchmarks.md).
-MULTI_REACH = False
+MULTI_REACH: bool | str = False
+# "runaway": only for a small class that leads in more than this share of the scan.
+RUNAWAY_SHARE = 0.02
 
 
 @dataclass
@@ -388,8 +390,11 @@ def _apply_small_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFe
     from .reach import fade_class_beyond_reach
 
     smooth = smoothed_image(forest_feats.cached, run)
+    top = probs.argmax(0) if MULTI_REACH == "runaway" else None
     for s in st.small_classes:
         seeds = st.annotations == st.table.classes[int(s)]
+        if top is not None and np.count_nonzero(top == s) <= RUNAWAY_SHARE * top.size:
+            continue  # only a small class that leads in more than its share
         if seeds.any():
             radius, faded = fade_class_beyond_reach(probs, int(s), seeds, smooth,
                                                     st.spacing or (1.0, 1.0, 1.0))
