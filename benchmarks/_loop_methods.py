@@ -160,8 +160,7 @@ class VAEDefault:
             ("lean_forest", ("forest", "LEAN_FOREST")),
             ("small_share", ("multiprior", "SMALL_SHARE")),
             ("iterate_connected", ("postprocess", "ITERATE_CONNECTED")),
-            ("min_move_p", ("postprocess", "MIN_MOVE_P")),
-            ("multi_reach", ("fewshot", "MULTI_REACH"))) if key in options}
+            ("min_move_p", ("postprocess", "MIN_MOVE_P"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

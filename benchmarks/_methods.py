@@ -229,10 +229,6 @@ ENGINE = {
     # ... and only to a class of at least 5 % probability there, else it stays (the default
     # too; vae-connmin5 in the session-25 result files); vae-conniter without the 5 %.
     "vae-conniter": {"min_move_p": 0.0},
-    # ... and the geodesic reach for the multi-class prior's small classes (fewshot.MULTI_REACH).
-    "vae-mreach": {"multi_reach": True},
-    # ... only for a small class leading in more than 2 % of the scan (fewshot.RUNAWAY_SHARE).
-    "vae-mreach-run": {"multi_reach": "runaway"},
     # Session 15: with three or more classes, "unsure" was the top probability below 0.8
     # (refined again at the finer level) before the runner-up's margin replaced it.
     "vae-topsure": {"refine_margin": False},

@@ -185,23 +185,3 @@ def test_grid_helpers_equal_the_full_size_upsampling():
     mask = rng.random(target.shape) > 0.5
     low = cells < 0.3
     assert reach.count_by_grid(mask, low, 4) == int(np.count_nonzero(mask & (full < 0.3)))
-
-
-def test_a_small_class_fades_beyond_its_reach_and_the_others_take_its_share():
-    """Rounds of three or more classes: the small class's far look-alike goes to the others,
-    whose probabilities grow in proportion (each voxel still sums to one)."""
-    from napari_latentseg.engine.segment.reach import fade_class_beyond_reach
-
-    shape = (4, 48, 160)
-    probs = np.empty((3,) + shape, np.float32)
-    probs[0], probs[1], probs[2] = 0.2, 0.2, 0.6  # class 2 (index 2) leads everywhere
-    seeds = np.zeros(shape, bool)
-    seeds[1, 24, 8] = True
-    radius, faded = fade_class_beyond_reach(probs, 2, seeds, np.zeros(shape, np.float32),
-                                            (3.0, 1.0, 1.0))
-    assert radius == pytest.approx(REACH_MM)
-    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-    assert probs[2, 1, 24, 8] == pytest.approx(0.6)  # at its stroke: unchanged
-    far = probs[:, 1, 24, 150]
-    assert far[2] < far[0] and far[0] == pytest.approx(far[1])  # handed out in proportion
-    assert faded > 0

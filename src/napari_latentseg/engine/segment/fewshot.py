@@ -53,11 +53,6 @@ SWAP_MOVED = False
 # since, mean AUC of seven cases 0.772 against 0.740, lung2 no longer steps back;
 # docs/interactive_benchmarks.md, "The edge step with fresh growth let go").
 FRESH_SHRINKS_AT_ONCE = True
-# Rounds of three or more classes: the reach for the multi-class prior's small classes too (a
-# probe, docs/interactive_benchmarks.md).
-MULTI_REACH: bool | str = False
-# "runaway": only for a small class that leads in more than this share of the scan.
-RUNAWAY_SHARE = 0.02
 
 
 @dataclass
@@ -171,8 +166,6 @@ def segment_iter(
         probs = yield from _predict(st, batches, predict, later_stop)
         if forest is not None and opts.object_reach and st.prior_background is not None:
             yield from _apply_reach(st, probs, forest_feats, run)
-        if forest is not None and MULTI_REACH and st.small_classes is not None:
-            _apply_small_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
@@ -277,7 +270,6 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         ts.scale = st.options.fresh_prior_scale
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
-    st.small_classes = ts.small
     yield {"stage": "segment: forest", "done": 0, "total": 1}
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
@@ -382,24 +374,6 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
         st.notes.append(f"{faded} voxels beyond the object's reach ({radius:.0f} mm from its "
                         "strokes, image edges counting as distance) went to the background")
     yield {"stage": "segment: reach", "done": 1, "total": 1}
-
-
-def _apply_small_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures,
-                       run: FeatureRunner) -> None:
-    """The reach for each small class of a round of three or more classes (probe)."""
-    from .reach import fade_class_beyond_reach
-
-    smooth = smoothed_image(forest_feats.cached, run)
-    top = probs.argmax(0) if MULTI_REACH == "runaway" else None
-    for s in st.small_classes:
-        seeds = st.annotations == st.table.classes[int(s)]
-        if top is not None and np.count_nonzero(top == s) <= RUNAWAY_SHARE * top.size:
-            continue  # only a small class that leads in more than its share
-        if seeds.any():
-            radius, faded = fade_class_beyond_reach(probs, int(s), seeds, smooth,
-                                                    st.spacing or (1.0, 1.0, 1.0))
-            st.history.append({"stage": "reach", "class": st.table.classes[int(s)],
-                               "radius_mm": round(radius, 1), "faded": faded})
 
 
 def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,

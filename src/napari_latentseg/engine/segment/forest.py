@@ -250,7 +250,6 @@ class TrainingSet:
     object_share: float | None = None
     prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
     scale: float = 1.0  # of the adaptive weight (adaptive_prior_weight)
-    small: np.ndarray | None = None  # the multi-class prior's small classes (indices)
 
     def _fit(self, seed: int, weight: np.ndarray | None, trees: int | None = None):
         forest = fit_forest(self.x, self.y, seed, weight, trees)

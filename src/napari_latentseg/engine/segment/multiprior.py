@@ -61,7 +61,6 @@ def add_multiclass_prior(ts, features, annotations: np.ndarray, n_classes: int, 
     ts.y = np.concatenate([ts.y, yu])
     ts.weight = np.concatenate([w, np.full(len(flat), total / len(flat))])
     ts.prior = len(flat)
-    ts.small = np.flatnonzero(small)
     k = int(small.sum())
     rarest = ("the rarest class learns where it is not" if k == 1
               else f"the {k} rarest classes learn where they are not")

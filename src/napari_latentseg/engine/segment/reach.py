@@ -130,25 +130,3 @@ def reach_gate(distance: np.ndarray, radius: float) -> np.ndarray:
     """1 within ``radius`` mm, a Gaussian fall-off (sigma radius / 2) beyond (float32)."""
     excess = np.maximum(distance - radius, 0.0) / (0.5 * radius)
     return np.exp(-0.5 * excess * excess).astype(np.float32)
-
-
-def fade_class_beyond_reach(probs: np.ndarray, index: int, seeds: np.ndarray,
-                            smooth: np.ndarray, spacing: Sequence[float]) -> tuple[float, int]:
-    """Fade class ``index``'s probability beyond its geodesic reach from ``seeds`` and hand
-    what it loses to the other classes in proportion, in place (rounds of three or more
-    classes). Returns the radius (mm) and how many voxels it stopped leading."""
-    dist, grid = geodesic_grid(smooth, seeds, spacing)
-    radius = reach_radius(seeds, spacing)
-    gate = reach_gate(dist, radius)
-    before = probs[index].copy()
-    scale_by_grid(probs[index], gate, grid)
-    others = probs.sum(0) - probs[index]
-    lost = before - probs[index]
-    share = np.divide(lost, others, out=np.zeros_like(lost), where=others > 0)
-    for k in range(len(probs)):
-        if k != index:
-            probs[k] *= 1.0 + share
-    led = before >= np.delete(probs, index, axis=0).max(0)
-    faded = int(np.count_nonzero(led & (probs[index] < np.delete(probs, index, axis=0).max(0))))
-    return radius, faded
-

@@ -31,7 +31,6 @@ class RoundState:
     notes: list[str] = field(default_factory=list)
     spacing: tuple[float, ...] | None = None  # mm (z, y, x); None: unknown (1 mm)
     prior_background: int | None = None  # class index of the background prior's class
-    small_classes: np.ndarray | None = None  # the unpainted prior's small classes (indices)
     far_from_object: np.ndarray | None = None  # beyond FAR_GROWTH of the reach ("shrink-far")
     fresh: bool = True  # the round does not continue an earlier one (no ``previous``)
 
