@@ -94,7 +94,8 @@ def keep_connected(labels: np.ndarray, probabilities: np.ndarray, annotations: n
     A predicted region (face-connected, in 3D) of class ``c`` that touches no voxel the user
     painted ``c`` goes to its next most probable class. This is the seeded-region prior of
     interactive tools: the object is the one the user painted. A lesion nobody painted is
-    therefore dropped; switch the rule off (``keep_connected=False``) to find every lesion.
+    therefore dropped; switch the rule off (``keep_connected_regions=False``) to find every
+    lesion.
     With three or more classes the moved region must connect to its new class's strokes
     too, or it moves on to the next class, and it moves only to a class of at least
     :data:`MIN_MOVE_P` probability there; a voxel left with no such class keeps its most
