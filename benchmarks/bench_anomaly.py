@@ -8,6 +8,10 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   in the brain interior, at the brain's median intensity or -/+ 0.35 of its 5-95 % range,
   carrying the scan's own noise (MAD of the median-filter residual); slices with the real
   tumour are left out of the scoring;
+- ``brainN-wm-{tissue,dark,bright}`` (session 26): the same spheres centred in the
+  cerebrum's white matter (``white_matter``: brain1's ``syn`` implants sit in its skull
+  base), anywhere in the cerebrum's slices, scored over the head but the real tumour grown by
+  10 mm;
 - ``lungN-nodule-{solid,ggo,calcified}``: three nodules (radius 3, 6, 10 mm) in lung
   parenchyma at 40, -450 and 400 HU with the scan's noise; 24 slices around the tumour,
   in-plane / 4 (128 x 128 at ~2.4 mm), the real tumour counted as a lesion too;
@@ -48,12 +52,14 @@ Usage: ``LATENTSEG_NUM_THREADS=1 python benchmarks/bench_anomaly.py [--quick] [-
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _lesions import implant, noise_sigma, white_matter  # noqa: F401 (used by other scripts)
 from _nodules import heldout_markdown, heldout_nodules, method_and_blob
 
 HERE = Path(__file__).resolve().parent
@@ -82,14 +88,6 @@ def load(name: str, f: int, z_window: int | None = None):
     return _down(v, f), _down(lab.astype(np.float32), f) >= 0.5, sp
 
 
-def noise_sigma(v: np.ndarray, region: np.ndarray) -> float:
-    from scipy import ndimage
-
-    r = v - ndimage.median_filter(v, (1, 3, 3))
-    d = r[region]
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / 0.85)
-
-
 def lung_region(v: np.ndarray, lab: np.ndarray):
     """(body, lung away from the real tumour, noise sigma of soft tissue) of a CT in HU: where
     nodules are implanted, and the noise they are given."""
@@ -100,32 +98,6 @@ def lung_region(v: np.ndarray, lab: np.ndarray):
     body = head_mask(v, "CT")
     lung = body & (v < -500) & ~ndimage.binary_dilation(lab, iterations=4)
     return body, lung, noise_sigma(v, body & (v > -200) & (v < 200))
-
-
-def implant(v, region, spacing, level, radii_mm, sigma, seed, avoid=None, margin_mm=1.0):
-    """Spheres with a soft edge at ``level`` + the scan's noise; returns (volume, mask)."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    sp = np.asarray(spacing)
-    out = v.copy()
-    truth = np.zeros(v.shape, bool)
-    grid = np.indices(v.shape).astype(np.float32)
-    free = region.copy() if avoid is None else region & ~avoid
-    for r in radii_mm:
-        # Centres deep enough in the region that the sphere stays inside.
-        inner = ndimage.distance_transform_edt(free, sampling=sp) > r + margin_mm
-        inner &= ~ndimage.binary_dilation(truth, iterations=3)
-        cand = np.argwhere(inner)
-        if not len(cand):
-            cand = np.argwhere(free & ~truth)
-        c = cand[rng.integers(len(cand))]
-        d = np.sqrt(sum(((grid[i] - c[i]) * sp[i]) ** 2 for i in range(3)))
-        a = 1.0 / (1.0 + np.exp((d - r) / (0.5 * sp[1:].mean())))
-        tex = level + sigma * rng.normal(size=v.shape).astype(np.float32)
-        out = out * (1 - a) + tex * a
-        truth |= a >= 0.5
-    return out.astype(np.float32), truth
 
 
 def oracle_window(v, truth, mask, bins=128):
@@ -181,7 +153,7 @@ def build_cases(quick: bool):
     from napari_latentseg.data.phantom import make_phantom
     from napari_latentseg.engine.anomaly import head_mask
 
-    cases, refs = [], {}
+    cases, refs, wm_cases = [], {}, []  # wm_cases apart: the other cases keep their seeds
     kinds_mr = ["tissue"] if quick else ["tissue", "dark", "bright"]
     for name in ("brain1", "brain2"):
         v, lab, sp = load(name, 2)
@@ -206,6 +178,17 @@ def build_cases(quick: bool):
             score_mask = ~lab.any((1, 2))  # leave the real tumour's slices out
             cases.append(dict(name=f"{name}-syn-{kind}", group="mr", v=vv, truth=tr, sp=sp,
                               ref=name, fp=False, mod="MR", zmask=score_mask))
+        # Session 26: the same kinds in the cerebrum's white matter, where the issue's
+        # lesions are (the implants above sit in brain1's skull base).
+        cerebrum, wm, keep = white_matter(v, head, lab, sp)
+        for kind in kinds_mr:
+            level = {"tissue": med, "dark": med - 0.35 * (hi - lo),
+                     "bright": med + 0.35 * (hi - lo)}[kind]
+            vv, tr = implant(v, cerebrum, sp, level, (4, 8, 13), sig,
+                             seed=100 + len(wm_cases), margin_mm=0.0, centres=wm)
+            wm_cases.append(dict(name=f"{name}-wm-{kind}", group="mr", v=vv, truth=tr, sp=sp,
+                              ref=name, fp=False, mod="MR", keep=keep))
+    n_mr = len(cases)
     f = 4  # 128 x 128 in-plane (the CT VAE was fitted on in-plane / 2 crops)
     kinds_ct = ["solid"] if quick else ["solid", "ggo", "calcified"]
     for name in ("lung1", "lung2"):
@@ -225,7 +208,7 @@ def build_cases(quick: bool):
                       truth=ph.labels == 7, sp=ph.spacing, ref="phantom", fp=False, mod="MR"))
     refs["phantom"] = [make_phantom(shape, sp_ph, seed=s).image.astype(np.float32)
                        for s in (1, 2)]
-    return cases, refs
+    return cases[:n_mr] + wm_cases + cases[n_mr:], refs
 
 
 def case_masks(c: dict):
@@ -239,6 +222,8 @@ def case_masks(c: dict):
     v, truth = c["v"], c["truth"]
     mask = head_mask(v, c["mod"])
     smask = mask & c["zmask"][:, None, None] if "zmask" in c else mask
+    if "keep" in c:
+        smask = smask & c["keep"]
     lesion_z = np.nonzero(ndimage.binary_dilation(truth.any((1, 2)), iterations=3))[0]
     far = np.ones(v.shape[0], bool)
     far[lesion_z] = False
@@ -267,11 +252,13 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",), config: str = "cpu-2d",
         norm_methods: tuple = ("intensity", "contrast"), feature_cases: tuple = (),
-        decoder_steps: int | None = None) -> dict:
+        decoder_steps: int | None = None, only: tuple = ()) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
     t_all = time.perf_counter()
     cases, refs = build_cases(quick)
+    if only:  # a subset of the cases; the whole-scan extras are left out then
+        cases = [c for c in cases if any(fnmatch.fnmatch(c["name"], p) for p in only)]
     models, fit_s = {}, {}
     mr = [refs["brain1"], refs["brain2"]]
     ct = [refs["lung1"], refs["lung2"]]
@@ -338,8 +325,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
             row["sweep"] = sweep(res, truth, smask, fmask if c["fp"] else None, c["sp"])
             rows.append(row)
             print(json.dumps(row), flush=True)
-    extra = psnr_and_timing(models["mr"], quick)
-    if not quick:
+    extra = {} if only else psnr_and_timing(models["mr"], quick)
+    if not quick and not only:
         extra["ct_whole_scan_fp"] = ct_whole_scan_fp()
         extra["heldout_nodules"] = heldout_nodules()
     result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "config": config,
@@ -466,6 +453,9 @@ def main() -> None:
     p.add_argument("--decoder-steps", type=int, default=None,
                    help="the VAE fits' decoder phase (default: as many as --steps; 0: none, "
                         "as the VAEs cached before session 16)")
+    p.add_argument("--cases", nargs="*", default=[],
+                   help="only the cases matching these patterns (e.g. 'brain*-wm-*'); the "
+                        "PSNR, full-size timing and whole-CT extras are then skipped")
     p.add_argument("--slice-norm", action="store_true",
                    help="density scores centred and scaled per slice (session 12 probe)")
     a = p.parse_args()
@@ -475,7 +465,7 @@ def main() -> None:
         anomaly.SLICE_NORMALISE_DENSITY = True
     run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
         tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases),
-        a.decoder_steps)
+        a.decoder_steps, tuple(a.cases))
 
 
 if __name__ == "__main__":
