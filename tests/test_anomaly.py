@@ -219,9 +219,10 @@ def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
 
 
 def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
-    """``LATENTSEG_DAE_STEPS`` sets the denoiser's training steps (worker processes and the
-    CLI read it too); a value that is not a whole number is a clear error."""
+    """``LATENTSEG_DAE_STEPS`` sets the denoiser's training steps per cycle (worker processes
+    and the CLI read it too); a value that is not a whole number is a clear error."""
     from napari_latentseg.engine.anomaly import anomaly_map
+    from napari_latentseg.engine.anomaly_dae import DAE_CYCLES
 
     img = small_phantom.image.astype(np.float32)
     seen = []
@@ -229,10 +230,37 @@ def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
     anomaly_map(None, img, modality="MR", method="dae",
                 progress=lambda p: seen.append(p.get("total")) if "denoiser" in
                 str(p.get("stage")) else None)
-    assert seen and set(seen) == {3}
+    assert seen and set(seen) == {3 * DAE_CYCLES}
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "many")
     with pytest.raises(ValueError, match="whole number"):
         anomaly_map(None, img, modality="MR", method="dae")
+
+
+def test_denoiser_cycles_keep_a_snapshot_each():
+    """Two one-cycle runs back to back: progress counts both, each cycle's end is kept as a
+    snapshot, the second goes on from the first's weights (they differ), and the returned
+    network is the last snapshot's."""
+    import torch
+
+    from napari_latentseg.engine.anomaly_dae import fit_unet_iter
+
+    x = torch.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16)
+
+    def loss_of(net, rng, gen):
+        return ((net(x + 0.1 * torch.randn(x.shape, generator=gen)) - x) ** 2).mean()
+
+    snaps: list = []
+    gen = fit_unet_iter(4, loss_of, cycles=2, snapshots=snaps)
+    done = []
+    try:
+        while True:
+            done.append(next(gen)["done"])
+    except StopIteration as stop:
+        net = stop.value
+    assert done[-1] == 8 and len(snaps) == 2
+    p0, p1 = (torch.cat([p.flatten() for p in s.parameters()]) for s in snaps)
+    assert not torch.equal(p0, p1)
+    assert torch.equal(p1, torch.cat([p.flatten() for p in net.parameters()]))
 
 
 def test_ct_bone_is_not_scored_but_a_dense_nodule_is():

@@ -8,7 +8,8 @@ centred and scaled per axial slice by the head's median and MAD: the end slices'
 are larger everywhere, and that normalisation is what lifted the prototype from best Dice
 ~0.09 to ~0.3 on brain1's tumour (``docs/anomaly_benchmarks.md``, "Stabilising the DAE").
 Measured on MR; on CT the ``intensity`` density is better. Only 2D (slice) training, CPU or
-GPU, ~80 s for the default 300 steps on one CPU thread.
+GPU: two cycles of 300 steps (:data:`DAE_CYCLES`), 84 s for full-size brain1 on one CPU
+thread.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import numpy as np
 from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_suits", "fit_unet_iter", "noisy_batch", "slice_normalise",
-           "DAE_STEPS"]
+           "DAE_CYCLES", "DAE_STEPS"]
 
-DAE_STEPS = 300  # AdamW steps (one-cycle schedule); the benchmark's recipe
+DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
+#: One-cycle runs of :data:`DAE_STEPS` back to back, the score being the mean of each one's
+#: normalised residual (a snapshot ensemble, session 26: the second cycle finds darker
+#: lesions the first misses; docs/anomaly_benchmarks.md, "Two cycles of the denoiser").
+DAE_CYCLES = 2
 #: Environment variable that overrides :data:`DAE_STEPS` (fewer steps on a slow machine, or
 #: tiny fits in tests that start worker processes).
 STEPS_ENV = "LATENTSEG_DAE_STEPS"
@@ -149,32 +154,43 @@ def dae_suits(volume: np.ndarray, modality: str | None = None) -> bool:
 
 def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
                   stop_event: threading.Event | None = None,
-                  stage: str = "anomaly: denoiser") -> Generator[dict, None, object]:
+                  stage: str = "anomaly: denoiser", cycles: int = 1,
+                  snapshots: list | None = None) -> Generator[dict, None, object]:
     """Fit the 3-level UNet with the recipe's optimiser (AdamW, one-cycle at 2e-3).
 
     ``loss_of(net, rng, gen)`` returns one batch's loss; ``rng`` (numpy) and ``gen`` (torch)
-    are seeded with ``seed``, as are the weights. Yields progress every 10 steps; returns the
-    network in eval mode.
+    are seeded with ``seed``, as are the weights. With ``cycles`` > 1 the one-cycle schedule
+    of ``steps`` steps runs again from the weights the last one ended with (a fresh
+    optimiser), and a copy of the network at the end of each cycle (eval mode) is appended to
+    ``snapshots`` where given. Yields progress every 10 steps; returns the network in eval
+    mode.
     """
+    import copy
+
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     net = _unet().to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
-        check_stop(stop_event, "anomaly scoring")
-        loss = loss_of(net, rng, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 10 == 0 or step == steps - 1:
-            yield {"stage": stage, "done": step + 1, "total": steps,
-                   "loss": float(loss.detach())}
-    net.eval()
+    total = steps * cycles
+    for cycle in range(cycles):
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+        for step in range(steps):
+            check_stop(stop_event, "anomaly scoring")
+            loss = loss_of(net, rng, gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 10 == 0 or step == steps - 1:
+                yield {"stage": stage, "done": cycle * steps + step + 1, "total": total,
+                       "loss": float(loss.detach())}
+        net.eval()
+        if snapshots is not None:
+            snapshots.append(copy.deepcopy(net))
     return net
 
 
@@ -193,14 +209,14 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         Voxel size (mm); in-plane voxels finer than :data:`TARGET_MM` are block-averaged to
         it for the denoiser and the score is brought back to the scan's grid.
     steps, seed, device
-        Training steps (default ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`), random
-        seed, torch device.
+        Training steps of each of the :data:`DAE_CYCLES` cycles (default
+        ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`), random seed, torch device.
 
     Returns
     -------
     np.ndarray
-        Float32 map: the residual smoothed (1 voxel in-plane), then per-slice normalised;
-        meaningful inside ``mask``.
+        Float32 map: each cycle's residual smoothed (1 voxel in-plane), then per-slice
+        normalised, averaged over the cycles; meaningful inside ``mask``.
     """
     import torch
     from scipy import ndimage
@@ -236,15 +252,19 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen))
         return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
 
-    net = yield from fit_unet_iter(steps, loss_of, seed=seed, device=device,
-                                   stop_event=stop_event, stage="anomaly: denoiser")
+    nets: list = []
+    yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
+                             stage="anomaly: denoiser", cycles=DAE_CYCLES, snapshots=nets)
     ph, pw = (-h) % 8, (-w) % 8
-    out = np.empty_like(x, dtype=np.float32)
-    with torch.no_grad():
-        xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
-                                     mode="edge"))[:, None]
-        for k in range(0, z, 8):
-            check_stop(stop_event, "anomaly scoring")
-            out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
-    err = ndimage.gaussian_filter(np.abs(x - out), (0, 1, 1)).astype(np.float32)
-    return slice_normalise(err, mask)
+    xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
+                                 mode="edge"))[:, None]
+    score = np.zeros_like(x, dtype=np.float32)
+    for net in nets:  # a snapshot ensemble: the mean of each snapshot's normalised residual
+        out = np.empty_like(x, dtype=np.float32)
+        with torch.no_grad():
+            for k in range(0, z, 8):
+                check_stop(stop_event, "anomaly scoring")
+                out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
+        err = ndimage.gaussian_filter(np.abs(x - out), (0, 1, 1)).astype(np.float32)
+        score += slice_normalise(err, mask) / len(nets)
+    return score
