@@ -167,9 +167,9 @@ def build_cases(quick: bool):
         brain = ndimage.distance_transform_edt(head, sampling=sp) > 15.0
         lo, med, hi = np.percentile(v[brain], [5, 50, 95])
         sig = noise_sigma(v, brain)
+        levels = {"tissue": med, "dark": med - 0.35 * (hi - lo), "bright": med + 0.35 * (hi - lo)}
         for kind in kinds_mr:
-            level = {"tissue": med, "dark": med - 0.35 * (hi - lo),
-                     "bright": med + 0.35 * (hi - lo)}[kind]
+            level = levels[kind]
             # Implants stay out of the slices scored away (the real tumour's, +-1).
             tz = ndimage.binary_dilation(lab.any((1, 2)), iterations=1)
             tumour_z = np.broadcast_to(tz[:, None, None], v.shape)
@@ -182,9 +182,7 @@ def build_cases(quick: bool):
         # lesions are (the implants above sit in brain1's skull base).
         cerebrum, wm, keep = white_matter(v, head, lab, sp)
         for kind in kinds_mr:
-            level = {"tissue": med, "dark": med - 0.35 * (hi - lo),
-                     "bright": med + 0.35 * (hi - lo)}[kind]
-            vv, tr = implant(v, cerebrum, sp, level, (4, 8, 13), sig,
+            vv, tr = implant(v, cerebrum, sp, levels[kind], (4, 8, 13), sig,
                              seed=100 + len(wm_cases), margin_mm=0.0, centres=wm)
             wm_cases.append(dict(name=f"{name}-wm-{kind}", group="mr", v=vv, truth=tr, sp=sp,
                               ref=name, fp=False, mod="MR", keep=keep))
