@@ -177,6 +177,34 @@ def test_denoiser_slice_normalisation():
         assert np.median(np.abs(out[k])) == pytest.approx(1.0, rel=1e-3)
 
 
+def test_denoiser_residual_ignores_what_lies_outside_the_head():
+    """The denoised output outside the head (never fitted) does not reach the score inside
+    it, and the snapshots' mean comes back on one scale per slice."""
+    from napari_latentseg.engine.anomaly_dae import residual_score
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 32, 32)).astype(np.float32)
+    mask = np.zeros(x.shape, bool)
+    mask[:, 6:26, 6:26] = True
+    outs = [x + 0.1 * rng.normal(size=x.shape).astype(np.float32) for _ in range(2)]
+    wild = [o.copy() for o in outs]
+    for o in wild:
+        o[~mask] += 50.0  # garbage where the net was never trained
+    a, b = residual_score(x, outs, mask), residual_score(x, wild, mask)
+    np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
+    for k in range(3):
+        v = a[k][mask[k]]
+        assert abs(np.median(v)) < 1e-4
+        assert np.median(np.abs(v)) == pytest.approx(1.0, rel=1e-3)
+    # A denoiser that heals a block: the block scores above the rest of its slice.
+    healed = [x.copy() for _ in range(2)]
+    for o in healed:
+        o[1, 12:18, 12:18] -= 2.0
+    s = residual_score(x, [h + 0.05 * rng.normal(size=x.shape).astype(np.float32)
+                           for h in healed], mask)
+    assert s[1, 14, 14] > np.percentile(s[1][mask[1]], 95)
+
+
 def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_model,
                                                                        small_phantom):
     """A model holding normative statistics (``intensity``) scores with them by default; a
