@@ -90,6 +90,14 @@ def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
     assert len(np.unique(a.data[a.data > 0])) == n
     assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
                  str(tmp_path / "r2.nii.gz"), "--fpr", "2", "-q"]) == 2
+    # The denoiser's findings mirrored on both sides of the head are kept on request.
+    kept = tmp_path / "kept.nii.gz"
+    assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
+                 str(tmp_path / "r3.nii.gz"), "--anomaly-map", str(kept), "--keep-symmetric",
+                 "-q"]) == 0
+    k = read_volume(kept)
+    _same_geometry(k, src)
+    assert np.isfinite(k.data).all() and not np.array_equal(k.data, s.data)
 
 
 def test_existing_outputs_are_refused_before_any_work(model_file, scan, tmp_path, capsys):

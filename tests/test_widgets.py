@@ -490,15 +490,26 @@ def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
 
 def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypatch):
     """The Reconstruct section's score choice reaches the engine: the denoiser (a short fit
-    here) gives the anomaly layers and says which method it used."""
+    here) gives the anomaly layers and says which method it used; its findings on both
+    sides of the head are lowered unless the box is unticked."""
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "10")
     viewer, widget = dock
     scan = add_crop(viewer, phantom_crop)
     fit(qtbot, widget, steps=10)
     rec = widget.reconstruct_section
     assert rec.method.currentData() == "default"
+    import napari_latentseg.engine.anomaly_symmetry as symmetry
+
+    calls = []
+    lower = symmetry.lower_bilateral
+    monkeypatch.setattr(symmetry, "lower_bilateral",
+                        lambda *a, **k: calls.append(1) or lower(*a, **k))
     rec.method.setCurrentIndex(rec.method.findData("dae"))
+    assert rec.symmetric.isChecked()
     run(qtbot, widget, rec.run)
-    assert "(dae)" in rec.summary.text()
+    assert "(dae)" in rec.summary.text() and calls == [1]
     assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
     np.testing.assert_array_equal(scan.data, phantom_crop[0])
+    rec.symmetric.setChecked(False)  # bilateral findings kept: the step is skipped
+    run(qtbot, widget, rec.run)
+    assert calls == [1]

@@ -215,6 +215,7 @@ def reconstruct_job(
     fpr: float = 1e-3,
     tile: int = 512,
     device: str | None = None,
+    lower_symmetric: bool = True,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
     """Reconstruction, error map and (``anomalies`` / ``anomaly_map``) anomaly scoring.
@@ -226,6 +227,7 @@ def reconstruct_job(
     higher) ``anomaly_map`` (the score) and ``anomalies`` (candidate components 1..n, largest
     peak first). The model's normative statistics are used when it holds them
     (``model.anomaly["normative"]``), else the scan is its own reference.
+    ``lower_symmetric=False`` keeps the denoiser's findings mirrored on both sides of the head.
     """
     from .engine.infer import reconstruct_iter
 
@@ -248,7 +250,7 @@ def reconstruct_job(
         an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
                                      method=anomaly_method, reference=reference, fpr=fpr,
                                      spacing=scan.spacing, error_map=False,
-                                     stop_event=stop_event)
+                                     lower_symmetric=lower_symmetric, stop_event=stop_event)
         outputs["anomaly_map"] = Output(an.score, "image")
         outputs["anomalies"] = Output(an.labels, "labels")
         job.anomaly = an

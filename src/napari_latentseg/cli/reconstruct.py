@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
                         "contrast on CT, the model's normative statistics' method with "
                         "them; others: features, knn, intensity, contrast, error, ssim, "
                         "median, dae)")
+    r.add_argument("--keep-symmetric", action="store_true",
+                   help="keep the dae score's findings that are mirrored on both sides of the "
+                        "head (by default they are lowered: the orbits and the skull base are "
+                        "not lesions; bilateral disease fades with them)")
     r.add_argument("--fpr", type=float, default=1e-3,
                    help="false-positive rate of the candidate threshold on normal tissue "
                         "(default 0.001)")
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     job = run_core(lambda stop: reconstruct_job(
         model, scan, anomalies=args.anomalies is not None,
         anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
-        fpr=args.fpr, tile=args.tile, stop_event=stop), args.quiet)
+        fpr=args.fpr, tile=args.tile, lower_symmetric=not args.keep_symmetric,
+        stop_event=stop), args.quiet)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
         print(f"wrote {p}")
     res = job.result

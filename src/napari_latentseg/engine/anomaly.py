@@ -29,7 +29,8 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
 ``dae`` (default on MR in self mode, see :func:`default_method`)
     A denoising autoencoder fitted on the scan itself, self mode only (:mod:`.anomaly_dae`):
-    the best measured on MR, ~80 s on one CPU thread; on CT ``contrast`` is better.
+    the best measured on MR, ~80 s on one CPU thread; on CT ``contrast`` is better. Findings
+    mirrored on both sides of the head are lowered (:mod:`.anomaly_symmetry`).
 
 Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
 calibrated: the returned
@@ -230,7 +231,8 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
         raw = yield from dae_raw_iter(xnorm, mask, spacing=spacing, seed=stats.get("seed", 0),
-                                      device=getattr(model, "device", "cpu"), stop_event=stop_event)
+                                      device=getattr(model, "device", "cpu"), stop_event=stop_event,
+                                      lower_symmetric=stats.get("lower_symmetric", True))
         return np.where(mask, raw, np.float32(np.nan))
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
@@ -251,19 +253,6 @@ def _by_model(model: VAEModel | None, stats: dict) -> bool:
     return model is not None and stats.get("normalization", "model") == "model"
 
 
-def _density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) -> np.ndarray:
-    """One scan's share of the density's fit rows (30000 in all, drawn scan by scan)."""
-    per = max(1, 30000 // n_scans)
-    return rows[rng.choice(len(rows), min(per, len(rows)), replace=False)]
-
-
-def _fit_density(samples: list[np.ndarray], method: str, seed: int) -> dict:
-    from .anomaly_features import fit_gmm, fit_knn
-
-    x = np.concatenate(samples)
-    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, GMM_COMPONENTS, seed=seed)
-
-
 def fit_normative_iter(
     model: VAEModel | None,
     volumes: Sequence[np.ndarray],
@@ -274,6 +263,7 @@ def fit_normative_iter(
     seed: int = 0,
     stop_event: threading.Event | None = None,
     _keep: list | None = None,
+    lower_symmetric: bool = True,
 ) -> Generator[dict, None, dict]:
     """Fit normative anomaly statistics on one or more scans; returns a plain dict.
 
@@ -283,7 +273,7 @@ def fit_normative_iter(
     calibration ("features" and "knn" read every scan once more, all held at once, for their
     feature space). ``spacing`` is one voxel size for every scan or a list of per-scan ones.
     """
-    from .anomaly_features import fit_feature_space
+    from .anomaly_features import density_sample, fit_density, fit_feature_space
 
     n = len(volumes)
     if not n:
@@ -321,7 +311,7 @@ def fit_normative_iter(
         return (*_prepare(norm_model, vol, mods[i], sp), sp, skip)
 
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
-                   "depth": USE_DEPTH, "seed": int(seed),
+                   "depth": USE_DEPTH, "seed": int(seed), "lower_symmetric": bool(lower_symmetric),
                    "normalization": "model" if norm_model is not None else "scan"}
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
@@ -340,11 +330,11 @@ def fit_normative_iter(
         for i in range(n):
             x, m, sp, skip = prepared(i, unscored=n == 1 and need_unscored)
             rows = yield from _feature_rows(model, x, m, stats, method, stop_event, sp)
-            samples.append(_density_sample(rows, n, rng))
+            samples.append(density_sample(rows, n, rng))
             kept = (x, m, sp, skip, rows) if n == 1 else None
             yield {"stage": "density sample", "done": i + 1, "total": n}
         yield {"stage": "density", "done": 0, "total": 1}
-        stats["density"] = _fit_density(samples, method, seed)
+        stats["density"] = fit_density(samples, method, seed, GMM_COMPONENTS)
     raws = []
     for i in range(n):
         x, m, sp, skip, rows = (kept if kept is not None
@@ -402,6 +392,7 @@ def anomaly_iter(
     min_volume_ml: float = 0.05,
     error_map: bool = True,
     seed: int = 0,
+    lower_symmetric: bool = True,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, AnomalyResult]:
     """Anomaly map of ``volume``, yielding progress; returns an :class:`AnomalyResult`.
@@ -428,6 +419,9 @@ def anomaly_iter(
         Candidates smaller than this are dropped.
     error_map : bool
         Also return the plain reconstruction error (needs a model).
+    lower_symmetric : bool
+        ``dae`` only: lower findings mirrored on both sides of the head (bilateral disease
+        fades with it on; :mod:`.anomaly_symmetry`).
     stop_event : threading.Event, optional
         Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
     """
@@ -459,7 +453,8 @@ def anomaly_iter(
         keep: list = []
         stats = yield from fit_normative_iter(model, [vol], modalities=[modality],
                                               method=method, spacing=spacing, seed=seed,
-                                              stop_event=stop_event, _keep=keep)
+                                              stop_event=stop_event, _keep=keep,
+                                              lower_symmetric=lower_symmetric)
         method = stats["method"]
         x, mask, raw, unscored = keep[0]
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))

@@ -201,7 +201,7 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
 
 
 def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | None = None,
-                 seed: int = 0, device: str = "cpu",
+                 seed: int = 0, device: str = "cpu", lower_symmetric: bool = True,
                  stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
     """Fit the denoiser on the slices of ``x`` and return its normalised residual.
 
@@ -217,13 +217,17 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     steps, seed, device
         Training steps of each of the :data:`DAE_CYCLES` cycles (default
         ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`), random seed, torch device.
+    lower_symmetric : bool
+        Lower what the score shares with its mirror twin across the head's mid-sagittal
+        plane (:func:`.anomaly_symmetry.lower_bilateral`; 3D volumes of a symmetric scan).
 
     Returns
     -------
     np.ndarray
         Float32 map: each cycle's residual inside the head, smoothed in-plane
         (:data:`SMOOTH_SIGMA`) and normalised per slice; their mean normalised per slice
-        again. Meaningful inside ``mask``.
+        again; findings mirrored on both sides lowered (``lower_symmetric``). Meaningful
+        inside ``mask``.
     """
     import torch
     from scipy import ndimage
@@ -240,8 +244,10 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         f = max(1, int(round(TARGET_MM / float(min(spacing[-2:])))))
     if f > 1:
         full = x.shape
+        coarse = (*spacing[:-2], spacing[-2] * f, spacing[-1] * f)
         r = yield from dae_raw_iter(_block_mean(x, f), _block_mean(mask, f) >= 0.5, steps=steps,
-                                    seed=seed, device=device, stop_event=stop_event)
+                                    seed=seed, device=device, spacing=coarse,
+                                    lower_symmetric=lower_symmetric, stop_event=stop_event)
         r = np.repeat(np.repeat(r, f, axis=1), f, axis=2)[:, : full[1], : full[2]]
         return ndimage.gaussian_filter(r, (0, f / 2, f / 2)).astype(np.float32)
     z, h, w = x.shape
@@ -273,7 +279,13 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
                 check_stop(stop_event, "anomaly scoring")
                 out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
         outs.append(out)
-    return residual_score(x, outs, mask)
+    score = residual_score(x, outs, mask)
+    if lower_symmetric and z > 1:
+        from .anomaly_symmetry import lower_bilateral
+
+        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
+        score = lower_bilateral(score, x, mask, spacing)
+    return score
 
 
 def residual_score(x: np.ndarray, outs, mask: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop
 
 __all__ = ["FeatureSpace", "fit_feature_space", "feature_maps_iter", "contrast_features",
-           "iter_contrast_features", "fit_gmm", "gmm_nll", "fit_knn", "knn_distance"]
+           "iter_contrast_features", "fit_gmm", "gmm_nll", "fit_knn", "knn_distance",
+           "density_sample", "fit_density"]
 
 _SLICE_VOXELS = 1 << 19  # voxels per encoder batch (~8 slices of 256^2)
 
@@ -311,3 +312,15 @@ def knn_distance(x: np.ndarray, g: dict) -> np.ndarray:
     z = (x - np.asarray(g["mu"], np.float32)) / np.asarray(g["sd"], np.float32)
     d, _ = cKDTree(ref).query(z, k=int(g["k"]), workers=1)
     return d.mean(1).astype(np.float32)
+
+
+def density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) -> np.ndarray:
+    """One scan's share of the density's fit rows (30000 in all, drawn scan by scan)."""
+    per = max(1, 30000 // n_scans)
+    return rows[rng.choice(len(rows), min(per, len(rows)), replace=False)]
+
+
+def fit_density(samples: list[np.ndarray], method: str, seed: int, components: int) -> dict:
+    """The ``knn`` reference or a ``components``-Gaussian mixture on the scans' samples."""
+    x = np.concatenate(samples)
+    return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, components, seed=seed)

@@ -93,6 +93,12 @@ class ReconstructSection(Section):
             self.method.setItemData(self.method.count() - 1, tip,
                                     Qt.ItemDataRole.ToolTipRole)
         self.method.setToolTip("How the anomaly score is computed (docs/anomaly_benchmarks.md).")
+        self.symmetric = QCheckBox("Lower findings on both sides of the head")
+        self.symmetric.setChecked(True)
+        self.symmetric.setToolTip(
+            "Denoiser only: what scores high at mirror-image places across the midline (the "
+            "orbits, the skull base) is lowered; a finding on one side, or on the midline, "
+            "keeps its score. Untick it to look for bilateral disease.")
         self.candidates = QListWidget()
         self.candidates.setToolTip("Anomaly candidates, highest peak first: click one to go "
                                    "to it.")
@@ -116,6 +122,7 @@ class ReconstructSection(Section):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow(self.anomalies)
         form.addRow("Anomaly score", self.method)
+        form.addRow(self.symmetric)
         form.addRow("Tile size", self.tile)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(8, 0, 4, 4)
@@ -141,13 +148,14 @@ class ReconstructSection(Section):
         scan = scan_from_layer(layer)
         anomalies = self.anomalies.isChecked()
         method = str(self.method.currentData())
+        lower_symmetric = self.symmetric.isChecked()
         tile = int(self.tile.value())
         device = self.session.device
 
         def job(stop):
             return reconstruct_job(model, scan, anomalies=anomalies, anomaly_map=anomalies,
                                    anomaly_method=method, tile=tile, device=device,
-                                   stop_event=stop)
+                                   lower_symmetric=lower_symmetric, stop_event=stop)
 
         def done(result: JobResult) -> None:
             self._show(layer, result)
