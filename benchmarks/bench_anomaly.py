@@ -12,6 +12,9 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   cerebrum's white matter (``white_matter``: brain1's ``syn`` implants sit in its skull
   base), anywhere in the cerebrum's slices, scored over the head but the real tumour grown by
   10 mm;
+- ``brainN-mid-{dark,bright}`` (session 27): the same spheres centred within 3 mm of the
+  head's fitted mid-sagittal plane in the cerebrum's slices, scored like the ``wm`` cases
+  (midline lesions, which the denoiser's lowering of mirrored findings must leave alone);
 - ``lungN-nodule-{solid,ggo,calcified}``: three nodules (radius 3, 6, 10 mm) in lung
   parenchyma at 40, -450 and 400 HU with the scan's noise; 24 slices around the tumour,
   in-plane / 4 (128 x 128 at ~2.4 mm), the real tumour counted as a lesion too;
@@ -59,7 +62,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _lesions import implant, noise_sigma, white_matter  # noqa: F401 (used by other scripts)
+from _lesions import implant, midline, noise_sigma, white_matter  # noqa: F401 (other scripts)
 from _nodules import heldout_markdown, heldout_nodules, method_and_blob
 
 HERE = Path(__file__).resolve().parent
@@ -153,7 +156,7 @@ def build_cases(quick: bool):
     from napari_latentseg.data.phantom import make_phantom
     from napari_latentseg.engine.anomaly import head_mask
 
-    cases, refs, wm_cases = [], {}, []  # wm_cases apart: the other cases keep their seeds
+    cases, refs, wm_cases, mid_cases = [], {}, [], []  # apart: the others keep their seeds
     kinds_mr = ["tissue"] if quick else ["tissue", "dark", "bright"]
     for name in ("brain1", "brain2"):
         v, lab, sp = load(name, 2)
@@ -186,6 +189,14 @@ def build_cases(quick: bool):
                              seed=100 + len(wm_cases), margin_mm=0.0, centres=wm)
             wm_cases.append(dict(name=f"{name}-wm-{kind}", group="mr", v=vv, truth=tr, sp=sp,
                               ref=name, fp=False, mod="MR", keep=keep))
+        # Session 27: dark and bright spheres centred on the midline (within 3 mm of the fitted
+        # plane), which the lowering of findings on both sides must not hide.
+        mid = midline(v, head, sp)
+        for kind in kinds_mr[1:]:
+            vv, tr = implant(v, cerebrum, sp, levels[kind], (4, 8, 13), sig,
+                             seed=200 + len(mid_cases), margin_mm=0.0, centres=mid)
+            mid_cases.append(dict(name=f"{name}-mid-{kind}", group="mr", v=vv, truth=tr,
+                                  sp=sp, ref=name, fp=False, mod="MR", keep=keep))
     n_mr = len(cases)
     f = 4  # 128 x 128 in-plane (the CT VAE was fitted on in-plane / 2 crops)
     kinds_ct = ["solid"] if quick else ["solid", "ggo", "calcified"]
@@ -206,7 +217,7 @@ def build_cases(quick: bool):
                       truth=ph.labels == 7, sp=ph.spacing, ref="phantom", fp=False, mod="MR"))
     refs["phantom"] = [make_phantom(shape, sp_ph, seed=s).image.astype(np.float32)
                        for s in (1, 2)]
-    return cases[:n_mr] + wm_cases + cases[n_mr:], refs
+    return cases[:n_mr] + wm_cases + mid_cases + cases[n_mr:], refs
 
 
 def case_masks(c: dict):

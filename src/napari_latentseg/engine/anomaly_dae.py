@@ -219,7 +219,7 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`), random seed, torch device.
     lower_symmetric : bool
         Lower what the score shares with its mirror twin across the head's mid-sagittal
-        plane (:func:`.anomaly_symmetry.lower_bilateral`; 3D volumes of a symmetric scan).
+        plane (:func:`.anomaly_symmetry.lower_bilateral`; only a symmetric enough scan).
 
     Returns
     -------
@@ -280,7 +280,7 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
                 out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
         outs.append(out)
     score = residual_score(x, outs, mask)
-    if lower_symmetric and z > 1:
+    if lower_symmetric:
         from .anomaly_symmetry import lower_bilateral
 
         yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
