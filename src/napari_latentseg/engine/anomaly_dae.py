@@ -4,9 +4,11 @@ Kascenas et al. (MIDL 2022) train a small UNet to remove *coarse* noise (Gaussia
 on a grid 8x coarser than the crop and upsampled) from healthy slices; at test time what it
 "heals" is what it finds unusual. Here it is fitted on the scan being scored (self mode: a
 lesion is a small part of it), and its residual ``|x - DAE(x)|`` inside the head is smoothed
-and then centred and scaled per axial slice by the head's median and MAD: the end slices' residuals
-are larger everywhere, and that normalisation is what lifted the prototype from best Dice
-~0.09 to ~0.3 on brain1's tumour (``docs/anomaly_benchmarks.md``, "Stabilising the DAE").
+and then centred and scaled per axial slice by the head's median and MAD: the end slices'
+residuals are larger everywhere, and that normalisation is what lifted the prototype from
+best Dice ~0.09 to ~0.3 on brain1's tumour (``docs/anomaly_benchmarks.md``, "Stabilising the
+DAE"). What it shares with its mirror twin across the head's midline is then lowered
+(:mod:`.anomaly_symmetry`).
 Measured on MR; on CT the ``intensity`` density is better. Only 2D (slice) training, CPU or
 GPU: two cycles of 300 steps (:data:`DAE_CYCLES`), 84 s for full-size brain1 on one CPU
 thread.
@@ -23,8 +25,7 @@ import numpy as np
 from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_suits", "fit_unet_iter", "noisy_batch", "residual_score",
-           "slice_normalise",
-           "DAE_CYCLES", "DAE_STEPS"]
+           "slice_normalise", "DAE_CYCLES", "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
 #: One-cycle runs of :data:`DAE_STEPS` back to back, the score being the mean of each one's
@@ -44,7 +45,7 @@ TARGET_MM = 1.5
 #: In-plane Gaussian sigma (voxels of the :data:`TARGET_MM` grid, so 3 mm) of the residual,
 #: taken with the residual set to 0 outside the head: what the net does there was never
 #: fitted, and unmasked it leaked into the head's rim (session 27: mean best Dice of the
-#: eight MR cases 0.218 -> 0.283; docs/anomaly_benchmarks.md, "The residual inside the head").
+#: eight MR cases 0.208 -> 0.272; docs/anomaly_benchmarks.md, "The residual inside the head").
 SMOOTH_SIGMA = 2.0
 
 

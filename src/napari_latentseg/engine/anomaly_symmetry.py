@@ -8,8 +8,8 @@ all slices, that correlates best with the smoothed image), and only a scan that 
 symmetric enough (a head in axial or coronal slices, not a sagittal slice or a knee) is
 touched. Within a few mm of the plane a voxel's twin is itself, so the lowering fades in
 from :data:`MIDLINE_MM`: a lesion on the midline keeps its score. Session 27, eight MR
-cases, three denoiser seeds: mean best Dice 0.272 -> 0.357 (docs/anomaly_benchmarks.md,
-"Findings on both sides").
+cases, three denoiser seeds: mean best Dice 0.272 -> 0.356 (docs/anomaly_benchmarks.md,
+"Findings on both sides of the head").
 """
 
 from __future__ import annotations
