@@ -72,10 +72,8 @@ def white_matter(v, head, tumour, sp, cv_max=0.25, tumour_mm=15.0):
 def midline(v, head, sp, within_mm=3.0):
     """Voxels within ``within_mm`` (in-plane) of the head's fitted mid-sagittal plane: where
     the denoiser's lowering of findings mirrored on both sides must leave lesions alone."""
-    from napari_latentseg.engine.anomaly_symmetry import fit_midplane
+    from napari_latentseg.engine.anomaly_symmetry import fit_midplane, plane_distance
 
     _, p, u = fit_midplane(v, head, sp)
-    n = np.array([-u[1], u[0]]) / np.linalg.norm(u)
-    yy, xx = np.mgrid[: v.shape[1], : v.shape[2]].astype(np.float32)
-    d = np.abs((yy - p[0]) * n[0] + (xx - p[1]) * n[1]) * float(np.sqrt(sp[1] * sp[2]))
-    return np.broadcast_to((d <= within_mm)[None], v.shape) & head
+    near = plane_distance(v.shape[1:], p, u, sp) <= within_mm
+    return np.broadcast_to(near[None], v.shape) & head

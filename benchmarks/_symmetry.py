@@ -30,16 +30,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_anomaly as ba  # noqa: E402
 
-
-def mirror(v: np.ndarray, p, u) -> np.ndarray:
-    """Each slice of ``v`` reflected across the in-plane line through ``p`` along ``u``."""
-    u = np.asarray(u, float) / np.linalg.norm(u)
-    r = 2 * np.outer(u, u) - np.eye(2)
-    m = np.eye(3)
-    m[1:, 1:] = r
-    off = np.zeros(3)
-    off[1:] = np.asarray(p) - r @ np.asarray(p)
-    return ndimage.affine_transform(v, m, offset=off, order=1, mode="nearest")
+from napari_latentseg.engine.anomaly_symmetry import mirror  # noqa: E402 (the engine's, since s27)
 
 
 def fit_axis(v: np.ndarray, head: np.ndarray, sigma: float = 2.0):

@@ -311,8 +311,10 @@ def fit_normative_iter(
         return (*_prepare(norm_model, vol, mods[i], sp), sp, skip)
 
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
-                   "depth": USE_DEPTH, "seed": int(seed), "lower_symmetric": bool(lower_symmetric),
+                   "depth": USE_DEPTH, "seed": int(seed),
                    "normalization": "model" if norm_model is not None else "scan"}
+    if method == "dae":  # self mode only: never stored in a model's normative statistics
+        stats["lower_symmetric"] = bool(lower_symmetric)
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit_midplane", "lower_bilateral", "mirror", "MIN_CORRELATION", "MIDLINE_MM"]
+from .anomaly_masks import to_coarse
+
+__all__ = ["fit_midplane", "lower_bilateral", "mirror", "plane_distance", "MIN_CORRELATION",
+           "MIDLINE_MM"]
 
 #: The fitted reflection must correlate at least this well with the scan (brains 0.78-0.85
 #: and the phantom 0.90 in the benchmark).
@@ -60,12 +63,8 @@ def fit_midplane(x: np.ndarray, mask: np.ndarray, spacing=None):
 
     sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
     f = max(1, int(round(_FIT_MM / max(min(sp), 1e-6))))
-    z, h, w = x.shape
-    pad = ((0, 0), (0, (-h) % f), (0, (-w) % f))
-    xs = np.pad(np.where(mask, x, 0).astype(np.float32), pad)
-    ms = np.pad(mask.astype(np.float32), pad)
-    xs = xs.reshape(z, xs.shape[1] // f, f, xs.shape[2] // f, f).mean((2, 4))
-    ms = ms.reshape(z, ms.shape[1] // f, f, ms.shape[2] // f, f).mean((2, 4)) >= 0.5
+    xs = to_coarse(np.where(mask, x, 0).astype(np.float32), sp, f)[0]
+    ms = to_coarse(mask.astype(np.float32), sp, f)[0] >= 0.5
     if ms.sum() < 50:
         return 0.0, np.zeros(2), np.array([1.0, 0.0])
     s = ndimage.gaussian_filter(xs, (0, 1, 1))
@@ -116,10 +115,16 @@ def lower_bilateral(score: np.ndarray, x: np.ndarray, mask: np.ndarray, spacing=
     t = max(0, int(round(TOLERANCE_MM / max(min(sp), 1e-6))))
     if t:
         twin = ndimage.maximum_filter(twin, (1, 2 * t + 1, 2 * t + 1))
-    yy, xx = np.mgrid[: score.shape[1], : score.shape[2]].astype(np.float32)
-    n = np.array([-u[1], u[0]]) / np.linalg.norm(u)
-    d = np.abs((yy - p[0]) * n[0] + (xx - p[1]) * n[1]) * float(np.sqrt(sp[0] * sp[1]))  # mm
     lo, hi = MIDLINE_MM
-    w = np.clip((d - lo) / (hi - lo), 0.0, 1.0)[None]
+    w = np.clip((plane_distance(score.shape[1:], p, u, sp) - lo) / (hi - lo), 0.0, 1.0)[None]
     shared = np.maximum(np.minimum(score, twin), 0.0)
     return (score - w * shared).astype(np.float32)
+
+
+def plane_distance(shape, p, u, spacing=None) -> np.ndarray:
+    """In-plane distance (mm) of each pixel of a ``shape`` (y, x) slice from the line through
+    ``p`` along ``u`` (as :func:`fit_midplane` returns them)."""
+    sp = (1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing[-2:])
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    n = np.array([-u[1], u[0]]) / np.linalg.norm(u)
+    return np.abs((yy - p[0]) * n[0] + (xx - p[1]) * n[1]) * float(np.sqrt(sp[0] * sp[1]))
