@@ -51,7 +51,7 @@ def patched(res, std):
 
     engine = D._coarse_noise
 
-    def coarse(n, size, mask, gen):
+    def coarse(n, size, mask, gen, **_):  # ``res`` overrides every cycle's grid
         r = res if isinstance(res, int) else int(res[int(torch.randint(len(res), (1,),
                                                                        generator=gen))])
         return engine(n, size, mask, gen, res=r, std=std)

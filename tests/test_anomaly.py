@@ -291,6 +291,33 @@ def test_denoiser_cycles_keep_a_snapshot_each():
     assert torch.equal(p1, torch.cat([p.flatten() for p in net.parameters()]))
 
 
+def test_denoiser_second_cycle_draws_coarser_noise(small_phantom, monkeypatch):
+    """Each cycle trains on its own noise grid (:data:`DAE_NOISE_RES`: the second coarser),
+    and the coarser grid gives smoother noise (neighbouring voxels more alike)."""
+    import torch
+
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    assert len(D.DAE_NOISE_RES) == D.DAE_CYCLES and D.DAE_NOISE_RES[1] < D.DAE_NOISE_RES[0]
+    seen, engine = [], D.noisy_batch
+
+    def spy(*args, res=D._NOISE_RES, **kw):
+        seen.append(res)
+        return engine(*args, res=res, **kw)
+
+    monkeypatch.setattr(D, "noisy_batch", spy)
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "3")
+    anomaly_map(None, small_phantom.image.astype(np.float32), modality="MR", method="dae")
+    assert seen == [r for r in D.DAE_NOISE_RES for _ in range(3)]
+    ones = torch.ones(32, 1, 64, 64)
+    steps = {}
+    for res in D.DAE_NOISE_RES:
+        n = D._coarse_noise(32, 64, ones, torch.Generator().manual_seed(0), res=res)
+        steps[res] = float((n[..., 1:] - n[..., :-1]).abs().mean() / n.abs().mean())
+    assert steps[D.DAE_NOISE_RES[1]] < 0.7 * steps[D.DAE_NOISE_RES[0]]
+
+
 def test_ct_bone_is_not_scored_but_a_dense_nodule_is():
     """On CT, dense structures over 5 mL (bone) get score 0 after calibration; a calcified
     nodule (dense, small) is still scored and found."""

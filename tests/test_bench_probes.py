@@ -19,7 +19,9 @@ def _roughness(res) -> float:
     import napari_latentseg.engine.anomaly_dae as D
 
     with _dae_noise.patched(res, 0.2):
-        n = D._coarse_noise(8, 64, torch.ones(8, 1, 64, 64), torch.Generator().manual_seed(0))
+        # As the engine's noisy_batch calls it: its own cycle's ``res`` is overridden.
+        n = D._coarse_noise(8, 64, torch.ones(8, 1, 64, 64), torch.Generator().manual_seed(0),
+                            res=D.DAE_NOISE_RES[-1])
     n = n.numpy()
     assert n.shape == (8, 1, 64, 64)
     return float(np.abs(np.diff(n, axis=-1)).mean() / n.std())

@@ -10,8 +10,8 @@ best Dice ~0.09 to ~0.3 on brain1's tumour (``docs/anomaly_benchmarks.md``, "Sta
 DAE"). What it shares with its mirror twin across the head's midline is then lowered
 (:mod:`.anomaly_symmetry`).
 Measured on MR; on CT the ``intensity`` density is better. Only 2D (slice) training, CPU or
-GPU: two cycles of 300 steps (:data:`DAE_CYCLES`), 84 s for full-size brain1 on one CPU
-thread.
+GPU: two cycles of 300 steps (:data:`DAE_CYCLES`; the second with coarser noise,
+:data:`DAE_NOISE_RES`), 84 s for full-size brain1 on one CPU thread.
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ import numpy as np
 from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_suits", "fit_unet_iter", "noisy_batch", "residual_score",
-           "slice_normalise", "DAE_CYCLES", "DAE_STEPS"]
+           "slice_normalise", "DAE_CYCLES", "DAE_NOISE_RES", "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
-#: One-cycle runs of :data:`DAE_STEPS` back to back, the score being the mean of each one's
-#: normalised residual (a snapshot ensemble, session 26: the second cycle finds darker
-#: lesions the first misses; docs/anomaly_benchmarks.md, "Two cycles of the denoiser").
-DAE_CYCLES = 2
+#: Coarse-noise cells per crop side in each one-cycle run of :data:`DAE_STEPS`, run back to
+#: back, the score being the mean of each one's normalised residual (a snapshot ensemble,
+#: session 26: the second cycle finds darker lesions the first misses; docs/
+#: anomaly_benchmarks.md, "Two cycles of the denoiser"). The second cycle's noise is coarser
+#: (cells of 24 mm, not 12), so it heals larger blobs of tissue-like intensity (session 29,
+#: "A coarser grid for the second cycle").
+DAE_NOISE_RES = (8, 4)
+DAE_CYCLES = len(DAE_NOISE_RES)
 #: Environment variable that overrides :data:`DAE_STEPS` (fewer steps on a slow machine, or
 #: tiny fits in tests that start worker processes).
 STEPS_ENV = "LATENTSEG_DAE_STEPS"
@@ -107,10 +111,10 @@ def _coarse_noise(n: int, size: int, mask, gen, res: int = _NOISE_RES,
 
 
 def noisy_batch(xs: np.ndarray, ms: np.ndarray, crop: int, batch: int,
-                rng: np.random.Generator, gen):
+                rng: np.random.Generator, gen, res: int = _NOISE_RES):
     """One training batch: random ``crop``-sized in-plane crops of the slices ``xs`` (and their
-    head masks ``ms``), and the crops with coarse noise added inside the head; torch tensors
-    (noisy, clean, mask) of shape (batch, 1, crop, crop)."""
+    head masks ``ms``), and the crops with coarse noise (``res`` cells per side) added inside
+    the head; torch tensors (noisy, clean, mask) of shape (batch, 1, crop, crop)."""
     import torch
 
     h, w = xs.shape[1:]
@@ -120,7 +124,7 @@ def noisy_batch(xs: np.ndarray, ms: np.ndarray, crop: int, batch: int,
     xb = np.stack([xs[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
     mb = np.stack([ms[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
     xb, mb = torch.from_numpy(xb)[:, None], torch.from_numpy(mb)[:, None]
-    return xb + _coarse_noise(batch, crop, mb, gen), xb, mb
+    return xb + _coarse_noise(batch, crop, mb, gen, res=res), xb, mb
 
 
 def slice_normalise(r: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -262,8 +266,13 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     xs = np.ascontiguousarray(x[keep], dtype=np.float32)
     ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
 
+    calls = [0]
+
     def loss_of(net, rng, gen):
-        noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen))
+        res = DAE_NOISE_RES[min(calls[0] // steps, len(DAE_NOISE_RES) - 1)]  # this cycle's grid
+        calls[0] += 1
+        noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen,
+                                                           res=res))
         return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
 
     nets: list = []
