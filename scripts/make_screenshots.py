@@ -185,17 +185,21 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
     # 3. reconstruct ---------------------------------------------------------------------
     print("3. reconstruct", flush=True)
     wait_job(dock.reconstruct_section.run)
-    # Show a central slice with anomaly candidates (the end slices of a quickly fitted model
-    # are all "anomalous"); without candidates there, the slice with the most lesion voxels.
+    # Show the slice where the candidates cover most of the phantom's lesions (ground truth
+    # label 7); if none does, a central slice with candidates (the end slices of a quickly
+    # fitted model are all "anomalous"), else the slice with the most lesion voxels.
     n_z = scan.data.shape[0]
     cand = np.asarray(viewer.layers["phantom T1 anomalies"].data) > 0
+    lesion = np.asarray(truth.data) == 7
+    found = (cand & lesion).reshape(n_z, -1).sum(1)
     per_slice = cand.reshape(n_z, -1).sum(1)
     per_slice[: n_z // 5] = 0
     per_slice[n_z - n_z // 5:] = 0
-    lesion = np.asarray(truth.data) == 7  # the phantom's lesions (ground truth label 7)
-    z_anom = int(np.argmax(per_slice)) if per_slice.any() else int(
-        np.argmax(lesion.reshape(n_z, -1).sum(1)))
-    print(f"  showing slice {z_anom} ({per_slice[z_anom]} candidate voxels)", flush=True)
+    z_anom = int(np.argmax(found)) if found.any() else int(np.argmax(per_slice)) \
+        if per_slice.any() else int(np.argmax(lesion.reshape(n_z, -1).sum(1)))
+    print(f"  showing slice {z_anom} ({per_slice[z_anom]} candidate voxels, {found[z_anom]} "
+          f"on a lesion; {int(found.sum())} of {int(lesion.sum())} lesion voxels flagged)",
+          flush=True)
     show_sections("reconstruct")
     viewer.layers.selection.active = viewer.layers["phantom T1 error"]
     viewer.dims.set_point(0, scan.translate[0] + z_anom * scan.scale[0])
