@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(__doc__)
     grids = tuple(int(r) for r in args[0].split(","))
     seeds = [int(s) for s in args[1].split(",")]
-    D.DAE_NOISE_RES, D.DAE_CYCLES = grids, len(grids)
+    D.DAE_NOISE_RES = grids  # one cycle per entry
     cases = [c for c in B.build_cases(False)[0]
              if any(fnmatch.fnmatch(c["name"], p) for p in args[2:])]
     out = HERE / "results" / f"dae-grids-{'-'.join(map(str, grids))}.jsonl"

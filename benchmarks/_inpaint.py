@@ -76,7 +76,7 @@ def inpaint_raw_iter(x, mask, *, spacing=None, steps=None, seed=0, device="cpu",
     xs = np.ascontiguousarray(x[keep], dtype=np.float32)
     ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
 
-    def loss_of(net, rng, gen):  # the denoiser's crops, with holes instead of noise
+    def loss_of(net, rng, gen, cycle):  # the denoiser's crops, with holes instead of noise
         _, xb, mb = D.noisy_batch(xs, ms, crop, D._BATCH, rng, gen)
         hm = torch.from_numpy(np.stack([checkerboard((crop, crop), hole, *rng.integers(
             0, 2 * hole, size=2)) for _ in range(len(xb))])[:, None].astype(np.float32))

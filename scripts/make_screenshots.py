@@ -195,8 +195,12 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
     per_slice = cand.reshape(n_z, -1).sum(1)
     per_slice[: n_z // 5] = 0
     per_slice[n_z - n_z // 5:] = 0
-    z_anom = int(np.argmax(found)) if found.any() else int(np.argmax(per_slice)) \
-        if per_slice.any() else int(np.argmax(lesion.reshape(n_z, -1).sum(1)))
+    if found.any():
+        z_anom = int(np.argmax(found))
+    elif per_slice.any():
+        z_anom = int(np.argmax(per_slice))
+    else:
+        z_anom = int(np.argmax(lesion.reshape(n_z, -1).sum(1)))
     print(f"  showing slice {z_anom} ({per_slice[z_anom]} candidate voxels, {found[z_anom]} "
           f"on a lesion; {int(found.sum())} of {int(lesion.sum())} lesion voxels flagged)",
           flush=True)

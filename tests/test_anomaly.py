@@ -274,7 +274,7 @@ def test_denoiser_cycles_keep_a_snapshot_each():
 
     x = torch.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16)
 
-    def loss_of(net, rng, gen):
+    def loss_of(net, rng, gen, cycle):
         return ((net(x + 0.1 * torch.randn(x.shape, generator=gen)) - x) ** 2).mean()
 
     snaps: list = []

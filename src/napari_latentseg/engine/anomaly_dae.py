@@ -169,12 +169,12 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
                   snapshots: list | None = None) -> Generator[dict, None, object]:
     """Fit the 3-level UNet with the recipe's optimiser (AdamW, one-cycle at 2e-3).
 
-    ``loss_of(net, rng, gen)`` returns one batch's loss; ``rng`` (numpy) and ``gen`` (torch)
-    are seeded with ``seed``, as are the weights. With ``cycles`` > 1 the one-cycle schedule
-    of ``steps`` steps runs again from the weights the last one ended with (a fresh
-    optimiser), and a copy of the network at the end of each cycle (eval mode) is appended to
-    ``snapshots`` where given. Yields progress every 10 steps; returns the network in eval
-    mode.
+    ``loss_of(net, rng, gen, cycle)`` returns one batch's loss in cycle ``cycle`` (0-based);
+    ``rng`` (numpy) and ``gen`` (torch) are seeded with ``seed``, as are the weights. With
+    ``cycles`` > 1 the one-cycle schedule of ``steps`` steps runs again from the weights the
+    last one ended with (a fresh optimiser), and a copy of the network at the end of each
+    cycle (eval mode) is appended to ``snapshots`` where given. Yields progress every 10
+    steps; returns the network in eval mode.
     """
     import copy
 
@@ -191,7 +191,7 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
         for step in range(steps):
             check_stop(stop_event, "anomaly scoring")
-            loss = loss_of(net, rng, gen)
+            loss = loss_of(net, rng, gen, cycle)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -266,18 +266,15 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     xs = np.ascontiguousarray(x[keep], dtype=np.float32)
     ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
 
-    calls = [0]
-
-    def loss_of(net, rng, gen):
-        res = DAE_NOISE_RES[min(calls[0] // steps, len(DAE_NOISE_RES) - 1)]  # this cycle's grid
-        calls[0] += 1
+    def loss_of(net, rng, gen, cycle):
         noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen,
-                                                           res=res))
+                                                           res=DAE_NOISE_RES[cycle]))
         return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
 
     nets: list = []
     yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
-                             stage="anomaly: denoiser", cycles=DAE_CYCLES, snapshots=nets)
+                             stage="anomaly: denoiser", cycles=len(DAE_NOISE_RES),
+                             snapshots=nets)
     ph, pw = (-h) % 8, (-w) % 8
     xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
                                  mode="edge"))[:, None]
