@@ -22,9 +22,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def score_case(B, c: dict, seed: int, grids: tuple) -> tuple:
+    """The engine's default map of bench case ``c`` at ``seed``: its JSON row and the map.
+
+    ``B`` is the ``bench_anomaly`` module; the row holds best Dice and AUPRC inside the case's
+    scoring mask and the map's wall time (the denoiser's fits included).
+    """
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    _, smask, _ = B.case_masks(c)
+    t = time.perf_counter()
+    res = anomaly_map(None, c["v"], modality=c["mod"], method="default",
+                      spacing=c["sp"], error_map=False, seed=seed)
+    best, auprc = B.curve_metrics(res.score, c["truth"], smask)
+    row = {"case": c["name"], "seed": seed, "grids": list(grids), "best_dice": best,
+           "auprc": auprc, "oracle": B.oracle_window(c["v"], c["truth"], smask),
+           "seconds": round(time.perf_counter() - t, 1)}
+    return row, res
+
+
 def main(argv: list[str] | None = None) -> None:
     import napari_latentseg.engine.anomaly_dae as D
-    from napari_latentseg.engine.anomaly import anomaly_map
 
     sys.path.insert(0, str(HERE))
     import bench_anomaly as B
@@ -46,14 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in cases:
             if (c["name"], seed) in done:
                 continue
-            _, smask, _ = B.case_masks(c)
-            t = time.perf_counter()
-            res = anomaly_map(None, c["v"], modality=c["mod"], method="default",
-                              spacing=c["sp"], error_map=False, seed=seed)
-            best, auprc = B.curve_metrics(res.score, c["truth"], smask)
-            row = {"case": c["name"], "seed": seed, "grids": list(grids), "best_dice": best,
-                   "auprc": auprc, "oracle": B.oracle_window(c["v"], c["truth"], smask),
-                   "seconds": round(time.perf_counter() - t, 1)}
+            row, _ = score_case(B, c, seed, grids)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)

@@ -1,4 +1,4 @@
-"""Probe: which of the denoiser's cycle snapshots, and with what weight (sessions 30-32).
+"""Probe: which of the denoiser's cycle snapshots, and with what weight (sessions 30-33).
 
 ``run GRIDS SEEDS CASES``: score the benchmark's cases (``bench_anomaly.build_cases``) with the
 engine's default ``anomaly_map``, ``anomaly_dae.DAE_NOISE_RES`` patched to ``GRIDS`` (one
@@ -10,7 +10,9 @@ one-cycle run of 300 steps per entry), and save each cycle's own score
 ``eval [--cases=PAT,...] COMBO [COMBO ...]``: replay the engine on every saved run with the
 snapshots' scores combined as each ``COMBO`` says, the rest of the pipeline (symmetry,
 calibration, back to the scan's grid) run for real; prints best Dice per case (mean over
-seeds), the mean of the cases and how many reach twice the oracle window. A combo names one
+seeds), the mean of the cases and how many reach twice the oracle window, then what the
+calibrated threshold flags: Dice, runs whose candidates touch a lesion, voxels of the largest
+lesion among them (what the dock shows). A combo names one
 weight per cycle, ``_`` for a snapshot left out: ``1,1`` is the first two cycles' mean (the
 default's ensemble when GRIDS starts with the default's grids and the seeds match), ``1,2``
 weighs the second twice, ``1,_,1`` the first and third. ``--cases`` replays only those cases
@@ -23,6 +25,8 @@ Usage (one thread, two processes at most on the 2-core machine)::
 
     LATENTSEG_NUM_THREADS=1 python benchmarks/_dae_snapshots.py run 8,4,8,4 0,1,2 'brain*' phantom
     LATENTSEG_NUM_THREADS=1 python benchmarks/_dae_snapshots.py eval 1,1 1,2 1,1,1 1,1,1,1
+    LATENTSEG_NUM_THREADS=1 python benchmarks/_dae_snapshots.py run 8,4,8,4 3,4,5,6,7,8 phantom
+    LATENTSEG_NUM_THREADS=1 python benchmarks/_dae_snapshots.py eval --cases=phantom 1,1 1,1,1
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ import fnmatch
 import json
 import os
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 # Runs with fewer or more steps a cycle ($LATENTSEG_DAE_STEPS) keep their own folder.
@@ -53,9 +57,10 @@ def _cases(patterns):
 
 def run(grids: tuple, seeds: list[int], patterns: list[str]) -> None:
     import napari_latentseg.engine.anomaly_dae as D
-    from napari_latentseg.engine.anomaly import anomaly_map
 
     B, cases = _cases(patterns)
+    from _dae_grids import score_case
+
     D.DAE_NOISE_RES = grids
     real = D.residual_score
     kept: list = []
@@ -71,13 +76,7 @@ def run(grids: tuple, seeds: list[int], patterns: list[str]) -> None:
             path = OUT / f"{c['name']}-s{seed}.npz"
             if path.exists():
                 continue
-            _, smask, _ = B.case_masks(c)
-            t = time.perf_counter()
-            res = anomaly_map(None, c["v"], modality=c["mod"], method="default",
-                              spacing=c["sp"], error_map=False, seed=seed)
-            best, auprc = B.curve_metrics(res.score, c["truth"], smask)
-            row = {"case": c["name"], "seed": seed, "grids": list(grids), "best_dice": best,
-                   "auprc": auprc, "seconds": round(time.perf_counter() - t, 1)}
+            row, _ = score_case(B, c, seed, grids)
             np.savez_compressed(path, snaps=np.stack(kept), meta=json.dumps(row))
             print(json.dumps(row), flush=True)
 
@@ -110,12 +109,16 @@ def evaluate(combos: list[str], patterns: list[str] | None = None, tag: str = ""
 
     D.fit_unet_iter, D.residual_score = replay_fit, replay_score
     table: dict = defaultdict(lambda: defaultdict(list))
+    # At the calibrated threshold: (Dice, lesions the candidates touch, voxels of the largest).
+    thresholded: dict = defaultdict(lambda: defaultdict(list))
     oracle = {}
     for f, m in zip(files, metas, strict=True):
         c = by_name[m["case"]]
         current["snaps"] = np.load(f)["snaps"]
         D.DAE_NOISE_RES = tuple(m["grids"])
         _, smask, _ = B.case_masks(c)
+        lesions, n_les = ndimage.label(c["truth"])
+        largest = lesions == 1 + int(np.argmax(np.bincount(lesions.ravel())[1:]))
         if c["name"] not in oracle:
             oracle[c["name"]] = B.oracle_window(c["v"], c["truth"], smask)
         for combo in combos:
@@ -123,8 +126,14 @@ def evaluate(combos: list[str], patterns: list[str] | None = None, tag: str = ""
             res = anomaly_map(None, c["v"], modality=c["mod"], method="default",
                               spacing=c["sp"], error_map=False, seed=m["seed"])
             table[combo][c["name"]].append(B.curve_metrics(res.score, c["truth"], smask)[0])
+            flagged = res.labels > 0
+            thresholded[combo][c["name"]].append(
+                (B.dice(flagged, c["truth"] & smask),
+                 int(np.count_nonzero(np.unique(lesions[flagged & c["truth"]]))),
+                 int(np.count_nonzero(flagged & largest))))
         table["engine (all cycles)"][c["name"]].append(m["best_dice"])
-    out = {"oracle": oracle, "rows": {k: dict(v) for k, v in table.items()}}
+    out = {"oracle": oracle, "rows": {k: dict(v) for k, v in table.items()},
+           "thresholded": {k: dict(v) for k, v in thresholded.items()}}
     (OUT / f"eval{tag}.json").write_text(json.dumps(out, indent=1))
     names = sorted(oracle)
     print("| combo | " + " | ".join(names) + " | mean | >= 2x oracle |")
@@ -135,6 +144,12 @@ def evaluate(combos: list[str], patterns: list[str] | None = None, tag: str = ""
         wins = sum(mu >= 2 * oracle[n] for mu, n in zip(means, names, strict=True))
         print(f"| {combo} | " + " | ".join(f"{mu:.3f}" for mu in means)
               + f" | {np.mean(means):.3f} | {wins} of {len(names)} |", flush=True)
+    print("At the threshold: mean Dice / runs whose candidates touch a lesion / mean voxels of "
+          "the largest lesion inside them")
+    for combo, d in out["thresholded"].items():
+        print(f"| {combo} | " + " | ".join(
+            f"{np.mean([r[0] for r in d[n]]):.3f} / {sum(r[1] > 0 for r in d[n])} of "
+            f"{len(d[n])} / {np.mean([r[2] for r in d[n]]):.0f}" for n in names) + " |")
     return out
 
 
