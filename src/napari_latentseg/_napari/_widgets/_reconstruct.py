@@ -50,7 +50,7 @@ _METHODS = (
     ("intensity density (seconds)", "intensity",
      "A density model of local intensity features. Best on the phantom's lesions."),
     ("denoiser (1-2 min on a CPU)", "dae",
-     "A denoising autoencoder fitted on this scan (two cycles); its residual inside the head, "
+     "A denoising autoencoder fitted on this scan (three cycles); its residual inside the head, "
      "normalised per slice. Finds brain1's tumour (best Dice 0.56-0.67 against 0.04 for any "
      "intensity window) and 8-13 mm spheres darker or brighter than white matter; not for "
      "CT."),
