@@ -22,8 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def score_case(B, c: dict, seed: int, grids: tuple) -> tuple:
-    """The engine's default map of bench case ``c`` at ``seed``: its JSON row and the map.
+def score_case(B, c: dict, seed: int, grids: tuple) -> dict:
+    """The engine's default map of bench case ``c`` at ``seed``, scored: its JSON row.
 
     ``B`` is the ``bench_anomaly`` module; the row holds best Dice and AUPRC inside the case's
     scoring mask and the map's wall time (the denoiser's fits included).
@@ -38,7 +38,7 @@ def score_case(B, c: dict, seed: int, grids: tuple) -> tuple:
     row = {"case": c["name"], "seed": seed, "grids": list(grids), "best_dice": best,
            "auprc": auprc, "oracle": B.oracle_window(c["v"], c["truth"], smask),
            "seconds": round(time.perf_counter() - t, 1)}
-    return row, res
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in cases:
             if (c["name"], seed) in done:
                 continue
-            row, _ = score_case(B, c, seed, grids)
+            row = score_case(B, c, seed, grids)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)

@@ -76,7 +76,7 @@ def run(grids: tuple, seeds: list[int], patterns: list[str]) -> None:
             path = OUT / f"{c['name']}-s{seed}.npz"
             if path.exists():
                 continue
-            row, _ = score_case(B, c, seed, grids)
+            row = score_case(B, c, seed, grids)
             np.savez_compressed(path, snaps=np.stack(kept), meta=json.dumps(row))
             print(json.dumps(row), flush=True)
 
@@ -117,7 +117,7 @@ def evaluate(combos: list[str], patterns: list[str] | None = None, tag: str = ""
         current["snaps"] = np.load(f)["snaps"]
         D.DAE_NOISE_RES = tuple(m["grids"])
         _, smask, _ = B.case_masks(c)
-        lesions, n_les = ndimage.label(c["truth"])
+        lesions, _ = ndimage.label(c["truth"])
         largest = lesions == 1 + int(np.argmax(np.bincount(lesions.ravel())[1:]))
         if c["name"] not in oracle:
             oracle[c["name"]] = B.oracle_window(c["v"], c["truth"], smask)
