@@ -181,7 +181,7 @@ def test_fit_normative_statistics_score_a_new_scan(tmp_path, capsys, in_memory, 
             "score smoothed 2.5 mm" in info)
     assert "intensities normalised per scan" in info  # the CT score ignores the VAE's window
     assert main(["fit", str(paths[0]), "-o", str(out), "--normative",
-                 "--normative-method", "dae"]) == EXIT_USAGE
+                 "--normative-method", "error"]) == EXIT_USAGE
 
 
 def test_a_stopped_normative_step_still_saves_the_fit(tmp_path, capsys, chest_ct, monkeypatch):

@@ -12,9 +12,8 @@ from ..models.config import DEFAULT_CONFIG
 from ._common import CLIError, add_common, load_scan, run_core
 
 DEFAULT_STEPS = 450
-# Methods with a normative mode (the denoiser scores a scan against itself only; the error
-# map needs no statistics).
-_NORMATIVE_METHODS = ("default", "intensity", "contrast", "features", "knn")
+# Methods with a normative mode (the error map needs no statistics).
+_NORMATIVE_METHODS = ("default", "intensity", "contrast", "features", "knn", "dae")
 
 
 def add_parser(sub) -> None:
@@ -54,7 +53,7 @@ def add_parser(sub) -> None:
                         "--anomaly-map` then scores a new scan against them")
     f.add_argument("--normative-method", default="default", metavar="METHOD",
                    help="score of the normative statistics (default: contrast on CT, "
-                        "intensity on MR; also features, knn, intensity, contrast)")
+                        "intensity on MR; also features, knn, intensity, contrast, dae)")
     f.add_argument("--distributed", action="store_true",
                    help="DistributedDataParallel over the processes torchrun starts (automatic "
                         "when torchrun starts more than one; see docs/cohorts.md)")

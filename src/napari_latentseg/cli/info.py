@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
             extra += f", score smoothed {sm:g} mm" if sm else ", score smoothed 1 voxel"
             if norm.get("grid_mm"):
                 extra += f" on a {norm['grid_mm']:g} mm grid"
+        if norm.get("nets"):
+            extra += f", a denoiser fitted on them ({len(norm['nets'])} snapshots)"
         if norm.get("normalization") == "scan":  # stored before session 22: the model's
             extra += ", intensities normalised per scan (not by the model)"
         print(f"  normative anomaly statistics: {norm.get('method')} of "

@@ -93,6 +93,7 @@ def make_phantom(
     seed: int = 0,
     noise_sigma: float = 20.0,
     bias_strength: float = 0.15,
+    n_lesions: int = 3,
 ) -> Phantom:
     """Generate the head phantom.
 
@@ -109,6 +110,9 @@ def make_phantom(
         Standard deviation of the Rician noise, in intensity units.
     bias_strength : float
         Peak relative amplitude of the multiplicative bias field.
+    n_lesions : int
+        Lesions to place (0 gives a healthy head, e.g. a normative cohort for the anomaly
+        scores).
 
     Returns
     -------
@@ -158,7 +162,8 @@ def make_phantom(
 
     # Lesions: spheres in white matter (radius 8-14 % of the head), tissue-like intensity.
     wm_idx = np.argwhere(labels == 6)
-    n_lesions = 3
+    if n_lesions < 0:
+        raise ValueError(f"n_lesions must be >= 0, got {n_lesions}")
     placed = 0
     attempts = 0
     while placed < n_lesions and attempts < 200 and len(wm_idx):

@@ -28,9 +28,10 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
 ``median``
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
 ``dae`` (default on MR in self mode, see :func:`default_method`)
-    A denoising autoencoder fitted on the scan itself, self mode only (:mod:`.anomaly_dae`):
-    the best measured on MR, ~80 s on one CPU thread; on CT ``contrast`` is better. Findings
-    mirrored on both sides of the head are lowered (:mod:`.anomaly_symmetry`).
+    A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan itself, or in normative
+    mode once on the cohort's slices (its weights stored with the statistics): the best
+    measured on MR, ~65 s on one CPU thread; on CT ``contrast`` is better. Findings mirrored
+    on both sides of the head are lowered (:mod:`.anomaly_symmetry`).
 
 Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
 calibrated: the returned
@@ -52,7 +53,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_calibration import _calibrated, _threshold, calibrate, components
-from .anomaly_dae import dae_raw_iter, dae_suits
+from .anomaly_dae import dae_stats_iter, dae_suits, fit_dae_iter, nets_state
 from .anomaly_masks import (
     air_mask,
     bone_mask,
@@ -175,16 +176,6 @@ def _recon(model: VAEModel, xnorm: np.ndarray) -> np.ndarray:
     return reconstruct_normalised(model, xnorm)
 
 
-def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from skimage.metrics import structural_similarity
-
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        _, s = structural_similarity(x[i], y[i], data_range=1.0, win_size=7, full=True)
-        out[i] = 1.0 - s
-    return out
-
-
 def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
     from .anomaly_features import feature_maps_iter, iter_contrast_features, n_contrast_columns
 
@@ -211,7 +202,7 @@ def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
 def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon=None,
               spacing=None):
     """Raw (unsmoothed) score map; 0 outside ``mask``."""
-    from .anomaly_features import gmm_nll, knn_distance
+    from .anomaly_features import gmm_nll, knn_distance, ssim_map
 
     raw = np.zeros(xnorm.shape, dtype=np.float32)
     if method in _DENSITY:
@@ -224,15 +215,15 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw[mask] = knn_distance(rows, d) if d["kind"] == "knn" else gmm_nll(rows, d)
     elif method in ("error", "ssim"):
         y = _recon(model, xnorm) if recon is None else recon
-        raw = np.abs(xnorm - y) if method == "error" else _ssim_map(xnorm, y)
+        raw = np.abs(xnorm - y) if method == "error" else ssim_map(xnorm, y)
     elif method == "median":
         from scipy import ndimage
 
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
-        raw = yield from dae_raw_iter(xnorm, mask, spacing=spacing, seed=stats.get("seed", 0),
-                                      device=getattr(model, "device", "cpu"), stop_event=stop_event,
-                                      lower_symmetric=stats.get("lower_symmetric", True))
+        raw = yield from dae_stats_iter(stats, xnorm, mask, spacing=spacing,
+                                        device=getattr(model, "device", "cpu"),
+                                        stop_event=stop_event)
         return np.where(mask, raw, np.float32(np.nan))
     else:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
@@ -285,8 +276,6 @@ def fit_normative_iter(
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     if method in _NEEDS_MODEL and model is None:
         raise ValueError(f"the {method!r} method needs a fitted model")
-    if method == "dae" and _keep is None:
-        raise ValueError("'dae' scores a scan against itself only: no normative reference")
     # A model-free score ignores the model's normalisation (session 22: on CT its clipped HU
     # window cost lung1's ground-glass nodules 0.266 -> 0.197 best Dice).
     norm_model = model if method in _NEEDS_MODEL else None
@@ -313,8 +302,12 @@ def fit_normative_iter(
     stats: dict = {"method": method, "smoothing_sigma": 1.0, "n_scans": n,
                    "depth": USE_DEPTH, "seed": int(seed),
                    "normalization": "model" if norm_model is not None else "scan"}
-    if method == "dae":  # self mode only: never stored in a model's normative statistics
+    if method == "dae":
         stats["lower_symmetric"] = bool(lower_symmetric)
+        if _keep is None:  # normative: one denoiser on every scan's slices, stored
+            stats["nets"] = nets_state((yield from fit_dae_iter(
+                [prepared(i)[:3] for i in range(n)], seed=seed, stop_event=stop_event,
+                device=getattr(model, "device", "cpu"))))
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
 

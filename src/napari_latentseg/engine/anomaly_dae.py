@@ -24,7 +24,8 @@ import numpy as np
 
 from ..runtime.progress import check_stop
 
-__all__ = ["dae_raw_iter", "dae_suits", "fit_unet_iter", "noisy_batch", "residual_score",
+__all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
+           "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
            "slice_normalise", "snapshot_score", "DAE_CYCLES", "DAE_NOISE_RES", "DAE_STEPS"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
@@ -207,6 +208,141 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     return net
 
 
+def _steps(steps: int | None) -> int:
+    """Steps per cycle: ``steps``, else ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`."""
+    if steps is None:
+        env = os.environ.get(STEPS_ENV, "").strip()
+        if env and not env.isdigit():
+            raise ValueError(f"{STEPS_ENV} must be a whole number of steps, got {env!r}")
+        steps = int(env) if env else DAE_STEPS
+    if steps < 1:
+        raise ValueError(f"the denoiser needs at least 1 training step, got {steps}")
+    return steps
+
+
+def _grid(x: np.ndarray, mask: np.ndarray, spacing):
+    """(x, mask, spacing, f) on the denoiser's grid: in-plane voxels finer than
+    :data:`TARGET_MM` block-averaged by ``f``, so noise and crops keep their size in mm."""
+    f = 1
+    if spacing is not None and min(spacing[-2:]) > 0:
+        f = max(1, int(round(TARGET_MM / float(min(spacing[-2:])))))
+    if f == 1:
+        return x, mask, spacing, 1
+    coarse = (*spacing[:-2], spacing[-2] * f, spacing[-1] * f)
+    return _block_mean(x, f), _block_mean(mask, f) >= 0.5, coarse, f
+
+
+def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str = "cpu",
+                 stop_event: threading.Event | None = None) -> Generator[dict, None, list]:
+    """Fit the denoiser on the head slices of one or more scans; returns its snapshots.
+
+    ``scans``: (percentile-normalised volume (z, y, x), head mask, voxel size or None)
+    triples, all held at once (the batches draw from every scan). One scan is self mode;
+    several are a normative cohort (each batch from one scan, drawn at random). Returns one
+    network (eval mode) per cycle of :data:`DAE_NOISE_RES`.
+    """
+    steps = _steps(steps)
+    data = []
+    for x, mask, spacing in scans:
+        x, mask, _, _ = _grid(x, mask, spacing)
+        keep = mask.reshape(len(mask), -1).mean(1) > 0.05  # slices with some head
+        if not keep.any():
+            raise ValueError("the dae anomaly score found no head voxels to learn from")
+        data.append((np.ascontiguousarray(x[keep], dtype=np.float32),
+                     np.ascontiguousarray(mask[keep], dtype=np.float32)))
+    if not data:
+        raise ValueError("the denoiser needs at least one scan to learn from")
+    h, w = min(d[0].shape[1] for d in data), min(d[0].shape[2] for d in data)
+    crop = min(_CROP, h - h % 8, w - w % 8)
+    if crop < 8:
+        raise ValueError(f"the dae anomaly score needs slices of at least 8 x 8 voxels, got "
+                         f"{h} x {w}")
+
+    def loss_of(net, rng, gen, cycle):
+        # One scan draws nothing extra, so self mode keeps its random stream.
+        xs, ms = data[0] if len(data) == 1 else data[int(rng.integers(len(data)))]
+        noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen,
+                                                           res=DAE_NOISE_RES[cycle]))
+        return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
+
+    nets: list = []
+    yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
+                             stage="anomaly: denoiser", cycles=len(DAE_NOISE_RES),
+                             snapshots=nets)
+    return nets
+
+
+def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
+                   device: str = "cpu", lower_symmetric: bool = True,
+                   stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
+    """The normalised residual of ``x`` (see :func:`dae_raw_iter`) under fitted snapshots
+    ``nets``, on the scan's grid."""
+    import torch
+    from scipy import ndimage
+
+    full = x.shape
+    x, mask, spacing, f = _grid(x, mask, spacing)
+    z, h, w = x.shape
+    if min(h, w) < 8:
+        raise ValueError(f"the dae anomaly score needs slices of at least 8 x 8 voxels, got "
+                         f"{h} x {w}")
+    ph, pw = (-h) % 8, (-w) % 8
+    xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
+                                 mode="edge"))[:, None]
+    outs = []
+    for net in nets:
+        out = np.empty_like(x, dtype=np.float32)
+        with torch.no_grad():
+            for k in range(0, z, 8):
+                check_stop(stop_event, "anomaly scoring")
+                out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
+        outs.append(out)
+    score = residual_score(x, outs, mask)
+    if lower_symmetric:
+        from .anomaly_symmetry import lower_bilateral
+
+        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
+        score = lower_bilateral(score, x, mask, spacing)
+    if f > 1:
+        score = np.repeat(np.repeat(score, f, axis=1), f, axis=2)[:, : full[1], : full[2]]
+        score = ndimage.gaussian_filter(score, (0, f / 2, f / 2)).astype(np.float32)
+    return score
+
+
+def nets_state(nets) -> list[dict]:
+    """CPU copies of the snapshots' weights: what a model file stores for a normative
+    denoiser (tensors only, so ``torch.load(weights_only=True)`` reads them)."""
+    return [{k: v.detach().to("cpu").clone() for k, v in n.state_dict().items()} for n in nets]
+
+
+def nets_from_state(states, device: str = "cpu") -> list:
+    """The snapshots back from :func:`nets_state` (eval mode, on ``device``)."""
+    nets = []
+    for st in states:
+        net = _unet()
+        try:
+            net.load_state_dict(st)
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise ValueError(f"the stored denoiser does not fit this version's network: "
+                             f"{str(exc).splitlines()[0]}") from None
+        nets.append(net.to(device).eval())
+    return nets
+
+
+def dae_stats_iter(stats: dict, x: np.ndarray, mask: np.ndarray, *, spacing=None,
+                   device: str = "cpu",
+                   stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
+    """The ``dae`` score of ``x`` as statistics ``stats`` say: with their stored snapshots
+    (``"nets"``: a normative denoiser fitted on a cohort), else fitted on ``x`` itself."""
+    sym = bool(stats.get("lower_symmetric", True))
+    if stats.get("nets"):
+        return (yield from dae_score_iter(nets_from_state(stats["nets"], device), x, mask,
+                                          spacing=spacing, device=device, lower_symmetric=sym,
+                                          stop_event=stop_event))
+    return (yield from dae_raw_iter(x, mask, spacing=spacing, seed=stats.get("seed", 0),
+                                    device=device, lower_symmetric=sym, stop_event=stop_event))
+
+
 def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | None = None,
                  seed: int = 0, device: str = "cpu", lower_symmetric: bool = True,
                  stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
@@ -236,65 +372,10 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         again; findings mirrored on both sides lowered (``lower_symmetric``). Meaningful
         inside ``mask``.
     """
-    import torch
-    from scipy import ndimage
-
-    if steps is None:
-        env = os.environ.get(STEPS_ENV, "").strip()
-        if env and not env.isdigit():
-            raise ValueError(f"{STEPS_ENV} must be a whole number of steps, got {env!r}")
-        steps = int(env) if env else DAE_STEPS
-    if steps < 1:
-        raise ValueError(f"the denoiser needs at least 1 training step, got {steps}")
-    f = 1
-    if spacing is not None and min(spacing[-2:]) > 0:
-        f = max(1, int(round(TARGET_MM / float(min(spacing[-2:])))))
-    if f > 1:
-        full = x.shape
-        coarse = (*spacing[:-2], spacing[-2] * f, spacing[-1] * f)
-        r = yield from dae_raw_iter(_block_mean(x, f), _block_mean(mask, f) >= 0.5, steps=steps,
-                                    seed=seed, device=device, spacing=coarse,
-                                    lower_symmetric=lower_symmetric, stop_event=stop_event)
-        r = np.repeat(np.repeat(r, f, axis=1), f, axis=2)[:, : full[1], : full[2]]
-        return ndimage.gaussian_filter(r, (0, f / 2, f / 2)).astype(np.float32)
-    z, h, w = x.shape
-    crop = min(_CROP, h - h % 8, w - w % 8)
-    if crop < 8:
-        raise ValueError(f"the dae anomaly score needs slices of at least 8 x 8 voxels, got "
-                         f"{h} x {w}")
-    keep = mask.reshape(z, -1).mean(1) > 0.05  # slices with some head
-    if not keep.any():
-        raise ValueError("the dae anomaly score found no head voxels to learn from")
-    xs = np.ascontiguousarray(x[keep], dtype=np.float32)
-    ms = np.ascontiguousarray(mask[keep], dtype=np.float32)
-
-    def loss_of(net, rng, gen, cycle):
-        noisy, xb, mb = (t.to(device) for t in noisy_batch(xs, ms, crop, _BATCH, rng, gen,
-                                                           res=DAE_NOISE_RES[cycle]))
-        return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
-
-    nets: list = []
-    yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
-                             stage="anomaly: denoiser", cycles=len(DAE_NOISE_RES),
-                             snapshots=nets)
-    ph, pw = (-h) % 8, (-w) % 8
-    xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
-                                 mode="edge"))[:, None]
-    outs = []
-    for net in nets:
-        out = np.empty_like(x, dtype=np.float32)
-        with torch.no_grad():
-            for k in range(0, z, 8):
-                check_stop(stop_event, "anomaly scoring")
-                out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
-        outs.append(out)
-    score = residual_score(x, outs, mask)
-    if lower_symmetric:
-        from .anomaly_symmetry import lower_bilateral
-
-        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
-        score = lower_bilateral(score, x, mask, spacing)
-    return score
+    nets = yield from fit_dae_iter([(x, mask, spacing)], steps=steps, seed=seed,
+                                   device=device, stop_event=stop_event)
+    return (yield from dae_score_iter(nets, x, mask, spacing=spacing, device=device,
+                                      lower_symmetric=lower_symmetric, stop_event=stop_event))
 
 
 def snapshot_score(x: np.ndarray, out: np.ndarray, mask: np.ndarray) -> np.ndarray:

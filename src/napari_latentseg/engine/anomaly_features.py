@@ -25,7 +25,7 @@ from ..runtime.progress import check_stop
 
 __all__ = ["FeatureSpace", "fit_feature_space", "feature_maps_iter", "contrast_features",
            "iter_contrast_features", "fit_gmm", "gmm_nll", "fit_knn", "knn_distance",
-           "density_sample", "fit_density"]
+           "density_sample", "fit_density", "ssim_map"]
 
 _SLICE_VOXELS = 1 << 19  # voxels per encoder batch (~8 slices of 256^2)
 
@@ -324,3 +324,14 @@ def fit_density(samples: list[np.ndarray], method: str, seed: int, components: i
     """The ``knn`` reference or a ``components``-Gaussian mixture on the scans' samples."""
     x = np.concatenate(samples)
     return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, components, seed=seed)
+
+
+def ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``1 - SSIM(x, y)`` per axial slice, in 7x7 windows (normalised intensities)."""
+    from skimage.metrics import structural_similarity
+
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        _, s = structural_similarity(x[i], y[i], data_range=1.0, win_size=7, full=True)
+        out[i] = 1.0 - s
+    return out

@@ -1,0 +1,96 @@
+"""The denoiser as a normative model: fitted once on a healthy cohort, stored, applied."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+
+def _healthy(like, seeds):
+    from napari_latentseg.data.phantom import make_phantom
+
+    return [make_phantom(like.image.shape, like.spacing, seed=s, n_lesions=0).image
+            for s in seeds]
+
+
+def test_healthy_phantom_has_no_lesion(small_phantom):
+    from napari_latentseg.data.phantom import make_phantom
+
+    ph = make_phantom(small_phantom.image.shape, small_phantom.spacing, seed=3, n_lesions=0)
+    assert ph.info["lesions"] == 0 and not (ph.labels == 7).any()
+    assert (ph.labels == 6).any()  # white matter where the lesions would go
+    with pytest.raises(ValueError, match="n_lesions"):
+        make_phantom((12, 40, 40), n_lesions=-1)
+
+
+def test_normative_denoiser_stored_and_applied(tiny_model, small_phantom, tmp_path,
+                                               monkeypatch):
+    """Fitted on two healthy heads, the denoiser's weights go into the model file; a new
+    scan is scored with them (no fit of its own) and its implanted block stands out."""
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+    from napari_latentseg.models.checkpoint import load_model, save_model
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "30")
+    stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method="dae",
+                          modalities=["MR", "MR"], spacing=small_phantom.spacing)
+    assert stats["method"] == "dae" and stats["n_scans"] == 2
+    assert len(stats["nets"]) == D.DAE_CYCLES
+    model = dataclasses.replace(tiny_model, anomaly={**tiny_model.anomaly, "normative": stats})
+    loaded = load_model(save_model(model, tmp_path / "m.pt"))
+    assert loaded.anomaly["normative"]["calibration"] == stats["calibration"]
+
+    def no_fit(*a, **k):
+        raise AssertionError("a normative score must not fit the denoiser again")
+
+    monkeypatch.setattr(D, "fit_unet_iter", no_fit)
+    img = small_phantom.image.astype(np.float32).copy()
+    truth = np.zeros(img.shape, bool)  # a bright block in white matter
+    z, y, x = np.argwhere(small_phantom.labels == 6)[(small_phantom.labels == 6).sum() // 2]
+    truth[z:z + 2, y - 3:y + 3, x - 3:x + 3] = True
+    img[truth] = 1.6 * float(np.percentile(small_phantom.image, 99))
+    res = anomaly_map(loaded, img, modality="MR", reference="model",
+                      spacing=small_phantom.spacing)
+    assert res.mode == "normative" and res.method == "dae"
+    tissue = np.isin(small_phantom.labels, (5, 6)) & ~truth
+    assert np.median(res.score[truth]) > np.percentile(res.score[tissue], 90)
+    again = anomaly_map(None, img, modality="MR", reference=stats, spacing=small_phantom.spacing,
+                        error_map=False)
+    np.testing.assert_array_equal(again.score, res.score)  # the file holds the same weights
+
+
+def test_stored_denoiser_of_another_shape_is_a_clear_error(small_phantom):
+    from napari_latentseg.engine.anomaly_dae import nets_from_state
+
+    with pytest.raises(ValueError, match="stored denoiser"):
+        nets_from_state([{"weight": np.zeros(3)}])
+
+
+def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, small_phantom,
+                                                          monkeypatch):
+    """``fit --normative --normative-method dae`` stores the cohort's denoiser; ``reconstruct
+    --anomaly-map`` scores a new scan with it; ``info`` says so."""
+    from napari_latentseg.cli import main
+    from napari_latentseg.io import read_volume, save_volume
+    from napari_latentseg.models.checkpoint import load_model
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "5")
+    sp = small_phantom.spacing
+    paths = [save_volume(tmp_path / f"h{i}.nrrd", v, spacing=sp)
+             for i, v in enumerate(_healthy(small_phantom, (4, 5)))]
+    out = tmp_path / "vae.pt"
+    assert main(["fit", *map(str, paths), "-o", str(out), "--config", "tiny", "--steps", "2",
+                 "--decoder-steps", "0", "--normative", "--normative-method", "dae",
+                 "-q"]) == 0
+    assert "normative statistics: dae of 2 scan(s)" in capsys.readouterr().err
+    assert load_model(out).anomaly["normative"]["method"] == "dae"
+    new = save_volume(tmp_path / "new.nrrd", small_phantom.image, spacing=sp)
+    assert main(["reconstruct", str(new), "-m", str(out), "-o", str(tmp_path / "r.nrrd"),
+                 "--anomaly-map", str(tmp_path / "s.nrrd")]) == 0
+    assert "anomaly scoring: dae (normative)" in capsys.readouterr().out
+    assert read_volume(tmp_path / "s.nrrd").data.shape == small_phantom.image.shape
+    assert main(["info", str(out)]) == 0
+    assert "normative anomaly statistics: dae of 2 scan(s), a denoiser fitted on them" in \
+        capsys.readouterr().out
