@@ -1,9 +1,12 @@
 """Probe: the denoiser fitted on other scans (a normative cohort) against fitted on the scan
 itself (session 34, issue #14's normative mode).
 
-The engine's denoiser (``anomaly_dae``: the same UNet, coarse noise, cycles, residual score
-and symmetry rule) is fitted on the slices of reference scans instead of the scored one, and
-scores a bench case; calibrated on the references' own scores as a normative model would be.
+The engine's denoiser (``anomaly_dae.fit_dae_iter`` / ``dae_score_iter``) is fitted on the
+slices of reference scans instead of the scored one, and scores a bench case; calibrated on
+the references' own scores, as ``fit_normative(method="dae")`` does. (Session 34's rows with
+a single reference, the brains', were measured before the engine had these functions, with
+a fit that drew each batch's scan at random even from one scan: the same recipe, another
+random draw.)
 References:
 
 * ``healthy``: lesion-free phantoms (``make_phantom(n_lesions=0)``, seeds 11..10+K), the
@@ -11,6 +14,9 @@ References:
 * ``bench``: the bench's normative references (phantom seeds 1, 2, with their lesions; the
   other brain for a brain case), what ``bench_anomaly`` gives the density methods;
 * ``self``: the scan itself (the engine's default, for a paired figure).
+
+Cases: the bench's (patterns), ``phantom-sN`` (the bench's phantom drawn with seed N) and
+``phantom-hN`` (a healthy one: what is flagged there is false positives).
 
 One JSON line per (case, reference, seed) in ``results/dae-normative.jsonl``; runs already
 there are skipped. ~2-4 min a run on one thread (three cycles of 300 steps).
@@ -35,51 +41,20 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def fit_nets(scans: list[tuple[np.ndarray, np.ndarray]], seed: int) -> list:
-    """The denoiser's snapshots fitted on the slices of every (normalised volume, head mask)
-    in ``scans``, the engine's recipe (a batch is drawn from one scan at a time)."""
-    import napari_latentseg.engine.anomaly_dae as D
+def fit_nets(scans: list[tuple[np.ndarray, np.ndarray]], seed: int, spacing) -> list:
+    """The engine's denoiser snapshots fitted on every (normalised volume, head mask)."""
+    from napari_latentseg.engine.anomaly_dae import fit_dae_iter
+    from napari_latentseg.runtime.progress import drive
 
-    data = []
-    for x, m in scans:
-        keep = m.reshape(len(m), -1).mean(1) > 0.05
-        data.append((np.ascontiguousarray(x[keep], np.float32),
-                     np.ascontiguousarray(m[keep], np.float32)))
-    h = min(d[0].shape[1] for d in data)
-    w = min(d[0].shape[2] for d in data)
-    crop = min(D._CROP, h - h % 8, w - w % 8)
-
-    def loss_of(net, rng, gen, cycle):
-        xs, ms = data[int(rng.integers(len(data)))]
-        noisy, xb, mb = D.noisy_batch(xs, ms, crop, D._BATCH, rng, gen,
-                                      res=D.DAE_NOISE_RES[cycle])
-        return (((net(noisy) - xb) ** 2) * mb).sum() / mb.sum().clamp(min=1)
-
-    nets: list = []
-    for _ in D.fit_unet_iter(D.DAE_STEPS, loss_of, seed=seed, cycles=len(D.DAE_NOISE_RES),
-                             snapshots=nets):
-        pass
-    return nets
+    return drive(fit_dae_iter([(x, m, spacing) for x, m in scans], seed=seed))
 
 
 def raw_score(nets, x: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
-    """The engine's score of ``x`` with fitted snapshots ``nets`` (residual, per-slice
-    normalisation, symmetry rule)."""
-    import torch
+    """The engine's score of ``x`` with fitted snapshots ``nets``."""
+    from napari_latentseg.engine.anomaly_dae import dae_score_iter
+    from napari_latentseg.runtime.progress import drive
 
-    import napari_latentseg.engine.anomaly_dae as D
-    from napari_latentseg.engine.anomaly_symmetry import lower_bilateral
-
-    z, h, w = x.shape
-    ph, pw = (-h) % 8, (-w) % 8
-    xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
-                                 mode="edge"))[:, None]
-    outs = []
-    for net in nets:
-        with torch.no_grad():
-            outs.append(np.concatenate([net(xt[k:k + 8])[:, 0, :h, :w].numpy()
-                                        for k in range(0, z, 8)]))
-    return lower_bilateral(D.residual_score(x, outs, mask), x, mask, spacing)
+    return drive(dae_score_iter(nets, x, mask, spacing=spacing))
 
 
 def cases(B, names: list[str]) -> tuple[list[dict], dict]:
@@ -87,15 +62,15 @@ def cases(B, names: list[str]) -> tuple[list[dict], dict]:
     with seed N (its own lesions)."""
     from napari_latentseg.data.phantom import make_phantom
 
-    want = [n for n in names if not n.startswith("phantom-s")]
+    want = [n for n in names if not n.startswith(("phantom-s", "phantom-h"))]
     out, refs = [], {}
     if want:
         allc, refs = B.build_cases(False)
         out = [c for c in allc if any(fnmatch.fnmatch(c["name"], p) for p in want)]
     for n in names:
-        if n.startswith("phantom-s"):
+        if n.startswith(("phantom-s", "phantom-h")):  # h: a healthy head (false positives)
             shape, sp = (40, 128, 128), (4.0, 1.6, 1.6)
-            ph = make_phantom(shape, sp, seed=int(n[9:]))
+            ph = make_phantom(shape, sp, seed=int(n[9:]), n_lesions=0 if n[8] == "h" else 3)
             out.append(dict(name=n, group="mr", v=ph.image.astype(np.float32),
                             truth=ph.labels == 7, sp=ph.spacing, ref="phantom", mod="MR"))
             refs.setdefault("phantom", [make_phantom(shape, sp, seed=s).image.astype(np.float32)
@@ -169,13 +144,14 @@ def main(argv: list[str] | None = None) -> None:
                 if (c["name"], tag, seed) in done:
                     continue
                 t = time.perf_counter()
-                nets = fit_nets(prepped, seed)
+                nets = fit_nets(prepped, seed, c["sp"])
                 raw = raw_score(nets, x, m, c["sp"])
                 fit_raw = np.concatenate([raw_score(nets, rx, rm, c["sp"])[rm]
                                           for rx, rm in prepped])
                 cal = calibrate(fit_raw)
                 score = np.where(m, _calibrated(raw, cal), 0).astype(np.float32)
-                best, auprc = B.curve_metrics(score, c["truth"], smask)
+                best, auprc = (B.curve_metrics(score, c["truth"], smask) if c["truth"].any()
+                               else (float("nan"), float("nan")))
                 flag = (score > 3.0) & smask  # the engine's threshold at fpr 1e-3
                 inter = (flag & c["truth"]).sum()
                 row = {"case": c["name"], "ref": tag, "seed": seed, "best_dice": best,
@@ -183,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                        "dice_thr": float(2 * inter / max(flag.sum() + c["truth"][smask].sum(),
                                                          1)),
                        "flagged_pct": float(100 * flag.sum() / max(smask.sum(), 1)),
-                       "oracle": B.oracle_window(c["v"], c["truth"], smask),
+                       "oracle": (B.oracle_window(c["v"], c["truth"], smask)
+                                  if c["truth"].any() else float("nan")),
                        "seconds": round(time.perf_counter() - t, 1)}
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -260,7 +260,7 @@ def sweep(res, truth, smask, fmask, spacing) -> dict:
 
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",), config: str = "cpu-2d",
-        norm_methods: tuple = ("intensity", "contrast"), feature_cases: tuple = (),
+        norm_methods: tuple = ("intensity", "contrast", "default"), feature_cases: tuple = (),
         decoder_steps: int | None = None, only: tuple = ()) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
@@ -454,8 +454,9 @@ def main() -> None:
     p.add_argument("--config", default="cpu-2d",
                    help="VAE preset (cpu-2d: the stored figures; the product's default is "
                         "cpu-2d-fine)")
-    p.add_argument("--norm-methods", nargs="*", default=["intensity", "contrast"],
-                   help="normative-mode methods")
+    p.add_argument("--norm-methods", nargs="*", default=["intensity", "contrast", "default"],
+                   help="normative-mode methods ('default': what users get, the denoiser "
+                        "fitted on the reference on MR since session 34)")
     p.add_argument("--feature-cases", nargs="*", default=[],
                    help="cases that also run 'features' in both modes ('all'; default: "
                         "phantom and brain1-syn-tissue)")

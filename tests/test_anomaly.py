@@ -34,19 +34,19 @@ def test_implanted_block_scores_above_tissue(tiny_model, small_phantom, method):
 
 def test_normative_mode_and_storage(tiny_model, small_phantom, tmp_path):
     from napari_latentseg.data.phantom import make_phantom
-    from napari_latentseg.engine.anomaly import DEFAULT_METHOD, anomaly_map, fit_normative
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
     from napari_latentseg.models.checkpoint import load_model, save_model
 
     refs = [make_phantom((12, 40, 40), spacing=(4.0, 4.0, 4.0), seed=s).image for s in (4, 5)]
-    stats = fit_normative(tiny_model, refs, modalities=["MR", "MR"])
-    assert stats["method"] == DEFAULT_METHOD and stats["n_scans"] == 2
+    stats = fit_normative(tiny_model, refs, modalities=["MR", "MR"], method="intensity")
+    assert stats["method"] == "intensity" and stats["n_scans"] == 2
     # A copy: the session fixture is shared with other tests.
     model = dataclasses.replace(tiny_model, anomaly={**tiny_model.anomaly, "normative": stats})
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
     assert loaded.anomaly["normative"]["calibration"] == stats["calibration"]
     img, truth = _implant(small_phantom.image, small_phantom.labels)
     res = anomaly_map(loaded, img, modality="MR", reference="model")
-    assert res.mode == "normative" and res.method == DEFAULT_METHOD
+    assert res.mode == "normative" and res.method == "intensity"
     normal = res.score[res.mask & ~truth]
     assert res.score[truth].mean() > normal.mean() + 0.2
     assert res.score[truth].max() > np.percentile(normal, 90)
@@ -213,7 +213,7 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
     from napari_latentseg.runtime.progress import drive
 
     img = small_phantom.image.astype(np.float32)
-    stats = fit_normative(tiny_model, [img], modalities=["MR"])
+    stats = fit_normative(tiny_model, [img], modalities=["MR"], method="intensity")
     model = dataclasses.replace(tiny_model, anomaly={**tiny_model.anomaly, "normative": stats})
     scan = Scan(img, {}, "MR", "phantom")
     for method, mode in (("default", "normative"), ("median", "self")):
@@ -222,10 +222,9 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
 
 
 def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
-    """``"default"`` in self mode: the denoiser on MR (header or intensities), the contrast
-    density on CT, the intensity density on slices too small for the denoiser's crops;
-    normative statistics fitted with ``"default"`` use the intensity density on MR (the
-    denoiser has no normative mode) and the contrast density on CT."""
+    """``"default"``: the denoiser on MR (header or intensities), the contrast density on CT,
+    the intensity density on slices too small for the denoiser's crops; in self mode and in
+    normative statistics alike (session 34: the denoiser fitted on a cohort wins there too)."""
     from napari_latentseg.engine.anomaly import anomaly_map, default_method, fit_normative
 
     img = small_phantom.image.astype(np.float32)  # 40 x 40 slices, MR-like values
@@ -235,12 +234,11 @@ def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
     assert default_method(img[0]) == "dae"  # a 2D slice
     assert default_method(ct) == "contrast" and default_method(img, "CT") == "contrast"
     assert default_method(ct[0]) == "contrast"  # a 2D slice
-    assert default_method(ct, self_mode=False) == "contrast"
-    assert default_method(img, self_mode=False) == "intensity"
     assert default_method(img[:, :20, :20], "MR") == "intensity"  # under 32 x 32
     res = anomaly_map(None, img, modality="MR", spacing=small_phantom.spacing)
     assert (res.method, res.mode) == ("dae", "self")
-    assert fit_normative(None, [img], modalities=["MR"])["method"] == "intensity"
+    assert fit_normative(None, [img], modalities=["MR"])["method"] == "dae"
+    assert fit_normative(None, [img[:, :20, :20]], modalities=["MR"])["method"] == "intensity"
     assert fit_normative(None, [ct], modalities=["CT"])["method"] == "contrast"
 
 

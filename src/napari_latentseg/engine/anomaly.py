@@ -14,7 +14,7 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     multi-scale intensity features; score = negative log-likelihood.
 ``knn``
     Mean distance to the 10 nearest reference samples in the same feature space.
-``intensity`` (default in normative mode on MR)
+``intensity`` (default on MR slices too small for ``dae``)
     The same density on the five intensity features only (intensity smoothed at 1, 2, 4
     voxels and its gradient magnitude; no VAE).
 ``contrast`` (default on CT, both modes)
@@ -27,7 +27,7 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     ``1 - SSIM(x, recon)`` in 7x7 windows.
 ``median``
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
-``dae`` (default on MR in self mode, see :func:`default_method`)
+``dae`` (default on MR in both modes, see :func:`default_method`)
     A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan itself, or in normative
     mode once on the cohort's slices (its weights stored with the statistics): the best
     measured on MR, ~65 s on one CPU thread; on CT ``contrast`` is better. Findings mirrored
@@ -71,7 +71,7 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomal
            "components", "default_method", "bone_mask"]
 
 METHODS = ("features", "knn", "intensity", "contrast", "error", "ssim", "median", "dae")
-DEFAULT_METHOD = "intensity"  # normative MR (docs/anomaly_benchmarks.md); MR self: "dae"
+DEFAULT_METHOD = "intensity"  # MR slices too small for the denoiser (both modes: "dae")
 CT_METHOD = "contrast"  # CT, both modes (session 17: 2-3.5x intensity's best Dice on nodules)
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _DENSITY = ("features", "knn", "intensity", "contrast")
@@ -270,8 +270,8 @@ def fit_normative_iter(
     if not n:
         raise ValueError("fit_normative needs at least one volume")
     mods = list(modalities) if modalities is not None else [None] * n
-    if method == "default":  # _keep: self mode (anomaly_iter), where the denoiser may serve
-        method = default_method(volumes[0], mods[0], self_mode=_keep is not None)
+    if method == "default":  # the first scan decides (MR: the denoiser, CT: contrast)
+        method = default_method(volumes[0], mods[0])
     if method not in METHODS:
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     if method in _NEEDS_MODEL and model is None:
@@ -357,16 +357,17 @@ def _unscored(vol: np.ndarray, modality: str | None, spacing) -> np.ndarray | No
     return out
 
 
-def default_method(volume: np.ndarray, modality: str | None = None, *,
-                   self_mode: bool = True) -> str:
-    """What ``"default"`` means: :data:`CT_METHOD` on CT; on MR ``dae`` in self mode where
-    :func:`.anomaly_dae.dae_suits`, else :data:`DEFAULT_METHOD`."""
+def default_method(volume: np.ndarray, modality: str | None = None) -> str:
+    """What ``"default"`` means: :data:`CT_METHOD` on CT; on MR ``dae`` where
+    :func:`.anomaly_dae.dae_suits`, else :data:`DEFAULT_METHOD`. In both modes: fitted on a
+    cohort the denoiser beats the intensity density too (session 34, docs/
+    anomaly_benchmarks.md, "The denoiser as a normative model")."""
     v = np.asarray(volume)
     if v.ndim in (2, 3):
         modality = guess_modality(v if v.ndim == 3 else v[None], modality)
         if modality == "CT":
             return CT_METHOD
-    return "dae" if self_mode and dae_suits(volume, modality) else DEFAULT_METHOD
+    return "dae" if dae_suits(volume, modality) else DEFAULT_METHOD
 
 
 def fit_normative(model: VAEModel | None, volumes: Sequence[np.ndarray], *,

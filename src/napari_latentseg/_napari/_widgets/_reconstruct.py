@@ -48,10 +48,12 @@ _METHODS = (
      "A density model of intensity and its contrast with the surroundings at 2-8 mm. Best on "
      "CT nodules."),
     ("intensity density (seconds)", "intensity",
-     "A density model of local intensity features. Best on the phantom's lesions."),
+     "A density model of local intensity features; behind the denoiser on every MR case "
+     "measured, for slices too small for it."),
     ("denoiser (1-2 min on a CPU)", "dae",
-     "A denoising autoencoder fitted on this scan (three cycles); its residual inside the head, "
-     "normalised per slice. Finds brain1's tumour (best Dice 0.56-0.67 against 0.04 for any "
+     "A denoising autoencoder fitted on this scan (three cycles), or the healthy cohort's when "
+     "the model holds normative statistics of one; its residual inside the head, normalised "
+     "per slice. Finds brain1's tumour (best Dice 0.56-0.67 against 0.04 for any "
      "intensity window) and 8-13 mm spheres darker or brighter than white matter; not for "
      "CT."),
     ("reconstruction error", "error", "The VAE's plain error |x - reconstruction|."),
