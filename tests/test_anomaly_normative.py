@@ -61,7 +61,7 @@ def test_normative_denoiser_stored_and_applied(tiny_model, small_phantom, tmp_pa
     np.testing.assert_array_equal(again.score, res.score)  # the file holds the same weights
 
 
-def test_stored_denoiser_of_another_shape_is_a_clear_error(small_phantom):
+def test_stored_denoiser_of_another_shape_is_a_clear_error():
     from napari_latentseg.engine.anomaly_dae import nets_from_state
 
     with pytest.raises(ValueError, match="stored denoiser"):
