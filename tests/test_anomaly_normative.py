@@ -94,3 +94,27 @@ def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, smal
     assert main(["info", str(out)]) == 0
     assert "normative anomaly statistics: dae of 2 scan(s), a denoiser fitted on them" in \
         capsys.readouterr().out
+
+
+def test_denoiser_keeps_the_thread_cap(monkeypatch):
+    """Without a VAE nothing else sets the threads up: the denoiser's fit and score must take
+    ``$LATENTSEG_NUM_THREADS`` themselves (batch workers and side-by-side runs set it)."""
+    import torch
+
+    from napari_latentseg.engine.anomaly_dae import dae_score_iter, fit_dae_iter
+    from napari_latentseg.runtime.device import THREADS_ENV
+    from napari_latentseg.runtime.progress import drive
+
+    before = torch.get_num_threads()
+    x = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    mask = np.ones(x.shape, bool)
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv(THREADS_ENV, "1")
+        nets = drive(fit_dae_iter([(x, mask, None)], steps=1))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        drive(dae_score_iter(nets, x, mask))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

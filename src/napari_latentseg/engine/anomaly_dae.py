@@ -183,6 +183,11 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
 
     import torch
 
+    from ..runtime.device import configure_threads
+
+    # Model-free scores reach here without the VAE's set-up: without it $LATENTSEG_NUM_THREADS
+    # (batch workers, side-by-side runs) was ignored and processes fought over the cores.
+    configure_threads()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -280,6 +285,9 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
     import torch
     from scipy import ndimage
 
+    from ..runtime.device import configure_threads
+
+    configure_threads()  # as in fit_unet_iter: a normative score fits nothing first
     full = x.shape
     x, mask, spacing, f = _grid(x, mask, spacing)
     z, h, w = x.shape
