@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("refs")
     ap.add_argument("cases", nargs="+")
     ap.add_argument("--k", type=int, default=3, help="healthy phantoms in the cohort")
+    ap.add_argument("--adapt-steps", type=int, default=100,
+                    help="ref 'adapt-healthy' / 'adapt-bench': the cohort's denoiser fine-tuned "
+                         "on the scan for this many steps a cycle")
+    ap.add_argument("--save", action="store_true",
+                    help="also keep each score map (float16) in results/dae-normative/")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     out = HERE / "results" / "dae-normative.jsonl"
@@ -86,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     for c in cs:
         _, smask, _ = B.case_masks(c)
         for ref in a.refs.split(","):
+            adapt = ref.startswith("adapt-")
+            ref = ref[6:] if adapt else ref
             tag = f"healthy{a.k}" if ref == "healthy" else ref
+            tag = f"adapt{a.adapt_steps}-{tag}" if adapt else tag
             if ref == "healthy":
                 vols = [make_phantom(c["v"].shape, c["sp"], seed=10 + i, n_lesions=0)
                         .image.astype(np.float32) for i in range(1, a.k + 1)]
@@ -99,6 +107,19 @@ def main(argv: list[str] | None = None) -> None:
                 stats = None if ref == "self" else fit_normative(
                     None, vols, method="dae", modalities=[c["mod"]] * len(vols),
                     spacing=c["sp"], seed=seed)
+                if adapt:  # the cohort's last snapshot, fine-tuned on the scan itself
+                    from napari_latentseg.engine.anomaly import _prepare
+                    from napari_latentseg.engine.anomaly_dae import (
+                        fit_dae_iter,
+                        nets_from_state,
+                        nets_state,
+                    )
+                    from napari_latentseg.runtime.progress import drive
+
+                    x, m = _prepare(None, c["v"], c["mod"], c["sp"])
+                    new = drive(fit_dae_iter([(x, m, c["sp"])], steps=a.adapt_steps, seed=seed,
+                                             init=nets_from_state(stats["nets"])[-1]))
+                    stats = dict(stats, nets=nets_state(new))
                 res = anomaly_map(None, c["v"], modality=c["mod"], method="dae",
                                   reference=stats, spacing=c["sp"], error_map=False, seed=seed)
                 has = bool(c["truth"].any())
@@ -114,6 +135,12 @@ def main(argv: list[str] | None = None) -> None:
                        "oracle": (B.oracle_window(c["v"], c["truth"], smask) if has
                                   else float("nan")),
                        "seconds": round(time.perf_counter() - t, 1)}
+                if a.save:
+                    d = out.parent / "dae-normative"
+                    d.mkdir(exist_ok=True)
+                    np.savez_compressed(d / f"{c['name']}_{tag}_{seed}.npz",
+                                        score=res.score.astype(np.float16),
+                                        threshold=res.threshold)
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
