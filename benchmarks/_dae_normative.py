@@ -13,13 +13,19 @@ References:
   cohort a normative model is meant for;
 * ``bench``: the bench's normative references (phantom seeds 1, 2, with their lesions; the
   other brain for a brain case), what ``bench_anomaly`` gives the density methods;
-* ``self``: the scan itself (the engine's default, for a paired figure).
+* ``self``: the scan itself (the engine's default, for a paired figure);
+* ``both-healthy`` / ``both-bench``: a cohort's and the scan's own, together
+  (``anomaly_map(with_self=True)``).
 
 Cases: the bench's (patterns), ``phantom-sN`` (the bench's phantom drawn with seed N) and
 ``phantom-hN`` (a healthy one: what is flagged there is false positives).
 
 One JSON line per (case, reference, seed) in ``results/dae-normative.jsonl``; runs already
-there are skipped. ~1 min a run alone on one thread (three cycles of 300 steps).
+there are skipped. ``--save`` keeps each map; refs ``mix`` then scores, from those maps, the
+self and the normative map of a case mixed per voxel (session 35: their maximum is what
+``anomaly_map(with_self=True)`` computes, less a constant). A cohort's denoiser fine-tuned on
+the scan (session 35, lost) is in git at 4f74fa9. ~3 min a run beside another, one thread
+each (three cycles of 300 steps).
 
 Usage::
 
@@ -74,9 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("refs")
     ap.add_argument("cases", nargs="+")
     ap.add_argument("--k", type=int, default=3, help="healthy phantoms in the cohort")
-    ap.add_argument("--adapt-steps", type=int, default=100,
-                    help="ref 'adapt-healthy' / 'adapt-bench': the cohort's denoiser fine-tuned "
-                         "on the scan for this many steps a cycle")
     ap.add_argument("--save", action="store_true",
                     help="also keep each score map (float16) in results/dae-normative/")
     a = ap.parse_args(argv)
@@ -88,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         done = {(r["case"], r["ref"], r["seed"])
                 for r in map(json.loads, out.read_text().splitlines())}
     cs, refs = cases(B, a.cases)
+    if a.refs == "mix":
+        return mix(B, cs, seeds[0], out.parent / "dae-normative", a.k)
     for c in cs:
         _, smask, _ = B.case_masks(c)
         for ref in a.refs.split(","):
-            adapt = ref.startswith("adapt-")
-            ref = ref[6:] if adapt else ref
+            both = ref.startswith("both-")  # normative + self: anomaly_map(with_self=True)
+            ref = ref[5:] if both else ref
             tag = f"healthy{a.k}" if ref == "healthy" else ref
-            tag = f"adapt{a.adapt_steps}-{tag}" if adapt else tag
+            tag = f"both-{tag}" if both else tag
             if ref == "healthy":
                 vols = [make_phantom(c["v"].shape, c["sp"], seed=10 + i, n_lesions=0)
                         .image.astype(np.float32) for i in range(1, a.k + 1)]
@@ -107,21 +112,9 @@ def main(argv: list[str] | None = None) -> None:
                 stats = None if ref == "self" else fit_normative(
                     None, vols, method="dae", modalities=[c["mod"]] * len(vols),
                     spacing=c["sp"], seed=seed)
-                if adapt:  # the cohort's last snapshot, fine-tuned on the scan itself
-                    from napari_latentseg.engine.anomaly import _prepare
-                    from napari_latentseg.engine.anomaly_dae import (
-                        fit_dae_iter,
-                        nets_from_state,
-                        nets_state,
-                    )
-                    from napari_latentseg.runtime.progress import drive
-
-                    x, m = _prepare(None, c["v"], c["mod"], c["sp"])
-                    new = drive(fit_dae_iter([(x, m, c["sp"])], steps=a.adapt_steps, seed=seed,
-                                             init=nets_from_state(stats["nets"])[-1]))
-                    stats = dict(stats, nets=nets_state(new))
                 res = anomaly_map(None, c["v"], modality=c["mod"], method="dae",
-                                  reference=stats, spacing=c["sp"], error_map=False, seed=seed)
+                                  reference=stats, spacing=c["sp"], error_map=False, seed=seed,
+                                  with_self=both)
                 has = bool(c["truth"].any())
                 best, auprc = (B.curve_metrics(res.score, c["truth"], smask) if has
                                else (float("nan"), float("nan")))
@@ -144,6 +137,28 @@ def main(argv: list[str] | None = None) -> None:
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
+
+
+def mix(B, cs: list[dict], seed: int, d: Path, k: int) -> None:
+    """Best Dice of each case's saved self and normative maps (phantoms: the healthy cohort
+    of ``k``; else the bench's reference) and of their per-voxel mixes."""
+    means: dict = {}
+    for c in cs:
+        _, smask, _ = B.case_masks(c)
+        ref = f"healthy{k}" if c["ref"] == "phantom" else "bench"
+        maps = {r: np.load(d / f"{c['name']}_{r}_{seed}.npz")["score"] for r in ("self", ref)
+                if (d / f"{c['name']}_{r}_{seed}.npz").exists()}
+        if len(maps) < 2:
+            print(c["name"], f"needs saved self and {ref} maps; has", sorted(maps))
+            continue
+        s, n = (maps[k].astype(np.float32) for k in ("self", ref))
+        row = {k: round(B.curve_metrics(m, c["truth"], smask)[0], 3) for k, m in
+               {"self": s, "normative": n, "mean": (s + n) / 2, "min": np.minimum(s, n),
+                "max": np.maximum(s, n)}.items()}
+        for key, v in row.items():
+            means.setdefault(key, []).append(v)
+        print(c["name"], ref, json.dumps(row), flush=True)
+    print("mean", {k: round(float(np.mean(v)), 3) for k, v in means.items()})
 
 
 if __name__ == "__main__":

@@ -61,6 +61,28 @@ def test_normative_denoiser_stored_and_applied(tiny_model, small_phantom, tmp_pa
     np.testing.assert_array_equal(again.score, res.score)  # the file holds the same weights
 
 
+def test_normative_and_self_flag_what_either_finds(small_phantom, monkeypatch):
+    """``with_self``: per voxel the higher of the normative and the self score, less
+    log10(2), so the two together keep the requested false-positive rate."""
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "5")
+    sp = small_phantom.spacing
+    stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method="dae",
+                          modalities=["MR", "MR"], spacing=sp)
+    img = small_phantom.image.astype(np.float32)
+    kw = dict(modality="MR", spacing=sp, error_map=False)
+    norm = anomaly_map(None, img, reference=stats, **kw)
+    own = anomaly_map(None, img, method="dae", **kw)
+    both = anomaly_map(None, img, reference=stats, with_self=True, **kw)
+    assert (norm.mode, own.mode, both.mode) == ("normative", "self", "normative+self")
+    want = np.maximum(np.maximum(norm.score, own.score) - np.log10(2.0), 0.0)
+    np.testing.assert_allclose(both.score, want, atol=1e-5)
+    assert both.threshold == norm.threshold
+    with pytest.raises(ValueError, match="with_self needs a reference"):
+        anomaly_map(None, img, with_self=True, **kw)
+
+
 def test_stored_denoiser_of_another_shape_is_a_clear_error():
     from napari_latentseg.engine.anomaly_dae import nets_from_state
 
@@ -91,6 +113,9 @@ def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, smal
                  "--anomaly-map", str(tmp_path / "s.nrrd")]) == 0
     assert "anomaly scoring: dae (normative)" in capsys.readouterr().out
     assert read_volume(tmp_path / "s.nrrd").data.shape == small_phantom.image.shape
+    assert main(["reconstruct", str(new), "-m", str(out), "-o", str(tmp_path / "r2.nrrd"),
+                 "--anomaly-map", str(tmp_path / "s2.nrrd"), "--with-self"]) == 0
+    assert "anomaly scoring: dae (normative+self)" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     assert "normative anomaly statistics: dae of 2 scan(s), a denoiser fitted on them" in \
         capsys.readouterr().out

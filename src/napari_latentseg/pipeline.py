@@ -216,6 +216,7 @@ def reconstruct_job(
     tile: int = 512,
     device: str | None = None,
     lower_symmetric: bool = True,
+    with_self: bool = False,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
     """Reconstruction, error map and (``anomalies`` / ``anomaly_map``) anomaly scoring.
@@ -228,6 +229,8 @@ def reconstruct_job(
     peak first). The model's normative statistics are used when it holds them
     (``model.anomaly["normative"]``), else the scan is its own reference.
     ``lower_symmetric=False`` keeps the denoiser's findings mirrored on both sides of the head.
+    ``with_self``: with normative statistics, also score the scan against itself and flag
+    what either finds (no effect without them: the scan is then its own reference).
     """
     from .engine.infer import reconstruct_iter
 
@@ -250,7 +253,9 @@ def reconstruct_job(
         an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
                                      method=anomaly_method, reference=reference, fpr=fpr,
                                      spacing=scan.spacing, error_map=False,
-                                     lower_symmetric=lower_symmetric, stop_event=stop_event)
+                                     lower_symmetric=lower_symmetric,
+                                     with_self=with_self and reference is not None,
+                                     stop_event=stop_event)
         outputs["anomaly_map"] = Output(an.score, "image")
         outputs["anomalies"] = Output(an.labels, "labels")
         job.anomaly = an

@@ -1,11 +1,12 @@
 """Anomaly maps: where a scan departs from normal anatomy, calibrated without labels.
 
-Two modes:
+Modes:
 
 * **self** (no healthy reference): normal appearance is learned from the scan itself (a lesion
   is a small part of it); ``fpr`` of its head voxels are flagged, the highest scores first.
 * **normative**: statistics fitted by :func:`fit_normative` on other (mostly healthy) scans,
   applied to a new one; ``model.anomaly["normative"]`` carries them in the model file.
+* **normative+self** (``with_self``): both, a voxel scoring the higher of the two.
 
 Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the default):
 
@@ -34,11 +35,9 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     on both sides of the head are lowered (:mod:`.anomaly_symmetry`).
 
 Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
-calibrated: the returned
-``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring higher (0.1 -> 1,
-0.001 -> 3): empirical quantiles as far as the fit data support them (ten voxels beyond), an
-exponential tail past that. ``threshold`` = ``-log10(fpr)``, so ``fpr`` of the fit voxels are
-flagged (before the component size filter).
+calibrated: ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring
+higher (0.1 -> 1, 0.001 -> 3; empirical quantiles, an exponential tail past them);
+``threshold`` = ``-log10(fpr)`` flags ``fpr`` of the fit voxels (before the size filter).
 """
 
 from __future__ import annotations
@@ -80,22 +79,18 @@ USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
 # the density flagged them; docs/anomaly_benchmarks.md, "Bone (and metal) on CT").
 CT_SKIP_BONE = True
 CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, bowel gas)
-# Calibrate on the voxels that can be flagged (CT: not bone, metal or air) instead of the whole
-# body. Session 20 probe, off: nodules' Dice at the threshold 0.33-0.49 -> 0.63-0.70, but
-# whole lung2 flags 0.116 % of its tumour-free body (target 0.1 %; 0.032 % off), 49
-# candidates against 19 (docs/anomaly_benchmarks.md, "A blob column on CT").
+# Calibrate on the voxels that can be flagged (CT: not bone, metal or air). Session 20, off:
+# nodules' Dice at the threshold up, but whole lung2 flags 0.116 % of its tumour-free body.
 CALIBRATE_SCORED_ONLY = False
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
-# The contrast density's score is smoothed in mm (in-plane), so a full-size CT is scored as the
-# benchmark's in-plane / 4 one is (session 21: 1 voxel before, 0.6 mm at full size, where
-# the nodules' best Dice was half; docs/anomaly_benchmarks.md, "Smoothing in mm").
+# The contrast density's score is smoothed in mm (in-plane): a full-size CT is scored as the
+# benchmark's in-plane / 4 one (session 21: at 1 voxel the nodules' best Dice was half).
 CONTRAST_SMOOTH_MM = 2.5
-# ... and scored on a grid of about this pixel size (in-plane block means), the score brought
-# back to the scan's grid: the benchmark's grid, a quarter of the time on a full-size CT and
-# half its false candidates (session 21). None: the scan's own grid.
+# ... on a grid of about this pixel size (in-plane block means; None: the scan's own), the
+# score brought back: a quarter of the time on a full-size CT, half its false candidates.
 CONTRAST_GRID_MM: float | None = 2.4
 
 
@@ -116,7 +111,7 @@ class AnomalyResult:
         Per candidate: ``id``, ``voxels``, ``volume_ml``, ``peak_score``, ``centroid``
         (voxel index, array-axis order), sorted by peak score.
     method, mode : str
-        The method used; ``"self"`` or ``"normative"``.
+        The method used; ``"self"``, ``"normative"`` or ``"normative+self"``.
     error : np.ndarray or None
         The plain reconstruction error map (normalised units), when a model was given.
     mask : np.ndarray
@@ -389,6 +384,7 @@ def anomaly_iter(
     error_map: bool = True,
     seed: int = 0,
     lower_symmetric: bool = True,
+    with_self: bool = False,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, AnomalyResult]:
     """Anomaly map of ``volume``, yielding progress; returns an :class:`AnomalyResult`.
@@ -418,6 +414,10 @@ def anomaly_iter(
     lower_symmetric : bool
         ``dae`` only: lower findings mirrored on both sides of the head (bilateral disease
         fades with it on; :mod:`.anomaly_symmetry`).
+    with_self : bool
+        With ``reference``: also fit the method on the scan itself and keep, per voxel, the
+        higher of the two calibrated scores, less ``log10(2)`` (a Bonferroni correction: the
+        false-positive rate stays at most ``fpr``). Costs a self-mode fit.
     stop_event : threading.Event, optional
         Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
     """
@@ -444,7 +444,17 @@ def anomaly_iter(
         vc, spc = to_coarse(vol, spacing, f)
         x, mask = _prepare(model if _by_model(model, stats) else None, vc, modality, spc)
         raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc)
+        if with_self:  # the same method fitted on the scan: its own calibrated score
+            keep = []
+            own = yield from fit_normative_iter(
+                model, [vol], modalities=[modality], method=method, spacing=spacing, seed=seed,
+                stop_event=stop_event, _keep=keep,
+                lower_symmetric=bool(stats.get("lower_symmetric", lower_symmetric)))
+            own_score = _calibrated(keep[0][2], own["calibration"])
     else:
+        if with_self:
+            raise ValueError("with_self needs a reference (normative statistics): without "
+                             "one the scan is already its own reference")
         mode = "self"
         keep: list = []
         stats = yield from fit_normative_iter(model, [vol], modalities=[modality],
@@ -457,6 +467,8 @@ def anomaly_iter(
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
     score = _calibrated(raw, cal)
+    if with_self:  # either finding, at most fpr in all (session 35: "Normative and self")
+        score = np.maximum(np.maximum(score, own_score) - np.float32(np.log10(2.0)), 0.0)
     if mode == "normative":
         unscored = _unscored(vc, modality, spc)
     if unscored is not None:
@@ -481,7 +493,8 @@ def anomaly_iter(
         err = err[0] if err is not None else None
         for c in cands:
             c["centroid"] = c["centroid"][1:]
-    return AnomalyResult(score, thr, labels, cands, method, mode, err, mask,
+    return AnomalyResult(score, thr, labels, cands, method,
+                         "normative+self" if with_self else mode, err, mask,
                          time.perf_counter() - t0, info={"fpr": fpr, "calibration": cal})
 
 

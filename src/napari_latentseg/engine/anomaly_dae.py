@@ -169,8 +169,7 @@ def dae_suits(volume: np.ndarray, modality: str | None = None) -> bool:
 def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
                   stop_event: threading.Event | None = None,
                   stage: str = "anomaly: denoiser", cycles: int = 1,
-                  snapshots: list | None = None,
-                  init=None) -> Generator[dict, None, object]:
+                  snapshots: list | None = None) -> Generator[dict, None, object]:
     """Fit the 3-level UNet with the recipe's optimiser (AdamW, one-cycle at 2e-3).
 
     ``loss_of(net, rng, gen, cycle)`` returns one batch's loss in cycle ``cycle`` (0-based);
@@ -178,8 +177,7 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     ``cycles`` > 1 the one-cycle schedule of ``steps`` steps runs again from the weights the
     last one ended with (a fresh optimiser), and a copy of the network at the end of each
     cycle (eval mode) is appended to ``snapshots`` where given. Yields progress every 10
-    steps; returns the network in eval mode. ``init``: a network whose weights to start from
-    (a cohort's denoiser adapted to a scan) instead of fresh ones.
+    steps; returns the network in eval mode.
     """
     import copy
 
@@ -194,8 +192,6 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     net = _unet().to(device)
-    if init is not None:
-        net.load_state_dict(init.state_dict())
     total = steps * cycles
     for cycle in range(cycles):
         net.train()
@@ -242,8 +238,7 @@ def _grid(x: np.ndarray, mask: np.ndarray, spacing):
 
 
 def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str = "cpu",
-                 stop_event: threading.Event | None = None,
-                 init=None) -> Generator[dict, None, list]:
+                 stop_event: threading.Event | None = None) -> Generator[dict, None, list]:
     """Fit the denoiser on the head slices of one or more scans; returns its snapshots.
 
     ``scans``: (percentile-normalised volume (z, y, x), head mask, voxel size or None)
@@ -278,7 +273,7 @@ def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str 
     nets: list = []
     yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
                              stage="anomaly: denoiser", cycles=len(DAE_NOISE_RES),
-                             snapshots=nets, init=init)
+                             snapshots=nets)
     return nets
 
 
