@@ -16,6 +16,7 @@ def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtb
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
     ms = widget.model_section
+    assert not widget.reconstruct_section.with_self.isEnabled()  # no statistics, no meaning
     ms.config.setCurrentText("tiny")
     meta = {"modality": "CT"}
     refs = [viewer.add_image(chest_ct(i), name=f"ref {i}", scale=(3.0, 1.5, 1.5),
@@ -28,6 +29,7 @@ def test_fit_with_normative_statistics_scores_a_new_scan(make_napari_viewer, qtb
     assert blocker.args[1] == "done", widget.fit_tasks.status_text
     norm = widget.session.active_model.anomaly["normative"]
     assert norm["method"] == "contrast" and norm["n_scans"] == 2
+    assert widget.reconstruct_section.with_self.isEnabled()
     new = viewer.add_image(chest_ct(5, nodule=True), name="new", scale=(3.0, 1.5, 1.5),
                            metadata=dict(meta))
     widget.scan.set_layer(new)

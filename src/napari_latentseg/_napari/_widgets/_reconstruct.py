@@ -102,10 +102,7 @@ class ReconstructSection(Section):
             "orbits, the skull base) is lowered; a finding on one side, or on the midline, "
             "keeps its score. Untick it to look for bilateral disease.")
         self.with_self = QCheckBox("Also against the scan itself")
-        self.with_self.setToolTip(
-            "With a model holding normative statistics: also fit the score on this scan and "
-            "flag what either finds (the same false-positive rate in all; denoiser: ~1-2 min "
-            "more on a CPU). Without them the scan is always its own reference.")
+        session.model_changed.connect(self._on_model_changed)
         self.candidates = QListWidget()
         self.candidates.setToolTip("Anomaly candidates, highest peak first: click one to go "
                                    "to it.")
@@ -141,6 +138,19 @@ class ReconstructSection(Section):
         lay.addWidget(self.run_btn)
         lay.addWidget(self.summary)
         lay.addWidget(self.candidates)
+        self._on_model_changed()
+
+    def _on_model_changed(self) -> None:
+        """*Also against the scan itself* means something only with normative statistics."""
+        model = self.session.active_model
+        has = bool(model is not None and (model.anomaly or {}).get("normative"))
+        self.with_self.setEnabled(has)
+        self.with_self.setToolTip(
+            "Also fit the score on this scan and flag what either the model's normative "
+            "statistics or the scan itself finds (the same false-positive rate in all; "
+            "denoiser: ~1-2 min more on a CPU)." if has else
+            "Needs a model with normative anomaly statistics (section 2); without them the "
+            "scan is scored against itself anyway.")
 
     def run(self) -> bool:
         """Reconstruct the chosen scan in a worker; returns False if it could not start."""
@@ -157,7 +167,7 @@ class ReconstructSection(Section):
         anomalies = self.anomalies.isChecked()
         method = str(self.method.currentData())
         lower_symmetric = self.symmetric.isChecked()
-        with_self = self.with_self.isChecked()
+        with_self = self.with_self.isChecked() and self.with_self.isEnabled()
         tile = int(self.tile.value())
         device = self.session.device
 
