@@ -422,7 +422,7 @@ def test_score_smoothing_in_mm_follows_the_voxel_size():
     voxel size); without a voxel size, or for statistics stored before, by 1 voxel."""
     from scipy import ndimage
 
-    from napari_latentseg.engine.anomaly import _smooth
+    from napari_latentseg.engine.anomaly_masks import smooth as _smooth
 
     raw = np.zeros((3, 33, 33), np.float32)
     raw[1, 16, 16] = 1.0

@@ -143,3 +143,19 @@ def test_denoiser_keeps_the_thread_cap(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_with_self_on_statistics_of_another_grid(chest_ct):
+    """Statistics stored before the contrast density's coarse grid (no ``grid_mm``) are
+    applied on the scan's grid; the scan's own fit, on the coarse one, is brought to it."""
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+
+    sp = (3.0, 0.6, 0.6)  # fine enough for a coarse grid of 4 x 4 pixels
+    stats = fit_normative(None, [chest_ct(0)], method="contrast", modalities=["CT"], spacing=sp)
+    assert stats.get("grid_mm")
+    old = {k: v for k, v in stats.items() if k != "grid_mm"}
+    new = chest_ct(1, nodule=True)
+    res = anomaly_map(None, new, modality="CT", reference=old, with_self=True, spacing=sp,
+                      error_map=False)
+    assert res.mode == "normative+self" and res.score.shape == new.shape
+    assert np.isfinite(res.score).all()

@@ -59,9 +59,9 @@ from .anomaly_masks import (
     depth_map,
     grid_factor,
     head_mask,
+    smooth,
     to_coarse,
     to_fine,
-    voxel_size,
 )
 from .normalize import guess_modality
 
@@ -151,20 +151,6 @@ def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None,
     return norm(volume), mask
 
 
-def _smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0, mm: float | None = None,
-            spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Gaussian smoothing of a raw map: ``sigma`` voxels, or ``mm`` millimetres where the voxel
-    size is known; in-plane only for 2D models."""
-    from scipy import ndimage
-
-    s = np.full(raw.ndim, float(sigma))
-    if mm is not None and spacing is not None:
-        s = float(mm) / voxel_size(raw.ndim, spacing)
-    if spatial_dims == 2 and raw.ndim == 3:
-        s[0] = 0.0
-    return ndimage.gaussian_filter(raw, tuple(s))
-
-
 def _recon(model: VAEModel, xnorm: np.ndarray) -> np.ndarray:
     from .infer import reconstruct_normalised
 
@@ -224,7 +210,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raise ValueError(f"unknown anomaly method {method!r}; choose one of {', '.join(METHODS)}")
     sd = model.config.spatial_dims if _by_model(model, stats) else 2  # model-free: in-plane
     # Statistics stored before session 21 have no "smoothing_mm": 1 voxel, as they were fitted.
-    raw = _smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)),
+    raw = smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)),
                   stats.get("smoothing_mm"), spacing)
     if SLICE_NORMALISE_DENSITY and method in _DENSITY and raw.ndim == 3:
         from .anomaly_dae import slice_normalise
@@ -451,6 +437,9 @@ def anomaly_iter(
                 stop_event=stop_event, _keep=keep,
                 lower_symmetric=bool(stats.get("lower_symmetric", lower_symmetric)))
             own_score = _calibrated(keep[0][2], own["calibration"])
+            fo = grid_factor(vol.shape, spacing, own.get("grid_mm"))
+            if fo != f:  # statistics stored on another grid (before session 21)
+                own_score = to_coarse(to_fine(own_score, vol.shape, fo), spacing, f)[0]
     else:
         if with_self:
             raise ValueError("with_self needs a reference (normative statistics): without "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "voxel_size", "grid_factor",
-           "to_coarse", "to_fine", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
+           "to_coarse", "to_fine", "smooth", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
@@ -125,3 +125,17 @@ def to_fine(coarse: np.ndarray, shape: Sequence[int], f: int) -> np.ndarray:
         return coarse
     out = ndimage.zoom(coarse, (1, f, f), order=1, grid_mode=True, mode="nearest")
     return np.ascontiguousarray(out[:, : shape[-2], : shape[-1]])
+
+
+def smooth(raw: np.ndarray, spatial_dims: int, sigma: float = 1.0, mm: float | None = None,
+           spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Gaussian smoothing of a raw map: ``sigma`` voxels, or ``mm`` millimetres where the voxel
+    size is known; in-plane only for 2D models."""
+    from scipy import ndimage
+
+    s = np.full(raw.ndim, float(sigma))
+    if mm is not None and spacing is not None:
+        s = float(mm) / voxel_size(raw.ndim, spacing)
+    if spatial_dims == 2 and raw.ndim == 3:
+        s[0] = 0.0
+    return ndimage.gaussian_filter(raw, tuple(s))
