@@ -151,8 +151,8 @@ def mix(B, cs: list[dict], seed: int, d: Path, k: int) -> None:
         if len(maps) < 2:
             print(c["name"], f"needs saved self and {ref} maps; has", sorted(maps))
             continue
-        s, n = (maps[k].astype(np.float32) for k in ("self", ref))
-        row = {k: round(B.curve_metrics(m, c["truth"], smask)[0], 3) for k, m in
+        s, n = (maps[r].astype(np.float32) for r in ("self", ref))
+        row = {key: round(B.curve_metrics(m, c["truth"], smask)[0], 3) for key, m in
                {"self": s, "normative": n, "mean": (s + n) / 2, "min": np.minimum(s, n),
                 "max": np.maximum(s, n)}.items()}
         for key, v in row.items():

@@ -211,7 +211,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
     sd = model.config.spatial_dims if _by_model(model, stats) else 2  # model-free: in-plane
     # Statistics stored before session 21 have no "smoothing_mm": 1 voxel, as they were fitted.
     raw = smooth(raw.astype(np.float32), sd, float(stats.get("smoothing_sigma", 1.0)),
-                  stats.get("smoothing_mm"), spacing)
+                 stats.get("smoothing_mm"), spacing)
     if SLICE_NORMALISE_DENSITY and method in _DENSITY and raw.ndim == 3:
         from .anomaly_dae import slice_normalise
 
@@ -418,6 +418,9 @@ def anomaly_iter(
             raise ValueError("reference='model' needs a model with normative statistics "
                              "(fit them with fit_normative)")
         reference = model.anomaly["normative"]
+    if with_self and reference is None:
+        raise ValueError("with_self needs a reference (normative statistics): without one the "
+                         "scan is already its own reference")
     if reference is not None:
         method = reference["method"] if method == "default" else method
         if method != reference["method"]:
@@ -431,27 +434,18 @@ def anomaly_iter(
         x, mask = _prepare(model if _by_model(model, stats) else None, vc, modality, spc)
         raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc)
         if with_self:  # the same method fitted on the scan: its own calibrated score
-            keep = []
-            own = yield from fit_normative_iter(
-                model, [vol], modalities=[modality], method=method, spacing=spacing, seed=seed,
-                stop_event=stop_event, _keep=keep,
-                lower_symmetric=bool(stats.get("lower_symmetric", lower_symmetric)))
-            own_score = _calibrated(keep[0][2], own["calibration"])
+            own, kept = yield from _fit_on_scan(
+                model, vol, modality, method, spacing, seed, stop_event,
+                bool(stats.get("lower_symmetric", lower_symmetric)))
+            own_score = _calibrated(kept[2], own["calibration"])
             fo = grid_factor(vol.shape, spacing, own.get("grid_mm"))
             if fo != f:  # statistics stored on another grid (before session 21)
                 own_score = to_coarse(to_fine(own_score, vol.shape, fo), spacing, f)[0]
     else:
-        if with_self:
-            raise ValueError("with_self needs a reference (normative statistics): without "
-                             "one the scan is already its own reference")
         mode = "self"
-        keep: list = []
-        stats = yield from fit_normative_iter(model, [vol], modalities=[modality],
-                                              method=method, spacing=spacing, seed=seed,
-                                              stop_event=stop_event, _keep=keep,
-                                              lower_symmetric=lower_symmetric)
+        stats, (x, mask, raw, unscored) = yield from _fit_on_scan(
+            model, vol, modality, method, spacing, seed, stop_event, lower_symmetric)
         method = stats["method"]
-        x, mask, raw, unscored = keep[0]
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
@@ -485,6 +479,15 @@ def anomaly_iter(
     return AnomalyResult(score, thr, labels, cands, method,
                          "normative+self" if with_self else mode, err, mask,
                          time.perf_counter() - t0, info={"fpr": fpr, "calibration": cal})
+
+
+def _fit_on_scan(model, vol, modality, method, spacing, seed, stop_event, lower_symmetric):
+    """Self mode's fit: (statistics fitted on ``vol`` itself, its (x, mask, raw, unscored))."""
+    keep: list = []
+    stats = yield from fit_normative_iter(model, [vol], modalities=[modality], method=method,
+                                          spacing=spacing, seed=seed, stop_event=stop_event,
+                                          _keep=keep, lower_symmetric=lower_symmetric)
+    return stats, keep[0]
 
 
 def anomaly_map(model: VAEModel | None, volume: np.ndarray, *, progress: Callable | None = None,

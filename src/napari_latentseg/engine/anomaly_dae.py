@@ -22,6 +22,7 @@ from collections.abc import Generator
 
 import numpy as np
 
+from ..runtime.device import configure_threads
 from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
@@ -183,8 +184,6 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
 
     import torch
 
-    from ..runtime.device import configure_threads
-
     # Model-free scores reach here without the VAE's set-up: without it $LATENTSEG_NUM_THREADS
     # (batch workers, side-by-side runs) was ignored and processes fought over the cores.
     configure_threads()
@@ -284,8 +283,6 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
     ``nets``, on the scan's grid."""
     import torch
     from scipy import ndimage
-
-    from ..runtime.device import configure_threads
 
     configure_threads()  # as in fit_unet_iter: a normative score fits nothing first
     full = x.shape
