@@ -168,7 +168,8 @@ def test_batch_on_two_workers_records_failures_and_reruns_skip_finished_work(
         "bad": "failed", "s0": "skipped", "s1": "skipped", "s2": "done", "s3": "skipped"}
     after = _mtimes(out)
     assert {k for k in after if after[k] != before.get(k)} == {
-        "s2/done.json", "s2/error.nii.gz", "s2/reconstruction.nii.gz", "s2/anomalies.nii.gz"}
+        "s2/done.json", "s2/error.nii.gz", "s2/reconstruction.nii.gz", "s2/anomalies.nii.gz",
+        "s2/candidates.csv"}
 
 
 def _crash_on(job, *args):
@@ -244,6 +245,50 @@ def test_segment_from_a_csv_manifest_with_annotations(cohort, model_file, tmp_pa
             counts[int(lab)] * np.prod(image.spacing) / 1000, rel=1e-3)
     assert not (out / "p3").exists()
     assert "p3: failed: no annotations" in capsys.readouterr().err
+
+
+def test_reconstruct_anomaly_options_score_maps_and_candidate_tables(
+        cohort, model_file, tmp_path, capsys):
+    from napari_latentseg.batch.worker import BatchOptions
+
+    m = tmp_path / "two.csv"
+    m.write_text(f"image\n{cohort}/scans/s0.nii.gz\n{cohort}/scans/s1.nii.gz\n")
+    out = tmp_path / "out"
+    base = ["batch", str(m), "-m", str(model_file), "--task", "reconstruct", "-o", str(out),
+            "--workers", "0", "-q", "--anomaly-method", "median", "--anomaly-map"]
+    assert main([*base, "--fpr", "0.05"]) == 0
+    rows = _summary(out)
+    for sid in ("s0", "s1"):  # s1 has a flipped y axis
+        row = rows[sid]
+        assert row["status"] == "done" and row["anomaly_method"] == "median (self)"
+        image = read_volume(cohort / "scans" / f"{sid}.nii.gz")
+        score = read_volume(out / sid / "anomaly_map.nii.gz")
+        labels = read_volume(out / sid / "anomalies.nii.gz")
+        assert score.shape == image.shape and score.data.min() >= 0
+        np.testing.assert_allclose(score.direction, image.direction, atol=1e-6)
+        with open(out / sid / "candidates.csv", newline="") as fh:
+            table = list(csv.DictReader(fh))
+        n = int(row["anomaly_candidates"])
+        assert n > 0 and len(table) == n == labels.data.max()
+        assert sum(float(r["volume_ml"]) for r in table) == pytest.approx(
+            float(row["anomalous_volume_ml"]), abs=1e-3)
+        first = labels.data == 1  # the highest peak, the table's first row
+        centre = np.argwhere(first).mean(axis=0)
+        world = image.affine[:3, :3] @ centre + image.affine[:3, 3]
+        np.testing.assert_allclose([float(table[0][f"lps_{a}_mm"]) for a in "zyx"], world,
+                                   atol=0.02)
+    # A stricter threshold is another result: every scan is redone, with fewer candidates.
+    assert main([*base, "--fpr", "0.001"]) == 0
+    strict = _summary(out)
+    for sid in ("s0", "s1"):
+        assert strict[sid]["status"] == "done"
+        assert int(strict[sid]["anomaly_candidates"]) < int(rows[sid]["anomaly_candidates"])
+    # Bad options are refused before any work; the defaults keep older runs' stamps valid.
+    assert main([*base, "--fpr", "2"]) == 2
+    assert main([*base[:-3], "--anomaly-method", "nope"]) == 2
+    assert "unknown anomaly method 'nope'" in capsys.readouterr().err
+    assert BatchOptions().result_key() == {"task": "reconstruct", "format": "nii.gz",
+                                           "tile": 512}
 
 
 def test_changed_options_model_or_outputs_are_redone(cohort, model_file, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,18 @@ def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
     assert s.data.dtype.kind == "f" and np.isfinite(s.data).all() and s.data.min() >= 0
     printed = capsys.readouterr().out
     assert "anomaly scoring:" in printed and "candidates" in printed
-    n = int(printed.split("candidates")[0].rsplit(",", 1)[-1])
+    n = int(re.search(r"(\d+) candidates,", printed).group(1))
     assert len(np.unique(a.data[a.data > 0])) == n
+    # The candidate table (a lenient threshold, so that there are candidates to check).
+    table = tmp_path / "candidates.csv"
+    assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
+                 str(tmp_path / "r1.nii.gz"), "--anomaly-method", "median", "--fpr", "0.05",
+                 "--anomaly-map", str(tmp_path / "s1.nii.gz"), "--anomalies",
+                 str(tmp_path / "a1.nii.gz"), "--candidates", str(table), "-q"]) == 0
+    n1 = int(re.search(r"(\d+) candidates,", capsys.readouterr().out).group(1))
+    assert n1 > 0
+    _check_candidate_table(table, read_volume(tmp_path / "a1.nii.gz"),
+                           read_volume(tmp_path / "s1.nii.gz"), n1)
     assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
                  str(tmp_path / "r2.nii.gz"), "--fpr", "2", "-q"]) == 2
     # The denoiser's findings mirrored on both sides of the head are kept on request.
@@ -98,6 +109,26 @@ def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
     k = read_volume(kept)
     _same_geometry(k, src)
     assert np.isfinite(k.data).all() and not np.array_equal(k.data, s.data)
+
+
+def _check_candidate_table(table: Path, labels, score, n: int) -> None:
+    """Each row of the candidate table matches its component in the label volume: voxels,
+    peak score, and its centre mapped to world LPS mm through the scan's geometry."""
+    import csv
+
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["id"]) for r in rows] == list(range(1, n + 1))
+    affine = labels.affine
+    for r in rows:
+        mask = labels.data == int(r["id"])
+        assert int(r["voxels"]) == mask.sum()
+        assert float(r["peak_score"]) == pytest.approx(score.data[mask].max(), abs=2e-3)
+        centre = np.argwhere(mask).mean(axis=0)
+        np.testing.assert_allclose([float(r[f"voxel_{a}"]) for a in "zyx"], centre, atol=0.01)
+        world = affine[:3, :3] @ centre + affine[:3, 3]  # (z, y, x)
+        np.testing.assert_allclose([float(r[f"lps_{a}_mm"]) for a in "zyx"], world,
+                                   atol=0.02)
 
 
 def test_existing_outputs_are_refused_before_any_work(model_file, scan, tmp_path, capsys):

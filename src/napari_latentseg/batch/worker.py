@@ -34,6 +34,7 @@ from ..runtime.files import atomic_write
 from .manifest import ScanJob
 
 __all__ = [
+    "CANDIDATES_NAME",
     "STAMP_NAME",
     "TASKS",
     "BatchOptions",
@@ -86,6 +87,18 @@ class BatchOptions:
         On a rerun, hash every input and output again; without it, inputs whose size and
         modification time are unchanged keep their recorded hash and outputs are checked by
         size.
+    anomaly_method : str
+        Task ``reconstruct``: anomaly scoring method (``default`` or one of
+        :data:`~napari_latentseg.engine.anomaly.METHODS`), as ``latentseg reconstruct``.
+    fpr : float
+        Task ``reconstruct``: false-positive rate of the candidate threshold.
+    with_self : bool
+        Task ``reconstruct``, with the model's normative statistics: also score each scan
+        against itself and flag what either finds.
+    lower_symmetric : bool
+        Task ``reconstruct``: lower the denoiser's findings mirrored on both sides of the head.
+    anomaly_map : bool
+        Task ``reconstruct``: also write the continuous anomaly score (``anomaly_map.<ext>``).
     """
 
     task: str = "reconstruct"
@@ -98,6 +111,11 @@ class BatchOptions:
     gpu_per_worker: bool = False
     threads: int | None = None
     verify: bool = False
+    anomaly_method: str = "default"
+    fpr: float = 1e-3
+    with_self: bool = False
+    lower_symmetric: bool = True
+    anomaly_map: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -109,12 +127,23 @@ class BatchOptions:
         check_cluster_args(self.k if self.task == "cluster" else None, self.method)
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16, got {self.tile}")
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr must be between 0 and 1, got {self.fpr}")
+        from ..engine.anomaly import METHODS
+
+        if self.anomaly_method not in ("default", *METHODS):
+            raise ValueError(f"unknown anomaly method {self.anomaly_method!r}; choose default "
+                             f"or one of {', '.join(METHODS)}")
 
     def result_key(self) -> dict[str, Any]:
         """The options that change a scan's outputs (what a stamp must match)."""
         key: dict[str, Any] = {"task": self.task, "format": self.output_format}
         if self.task == "reconstruct":
             key["tile"] = self.tile
+            # Only what differs from the defaults: a rerun of an older run keeps its outputs.
+            for name, default in _ANOMALY_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    key[name] = getattr(self, name)
         elif self.task == "cluster":
             key.update(k=self.k, method=self.method, seed=self.seed)
         else:
@@ -130,13 +159,27 @@ _FILES = {
     "segment": {"labels": "labels", "uncertainty": "uncertainty"},
 }
 _KINDS = {"reconstruction": "image", "error": "image", "anomalies": "labels",
+          "anomaly_map": "image",
           "clusters": "labels", "labels": "labels", "uncertainty": "image"}
 
 
+_ANOMALY_DEFAULTS = {"anomaly_method": "default", "fpr": 1e-3, "with_self": False,
+                     "lower_symmetric": True, "anomaly_map": False}
+CANDIDATES_NAME = "candidates.csv"
+
+
+def _task_files(options: BatchOptions) -> dict[str, str]:
+    files = dict(_FILES[options.task])
+    if options.task == "reconstruct" and options.anomaly_map:
+        files["anomaly_map"] = "anomaly_map"
+    return files
+
+
 def task_outputs(options: BatchOptions) -> dict[str, str]:
-    """Output file names of the task and their kind (``image`` or ``labels``)."""
+    """Output volumes of the task (file name -> kind, ``image`` or ``labels``); task
+    ``reconstruct`` also writes :data:`CANDIDATES_NAME`, a table of the anomaly candidates."""
     ext = options.output_format
-    return {f"{stem}.{ext}": _KINDS[role] for stem, role in _FILES[options.task].items()}
+    return {f"{stem}.{ext}": _KINDS[role] for stem, role in _task_files(options).items()}
 
 
 # --------------------------------------------------------------------------- hashing
@@ -300,8 +343,9 @@ def _thread_limits(threads: int | None):
 
 
 def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOptions,
-              scan_dir: Path) -> tuple[dict, dict[str, np.ndarray], Any]:
-    """Run the task on one scan: (metrics, outputs by file name, the scan)."""
+              scan_dir: Path) -> tuple[dict, dict[str, np.ndarray], Any, list | None]:
+    """Run the task on one scan: (metrics, outputs by file name, the scan, the anomaly
+    candidates or None)."""
     from ..pipeline import cluster_job, load_annotations, load_scan, reconstruct_job, segment_job
     from ..runtime.progress import drive
 
@@ -314,7 +358,10 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
         ann = load_annotations(scan, job.annotations)
     model = _model(model_path, model_hash, _device_for(options))
     if options.task == "reconstruct":
-        result = drive(reconstruct_job(model, scan, anomalies=True, tile=options.tile))
+        result = drive(reconstruct_job(
+            model, scan, anomalies=True, anomaly_map=options.anomaly_map,
+            anomaly_method=options.anomaly_method, fpr=options.fpr, tile=options.tile,
+            lower_symmetric=options.lower_symmetric, with_self=options.with_self))
     elif options.task == "cluster":
         result = drive(cluster_job(model, scan, k=options.k, method=options.method,
                                    seed=options.seed))
@@ -322,8 +369,9 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
         result = drive(segment_job(model, scan, ann, seed=options.seed))
     ext = options.output_format
     outputs = {f"{stem}.{ext}": result.outputs[role].data
-               for stem, role in _FILES[options.task].items() if role in result.outputs}
-    return dict(result.metrics), outputs, scan
+               for stem, role in _task_files(options).items() if role in result.outputs}
+    candidates = result.anomaly.candidates if result.anomaly is not None else None
+    return dict(result.metrics), outputs, scan, candidates
 
 
 def _one_line(exc: BaseException) -> str:
@@ -359,9 +407,10 @@ def process_scan(
     dict
         ``id``, ``image``, ``annotations``, ``status`` (``done``, ``skipped`` or ``failed``),
         ``seconds``, ``error`` (one line, failed scans only), ``device``, ``worker`` and the
-        task's metrics: ``mean_error``, ``anomaly_candidates``, ``anomalous_volume_ml``
-        (reconstruct); ``volume_ml_<label>`` (cluster, segment); ``mean_uncertainty``
-        (segment).
+        task's metrics: ``mean_error``, ``anomaly_candidates``, ``anomalous_volume_ml``,
+        ``anomaly_peak_score``, ``anomaly_top``, ``anomaly_method`` (reconstruct, which also
+        writes the candidates' table :data:`CANDIDATES_NAME` next to its volumes);
+        ``volume_ml_<label>`` (cluster, segment); ``mean_uncertainty`` (segment).
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {"id": job.id, "image": job.image, "annotations": job.annotations or "",
@@ -398,7 +447,8 @@ def process_scan(
             for tmp in scan_dir.glob(".*.tmp-*"):  # left by a worker killed while writing
                 tmp.unlink(missing_ok=True)
         with _RUN_LOCK, _thread_limits(options.threads):
-            metrics, outputs, scan = _run_task(job, model_path, model_hash, options, scan_dir)
+            metrics, outputs, scan, candidates = _run_task(job, model_path, model_hash,
+                                                           options, scan_dir)
         scan_dir.mkdir(parents=True, exist_ok=True)
         kinds = task_outputs(options)
         from ..io import save_volume
@@ -407,6 +457,12 @@ def process_scan(
         for name, data in outputs.items():
             p = save_volume(scan_dir / name, data, scan.geometry, kind=kinds[name], overwrite=True)
             written[name] = {"bytes": p.stat().st_size, "blake2b": file_hash(p)}
+        if candidates is not None:
+            from ..io.candidates import write_candidates_csv
+
+            p = write_candidates_csv(scan_dir / CANDIDATES_NAME, candidates, scan.geometry,
+                                     overwrite=True, ndim=scan.data.ndim)
+            written[CANDIDATES_NAME] = {"bytes": p.stat().st_size, "blake2b": file_hash(p)}
         # Outputs of an earlier, different run of this scan that this run did not write.
         for name in (old or {}).get("outputs") or {}:
             if name not in written and "/" not in name and not name.startswith("."):

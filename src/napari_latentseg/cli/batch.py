@@ -35,6 +35,22 @@ def add_parser(sub) -> None:
     b.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"],
                    help="output file format (default nii.gz)")
     b.add_argument("--tile", type=int, default=512, help="reconstruct: largest in-plane tile")
+    b.add_argument("--anomaly-method", default="default",
+                   help="reconstruct: anomaly scoring method, as in latentseg reconstruct "
+                        "(default; features, knn, intensity, contrast, error, ssim, median, "
+                        "dae)")
+    b.add_argument("--fpr", type=float, default=1e-3,
+                   help="reconstruct: false-positive rate of the candidate threshold on normal "
+                        "tissue (default 0.001)")
+    b.add_argument("--with-self", action="store_true",
+                   help="reconstruct, with the model's normative statistics: also score each "
+                        "scan against itself and flag what either finds")
+    b.add_argument("--keep-symmetric", action="store_true",
+                   help="reconstruct: keep the denoiser's findings mirrored on both sides of "
+                        "the head")
+    b.add_argument("--anomaly-map", action="store_true",
+                   help="reconstruct: also write each scan's continuous anomaly score "
+                        "(anomaly_map.<format>; higher = more abnormal)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--dashboard", default=":8787", metavar="ADDRESS",
                    help="LocalCluster dashboard address (default :8787; 'none' for none)")
@@ -66,14 +82,24 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a folder")
-    load_model(args.model, device="cpu")  # a bad model file is one error here, not N failures
     if not args.scheduler:  # scans run on this machine: its devices must do
         from ..runtime.device import resolve_device
 
         resolve_device(args.device)
-    options = BatchOptions(task=args.task, k=args.k, method=args.method, seed=args.seed,
-                           tile=args.tile, output_format=args.format, device=args.device,
-                           verify=args.verify)
+    model = load_model(args.model, device="cpu")  # a bad file is one error, not N failures
+    if args.task == "reconstruct" and args.with_self and not (
+            model.anomaly or {}).get("normative"):
+        print("note: --with-self changes nothing: the model holds no normative statistics, "
+              "so each scan is scored against itself", file=sys.stderr)
+    try:
+        options = BatchOptions(task=args.task, k=args.k, method=args.method, seed=args.seed,
+                               tile=args.tile, output_format=args.format, device=args.device,
+                               verify=args.verify, anomaly_method=args.anomaly_method,
+                               fpr=args.fpr, with_self=args.with_self,
+                               lower_symmetric=not args.keep_symmetric,
+                               anomaly_map=args.anomaly_map)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     dashboard = None if args.dashboard.strip().lower() in ("", "none") else args.dashboard
     stop = threading.Event()
     state: dict = {"bar": None}

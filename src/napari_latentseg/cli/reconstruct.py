@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     r.add_argument("--anomaly-map", metavar="SCORE",
                    help="continuous anomaly score in the scan's geometry (higher = more "
                         "abnormal: -log10 of the fraction of normal voxels scoring higher)")
+    r.add_argument("--candidates", metavar="CSV",
+                   help="table of the anomaly candidates: id (label value), volume in mL, "
+                        "peak score, centre in voxels and in world LPS mm")
     r.add_argument("--anomaly-method", default="default",
                    help="scoring method (default: the benchmark's best for the scan: dae, a "
                         "denoising autoencoder fitted on the scan, on MR (~1-2 min on a CPU), "
@@ -53,19 +56,25 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--fpr must be between 0 and 1")
     paths = {"reconstruction": args.output, "error": args.error, "anomalies": args.anomalies,
              "anomaly_map": args.anomaly_map}
-    check_outputs_free(list(paths.values()), args.overwrite)
+    check_outputs_free([*paths.values(), args.candidates], args.overwrite)
     scan = load_scan(args.image)
     model = load_model(args.model, device=args.device)
     if args.with_self and not (model.anomaly or {}).get("normative"):
         print("note: --with-self changes nothing: the model holds no normative statistics, "
               "so the scan is scored against itself", file=sys.stderr)
     job = run_core(lambda stop: reconstruct_job(
-        model, scan, anomalies=args.anomalies is not None,
+        model, scan, anomalies=args.anomalies is not None or args.candidates is not None,
         anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
         fpr=args.fpr, tile=args.tile, lower_symmetric=not args.keep_symmetric,
         with_self=args.with_self,
         stop_event=stop), args.quiet)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
+        print(f"wrote {p}")
+    if args.candidates:
+        from ..io.candidates import write_candidates_csv
+
+        p = write_candidates_csv(args.candidates, job.anomaly.candidates, scan.geometry,
+                                 overwrite=args.overwrite, ndim=scan.data.ndim)
         print(f"wrote {p}")
     res = job.result
     print(f"reconstructed {scan.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "
