@@ -88,6 +88,27 @@ def test_calibration_gives_requested_fpr_on_fit_data(rng):
         _threshold(cal, 0.0, "self")
 
 
+def test_self_calibration_body_leaves_room_for_lesions(rng):
+    """calibrate(body=0.01), the denoiser's self mode: lesions up to 1 % of the scan do not
+    raise the threshold, so a lesion of 0.5 % is flagged whole, and a lesion-free scan still
+    flags about the requested rate."""
+    from napari_latentseg.engine.anomaly import _calibrated, _threshold, calibrate
+
+    normal = rng.gamma(2.0, 1.0, size=200_000)
+    lesion = 50.0 + rng.uniform(0.0, 5.0, 1000)
+    dirty = np.concatenate([normal, lesion])
+    t = _threshold(calibrate(dirty), 1e-3, "self")
+    plain = _calibrated(dirty, calibrate(dirty))
+    assert (plain[-1000:] > t).mean() < 0.5  # the top 0.1 %: under half the lesion
+    score = _calibrated(dirty, calibrate(dirty, body=0.01))
+    assert (score[-1000:] > t).all()
+    assert (score[:-1000] > t).mean() < 1.5e-3
+    clean = _calibrated(normal, calibrate(normal, body=0.01))
+    assert 0.5e-3 < (clean > t).mean() < 2e-3
+    with pytest.raises(ValueError, match="body"):
+        calibrate(normal, body=0.5)
+
+
 def test_calibration_saved_before_empirical_tables_still_reads():
     from napari_latentseg.engine.anomaly import _calibrated, _threshold
 

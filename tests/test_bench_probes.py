@@ -149,3 +149,22 @@ def test_extra_trees_and_contrast_switches_serve_one_round_only():
     assert forest.FOREST_KIND == "random" and forest.CONTRAST_WITHOUT_VAE is False
     painted = ann > 0
     np.testing.assert_array_equal(r.labels[painted], ann[painted])
+
+
+def test_self_calibration_probe_replays_the_engine_and_restores_it(tmp_path, monkeypatch):
+    """The probe re-calibrates the recorded raw map; its row for the engine's own body must
+    equal the engine's map (checked inside), and the engine is left as it was."""
+    import json
+
+    import _self_calibration as sc
+
+    import napari_latentseg.engine.anomaly as A
+
+    before = (A.calibrate, A._calibrated)
+    monkeypatch.setattr(sc, "HERE", tmp_path)
+    sc.main(["0", "phantom-h7"])
+    assert (A.calibrate, A._calibrated) == before
+    row = json.loads((tmp_path / "results" / "self-calibration.jsonl").read_text())
+    assert row["case"] == "phantom-h7" and row["method"] == "dae"
+    assert set(row["variants"]) == {f"{b}/{f:g}" for b in sc.BODIES for f in sc.FPRS}
+    assert all(v["dice_thr"] is None and v["fp_pct"] >= 0 for v in row["variants"].values())

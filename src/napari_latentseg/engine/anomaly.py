@@ -82,6 +82,8 @@ CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, 
 # Calibrate on the voxels that can be flagged (CT: not bone, metal or air). Session 20, off:
 # nodules' Dice at the threshold up, but whole lung2 flags 0.116 % of its tumour-free body.
 CALIBRATE_SCORED_ONLY = False
+# Self-mode denoiser: the top 1 % may be lesion (session 36, "The self-mode threshold").
+SELF_BODY: float | None = 0.01
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
@@ -322,7 +324,9 @@ def fit_normative_iter(
         if _keep is not None:
             _keep.append((x, m, raw, skip))
         yield {"stage": "calibrate", "done": i + 1, "total": n}
-    stats["calibration"] = calibrate(np.concatenate(raws))
+    stats["calibration"] = calibrate(np.concatenate(raws),
+                                     body=SELF_BODY if _keep is not None and method == "dae"
+                                     else None)
     return stats
 
 

@@ -17,7 +17,7 @@ _MIN_BEYOND = 10  # fit voxels needed beyond a quantile for the table to use it
 _QS = np.concatenate([np.linspace(0.0, 0.9, 91), 1.0 - np.logspace(-1, -8, 71)[1:]])
 
 
-def calibrate(fit_scores: np.ndarray) -> dict:
+def calibrate(fit_scores: np.ndarray, body: float | None = None) -> dict:
     """Calibration of raw scores from normal (or mostly normal) voxels: empirical quantiles.
 
     The quantiles go up to ``1 - 10 / n`` (ten fit voxels beyond the last one, so it is
@@ -25,13 +25,20 @@ def calibrate(fit_scores: np.ndarray) -> dict:
     exponential tail ``P(S > s) = tail_p * exp(-(s - tail_start) / tail_scale)`` with the
     heavier of the last two decades' slopes (extrapolating conservatively: more voxels
     flagged, not fewer). Returns a plain dict for :func:`_calibrated`.
+
+    ``body``: the table stops at this survival (at most 0.1) and the tail is extrapolated
+    beyond it, so that up to that fraction of the fit voxels may be abnormal without moving
+    the threshold (a scan scored against itself holds its lesions).
     """
     v = np.asarray(fit_scores, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise ValueError("calibration needs at least one finite score")
+    if body is not None and not 0.0 < body <= _TAIL_P:
+        raise ValueError(f"body must be in (0, {_TAIL_P}], got {body}")
     surv = 1.0 - _QS
-    p = _QS[(surv >= min(_TAIL_P, _MIN_BEYOND / v.size) - 1e-12) | (_QS == 0.0)]
+    p = _QS[(surv >= max(min(_TAIL_P, _MIN_BEYOND / v.size), body or 0.0) - 1e-12)
+            | (_QS == 0.0)]
     q = np.maximum.accumulate(np.quantile(v, p))
     # Tail slope from the top two supported decades (their heavier one), in raw units per e.
     k = -np.log10(np.maximum(1.0 - p, 1e-300))
