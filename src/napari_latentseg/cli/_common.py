@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..runtime.errors import UserError
 
 __all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress",
-           "drive_interruptible", "run_core", "add_common"]
+           "drive_interruptible", "run_core", "add_common", "add_anomaly_options"]
 
 EXIT_USAGE = 2  # the user's input or request is wrong
 EXIT_FAILURE = 1  # the job failed (out of memory, a failed scan of a batch, a bug)
@@ -19,6 +19,29 @@ EXIT_INTERRUPTED = 130
 
 class CLIError(UserError):
     """An error explained to the user in one line."""
+
+
+def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
+    """Anomaly scoring options, the same for ``reconstruct`` and ``batch --task
+    reconstruct`` (``each``: "the" or "each", as the help text reads)."""
+    sp.add_argument("--anomaly-method", default="default",
+                    help="scoring method (default: the benchmark's best for the scan: dae, a "
+                         "denoising autoencoder fitted on the scan, on MR (~1-2 min on a "
+                         "CPU), contrast on CT, the model's normative statistics' method with "
+                         "them; others: features, knn, intensity, contrast, error, ssim, "
+                         "median, dae)")
+    sp.add_argument("--keep-symmetric", action="store_true",
+                    help="keep the dae score's findings that are mirrored on both sides of "
+                         "the head (by default they are lowered: the orbits and the skull "
+                         "base are not lesions; bilateral disease fades with them)")
+    sp.add_argument("--with-self", action="store_true",
+                    help=f"with the model's normative statistics: also fit the method on "
+                         f"{each} scan itself and flag what either finds (the higher score, "
+                         f"corrected so the false-positive rate stays at --fpr; dae: ~1-2 min "
+                         f"more on a CPU)")
+    sp.add_argument("--fpr", type=float, default=1e-3,
+                    help="false-positive rate of the candidate threshold on normal tissue "
+                         "(default 0.001)")
 
 
 def add_common(sp: argparse.ArgumentParser) -> None:

@@ -7,7 +7,13 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import EXIT_INTERRUPTED, CLIError, add_common, drive_interruptible
+from ._common import (
+    EXIT_INTERRUPTED,
+    CLIError,
+    add_anomaly_options,
+    add_common,
+    drive_interruptible,
+)
 
 
 def add_parser(sub) -> None:
@@ -35,19 +41,7 @@ def add_parser(sub) -> None:
     b.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"],
                    help="output file format (default nii.gz)")
     b.add_argument("--tile", type=int, default=512, help="reconstruct: largest in-plane tile")
-    b.add_argument("--anomaly-method", default="default",
-                   help="reconstruct: anomaly scoring method, as in latentseg reconstruct "
-                        "(default; features, knn, intensity, contrast, error, ssim, median, "
-                        "dae)")
-    b.add_argument("--fpr", type=float, default=1e-3,
-                   help="reconstruct: false-positive rate of the candidate threshold on normal "
-                        "tissue (default 0.001)")
-    b.add_argument("--with-self", action="store_true",
-                   help="reconstruct, with the model's normative statistics: also score each "
-                        "scan against itself and flag what either finds")
-    b.add_argument("--keep-symmetric", action="store_true",
-                   help="reconstruct: keep the denoiser's findings mirrored on both sides of "
-                        "the head")
+    add_anomaly_options(b.add_argument_group("reconstruct: anomaly scoring"), "each")
     b.add_argument("--anomaly-map", action="store_true",
                    help="reconstruct: also write each scan's continuous anomaly score "
                         "(anomaly_map.<format>; higher = more abnormal)")

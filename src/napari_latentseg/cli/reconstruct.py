@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import CLIError, add_common, load_scan, run_core
+from ._common import CLIError, add_anomaly_options, add_common, load_scan, run_core
 
 
 def add_parser(sub) -> None:
@@ -24,24 +24,7 @@ def add_parser(sub) -> None:
     r.add_argument("--candidates", metavar="CSV",
                    help="table of the anomaly candidates: id (label value), volume in mL, "
                         "peak score, centre in voxels and in world LPS mm")
-    r.add_argument("--anomaly-method", default="default",
-                   help="scoring method (default: the benchmark's best for the scan: dae, a "
-                        "denoising autoencoder fitted on the scan, on MR (~1-2 min on a CPU), "
-                        "contrast on CT, the model's normative statistics' method with "
-                        "them; others: features, knn, intensity, contrast, error, ssim, "
-                        "median, dae)")
-    r.add_argument("--keep-symmetric", action="store_true",
-                   help="keep the dae score's findings that are mirrored on both sides of the "
-                        "head (by default they are lowered: the orbits and the skull base are "
-                        "not lesions; bilateral disease fades with them)")
-    r.add_argument("--with-self", action="store_true",
-                   help="with the model's normative statistics: also fit the method on the "
-                        "scan itself and flag what either finds (the higher score, corrected "
-                        "so the false-positive rate stays at --fpr; dae: ~1-2 min more on a "
-                        "CPU)")
-    r.add_argument("--fpr", type=float, default=1e-3,
-                   help="false-positive rate of the candidate threshold on normal tissue "
-                        "(default 0.001)")
+    add_anomaly_options(r)
     r.add_argument("--tile", type=int, default=512, help="largest in-plane tile (default 512)")
     r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_common(r)
