@@ -11,7 +11,8 @@ Each case is scored once with the default (the denoiser on MR, self mode); the r
 recorded and re-calibrated for every ``rho``, then brought back to the scan's grid as
 ``anomaly_iter`` does. Per case and variant: Dice of the candidates at the threshold
 (components of at least 0.05 mL), the false positives in the head's lesion-free slices
-(``bench_anomaly.case_masks``; the whole head of a healthy phantom ``phantom-hN``) and the
+(``bench_anomaly.case_masks``, the real tumour left out too; the whole head of a healthy
+phantom ``phantom-hN``) and the
 flagged share of the scored head. One JSON line per (case, seed) in
 ``results/self-calibration.jsonl``; runs already there are skipped.
 
@@ -80,6 +81,11 @@ def _run(a, A, B, N, rec, out, done, _calibrated, calibrate) -> None:
         mask, smask, far = B.case_masks(c)
         if not c["truth"].any():
             far = mask  # a healthy head: every flag is a false positive
+        # The brains' real tumours are lesions too, in their implant cases as well.
+        if "zmask" in c:
+            far = far & c["zmask"][:, None, None]
+        if "keep" in c:
+            far = far & c["keep"]
         for seed in (int(s) for s in a.seeds.split(",")):
             if (c["name"], seed) in done:
                 continue
