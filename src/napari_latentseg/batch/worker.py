@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,8 @@ class BatchOptions:
         if self.task == "reconstruct":
             key["tile"] = self.tile
             # Only what differs from the defaults: a rerun of an older run keeps its outputs.
-            for name, default in _ANOMALY_DEFAULTS.items():
-                if getattr(self, name) != default:
-                    key[name] = getattr(self, name)
+            key.update({f.name: getattr(self, f.name) for f in fields(self)
+                        if f.name in _ANOMALY_OPTIONS and getattr(self, f.name) != f.default})
         elif self.task == "cluster":
             key.update(k=self.k, method=self.method, seed=self.seed)
         else:
@@ -163,8 +162,7 @@ _KINDS = {"reconstruction": "image", "error": "image", "anomalies": "labels",
           "clusters": "labels", "labels": "labels", "uncertainty": "image"}
 
 
-_ANOMALY_DEFAULTS = {"anomaly_method": "default", "fpr": 1e-3, "with_self": False,
-                     "lower_symmetric": True, "anomaly_map": False}
+_ANOMALY_OPTIONS = ("anomaly_method", "fpr", "with_self", "lower_symmetric", "anomaly_map")
 CANDIDATES_NAME = "candidates.csv"
 
 
@@ -461,7 +459,7 @@ def process_scan(
             from ..io.candidates import write_candidates_csv
 
             p = write_candidates_csv(scan_dir / CANDIDATES_NAME, candidates, scan.geometry,
-                                     overwrite=True, ndim=scan.data.ndim)
+                                     overwrite=True)
             written[CANDIDATES_NAME] = {"bytes": p.stat().st_size, "blake2b": file_hash(p)}
         # Outputs of an earlier, different run of this scan that this run did not write.
         for name in (old or {}).get("outputs") or {}:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from ..runtime.errors import UserError
 
 __all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress",
-           "drive_interruptible", "run_core", "add_common", "add_anomaly_options"]
+           "drive_interruptible", "run_core", "add_common", "add_anomaly_options",
+           "note_with_self"]
 
 EXIT_USAGE = 2  # the user's input or request is wrong
 EXIT_FAILURE = 1  # the job failed (out of memory, a failed scan of a batch, a bug)
@@ -42,6 +43,13 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
     sp.add_argument("--fpr", type=float, default=1e-3,
                     help="false-positive rate of the candidate threshold on normal tissue "
                          "(default 0.001)")
+
+
+def note_with_self(model, scored: str) -> None:
+    """Say on stderr when ``--with-self`` cannot change anything (no normative statistics)."""
+    if not (model.anomaly or {}).get("normative"):
+        print(f"note: --with-self changes nothing: the model holds no normative statistics, "
+              f"so {scored} scored against itself", file=sys.stderr)
 
 
 def add_common(sp: argparse.ArgumentParser) -> None:

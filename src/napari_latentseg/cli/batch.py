@@ -13,6 +13,7 @@ from ._common import (
     add_anomaly_options,
     add_common,
     drive_interruptible,
+    note_with_self,
 )
 
 
@@ -81,10 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
         resolve_device(args.device)
     model = load_model(args.model, device="cpu")  # a bad file is one error, not N failures
-    if args.task == "reconstruct" and args.with_self and not (
-            model.anomaly or {}).get("normative"):
-        print("note: --with-self changes nothing: the model holds no normative statistics, "
-              "so each scan is scored against itself", file=sys.stderr)
+    if args.task == "reconstruct" and args.with_self:
+        note_with_self(model, "each scan is")
     try:
         options = BatchOptions(task=args.task, k=args.k, method=args.method, seed=args.seed,
                                tile=args.tile, output_format=args.format, device=args.device,

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import CLIError, add_anomaly_options, add_common, load_scan, run_core
+from ._common import (
+    CLIError,
+    add_anomaly_options,
+    add_common,
+    load_scan,
+    note_with_self,
+    run_core,
+)
 
 
 def add_parser(sub) -> None:
@@ -42,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs_free([*paths.values(), args.candidates], args.overwrite)
     scan = load_scan(args.image)
     model = load_model(args.model, device=args.device)
-    if args.with_self and not (model.anomaly or {}).get("normative"):
-        print("note: --with-self changes nothing: the model holds no normative statistics, "
-              "so the scan is scored against itself", file=sys.stderr)
+    if args.with_self:
+        note_with_self(model, "the scan is")
     job = run_core(lambda stop: reconstruct_job(
         model, scan, anomalies=args.anomalies is not None or args.candidates is not None,
         anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         from ..io.candidates import write_candidates_csv
 
         p = write_candidates_csv(args.candidates, job.anomaly.candidates, scan.geometry,
-                                 overwrite=args.overwrite, ndim=scan.data.ndim)
+                                 overwrite=args.overwrite)
         print(f"wrote {p}")
     res = job.result
     print(f"reconstructed {scan.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "

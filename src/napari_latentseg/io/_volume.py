@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ import numpy as np
 __all__ = [
     "Volume",
     "VolumeIOError",
+    "affine_from_geometry",
     "describe_direction",
     "geometry_from_dict",
     "volume_from_itk_affine",
@@ -143,11 +145,7 @@ class Volume:
         numpy.ndarray
             ``(ndim + 1) x (ndim + 1)``: ``[[direction * spacing, origin], [0, 1]]``.
         """
-        nd = self.ndim
-        out = np.eye(nd + 1)
-        out[:nd, :nd] = self.direction * np.asarray(self.spacing)[None, :]
-        out[:nd, nd] = self.origin
-        return out
+        return affine_from_geometry(self.spacing, self.origin, self.direction)
 
     def geometry(self) -> dict[str, list]:
         """Return the geometry as a JSON-serialisable dict.
@@ -228,6 +226,17 @@ def display_name(metadata: dict[str, Any]) -> str:
     if isinstance(series, dict) and series.get("description"):
         return f"{base} - {series['description']}"
     return base
+
+
+def affine_from_geometry(spacing: Sequence[float], origin: Sequence[float],
+                         direction: np.ndarray) -> np.ndarray:
+    """Homogeneous index-to-world matrix (z, y, x order): ``[[direction * spacing, origin],
+    [0, 1]]`` (see :attr:`Volume.affine`)."""
+    nd = len(spacing)
+    out = np.eye(nd + 1)
+    out[:nd, :nd] = np.asarray(direction, dtype=float) * np.asarray(spacing, dtype=float)[None, :]
+    out[:nd, nd] = origin
+    return out
 
 
 def geometry_from_dict(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.files import atomic_write
-from ._volume import geometry_from_dict
+from ._volume import affine_from_geometry, geometry_from_dict
 
 __all__ = ["CANDIDATE_FIELDS", "candidate_rows", "write_candidates_csv"]
 
@@ -38,10 +38,7 @@ def candidate_rows(candidates: Sequence[Mapping[str, Any]],
         The scan's ``spacing``, ``origin`` and ``direction`` (array-axis order, world
         (z, y, x) LPS); None: no world columns.
     """
-    affine = None
-    if geometry:
-        spacing, origin, direction = geometry_from_dict(dict(geometry))
-        affine = (direction * np.asarray(spacing)[None, :], np.asarray(origin))
+    affine = affine_from_geometry(*geometry_from_dict(dict(geometry))) if geometry else None
     rows = []
     for c in candidates:
         centre = np.asarray(c["centroid"], dtype=float)
@@ -51,10 +48,10 @@ def candidate_rows(candidates: Sequence[Mapping[str, Any]],
                                "peak_score": round(float(c["peak_score"]), 3)}
         row.update({f"voxel_{a}": round(float(v), 2) for a, v in zip(axes, centre, strict=True)})
         if affine is not None:
-            if affine[1].size != centre.size:
+            if len(affine) != centre.size + 1:
                 raise ValueError(f"a candidate centre has {centre.size} coordinates, the "
-                                 f"geometry {affine[1].size}")
-            world = affine[0] @ centre + affine[1]  # (z, y, x) order
+                                 f"geometry {len(affine) - 1}")
+            world = affine[:-1, :-1] @ centre + affine[:-1, -1]  # (z, y, x) order
             row.update({f"lps_{a}_mm": round(float(v), 2)
                         for a, v in zip(reversed(axes), world[::-1], strict=True)})
         rows.append(row)
