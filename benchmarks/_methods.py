@@ -151,6 +151,11 @@ ENGINE = {
     # ... and scikit-learn's forest class: the engine of session 18 (its times).
     "vae-s18": {"refine_unsure_classes": 1 << 30, "lean_forest": False},
     "nomodel": {"no_model": True},  # no fit at all: the first result while the VAE fits
+    # Session 37: the scan's own anomaly score (the engine's default: the denoiser on MR, the
+    # contrast density on CT, self mode) as one more forest column (tumours are what the
+    # scan does not explain); session 4 measured a far weaker denoiser this way.
+    "vae-anomaly": {"extra": ("anomaly",)},
+    "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
     "vae-fixed": {"background_adaptive": False},

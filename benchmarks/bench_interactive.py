@@ -68,6 +68,9 @@ def build(method: str, env: dict, quick: bool, seed: int = 0):
         model, setup = env["model"], env["fit_s"]
         if opts.pop("no_model", False):
             model, setup = None, 0.0
+        if opts.get("extra"):
+            opts["extra"], extra_s = extra_columns(env, opts["extra"], None)
+            setup += extra_s
         return lm.VAEDefault(model, env["image"], env["modality"], setup, FeatureCache(), ft,
                              seed, env["spacing"], **opts)
     if method in SEMISUP:
@@ -110,7 +113,8 @@ def env_features(env: dict):
 
 def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
     """Extra forest columns (z, y, x, k) of a case and their seconds: ``dae``, the denoising
-    autoencoder's anomaly score fitted on the whole scan (then cropped); ``vaesigma``, the VAE
+    autoencoder's anomaly score fitted on the whole scan (then cropped); ``anomaly``, the
+    engine's default anomaly score of the scan (self mode); ``vaesigma``, the VAE
     posterior's log sigma (nearest-upsampled to voxels); ``vaectx``, the VAE
     columns averaged over a wider neighbourhood (Gaussian, 1 slice x 6 voxels)."""
     if not names:
@@ -119,11 +123,12 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
     for name in names:
         if name not in env.setdefault("extra", {}):
             t0 = time.perf_counter()
-            if name == "dae":
+            if name in ("dae", "anomaly"):
                 from napari_latentseg.engine.anomaly import anomaly_map
 
+                kw = {"method": "dae"} if name == "dae" else {}  # anomaly: the default
                 res = anomaly_map(None, env["full_image"], modality=env["modality"],
-                                  method="dae", spacing=env["spacing"], error_map=False)
+                                  spacing=env["spacing"], error_map=False, **kw)
                 col = res.score[env["box"]][..., None]
             elif name == "vaesigma":
                 from napari_latentseg.engine.infer import encode

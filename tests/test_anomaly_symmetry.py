@@ -1,4 +1,5 @@
-"""Findings mirrored across the head's mid-sagittal plane (``engine.anomaly_symmetry``)."""
+"""Where the denoiser's findings are lowered: mirrored across the head's mid-sagittal plane
+(``engine.anomaly_symmetry``) and near the head's surface (``anomaly_masks.surface_fade``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,38 @@ def test_an_asymmetric_scan_is_left_alone():
     out = lower_bilateral(score, img, mask, (3.0, 1.0, 1.0), info=info)
     assert info["symmetry"] < MIN_CORRELATION and not info["bilateral_lowered"]
     np.testing.assert_array_equal(out, score)
+
+
+def test_surface_fade_rises_from_the_surface_and_ignores_the_volumes_ends():
+    """0 within ``inner_mm`` of the mask's outside, 1 from ``outer_mm``, linear between (3D
+    distance in mm); a mask cut by the array's first slice has no surface there."""
+    from napari_latentseg.engine.anomaly_masks import surface_fade
+
+    mask = np.zeros((6, 40, 40), bool)
+    mask[:, 5:35, 5:35] = True  # touches z = 0 and z = 5: cut by the volume, not a surface
+    w = surface_fade(mask, (10.0, 2.0, 2.0), 4.0, 12.0)
+    assert w.dtype == np.float32 and (w[~mask] == 0).all()
+    assert w[3, 5, 20] == 0 and w[3, 6, 20] == 0  # 2 mm inside: within inner_mm
+    assert w[3, 9, 20] == pytest.approx((10 - 4) / 8)  # 10 mm from the outside (y = 4)
+    assert w[3, 20, 20] == 1 and w[0, 20, 20] == 1  # deep in-plane, at the volume's end too
+    with pytest.raises(ValueError, match="inner_mm < outer_mm"):
+        surface_fade(mask, None, 5.0, 5.0)
+
+
+def test_denoiser_findings_fade_at_the_head_surface(small_phantom, monkeypatch):
+    """On MR the denoiser's score is 0 within SURFACE_MM[0] of the head's outside, where
+    ``lower_surface=False`` still scores; no candidate lies there; the result says so."""
+    import napari_latentseg.engine.anomaly as A
+    from napari_latentseg.engine.anomaly_masks import surface_fade
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "3")
+    img = small_phantom.image.astype(np.float32)
+    kw = dict(modality="MR", method="dae", spacing=small_phantom.spacing, fpr=0.05)
+    faded = A.anomaly_map(None, img, **kw)
+    kept = A.anomaly_map(None, img, lower_surface=False, **kw)
+    assert faded.info["surface_mm"] == A.SURFACE_MM and kept.info["surface_mm"] is None
+    shell = faded.mask & (surface_fade(faded.mask, small_phantom.spacing, *A.SURFACE_MM) == 0)
+    assert shell.any() and (faded.score[shell] == 0).all() and (faded.labels[shell] == 0).all()
+    assert (kept.score[shell] > 0).mean() > 0.5
+    deep = faded.mask & ~shell
+    assert (faded.score[deep] > 0).any()

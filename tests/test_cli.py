@@ -105,10 +105,12 @@ def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
     kept = tmp_path / "kept.nii.gz"
     assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
                  str(tmp_path / "r3.nii.gz"), "--anomaly-map", str(kept), "--keep-symmetric",
-                 "-q"]) == 0
+                 "--keep-surface", "-q"]) == 0
     k = read_volume(kept)
     _same_geometry(k, src)
     assert np.isfinite(k.data).all() and not np.array_equal(k.data, s.data)
+    # ... and near the head's surface: scored there only with --keep-surface.
+    assert ((k.data > 0) & (s.data == 0)).sum() > ((s.data > 0) & (k.data == 0)).sum()
 
 
 def _check_candidate_table(table: Path, labels, score, n: int) -> None:

@@ -217,6 +217,7 @@ def reconstruct_job(
     device: str | None = None,
     lower_symmetric: bool = True,
     with_self: bool = False,
+    lower_surface: bool = True,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
     """Reconstruction, error map and (``anomalies`` / ``anomaly_map``) anomaly scoring.
@@ -228,7 +229,8 @@ def reconstruct_job(
     higher) ``anomaly_map`` (the score) and ``anomalies`` (candidate components 1..n, largest
     peak first). The model's normative statistics are used when it holds them
     (``model.anomaly["normative"]``), else the scan is its own reference.
-    ``lower_symmetric=False`` keeps the denoiser's findings mirrored on both sides of the head.
+    ``lower_symmetric=False`` keeps the denoiser's findings mirrored on both sides of the head;
+    ``lower_surface=False`` its findings near the head's surface (on MR).
     ``with_self``: with normative statistics, also score the scan against itself and flag
     what either finds (no effect without them: the scan is then its own reference).
     """
@@ -255,7 +257,7 @@ def reconstruct_job(
                                      spacing=scan.spacing, error_map=False,
                                      lower_symmetric=lower_symmetric,
                                      with_self=with_self and reference is not None,
-                                     stop_event=stop_event)
+                                     lower_surface=lower_surface, stop_event=stop_event)
         outputs["anomaly_map"] = Output(an.score, "image")
         outputs["anomalies"] = Output(an.labels, "labels")
         job.anomaly = an

@@ -97,6 +97,8 @@ class BatchOptions:
         against itself and flag what either finds.
     lower_symmetric : bool
         Task ``reconstruct``: lower the denoiser's findings mirrored on both sides of the head.
+    lower_surface : bool
+        Task ``reconstruct``: fade the denoiser's findings near the head's surface (MR).
     anomaly_map : bool
         Task ``reconstruct``: also write the continuous anomaly score (``anomaly_map.<ext>``).
     """
@@ -116,6 +118,7 @@ class BatchOptions:
     with_self: bool = False
     lower_symmetric: bool = True
     anomaly_map: bool = False
+    lower_surface: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -162,7 +165,8 @@ _KINDS = {"reconstruction": "image", "error": "image", "anomalies": "labels",
           "clusters": "labels", "labels": "labels", "uncertainty": "image"}
 
 
-_ANOMALY_OPTIONS = ("anomaly_method", "fpr", "with_self", "lower_symmetric", "anomaly_map")
+_ANOMALY_OPTIONS = ("anomaly_method", "fpr", "with_self", "lower_symmetric", "anomaly_map",
+                    "lower_surface")
 CANDIDATES_NAME = "candidates.csv"
 
 
@@ -359,7 +363,8 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
         result = drive(reconstruct_job(
             model, scan, anomalies=True, anomaly_map=options.anomaly_map,
             anomaly_method=options.anomaly_method, fpr=options.fpr, tile=options.tile,
-            lower_symmetric=options.lower_symmetric, with_self=options.with_self))
+            lower_symmetric=options.lower_symmetric, with_self=options.with_self,
+            lower_surface=options.lower_surface))
     elif options.task == "cluster":
         result = drive(cluster_job(model, scan, k=options.k, method=options.method,
                                    seed=options.seed))

@@ -35,6 +35,10 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
                     help="keep the dae score's findings that are mirrored on both sides of "
                          "the head (by default they are lowered: the orbits and the skull "
                          "base are not lesions; bilateral disease fades with them)")
+    sp.add_argument("--keep-surface", action="store_true",
+                    help="keep the dae score's findings near the surface on MR (by default "
+                         "they fade in from 10 to 20 mm inside it: the eyes, nose and scalp "
+                         "are not lesions; keep them for superficial findings, e.g. breast)")
     sp.add_argument("--with-self", action="store_true",
                     help=f"with the model's normative statistics: also fit the method on "
                          f"{each} scan itself and flag what either finds (the higher score, "

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                                verify=args.verify, anomaly_method=args.anomaly_method,
                                fpr=args.fpr, with_self=args.with_self,
                                lower_symmetric=not args.keep_symmetric,
-                               anomaly_map=args.anomaly_map)
+                               anomaly_map=args.anomaly_map,
+                               lower_surface=not args.keep_surface)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     dashboard = None if args.dashboard.strip().lower() in ("", "none") else args.dashboard

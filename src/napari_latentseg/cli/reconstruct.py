@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         model, scan, anomalies=args.anomalies is not None or args.candidates is not None,
         anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
         fpr=args.fpr, tile=args.tile, lower_symmetric=not args.keep_symmetric,
-        with_self=args.with_self,
+        with_self=args.with_self, lower_surface=not args.keep_surface,
         stop_event=stop), args.quiet)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
         print(f"wrote {p}")

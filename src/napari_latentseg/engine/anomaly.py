@@ -45,7 +45,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,9 +59,11 @@ from .anomaly_masks import (
     grid_factor,
     head_mask,
     smooth,
+    surface_fade,
     to_coarse,
     to_fine,
 )
+from .anomaly_result import AnomalyResult
 from .normalize import guess_modality
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "AnomalyResult", "anomaly_iter", "anomaly_map",
@@ -84,6 +85,10 @@ CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, 
 CALIBRATE_SCORED_ONLY = False
 # Self-mode denoiser: the top 1 % may be lesion (session 36, "The self-mode threshold").
 SELF_BODY: float | None = 0.01
+# The denoiser on MR: scores fade in from 10 to 20 mm inside the head's surface, after
+# calibration (session 37: the eyes, nose and scalp held its false positives;
+# docs/anomaly_benchmarks.md, "Findings at the surface"). None: off.
+SURFACE_MM: tuple[float, float] | None = (10.0, 20.0)
 # Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
 # the denoiser's residual is: probe of session 12 against the end slices' false positives.
 SLICE_NORMALISE_DENSITY = False
@@ -94,46 +99,6 @@ CONTRAST_SMOOTH_MM = 2.5
 # ... on a grid of about this pixel size (in-plane block means; None: the scan's own), the
 # score brought back: a quarter of the time on a full-size CT, half its false candidates.
 CONTRAST_GRID_MM: float | None = 2.4
-
-
-@dataclass
-class AnomalyResult:
-    """Outputs of :func:`anomaly_iter`, all on the input's grid.
-
-    Attributes
-    ----------
-    score : np.ndarray
-        float32, higher = more abnormal: ``-log10`` of the estimated fraction of normal head
-        voxels scoring higher (0 outside the head).
-    threshold : float
-        Score above which voxels are candidates (its false-positive rate is ``fpr``).
-    labels : np.ndarray
-        Candidates labelled 1..n (uint16), components under ``min_volume_ml`` dropped.
-    candidates : list of dict
-        Per candidate: ``id``, ``voxels``, ``volume_ml``, ``peak_score``, ``centroid``
-        (voxel index, array-axis order), sorted by peak score.
-    method, mode : str
-        The method used; ``"self"``, ``"normative"`` or ``"normative+self"``.
-    error : np.ndarray or None
-        The plain reconstruction error map (normalised units), when a model was given.
-    mask : np.ndarray
-        The head / body mask scored.
-    seconds : float
-        Wall time.
-    info : dict
-        ``fpr``, the calibration used, timings.
-    """
-
-    score: np.ndarray
-    threshold: float
-    labels: np.ndarray
-    candidates: list[dict]
-    method: str
-    mode: str
-    error: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    seconds: float = 0.0
-    info: dict = field(default_factory=dict)
 
 
 def _prepare(model: VAEModel | None, volume: np.ndarray, modality: str | None,
@@ -375,6 +340,7 @@ def anomaly_iter(
     seed: int = 0,
     lower_symmetric: bool = True,
     with_self: bool = False,
+    lower_surface: bool = True,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, AnomalyResult]:
     """Anomaly map of ``volume``, yielding progress; returns an :class:`AnomalyResult`.
@@ -408,6 +374,9 @@ def anomaly_iter(
         With ``reference``: also fit the method on the scan itself and keep, per voxel, the
         higher of the two calibrated scores, less ``log10(2)`` (a Bonferroni correction: the
         false-positive rate stays at most ``fpr``). Costs a self-mode fit.
+    lower_surface : bool
+        ``dae`` on MR: scores fade in over :data:`SURFACE_MM` inside the head's surface
+        (eyes, nose and scalp are not findings; False keeps superficial ones, e.g. breast).
     stop_event : threading.Event, optional
         Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
     """
@@ -466,6 +435,10 @@ def anomaly_iter(
         unscored = _unscored(vol, modality, spacing)
         if unscored is not None:
             score[unscored] = 0.0
+    surface = SURFACE_MM if lower_surface and method == "dae" and \
+        guess_modality(vol, modality) != "CT" else None
+    if surface:  # after calibration: the threshold keeps its rate, the surface flags less
+        score *= surface_fade(mask, spacing, *surface)
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
@@ -482,7 +455,8 @@ def anomaly_iter(
             c["centroid"] = c["centroid"][1:]
     return AnomalyResult(score, thr, labels, cands, method,
                          "normative+self" if with_self else mode, err, mask,
-                         time.perf_counter() - t0, info={"fpr": fpr, "calibration": cal})
+                         time.perf_counter() - t0,
+                         info={"fpr": fpr, "calibration": cal, "surface_mm": surface})
 
 
 def _fit_on_scan(model, vol, modality, method, spacing, seed, stop_event, lower_symmetric):

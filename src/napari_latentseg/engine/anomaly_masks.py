@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "voxel_size", "grid_factor",
-           "to_coarse", "to_fine", "smooth", "BONE_HU", "BONE_ML", "METAL_HU", "AIR_HU"]
+__all__ = ["head_mask", "bone_mask", "air_mask", "depth_map", "surface_fade", "voxel_size",
+           "grid_factor", "to_coarse", "to_fine", "smooth", "BONE_HU", "BONE_ML", "METAL_HU",
+           "AIR_HU"]
 
 # CT bone: denser than this (HU) in a connected structure larger than this (mL).
 BONE_HU = 300.0
@@ -79,6 +80,23 @@ def depth_map(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.nd
     m = mask if mask.ndim == 3 else mask[None]
     out = np.stack([ndimage.distance_transform_edt(s, sampling=sp) for s in m])
     return out.astype(np.float32).reshape(mask.shape)
+
+
+def surface_fade(mask: np.ndarray, spacing: Sequence[float] | None, inner_mm: float,
+                 outer_mm: float) -> np.ndarray:
+    """Weight 0 within ``inner_mm`` of the outside of ``mask`` (3D distance in mm), rising
+    linearly to 1 at ``outer_mm`` and beyond (float32, 0 outside the mask).
+
+    A cut through the head at the volume's first or last slice is not a surface: distances
+    are to the mask's own outside within the array.
+    """
+    from scipy import ndimage
+
+    if not 0 <= inner_mm < outer_mm:
+        raise ValueError(f"expected 0 <= inner_mm < outer_mm, got {inner_mm}, {outer_mm}")
+    m = np.asarray(mask, bool)
+    d = ndimage.distance_transform_edt(m, sampling=voxel_size(m.ndim, spacing))
+    return np.clip((d - inner_mm) / (outer_mm - inner_mm), 0.0, 1.0).astype(np.float32)
 
 
 def voxel_size(ndim: int, spacing: Sequence[float] | None) -> np.ndarray:

@@ -101,6 +101,12 @@ class ReconstructSection(Section):
             "Denoiser only: what scores high at mirror-image places across the midline (the "
             "orbits, the skull base) is lowered; a finding on one side, or on the midline, "
             "keeps its score. Untick it to look for bilateral disease.")
+        self.surface = QCheckBox("Fade findings near the surface (MR)")
+        self.surface.setChecked(True)
+        self.surface.setToolTip(
+            "Denoiser on MR only: scores fade in from 10 to 20 mm inside the head's surface "
+            "(the eyes, nose and scalp are not lesions). Untick it for superficial findings, "
+            "e.g. in the breast or the skin.")
         self.with_self = QCheckBox("Also against the scan itself")
         session.model_changed.connect(self._on_model_changed)
         self.candidates = QListWidget()
@@ -127,6 +133,7 @@ class ReconstructSection(Section):
         form.addRow(self.anomalies)
         form.addRow("Anomaly score", self.method)
         form.addRow(self.symmetric)
+        form.addRow(self.surface)
         form.addRow(self.with_self)
         form.addRow("Tile size", self.tile)
         lay = QVBoxLayout(self)
@@ -167,6 +174,7 @@ class ReconstructSection(Section):
         anomalies = self.anomalies.isChecked()
         method = str(self.method.currentData())
         lower_symmetric = self.symmetric.isChecked()
+        lower_surface = self.surface.isChecked()
         with_self = self.with_self.isChecked() and self.with_self.isEnabled()
         tile = int(self.tile.value())
         device = self.session.device
@@ -175,7 +183,7 @@ class ReconstructSection(Section):
             return reconstruct_job(model, scan, anomalies=anomalies, anomaly_map=anomalies,
                                    anomaly_method=method, tile=tile, device=device,
                                    lower_symmetric=lower_symmetric, with_self=with_self,
-                                   stop_event=stop)
+                                   lower_surface=lower_surface, stop_event=stop)
 
         def done(result: JobResult) -> None:
             self._show(layer, result)
