@@ -13,7 +13,9 @@ recorded and re-calibrated for every ``rho``, then brought back to the scan's gr
 (components of at least 0.05 mL), the false positives in the head's lesion-free slices
 (``bench_anomaly.case_masks``, the real tumour left out too; the whole head of a healthy
 phantom ``phantom-hN``) and the
-flagged share of the scored head. One JSON line per (case, seed) in
+flagged share of the scored head; ``fp_far_pct``: flags more than 20 mm from every lesion (the
+real tumour too), % of that head (``bench_anomaly.away_from_lesions``). One JSON line per
+(case, seed) in
 ``results/self-calibration.jsonl``; runs already there are skipped.
 
 Usage::
@@ -34,6 +36,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 BODIES = (None, 0.01, 0.003)  # None: the default table (up to 1 - 10 / n)
 FPRS = (1e-3, 1e-4)
+# Session 37: with and without the fade at the head's surface (anomaly.SURFACE_MM; variants
+# "body/fpr" are with it, "body/fpr/nosurface" without).
+SURFACES = ("", "/nosurface")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +84,7 @@ def _run(a, A, B, N, rec, out, done, _calibrated, calibrate) -> None:
     cs, _ = N.cases(B, a.cases)
     for c in cs:
         mask, smask, far = B.case_masks(c)
+        away = B.away_from_lesions(c, mask)
         if not c["truth"].any():
             far = mask  # a healthy head: every flag is a false positive
         # The brains' real tumours are lesions too, in their implant cases as well.
@@ -97,33 +103,45 @@ def _run(a, A, B, N, rec, out, done, _calibrated, calibrate) -> None:
                    "seconds": round(time.perf_counter() - t, 1), "variants": {}}
             raw = rec["raw"]
             f = int(round(c["v"].shape[-1] / raw.shape[-1]))  # in-plane grid factor
+            surface = res.info.get("surface_mm")
+            fade = A.surface_fade(res.mask, c["sp"], *surface) if surface else None
+            # Outside the head, and bone and air on CT: 0, as in the engine's map (a normal
+            # voxel scoring exactly 0 there is the fit's lowest: 0 either way); not the
+            # surface's fade, which the variants without it undo.
+            unscored = res.score <= 0
+            if fade is not None:
+                unscored &= fade > 0
             if a.save:
                 d = out.parent / "self-calibration"
                 d.mkdir(exist_ok=True)
                 np.savez_compressed(d / f"{c['name']}_{seed}.npz", raw=raw, fit=rec["fit"],
-                                    mask=mask, smask=smask, far=far, truth=c["truth"],
+                                    mask=mask, smask=smask, far=far, away=away,
+                                    truth=c["truth"],
                                     res_mask=res.mask, spacing=np.asarray(c["sp"]),
-                                    scored=res.score > 0, f=f)
-            for body in BODIES:
+                                    scored=~unscored, f=f)
+            for body, tail in ((b, t) for b in BODIES for t in SURFACES):
                 cal = calibrate(rec["fit"], body=body)
                 score = _calibrated(raw, cal)
                 if f > 1:
                     score = A.to_fine(score, c["v"].shape, f)
-                # Outside the head, and bone and air on CT: 0, as in the engine's map (a
-                # normal voxel scoring exactly 0 there is the fit's lowest: 0 either way).
-                score[res.score <= 0] = 0.0
+                score[unscored] = 0.0
+                if fade is not None and not tail:
+                    score = score * fade
                 for fpr in FPRS:
                     lab, cands = A.components((score > -np.log10(fpr)) & res.mask, score,
                                               c["sp"], 0.05)
                     flag = lab > 0
                     truth = c["truth"] & smask
-                    row["variants"][f"{body}/{fpr:g}"] = {
+                    row["variants"][f"{body}/{fpr:g}{tail}"] = {
                         "dice_thr": float(B.dice(flag & smask, truth)) if truth.any() else None,
                         "fp_pct": float(100 * flag[far].mean()) if far.any() else None,
                         "flagged_pct": float(100 * flag[smask].mean()),
+                        "fp_far_pct": float(100 * flag[away].mean()) if away.any() else None,
                         "candidates": len(cands)}
-                if body == A.SELF_BODY:  # the engine's own map: the bench's numbers
+                if body == A.SELF_BODY and not tail:  # the engine's own map: the bench's
                     assert np.allclose(score, res.score, rtol=1e-4, atol=1e-3), "replay differs"
+                if body == A.SELF_BODY and tail and c["truth"].any():
+                    row["best_dice_nosurface"] = B.curve_metrics(score, c["truth"], smask)[0]
             if c["truth"].any():
                 row["best_dice"] = B.curve_metrics(res.score, c["truth"], smask)[0]
             with out.open("a") as fh:

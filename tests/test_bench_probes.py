@@ -166,5 +166,6 @@ def test_self_calibration_probe_replays_the_engine_and_restores_it(tmp_path, mon
     assert (A.calibrate, A._calibrated) == before
     row = json.loads((tmp_path / "results" / "self-calibration.jsonl").read_text())
     assert row["case"] == "phantom-h7" and row["method"] == "dae"
-    assert set(row["variants"]) == {f"{b}/{f:g}" for b in sc.BODIES for f in sc.FPRS}
+    assert set(row["variants"]) == {f"{b}/{f:g}{t}" for b in sc.BODIES for f in sc.FPRS
+                                    for t in sc.SURFACES}
     assert all(v["dice_thr"] is None and v["fp_pct"] >= 0 for v in row["variants"].values())
