@@ -87,6 +87,7 @@ def test_anomaly_map_and_candidates(model_file, scan, tmp_path, capsys):
     assert s.data.dtype.kind == "f" and np.isfinite(s.data).all() and s.data.min() >= 0
     printed = capsys.readouterr().out
     assert "anomaly scoring:" in printed and "candidates" in printed
+    assert "inside the head's surface" in printed  # the denoiser's fade, said
     n = int(re.search(r"(\d+) candidates,", printed).group(1))
     assert len(np.unique(a.data[a.data > 0])) == n
     # The candidate table (a lenient threshold, so that there are candidates to check).

@@ -76,6 +76,10 @@ def _print_candidates(an, top: int = 10) -> None:
     cands = an.candidates
     print(f"anomaly scoring: {an.method} ({an.mode}), threshold {an.threshold:.2f}, "
           f"{len(cands)} candidates, {sum(c['volume_ml'] for c in cands):.2f} mL in all")
+    surface = an.info.get("surface_mm")
+    if surface:
+        print(f"  scores fade in from {surface[0]:g} to {surface[1]:g} mm inside the head's "
+              f"surface (eyes, nose, scalp); --keep-surface keeps superficial findings")
     for c in cands[:top]:
         centre = ", ".join(str(int(round(v))) for v in c["centroid"])
         print(f"  {c['id']:3d}: {c['volume_ml']:8.3f} mL, peak {c['peak_score']:.2f}, "
