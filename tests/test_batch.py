@@ -289,6 +289,8 @@ def test_reconstruct_anomaly_options_score_maps_and_candidate_tables(
     assert "unknown anomaly method 'nope'" in capsys.readouterr().err
     assert BatchOptions().result_key() == {"task": "reconstruct", "format": "nii.gz",
                                            "tile": 512}
+    # Keeping the surface's findings is another result (its own stamp).
+    assert BatchOptions(lower_surface=False).result_key()["lower_surface"] is False
 
 
 def test_changed_options_model_or_outputs_are_redone(cohort, model_file, tmp_path):

@@ -491,25 +491,28 @@ def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
 def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypatch):
     """The Reconstruct section's score choice reaches the engine: the denoiser (a short fit
     here) gives the anomaly layers and says which method it used; its findings on both
-    sides of the head are lowered unless the box is unticked."""
+    sides of the head, and near its surface, are lowered unless the boxes are unticked."""
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "10")
     viewer, widget = dock
     scan = add_crop(viewer, phantom_crop)
     fit(qtbot, widget, steps=10)
     rec = widget.reconstruct_section
     assert rec.method.currentData() == "default"
+    import napari_latentseg.engine.anomaly as anomaly
     import napari_latentseg.engine.anomaly_symmetry as symmetry
 
-    calls = []
-    lower = symmetry.lower_bilateral
+    calls, faded = [], []
+    lower, fade = symmetry.lower_bilateral, anomaly.surface_fade
     monkeypatch.setattr(symmetry, "lower_bilateral",
                         lambda *a, **k: calls.append(1) or lower(*a, **k))
+    monkeypatch.setattr(anomaly, "surface_fade", lambda *a, **k: faded.append(1) or fade(*a, **k))
     rec.method.setCurrentIndex(rec.method.findData("dae"))
-    assert rec.symmetric.isChecked()
+    assert rec.symmetric.isChecked() and rec.surface.isChecked()
     run(qtbot, widget, rec.run)
-    assert "(dae)" in rec.summary.text() and calls == [1]
+    assert "(dae)" in rec.summary.text() and calls == [1] and faded == [1]
     assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
     np.testing.assert_array_equal(scan.data, phantom_crop[0])
     rec.symmetric.setChecked(False)  # bilateral findings kept: the step is skipped
+    rec.surface.setChecked(False)  # and the findings near the surface
     run(qtbot, widget, rec.run)
-    assert calls == [1]
+    assert calls == [1] and faded == [1]
