@@ -79,6 +79,14 @@ def _candidate_colormap():
     return DirectLabelColormap(color_dict={None: [0.0, 1.0, 1.0, 1.0], 0: [0.0, 0.0, 0.0, 0.0]})
 
 
+def _ticked(text: str, tip: str) -> QCheckBox:
+    """A checkbox, ticked, with its tooltip."""
+    box = QCheckBox(text)
+    box.setChecked(True)
+    box.setToolTip(tip)
+    return box
+
+
 class ReconstructSection(Section):
     """Run the active model on the chosen scan."""
 
@@ -95,18 +103,15 @@ class ReconstructSection(Section):
             self.method.setItemData(self.method.count() - 1, tip,
                                     Qt.ItemDataRole.ToolTipRole)
         self.method.setToolTip("How the anomaly score is computed (docs/anomaly_benchmarks.md).")
-        self.symmetric = QCheckBox("Lower findings on both sides of the head")
-        self.symmetric.setChecked(True)
-        self.symmetric.setToolTip(
-            "Denoiser only: what scores high at mirror-image places across the midline (the "
-            "orbits, the skull base) is lowered; a finding on one side, or on the midline, "
-            "keeps its score. Untick it to look for bilateral disease.")
-        self.surface = QCheckBox("Fade findings near the surface (MR)")
-        self.surface.setChecked(True)
-        self.surface.setToolTip(
-            "Denoiser on MR only: scores fade in from 10 to 20 mm inside the head's surface "
-            "(the eyes, nose and scalp are not lesions). Untick it for superficial findings, "
-            "e.g. in the breast or the skin.")
+        self.symmetric, self.surface = (_ticked(text, tip) for text, tip in (
+            ("Lower findings on both sides of the head",
+             "Denoiser only: what scores high at mirror-image places across the midline (the "
+             "orbits, the skull base) is lowered; a finding on one side, or on the midline, "
+             "keeps its score. Untick it to look for bilateral disease."),
+            ("Fade findings near the surface (MR)",
+             "Denoiser on MR only: scores fade in from 10 to 20 mm inside the head's surface "
+             "(the eyes, nose and scalp are not lesions). Untick it for superficial findings, "
+             "e.g. in the breast or the skin.")))
         self.with_self = QCheckBox("Also against the scan itself")
         session.model_changed.connect(self._on_model_changed)
         self.candidates = QListWidget()
