@@ -32,7 +32,8 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan itself, or in normative
     mode once on the cohort's slices (its weights stored with the statistics): the best
     measured on MR, ~65 s on one CPU thread; on CT ``contrast`` is better. Findings mirrored
-    on both sides of the head are lowered (:mod:`.anomaly_symmetry`).
+    on both sides of the head are lowered (:mod:`.anomaly_symmetry`); on MR the score fades
+    in over :data:`SURFACE_MM` inside the head (eyes, nose and scalp are not findings).
 
 Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
 calibrated: ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring
