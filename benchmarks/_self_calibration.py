@@ -41,9 +41,24 @@ FPRS = (1e-3, 1e-4)
 SURFACES = ("", "/nosurface")
 
 
+def replay(raw: np.ndarray, fit: np.ndarray, body: float | None, shape: tuple[int, ...],
+           unscored: np.ndarray) -> np.ndarray:
+    """The self-mode map re-calibrated from its recorded raw map and fit scores with table end
+    ``body``, as ``anomaly_iter`` makes it (before the surface's fade): on the scan's grid
+    (``shape``), 0 where ``unscored``."""
+    from napari_latentseg.engine.anomaly import to_fine
+    from napari_latentseg.engine.anomaly_calibration import _calibrated, calibrate
+
+    score = _calibrated(raw, calibrate(fit, body=body))
+    f = int(round(shape[-1] / raw.shape[-1]))  # in-plane grid factor
+    if f > 1:
+        score = to_fine(score, shape, f)
+    score[unscored] = 0.0
+    return score
+
+
 def main(argv: list[str] | None = None) -> None:
     import napari_latentseg.engine.anomaly as A
-    from napari_latentseg.engine.anomaly_calibration import _calibrated, calibrate
 
     sys.path.insert(0, str(HERE))
     import _dae_normative as N
@@ -75,12 +90,12 @@ def main(argv: list[str] | None = None) -> None:
 
     A.calibrate, A._calibrated = recording_calibrate, recording_calibrated
     try:
-        _run(a, A, B, N, rec, out, done, _calibrated, calibrate)
+        _run(a, A, B, N, rec, out, done)
     finally:
         A.calibrate, A._calibrated = real_cal, real_calibrated
 
 
-def _run(a, A, B, N, rec, out, done, _calibrated, calibrate) -> None:
+def _run(a, A, B, N, rec, out, done) -> None:
     cs, _ = N.cases(B, a.cases)
     for c in cs:
         mask, smask, far = B.case_masks(c)
@@ -120,11 +135,7 @@ def _run(a, A, B, N, rec, out, done, _calibrated, calibrate) -> None:
                                     res_mask=res.mask, spacing=np.asarray(c["sp"]),
                                     scored=~unscored, f=f)
             for body, tail in ((b, t) for b in BODIES for t in SURFACES):
-                cal = calibrate(rec["fit"], body=body)
-                score = _calibrated(raw, cal)
-                if f > 1:
-                    score = A.to_fine(score, c["v"].shape, f)
-                score[unscored] = 0.0
+                score = replay(raw, rec["fit"], body, c["v"].shape, unscored)
                 if fade is not None and not tail:
                     score = score * fade
                 for fpr in FPRS:

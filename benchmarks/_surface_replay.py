@@ -4,7 +4,8 @@
 The maps come from earlier runs, so every variant scores the same fits:
 
 - ``self``: ``results/self-calibration/<case>_<seed>.npz`` (``_self_calibration.py --save``:
-  the raw map and the fit scores, re-calibrated here with the self-mode rule, ``body`` 0.01);
+  the raw map and the fit scores, re-calibrated here with the self-mode rule,
+  ``anomaly.SELF_BODY``);
 - ``normative``: ``results/dae-normative/<case>_<tag>_<seed>.npz`` (``_dae_normative.py
   --save``: the calibrated map and its threshold).
 
@@ -38,9 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     import _dae_normative as N
     import bench_anomaly as B
+    from _self_calibration import replay
 
-    from napari_latentseg.engine.anomaly import components, head_mask, to_fine
-    from napari_latentseg.engine.anomaly_calibration import _calibrated, calibrate
+    from napari_latentseg.engine.anomaly import SELF_BODY, components, head_mask
     from napari_latentseg.engine.anomaly_masks import surface_fade
 
     ap = argparse.ArgumentParser()
@@ -65,11 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         _, smask, _ = B.case_masks(c)
         away = B.away_from_lesions(c, mask)
         if a.mode == "self":
-            cal = calibrate(z["fit"], body=0.01)
-            base = _calibrated(z["raw"], cal)
-            if int(z["f"]) > 1:
-                base = to_fine(base, mask.shape, int(z["f"]))
-            base[~z["scored"]] = 0.0
+            base = replay(z["raw"], z["fit"], SELF_BODY, mask.shape, ~z["scored"])
             thr = 3.0
         else:
             base, thr = z["score"], float(z["threshold"])
@@ -80,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             for v in PRE:
                 w = surface_fade(mask, c["sp"], *v)
                 r = (med + (raw - med) * w).astype(np.float32)
-                s = _calibrated(r, calibrate(r[mask], body=0.01))
-                s[~z["scored"]] = 0.0
+                s = replay(r, r[mask], SELF_BODY, mask.shape, ~z["scored"])
                 variants.append((f"pre{v}", s))
         cells = []
         for name, s in variants:
