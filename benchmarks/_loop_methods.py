@@ -166,7 +166,8 @@ class VAEDefault:
         self.first_kappa = options.pop("first_kappa", None)
         # The edge step (boundary_refine) in the first N rounds only (probe, session 19).
         self.boundary_rounds = options.pop("boundary_rounds", None)
-        # Extra forest columns (z, y, x, k), appended to the engine's own (probe, session 37).
+        # Extra forest columns (z, y, x, k): the engine's extra_features (session 37's probe,
+        # the engine's own argument since session 38).
         self.extra = options.pop("extra", None)
         self.round = 0
         self.options = options  # SegmentOptions fields (background, vae_features...)
@@ -196,13 +197,11 @@ class VAEDefault:
         saved = {(m, name): getattr(modules[m], name) for m, name in patch}
         for (m, name), value in patch.items():
             setattr(modules[m], name, value)
-        undo = _append_columns(forest.ForestFeatures, self.extra)
         try:
             res = segment(self.model, self.image, ann, modality=self.modality,
                           cache=self.cache, seed=self.seed, spacing=self.spacing,
-                          previous=self.last, **kw, **self.options)
+                          previous=self.last, extra_features=self.extra, **kw, **self.options)
         finally:
-            undo()
             for (m, name), value in saved.items():
                 setattr(modules[m], name, value)
         self.last = res
@@ -210,34 +209,6 @@ class VAEDefault:
             self.model = res.model
         return Round(np.asarray(res.labels, dtype=np.int64), res.probabilities,
                      list(res.classes), res.suggestion)
-
-
-def _append_columns(cls, extra: np.ndarray | None):
-    """Patch the engine's ForestFeatures (2D models) to append ``extra`` (z, y, x, k) to its
-    columns, under a cache kind of their own; returns the undo."""
-    if extra is None:
-        return lambda: None
-    init, parts = cls.__init__, cls._parts
-    k = extra.shape[-1]
-
-    def new_init(self, run, cache, vae=True):
-        init(self, run, cache, vae)
-        self.n_features += k
-        if cache is not None:
-            self.key = self.key[:2] + (self.key[2] + f"+extra{k}",)
-            self.cached = cache.get(self.key)
-
-    def new_parts(self, zs):
-        ms, more = parts(self, zs)
-        col = self.run.torch.from_numpy(np.ascontiguousarray(
-            np.moveaxis(extra[np.asarray(zs)], -1, 1), np.float32))
-        return ms, col if more is None else self.run.torch.cat([more, col], 1)
-
-    cls.__init__, cls._parts = new_init, new_parts
-
-    def undo():
-        cls.__init__, cls._parts = init, parts
-    return undo
 
 
 def engine_forest_features(model, image, modality, cache, ann) -> np.ndarray:

@@ -516,3 +516,23 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     rec.surface.setChecked(False)  # and the findings near the surface
     run(qtbot, widget, rec.run)
     assert calls == [1] and faded == [1]
+    # Segment rounds see that score as one more column of the forest (an MR scan), unless
+    # the box is unticked; the user's layers are not changed.
+    import napari_latentseg._napari._widgets._segment as segment_widget
+
+    seen = []
+    job = segment_widget.segment_job
+    monkeypatch.setattr(segment_widget, "segment_job", lambda *a, **k: seen.append(
+        k.get("extra_features")) or job(*a, **k))
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
+    painted = np.array(ann.data, copy=True)
+    score = viewer.layers["phantom crop anomaly score"].data
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert seen[-1] is score and "the anomaly score" in seg.summary.text()
+    assert "+ 1 given column" in seg.summary.text()
+    np.testing.assert_array_equal(ann.data, painted)
+    seg.anomaly.setChecked(False)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert seen[-1] is None and "given column" not in seg.summary.text()

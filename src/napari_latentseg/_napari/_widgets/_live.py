@@ -61,7 +61,8 @@ class LiveController(QObject):
 
     def __init__(self, session: Session, full_round, locked=lambda: [],
                  connected=lambda: True, background=lambda: "auto",
-                 last_round=lambda: None, parent: QObject | None = None) -> None:
+                 last_round=lambda: None, extra=lambda scan: None,
+                 parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
         super().__init__(parent)
@@ -71,12 +72,14 @@ class LiveController(QObject):
         self._connected = connected
         self._background = background
         self._last_round = last_round  # (scan, annotations, result) of the last full round
+        self._extra = extra  # scan -> more forest columns (the anomaly score) or None
         self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
         self._annotations: napari.layers.Labels | None = None
         self._output: napari.layers.Labels | None = None
         self._segmenter: Any = None
+        self._extra_seen: np.ndarray | None = None
         self._segmenter_key: tuple | None = None
         self._worker = None
         self._pending = False
@@ -177,7 +180,10 @@ class LiveController(QObject):
         anchors = (np.array(self._round_labels[z], copy=True)
                    if self._round_labels is not None and self._connected() else None)
         background = self._background()
-        key = (id(model), id(self._scan), self.session.device, background)
+        extra = self._extra(self._scan)  # the full rounds' columns: the same slice
+        key = (id(model), id(self._scan), self.session.device, background,
+               None if extra is None else id(extra))
+        self._extra_seen = extra  # held, so that no new array takes its id while keyed
         segmenter = self._segmenter if key == self._segmenter_key else None
         volume = layer_array(self._scan)
         modality = (self._scan.metadata or {}).get("modality")
@@ -196,7 +202,8 @@ class LiveController(QObject):
             if seg is None:  # its own copy of the model: a full round may use the shared one
                 seg = LiveSegmenter(model, volume, modality=modality, cache=cache,
                                     device=device, spacing=spacing,
-                                    options=SegmentOptions(background=background))
+                                    options=SegmentOptions(background=background),
+                                    extra_features=extra)
                 drive(seg.prepare())
             seg.update(ann)
             # As the full round after the pause will: the last round averaged in (momentum).

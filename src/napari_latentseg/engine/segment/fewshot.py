@@ -77,6 +77,7 @@ def segment_iter(
     stop_event: threading.Event | None = None,
     spacing: tuple[float, ...] | None = None,
     previous: SegmentationResult | None = None,
+    extra_features: np.ndarray | None = None,
     **legacy_kwargs,
 ) -> Generator[dict, None, SegmentationResult]:
     """Few-shot segmentation from sparse annotations, optionally with a fine-tuning round.
@@ -117,6 +118,9 @@ def segment_iter(
         with ``options.momentum`` > 0 its probabilities are averaged in (by default where the
         object's probability fell, in object-vs-background rounds; ignored, with a note,
         when its classes or shape differ).
+    extra_features : np.ndarray, optional
+        More forest columns on the image's grid (``volume.shape`` or ``volume.shape + (k,)``),
+        e.g. the scan's anomaly score (:mod:`.extra`; forest rounds only).
     **legacy_kwargs
         Fields of :class:`SegmentOptions` as keywords (``finetune_steps=50``, ...), applied
         over ``options``.
@@ -144,7 +148,12 @@ def segment_iter(
     # Features are computed once per round even without a caller's cache.
     cache = cache if cache is not None else FeatureCache()
     run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
-    forest_feats = ForestFeatures(run, cache, opts.vae_features) if use_forest else None
+    if extra_features is not None and not use_forest:
+        raise ValueError("extra feature columns are columns of the forest: not available "
+                         "with classifier='mlp'")
+    extra = (None if extra_features is None
+             else np.asarray(extra_features)[None] if squeeze else extra_features)
+    forest_feats = ForestFeatures(run, cache, opts.vae_features, extra) if use_forest else None
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     try:
@@ -274,7 +283,8 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
-                       "features": forest_features_name(forest_feats.vae, forest_feats.contrast)
+                       "features": forest_features_name(forest_feats.vae, forest_feats.contrast,
+                                                        forest_feats.n_extra)
                        + (" + background prior" if ts.prior and st.n_classes == 2 else
                           " + unpainted prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")

@@ -10,6 +10,7 @@ import numpy as np
 from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
+from .extra import as_extra_columns, extra_kind
 from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
@@ -64,13 +65,14 @@ PROBA_CHUNK = 1 << 18
 CONTRAST_WITHOUT_VAE = False
 
 
-def forest_features_name(vae: bool, contrast: bool = False) -> str:
-    """What the forest saw, in words for results and logs."""
+def forest_features_name(vae: bool, contrast: bool = False, extra: int = 0) -> str:
+    """What the forest saw, in words for results and logs (``extra``: the caller's columns)."""
+    more = f" + {extra} given column{'s' if extra > 1 else ''}" if extra else ""
     if vae:
-        return "ilastik multiscale set + VAE latent and encoder components"
+        return "ilastik multiscale set + VAE latent and encoder components" + more
     if contrast:
-        return "ilastik multiscale set + centre-surround contrasts (no VAE features)"
-    return "ilastik multiscale set only (no VAE features)"
+        return "ilastik multiscale set + centre-surround contrasts" + more + " (no VAE features)"
+    return "ilastik multiscale set" + (more if more else " only") + " (no VAE features)"
 
 
 class ForestFeatures:
@@ -79,11 +81,12 @@ class ForestFeatures:
     The ilastik set (smoothed intensity, gradient magnitude, Hessian eigenvalues at sigma 1-16
     voxels, in-plane) on the normalised image, the VAE's latent mean, and the top principal
     components of the encoder levels (fitted on evenly spaced slices, independent of the
-    annotations, so the features can be cached per image and model).
+    annotations, so the features can be cached per image and model), then the caller's
+    ``extra`` columns (``shape + (k,)``, :mod:`.extra`), if any.
     """
 
     def __init__(self, run: FeatureRunner, cache: FeatureCache | None,
-                 vae: bool = True) -> None:
+                 vae: bool = True, extra: np.ndarray | None = None) -> None:
         from ..features import MULTISCALE_SIGMAS
 
         self.run = run
@@ -94,8 +97,12 @@ class ForestFeatures:
         self.n_features = self.n_multiscale + (
             run.hyper.latent_channels + _ENCODER_PCS if vae
             else len(MULTISCALE_SIGMAS) - 1 if self.contrast else 0)
+        self.extra = as_extra_columns(extra, run.volume.shape)
+        self.n_extra = 0 if self.extra is None else self.extra.shape[-1]
+        self.n_features += self.n_extra
         self.cache = cache
-        kind = "forest" if vae else "forest-contrast" if self.contrast else "forest-ilastik"
+        kind = ("forest" if vae else "forest-contrast" if self.contrast
+                else "forest-ilastik") + extra_kind(self.extra)
         self.key = cache.key(run.model, run.volume, kind) if cache is not None else None
         self.cached = cache.get(self.key) if cache is not None else None
         self._pca = None
@@ -153,10 +160,17 @@ class ForestFeatures:
         if self.cached is not None:
             return self.run.torch.from_numpy(self.rows_of(zs)).float()
         ms, more = self._parts(zs)
-        if more is None:
-            return to_rows(ms, 2)
         dims = self.run.cfg.spatial_dims if self.vae else 2
-        return self.run.torch.cat([to_rows(ms, 2), to_rows(more, dims)], dim=1)
+        parts = [to_rows(ms, 2)] + ([] if more is None else [to_rows(more, dims)])
+        if self.extra is not None:
+            parts.append(self._extra_rows(zs))
+        return parts[0] if len(parts) == 1 else self.run.torch.cat(parts, dim=1)
+
+    def _extra_rows(self, zs: np.ndarray):
+        """The caller's columns of slices ``zs`` (any, not only a run) as (voxels, k) rows,
+        in the C order of the other columns."""
+        rows = self.extra[np.asarray(zs)].reshape(-1, self.n_extra)
+        return self.run.torch.from_numpy(rows)
 
     @property
     def predict_batches(self) -> list[np.ndarray]:
@@ -192,7 +206,10 @@ class ForestFeatures:
             dst[..., : self.n_multiscale].copy_(ms.permute(0, 2, 3, 1))
             if vae is not None:
                 grid = vae.permute(0, 2, 3, 1) if vae.ndim == 4 else vae[0].permute(1, 2, 3, 0)
-                dst[..., self.n_multiscale :].copy_(grid)
+                dst[..., self.n_multiscale : self.n_features - self.n_extra].copy_(grid)
+            if self.extra is not None:
+                dst[..., self.n_features - self.n_extra :].copy_(self.run.torch.from_numpy(
+                    self.extra[zs[0] : zs[-1] + 1]))
             yield {"stage": "segment: features", "done": i + 1, "total": len(self.batches)}
         self.cached = store
         self.cache.put(self.key, store)

@@ -64,6 +64,8 @@ class LiveSegmenter:
         default: the model's own device.
     spacing : tuple of float, optional
         Voxel size (mm, z y x), for the background prior's margin.
+    extra_features : np.ndarray, optional
+        More forest columns on the volume's grid, as a full round's (``segment_iter``).
 
     Notes
     -----
@@ -77,7 +79,8 @@ class LiveSegmenter:
                  modality: str | None = None,
                  cache: FeatureCache | None = None,
                  options: SegmentOptions | None = None, device: str | None = None,
-                 spacing: tuple[float, ...] | None = None) -> None:
+                 spacing: tuple[float, ...] | None = None,
+                 extra_features: np.ndarray | None = None) -> None:
         vol = np.asarray(volume)
         if vol.ndim != 3:
             raise ValueError(f"live segmentation needs a 3D volume, got shape {vol.shape}")
@@ -99,7 +102,8 @@ class LiveSegmenter:
 
             work.to(resolve_device(device))
         self._run = FeatureRunner(work, vol, modality, None)
-        self._features = ForestFeatures(self._run, self.cache, self.options.vae_features)
+        self._features = ForestFeatures(self._run, self.cache, self.options.vae_features,
+                                        extra_features)
         self._forest = None
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None
