@@ -128,7 +128,7 @@ class SegmentSection(Section):
         self.anomaly = checkbox(
             "Use the anomaly score (MR)", True,
             "When Reconstruct has made this scan's anomaly score, the classifier sees it as "
-            "one more feature. Measured on MR tumours: mean Dice over ten corrections +0.03 "
+            "one more feature. Measured on MR tumours: mean Dice over ten corrections +0.02 "
             "to +0.05; on CT (where the score is the contrast density) -0.01, so CT scans do "
             "not use it (docs/interactive_benchmarks.md).")
         self.segment_btn = self.job_button(
