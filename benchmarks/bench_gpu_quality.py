@@ -71,7 +71,8 @@ def anomaly_section(data: Path, device: str, cases, res: dict, save, budget) -> 
             save()
 
 
-def interactive_section(data: Path, cases, rounds: int, res: dict, save, budget) -> None:
+def interactive_section(data: Path, cases, rounds: int, res: dict, save, budget,
+                        methods=METHODS) -> None:
     """bench_interactive's stroke protocol on whole volumes, VAEs fitted on ``device``."""
     import bench_interactive as bi
 
@@ -83,7 +84,7 @@ def interactive_section(data: Path, cases, rounds: int, res: dict, save, budget)
             res["skipped"].append(f"interactive/{case}")
             continue
         env = bi.case_env(case, data, False)
-        for method in METHODS:
+        for method in methods:
             m = bi.build(method, env, False, 0)
             r = bi.run_strokes(m, env, rounds)
             r.update(case=case, method=method, protocol="strokes", seed=0,
@@ -107,6 +108,9 @@ def main() -> int:
     p.add_argument("--sections", nargs="+", default=["anomaly", "interactive"])
     p.add_argument("--cases", nargs="+", default=CASES, help="interactive cases, in order")
     p.add_argument("--anomaly-cases", nargs="+", default=["brain1", "brain2"])
+    p.add_argument("--methods", nargs="+", default=METHODS,
+                   help="interactive methods (bench_interactive's names; e.g. vae-anomaly: "
+                        "the default with the scan's anomaly score as a column)")
     a = p.parse_args()
     t0 = time.perf_counter()
     # Set before the benchmark modules read them: VAEs fitted on the device, cached apart.
@@ -139,7 +143,7 @@ def main() -> int:
             if section == "anomaly":
                 anomaly_section(data, a.device, a.anomaly_cases, res, save, budget)
             else:
-                interactive_section(data, a.cases, a.rounds, res, save, budget)
+                interactive_section(data, a.cases, a.rounds, res, save, budget, a.methods)
         except Exception as exc:  # keep the other section's figures
             import traceback
 

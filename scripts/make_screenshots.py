@@ -258,7 +258,8 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     """06-09: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
     a fit started, two strokes and Segment while it runs (08: the ilastik features),
     reconstruct once the fit is done (06; the default score on MR is the denoiser's), that
-    score and its candidates alone (09), Segment with the VAE, then a live correction (07)."""
+    score and its candidates alone (09), Segment with the VAE and that score, then a live
+    correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
     from scipy import ndimage as ndi
@@ -325,7 +326,8 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
           flush=True)
     ann.visible = True
     seg.live_box.setChecked(True)
-    wait_job(lambda: seg.segment(finetune=False))
+    wait_job(lambda: seg.segment(finetune=False))  # with the anomaly score of 06 (MR)
+    print(f"  {seg.summary.text()}", flush=True)
     pred = viewer.layers[f"{scan.name} segmentation"]
     wrong = (np.asarray(pred.data[z]) == 2) != tumour[z]
     if wrong.any():

@@ -530,9 +530,8 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     painted = np.array(ann.data, copy=True)
     score = viewer.layers["phantom crop anomaly score"].data
     run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert seen[-1] is score and "the anomaly score" in seg.summary.text()
-    assert "+ 1 given column" in seg.summary.text()
+    assert seen[-1] is score and "+ the anomaly score" in seg.summary.text()
     np.testing.assert_array_equal(ann.data, painted)
     seg.anomaly.setChecked(False)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert seen[-1] is None and "given column" not in seg.summary.text()
+    assert seen[-1] is None and "anomaly score" not in seg.summary.text()

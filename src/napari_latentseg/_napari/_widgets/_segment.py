@@ -402,11 +402,11 @@ class SegmentSection(Section):
             origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
             self.session.add_model(result.model, origin)
         used = next((h["features"] for h in result.history if "features" in h), None)
+        if used and with_score:  # the engine names it a given column; the user knows it so
+            used = used.replace("+ 1 given column", "+ the anomaly score")
         lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."
-                 + (f" Features: {used}"
-                    + (" (the given column: the anomaly score)" if with_score else "") + "."
-                    if used else "")]
+                 + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
         lines.extend(result.notes)
         self.summary.setText("<br>".join(lines))
