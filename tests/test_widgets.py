@@ -496,6 +496,12 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     viewer, widget = dock
     scan = add_crop(viewer, phantom_crop)
     fit(qtbot, widget, steps=10)
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
+    painted = np.array(ann.data, copy=True)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))  # no score yet: a tip says so
+    assert "Tip: Reconstruct" in seg.summary.text()
     rec = widget.reconstruct_section
     assert rec.method.currentData() == "default"
     import napari_latentseg.engine.anomaly as anomaly
@@ -524,13 +530,10 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     job = segment_widget.segment_job
     monkeypatch.setattr(segment_widget, "segment_job", lambda *a, **k: seen.append(
         k.get("extra_features")) or job(*a, **k))
-    seg = widget.segment_section
-    ann = seg.new_annotation_layer()
-    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
-    painted = np.array(ann.data, copy=True)
     score = viewer.layers["phantom crop anomaly score"].data
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert seen[-1] is score and "+ the anomaly score" in seg.summary.text()
+    assert "Tip: Reconstruct" not in seg.summary.text()
     np.testing.assert_array_equal(ann.data, painted)
     seg.anomaly.setChecked(False)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
