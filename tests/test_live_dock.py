@@ -15,6 +15,10 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     from napari_latentseg.engine.segment import LiveSegmenter
 
     given = []  # whether each live slice got the last round's probabilities (momentum)
+    columns = []  # the extra columns each new live segmenter got (the anomaly score)
+    init = LiveSegmenter.__init__
+    monkeypatch.setattr(LiveSegmenter, "__init__", lambda self, *a, **k: columns.append(
+        k.get("extra_features")) or init(self, *a, **k))
     predict = LiveSegmenter.predict_slice
     monkeypatch.setattr(LiveSegmenter, "predict_slice", lambda self, z, anchors=None,
                         previous=None, grown=None: given.append(previous is not None)
@@ -39,6 +43,11 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     assert seg.live_box.isChecked()  # on by default once a round has run
     out = next(layer for layer in viewer.layers if layer.name.endswith("segmentation"))
     viewer.dims.set_point(0, float(scan.data_to_world((z + 2, 0, 0))[0]))
+    # An anomaly score as Reconstruct leaves it: live slices take it as the rounds do (MR).
+    from napari_latentseg._napari._widgets._layers import upsert_output
+
+    score = upsert_output(viewer, scan, "anomaly score", (truth == 6).astype(np.float32),
+                          "image").data
     before = np.array(out.data, copy=True)
     target = z + 2
     wrong = np.argwhere(before[target] != 2)
@@ -49,6 +58,7 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     index, seconds = blocker.args
     assert index == target and seconds > 0
     assert given == [True]  # a stroke added to the last round's: it continues that round
+    assert len(columns) == 1 and columns[0] is score
     assert out.data[target, y, x] == 2  # the stroke's class shows on the displayed slice
     np.testing.assert_array_equal(out.data[:target], before[:target])  # only that slice
     # The user's layers: the scan untouched, the annotations hold exactly the strokes.
