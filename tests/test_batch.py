@@ -4,6 +4,7 @@ distributed fits."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -439,3 +440,53 @@ def test_distributed_fit_with_torchrun_two_cpu_processes(six_scans, tmp_path, bu
     assert ranks["0"][0] != ranks["1"][0]
     assert ranks["0"][1] == ranks["1"][1]
     assert log.count("saved ") == 1
+
+
+def test_segment_with_anomaly_maps_from_a_reconstruct_folder(cohort, model_file, tmp_path,
+                                                             capsys):
+    """`--anomaly-maps FOLDER` reads <id>/anomaly_map.<ext> (a reconstruct run's layout) as
+    a forest column; the map is an input of the stamp, so a changed map redoes the scan."""
+    from napari_latentseg.batch.manifest import read_manifest
+
+    maps = tmp_path / "rec"
+    for i in (0, 2):  # s0 and s2 have a map, s3 none
+        image = read_volume(cohort / "scans" / f"s{i}.nii.gz")
+        score = np.linspace(0, 1, image.data.size, dtype=np.float32).reshape(image.shape)
+        (maps / f"s{i}").mkdir(parents=True)
+        save_volume(maps / f"s{i}" / "anomaly_map.nii.gz", score, image.geometry())
+    jobs, _ = read_manifest(cohort / "scans", annotations_dir=cohort / "annotations",
+                            anomaly_maps_dir=maps)
+    found = {j.id: j.anomaly_map for j in jobs}
+    assert found["s0"].endswith("s0/anomaly_map.nii.gz") and found["s3"] is None
+    m = tmp_path / "cohort.csv"
+    m.write_text("id,image,annotations,anomaly_map\n"
+                 f"s0,{cohort}/scans/s0.nii.gz,{cohort}/annotations/s0.nii.gz,\n"
+                 f"s3,{cohort}/scans/s3.nii.gz,{cohort}/annotations/s3.nii.gz,\n")
+    base = ["batch", str(m), "-m", str(model_file), "--task", "segment", "--workers", "0"]
+    assert main(base + ["-o", str(tmp_path / "plain")]) == 0
+    out = tmp_path / "seg"
+    assert main(base + ["-o", str(out), "--anomaly-maps", str(maps)]) == 0
+    assert "1 of 2 scans have an anomaly map" in capsys.readouterr().err
+    stamp = json.loads((out / "s0" / "done.json").read_text())
+    assert stamp["anomaly_map"] == found["s0"]
+    assert "anomaly_map" not in json.loads((out / "s3" / "done.json").read_text())
+    with_map = read_volume(out / "s0" / "labels.nii.gz").data
+    plain = read_volume(tmp_path / "plain" / "s0" / "labels.nii.gz").data
+    assert not np.array_equal(with_map, plain)  # the column reached the forest
+    np.testing.assert_array_equal(read_volume(out / "s3" / "labels.nii.gz").data,
+                                  read_volume(tmp_path / "plain" / "s3" / "labels.nii.gz").data)
+    # A rerun skips both; a changed map redoes its scan only.
+    assert main(base + ["-o", str(out), "--anomaly-maps", str(maps), "-q"]) == 0
+    assert {r["status"] for r in _summary(out).values()} == {"skipped"}
+    image = read_volume(cohort / "scans" / "s0.nii.gz")
+    save_volume(maps / "s0" / "anomaly_map.nii.gz", np.zeros(image.shape, np.float32),
+                overwrite=True, geometry=image.geometry())
+    assert main(base + ["-o", str(out), "--anomaly-maps", str(maps), "-q"]) == 0
+    rows = _summary(out)
+    assert rows["s0"]["status"] == "done" and rows["s3"]["status"] == "skipped"
+    # Only segment reads maps; a missing folder is one clear error.
+    assert main(["batch", str(m), "-m", str(model_file), "--task", "cluster", "-o",
+                 str(tmp_path / "c"), "--anomaly-maps", str(maps), "-q"]) == 2
+    assert "--anomaly-maps is an input of --task segment" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "x"), "--anomaly-maps", str(tmp_path / "no")]) == 2
+    assert "anomaly maps folder not found" in capsys.readouterr().err

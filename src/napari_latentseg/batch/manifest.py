@@ -7,7 +7,8 @@ A cohort is either
   without its extension (or the sub-folder's name), with characters other than letters,
   digits and ``. _ + -`` replaced by ``_``; or
 - a **CSV manifest** with a header row: a column ``image`` (or ``scan`` / ``path``), optionally
-  ``annotations`` and ``id``. Relative paths are resolved against the CSV's folder; an empty
+  ``annotations``, ``anomaly_map`` (task ``segment``: the scan's anomaly score, one more
+  feature of the forest) and ``id``. Relative paths are resolved against the CSV's folder; an empty
   ``id`` is derived from the image path as for a folder. Comma, semicolon and tab separators
   are recognised.
 
@@ -21,17 +22,19 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = [
     "ANNOTATION_COLUMNS",
+    "ANOMALY_MAP_COLUMNS",
     "ID_COLUMNS",
     "IMAGE_COLUMNS",
     "SCAN_SUFFIXES",
     "ManifestError",
     "ScanJob",
     "find_annotations",
+    "find_anomaly_map",
     "read_manifest",
     "safe_id",
 ]
@@ -41,6 +44,7 @@ SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Accepted names (case-insensitive) of the CSV columns.
 IMAGE_COLUMNS = ("image", "scan", "path")
 ANNOTATION_COLUMNS = ("annotations", "annotation")
+ANOMALY_MAP_COLUMNS = ("anomaly_map", "anomaly map")
 ID_COLUMNS = ("id",)
 #: Names a scan id may not take: files the run writes next to the scans' folders.
 RESERVED_IDS = ("summary.csv",)
@@ -65,11 +69,14 @@ class ScanJob:
         Absolute path of the scan (file or DICOM folder).
     annotations : str or None
         Absolute path of its annotation volume (task ``segment``).
+    anomaly_map : str or None
+        Absolute path of its anomaly score on its grid (task ``segment``: a forest column).
     """
 
     id: str
     image: str
     annotations: str | None = None
+    anomaly_map: str | None = None
 
 
 def safe_id(name: str) -> str:
@@ -157,6 +164,7 @@ def _read_csv(path: Path) -> list[ScanJob]:
             f"{path}: no image column; the header must name one of {', '.join(IMAGE_COLUMNS)} "
             f"(found: {', '.join(h.strip() for h in header) or 'nothing'})")
     i_ann = _column(header, ANNOTATION_COLUMNS)
+    i_map = _column(header, ANOMALY_MAP_COLUMNS)
     i_id = _column(header, ID_COLUMNS)
     base = path.resolve().parent
 
@@ -177,8 +185,9 @@ def _read_csv(path: Path) -> list[ScanJob]:
             sid = given
         else:
             sid = safe_id(Path(image.rstrip("/\\")).name)
-        ann = cell(row, i_ann)
-        jobs.append(ScanJob(sid, _resolve(image, base), _resolve(ann, base) if ann else None))
+        ann, score = cell(row, i_ann), cell(row, i_map)
+        jobs.append(ScanJob(sid, _resolve(image, base), _resolve(ann, base) if ann else None,
+                            _resolve(score, base) if score else None))
         lines.append(line)
     if not jobs:
         raise ManifestError(f"{path}: the manifest lists no scan (only a header row)")
@@ -203,10 +212,18 @@ def find_annotations(folder: str | os.PathLike[str], scan_id: str) -> str | None
     return None
 
 
+def find_anomaly_map(folder: str | os.PathLike[str], scan_id: str) -> str | None:
+    """The anomaly score of ``scan_id`` in ``folder``: ``<id>/anomaly_map.<ext>`` (what
+    ``batch --task reconstruct --anomaly-map`` writes), else ``<id>.<ext>``."""
+    found = find_annotations(Path(folder) / scan_id, "anomaly_map")
+    return found or find_annotations(folder, scan_id)
+
+
 def read_manifest(
     source: str | os.PathLike[str],
     *,
     annotations_dir: str | os.PathLike[str] | None = None,
+    anomaly_maps_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[list[ScanJob], list[str]]:
     """List the scans of a cohort.
 
@@ -217,6 +234,9 @@ def read_manifest(
     annotations_dir : path-like, optional
         Folder of annotation volumes named by scan id (``<id>.nii.gz``...), used for scans
         the manifest gives no annotations.
+    anomaly_maps_dir : path-like, optional
+        Folder of anomaly scores (:func:`find_anomaly_map`), for scans the manifest gives
+        none.
 
     Returns
     -------
@@ -248,6 +268,12 @@ def read_manifest(
         adir = Path(annotations_dir).expanduser()
         if not adir.is_dir():
             raise ManifestError(f"{adir}: annotations folder not found")
-        jobs = [j if j.annotations else ScanJob(j.id, j.image, find_annotations(adir, j.id))
+        jobs = [j if j.annotations else replace(j, annotations=find_annotations(adir, j.id))
+                for j in jobs]
+    if anomaly_maps_dir is not None:
+        mdir = Path(anomaly_maps_dir).expanduser()
+        if not mdir.is_dir():
+            raise ManifestError(f"{mdir}: anomaly maps folder not found")
+        jobs = [j if j.anomaly_map else replace(j, anomaly_map=find_anomaly_map(mdir, j.id))
                 for j in jobs]
     return jobs, ignored

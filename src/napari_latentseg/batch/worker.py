@@ -358,6 +358,9 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
             raise ValueError("no annotations for this scan: give them in the manifest's "
                              "annotations column (or -a FOLDER with <id>.nii.gz files)")
         ann = load_annotations(scan, job.annotations)
+    # The scan's anomaly score as one more forest column (docs/interactive_benchmarks.md).
+    score = (load_annotations(scan, job.anomaly_map, "the anomaly map")
+             if options.task == "segment" and job.anomaly_map else None)
     model = _model(model_path, model_hash, _device_for(options))
     if options.task == "reconstruct":
         result = drive(reconstruct_job(
@@ -369,7 +372,7 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
         result = drive(cluster_job(model, scan, k=options.k, method=options.method,
                                    seed=options.seed))
     else:
-        result = drive(segment_job(model, scan, ann, seed=options.seed))
+        result = drive(segment_job(model, scan, ann, seed=options.seed, extra_features=score))
     ext = options.output_format
     outputs = {f"{stem}.{ext}": result.outputs[role].data
                for stem, role in _task_files(options).items() if role in result.outputs}
@@ -395,7 +398,7 @@ def process_scan(
     Parameters
     ----------
     job : ScanJob
-        The scan, its annotations and its id.
+        The scan, its annotations (and anomaly map) and its id.
     model_path : str
         Model file, readable from where this runs (loaded once per process and kept).
     options : BatchOptions
@@ -428,10 +431,10 @@ def process_scan(
         if not Path(job.image).exists():
             raise FileNotFoundError(f"{job.image}: no such file or folder")
         inputs = [job.image]
-        if options.task == "segment" and job.annotations:
-            if not Path(job.annotations).exists():
-                raise FileNotFoundError(f"{job.annotations}: no such file or folder")
-            inputs.append(job.annotations)
+        for extra in ((job.annotations, job.anomaly_map) if options.task == "segment" else ()):
+            if extra and not Path(extra).exists():
+                raise FileNotFoundError(f"{extra}: no such file or folder")
+            inputs += [extra] if extra else []
         signature = "+".join(path_signature(p) for p in inputs)
         old = read_stamp(scan_dir)
         if old and not options.verify and old.get("input_signature") == signature:
@@ -477,6 +480,7 @@ def process_scan(
             "format": STAMP_FORMAT, "format_version": 1, **expected,
             "input_signature": signature,
             "id": job.id, "image": job.image, "annotations": job.annotations,
+            **({"anomaly_map": job.anomaly_map} if job.anomaly_map else {}),
             "model": str(model_path), "options": options.result_key(), "outputs": written,
             "metrics": metrics, "seconds": seconds, "package_version": __version__,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
