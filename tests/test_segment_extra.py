@@ -134,6 +134,11 @@ def test_cli_segment_reads_the_anomaly_map(hidden, tmp_path, capsys):
     plain = read_volume(tmp_path / "plain.nii.gz").data == 2
     col = read_volume(tmp_path / "col.nii.gz").data == 2
     assert _dice(col, truth) > _dice(plain, truth) + 0.3
+    # On a CT (HU values) the command says the score was measured to help on MR only.
+    ct = save_volume(tmp_path / "ct.nii.gz", vol * 100.0 - 1000.0, spacing=SPACING[::-1])
+    assert main(["segment", str(ct), "-a", str(a), "-o", str(tmp_path / "ct-seg.nii.gz"),
+                 "--anomaly-map", str(s)]) == 0
+    assert "on CT the anomaly score" in capsys.readouterr().err
     other = save_volume(tmp_path / "other.nii.gz", score, spacing=(1.0, 1.0, 2.0))
     assert main(base + ["-o", str(tmp_path / "x.nii.gz"), "--anomaly-map", str(other)]) == 2
     assert "the anomaly map" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
