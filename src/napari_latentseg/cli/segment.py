@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
                    help="the scan's anomaly score on its grid, as `latentseg reconstruct "
                         "--anomaly-map` writes it (read here, never written): one more feature "
                         "for the forest. On MR tumours it lifts the mean Dice of a correction "
-                        "loop by 0.02-0.05; on CT (the contrast density) it lost 0.01 "
+                        "loop by 0.05-0.06; on CT (the contrast density) it lost 0.01 "
                         "(docs/interactive_benchmarks.md)")
     s.add_argument("--all-regions", action="store_true",
                    help="keep regions not connected to a stroke of their class (default: "

@@ -1,7 +1,7 @@
 """The scan's anomaly score (Reconstruct's output layer) as a column of Segment's forest.
 
 Measured on MR tumours (docs/interactive_benchmarks.md, "The scan's anomaly score as a forest
-column"): mean Dice over ten corrections +0.02 to +0.05 on the brains; on CT, where the score
+column"): mean Dice over ten corrections +0.05 to +0.06 on the brains; on CT, where the score
 is the contrast density, -0.01, so CT scans do not use it.
 """
 
