@@ -127,8 +127,10 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
                 from napari_latentseg.engine.anomaly import anomaly_map
 
                 kw = {"method": "dae"} if name == "dae" else {}  # anomaly: the default
+                # The denoiser where the benchmark's VAEs run (the GPU in bench_gpu_quality).
                 res = anomaly_map(None, env["full_image"], modality=env["modality"],
-                                  spacing=env["spacing"], error_map=False, **kw)
+                                  spacing=env["spacing"], error_map=False, device=ia.DEVICE,
+                                  **kw)
                 col = res.score[env["box"]][..., None]
             elif name == "vaesigma":
                 from napari_latentseg.engine.infer import encode

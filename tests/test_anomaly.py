@@ -244,6 +244,24 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
         assert job.anomaly.mode == mode
 
 
+def test_reconstruct_job_without_a_model_gives_the_score_alone(small_phantom):
+    """No model: the anomaly outputs of a model-free method (the denoiser on MR), on the device
+    asked for; nothing to reconstruct; a method that needs the VAE says so."""
+    from napari_latentseg.pipeline import Scan, reconstruct_job
+    from napari_latentseg.runtime.progress import drive
+
+    img = small_phantom.image.astype(np.float32)
+    scan = Scan(img, {}, "MR", "phantom")
+    job = drive(reconstruct_job(None, scan, anomalies=True, anomaly_map=True, device="cpu"))
+    assert job.result is None and set(job.outputs) == {"anomaly_map", "anomalies"}
+    assert job.anomaly.method == "dae" and job.metrics["device"] == "cpu"
+    assert job.outputs["anomaly_map"].data.shape == img.shape
+    with pytest.raises(ValueError, match="only the anomaly score"):
+        drive(reconstruct_job(None, scan, anomalies=False))
+    with pytest.raises(ValueError, match="needs a fitted model"):
+        drive(reconstruct_job(None, scan, anomalies=True, anomaly_method="error"))
+
+
 def test_default_method_is_the_denoiser_on_mr_only(small_phantom):
     """``"default"``: the denoiser on MR (header or intensities), the contrast density on CT,
     the intensity density on slices too small for the denoiser's crops; in self mode and in

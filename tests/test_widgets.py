@@ -342,8 +342,10 @@ def test_wrong_inputs_become_error_notifications(dock, qtbot, phantom_crop, note
     assert widget.reconstruct_section.run() is False  # no scan
     assert "open a scan" in errors(notes)[-1]
     scan = add_crop(viewer, phantom_crop)
-    assert widget.reconstruct_section.run() is False  # no model
+    widget.reconstruct_section.anomalies.setChecked(False)
+    assert widget.reconstruct_section.run() is False  # no model, and no score asked for
     assert "No active model" in errors(notes)[-1]
+    widget.reconstruct_section.anomalies.setChecked(True)
     fit(qtbot, widget, steps=10)
 
     assert seg.segment() is False  # no annotation layer
@@ -454,6 +456,31 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     assert seg.segment(finetune=True) is False
     assert "No active model" in errors(notes)[-1]
     np.testing.assert_array_equal(scan.data, img)  # the user's layer is untouched
+
+
+def test_anomaly_score_before_any_fit(dock, qtbot, phantom_crop):
+    """Reconstruct without a model makes the anomaly layers alone (the denoiser needs no
+    VAE), and Segment rounds, still without a model, use that score."""
+    viewer, widget = dock
+    scan = add_crop(viewer, phantom_crop)
+    rec = widget.reconstruct_section
+    assert widget.active_model is None
+    run(qtbot, widget, rec.run)
+    names = {layer.name for layer in viewer.layers}
+    assert {"phantom crop anomaly score", "phantom crop anomalies"} <= names
+    assert not names & {"phantom crop reconstruction", "phantom crop error"}
+    assert "No model: the anomaly score alone" in rec.summary.text()
+    assert "(dae)" in rec.summary.text()
+    assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
+    rec.method.setCurrentIndex(rec.method.findData("error"))  # the VAE's error needs one
+    assert rec.run() is False
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    text = seg.summary.text()
+    assert "ilastik multiscale set + the anomaly score (no VAE features)" in text
+    np.testing.assert_array_equal(scan.data, phantom_crop[0])
 
 
 def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):

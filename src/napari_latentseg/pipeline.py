@@ -206,7 +206,7 @@ def label_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
 
 
 def reconstruct_job(
-    model: VAEModel,
+    model: VAEModel | None,
     scan: Scan,
     *,
     anomalies: bool = True,
@@ -233,23 +233,36 @@ def reconstruct_job(
     ``lower_surface=False`` its findings near the head's surface (on MR).
     ``with_self``: with normative statistics, also score the scan against itself and flag
     what either finds (no effect without them: the scan is then its own reference).
+    ``model=None``: the anomaly score alone, of a method that needs no model (the defaults:
+    the denoiser on MR, the contrast density on CT), on ``device``; the result is None.
     """
     from .engine.infer import reconstruct_iter
 
-    _to_device(model, device)
-    res = yield from reconstruct_iter(model, scan.data, modality=scan.modality,
-                                      anomalies=False, tile=tile, stop_event=stop_event)
-    outputs = {"reconstruction": Output(res.reconstruction, "image"),
-               "error": Output(res.error, "image")}
-    metrics: dict[str, Any] = {"device": str(res.info.get("device", model.device)),
-                               "mean_error": round(float(res.error.mean()), 6)}
-    job = JobResult(outputs, metrics, [], res)
+    outputs: dict[str, Output] = {}
+    metrics: dict[str, Any] = {}
+    job = JobResult(outputs, metrics, [], None)
+    if model is None:
+        if not (anomalies or anomaly_map):
+            raise ValueError("without a model only the anomaly score can be computed: ask "
+                             "for it, or give a fitted model")
+        from .runtime.device import resolve_device
+
+        metrics["device"] = str(resolve_device(device or "auto"))
+    else:
+        _to_device(model, device)
+        res = yield from reconstruct_iter(model, scan.data, modality=scan.modality,
+                                          anomalies=False, tile=tile, stop_event=stop_event)
+        outputs.update(reconstruction=Output(res.reconstruction, "image"),
+                       error=Output(res.error, "image"))
+        metrics.update(device=str(res.info.get("device", model.device)),
+                       mean_error=round(float(res.error.mean()), 6))
+        job.result = res
     if anomalies or anomaly_map:
         from .engine.anomaly import anomaly_iter
 
         # The model's normative statistics serve the method they were fitted for; any other
         # method (the dock's choice, --anomaly-method) scores the scan against itself.
-        normative = (model.anomaly or {}).get("normative")
+        normative = (model.anomaly or {}).get("normative") if model is not None else None
         reference = ("model" if normative and anomaly_method in ("default", normative["method"])
                      else None)
         an = yield from anomaly_iter(model, scan.data, modality=scan.modality,
@@ -257,7 +270,8 @@ def reconstruct_job(
                                      spacing=scan.spacing, error_map=False,
                                      lower_symmetric=lower_symmetric,
                                      with_self=with_self and reference is not None,
-                                     lower_surface=lower_surface, stop_event=stop_event)
+                                     lower_surface=lower_surface, stop_event=stop_event,
+                                     device=metrics["device"] if model is None else None)
         outputs["anomaly_map"] = Output(an.score, "image")
         outputs["anomalies"] = Output(an.labels, "labels")
         job.anomaly = an

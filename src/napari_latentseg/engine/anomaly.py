@@ -149,7 +149,7 @@ def _feature_rows(model, xnorm, mask, stats, method, stop_event, spacing=None):
 
 
 def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon=None,
-              spacing=None):
+              spacing=None, device=None):
     """Raw (unsmoothed) score map; 0 outside ``mask``."""
     from .anomaly_features import gmm_nll, knn_distance, ssim_map
 
@@ -171,7 +171,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
         raw = yield from dae_stats_iter(stats, xnorm, mask, spacing=spacing,
-                                        device=getattr(model, "device", "cpu"),
+                                        device=_torch_device(model, device),
                                         stop_event=stop_event)
         return np.where(mask, raw, np.float32(np.nan))
     else:
@@ -186,6 +186,18 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = slice_normalise(raw, mask)
     raw[~mask] = np.nan
     return raw
+
+
+def _torch_device(model: VAEModel | None, device: str | None) -> str:
+    """Where a network of the score (the denoiser) runs: the model's device, else ``device``
+    (``auto``: a GPU when there is one), else the CPU."""
+    if model is not None:
+        return str(model.device)
+    if device is None:
+        return "cpu"
+    from ..runtime.device import resolve_device
+
+    return str(resolve_device(device))
 
 
 def _by_model(model: VAEModel | None, stats: dict) -> bool:
@@ -204,6 +216,7 @@ def fit_normative_iter(
     stop_event: threading.Event | None = None,
     _keep: list | None = None,
     lower_symmetric: bool = True,
+    device: str | None = None,
 ) -> Generator[dict, None, dict]:
     """Fit normative anomaly statistics on one or more scans; returns a plain dict.
 
@@ -212,6 +225,7 @@ def fit_normative_iter(
     lazy sequence may load each from disk): once for the density's sample, once for the
     calibration ("features" and "knn" read every scan once more, all held at once, for their
     feature space). ``spacing`` is one voxel size for every scan or a list of per-scan ones.
+    ``device``: where the denoiser runs without a model (:func:`anomaly_iter`).
     """
     from .anomaly_features import density_sample, fit_density, fit_feature_space
 
@@ -256,7 +270,7 @@ def fit_normative_iter(
         if _keep is None:  # normative: one denoiser on every scan's slices, stored
             stats["nets"] = nets_state((yield from fit_dae_iter(
                 [prepared(i)[:3] for i in range(n)], seed=seed, stop_event=stop_event,
-                device=getattr(model, "device", "cpu"))))
+                device=_torch_device(model, device))))
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
 
@@ -284,7 +298,7 @@ def fit_normative_iter(
         x, m, sp, skip, rows = (kept if kept is not None
                                 else (*prepared(i, unscored=need_unscored), None))
         raw = yield from _raw_iter(model, x, m, stats, method, stop_event, rows=rows,
-                                   spacing=sp)
+                                   spacing=sp, device=device)
         cal = m & ~skip if skip is not None and CALIBRATE_SCORED_ONLY else m
         raws.append(raw[cal])
         if _keep is not None:
@@ -343,13 +357,15 @@ def anomaly_iter(
     with_self: bool = False,
     lower_surface: bool = True,
     stop_event: threading.Event | None = None,
+    device: str | None = None,
 ) -> Generator[dict, None, AnomalyResult]:
     """Anomaly map of ``volume``, yielding progress; returns an :class:`AnomalyResult`.
 
     Parameters
     ----------
     model : VAEModel or None
-        A fitted model (only ``intensity`` and ``median`` work without one).
+        A fitted model; ``features``, ``knn``, ``error`` and ``ssim`` need one, the default
+        methods (``dae`` on MR, ``contrast`` on CT) do not.
     volume : np.ndarray
         2D or 3D array (z, y, x) in its own intensity units.
     modality : str, optional
@@ -380,6 +396,9 @@ def anomaly_iter(
         (eyes, nose and scalp are not findings; False keeps superficial ones, e.g. breast).
     stop_event : threading.Event, optional
         Set to cancel; raises :class:`~napari_latentseg.runtime.progress.Cancelled`.
+    device : str, optional
+        Without a model: where the denoiser fits and runs (``auto``, ``cpu``, ``cuda``...;
+        default the CPU). With one, the model's device.
     """
     t0 = time.perf_counter()
     vol = np.asarray(volume, dtype=np.float32)
@@ -406,11 +425,12 @@ def anomaly_iter(
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
         vc, spc = to_coarse(vol, spacing, f)
         x, mask = _prepare(model if _by_model(model, stats) else None, vc, modality, spc)
-        raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc)
+        raw = yield from _raw_iter(model, x, mask, stats, method, stop_event, spacing=spc,
+                                   device=device)
         if with_self:  # the same method fitted on the scan: its own calibrated score
             own, kept = yield from _fit_on_scan(
                 model, vol, modality, method, spacing, seed, stop_event,
-                bool(stats.get("lower_symmetric", lower_symmetric)))
+                bool(stats.get("lower_symmetric", lower_symmetric)), device)
             own_score = _calibrated(kept[2], own["calibration"])
             fo = grid_factor(vol.shape, spacing, own.get("grid_mm"))
             if fo != f:  # statistics stored on another grid (before session 21)
@@ -418,7 +438,7 @@ def anomaly_iter(
     else:
         mode = "self"
         stats, (x, mask, raw, unscored) = yield from _fit_on_scan(
-            model, vol, modality, method, spacing, seed, stop_event, lower_symmetric)
+            model, vol, modality, method, spacing, seed, stop_event, lower_symmetric, device)
         method = stats["method"]
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
     yield {"stage": "calibrate", "done": 1, "total": 1}
@@ -460,12 +480,14 @@ def anomaly_iter(
                          info={"fpr": fpr, "calibration": cal, "surface_mm": surface})
 
 
-def _fit_on_scan(model, vol, modality, method, spacing, seed, stop_event, lower_symmetric):
+def _fit_on_scan(model, vol, modality, method, spacing, seed, stop_event, lower_symmetric,
+                 device=None):
     """Self mode's fit: (statistics fitted on ``vol`` itself, its (x, mask, raw, unscored))."""
     keep: list = []
     stats = yield from fit_normative_iter(model, [vol], modalities=[modality], method=method,
                                           spacing=spacing, seed=seed, stop_event=stop_event,
-                                          _keep=keep, lower_symmetric=lower_symmetric)
+                                          _keep=keep, lower_symmetric=lower_symmetric,
+                                          device=device)
     return stats, keep[0]
 
 

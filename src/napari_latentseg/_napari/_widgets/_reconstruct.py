@@ -6,6 +6,8 @@ Outputs (plugin-owned, updated on re-run, overlaying the scan with its geometry)
 ``"<scan> anomaly score"`` (Image, the calibrated anomaly score: transparent below the
 candidate threshold) and ``"<scan> anomalies"`` (Labels, each candidate outlined in cyan in 2D
 views). The candidates are listed (volume, peak score); a click moves the view to one.
+Without an active model only the anomaly layers are made (the default scores, the denoiser on
+MR and the contrast density on CT, need no VAE), so a score is at hand before any fit.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ class ReconstructSection(Section):
         self.tile.setToolTip("Largest slice size processed at once; lower it if the GPU runs "
                              "out of memory.")
         self.run_btn = self.job_button(
-            "Reconstruct", "Reconstruct the scan with the active model and map the error.",
+            "Reconstruct", "Reconstruct the scan with the active model and map the error; "
+            "without a model, the anomaly score alone (no VAE needed for it).",
             self.run)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
@@ -172,12 +175,14 @@ class ReconstructSection(Section):
             show_error(problem)
             return False
         model = self.session.active_model
-        if model is None:
-            show_error("No active model: fit one or load a model file in section 2 first.")
-            return False
-        scan = scan_from_layer(layer)
         anomalies = self.anomalies.isChecked()
         method = str(self.method.currentData())
+        if model is None and (not anomalies or method == "error"):
+            show_error("No active model: fit one or load a model file in section 2 first (the "
+                       "anomaly score alone needs none: tick it, with a score other than the "
+                       "reconstruction error).")
+            return False
+        scan = scan_from_layer(layer)
         lower_symmetric = self.symmetric.isChecked()
         lower_surface = self.surface.isChecked()
         with_self = self.with_self.isChecked() and self.with_self.isEnabled()
@@ -200,21 +205,25 @@ class ReconstructSection(Section):
                                      on_stopped=stopped)
 
     def _show(self, layer, job: JobResult) -> None:
-        result: ReconstructionResult = job.result
+        result: ReconstructionResult | None = job.result  # None: the score alone, no model
         if layer not in self.viewer.layers:
             show_error(f"'{layer.name}' was removed while it was being reconstructed; the "
                        "result was dropped.")
             return
-        lo, hi = (float(v) for v in layer.contrast_limits)
-        upsert_output(self.viewer, layer, "reconstruction", result.reconstruction, "image",
-                      contrast_limits=(lo, hi), colormap="gray", visible=False)
-        err = result.error
-        top = float(np.percentile(err, 99.5)) if err.size else 1.0
         an = job.anomaly
-        upsert_output(self.viewer, layer, "error", err, "image",
-                      contrast_limits=(0.0, max(top, 1e-3)), colormap=_error_colormap(),
-                      blending="translucent", opacity=0.9, visible=an is None)
-        parts = [f"Mean error {float(err.mean()):.3f} of the intensity range"]
+        if result is not None:
+            lo, hi = (float(v) for v in layer.contrast_limits)
+            upsert_output(self.viewer, layer, "reconstruction", result.reconstruction, "image",
+                          contrast_limits=(lo, hi), colormap="gray", visible=False)
+            err = result.error
+            top = float(np.percentile(err, 99.5)) if err.size else 1.0
+            upsert_output(self.viewer, layer, "error", err, "image",
+                          contrast_limits=(0.0, max(top, 1e-3)), colormap=_error_colormap(),
+                          blending="translucent", opacity=0.9, visible=an is None)
+            parts = [f"Mean error {float(err.mean()):.3f} of the intensity range"]
+        else:
+            parts = ["No model: the anomaly score alone (fit one for the reconstruction and "
+                     "the error map)"]
         if an is not None:
             # Transparent below the threshold: only what is abnormal shows over the scan.
             peak = max(float(an.score.max(initial=0.0)), an.threshold + 1.0)
@@ -232,8 +241,9 @@ class ReconstructSection(Section):
             self._list_candidates(layer, an.candidates)
         else:
             self.candidates.setVisible(False)
-        seconds = result.seconds + (an.seconds if an is not None else 0.0)  # the score's too
-        parts.append(f"{seconds:.1f} s on {result.info.get('device', '?')}")
+        seconds = ((result.seconds if result is not None else 0.0)
+                   + (an.seconds if an is not None else 0.0))  # the score's too
+        parts.append(f"{seconds:.1f} s on {job.metrics.get('device', '?')}")
         self.summary.setText(" \u00b7 ".join(parts) + ".")
         self.viewer.layers.selection.active = layer
         show_info("Reconstruction done" + (

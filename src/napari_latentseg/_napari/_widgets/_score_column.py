@@ -7,7 +7,7 @@ is the contrast density, -0.01, so CT scans do not use it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +34,6 @@ def anomaly_column(viewer: napari.viewer.Viewer, scan) -> np.ndarray | None:
     return layer_array(layer)
 
 
-def score_would_help(viewer: napari.viewer.Viewer, scan, model: Any) -> bool:
-    """An MR scan with a model to reconstruct with, and no anomaly score yet."""
-    return (model is not None and find_output(viewer, scan.name, "anomaly score") is None
-            and not _is_ct(scan))
+def score_would_help(viewer: napari.viewer.Viewer, scan) -> bool:
+    """An MR scan with no anomaly score yet (Reconstruct makes one, with or without a model)."""
+    return find_output(viewer, scan.name, "anomaly score") is None and not _is_ct(scan)

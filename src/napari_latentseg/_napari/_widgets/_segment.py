@@ -400,10 +400,10 @@ class SegmentSection(Section):
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."
                  + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
-        if (not with_score and self.anomaly.isChecked()
-                and score_would_help(self.viewer, scan, self.session.active_model)):
-            lines.append("Tip: Reconstruct (section 3) makes this MR scan's anomaly score; the "
-                         "next rounds then use it (mean Dice +0.05 on MR brain tumours).")
+        if not with_score and self.anomaly.isChecked() and score_would_help(self.viewer, scan):
+            lines.append("Tip: Reconstruct (section 3; no model needed) makes this MR scan's "
+                         "anomaly score; the next rounds then use it (mean Dice +0.05 on MR "
+                         "brain tumours).")
         lines.extend(result.notes)
         self.summary.setText("<br>".join(lines))
         for note in result.notes:
