@@ -236,3 +236,26 @@ def test_a_stopped_normative_step_still_saves_the_fit(tmp_path, capsys, chest_ct
                  "--decoder-steps", "0", "--normative", "-q"]) == 0
     assert "normative statistics stopped" in capsys.readouterr().err
     assert "normative" not in (load_model(out).anomaly or {})
+
+
+def test_reconstruct_without_a_model_writes_the_score_alone(scan, model_file, tmp_path,
+                                                            capsys):
+    """`latentseg reconstruct IMAGE --anomaly-map SCORE` with no -m: the model-free default
+    score (the denoiser on MR) in the scan's geometry; -o and --error need a model."""
+    score, anom = tmp_path / "score.nii.gz", tmp_path / "a.nii.gz"
+    assert main(["reconstruct", str(scan), "--anomaly-map", str(score), "--anomalies",
+                 str(anom), "--device", "cpu", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "without a model" in out and "anomaly scoring: dae (self)" in out
+    _same_geometry(read_volume(score), read_volume(scan))
+    assert read_volume(anom).shape == read_volume(scan).shape
+    for extra, message in ((["-o", str(tmp_path / "r.nii.gz")], "need a model"),
+                           ([], "give a model")):
+        args = ["reconstruct", str(scan), *extra, "-q"]
+        if extra:
+            args += ["--anomaly-map", str(tmp_path / "s2.nii.gz")]
+        assert main(args) == EXIT_USAGE
+        assert message in capsys.readouterr().err
+    assert main(["reconstruct", str(scan), "-m", str(model_file), "--anomaly-map",
+                 str(tmp_path / "s3.nii.gz"), "-q"]) == EXIT_USAGE
+    assert "-o RECON is needed with a model" in capsys.readouterr().err

@@ -51,9 +51,10 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
 
 def note_with_self(model, scored: str) -> None:
     """Say on stderr when ``--with-self`` cannot change anything (no normative statistics)."""
-    if not (model.anomaly or {}).get("normative"):
-        print(f"note: --with-self changes nothing: the model holds no normative statistics, "
-              f"so {scored} scored against itself", file=sys.stderr)
+    if model is None or not (model.anomaly or {}).get("normative"):
+        what = "there is no model" if model is None else "the model holds no normative statistics"
+        print(f"note: --with-self changes nothing: {what}, so {scored} scored against itself",
+              file=sys.stderr)
 
 
 def add_common(sp: argparse.ArgumentParser) -> None:

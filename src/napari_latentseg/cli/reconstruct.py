@@ -17,9 +17,12 @@ from ._common import (
 def add_parser(sub) -> None:
     r = sub.add_parser("reconstruct", help="reconstruction, error map and anomaly candidates")
     r.add_argument("image", metavar="IMAGE")
-    r.add_argument("-m", "--model", required=True, metavar="MODEL")
-    r.add_argument("-o", "--output", required=True, metavar="RECON",
-                   help="reconstruction (input's units and geometry)")
+    r.add_argument("-m", "--model", metavar="MODEL",
+                   help="fitted VAE (latentseg fit); without one, only the anomaly outputs "
+                        "of a score that needs no model (the defaults: the denoiser on MR, "
+                        "the contrast density on CT)")
+    r.add_argument("-o", "--output", metavar="RECON",
+                   help="reconstruction (input's units and geometry); needed with -m")
     r.add_argument("--error", metavar="ERRMAP", help="per-voxel absolute error (normalised units)")
     r.add_argument("--anomalies", metavar="LABELS",
                    help="anomaly candidates (connected components above the calibrated "
@@ -45,9 +48,18 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--fpr must be between 0 and 1")
     paths = {"reconstruction": args.output, "error": args.error, "anomalies": args.anomalies,
              "anomaly_map": args.anomaly_map}
+    scoring = any(p is not None for p in (args.anomalies, args.anomaly_map, args.candidates))
+    if args.model and not args.output:
+        raise CLIError("-o RECON is needed with a model (where the reconstruction goes)")
+    if not args.model and (args.output or args.error):
+        raise CLIError("-o and --error need a model (-m MODEL): without one there is only "
+                       "the anomaly score (--anomaly-map, --anomalies, --candidates)")
+    if not args.model and not scoring:
+        raise CLIError("give a model (-m MODEL), or ask for the anomaly score alone with "
+                       "--anomaly-map, --anomalies or --candidates")
     check_outputs_free([*paths.values(), args.candidates], args.overwrite)
     scan = load_scan(args.image)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device) if args.model else None
     if args.with_self:
         note_with_self(model, "the scan is")
     job = run_core(lambda stop: reconstruct_job(
@@ -55,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         anomaly_map=args.anomaly_map is not None, anomaly_method=args.anomaly_method,
         fpr=args.fpr, tile=args.tile, lower_symmetric=not args.keep_symmetric,
         with_self=args.with_self, lower_surface=not args.keep_surface,
-        stop_event=stop), args.quiet)
+        device=None if model is not None else args.device, stop_event=stop), args.quiet)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
         print(f"wrote {p}")
     if args.candidates:
@@ -65,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite)
         print(f"wrote {p}")
     res = job.result
-    print(f"reconstructed {scan.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "
-          f"on {job.metrics['device']}")
+    if res is not None:
+        print(f"reconstructed {scan.data.size / 1e6:.1f} Mvoxels in {res.seconds:.1f} s "
+              f"on {job.metrics['device']}")
+    else:
+        print(f"scored {scan.data.size / 1e6:.1f} Mvoxels without a model in "
+              f"{job.anomaly.seconds:.1f} s on {job.metrics['device']}")
     if job.anomaly is not None:
         _print_candidates(job.anomaly)
     return 0
