@@ -156,6 +156,8 @@ ENGINE = {
     # scan does not explain); session 4 measured a far weaker denoiser this way.
     "vae-anomaly": {"extra": ("anomaly",)},
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
+    # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
+    "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
     "vae-fixed": {"background_adaptive": False},
