@@ -458,31 +458,6 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     np.testing.assert_array_equal(scan.data, img)  # the user's layer is untouched
 
 
-def test_anomaly_score_before_any_fit(dock, qtbot, phantom_crop):
-    """Reconstruct without a model makes the anomaly layers alone (the denoiser needs no
-    VAE), and Segment rounds, still without a model, use that score."""
-    viewer, widget = dock
-    scan = add_crop(viewer, phantom_crop)
-    rec = widget.reconstruct_section
-    assert widget.active_model is None
-    run(qtbot, widget, rec.run)
-    names = {layer.name for layer in viewer.layers}
-    assert {"phantom crop anomaly score", "phantom crop anomalies"} <= names
-    assert not names & {"phantom crop reconstruction", "phantom crop error"}
-    assert "No model: the anomaly score alone" in rec.summary.text()
-    assert "(dae)" in rec.summary.text()
-    assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
-    rec.method.setCurrentIndex(rec.method.findData("error"))  # the VAE's error needs one
-    assert rec.run() is False
-    seg = widget.segment_section
-    ann = seg.new_annotation_layer()
-    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
-    run(qtbot, widget, lambda: seg.segment(finetune=False))
-    text = seg.summary.text()
-    assert "ilastik multiscale set + the anomaly score (no VAE features)" in text
-    np.testing.assert_array_equal(scan.data, phantom_crop[0])
-
-
 def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
     """A fit runs on its own bar: the user segments on the ilastik features meanwhile, and
     when the fit ends, live mode segments the volume again with the new model's features."""
@@ -513,55 +488,3 @@ def test_segment_while_a_fit_runs(dock, qtbot, phantom_crop):
     assert widget.active_model is not None
     assert "VAE latent" in seg.summary.text()
     assert ms.fit_btn.isEnabled()
-
-
-def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypatch):
-    """The Reconstruct section's score choice reaches the engine: the denoiser (a short fit
-    here) gives the anomaly layers and says which method it used; its findings on both
-    sides of the head, and near its surface, are lowered unless the boxes are unticked."""
-    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "10")
-    viewer, widget = dock
-    scan = add_crop(viewer, phantom_crop)
-    fit(qtbot, widget, steps=10)
-    seg = widget.segment_section
-    ann = seg.new_annotation_layer()
-    ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
-    painted = np.array(ann.data, copy=True)
-    run(qtbot, widget, lambda: seg.segment(finetune=False))  # no score yet: a tip says so
-    assert "Tip: Reconstruct" in seg.summary.text()
-    rec = widget.reconstruct_section
-    assert rec.method.currentData() == "default"
-    import napari_latentseg.engine.anomaly as anomaly
-    import napari_latentseg.engine.anomaly_symmetry as symmetry
-
-    calls, faded = [], []
-    lower, fade = symmetry.lower_bilateral, anomaly.surface_fade
-    monkeypatch.setattr(symmetry, "lower_bilateral",
-                        lambda *a, **k: calls.append(1) or lower(*a, **k))
-    monkeypatch.setattr(anomaly, "surface_fade", lambda *a, **k: faded.append(1) or fade(*a, **k))
-    rec.method.setCurrentIndex(rec.method.findData("dae"))
-    assert rec.symmetric.isChecked() and rec.surface.isChecked()
-    run(qtbot, widget, rec.run)
-    assert "(dae)" in rec.summary.text() and calls == [1] and faded == [1]
-    assert_on_grid(viewer.layers["phantom crop anomaly score"], scan)
-    np.testing.assert_array_equal(scan.data, phantom_crop[0])
-    rec.symmetric.setChecked(False)  # bilateral findings kept: the step is skipped
-    rec.surface.setChecked(False)  # and the findings near the surface
-    run(qtbot, widget, rec.run)
-    assert calls == [1] and faded == [1]
-    # Segment rounds see that score as one more column of the forest (an MR scan), unless
-    # the box is unticked; the user's layers are not changed.
-    import napari_latentseg._napari._widgets._segment as segment_widget
-
-    seen = []
-    job = segment_widget.segment_job
-    monkeypatch.setattr(segment_widget, "segment_job", lambda *a, **k: seen.append(
-        k.get("extra_features")) or job(*a, **k))
-    score = viewer.layers["phantom crop anomaly score"].data
-    run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert seen[-1] is score and "+ the anomaly score" in seg.summary.text()
-    assert "Tip: Reconstruct" not in seg.summary.text()
-    np.testing.assert_array_equal(ann.data, painted)
-    seg.anomaly.setChecked(False)
-    run(qtbot, widget, lambda: seg.segment(finetune=False))
-    assert seen[-1] is None and "anomaly score" not in seg.summary.text()
