@@ -16,7 +16,7 @@ from ...models.checkpoint import VAEModel
 
 __all__ = ["features_only_model", "NO_MODEL_NOTE"]
 
-NO_MODEL_NOTE = ("no model: the forest used the ilastik multiscale features alone (no VAE "
+NO_MODEL_NOTE = ("no model: the forest used the ilastik multiscale features (no VAE "
                  "features, no fit needed)")
 
 
