@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter, SegmentOptions, segment
-from napari_latentseg.runtime.progress import drive
-
-SPACING = (3.0, 1.0, 1.0)
+from napari_latentseg.engine.segment import FeatureCache, SegmentOptions, segment
+from test_segment_prior import SPACING, assert_live_matches_full_round
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +70,7 @@ def test_with_a_vae_the_column_joins_its_columns(tiny_model, small_phantom, anno
 
 def test_live_slice_equals_the_full_round_with_the_column(hidden):
     vol, ann, _, score = hidden
-    cache = FeatureCache()
-    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING, extra_features=score)
-    drive(live.prepare())
-    live.update(ann)
-    full = segment(None, vol, ann, cache=cache, spacing=SPACING, keep_connected_regions=False,
-                   object_reach=False, extra_features=score)
-    assert full.cache_hit
-    for z in (1, 3):
-        pred = live.predict_slice(z)
-        np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
-        np.testing.assert_array_equal(pred.labels, full.labels[z])
-    live.close()
+    assert_live_matches_full_round(vol, ann, (1, 3), extra_features=score)
 
 
 def test_a_2d_image_takes_a_2d_column(hidden):

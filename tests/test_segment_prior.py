@@ -109,21 +109,27 @@ def test_background_class_not_painted_is_said(scene):
     assert next(h for h in res.history if h["stage"] == "forest")["prior_voxels"] == 0
 
 
-def test_live_slice_equals_the_full_round_with_the_prior(scene):
-    vol, ann, _ = scene
+def assert_live_matches_full_round(vol, ann, zs, **kw) -> None:
+    """Slices ``zs`` of a live segmenter (no model: the ilastik set) equal a full round's on
+    the same cache; ``kw`` go to both. Live previews skip the object's reach (a full round's
+    geodesic map) and the connectivity rule, so the full round does too."""
     cache = FeatureCache()
-    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING)  # no model: ilastik set
+    live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING, **kw)
     drive(live.prepare())
     live.update(ann)
-    # Live previews do not apply the object's reach (a full round's geodesic map).
     full = segment(None, vol, ann, cache=cache, spacing=SPACING, keep_connected_regions=False,
-                   object_reach=False)
+                   object_reach=False, **kw)
     assert full.cache_hit
-    for z in (1, 4):
+    for z in zs:
         pred = live.predict_slice(z)
         np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
         np.testing.assert_array_equal(pred.labels, full.labels[z])
     live.close()
+
+
+def test_live_slice_equals_the_full_round_with_the_prior(scene):
+    vol, ann, _ = scene
+    assert_live_matches_full_round(vol, ann, (1, 4))
 
 
 def test_live_slice_applies_the_momentum_of_full_rounds(scene):
