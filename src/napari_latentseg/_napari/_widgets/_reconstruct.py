@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...pipeline import reconstruct_job
-from ._base import Section, hint
+from ._base import Section, checkbox, hint
 from ._layers import check_scan_layer, output_name, scan_from_layer, upsert_output
 
 if TYPE_CHECKING:
@@ -81,14 +81,6 @@ def _candidate_colormap():
     return DirectLabelColormap(color_dict={None: [0.0, 1.0, 1.0, 1.0], 0: [0.0, 0.0, 0.0, 0.0]})
 
 
-def _ticked(text: str, tip: str) -> QCheckBox:
-    """A checkbox, ticked, with its tooltip."""
-    box = QCheckBox(text)
-    box.setChecked(True)
-    box.setToolTip(tip)
-    return box
-
-
 class ReconstructSection(Section):
     """Run the active model on the chosen scan."""
 
@@ -105,7 +97,7 @@ class ReconstructSection(Section):
             self.method.setItemData(self.method.count() - 1, tip,
                                     Qt.ItemDataRole.ToolTipRole)
         self.method.setToolTip("How the anomaly score is computed (docs/anomaly_benchmarks.md).")
-        self.symmetric, self.surface = (_ticked(text, tip) for text, tip in (
+        self.symmetric, self.surface = (checkbox(text, True, tip) for text, tip in (
             ("Lower findings on both sides of the head",
              "Denoiser only: what scores high at mirror-image places across the midline (the "
              "orbits, the skull base) is lowered; a finding on one side, or on the midline, "

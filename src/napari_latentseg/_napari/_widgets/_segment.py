@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...engine.segment import continues_round, validate_annotations
+from ...engine.segment.extra import given_columns
 from ...pipeline import cluster_job, segment_job
 from ._annotations import AnnotationBox
 from ._base import Section, checkbox
@@ -394,8 +395,8 @@ class SegmentSection(Section):
             origin = f"segmentation round {rounds}" + (" (fine-tuned)" if finetune else "")
             self.session.add_model(result.model, origin)
         used = next((h["features"] for h in result.history if "features" in h), None)
-        if used and with_score:  # the engine names it a given column; the user knows it so
-            used = used.replace("+ 1 given column", "+ the anomaly score")
+        if used and with_score:  # the engine's words for the column, named as the user knows it
+            used = used.replace(given_columns(1), "the anomaly score")
         lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."
                  + (f" Features: {used}." if used else "")]

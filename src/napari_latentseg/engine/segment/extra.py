@@ -13,7 +13,7 @@ import numpy as np
 
 from .cache import _fingerprint_array
 
-__all__ = ["as_extra_columns", "extra_kind"]
+__all__ = ["as_extra_columns", "extra_kind", "given_columns"]
 
 
 def as_extra_columns(extra: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -55,3 +55,9 @@ def extra_kind(extra: np.ndarray | None) -> str:
     if extra is None:
         return ""
     return f"+extra{extra.shape[-1]}-{_fingerprint_array(extra)[:16]}"
+
+
+def given_columns(k: int) -> str:
+    """How a round's features line names ``k`` caller's columns (a caller that knows what
+    they are may replace these words with their name)."""
+    return f"{k} given column{'s' if k > 1 else ''}"

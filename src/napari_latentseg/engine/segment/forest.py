@@ -10,7 +10,7 @@ import numpy as np
 from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
-from .extra import as_extra_columns, extra_kind
+from .extra import as_extra_columns, extra_kind, given_columns
 from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
@@ -67,7 +67,7 @@ CONTRAST_WITHOUT_VAE = False
 
 def forest_features_name(vae: bool, contrast: bool = False, extra: int = 0) -> str:
     """What the forest saw, in words for results and logs (``extra``: the caller's columns)."""
-    more = f" + {extra} given column{'s' if extra > 1 else ''}" if extra else ""
+    more = f" + {given_columns(extra)}" if extra else ""
     if vae:
         return "ilastik multiscale set + VAE latent and encoder components" + more
     if contrast:
