@@ -10,7 +10,8 @@ Sections, in priority order: ``fit`` (the default configuration on brain1 and lu
 models serve below; ``gpu-2d`` and ``gpu-3d`` last, capped, for speed), ``reconstruct`` (lung2
 and a synthetic 400x512x512 CT made here, anomaly candidates included as users get them),
 ``segment`` (a few-shot lung2 round on the largest-tumour slice with a fresh feature cache,
-then again with it filled) and ``cpu_vs_gpu`` (the same lung2 model on the CPU: reconstruction
+then again with it filled, stage by stage, and once more with the forest's trees on the
+CPU) and ``cpu_vs_gpu`` (the same lung2 model on the CPU: reconstruction
 difference in normalised units, Dice between the CPU and GPU labels).
 
 ``steps_per_s`` is 1 / the median step time after 5 warm-up steps (sampling, transfer,
@@ -187,25 +188,50 @@ class Bench:
                 "device": rec.info["device"]}
 
     def segment(self, model, image, modality, ann, truth, cache, cap_s: float,
-                keep: str | None = None) -> dict:
-        from napari_latentseg.engine.segment import segment
+                keep: str | None = None, cpu_trees: bool = False) -> dict:
+        """One few-shot round, timed stage by stage (``stages_s``: wall time from one
+        progress report to the next, named by the earlier one). ``cpu_trees``: the forest
+        predicts on the CPU (the ablation of ``gpu_forest``)."""
+        from napari_latentseg.engine.segment import gpu_forest, segment_iter
         from napari_latentseg.runtime.progress import Cancelled
 
         ev, timer = capped(cap_s)
+        saved = gpu_forest.GPU_FOREST
+        gpu_forest.GPU_FOREST = not cpu_trees
+        stages: dict[str, float] = {}
         try:
             with Clock(self.cuda) as c:
-                res = segment(model, image, ann, modality=modality, cache=cache, stop_event=ev)
+                it = segment_iter(model, image, ann, modality=modality, cache=cache,
+                                  stop_event=ev)
+                stage, last = "start", time.perf_counter()
+                while True:
+                    try:
+                        msg = next(it)
+                    except StopIteration as done:
+                        res = done.value
+                        break
+                    now = time.perf_counter()
+                    stages[stage] = stages.get(stage, 0.0) + now - last
+                    stage, last = msg.get("stage", stage), now
+                stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - last
         except Cancelled:
             raise TimeoutError(f"not finished within its {cap_s:.0f} s cap") from None
         finally:
+            gpu_forest.GPU_FOREST = saved
             timer.cancel()
         if keep:
             self.kept[keep] = res.labels
         held = ~ann.reshape(ann.shape[0], -1).any(1)
         classes = [c_ for c_ in res.classes if c_ != 1]
-        return {"wall_s": round(c.s, 2), "cache_hit": res.cache_hit,
-                "dice_vs_truth_unannotated": dice(res.labels[held], truth[held], classes),
-                "peak_gpu_mb": c.peak_mb}
+        out = {"wall_s": round(c.s, 2), "cache_hit": res.cache_hit,
+               "dice_vs_truth_unannotated": dice(res.labels[held], truth[held], classes),
+               "peak_gpu_mb": c.peak_mb,
+               "stages_s": {k.removeprefix("segment: "): round(v, 3)
+                            for k, v in stages.items()}}
+        if cpu_trees and "seg_cached" in self.kept:
+            out["labels_equal_gpu_forest_fraction"] = round(
+                float((self.kept["seg_cached"] == res.labels).mean()), 6)
+        return out
 
     def run(self, cases: dict) -> None:
         r = self.res
@@ -240,7 +266,10 @@ class Bench:
                 self.item(("segment", ref, "uncached"), 20, lambda: self.segment(
                     model, img, mod, ann, truth, cache, self.cap(90), keep="seg"))
                 self.item(("segment", ref, "cached"), 10, lambda: self.segment(
-                    model, img, mod, ann, truth, cache, self.cap(60)))
+                    model, img, mod, ann, truth, cache, self.cap(60), keep="seg_cached"))
+                # The same round with the trees on the CPU (as before session 39).
+                self.item(("segment", ref, "cached_cpu_trees"), 10, lambda: self.segment(
+                    model, img, mod, ann, truth, cache, self.cap(60), cpu_trees=True))
             print("cpu_vs_gpu", flush=True)
             self.compare(model, img, mod, truth, ann, ref)
         else:

@@ -85,3 +85,26 @@ def test_moved_voxels_keep_the_forests_probabilities_unless_swapped(monkeypatch)
         disagree.append(int(np.count_nonzero(top[free] != res.labels[free])))
     assert disagree[0] == moved[0]  # every moved voxel, and only those
     assert disagree[1] == 0
+
+
+def test_the_object_box_gives_the_whole_slices_result(monkeypatch):
+    """Only the object's in-plane box and its margin are filtered: the same moves as over
+    whole slices."""
+    from scipy import ndimage as ndi
+
+    from napari_latentseg.engine.segment import boundary
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        shape = (int(rng.integers(1, 20)), int(rng.integers(5, 60)), int(rng.integers(5, 60)))
+        smooth = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 2)
+        labels = np.ones(shape, np.uint8)
+        labels[smooth > rng.uniform(0.05, 0.4)] = 2
+        ann = np.where(rng.random(shape) < 0.01, rng.integers(1, 3, shape), 0).astype(np.uint8)
+        boxed, whole = labels.copy(), labels.copy()
+        n_boxed = boundary.refine_object_boundary(boxed, smooth, ann, 2, 1)
+        with monkeypatch.context() as m:
+            m.setattr(boundary, "grown_box", lambda mask, margin, axes: (slice(None),) * 3)
+            n_whole = boundary.refine_object_boundary(whole, smooth, ann, 2, 1)
+        assert n_boxed == n_whole
+        np.testing.assert_array_equal(boxed, whole)

@@ -21,10 +21,11 @@ trained for exactly the annotated classes (the encoder, fine-tuned or not, is ke
 result's ``notes`` say so.
 
 Modules: ``options`` (:class:`SegmentOptions`), ``fewshot`` (:func:`segment_iter`, the round's
-steps), ``forest``, ``head``, ``finetune``, ``holdout`` (is the head used?), ``cluster``,
-``postprocess`` (labels, :func:`keep_connected`, uncertainty), ``suggest``, ``annotations``
-(checks, class table, the sample of annotated voxels), ``runner`` (hypercolumn batches),
-``cache`` (:class:`FeatureCache`), ``state`` (what the steps share, the result). The head's
+steps), ``forest``, ``trees`` and ``gpu_forest`` (the forest's trees, on the CPU or a GPU),
+``head``, ``finetune``, ``holdout`` (is the head used?), ``cluster``, ``postprocess`` (labels,
+:func:`keep_connected`, uncertainty), ``suggest``, ``annotations`` (checks, class table, the
+sample of annotated voxels), ``runner`` (hypercolumn batches), ``cache``
+(:class:`FeatureCache`), ``state`` (what the steps share, the result). The head's
 file format is :mod:`napari_latentseg.models.head`.
 """
 

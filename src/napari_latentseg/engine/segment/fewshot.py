@@ -177,6 +177,7 @@ def segment_iter(
             yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, squeeze)
+        yield {"stage": "segment: labels", "done": 0, "total": 1}
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
                                                     opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None

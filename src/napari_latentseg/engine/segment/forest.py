@@ -11,6 +11,7 @@ from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
 from .extra import as_extra_columns, extra_kind, given_columns
+from .gpu_forest import on_device
 from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
@@ -489,7 +490,7 @@ class ForestProbabilities:
     """The forest's class probabilities (n_classes, len(zs), *slice shape) of slice batches."""
 
     def __init__(self, forest, features: ForestFeatures, n_classes: int) -> None:
-        self.forest = forest
+        self.forest = on_device(forest, features.run.device)  # the GPU's, when there is one
         self.features = features
         self.n_classes = n_classes
 

@@ -23,6 +23,7 @@ from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
+from .gpu_forest import on_device
 from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
@@ -144,7 +145,7 @@ class LiveSegmenter:
         # slice is the slice the next round gives.
         ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
                           stop_event)
-        self._forest = ts.fit(self.options.seed)
+        self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)
         self._table, self._annotations = table, ann
         # The object's class index where the full round's momentum applies ("shrink").
         self._object = (1 - ts.background_index

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .postprocess import grown_box
+
 __all__ = ["suggest_slices", "object_region", "object_end_slice", "toward_the_object"]
 
 
@@ -20,11 +22,12 @@ def suggest_slices(uncertainty: np.ndarray, annotations: np.ndarray,
     unc = np.asarray(uncertainty, dtype=np.float32)
     fg = np.ones(unc.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     ann = np.asarray(annotations) > 0
+    weighted = unc * fg  # once, not once per axis (a CT: 16 M voxels)
     per_axis = []
     for axis in range(unc.ndim):
         other = tuple(a for a in range(unc.ndim) if a != axis)
-        s = (unc * fg).sum(axis=other)
-        n = fg.sum(axis=other)
+        s = weighted.sum(axis=other)
+        n = np.count_nonzero(fg, axis=other)
         score = np.where(n > 0, s / np.maximum(n, 1), -1.0)
         annotated = ann.any(axis=other)
         score[annotated] = -1.0
@@ -50,7 +53,11 @@ def object_region(probs: np.ndarray, ann: np.ndarray, classes: list[int],
     """
     from scipy import ndimage as ndi
 
-    region = ndi.binary_dilation(probs[_most_painted(ann, classes)] < sure, iterations=2)
+    doubt = probs[_most_painted(ann, classes)] < sure
+    region = np.zeros(doubt.shape, dtype=bool)
+    box = grown_box(doubt, 2)
+    if box is not None:  # grown within the doubt's box only: the same region, less work
+        region[box] = ndi.binary_dilation(doubt[box], iterations=2)
     if body is not None:
         region &= np.asarray(body, dtype=bool)
     return region if region.any() else body
