@@ -190,8 +190,12 @@ class Bench:
     def segment(self, model, image, modality, ann, truth, cache, cap_s: float,
                 keep: str | None = None, cpu_trees: bool = False) -> dict:
         """One few-shot round, timed stage by stage (``stages_s``: wall time from one
-        progress report to the next, named by the earlier one). ``cpu_trees``: the forest
-        predicts on the CPU (the ablation of ``gpu_forest``)."""
+        progress report to the next, named by the earlier one: ``start`` the checks and the
+        cache's key, ``features`` the cache's filling and the training set, ``forest`` the
+        forests' fit, ``predict`` every voxel's probabilities, ``reach`` the geodesic reach
+        and momentum, ``labels`` the labels, connectivity, edge step, uncertainty and next
+        slice). ``cpu_trees``: the forest predicts on the CPU (the ablation of
+        ``gpu_forest``)."""
         from napari_latentseg.engine.segment import gpu_forest, segment_iter
         from napari_latentseg.runtime.progress import Cancelled
 

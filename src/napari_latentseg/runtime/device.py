@@ -11,6 +11,7 @@ __all__ = [
     "autocast",
     "amp_dtype",
     "configure_threads",
+    "thread_count",
     "available_devices",
     "usable_cores",
     "prefers_channels_last",
@@ -70,15 +71,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads() -> int:
-    """Use every usable CPU core for intra-op parallelism, or ``$LATENTSEG_NUM_THREADS``."""
-    import torch
-
+def thread_count() -> int:
+    """Threads the core may use: ``$LATENTSEG_NUM_THREADS``, else every usable core."""
     n = usable_cores()
     try:
         n = max(1, int(os.environ.get(THREADS_ENV, "") or n))
     except ValueError:
         pass  # a malformed value is ignored: all cores, as without it
+    return n
+
+
+def configure_threads() -> int:
+    """Use every usable CPU core for intra-op parallelism, or ``$LATENTSEG_NUM_THREADS``."""
+    import torch
+
+    n = thread_count()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

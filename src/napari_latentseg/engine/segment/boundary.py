@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...runtime.parallel import map_slabs
 from .postprocess import grown_box
 
 __all__ = ["refine_object_boundary", "smoothed_image", "WINDOW", "BAND"]
@@ -69,23 +70,23 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
     band = BAND if band is None else band
     square = np.ones((1, 3, 3), bool)  # in-plane 8-neighbourhood
     size = (1, window, window)
-    changed = 0
     margin = band + window // 2 + 1  # what a band voxel's window can reach
-    for z0 in range(0, labels.shape[0], CHUNK):
-        obj = labels[z0 : z0 + CHUNK] == object_id
+
+    def slab(z: slice) -> int:
+        obj = labels[z] == object_id
         if not obj.any():
-            continue
+            return 0
         # Only the object's in-plane box and its margin: the same result, a fraction of a
         # CT's slices' area (session 39).
         box = grown_box(obj, margin, axes=(1, 2))
         obj = obj[box]
-        sl = (slice(z0, z0 + CHUNK),) + box[1:]
+        sl = (z,) + box[1:]
         lab = labels[sl]
         ring = (ndi.binary_dilation(obj, square, iterations=band)
                 & ~ndi.binary_erosion(obj, square, iterations=band, border_value=1))
         ring &= (annotations[sl] == 0) & ((lab == object_id) | (lab == background_id))
         if not ring.any():
-            continue
+            return 0
         img = np.asarray(smooth[sl], dtype=np.float32)
         o = obj.astype(np.float32)
         share = ndi.uniform_filter(o, size)
@@ -97,7 +98,8 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         flip = ring & (new != lab)
         if GROW_ONLY:
             flip &= ~obj
-        changed += int(np.count_nonzero(flip))
         lab[flip] = new[flip]
-    return changed
+        return int(np.count_nonzero(flip))
+
+    return sum(map_slabs(slab, labels.shape[0], CHUNK))
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...models.checkpoint import VAEModel
+from ...runtime.device import thread_count
+from ...runtime.parallel import each_in_threads, map_slabs
 from ...runtime.progress import check_stop, drive
 from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
@@ -53,6 +55,9 @@ SWAP_MOVED = False
 # since, mean AUC of seven cases 0.772 against 0.740, lung2 no longer steps back;
 # docs/interactive_benchmarks.md, "The edge step with fresh growth let go").
 FRESH_SHRINKS_AT_ONCE = True
+# Threads predicting cached-feature batches at once (None: thread_count(); 1: one batch at a
+# time, as before session 39).
+PREDICT_THREADS: int | None = None
 
 
 @dataclass
@@ -172,7 +177,9 @@ def segment_iter(
         predict = (ForestProbabilities(forest, forest_feats, st.n_classes)
                    if forest is not None else head_round.proba)
         batches = forest_feats.predict_batches if forest is not None else run.volume_batches
-        probs = yield from _predict(st, batches, predict, later_stop)
+        threads = (PREDICT_THREADS or thread_count()) if (
+            forest is not None and forest_feats.cached is not None) else 1
+        probs = yield from _predict(st, batches, predict, later_stop, threads)
         if forest is not None and opts.object_reach and st.prior_background is not None:
             yield from _apply_reach(st, probs, forest_feats, run)
         if previous is not None and opts.momentum > 0:
@@ -340,13 +347,18 @@ def _check_head(st: RoundState, forest_feats: ForestFeatures, head_round: _HeadR
     return check["used"] is not False
 
 
-def _predict(st: RoundState, batches: list[np.ndarray], predict: Callable, stop_event
-             ) -> Generator[dict, None, np.ndarray]:
-    """(n_classes, *shape) probabilities of every voxel, batch by batch."""
+def _predict(st: RoundState, batches: list[np.ndarray], predict: Callable, stop_event,
+             threads: int = 1) -> Generator[dict, None, np.ndarray]:
+    """(n_classes, *shape) probabilities of every voxel, batch by batch (in ``threads``
+    threads: cached features only, the batches then read no model)."""
     probs = np.empty((st.n_classes,) + st.volume.shape, dtype=np.float32)
-    for i, zs in enumerate(batches):
+    yield {"stage": "segment: predict", "done": 0, "total": len(batches)}
+
+    def one(zs: np.ndarray) -> None:
         check_stop(stop_event, "segmentation")
         probs[:, zs[0] : zs[-1] + 1] = predict(zs)
+
+    for i in each_in_threads(one, batches, threads):
         yield {"stage": "segment: predict", "done": i + 1, "total": len(batches)}
     return probs
 
@@ -377,9 +389,15 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     gate = reach_gate(dist, radius)
     if st.options.momentum_where == "shrink-far":  # a whole-volume mask: only when used
         st.far_from_object = upsample_grid(dist, grid, seeds.shape) > FAR_GROWTH * radius
-    faded = count_by_grid(probs[obj] > probs[bg], gate < 0.5, grid)
-    scale_by_grid(probs[obj], gate, grid)
-    np.subtract(1.0, probs[obj], out=probs[bg])
+    far = gate < 0.5
+
+    def slab(z: slice) -> int:  # slabs of slices in threads (cells are in-plane)
+        n = count_by_grid(probs[obj, z] > probs[bg, z], far[z], grid)
+        scale_by_grid(probs[obj, z], gate[z], grid)
+        np.subtract(1.0, probs[obj, z], out=probs[bg, z])
+        return n
+
+    faded = sum(map_slabs(slab, probs.shape[1], 16))
     st.history.append({"stage": "reach", "radius_mm": round(radius, 1), "faded": faded})
     if faded:
         st.notes.append(f"{faded} voxels beyond the object's reach ({radius:.0f} mm from its "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...runtime.parallel import map_slabs
 from .annotations import ClassTable, label_dtype
 
 __all__ = ["argmax_classes", "keep_connected", "boundary_band", "labels_from_probabilities",
            "normalised_entropy", "blend_momentum", "unanchored", "grown_box"]
 
-CHUNK = 16  # slices per chunk of whole-volume post-processing
+CHUNK = 16  # slices per slab of whole-volume post-processing (each slab in a thread)
 
 
 def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table: ClassTable,
@@ -20,14 +21,20 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
     :func:`keep_connected` applies when ``connected``. Returns the labels (the class ids'
     type) and how many voxels that rule moved to another class.
     """
-    annotated = annotations > 0
-    painted = table.index(annotations[annotated])
-    for ci in range(len(table)):
-        probs[ci][annotated] = (painted == ci).astype(np.float32)
     labels = np.empty(probs.shape[1:], dtype=table.dtype)
-    for z0 in range(0, len(labels), CHUNK):  # int64 argmax of a whole CT is 0.8 GB
-        labels[z0 : z0 + CHUNK] = table.ids[argmax_classes(probs[:, z0 : z0 + CHUNK])]
-    labels[annotated] = annotations[annotated]
+
+    def slab(sl: slice) -> None:  # int64 argmax of a whole CT is 0.8 GB: slab by slab
+        ann = annotations[sl]
+        painted = ann > 0
+        if painted.any():
+            index = table.index(ann[painted])
+            for ci in range(len(table)):
+                probs[ci, sl][painted] = (index == ci).astype(np.float32)
+        lab = table.ids[argmax_classes(probs[:, sl])]
+        lab[painted] = ann[painted]
+        labels[sl] = lab
+
+    map_slabs(slab, len(labels), CHUNK)
     if not connected:
         return labels, 0
     return keep_connected(labels, probs, annotations, table.classes)
@@ -43,17 +50,19 @@ def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
     object's growth is averaged too. ``spare`` (bool, the volume's shape): there the object
     shrinks at once (not averaged). Chunked along the second axis (slices).
     """
-    for z0 in range(0, probs.shape[1], CHUNK):  # no whole-volume temporaries
-        sl = np.s_[:, z0 : z0 + CHUNK]
+    def slab(z: slice) -> None:  # no whole-volume temporaries
+        sl = (slice(None), z)
         mixed = (1.0 - weight) * probs[sl] + weight * previous[sl]
         if object_index is not None:
-            fell = probs[object_index, z0 : z0 + CHUNK] < previous[object_index, z0 : z0 + CHUNK]
+            fell = probs[object_index, z] < previous[object_index, z]
             if far is not None:
-                fell |= far[z0 : z0 + CHUNK]
+                fell |= far[z]
             if spare is not None:
-                fell &= ~spare[z0 : z0 + CHUNK]
+                fell &= ~spare[z]
             mixed = np.where(fell[None], mixed, probs[sl])
         probs[sl] = mixed
+
+    map_slabs(slab, probs.shape[1], CHUNK)
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:
@@ -72,9 +81,11 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     """Entropy of the class probabilities over log(n_classes): 0 certain, 1 uniform."""
     n_cls = probs.shape[0]
     out = np.empty(probs.shape[1:], dtype=np.float32)
-    for z0 in range(0, out.shape[0], CHUNK):  # temporaries the size of a chunk, not of probs
-        p = np.clip(probs[:, z0 : z0 + CHUNK], 1e-7, 1.0)
-        out[z0 : z0 + CHUNK] = -(p * np.log(p)).sum(0) / np.log(n_cls)
+    def slab(z: slice) -> None:  # temporaries the size of a slab, not of probs
+        p = np.clip(probs[:, z], 1e-7, 1.0)
+        out[z] = -(p * np.log(p)).sum(0) / np.log(n_cls)
+
+    map_slabs(slab, out.shape[0], CHUNK)
     return out
 
 

@@ -1,7 +1,10 @@
-"""The forest walked as tensors (on a GPU in the product; here on the CPU) predicts as the
-CPU trees do, and the round's boxed post-processing equals the whole-volume one."""
+"""What makes a round fast changes no result: the forest walked as tensors (on a GPU in the
+product; here on the CPU) predicts as the CPU trees do, the boxed post-processing equals the
+whole-volume one, and batches and slabs in threads equal one at a time."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -9,12 +12,13 @@ import torch
 from scipy import ndimage as ndi
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
+from napari_latentseg.engine.segment import FeatureCache, fewshot, gpu_forest, live, segment
 from napari_latentseg.engine.segment import forest as forest_mod
-from napari_latentseg.engine.segment import gpu_forest, live, segment
 from napari_latentseg.engine.segment.gpu_forest import DeviceForest, on_device
 from napari_latentseg.engine.segment.postprocess import unanchored
 from napari_latentseg.engine.segment.suggest import object_region
 from napari_latentseg.engine.segment.trees import fit_lean_forest
+from napari_latentseg.runtime.parallel import each_in_threads, map_slabs
 
 
 def _data(n: int, k: int, seed: int = 0):
@@ -124,3 +128,48 @@ def test_object_region_grows_within_its_box_as_over_the_volume():
         ref = ndi.binary_dilation(p0 < 0.9, iterations=2) & body
         got = object_region(probs, ann, [1, 2], body)
         np.testing.assert_array_equal(got, ref if ref.any() else body)
+
+
+def test_slabs_and_items_in_threads_keep_their_order():
+    out = np.zeros(50)
+
+    def fill(sl):
+        out[sl] = np.arange(sl.start, sl.stop)
+        return sl.stop - sl.start
+
+    assert map_slabs(fill, 50, 8, threads=3) == [8, 8, 8, 8, 8, 8, 2]
+    np.testing.assert_array_equal(out, np.arange(50))
+    done = []
+    assert list(each_in_threads(done.append, list(range(7)), 3)) == list(range(7))
+    assert sorted(done) == list(range(7))
+
+
+def test_items_in_threads_raise_at_their_turn_and_stop_the_rest():
+    started = []
+
+    def work(i):
+        started.append(i)
+        time.sleep(0.02)
+        if i == 1:
+            raise RuntimeError("item 1")
+
+    gen = each_in_threads(work, list(range(40)), 2)
+    assert next(gen) == 0
+    with pytest.raises(RuntimeError, match="item 1"):
+        next(gen)
+    assert len(started) < 40  # the items not yet started were cancelled
+
+
+def test_cached_batches_in_threads_give_the_one_at_a_time_round(monkeypatch, tiny_model,
+                                                                small_phantom, annotations):
+    cache = FeatureCache()
+    segment(tiny_model, small_phantom.image, annotations, cache=cache)  # fills the cache
+    monkeypatch.setattr(forest_mod, "PREDICT_VOXELS", 48 * 48 * 3)  # several batches
+    monkeypatch.setattr(fewshot, "PREDICT_THREADS", 1)
+    one = segment(tiny_model, small_phantom.image, annotations, cache=cache)
+    monkeypatch.setattr(fewshot, "PREDICT_THREADS", 3)
+    many = segment(tiny_model, small_phantom.image, annotations, cache=cache)
+    assert one.cache_hit and many.cache_hit
+    np.testing.assert_array_equal(many.labels, one.labels)
+    np.testing.assert_array_equal(many.probabilities, one.probabilities)
+    np.testing.assert_array_equal(many.uncertainty, one.uncertainty)
