@@ -158,6 +158,9 @@ ENGINE = {
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
     "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
+    # Session 39 (probe): growth under 0.6 object probability averaged too (hysteresis).
+    "vae-marginal": {"momentum_where": "shrink-marginal"},
+    "vae-anomaly-marginal": {"momentum_where": "shrink-marginal", "extra": ("anomaly",)},
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
     "vae-fixed": {"background_adaptive": False},

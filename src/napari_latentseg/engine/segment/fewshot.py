@@ -448,7 +448,8 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     if fresh is not None:
         fresh = fresh[None] if squeezed else fresh
         fresh = fresh if fresh.shape == probs.shape[1:] else None
-    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far, fresh)
+    blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far, fresh,
+                   st.options.growth_floor)
     where = " where the object's probability fell" if shrink else ""
     if far is not None:
         where += " or rose far from its strokes"

@@ -225,7 +225,8 @@ class LiveSegmenter:
                 and np.shape(grown) == probs.shape[1:]:
             spare = np.asarray(grown, bool)[None]
         blend_momentum(probs[:, None], np.asarray(previous, np.float32)[:, None],
-                       weight, self._object if shrink else None, spare=spare)
+                       weight, self._object if shrink else None, spare=spare,
+                       floor=self.options.growth_floor)
 
     def close(self) -> None:
         """Give the model back its default memory layout."""

@@ -9,7 +9,10 @@ from typing import Any
 __all__ = ["SegmentOptions", "resolve_options"]
 
 CLASSIFIERS = ("forest", "mlp")
-MOMENTUM_WHERE = ("all", "shrink", "shrink-far")
+MOMENTUM_WHERE = ("all", "shrink", "shrink-far", "shrink-marginal")
+# "shrink-marginal": the object's growth is averaged too where its new probability stays
+# under this (a probe of session 39: growth the forest is unsure of waits a round).
+MARGINAL_GROWTH = 0.6
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,9 @@ class SegmentOptions:
         -0.006 on brain2. ``"all"``: every voxel (0.5 held lung2 back, 0.558 against 0.626
         AUC; on the phantom's six tissues 0.713 against 0.721). ``"shrink-far"``: as
         ``"shrink"``, and the object's growth is averaged too beyond ``FAR_GROWTH`` of its
-        reach (geodesic, :mod:`.reach`) from its strokes.
+        reach (geodesic, :mod:`.reach`) from its strokes. ``"shrink-marginal"``: as
+        ``"shrink"``, and the object's growth is averaged too where its new probability is
+        under ``MARGINAL_GROWTH``.
     momentum_multiclass : float
         With ``"shrink"`` (or ``"shrink-far"``), rounds of three or more classes average
         every voxel with the last round at this weight instead (0: not at all, the default
@@ -198,7 +203,12 @@ class SegmentOptions:
     def momentum_on_shrink(self) -> bool:
         """Whether momentum averages only where the object shrinks ("shrink", "shrink-far"):
         object-vs-background rounds with the prior only."""
-        return self.momentum_where in ("shrink", "shrink-far")
+        return self.momentum_where in ("shrink", "shrink-far", "shrink-marginal")
+
+    @property
+    def growth_floor(self) -> float | None:
+        """The object probability under which growth is averaged too ("shrink-marginal")."""
+        return MARGINAL_GROWTH if self.momentum_where == "shrink-marginal" else None
 
     def momentum_for(self, n_classes: int, object_round: bool) -> tuple[float, bool]:
         """(weight, averaged only where the object shrinks) of a round's momentum:

@@ -42,13 +42,14 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
                    object_index: int | None = None, far: np.ndarray | None = None,
-                   spare: np.ndarray | None = None) -> None:
+                   spare: np.ndarray | None = None, floor: float | None = None) -> None:
     """Average ``probs`` (classes first) in place with ``previous`` at ``weight``.
 
     With ``object_index``, only where that class's probability fell: the object grows at
     once and shrinks at the momentum's pace. ``far`` (bool, the volume's shape): there the
     object's growth is averaged too. ``spare`` (bool, the volume's shape): there the object
-    shrinks at once (not averaged). Chunked along the second axis (slices).
+    shrinks at once (not averaged). ``floor``: the object's growth is averaged too where its
+    new probability is under it. Chunked along the second axis (slices).
     """
     def slab(z: slice) -> None:  # no whole-volume temporaries
         sl = (slice(None), z)
@@ -57,6 +58,8 @@ def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
             fell = probs[object_index, z] < previous[object_index, z]
             if far is not None:
                 fell |= far[z]
+            if floor is not None:
+                fell |= probs[object_index, z] < floor
             if spare is not None:
                 fell &= ~spare[z]
             mixed = np.where(fell[None], mixed, probs[sl])
