@@ -150,13 +150,13 @@ class VAEDefault:
             ("far_growth", ("fewshot", "FAR_GROWTH")),
             ("fresh_shrinks", ("fewshot", "FRESH_SHRINKS_AT_ONCE")),
             ("swap_moved", ("fewshot", "SWAP_MOVED")),
-            ("refine_margin", ("forest", "REFINE_BY_MARGIN")),
+            ("refine_margin", ("coarse", "REFINE_BY_MARGIN")),
             ("forest", ("forest", "FOREST")),
             ("boundary_grow_only", ("boundary", "GROW_ONLY")),
             ("boundary_band", ("boundary", "BAND")),
             ("contrast_columns", ("forest", "CONTRAST_WITHOUT_VAE")),
             ("forest_kind", ("forest", "FOREST_KIND")),
-            ("refine_unsure_classes", ("forest", "REFINE_UNSURE_MAX_CLASSES")),
+            ("refine_unsure_classes", ("coarse", "REFINE_UNSURE_MAX_CLASSES")),
             ("lean_forest", ("forest", "LEAN_FOREST")),
             ("small_share", ("multiprior", "SMALL_SHARE")),
             ("iterate_connected", ("postprocess", "ITERATE_CONNECTED")),
@@ -175,6 +175,7 @@ class VAEDefault:
 
     def __call__(self, ann: np.ndarray, strokes_round: np.ndarray) -> Round:
         import napari_latentseg.engine.segment.boundary as boundary
+        import napari_latentseg.engine.segment.coarse as coarse
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.multiprior as multiprior
@@ -185,8 +186,8 @@ class VAEDefault:
         kw = {"finetune_steps": self.ft} if self.ft else {}
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
-        modules = {"forest": forest, "fewshot": fewshot, "prior": prior, "boundary": boundary,
-                   "multiprior": multiprior, "postprocess": postprocess}
+        modules = {"forest": forest, "coarse": coarse, "fewshot": fewshot, "prior": prior,
+                   "boundary": boundary, "multiprior": multiprior, "postprocess": postprocess}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):

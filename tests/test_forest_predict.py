@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from napari_latentseg.engine.segment import forest as F
+from napari_latentseg.engine.segment import coarse as F
 
 
 class _Counting:

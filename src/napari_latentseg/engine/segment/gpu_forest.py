@@ -86,26 +86,31 @@ class DeviceForest:
         self._depth = max(int(t.max_depth) for t in trees)
         self.n_estimators = len(trees)
 
-    def _walk(self, x) -> object:
-        """(rows, k) float64 mean leaf fractions of float32 rows ``x`` on the device."""
+    def walk(self, x) -> object:
+        """(rows, k) float64 mean leaf fractions of float32 rows ``x`` (a tensor on the
+        device), ``_PAIRS`` (row, tree) pairs at a time."""
         torch = self.torch
-        node = self._roots.expand(len(x), -1).contiguous()
-        for _ in range(self._depth):
-            v = torch.gather(x, 1, self._feature[node]).double()
-            node = torch.where(v <= self._threshold[node], self._left[node], self._right[node])
-        return self._value[node].sum(1) / self.n_estimators
+        per = max(1, _PAIRS // self.n_estimators)
+        parts = []
+        for i in range(0, len(x), per):
+            rows = x[i : i + per]
+            node = self._roots.expand(len(rows), -1).contiguous()
+            for _ in range(self._depth):
+                v = torch.gather(rows, 1, self._feature[node]).double()
+                node = torch.where(v <= self._threshold[node], self._left[node],
+                                   self._right[node])
+            parts.append(self._value[node].sum(1) / self.n_estimators)
+        if not parts:
+            return torch.zeros((0, len(self.classes_)), dtype=torch.float64, device=x.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(rows, n_classes) mean of the trees' leaf class fractions (float64, numpy)."""
         torch = self.torch
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty((len(x), len(self.classes_)), dtype=np.float64)
-        per = max(1, _PAIRS // self.n_estimators)
         with torch.inference_mode():
-            for i in range(0, len(x), per):
-                rows = torch.from_numpy(x[i : i + per]).to(self.device, non_blocking=False)
-                out[i : i + per] = self._walk(rows).cpu().numpy()
-        return out
+            rows = torch.from_numpy(x).to(self.device)
+            return self.walk(rows).cpu().numpy()
 
 
 def on_device(forest, device) -> object:
