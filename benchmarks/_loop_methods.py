@@ -160,7 +160,8 @@ class VAEDefault:
             ("lean_forest", ("forest", "LEAN_FOREST")),
             ("small_share", ("multiprior", "SMALL_SHARE")),
             ("iterate_connected", ("postprocess", "ITERATE_CONNECTED")),
-            ("min_move_p", ("postprocess", "MIN_MOVE_P"))) if key in options}
+            ("min_move_p", ("postprocess", "MIN_MOVE_P")),
+            ("growth_floor", ("options", "MARGINAL_GROWTH"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)
@@ -179,6 +180,7 @@ class VAEDefault:
         import napari_latentseg.engine.segment.fewshot as fewshot
         import napari_latentseg.engine.segment.forest as forest
         import napari_latentseg.engine.segment.multiprior as multiprior
+        import napari_latentseg.engine.segment.options as seg_options
         import napari_latentseg.engine.segment.postprocess as postprocess
         import napari_latentseg.engine.segment.prior as prior
         from napari_latentseg.engine.segment import segment
@@ -187,7 +189,8 @@ class VAEDefault:
         if self.boundary_rounds is not None:
             kw["boundary_refine"] = self.round < self.boundary_rounds
         modules = {"forest": forest, "coarse": coarse, "fewshot": fewshot, "prior": prior,
-                   "boundary": boundary, "multiprior": multiprior, "postprocess": postprocess}
+                   "boundary": boundary, "multiprior": multiprior, "postprocess": postprocess,
+                   "options": seg_options}
         patch = dict(self.patch)
         ramp = self.first_kappa
         if ramp is not None and not isinstance(ramp, (list, tuple)):
