@@ -230,3 +230,20 @@ def test_a_round_on_device_copied_features_equals_the_cpu_round(monkeypatch, tin
     assert copies and res.cache_hit
     np.testing.assert_array_equal(res.labels, ref.labels)
     np.testing.assert_allclose(res.probabilities, ref.probabilities, atol=1e-6)
+
+
+def test_the_prior_draws_the_listed_candidates_draw():
+    """Unpainted voxels drawn by rank, row by row: the draw of the full candidate list."""
+    from napari_latentseg.engine.segment.prior import _draw_true
+
+    pick = np.random.default_rng(0)
+    for it in range(300):
+        shape = tuple(int(s) for s in pick.integers(1, 25, int(pick.integers(1, 4))))
+        mask = pick.random(shape) < pick.choice([0.0, 0.02, 0.5, 0.99])
+        n = int(pick.integers(1, 300))
+        listed, by_rank = np.random.default_rng(it), np.random.default_rng(it)
+        cand = np.flatnonzero(mask)
+        ref = np.sort(listed.choice(cand, min(n, cand.size), replace=False)) if cand.size \
+            else cand
+        np.testing.assert_array_equal(_draw_true(mask, n, by_rank), ref)
+        assert listed.random() == by_rank.random()  # the generator is left as it was

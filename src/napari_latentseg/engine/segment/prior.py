@@ -144,7 +144,24 @@ def unpainted_sample(annotations: np.ndarray, background: int, n: int, margin_mm
         box = tuple(slice(max(0, int(lo) - p), min(n, int(hi) + p + 1)) for lo, hi, p, n
                     in zip(idx.min(0), idx.max(0), pad, obj.shape, strict=True))
         free[box] &= ndi.distance_transform_edt(~obj[box], sampling=sp) > margin_mm
-    cand = np.flatnonzero(free.reshape(-1))
-    if cand.size == 0:
-        return cand
-    return np.sort(rng.choice(cand, min(int(n), cand.size), replace=False))
+    return _draw_true(free, int(n), rng)
+
+
+def _draw_true(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat indices of up to ``n`` of ``mask``'s true voxels drawn without
+    replacement: ``np.sort(rng.choice(np.flatnonzero(mask), n, replace=False))``, the same
+    draw, without listing every candidate (a CT's 15 M indices took 0.15 s a round): the
+    drawn ranks are found row by row."""
+    rows = mask.reshape(-1, mask.shape[-1]) if mask.ndim > 1 else mask.reshape(1, -1)
+    per_row = np.count_nonzero(rows, axis=1)
+    total = int(per_row.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.intp)
+    # The generator's draw depends on the population's size alone, not on its values.
+    ranks = np.sort(rng.choice(total, min(n, total), replace=False))
+    ends = np.cumsum(per_row)
+    row = np.searchsorted(ends, ranks, side="right")
+    within = ranks - (ends[row] - per_row[row])  # the rank among the row's true voxels
+    seen = np.cumsum(rows[row], axis=1)
+    col = np.count_nonzero(seen <= within[:, None], axis=1)
+    return (row * rows.shape[1] + col).astype(np.intp)
