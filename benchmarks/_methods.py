@@ -161,6 +161,9 @@ ENGINE = {
     # Session 39 (probe): growth under 0.6 object probability averaged too (hysteresis).
     "vae-marginal": {"momentum_where": "shrink-marginal"},
     "vae-anomaly-marginal": {"momentum_where": "shrink-marginal", "extra": ("anomaly",)},
+    "vae-marginal-w05": {"momentum_where": "shrink-marginal", "growth_weight": 0.5},
+    "vae-anomaly-marginal-w05": {"momentum_where": "shrink-marginal", "growth_weight": 0.5,
+                                 "extra": ("anomaly",)},
     "vae-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55},
     "vae-anomaly-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55,
                                "extra": ("anomaly",)},

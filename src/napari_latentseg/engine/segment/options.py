@@ -11,8 +11,10 @@ __all__ = ["SegmentOptions", "resolve_options"]
 CLASSIFIERS = ("forest", "mlp")
 MOMENTUM_WHERE = ("all", "shrink", "shrink-far", "shrink-marginal")
 # "shrink-marginal": the object's growth is averaged too where its new probability stays
-# under this (a probe of session 39: growth the forest is unsure of waits a round).
+# under MARGINAL_GROWTH, at MARGINAL_WEIGHT (None: the momentum's) (a probe of session 39:
+# growth the forest is unsure of waits).
 MARGINAL_GROWTH = 0.6
+MARGINAL_WEIGHT: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,12 @@ class SegmentOptions:
         return self.momentum_where in ("shrink", "shrink-far", "shrink-marginal")
 
     @property
-    def growth_floor(self) -> float | None:
-        """The object probability under which growth is averaged too ("shrink-marginal")."""
-        return MARGINAL_GROWTH if self.momentum_where == "shrink-marginal" else None
+    def growth_floor(self) -> tuple[float, float] | None:
+        """(object probability, weight): growth under that probability is averaged too, at
+        that weight ("shrink-marginal"); else None."""
+        if self.momentum_where != "shrink-marginal":
+            return None
+        return MARGINAL_GROWTH, self.momentum if MARGINAL_WEIGHT is None else MARGINAL_WEIGHT
 
     def momentum_for(self, n_classes: int, object_round: bool) -> tuple[float, bool]:
         """(weight, averaged only where the object shrinks) of a round's momentum:

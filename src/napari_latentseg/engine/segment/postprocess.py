@@ -42,14 +42,16 @@ def labels_from_probabilities(probs: np.ndarray, annotations: np.ndarray, table:
 
 def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
                    object_index: int | None = None, far: np.ndarray | None = None,
-                   spare: np.ndarray | None = None, floor: float | None = None) -> None:
+                   spare: np.ndarray | None = None,
+                   floor: tuple[float, float] | None = None) -> None:
     """Average ``probs`` (classes first) in place with ``previous`` at ``weight``.
 
     With ``object_index``, only where that class's probability fell: the object grows at
     once and shrinks at the momentum's pace. ``far`` (bool, the volume's shape): there the
     object's growth is averaged too. ``spare`` (bool, the volume's shape): there the object
-    shrinks at once (not averaged). ``floor``: the object's growth is averaged too where its
-    new probability is under it. Chunked along the second axis (slices).
+    shrinks at once (not averaged). ``floor`` (probability, weight): elsewhere, where the
+    object's new probability is under that probability, averaged at that weight. Chunked
+    along the second axis (slices).
     """
     def slab(z: slice) -> None:  # no whole-volume temporaries
         sl = (slice(None), z)
@@ -58,11 +60,17 @@ def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
             fell = probs[object_index, z] < previous[object_index, z]
             if far is not None:
                 fell |= far[z]
-            if floor is not None:
-                fell |= probs[object_index, z] < floor
             if spare is not None:
                 fell &= ~spare[z]
-            mixed = np.where(fell[None], mixed, probs[sl])
+            if floor is not None:
+                low = (probs[object_index, z] < floor[0]) & ~fell
+                if spare is not None:
+                    low &= ~spare[z]
+                w = floor[1]
+                unsure = (1.0 - w) * probs[sl] + w * previous[sl]
+                mixed = np.where(fell[None], mixed, np.where(low[None], unsure, probs[sl]))
+            else:
+                mixed = np.where(fell[None], mixed, probs[sl])
         probs[sl] = mixed
 
     map_slabs(slab, probs.shape[1], CHUNK)
