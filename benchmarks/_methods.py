@@ -158,15 +158,21 @@ ENGINE = {
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
     "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
-    # Session 39 (probe): growth under 0.6 object probability averaged too (hysteresis).
-    "vae-marginal": {"momentum_where": "shrink-marginal"},
-    "vae-anomaly-marginal": {"momentum_where": "shrink-marginal", "extra": ("anomaly",)},
+    # Session 39: growth under 0.6 object probability averaged too ("shrink-marginal", at
+    # 0.5 the default since; at the shrink's 0.85, or under 0.55, the probes). vae-shrink
+    # and vae-anomaly-shrink: the default before (growth at once).
+    "vae-shrink": {"momentum_where": "shrink"},
+    "vae-anomaly-shrink": {"momentum_where": "shrink", "extra": ("anomaly",)},
+    "vae-marginal": {"momentum_where": "shrink-marginal", "growth_weight": None},
+    "vae-anomaly-marginal": {"momentum_where": "shrink-marginal", "growth_weight": None,
+                             "extra": ("anomaly",)},
     "vae-marginal-w05": {"momentum_where": "shrink-marginal", "growth_weight": 0.5},
     "vae-anomaly-marginal-w05": {"momentum_where": "shrink-marginal", "growth_weight": 0.5,
                                  "extra": ("anomaly",)},
-    "vae-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55},
+    "vae-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55,
+                       "growth_weight": None},
     "vae-anomaly-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55,
-                               "extra": ("anomaly",)},
+                               "growth_weight": None, "extra": ("anomaly",)},
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
     "vae-fixed": {"background_adaptive": False},

@@ -280,8 +280,8 @@ def test_shrink_momentum_lets_the_object_grow_at_once(scene):
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1
     plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING)
-    res = segment(None, vol, ann2, SegmentOptions(momentum=0.5), spacing=SPACING,
-                  previous=first)  # "shrink" is the default
+    res = segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where="shrink"),
+                  spacing=SPACING, previous=first)
     free = ann2 == 0
     new, old = plain.probabilities[1], first.probabilities[1]  # class 2, the object
     fell, rose = free & (new < old - 1e-6), free & (new > old + 1e-6)
@@ -291,12 +291,41 @@ def test_shrink_momentum_lets_the_object_grow_at_once(scene):
                                atol=1e-6)
     assert any("where the object's probability fell" in n for n in res.notes)
     # Without the prior (or with three classes) "shrink" averages nothing in.
-    free_rounds = [segment(None, vol, ann2, SegmentOptions(background=None, momentum=m),
+    free_rounds = [segment(None, vol, ann2, SegmentOptions(background=None, momentum=m,
+                                                           momentum_where="shrink"),
                            spacing=SPACING, previous=p) for m, p in ((0.5, None), (0.5, first))]
     np.testing.assert_array_equal(*(r.probabilities for r in free_rounds))
     with pytest.raises(ValueError, match="momentum_where"):
         SegmentOptions(momentum_where="far")
     SegmentOptions(momentum_where="shrink-far")  # valid
+
+
+def test_marginal_growth_waits_a_round(scene):
+    """The default ``momentum_where="shrink-marginal"``: growth to an object probability of
+    0.6 or more comes at once, growth to less is averaged at 0.5, and where the probability
+    fell it is averaged at the momentum's weight."""
+    from napari_latentseg.engine.segment.options import MARGINAL_GROWTH, MARGINAL_WEIGHT
+
+    vol, ann, _ = scene
+    first = segment(None, vol, ann, spacing=SPACING)
+    ann2 = ann.copy()
+    ann2[3, 40:43, 40:43] = 1
+    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING)
+    assert SegmentOptions().momentum_where == "shrink-marginal"
+    res = segment(None, vol, ann2, SegmentOptions(momentum=0.8), spacing=SPACING,
+                  previous=first)
+    free = ann2 == 0
+    new, old = plain.probabilities[1], first.probabilities[1]
+    fell, rose = free & (new < old - 1e-6), free & (new > old + 1e-6)
+    sure, unsure = rose & (new >= MARGINAL_GROWTH), rose & (new < MARGINAL_GROWTH)
+    assert fell.any() and sure.any() and unsure.any()
+    got = res.probabilities[1]
+    np.testing.assert_allclose(got[sure], new[sure], atol=1e-6)
+    w = MARGINAL_WEIGHT
+    np.testing.assert_allclose(got[unsure], (1 - w) * new[unsure] + w * old[unsure],
+                               atol=1e-6)
+    np.testing.assert_allclose(got[fell], 0.2 * new[fell] + 0.8 * old[fell], atol=1e-6)
+    assert any("rose to under 0.6 (at 0.5)" in n for n in res.notes)
 
 
 def test_shrink_far_momentum_also_averages_far_growth(scene, monkeypatch):

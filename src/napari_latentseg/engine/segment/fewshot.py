@@ -451,6 +451,8 @@ def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationRes
     blend_momentum(probs, prev, weight, 1 - bg if shrink else None, far, fresh,
                    st.options.growth_floor)
     where = " where the object's probability fell" if shrink else ""
+    if st.options.growth_floor is not None and shrink:
+        where += " or rose to under {:g} (at {:g})".format(*st.options.growth_floor)
     if far is not None:
         where += " or rose far from its strokes"
     st.notes.append(f"averaged with the previous round's probabilities{where} "
