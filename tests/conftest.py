@@ -81,3 +81,20 @@ def chest_ct():
         return ct
 
     return make
+
+
+@pytest.fixture(scope="session")
+def scene():
+    """A bright block (the object) inside a plate of tissue on a dark field; one stroke of
+    the object and a small one of background on the plate: everything unlike that background
+    stroke looks like the object to a forest without the prior."""
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 0.3, (8, 64, 64)).astype(np.float32)
+    vol[:, 10:50, 10:50] += 1.0
+    vol[2:6, 25:35, 25:35] += 1.5
+    truth = np.zeros(vol.shape, bool)
+    truth[2:6, 25:35, 25:35] = True
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[4, 29:32, 29:32] = 2
+    ann[4, 12:14, 12:14] = 1
+    return vol, ann, truth
