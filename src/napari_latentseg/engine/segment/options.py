@@ -93,11 +93,12 @@ class SegmentOptions:
         ``"shrink-marginal"`` (default since session 39): as ``"shrink"``, and where the
         object's new probability is under ``MARGINAL_GROWTH`` (0.6) its growth is averaged
         too, at ``MARGINAL_WEIGHT`` (0.5): a voxel the forest is barely sure of joins the
-        object after a round or two. Measured (strokes, 10 rounds, whole scans, seeds 0-2,
-        brain1, brain1-unequal, brain2, breast1 with the anomaly column, lung1, lung2): runs
-        stepping back by more than 0.02 Dice 3 of 18 against 9 of 18, final Dice >= 0.85 in
-        14 of 18 against 9 (lung2 3 of 3 against 1), mean AUC -0.002 (brain1 -0.020, brain2
-        +0.010, lung2 -0.009). Rounds of three or more classes are unchanged.
+        object after a round or two. Measured (strokes, 10 rounds, whole scans, seeds 0-5,
+        brain1, brain1-unequal, brain2, breast1 with the anomaly column, lung2): runs
+        stepping back by more than 0.02 Dice 6 of 30 against 15 of 30 (worst 0.069 against
+        0.116), final Dice >= 0.85 in 21 of 30 against 17; the price, mean AUC -0.007
+        (brain1 -0.021, lung2 -0.012; lung1, seeds 0-2, level). Rounds of three or more
+        classes are unchanged.
         ``"shrink"``: in object-vs-background rounds with the prior, only voxels whose
         object probability fell since the last round are averaged, so the object grows at
         once and shrinks at the momentum's pace; rounds of three or more classes are
