@@ -433,8 +433,10 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     from napari_latentseg.engine.segment import SegmentOptions
 
-    momentum = f"(momentum {SegmentOptions().momentum:g})"
-    assert f"where the object's probability fell {momentum}" in seg.summary.text()
+    opts = SegmentOptions()
+    floor = "or rose to under {:g} (at {:g})".format(*opts.growth_floor)
+    assert (f"where the object's probability fell {floor} (momentum {opts.momentum:g})"
+            in seg.summary.text())
     kept = seg._last_round[2]  # what the next round needs: the object's gain of this one
     assert kept.grown is not None and kept.grown.shape == kept.labels.shape
     ann.data_setitem((np.array([6]), np.array([0]), np.array([0])), 0)
