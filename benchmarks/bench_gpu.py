@@ -10,10 +10,9 @@ Sections, in priority order: ``fit`` (the default configuration on brain1 and lu
 models serve below; ``gpu-2d`` and ``gpu-3d`` last, capped, for speed), ``reconstruct`` (lung2
 and a synthetic 400x512x512 CT made here, anomaly candidates included as users get them),
 ``segment`` (a few-shot lung2 round on the largest-tumour slice with a fresh feature cache,
-then again with it filled, stage by stage, and again with the forest's trees on the CPU and
-with the trees on the GPU but the features' rows gathered on the CPU) and ``cpu_vs_gpu``
-(the same lung2 model on the CPU: reconstruction difference in normalised units, Dice
-between the CPU and GPU labels).
+then again with it filled, stage by stage, and again with the forest's trees on the CPU) and
+``cpu_vs_gpu`` (the same lung2 model on the CPU: reconstruction difference in normalised
+units, Dice between the CPU and GPU labels).
 
 ``steps_per_s`` is 1 / the median step time after 5 warm-up steps (sampling, transfer,
 forward, backward, optimiser, losses read back). ``time_to_usable_s`` is the fit's elapsed time
@@ -189,22 +188,20 @@ class Bench:
                 "device": rec.info["device"]}
 
     def segment(self, model, image, modality, ann, truth, cache, cap_s: float,
-                keep: str | None = None, cpu_trees: bool = False,
-                cpu_rows: bool = False) -> dict:
+                keep: str | None = None, cpu_trees: bool = False) -> dict:
         """One few-shot round, timed stage by stage (``stages_s``: wall time from one
         progress report to the next, named by the earlier one: ``start`` the checks and the
         cache's key, ``features`` the cache's filling and the training set, ``forest`` the
         forests' fit, ``predict`` every voxel's probabilities, ``reach`` the geodesic reach
         and momentum, ``labels`` the labels, connectivity, edge step, uncertainty and next
         slice). ``cpu_trees``: the forest predicts on the CPU (the ablation of
-        ``gpu_forest``); ``cpu_rows``: the trees on the GPU, the features' rows gathered on
-        the CPU (the ablation of ``forest.FEATURES_ON_DEVICE``)."""
-        from napari_latentseg.engine.segment import forest, gpu_forest, segment_iter
+        ``gpu_forest``)."""
+        from napari_latentseg.engine.segment import gpu_forest, segment_iter
         from napari_latentseg.runtime.progress import Cancelled
 
         ev, timer = capped(cap_s)
-        saved = gpu_forest.GPU_FOREST, forest.FEATURES_ON_DEVICE
-        gpu_forest.GPU_FOREST, forest.FEATURES_ON_DEVICE = not cpu_trees, not cpu_rows
+        saved = gpu_forest.GPU_FOREST
+        gpu_forest.GPU_FOREST = not cpu_trees
         stages: dict[str, float] = {}
         try:
             with Clock(self.cuda) as c:
@@ -224,7 +221,7 @@ class Bench:
         except Cancelled:
             raise TimeoutError(f"not finished within its {cap_s:.0f} s cap") from None
         finally:
-            gpu_forest.GPU_FOREST, forest.FEATURES_ON_DEVICE = saved
+            gpu_forest.GPU_FOREST = saved
             timer.cancel()
         if keep:
             self.kept[keep] = res.labels
@@ -235,7 +232,7 @@ class Bench:
                "peak_gpu_mb": c.peak_mb,
                "stages_s": {k.removeprefix("segment: "): round(v, 3)
                             for k, v in stages.items()}}
-        if (cpu_trees or cpu_rows) and "seg_cached" in self.kept:
+        if cpu_trees and "seg_cached" in self.kept:
             out["labels_equal_gpu_forest_fraction"] = round(
                 float((self.kept["seg_cached"] == res.labels).mean()), 6)
         return out
@@ -277,8 +274,6 @@ class Bench:
                 # The same round with the trees on the CPU (as before session 39).
                 self.item(("segment", ref, "cached_cpu_trees"), 10, lambda: self.segment(
                     model, img, mod, ann, truth, cache, self.cap(60), cpu_trees=True))
-                self.item(("segment", ref, "cached_cpu_rows"), 10, lambda: self.segment(
-                    model, img, mod, ann, truth, cache, self.cap(60), cpu_rows=True))
             print("cpu_vs_gpu", flush=True)
             self.compare(model, img, mod, truth, ann, ref)
         else:

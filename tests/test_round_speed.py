@@ -175,63 +175,6 @@ def test_cached_batches_in_threads_give_the_one_at_a_time_round(monkeypatch, tin
     np.testing.assert_array_equal(many.uncertainty, one.uncertainty)
 
 
-def _rows_and_forest(k: int, b: int = 3, h: int = 70, w: int = 53):
-    """Feature rows of a smooth scene of ``k`` classes and a lean forest fitted on a sample."""
-    rng = np.random.default_rng(k)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    lab = np.zeros((b, h, w), np.int64)
-    for c in range(1, k):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        lab[:, (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(8, 20) ** 2] = c
-    img = lab + 0.3 * rng.normal(size=lab.shape)
-    feats = np.stack([img, np.broadcast_to(yy / h, img.shape),
-                      np.broadcast_to(xx / w, img.shape)], -1).astype(np.float16)
-    rows = feats.reshape(-1, 3)
-    idx = rng.choice(len(rows), 1500, replace=False)
-    forest = fit_lean_forest(rows[idx].astype(np.float32), lab.reshape(-1)[idx], 0, 12, 8, 0.5)
-    return feats, forest
-
-
-@pytest.mark.parametrize("k", [2, 3, 5])
-@pytest.mark.parametrize("max_stride", [1, 2, 4])
-def test_coarse_to_fine_on_the_device_equals_the_numpy_path(k, max_stride, monkeypatch):
-    from napari_latentseg.engine.segment import coarse
-
-    monkeypatch.setattr(coarse, "MIN_COARSE_PLANE", 8 * 8)  # small slices still go coarse
-    feats, cpu = _rows_and_forest(k)
-    dev = DeviceForest(cpu, "cpu")
-    ref = coarse.forest_predict(cpu, feats.reshape(-1, 3), feats.shape[:3], k,
-                                max_stride=max_stride)
-    got = coarse.forest_predict_device(dev, torch.from_numpy(feats), k, max_stride=max_stride)
-    assert got.dtype == np.float32 and got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, atol=1e-6)
-    np.testing.assert_array_equal(got.argmax(0), ref.argmax(0))
-
-
-def test_a_round_on_device_copied_features_equals_the_cpu_round(monkeypatch, tiny_model,
-                                                                 small_phantom, annotations):
-    """The cached features go to the forest's device (here the CPU, a view) and every level
-    is predicted there: the labels of the numpy path. (Two classes: rounds of more carry
-    class prototypes, whose columns the numpy path appends.)"""
-    two = np.where(annotations == annotations.max(), 2, (annotations > 0).astype(np.uint8))
-    cache = FeatureCache()
-    segment(tiny_model, small_phantom.image, two, cache=cache)
-    ref = segment(tiny_model, small_phantom.image, two, cache=cache)  # cached round
-    copies = []
-    original = FeatureCache.device_copy
-
-    def device_copy(self, key, device):
-        copies.append(device)
-        return original(self, key, device)
-
-    monkeypatch.setattr(FeatureCache, "device_copy", device_copy)
-    monkeypatch.setattr(forest_mod, "on_device", lambda f, d: DeviceForest(f, "cpu"))
-    res = segment(tiny_model, small_phantom.image, two, cache=cache)
-    assert copies and res.cache_hit
-    np.testing.assert_array_equal(res.labels, ref.labels)
-    np.testing.assert_allclose(res.probabilities, ref.probabilities, atol=1e-6)
-
-
 def test_the_prior_draws_the_listed_candidates_draw():
     """Unpainted voxels drawn by rank, row by row: the draw of the full candidate list."""
     from napari_latentseg.engine.segment.prior import _draw_true

@@ -44,7 +44,6 @@ class FeatureCache:
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
         self._store: dict[tuple[str, str, str], np.ndarray] = {}
-        self._device: dict = {}  # key -> the entry's copy on a GPU (the latest one only)
         self.hits = 0
 
     def key(self, model: VAEModel, volume: np.ndarray, kind: str = "hypercolumn"
@@ -57,32 +56,10 @@ class FeatureCache:
             self.hits += 1
         return out
 
-    def device_copy(self, key, device):
-        """The entry ``key`` as a torch tensor on ``device``: uploaded once and kept (one
-        entry at a time) for the rounds that follow, or None when it is not cached or would
-        take more than half of the GPU's free memory. On the CPU: a view, no copy."""
-        import torch
-
-        feats = self._store.get(key)
-        if feats is None:
-            return None
-        device = torch.device(device)
-        if device.type == "cpu":
-            return torch.from_numpy(feats)
-        held = self._device.get(key)
-        if held is not None and held.device == device:
-            return held
-        self._device.clear()  # the previous scan's copy goes first
-        if device.type == "cuda" and 2 * feats.nbytes > torch.cuda.mem_get_info(device)[0]:
-            return None
-        self._device[key] = torch.from_numpy(feats).to(device)
-        return self._device[key]
-
     def put(self, key, feats: np.ndarray) -> None:
         # One entry per image and kind: a new model for the same image replaces old features.
         for k in [k for k in self._store if k[1:] == key[1:]]:
             del self._store[k]
-            self._device.pop(k, None)
         if feats.nbytes <= self.max_bytes:
             self._store[key] = feats
 
@@ -91,4 +68,3 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._store.clear()
-        self._device.clear()

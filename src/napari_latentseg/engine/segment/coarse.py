@@ -4,17 +4,16 @@ The forest is the costly part of a round on big scans, so it first runs on a coa
 grid (every 2nd or 4th voxel); each finer level is predicted only where the level above has a
 class boundary or is unsure, and elsewhere a voxel takes the bilinear mean of the coarse
 voxels around it (sessions 9-19, docs/interactive_benchmarks.md "The round's cost").
-:func:`forest_predict` reads numpy rows (the float16 cache on the CPU);
-:func:`forest_predict_device` does the same with the rows and a
-:class:`~.gpu_forest.DeviceForest` on one torch device (session 39: a GPU round's gathering
-and upsampling, not its trees, had become its cost).
+The forest may be a :class:`~.gpu_forest.DeviceForest`: its trees then run on a GPU, the
+rows are gathered here. (Session 39 also ran every level on the GPU with the features copied
+there: level in total on the H200 machine, 1.49 s both, so not kept.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forest_predict", "forest_predict_device"]
+__all__ = ["forest_predict"]
 
 # Coarse-to-fine prediction (forest_predict): the coarsest in-plane stride, the smallest grid a
 # slice may be first predicted on, and the top probability under which a coarse voxel is
@@ -145,68 +144,3 @@ def _children(refine: np.ndarray, hf: int, wf: int) -> tuple[np.ndarray, ...]:
         xs.append(x[keep])
     return np.concatenate(zs), np.concatenate(ys), np.concatenate(xs)
 
-
-def forest_predict_device(forest, grid, n_cls: int, sure: float | None = None,
-                          max_stride: int | None = None) -> np.ndarray:
-    """:func:`forest_predict` on ``forest``'s torch device: ``forest`` a
-    :class:`~.gpu_forest.DeviceForest`, ``grid`` the (b, h, w, F) feature rows there (float16
-    or float32). The same levels, refinement and arithmetic, so the same probabilities;
-    returns (n_classes, b, h, w) float32 numpy."""
-    torch = forest.torch
-    pool = torch.nn.functional.max_pool2d
-    dev = grid.device
-    sure = REFINE_BELOW if sure is None else sure
-    b, h, w, nf = grid.shape
-    cls = torch.as_tensor(np.asarray(forest.classes_, dtype=np.int64), device=dev)
-
-    def proba(rows):
-        out = torch.zeros((n_cls, len(rows)), dtype=torch.float32, device=dev)
-        out[cls] = forest.walk(rows.float()).float().T
-        return out
-
-    with torch.inference_mode():
-        s = _stride(h, w, MAX_STRIDE if max_stride is None else max_stride)
-        level = grid[:, ::s, ::s]
-        p = proba(level.reshape(-1, nf)).reshape((n_cls,) + level.shape[:3])
-        while s > 1:
-            s //= 2
-            fine = grid[:, ::s, ::s]
-            hf, wf = fine.shape[1:3]
-            # A class boundary within one voxel: the 3x3 in-plane max and min differ (padding
-            # with -inf is the clipped window, as scipy's reflected one).
-            lab = p.argmax(0).float()[:, None]
-            refine = (pool(lab, 3, 1, 1) != -pool(-lab, 3, 1, 1))[:, 0]
-            if n_cls <= REFINE_UNSURE_MAX_CLASSES:
-                refine |= _unsure_device(p, sure)
-            p = _upsample2_device(p, hf, wf)
-            zc, yc, xc = torch.nonzero(refine, as_tuple=True)
-            idx = []
-            for dy, dx in ((0, 1), (1, 0), (1, 1)):
-                y, x = 2 * yc + dy, 2 * xc + dx
-                keep = (y < hf) & (x < wf)
-                idx.append((zc[keep], y[keep], x[keep]))
-            z, y, x = (torch.cat(parts) for parts in zip(*idx, strict=True))
-            if len(z):
-                p[:, z, y, x] = proba(fine[z, y, x])
-        return p.cpu().numpy()
-
-
-def _unsure_device(p, sure: float):
-    """:func:`_unsure` of a torch tensor."""
-    if not REFINE_BY_MARGIN or len(p) <= 2:
-        return p.max(0).values < sure
-    top2 = p.topk(2, dim=0).values
-    return top2[0] - top2[1] < 2.0 * sure - 1.0
-
-
-def _upsample2_device(p, hf: int, wf: int):
-    """:func:`_upsample2` of a torch tensor (the same sums and halvings, in float32)."""
-    k, b, h, w = p.shape
-    out = p.new_empty((k, b, 2 * h, 2 * w))
-    out[..., ::2, ::2] = p
-    out[..., 1:-1:2, ::2] = (p[..., :-1, :] + p[..., 1:, :]) * 0.5
-    out[..., -1, ::2] = p[..., -1, :]
-    even = out[..., ::2].clone()
-    out[..., 1:-1:2] = (even[..., :-1] + even[..., 1:]) * 0.5
-    out[..., -1] = even[..., -1]
-    return out[..., :hf, :wf]

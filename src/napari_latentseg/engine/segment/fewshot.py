@@ -26,6 +26,7 @@ from .holdout import check_head, holdout
 from .nomodel import NO_MODEL_NOTE, features_only_model
 from .options import SegmentOptions, resolve_options
 from .postprocess import (
+    CHUNK,
     blend_momentum,
     boundary_band,
     labels_from_probabilities,
@@ -397,7 +398,7 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
         np.subtract(1.0, probs[obj, z], out=probs[bg, z])
         return n
 
-    faded = sum(map_slabs(slab, probs.shape[1], 16))
+    faded = sum(map_slabs(slab, probs.shape[1], CHUNK))
     st.history.append({"stage": "reach", "radius_mm": round(radius, 1), "faded": faded})
     if faded:
         st.notes.append(f"{faded} voxels beyond the object's reach ({radius:.0f} mm from its "

@@ -10,9 +10,9 @@ import numpy as np
 from ...runtime.progress import check_stop
 from .annotations import ClassTable, annotated_batches, sample_annotated
 from .cache import FeatureCache
-from .coarse import forest_predict, forest_predict_device
+from .coarse import forest_predict
 from .extra import as_extra_columns, extra_kind, given_columns
-from .gpu_forest import DeviceForest, on_device
+from .gpu_forest import on_device
 from .multiprior import add_multiclass_prior
 from .options import SegmentOptions
 from .prior import (
@@ -45,9 +45,6 @@ FOREST_KIND = "random"
 LEAN_FOREST = True
 # Voxels a prediction batch may hold (cached features).
 PREDICT_VOXELS = 1 << 22
-# With the trees on a GPU, the cached features go there too and every level of the coarse to
-# fine prediction runs there (False: rows gathered on the CPU; the benchmark's ablation).
-FEATURES_ON_DEVICE = True
 # True: without VAE columns, four centre-surround contrasts join the ilastik set (each
 # scale's smoothed intensity minus the next wider one). Session 18: level with the ilastik set
 # alone in the engine (+0.002 mean AUC over seven cases), so off; kept for the benchmark.
@@ -364,25 +361,13 @@ def fit_forest(x: np.ndarray, y: np.ndarray, seed: int, sample_weight: np.ndarra
 
 
 class ForestProbabilities:
-    """The forest's class probabilities (n_classes, len(zs), *slice shape) of slice batches.
-
-    On a GPU (a :class:`~.gpu_forest.DeviceForest`) with cached features, the features are
-    copied to the GPU once (:meth:`FeatureCache.device_copy`) and every level of the coarse
-    to fine prediction runs there."""
+    """The forest's class probabilities (n_classes, len(zs), *slice shape) of slice batches."""
 
     def __init__(self, forest, features: ForestFeatures, n_classes: int) -> None:
         self.forest = on_device(forest, features.run.device)  # the GPU's, when there is one
         self.features = features
         self.n_classes = n_classes
-        self.grid = None  # the cached features on the forest's device
-        if (FEATURES_ON_DEVICE and isinstance(self.forest, DeviceForest)
-                and self.forest.prototypes_ is None
-                and features.cached is not None and features.cache is not None):
-            self.grid = features.cache.device_copy(features.key, self.forest.device)
 
     def __call__(self, zs: np.ndarray) -> np.ndarray:
-        if self.grid is not None:
-            return forest_predict_device(self.forest, self.grid[zs[0] : zs[-1] + 1],
-                                         self.n_classes)
         shape = (len(zs),) + self.features.run.volume.shape[1:]
         return forest_predict(self.forest, self.features.rows_of(zs), shape, self.n_classes)

@@ -62,15 +62,14 @@ def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
                 fell |= far[z]
             if spare is not None:
                 fell &= ~spare[z]
-            if floor is not None:
+            grown = probs[sl]
+            if floor is not None:  # growth to under floor[0]: averaged at floor[1]
                 low = (probs[object_index, z] < floor[0]) & ~fell
                 if spare is not None:
                     low &= ~spare[z]
                 w = floor[1]
-                unsure = (1.0 - w) * probs[sl] + w * previous[sl]
-                mixed = np.where(fell[None], mixed, np.where(low[None], unsure, probs[sl]))
-            else:
-                mixed = np.where(fell[None], mixed, probs[sl])
+                grown = np.where(low[None], (1.0 - w) * grown + w * previous[sl], grown)
+            mixed = np.where(fell[None], mixed, grown)
         probs[sl] = mixed
 
     map_slabs(slab, probs.shape[1], CHUNK)
