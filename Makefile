@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= demo_output
 
-.PHONY: test demo bench bench-gpu lint sysdeps sample-data screenshots clean
+.PHONY: test demo bench bench-gpu bench-gpu-anomaly lint sysdeps sample-data screenshots clean
 
 $(STAMP): pyproject.toml constraints.txt
 	bash scripts/setup_env.sh
@@ -28,6 +28,14 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py
 	$(BIN)/python benchmarks/bench_gpu_quality.py
+
+# The anomaly benchmark's model-free methods on a GPU; a device call runs at most 10 min, so
+# run it in parts, e.g. CASES="brain1* phantom" TAG=-gpu-a, then CASES="brain2* lung*" TAG=-gpu-b.
+CASES ?=
+TAG ?= -gpu
+bench-gpu-anomaly: $(STAMP)
+	$(BIN)/python benchmarks/bench_anomaly.py --no-vae --device cuda --tag=$(TAG) \
+		$(if $(CASES),--cases $(foreach c,$(CASES),'$(c)'))
 
 sample-data: $(STAMP)
 	$(BIN)/python -m napari_latentseg.data.phantom src/napari_latentseg/sample_data

@@ -39,7 +39,8 @@ def method_and_blob(method: str):
 def heldout_nodules(variants=((4.0,), ()), seeds=HELDOUT_SEEDS) -> list[dict]:
     """Best Dice of the contrast density with each blob ``variants`` on held-out nodule
     implants, with the best baseline (oracle window, |x - median 5x5|) of the same case."""
-    from bench_anomaly import case_masks, curve_metrics, implant, load, lung_region, oracle_window
+    from _anomaly_cases import case_masks, implant, load, lung_region
+    from _anomaly_metrics import curve_metrics, oracle_window
     from scipy import ndimage
 
     from napari_latentseg.engine.anomaly import anomaly_map

@@ -169,3 +169,30 @@ def test_self_calibration_probe_replays_the_engine_and_restores_it(tmp_path, mon
     assert set(row["variants"]) == {f"{b}/{f:g}{t}" for b in sc.BODIES for f in sc.FPRS
                                     for t in sc.SURFACES}
     assert all(v["dice_thr"] is None and v["fp_pct"] >= 0 for v in row["variants"].values())
+
+
+def test_anomaly_benchmark_split_keeps_its_names_and_checks_the_device():
+    """``bench_anomaly`` re-exports the cases' and metrics' names the probes use, its oracle
+    window finds an exact intensity band, and ``--device`` refuses what cannot run here."""
+    import _anomaly_cases
+    import _anomaly_metrics
+    import bench_anomaly as B
+    import pytest
+    import torch
+
+    assert B.case_masks is _anomaly_cases.case_masks and B.load is _anomaly_cases.load
+    assert B.curve_metrics is _anomaly_metrics.curve_metrics
+    rng = np.random.default_rng(0)
+    v = rng.uniform(0, 100, size=(4, 16, 16)).astype(np.float32)
+    truth = (v > 40) & (v < 60)
+    mask = np.ones(v.shape, bool)
+    assert B.oracle_window(v, truth, mask) > 0.97
+    best, ap = B.curve_metrics(-np.abs(v - 50), truth, mask)
+    assert best > 0.99 and ap > 0.99
+    assert B._resolved("cpu") == "cpu"
+    assert B._resolved("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit, match="cpu, cuda"):
+        B._resolved("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            B._resolved("cuda")
