@@ -154,8 +154,6 @@ class VAEDefault:
             ("forest", ("forest", "FOREST")),
             ("boundary_grow_only", ("boundary", "GROW_ONLY")),
             ("boundary_band", ("boundary", "BAND")),
-            ("boundary_hold", ("boundary", "HOLD")),
-            ("boundary_keep", ("boundary", "KEEP")),
             ("contrast_columns", ("forest", "CONTRAST_WITHOUT_VAE")),
             ("forest_kind", ("forest", "FOREST_KIND")),
             ("refine_unsure_classes", ("coarse", "REFINE_UNSURE_MAX_CLASSES")),

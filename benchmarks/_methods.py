@@ -173,16 +173,6 @@ ENGINE = {
                        "growth_weight": None},
     "vae-anomaly-marginal55": {"momentum_where": "shrink-marginal", "growth_floor": 0.55,
                                "growth_weight": None, "extra": ("anomaly",)},
-    # Session 40: the edge step holds the last round's side unless the other side's local
-    # mean is closer by HOLD x the two means' difference.
-    "vae-hold": {"boundary_hold": 0.25},
-    "vae-anomaly-hold": {"boundary_hold": 0.25, "extra": ("anomaly",)},
-    "vae-keep": {"boundary_hold": 0.25, "boundary_keep": 0.15},
-    "vae-anomaly-keep": {"boundary_hold": 0.25, "boundary_keep": 0.15, "extra": ("anomaly",)},
-    "vae-keep0": {"boundary_keep": 0.15},
-    "vae-anomaly-keep0": {"boundary_keep": 0.15, "extra": ("anomaly",)},
-    "vae-hold10": {"boundary_hold": 0.1},
-    "vae-anomaly-hold10": {"boundary_hold": 0.1, "extra": ("anomaly",)},
     # The prior's weight: adaptive (the default since it was measured on whole volumes) or
     # fixed (as much as the painted object; the default before).
     "vae-fixed": {"background_adaptive": False},

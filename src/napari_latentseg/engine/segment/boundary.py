@@ -24,13 +24,6 @@ CHUNK = 16  # slices at a time (in-plane filters only)
 # Only background voxels may join the object (a probe: more AUC on the lungs and brain2, larger
 # drops on brain2; docs/interactive_benchmarks.md).
 GROW_ONLY = False
-# Hysteresis against the last round's labels: a voxel leaves the side it was on only when its
-# intensity is closer to the other side's local mean by more than HOLD x the two means'
-# difference (0: no memory).
-HOLD = 0.0
-# With a last round, its object voxels whose object probability is still above 0.5 - KEEP
-# start the edge step as object (label hysteresis in time; 0: none).
-KEEP = 0.0
 
 
 def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
@@ -50,8 +43,7 @@ def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
 
 def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: np.ndarray,
                            object_id: int, background_id: int, window: int | None = None,
-                           band: int | None = None, previous: np.ndarray | None = None,
-                           hold: float | None = None) -> int:
+                           band: int | None = None) -> int:
     """Move the object's boundary to the closer local mean, in place.
 
     Parameters
@@ -66,11 +58,6 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
     window, band
         The local means' in-plane window and the band's half-width (voxels); None:
         :data:`WINDOW`, :data:`BAND`.
-    previous : np.ndarray, optional
-        (z, y, x) the last round's labels: with ``hold`` > 0 a voxel keeps the side it was on
-        there unless the other side's mean is closer by ``hold`` x the means' difference.
-    hold : float, optional
-        None: :data:`HOLD`.
 
     Returns
     -------
@@ -81,9 +68,6 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
 
     window = WINDOW if window is None else window
     band = BAND if band is None else band
-    hold = HOLD if hold is None else hold
-    if previous is None or previous.shape != labels.shape:
-        hold = 0.0
     square = np.ones((1, 3, 3), bool)  # in-plane 8-neighbourhood
     size = (1, window, window)
     margin = band + window // 2 + 1  # what a band voxel's window can reach
@@ -109,11 +93,7 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         mean_o = ndi.uniform_filter(img * o, size) / np.maximum(share, 1e-6)
         mean_b = ndi.uniform_filter(img * (1.0 - o), size) / np.maximum(1.0 - share, 1e-6)
         ring &= (share > MIN_SIDE) & (share < 1.0 - MIN_SIDE)
-        lean = np.abs(img - mean_b) - np.abs(img - mean_o)  # > 0: closer to the object
-        if hold > 0:  # the last round's side wins unless the other is clearly closer
-            was_obj = previous[sl] == object_id
-            lean += np.where(was_obj, hold, -hold) * np.abs(mean_o - mean_b)
-        to_obj = lean > 0
+        to_obj = np.abs(img - mean_o) < np.abs(img - mean_b)
         new = np.where(to_obj, object_id, background_id).astype(lab.dtype)
         flip = ring & (new != lab)
         if GROW_ONLY:

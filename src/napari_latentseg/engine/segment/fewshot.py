@@ -16,7 +16,6 @@ from ...models.checkpoint import VAEModel
 from ...runtime.device import thread_count
 from ...runtime.parallel import each_in_threads, map_slabs
 from ...runtime.progress import check_stop, drive
-from . import boundary
 from .annotations import ClassTable
 from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
@@ -187,19 +186,18 @@ def segment_iter(
         if previous is not None and opts.momentum > 0:
             _blend_previous(st, probs, previous, squeeze)
         yield {"stage": "segment: labels", "done": 0, "total": 1}
-        prev_labels = _previous_labels(st, previous, squeeze)
         labels, changed = labels_from_probabilities(probs, st.annotations, st.table,
                                                     opts.keep_connected_regions)
         if (forest is not None and opts.boundary_refine and st.prior_background is not None
                 and len(probs) == 2):
-            _move_boundary(st, labels, probs, forest_feats, run, prev_labels)
+            _move_boundary(st, labels, probs, forest_feats, run)
         if blend:
             labels, changed = yield from _refine_boundaries(
                 st, probs, labels, head_round.proba, len(run.volume_batches[0]), later_stop)
         if changed:
             st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
                             "class went to their next most probable class")
-        grown = _grown(st, labels, prev_labels)
+        grown = st.grown(labels, st.previous_labels(previous, squeeze))
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)
         suggestion = suggest_slices(uncertainty, st.annotations, region)
@@ -221,30 +219,6 @@ def segment_iter(
     return SegmentationResult(labels, probs, uncertainty, st.table.classes, st.model,
                               suggestion, st.history, time.perf_counter() - t0, st.notes, hit,
                               grown)
-
-
-def _previous_labels(st: RoundState, previous: SegmentationResult | None,
-                     squeezed: bool) -> np.ndarray | None:
-    """The last round's labels where they describe this round's classes and shape."""
-    prev = getattr(previous, "labels", None)
-    if prev is None:
-        return None
-    prev = np.asarray(prev)
-    prev = prev[None] if squeezed else prev
-    if prev.shape != st.annotations.shape or list(previous.classes) != list(st.table.classes):
-        return None
-    return prev
-
-
-def _grown(st: RoundState, labels: np.ndarray, prev: np.ndarray | None) -> np.ndarray | None:
-    """Object voxels the last round's labels ``prev`` did not label object (object-vs-
-    background rounds). From the labels, not the probabilities: those leave out the edge
-    step's moves (measured session 22, lung2 seed 0: a last-round drop of 0.12 against none)."""
-    bg = st.prior_background
-    if prev is None or bg is None or st.n_classes != 2:
-        return None
-    obj = st.table.classes[1 - bg]
-    return (labels == obj) & (prev != obj)
 
 
 def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
@@ -416,20 +390,14 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
 
 
 def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
-                   forest_feats: ForestFeatures, run: FeatureRunner,
-                   prev_labels: np.ndarray | None = None) -> None:
+                   forest_feats: ForestFeatures, run: FeatureRunner) -> None:
     """The object's boundary to the closer local mean intensity (:mod:`.boundary`), in
     place (with ``SWAP_MOVED``, the moved voxels' two probabilities swap too)."""
     bg = st.prior_background
     classes = st.table.classes
     before = labels.copy() if SWAP_MOVED else None  # the probe needs the moved voxels
-    if boundary.KEEP > 0 and prev_labels is not None:
-        keep = ((prev_labels == classes[1 - bg]) & (labels == classes[bg])
-                & (probs[1 - bg] > 0.5 - boundary.KEEP) & (st.annotations == 0))
-        labels[keep] = classes[1 - bg]
     moved = refine_object_boundary(labels, smoothed_image(forest_feats.cached, run, 0),
-                                   st.annotations, classes[1 - bg], classes[bg],
-                                   previous=prev_labels)
+                                   st.annotations, classes[1 - bg], classes[bg])
     if before is not None and moved:
         flip = labels != before
         to_obj = labels[flip] == classes[1 - bg]

@@ -42,6 +42,30 @@ class RoundState:
     def n_classes(self) -> int:
         return len(self.table)
 
+    def previous_labels(self, previous: SegmentationResult | None,
+                        squeezed: bool) -> np.ndarray | None:
+        """The last round's labels (3D) where they have this round's classes and shape."""
+        prev = getattr(previous, "labels", None)
+        if prev is None:
+            return None
+        prev = np.asarray(prev)
+        prev = prev[None] if squeezed else prev
+        if prev.shape != self.annotations.shape or \
+                list(previous.classes) != list(self.table.classes):
+            return None
+        return prev
+
+    def grown(self, labels: np.ndarray, prev: np.ndarray | None) -> np.ndarray | None:
+        """Object voxels the last round's labels ``prev`` did not label object (object-vs-
+        background rounds). From the labels, not the probabilities: those leave out the edge
+        step's moves (measured session 22, lung2 seed 0: a last-round drop of 0.12 against
+        none)."""
+        bg = self.prior_background
+        if prev is None or bg is None or self.n_classes != 2:
+            return None
+        obj = self.table.classes[1 - bg]
+        return (labels == obj) & (prev != obj)
+
 
 @dataclass
 class SegmentationResult:
