@@ -19,6 +19,9 @@ Cases (downsampled so a run takes minutes on one thread; sizes are printed):
   parenchyma at 40, -450 and 400 HU with the scan's noise; 24 slices around the tumour,
   in-plane / 4 (128 x 128 at ~2.4 mm), the real tumour counted as a lesion too;
 - ``phantom``: the shipped phantom's three lesions (label 7);
+- ``phantom1mm-tissue`` (full runs, session 40): the issue's tissue-intensity case on the
+  phantom at 1.2 mm, eight white-matter spheres of grey-matter intensity, 3-7 mm
+  (``_anomaly_cases.thin_phantom_case``; normative: two healthy phantoms of that size);
 - false positives: flagged volume in the slices at least 3 slices away from every lesion (real
   or implanted) of ``brain1-tumour``, ``brain2-tumour`` and ``lung1-nodule-solid``, % of head;
   on every case the flagged share of the head more than 20 mm from every lesion, the real
@@ -158,7 +161,8 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
             if mode == "normative":
                 key = (c["ref"], method)
                 if key not in norm_cache:
-                    other = refs["phantom"] if c["ref"] == "phantom" else [refs[OTHER[c["ref"]]]]
+                    other = refs[c["ref"]] if c["ref"].startswith("phantom") \
+                        else [refs[OTHER[c["ref"]]]]
                     t = time.perf_counter()
                     engine_method, switch = method_and_blob(method)
                     with switch:

@@ -226,6 +226,29 @@ def test_denoiser_residual_ignores_what_lies_outside_the_head():
     assert s[1, 14, 14] > np.percentile(s[1][mask[1]], 95)
 
 
+def test_denoiser_residual_is_smoothed_across_thin_slices_only():
+    """On thin slices the residual is smoothed across slices at the in-plane width in mm, so
+    a lesion seen on one slice alone scores lower than one seen on its neighbours too; thick
+    slices are scored slice by slice as before."""
+    from napari_latentseg.engine.anomaly_dae import SMOOTH_SIGMA, residual_score, z_sigma
+
+    assert z_sigma((6.5, 1.56, 1.56)) == 0.0 and z_sigma((4.0, 1.6, 1.6)) == 0.0
+    assert z_sigma(None) == 0.0 and z_sigma((1.0, 1.0)) == 0.0
+    assert z_sigma((1.2, 1.2, 1.2)) == pytest.approx(SMOOTH_SIGMA)
+    assert z_sigma((1.0, 1.5, 1.5)) == pytest.approx(SMOOTH_SIGMA * 1.5)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(9, 32, 32)).astype(np.float32)
+    mask = np.ones(x.shape, bool)
+    outs = [x + 0.05 * rng.normal(size=x.shape).astype(np.float32)]
+    outs[0][4, 12:18, 12:18] -= 2.0  # healed on slice 4 only
+    outs[0][2:7, 20:26, 20:26] -= 2.0  # healed on five slices
+    flat = residual_score(x, outs, mask)
+    np.testing.assert_array_equal(flat, residual_score(x, outs, mask, 0.0))
+    deep = residual_score(x, outs, mask, z_sigma((1.0, 1.0, 1.0)))
+    assert flat[4, 14, 14] > 0.8 * flat[4, 22, 22]  # alike slice by slice
+    assert deep[4, 14, 14] < 0.6 * deep[4, 22, 22]  # across slices the five-slice one wins
+
+
 def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_model,
                                                                        small_phantom):
     """A model holding normative statistics (``intensity``) scores with them by default; a

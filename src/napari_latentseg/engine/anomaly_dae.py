@@ -27,7 +27,8 @@ from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
            "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
-           "slice_normalise", "snapshot_score", "DAE_CYCLES", "DAE_NOISE_RES", "DAE_STEPS"]
+           "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES", "DAE_NOISE_RES",
+           "DAE_STEPS", "THIN_SLICE_RATIO"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
 #: Coarse-noise cells per crop side in each one-cycle run of :data:`DAE_STEPS`, run back to
@@ -55,6 +56,11 @@ TARGET_MM = 1.5
 #: fitted, and unmasked it leaked into the head's rim (session 27: mean best Dice of the
 #: eight MR cases 0.208 -> 0.272; docs/anomaly_benchmarks.md, "The residual inside the head").
 SMOOTH_SIGMA = 2.0
+#: Slices at most this many times the in-plane voxel apart are thin: the residual is smoothed
+#: across them too, at :data:`SMOOTH_SIGMA`'s width in mm (session 40: a synthetic 1.2 mm head
+#: with eight grey-matter-intensity spheres in its white matter; docs/anomaly_benchmarks.md,
+#: "Thin slices"). Thicker slices hold other anatomy a slice away and are left alone.
+THIN_SLICE_RATIO = 2.0
 
 
 def _unet():
@@ -302,7 +308,7 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
                 check_stop(stop_event, "anomaly scoring")
                 out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
         outs.append(out)
-    score = residual_score(x, outs, mask)
+    score = residual_score(x, outs, mask, z_sigma(spacing))
     if lower_symmetric:
         from .anomaly_symmetry import lower_bilateral
 
@@ -383,23 +389,36 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
                                       lower_symmetric=lower_symmetric, stop_event=stop_event))
 
 
-def snapshot_score(x: np.ndarray, out: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def z_sigma(spacing) -> float:
+    """The residual's Gaussian sigma across slices (voxels) on the denoiser's grid of voxel
+    size ``spacing``: :data:`SMOOTH_SIGMA`'s width in mm on thin slices
+    (:data:`THIN_SLICE_RATIO`), else 0 (in-plane only)."""
+    if spacing is None or len(spacing) < 3 or min(spacing) <= 0:
+        return 0.0
+    inplane = float(min(spacing[-2:]))
+    if float(spacing[0]) > THIN_SLICE_RATIO * inplane:
+        return 0.0
+    return SMOOTH_SIGMA * inplane / float(spacing[0])
+
+
+def snapshot_score(x: np.ndarray, out: np.ndarray, mask: np.ndarray,
+                   sigma_z: float = 0.0) -> np.ndarray:
     """One denoised version's score: its residual inside the head (0 outside: what the net
-    does there was never fitted), smoothed in-plane (:data:`SMOOTH_SIGMA`) and normalised per
-    slice."""
+    does there was never fitted), smoothed in-plane (:data:`SMOOTH_SIGMA`) and across slices
+    at ``sigma_z`` (voxels; :func:`z_sigma`), normalised per slice."""
     from scipy import ndimage
 
     err = np.where(mask, np.abs(x - out), np.float32(0))
-    err = ndimage.gaussian_filter(err, (0, SMOOTH_SIGMA, SMOOTH_SIGMA)).astype(np.float32)
+    err = ndimage.gaussian_filter(err, (sigma_z, SMOOTH_SIGMA, SMOOTH_SIGMA)).astype(np.float32)
     return slice_normalise(err, mask)
 
 
-def residual_score(x: np.ndarray, outs, mask: np.ndarray) -> np.ndarray:
+def residual_score(x: np.ndarray, outs, mask: np.ndarray, sigma_z: float = 0.0) -> np.ndarray:
     """The score of denoised versions ``outs`` of ``x``: the mean of their
-    :func:`snapshot_score`, normalised per slice again."""
+    :func:`snapshot_score` (``sigma_z``: across slices), normalised per slice again."""
     score = np.zeros(x.shape, dtype=np.float32)
     for out in outs:  # a snapshot ensemble
-        score += snapshot_score(x, out, mask)
+        score += snapshot_score(x, out, mask, sigma_z)
     # The mean of the snapshots' scores has a per-slice spread of its own (how much they
     # agree there): bring every slice to one scale again (session 27, part of the gain).
     return slice_normalise(score, mask)
