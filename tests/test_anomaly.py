@@ -236,6 +236,7 @@ def test_denoiser_residual_is_smoothed_across_thin_slices_only():
     assert z_sigma(None) == 0.0 and z_sigma((1.0, 1.0)) == 0.0
     assert z_sigma((1.2, 1.2, 1.2)) == pytest.approx(SMOOTH_SIGMA)
     assert z_sigma((1.0, 1.5, 1.5)) == pytest.approx(SMOOTH_SIGMA * 1.5)
+    assert z_sigma((4.0, 5.0, 5.0)) == pytest.approx(SMOOTH_SIGMA * 1.5 / 4.0)  # 3 mm at most
     rng = np.random.default_rng(2)
     x = rng.normal(size=(9, 32, 32)).astype(np.float32)
     mask = np.ones(x.shape, bool)
@@ -407,3 +408,42 @@ def test_model_free_score_is_the_same_with_a_model_loaded(tiny_model):
     assert not np.array_equal(old.score, new.score)
     assert fit_normative(tiny_model, [ct], method="error", spacing=spacing,
                          modalities=["CT"])["normalization"] == "model"
+
+
+def test_denoiser_reads_a_near_isotropic_scan_in_three_orientations(monkeypatch):
+    """On a near-isotropic scan the denoiser is fitted on, and scores, axial, coronal and
+    sagittal slices (their sum normalised per axial slice); thick slices stay axial."""
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    big = (40, 64, 64)
+    assert D.planes((1.0, 1.0, 1.0), big) == D.PLANES
+    assert D.planes((1.0, 0.6, 0.6), big) == D.PLANES
+    for thick in ((6.5, 0.78, 0.78), (2.1, 0.66, 0.66), None, (1.0, 1.0)):
+        assert D.planes(thick, big) == D.PLANES[:1]
+    assert D.planes((1.0, 1.0, 1.0), (6, 64, 64)) == D.PLANES[:1]  # a slab: axial only
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    xo, mo, so = D._oriented(x, x > 5, (3.0, 2.0, 1.0), (2, 0, 1))
+    assert xo.shape == (4, 2, 3) and so == (1.0, 3.0, 2.0) and mo.shape == xo.shape
+    np.testing.assert_array_equal(np.transpose(xo, np.argsort((2, 0, 1))), x)
+
+    ph = make_phantom((36, 40, 44), (2.0, 2.0, 2.0), seed=3, n_lesions=0)
+    img = ph.image.astype(np.float32)
+    truth = np.zeros(img.shape, bool)
+    truth[18:24, 16:22, 16:22] = True
+    truth &= ph.labels == 6
+    img[truth] = 250.0  # far darker than white matter (720)
+    seen, plane = [], D._plane_score
+
+    def spy(nets, x, *args):
+        seen.append(x.shape)
+        return (yield from plane(nets, x, *args))
+
+    monkeypatch.setattr(D, "_plane_score", spy)
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "30")
+    res = anomaly_map(None, img, modality="MR", method="dae", spacing=ph.spacing,
+                      lower_surface=False)
+    assert seen == [(36, 40, 44), (40, 36, 44), (44, 36, 40)] and res.score.shape == img.shape
+    tissue = np.isin(ph.labels, (5, 6)) & ~truth
+    assert np.median(res.score[truth]) > np.percentile(res.score[tissue], 90)

@@ -27,8 +27,8 @@ from ..runtime.progress import check_stop
 
 __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
            "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
-           "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES", "DAE_NOISE_RES",
-           "DAE_STEPS", "THIN_SLICE_RATIO"]
+           "planes", "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES",
+           "DAE_NOISE_RES", "DAE_STEPS", "PLANES", "THIN_SLICE_RATIO"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
 #: Coarse-noise cells per crop side in each one-cycle run of :data:`DAE_STEPS`, run back to
@@ -61,6 +61,9 @@ SMOOTH_SIGMA = 2.0
 #: with eight grey-matter-intensity spheres in its white matter; docs/anomaly_benchmarks.md,
 #: "Thin slices"). Thicker slices hold other anatomy a slice away and are left alone.
 THIN_SLICE_RATIO = 2.0
+#: Axis orders of the slices the denoiser reads on a near-isotropic scan (:func:`planes`):
+#: axial, coronal and sagittal, one network fitted on all three (session 40, "Thin slices").
+PLANES = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
 
 
 def _unet():
@@ -248,12 +251,15 @@ def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str 
 
     ``scans``: (percentile-normalised volume (z, y, x), head mask, voxel size or None)
     triples, all held at once (the batches draw from every scan). One scan is self mode;
-    several are a normative cohort (each batch from one scan, drawn at random). Returns one
-    network (eval mode) per cycle of :data:`DAE_NOISE_RES`.
+    several are a normative cohort (each batch from one scan, drawn at random); a
+    near-isotropic scan (:func:`planes`) gives its slices in all three orientations. Returns
+    one network (eval mode) per cycle of :data:`DAE_NOISE_RES`.
     """
     steps = _steps(steps)
     data = []
-    for x, mask, spacing in scans:
+    oriented = [_oriented(x, m, sp, order) for x, m, sp in scans
+                for order in planes(sp, np.shape(x))]
+    for x, mask, spacing in oriented:
         x, mask, _, _ = _grid(x, mask, spacing)
         keep = mask.reshape(len(mask), -1).mean(1) > 0.05  # slices with some head
         if not keep.any():
@@ -282,15 +288,58 @@ def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str 
     return nets
 
 
+def planes(spacing, shape: tuple) -> tuple:
+    """The axis orders (:data:`PLANES`) the denoiser reads a scan of voxel size ``spacing``
+    and ``shape`` in: all three where no side of a voxel is over :data:`THIN_SLICE_RATIO` x
+    another (a 1 mm T1) and every axis has 32 voxels or more (as :func:`dae_suits` asks of
+    axial slices), else the axial slices alone."""
+    sp = [] if spacing is None else [float(v) for v in spacing]
+    if len(sp) != 3 or len(shape) != 3 or min(shape) < 32 or min(sp) <= 0 \
+            or max(sp) > THIN_SLICE_RATIO * min(sp):
+        return PLANES[:1]
+    return PLANES
+
+
+def _oriented(x: np.ndarray, mask: np.ndarray, spacing, order: tuple):
+    """(x, mask, spacing) with the axes in ``order`` (slices along the first)."""
+    if tuple(order) == PLANES[0]:
+        return x, mask, spacing
+    return (np.ascontiguousarray(np.transpose(x, order)),
+            np.ascontiguousarray(np.transpose(mask, order)),
+            tuple(float(spacing[i]) for i in order))
+
+
 def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
                    device: str = "cpu", lower_symmetric: bool = True,
                    stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
     """The normalised residual of ``x`` (see :func:`dae_raw_iter`) under fitted snapshots
-    ``nets``, on the scan's grid."""
+    ``nets``, on the scan's grid: read in axial slices, or on a near-isotropic scan
+    (:func:`planes`) in slices of all three orientations, their scores summed and
+    normalised per axial slice."""
+    configure_threads()  # as in fit_unet_iter: a normative score fits nothing first
+    orders = planes(spacing, x.shape)
+    if len(orders) == 1:
+        return (yield from _plane_score(nets, x, mask, spacing, device, lower_symmetric,
+                                        stop_event))
+    total = np.zeros(x.shape, dtype=np.float32)
+    for order in orders:
+        xo, mo, so = _oriented(x, mask, spacing, order)
+        s = yield from _plane_score(nets, xo, mo, so, device, False, stop_event)
+        total += np.transpose(s, np.argsort(order))
+    total = slice_normalise(total, mask)
+    if lower_symmetric:
+        from .anomaly_symmetry import lower_bilateral
+
+        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
+        total = lower_bilateral(total, x, mask, spacing)
+    return total
+
+
+def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event):
+    """:func:`dae_score_iter` of slices along the first axis."""
     import torch
     from scipy import ndimage
 
-    configure_threads()  # as in fit_unet_iter: a normative score fits nothing first
     full = x.shape
     x, mask, spacing, f = _grid(x, mask, spacing)
     z, h, w = x.shape
@@ -392,13 +441,14 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
 def z_sigma(spacing) -> float:
     """The residual's Gaussian sigma across slices (voxels) on the denoiser's grid of voxel
     size ``spacing``: :data:`SMOOTH_SIGMA`'s width in mm on thin slices
-    (:data:`THIN_SLICE_RATIO`), else 0 (in-plane only)."""
+    (:data:`THIN_SLICE_RATIO`), at most its width on the :data:`TARGET_MM` grid (3 mm; a
+    coarse in-plane grid would blur a lesion a few slices thick away), else 0."""
     if spacing is None or len(spacing) < 3 or min(spacing) <= 0:
         return 0.0
     inplane = float(min(spacing[-2:]))
     if float(spacing[0]) > THIN_SLICE_RATIO * inplane:
         return 0.0
-    return SMOOTH_SIGMA * inplane / float(spacing[0])
+    return SMOOTH_SIGMA * min(inplane, TARGET_MM) / float(spacing[0])
 
 
 def snapshot_score(x: np.ndarray, out: np.ndarray, mask: np.ndarray,
