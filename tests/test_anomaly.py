@@ -442,8 +442,12 @@ def test_denoiser_reads_a_near_isotropic_scan_in_three_orientations(monkeypatch)
 
     monkeypatch.setattr(D, "_plane_score", spy)
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "30")
+    events: list[dict] = []
     res = anomaly_map(None, img, modality="MR", method="dae", spacing=ph.spacing,
-                      lower_surface=False)
+                      lower_surface=False, progress=events.append)
     assert seen == [(36, 40, 44), (40, 36, 44), (44, 36, 40)] and res.score.shape == img.shape
+    for name, n in (("axial", 36), ("coronal", 40), ("sagittal", 44)):  # progress per plane
+        last = [e for e in events if e.get("stage") == f"anomaly: denoise ({name} slices)"][-1]
+        assert last["done"] == last["total"] == n * len(D.DAE_NOISE_RES)
     tissue = np.isin(ph.labels, (5, 6)) & ~truth
     assert np.median(res.score[truth]) > np.percentile(res.score[tissue], 90)

@@ -322,9 +322,10 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
         return (yield from _plane_score(nets, x, mask, spacing, device, lower_symmetric,
                                         stop_event))
     total = np.zeros(x.shape, dtype=np.float32)
-    for order in orders:
+    for order, name in zip(orders, ("axial", "coronal", "sagittal"), strict=True):
         xo, mo, so = _oriented(x, mask, spacing, order)
-        s = yield from _plane_score(nets, xo, mo, so, device, False, stop_event)
+        s = yield from _plane_score(nets, xo, mo, so, device, False, stop_event,
+                                    f"anomaly: denoise ({name} slices)")
         total += np.transpose(s, np.argsort(order))
     total = slice_normalise(total, mask)
     if lower_symmetric:
@@ -335,8 +336,9 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
     return total
 
 
-def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event):
-    """:func:`dae_score_iter` of slices along the first axis."""
+def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event,
+                 stage: str = "anomaly: denoise"):
+    """:func:`dae_score_iter` of slices along the first axis (progress as ``stage``)."""
     import torch
     from scipy import ndimage
 
@@ -350,12 +352,13 @@ def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event):
     xt = torch.from_numpy(np.pad(x.astype(np.float32), ((0, 0), (0, ph), (0, pw)),
                                  mode="edge"))[:, None]
     outs = []
-    for net in nets:
+    for i, net in enumerate(nets):
         out = np.empty_like(x, dtype=np.float32)
         with torch.no_grad():
             for k in range(0, z, 8):
                 check_stop(stop_event, "anomaly scoring")
                 out[k:k + 8] = net(xt[k:k + 8].to(device))[:, 0, :h, :w].cpu().numpy()
+                yield {"stage": stage, "done": i * z + min(k + 8, z), "total": len(nets) * z}
         outs.append(out)
     score = residual_score(x, outs, mask, z_sigma(spacing))
     if lower_symmetric:
