@@ -273,16 +273,14 @@ def ct_whole_scan_fp(device: str = "cpu") -> list[dict]:
 
 
 def _resolved(device: str) -> str:
-    """``--device`` as a torch device string; a clear exit where CUDA is asked and absent."""
-    import torch
+    """``--device`` as a torch device string (the engine's ``resolve_device``); a clear exit
+    for a device this machine does not have."""
+    from napari_latentseg.runtime.device import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: no CUDA device here (torch {torch.__version__})")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise SystemExit(f"--device must be cpu, cuda[:N] or auto, got {device!r}")
-    return device
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        raise SystemExit(f"--device {device}: {exc}") from None
 
 
 def _machine(device: str) -> str:

@@ -57,9 +57,10 @@ TARGET_MM = 1.5
 #: eight MR cases 0.208 -> 0.272; docs/anomaly_benchmarks.md, "The residual inside the head").
 SMOOTH_SIGMA = 2.0
 #: Slices at most this many times the in-plane voxel apart are thin: the residual is smoothed
-#: across them too, at :data:`SMOOTH_SIGMA`'s width in mm (session 40: a synthetic 1.2 mm head
-#: with eight grey-matter-intensity spheres in its white matter; docs/anomaly_benchmarks.md,
-#: "Thin slices"). Thicker slices hold other anatomy a slice away and are left alone.
+#: across them too, at :data:`SMOOTH_SIGMA`'s width in mm, 3 mm at most (session 40: a
+#: synthetic 1.2 mm head with eight grey-matter-intensity spheres in its white matter;
+#: docs/anomaly_benchmarks.md, "Thin slices"). Thicker slices hold other anatomy a slice
+#: away and are left alone.
 THIN_SLICE_RATIO = 2.0
 #: Axis orders of the slices the denoiser reads on a near-isotropic scan (:func:`planes`):
 #: axial, coronal and sagittal, one network fitted on all three (session 40, "Thin slices").
@@ -329,11 +330,16 @@ def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
         total += np.transpose(s, np.argsort(order))
     total = slice_normalise(total, mask)
     if lower_symmetric:
-        from .anomaly_symmetry import lower_bilateral
-
-        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
-        total = lower_bilateral(total, x, mask, spacing)
+        total = yield from _lower_symmetric(total, x, mask, spacing)
     return total
+
+
+def _lower_symmetric(score, x, mask, spacing):
+    """:func:`.anomaly_symmetry.lower_bilateral`, reported as a stage."""
+    from .anomaly_symmetry import lower_bilateral
+
+    yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
+    return lower_bilateral(score, x, mask, spacing)
 
 
 def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event,
@@ -362,10 +368,7 @@ def _plane_score(nets, x, mask, spacing, device, lower_symmetric, stop_event,
         outs.append(out)
     score = residual_score(x, outs, mask, z_sigma(spacing))
     if lower_symmetric:
-        from .anomaly_symmetry import lower_bilateral
-
-        yield {"stage": "anomaly: symmetry", "done": 0, "total": 1}
-        score = lower_bilateral(score, x, mask, spacing)
+        score = yield from _lower_symmetric(score, x, mask, spacing)
     if f > 1:
         score = np.repeat(np.repeat(score, f, axis=1), f, axis=2)[:, : full[1], : full[2]]
         score = ndimage.gaussian_filter(score, (0, f / 2, f / 2)).astype(np.float32)

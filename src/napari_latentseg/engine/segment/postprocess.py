@@ -221,8 +221,6 @@ def unanchored(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     two axes whole and splits the rest in two, one region, joined by the regions that touch
     the box's inner faces.
     """
-    from scipy import ndimage as ndi
-
     drop = np.zeros(mask.shape, dtype=bool)
     own = grown_box(mask)
     if own is None:
@@ -232,17 +230,10 @@ def unanchored(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         return drop if anchor.any() else mask.copy()
     faces = _inner_faces(other, mask.shape)
     if faces is None or _size(own) <= _size(other):
-        comp, n = ndi.label(mask[own])
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[0] = True  # not this class
-        # A lookup table over region numbers (np.isin sorts the whole volume: ~1 s a CT).
-        keep[comp[anchor[own] & (comp > 0)]] = True
+        comp, keep = _anchored(mask[own], anchor[own])
         drop[own] = ~keep[comp]
         return drop
-    comp, n = ndi.label(mask[other])
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[0] = True
-    keep[comp[anchor[other] & (comp > 0)]] = True
+    comp, keep = _anchored(mask[other], anchor[other])
     joined = np.unique(np.concatenate([comp[f].ravel() for f in faces]))
     joined = joined[joined > 0]
     rest_kept = (np.count_nonzero(anchor) > np.count_nonzero(anchor[other])
@@ -252,6 +243,19 @@ def unanchored(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         drop[...] = True  # the region outside the box
     drop[other] = ~keep[comp]
     return drop
+
+
+def _anchored(mask: np.ndarray, anchor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(region numbers of ``mask``, lookup over them: True for region 0 and regions holding
+    an ``anchor`` voxel)."""
+    from scipy import ndimage as ndi
+
+    comp, n = ndi.label(mask)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[0] = True  # not this class
+    # A lookup table over region numbers (np.isin sorts the whole volume: ~1 s a CT).
+    keep[comp[anchor & (comp > 0)]] = True
+    return comp, keep
 
 
 def _size(box: tuple[slice, ...]) -> int:
