@@ -196,3 +196,32 @@ def test_anomaly_benchmark_split_keeps_its_names_and_checks_the_device():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA GPU"):
             B._resolved("cuda")
+
+
+def test_context_denoisers_score_a_block_and_restore_the_engine(monkeypatch):
+    """Session 41's probes: the denoiser with neighbouring slices as input (2.5D) and in 3D
+    run through the engine's self-mode path on a small near-isotropic phantom, score an
+    implanted dark block above the tissue, and leave the engine's UNet and score in place."""
+    import _dae_context
+
+    import napari_latentseg.engine.anomaly as A
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.data.phantom import make_phantom
+
+    ph = make_phantom((36, 40, 44), (2.0, 2.0, 2.0), seed=3, n_lesions=0)
+    img = ph.image.astype(np.float32)
+    truth = np.zeros(img.shape, bool)
+    truth[18:24, 16:22, 16:22] = True
+    truth &= ph.labels == 6
+    img[truth] = 250.0  # far darker than white matter (720), as the engine's own test
+    tissue = np.isin(ph.labels, (5, 6)) & ~truth
+    unet, stats_iter = D._unet, A.dae_stats_iter
+    for variant, steps in (("2.5d:1", "30"), ("3d", "10")):
+        monkeypatch.setenv("LATENTSEG_DAE_STEPS", steps)
+        with _dae_context.patched(variant):
+            assert A.dae_stats_iter is not stats_iter
+            res = A.anomaly_map(None, img, modality="MR", method="dae", spacing=ph.spacing,
+                                lower_surface=False)
+        assert res.score.shape == img.shape
+        assert np.median(res.score[truth]) > np.percentile(res.score[tissue], 90), variant
+        assert D._unet is unet and A.dae_stats_iter is stats_iter
