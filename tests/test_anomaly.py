@@ -325,6 +325,41 @@ def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
         anomaly_map(None, img, modality="MR", method="dae")
 
 
+def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
+    """Self mode on a near-isotropic scan averages :data:`DAE_FITS_THIN` fits of
+    :data:`DAE_STEPS_THIN` steps a cycle, seeds ``seed``, ``seed + 1``, each with its own
+    progress stage; thick slices and normative cohorts fit once for :data:`DAE_STEPS`;
+    ``LATENTSEG_DAE_STEPS`` still sets the steps."""
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.engine.anomaly import fit_normative
+    from napari_latentseg.runtime.progress import drive
+
+    assert D.DAE_FITS_THIN == 2 and D.DAE_STEPS_THIN < D.DAE_STEPS
+    seen, fit = [], D.fit_unet_iter
+
+    def spy(steps, loss_of, *, seed=0, **kw):  # records the plan, fits one step
+        seen.append((steps, seed))
+        return (yield from fit(1, loss_of, seed=seed, **kw))
+
+    monkeypatch.setattr(D, "fit_unet_iter", spy)
+    monkeypatch.delenv("LATENTSEG_DAE_STEPS", raising=False)
+    vol = np.random.default_rng(0).normal(1.0, 0.05, (32, 40, 40)).astype(np.float32)
+    mask = np.ones(vol.shape, bool)
+    stages: list = []
+    iso = drive(D.dae_raw_iter(vol, mask, spacing=(1.2, 1.2, 1.2), seed=5),
+                lambda p: stages.append(p["stage"]))
+    assert seen == [(D.DAE_STEPS_THIN, 5), (D.DAE_STEPS_THIN, 6)] and iso.shape == vol.shape
+    assert {"anomaly: denoiser (fit 1 of 2)", "anomaly: denoiser (fit 2 of 2)"} <= set(stages)
+    seen.clear()
+    drive(D.dae_raw_iter(vol, mask, spacing=(6.5, 0.8, 0.8), lower_symmetric=False))
+    fit_normative(None, [vol], spacing=(1.2, 1.2, 1.2), modalities=["MR"], method="dae")
+    assert seen == [(D.DAE_STEPS, 0), (D.DAE_STEPS, 0)]
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "2")
+    seen.clear()
+    drive(D.dae_raw_iter(vol, mask, spacing=(1.2, 1.2, 1.2), lower_symmetric=False))
+    assert seen == [(2, 0), (2, 1)]
+
+
 def test_denoiser_cycles_keep_a_snapshot_each():
     """Two one-cycle runs back to back: progress counts both, each cycle's end is kept as a
     snapshot, the second goes on from the first's weights (they differ), and the returned
@@ -445,7 +480,9 @@ def test_denoiser_reads_a_near_isotropic_scan_in_three_orientations(monkeypatch)
     events: list[dict] = []
     res = anomaly_map(None, img, modality="MR", method="dae", spacing=ph.spacing,
                       lower_surface=False, progress=events.append)
-    assert seen == [(36, 40, 44), (40, 36, 44), (44, 36, 40)] and res.score.shape == img.shape
+    # Each of the DAE_FITS_THIN fits scores the three orientations.
+    assert seen == [(36, 40, 44), (40, 36, 44), (44, 36, 40)] * D.DAE_FITS_THIN
+    assert res.score.shape == img.shape
     for name, n in (("axial", 36), ("coronal", 40), ("sagittal", 44)):  # progress per plane
         last = [e for e in events if e.get("stage") == f"anomaly: denoise ({name} slices)"][-1]
         assert last["done"] == last["total"] == n * len(D.DAE_NOISE_RES)

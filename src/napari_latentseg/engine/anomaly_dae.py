@@ -11,7 +11,8 @@ DAE"). What it shares with its mirror twin across the head's midline is then low
 (:mod:`.anomaly_symmetry`).
 Measured on MR; on CT the ``intensity`` density is better. Only 2D (slice) training, CPU or
 GPU: three cycles of 300 steps (:data:`DAE_CYCLES`; the second with coarser noise,
-:data:`DAE_NOISE_RES`), 65 s for full-size brain1 on one CPU thread, fit included.
+:data:`DAE_NOISE_RES`), 65 s for full-size brain1 on one CPU thread, fit included; two
+shorter fits on a near-isotropic scan (:data:`DAE_FITS_THIN`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ from ..runtime.progress import check_stop
 __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
            "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
            "planes", "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES",
-           "DAE_NOISE_RES", "DAE_STEPS", "PLANES", "THIN_SLICE_RATIO"]
+           "DAE_FITS_THIN", "DAE_NOISE_RES", "DAE_STEPS", "DAE_STEPS_THIN", "PLANES",
+           "THIN_SLICE_RATIO"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
+#: Self mode on a near-isotropic scan (:func:`planes`): fits of :data:`DAE_STEPS_THIN` steps
+#: a cycle, seeds of their own, scores averaged; one fit's map swings with its seed there
+#: (session 41, docs/anomaly_benchmarks.md, "Seeds and length on thin slices").
+DAE_FITS_THIN = 2
+DAE_STEPS_THIN = 200
 #: Coarse-noise cells per crop side in each one-cycle run of :data:`DAE_STEPS`, run back to
 #: back, the score being the mean of each one's normalised residual (a snapshot ensemble,
 #: session 26: the second cycle finds darker lesions the first misses; docs/
@@ -222,13 +229,14 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     return net
 
 
-def _steps(steps: int | None) -> int:
-    """Steps per cycle: ``steps``, else ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`."""
+def _steps(steps: int | None, thin: bool = False) -> int:
+    """Steps per cycle: ``steps``, else ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`
+    (:data:`DAE_STEPS_THIN` for self mode on a near-isotropic scan: ``thin``)."""
     if steps is None:
         env = os.environ.get(STEPS_ENV, "").strip()
         if env and not env.isdigit():
             raise ValueError(f"{STEPS_ENV} must be a whole number of steps, got {env!r}")
-        steps = int(env) if env else DAE_STEPS
+        steps = int(env) if env else DAE_STEPS_THIN if thin else DAE_STEPS
     if steps < 1:
         raise ValueError(f"the denoiser needs at least 1 training step, got {steps}")
     return steps
@@ -247,7 +255,8 @@ def _grid(x: np.ndarray, mask: np.ndarray, spacing):
 
 
 def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str = "cpu",
-                 stop_event: threading.Event | None = None) -> Generator[dict, None, list]:
+                 stop_event: threading.Event | None = None,
+                 stage: str = "anomaly: denoiser") -> Generator[dict, None, list]:
     """Fit the denoiser on the head slices of one or more scans; returns its snapshots.
 
     ``scans``: (percentile-normalised volume (z, y, x), head mask, voxel size or None)
@@ -284,7 +293,7 @@ def fit_dae_iter(scans, *, steps: int | None = None, seed: int = 0, device: str 
 
     nets: list = []
     yield from fit_unet_iter(steps, loss_of, seed=seed, device=device, stop_event=stop_event,
-                             stage="anomaly: denoiser", cycles=len(DAE_NOISE_RES),
+                             stage=stage, cycles=len(DAE_NOISE_RES),
                              snapshots=nets)
     return nets
 
@@ -425,7 +434,8 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         it for the denoiser and the score is brought back to the scan's grid.
     steps, seed, device
         Training steps of each of the :data:`DAE_CYCLES` cycles (default
-        ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`), random seed, torch device.
+        ``$LATENTSEG_DAE_STEPS``, else :data:`DAE_STEPS`; near-isotropic: :data:`DAE_FITS_THIN`
+        fits of :data:`DAE_STEPS_THIN`, seeds ``seed``, ``seed + 1``...), seed, torch device.
     lower_symmetric : bool
         Lower what the score shares with its mirror twin across the head's mid-sagittal
         plane (:func:`.anomaly_symmetry.lower_bilateral`; only a symmetric enough scan).
@@ -438,10 +448,22 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         again; findings mirrored on both sides lowered (``lower_symmetric``). Meaningful
         inside ``mask``.
     """
-    nets = yield from fit_dae_iter([(x, mask, spacing)], steps=steps, seed=seed,
-                                   device=device, stop_event=stop_event)
-    return (yield from dae_score_iter(nets, x, mask, spacing=spacing, device=device,
-                                      lower_symmetric=lower_symmetric, stop_event=stop_event))
+    thin = len(planes(spacing, np.shape(x))) > 1
+    fits, steps = (DAE_FITS_THIN if thin else 1), _steps(steps, thin)
+    total = None  # the fits' summed scores
+    for k in range(fits):
+        stage = "anomaly: denoiser" + (f" (fit {k + 1} of {fits})" if fits > 1 else "")
+        nets = yield from fit_dae_iter([(x, mask, spacing)], steps=steps, seed=seed + k,
+                                       device=device, stop_event=stop_event, stage=stage)
+        s = yield from dae_score_iter(nets, x, mask, spacing=spacing, device=device,
+                                      lower_symmetric=lower_symmetric and fits == 1,
+                                      stop_event=stop_event)
+        total = s if total is None else total + s
+    if fits > 1:  # the mean's own spread, as in residual_score; then the symmetry step
+        total = slice_normalise(total, mask)
+        total = (yield from _lower_symmetric(total, x, mask, spacing)) if lower_symmetric \
+            else total
+    return total
 
 
 def z_sigma(spacing) -> float:
