@@ -8,11 +8,10 @@ and then centred and scaled per axial slice by the head's median and MAD: the en
 residuals are larger everywhere, and that normalisation is what lifted the prototype from
 best Dice ~0.09 to ~0.3 on brain1's tumour (``docs/anomaly_benchmarks.md``, "Stabilising the
 DAE"). What it shares with its mirror twin across the head's midline is then lowered
-(:mod:`.anomaly_symmetry`).
-Measured on MR; on CT the ``intensity`` density is better. Only 2D (slice) training, CPU or
-GPU: three cycles of 300 steps (:data:`DAE_CYCLES`; the second with coarser noise,
-:data:`DAE_NOISE_RES`), 65 s for full-size brain1 on one CPU thread, fit included; two
-shorter fits on a near-isotropic scan (:data:`DAE_FITS_THIN`).
+(:mod:`.anomaly_symmetry`). Measured on MR; on CT the ``intensity`` density is better. 2D
+(slice) training, CPU or GPU: three cycles of 300 steps (:data:`DAE_CYCLES`; the second with
+coarser noise, :data:`DAE_NOISE_RES`), 65 s for full-size brain1 on one CPU thread, fit
+included; two shorter fits on a near-isotropic scan (:data:`DAE_FITS_THIN`).
 """
 
 from __future__ import annotations
@@ -448,9 +447,8 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         again; findings mirrored on both sides lowered (``lower_symmetric``). Meaningful
         inside ``mask``.
     """
-    thin = len(planes(spacing, np.shape(x))) > 1
-    fits, steps = (DAE_FITS_THIN if thin else 1), _steps(steps, thin)
-    total = None  # the fits' summed scores
+    fits = DAE_FITS_THIN if len(planes(spacing, np.shape(x))) > 1 else 1  # near-isotropic
+    steps, total = _steps(steps, thin=fits > 1), None  # total: the fits' summed scores
     for k in range(fits):
         stage = "anomaly: denoiser" + (f" (fit {k + 1} of {fits})" if fits > 1 else "")
         nets = yield from fit_dae_iter([(x, mask, spacing)], steps=steps, seed=seed + k,
@@ -461,8 +459,8 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
         total = s if total is None else total + s
     if fits > 1:  # the mean's own spread, as in residual_score; then the symmetry step
         total = slice_normalise(total, mask)
-        total = (yield from _lower_symmetric(total, x, mask, spacing)) if lower_symmetric \
-            else total
+        if lower_symmetric:
+            total = yield from _lower_symmetric(total, x, mask, spacing)
     return total
 
 
