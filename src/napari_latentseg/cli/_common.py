@@ -27,7 +27,7 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
     reconstruct`` (``each``: "the" or "each", as the help text reads)."""
     sp.add_argument("--anomaly-method", default="default",
                     help="scoring method (default: the benchmark's best for the scan: dae, a "
-                         "denoising autoencoder fitted on the scan, on MR (~1-2 min on a "
+                         "denoising autoencoder fitted on the scan, on MR (~1-3 min on a "
                          "CPU), contrast on CT, the model's normative statistics' method with "
                          "them; others: features, knn, intensity, contrast, error, ssim, "
                          "median, dae)")
@@ -42,7 +42,7 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
     sp.add_argument("--with-self", action="store_true",
                     help=f"with the model's normative statistics: also fit the method on "
                          f"{each} scan itself and flag what either finds (the higher score, "
-                         f"corrected so the false-positive rate stays at --fpr; dae: ~1-2 min "
+                         f"corrected so the false-positive rate stays at --fpr; dae: ~1-3 min "
                          f"more on a CPU)")
     sp.add_argument("--fpr", type=float, default=1e-3,
                     help="false-positive rate of the candidate threshold on normal tissue "

@@ -43,7 +43,7 @@ __all__ = ["ReconstructSection"]
 # (shown, engine method, tooltip): the measured choices of docs/anomaly_benchmarks.md.
 _METHODS = (
     ("automatic: denoiser on MR, contrast density on CT", "default",
-     "What the benchmark found best for the scan: the denoiser on MR (1-2 min on a CPU, seconds "
+     "What the benchmark found best for the scan: the denoiser on MR (1-3 min on a CPU, seconds "
      "on a GPU), the contrast density on CT; the model's normative statistics when it holds "
      "them."),
     ("contrast density (seconds)", "contrast",
@@ -52,7 +52,7 @@ _METHODS = (
     ("intensity density (seconds)", "intensity",
      "A density model of local intensity features; behind the denoiser on every MR case "
      "measured, for slices too small for it."),
-    ("denoiser (1-2 min on a CPU)", "dae",
+    ("denoiser (1-3 min on a CPU)", "dae",
      "A denoising autoencoder fitted on this scan (three cycles), or the healthy cohort's when "
      "the model holds normative statistics of one; its residual inside the head, normalised "
      "per slice. Finds brain1's tumour (best Dice 0.56-0.67 against 0.04 for any "
@@ -155,7 +155,7 @@ class ReconstructSection(Section):
         self.with_self.setToolTip(
             "Also fit the score on this scan and flag what either the model's normative "
             "statistics or the scan itself finds (the same false-positive rate in all; "
-            "denoiser: ~1-2 min more on a CPU)." if has else
+            "denoiser: ~1-3 min more on a CPU)." if has else
             "Needs a model with normative anomaly statistics (section 2); without them the "
             "scan is scored against itself anyway.")
 
