@@ -94,7 +94,7 @@ def test_stored_denoiser_of_another_shape_is_a_clear_error():
 def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, small_phantom,
                                                           monkeypatch):
     """``fit --normative --normative-method dae`` stores the cohort's denoiser; ``reconstruct
-    --anomaly-map`` scores a new scan with it; ``info`` says so."""
+    --anomaly-map`` scores a new scan with it; ``info`` says so, and which fit was kept."""
     from napari_latentseg.cli import main
     from napari_latentseg.io import read_volume, save_volume
     from napari_latentseg.models.checkpoint import load_model
@@ -118,8 +118,11 @@ def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, smal
                  "--anomaly-map", str(tmp_path / "s2.nrrd"), "--with-self"]) == 0
     assert "anomaly scoring: dae (normative+self)" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
-    assert "normative anomaly statistics: dae of 2 scan(s), a denoiser fitted on them" in \
-        capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "normative anomaly statistics: dae of 2 scan(s), a denoiser fitted on them" in info
+    from napari_latentseg.engine.anomaly_normative import NORMATIVE_FITS
+
+    assert f"the best of {NORMATIVE_FITS} fits at finding implanted spheres (seed " in info
 
 
 def test_denoiser_keeps_the_thread_cap(monkeypatch):
@@ -160,3 +163,75 @@ def test_with_self_on_statistics_of_another_grid(chest_ct):
                       error_map=False)
     assert res.mode == "normative+self" and res.score.shape == new.shape
     assert np.isfinite(res.score).all()
+
+
+def test_check_spheres_sit_deep_in_the_head_and_leave_the_scan_alone():
+    """The check's spheres: inside the mask and away from its surface, one per radius
+    (their volume near the spheres'), the input untouched, and a score equal to them ranks
+    them perfectly."""
+    from scipy import ndimage
+
+    from napari_latentseg.engine.anomaly_normative import (
+        CHECK_RADII_MM,
+        check_precision,
+        synthetic_spheres,
+    )
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 0.05, (48, 96, 96)).astype(np.float32)
+    zz, yy, xx = np.indices(x.shape)
+    mask = ((zz - 24) / 23.0) ** 2 + ((yy - 48) / 45.0) ** 2 + ((xx - 48) / 45.0) ** 2 < 1
+    sp = (2.0, 1.0, 1.0)  # a head 46 mm deep
+    before = x.copy()
+    out, truth = synthetic_spheres(x, mask, sp, seed=3)
+    np.testing.assert_array_equal(x, before)
+    assert truth.any() and not (truth & ~mask).any()
+    depth = ndimage.distance_transform_edt(mask, sampling=sp)
+    assert depth[truth].min() > 12  # centres 20 mm deep
+    lab, n = ndimage.label(truth)
+    assert n == len(CHECK_RADII_MM)
+    expected = sum(4 / 3 * np.pi * r ** 3 for r in CHECK_RADII_MM)
+    assert 0.7 * expected < truth.sum() * np.prod(sp) < 1.3 * expected  # mm³
+    far = ndimage.distance_transform_edt(~truth, sampling=sp) > 5  # past the soft edge (mm)
+    assert not np.array_equal(out[truth], x[truth]) and np.array_equal(out[far], x[far])
+    assert check_precision(truth.astype(float), truth, mask) == pytest.approx(1.0)
+    assert check_precision(np.zeros(x.shape), np.zeros(x.shape, bool), mask) == 0.0
+    with pytest.raises(ValueError, match="head voxels"):
+        synthetic_spheres(x, np.zeros(x.shape, bool), sp)
+
+
+def test_normative_denoiser_keeps_the_fit_the_check_prefers(monkeypatch):
+    """Several fits with seeds of their own, each checked on the cohort's implanted spheres;
+    the snapshots of the best-checked fit are returned, with every fit's figure; one fit
+    checks nothing; ``LATENTSEG_DAE_STEPS`` still sets the steps."""
+    import napari_latentseg.engine.anomaly_normative as N
+    from napari_latentseg.runtime.progress import drive
+
+    fitted, fit = [], N.fit_dae_iter
+
+    def spy(scans, *, steps=None, seed=0, **kw):
+        nets = yield from fit(scans, steps=1, seed=seed, **kw)
+        fitted.append((steps, seed, nets))
+        return nets
+
+    aps = iter([0.1, 0.5, 0.2])
+    monkeypatch.setattr(N, "fit_dae_iter", spy)
+    monkeypatch.setattr(N, "check_precision", lambda *a: next(aps))
+    monkeypatch.delenv("LATENTSEG_DAE_STEPS", raising=False)
+    vol = np.random.default_rng(1).normal(1.0, 0.05, (8, 40, 40)).astype(np.float32)
+    mask = np.ones(vol.shape, bool)
+    stages: list = []
+    nets, report = drive(N.fit_normative_dae_iter([(vol, mask, (4.0, 1.5, 1.5))], seed=7,
+                                                  fits=3), lambda p: stages.append(p["stage"]))
+    assert [(s, k) for s, k, _ in fitted] == [(N.NORMATIVE_STEPS, 7), (N.NORMATIVE_STEPS, 8),
+                                             (N.NORMATIVE_STEPS, 9)]
+    assert nets is fitted[1][2]
+    assert report == [{"seed": 7, "check_ap": 0.1}, {"seed": 8, "check_ap": 0.5},
+                      {"seed": 9, "check_ap": 0.2}]
+    assert {"normative: denoiser (fit 2 of 3)", "normative: check (fit 3 of 3)"} <= set(stages)
+    fitted.clear()
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "2")
+    nets, report = drive(N.fit_normative_dae_iter([(vol, mask, None)], fits=1))
+    assert [(s, k) for s, k, _ in fitted] == [(None, 0)] and report == []
+    with pytest.raises(ValueError, match="at least one fit"):
+        drive(N.fit_normative_dae_iter([(vol, mask, None)], fits=0))

@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
                 extra += f" on a {norm['grid_mm']:g} mm grid"
         if norm.get("nets"):
             extra += f", a denoiser fitted on them ({len(norm['nets'])} snapshots)"
+        fits = norm.get("dae_fits") or []  # stored since session 42: the check's figures
+        if fits:
+            best = max(fits, key=lambda f: f["check_ap"])
+            extra += (f", the best of {len(fits)} fits at finding implanted spheres (seed "
+                      f"{best['seed']}, average precision {best['check_ap']:.4f})")
         if norm.get("normalization") == "scan":  # stored before session 22: the model's
             extra += ", intensities normalised per scan (not by the model)"
         print(f"  normative anomaly statistics: {norm.get('method')} of "

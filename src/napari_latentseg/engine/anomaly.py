@@ -52,7 +52,7 @@ import numpy as np
 from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_calibration import _calibrated, _threshold, calibrate, components
-from .anomaly_dae import dae_stats_iter, dae_suits, fit_dae_iter, nets_state
+from .anomaly_dae import dae_stats_iter, dae_suits, nets_state
 from .anomaly_masks import (
     air_mask,
     bone_mask,
@@ -64,6 +64,7 @@ from .anomaly_masks import (
     to_coarse,
     to_fine,
 )
+from .anomaly_normative import fit_normative_dae_iter
 from .anomaly_result import AnomalyResult
 from .normalize import guess_modality
 
@@ -268,9 +269,10 @@ def fit_normative_iter(
     if method == "dae":
         stats["lower_symmetric"] = bool(lower_symmetric)
         if _keep is None:  # normative: one denoiser on every scan's slices, stored
-            stats["nets"] = nets_state((yield from fit_dae_iter(
+            nets, stats["dae_fits"] = yield from fit_normative_dae_iter(
                 [prepared(i)[:3] for i in range(n)], seed=seed, stop_event=stop_event,
-                device=_torch_device(model, device))))
+                device=_torch_device(model, device))
+            stats["nets"] = nets_state(nets)
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
 
