@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
                         "--anomaly-map` then scores a new scan against them")
     f.add_argument("--normative-method", default="default", metavar="METHOD",
                    help="score of the normative statistics (default: contrast on CT, "
-                        "dae on MR: a denoiser fitted on these scans, ~1-3 min on a CPU; "
+                        "dae on MR: a denoiser fitted three times on these scans, the "
+                        "best at finding implanted spheres kept, ~3-15 min on a CPU; "
                         "also features, knn, intensity)")
     f.add_argument("--distributed", action="store_true",
                    help="DistributedDataParallel over the processes torchrun starts (automatic "

@@ -2,10 +2,11 @@
 implanted in the cohort's own scans kept.
 
 A denoiser fitted on other heads swings with its seed far more than with its length: on a
-synthetic 1.2 mm head with eight grey-matter-intensity spheres in its white matter, four
-fits of one recipe on the same two healthy heads found them at 0.13-0.28 mean best Dice
-(session 42, docs/anomaly_benchmarks.md, "Choosing the normative denoiser's fit"). Averaging
-fits pulls a good one down to the others; picking one needs a signal without labels. The
+synthetic 1.2 mm head with eight grey-matter-intensity spheres in its white matter, three
+fits of the recipe on the same two healthy heads found them at 0.149, 0.155 and 0.300 mean
+best Dice, six of twice the length at 0.067-0.284 (session 42, docs/anomaly_benchmarks.md,
+"Choosing the normative denoiser's fit"). Averaging fits pulls a good one down to the
+others; picking one needs a signal without labels. The
 cohort is healthy, so lesions can be made there: :func:`synthetic_spheres` blends spheres
 of another head voxel's intensity (with the scan's own noise) deep inside each checked scan,
 and the fit whose score ranks them highest (average precision) is the one kept.

@@ -140,7 +140,8 @@ class ModelSection(Section):
             "After the fit, learn what the ticked scans look like (tick healthy ones) and "
             "keep it in the model: Reconstruct then scores a new scan against them rather "
             "than against itself (the contrast density on CT, seconds a scan; on MR a "
-            "denoiser fitted on all of them, 1-3 min on a CPU).")
+            "denoiser fitted three times on all of them, the best at finding implanted "
+            "spheres kept: 3-15 min on a CPU).")
         self.fit_btn = self.job_button("Fit", "Fit a new model on the ticked scans (no labels "
                                        "needed). Progress and Stop are at the bottom.", self.fit)
         self.load_btn = self.job_button("Load model\u2026", "Open a model file (.pt).",
