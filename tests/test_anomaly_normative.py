@@ -107,7 +107,10 @@ def test_cli_fits_a_normative_denoiser_and_scores_with_it(tmp_path, capsys, smal
     assert main(["fit", *map(str, paths), "-o", str(out), "--config", "tiny", "--steps", "2",
                  "--decoder-steps", "0", "--normative", "--normative-method", "dae",
                  "-q"]) == 0
-    assert "normative statistics: dae of 2 scan(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "normative statistics: dae of 2 scan(s)" in err
+    assert "implanted spheres found per fit (average precision): seed 0 " in err
+    assert err.count("(kept)") == 1
     assert load_model(out).anomaly["normative"]["method"] == "dae"
     new = save_volume(tmp_path / "new.nrrd", small_phantom.image, spacing=sp)
     assert main(["reconstruct", str(new), "-m", str(out), "-o", str(tmp_path / "r.nrrd"),

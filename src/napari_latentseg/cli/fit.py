@@ -199,5 +199,12 @@ def _fit_normative(args: argparse.Namespace, model, scans: list | None) -> None:
         print("normative statistics stopped: the model is saved without them",
               file=sys.stderr)
         return
+    fits = stats.get("dae_fits") or []  # the denoiser's fits and the check that chose one
+    kept = ""
+    if fits:
+        best = max(fits, key=lambda f: f["check_ap"])
+        kept = "; implanted spheres found per fit (average precision): " + ", ".join(
+            f"seed {f['seed']} {f['check_ap']:.4f}" + (" (kept)" if f is best else "")
+            for f in fits)
     print(f"normative statistics: {stats['method']} of {stats['n_scans']} scan(s), "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+          f"{time.perf_counter() - t0:.0f} s{kept}", file=sys.stderr)
