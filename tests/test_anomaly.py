@@ -329,11 +329,11 @@ def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
     """Self mode on a near-isotropic scan averages :data:`DAE_FITS_THIN` fits of
     :data:`DAE_STEPS_THIN` steps a cycle, seeds ``seed``, ``seed + 1``, each with its own
     progress stage; thick slices fit once for :data:`DAE_STEPS`, normative cohorts
-    :data:`.NORMATIVE_FITS` times for :data:`.NORMATIVE_STEPS`;
+    :data:`.NORMATIVE_FITS` times for as many;
     ``LATENTSEG_DAE_STEPS`` still sets the steps."""
     import napari_latentseg.engine.anomaly_dae as D
     from napari_latentseg.engine.anomaly import fit_normative
-    from napari_latentseg.engine.anomaly_normative import NORMATIVE_FITS, NORMATIVE_STEPS
+    from napari_latentseg.engine.anomaly_normative import NORMATIVE_FITS
     from napari_latentseg.runtime.progress import drive
 
     assert D.DAE_FITS_THIN == 2 and D.DAE_STEPS_THIN < D.DAE_STEPS
@@ -355,8 +355,8 @@ def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
     seen.clear()
     drive(D.dae_raw_iter(vol, mask, spacing=(6.5, 0.8, 0.8), lower_symmetric=False))
     fit_normative(None, [vol], spacing=(1.2, 1.2, 1.2), modalities=["MR"], method="dae")
-    n = NORMATIVE_STEPS  # a cohort: NORMATIVE_FITS fits, the check's best kept
-    assert seen == [(D.DAE_STEPS, 0)] + [(n, k) for k in range(NORMATIVE_FITS)]
+    # A cohort: NORMATIVE_FITS fits of the recipe's length, the check's best kept.
+    assert seen == [(D.DAE_STEPS, 0)] + [(D.DAE_STEPS, k) for k in range(NORMATIVE_FITS)]
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "2")
     seen.clear()
     drive(D.dae_raw_iter(vol, mask, spacing=(1.2, 1.2, 1.2), lower_symmetric=False))

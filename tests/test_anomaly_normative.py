@@ -207,14 +207,15 @@ def test_normative_denoiser_keeps_the_fit_the_check_prefers(monkeypatch):
     """Several fits with seeds of their own, each checked on the cohort's implanted spheres;
     the snapshots of the best-checked fit are returned, with every fit's figure; one fit
     checks nothing; ``LATENTSEG_DAE_STEPS`` still sets the steps."""
+    import napari_latentseg.engine.anomaly_dae as D
     import napari_latentseg.engine.anomaly_normative as N
     from napari_latentseg.runtime.progress import drive
 
     fitted, fit = [], N.fit_dae_iter
 
-    def spy(scans, *, steps=None, seed=0, **kw):
+    def spy(scans, *, steps=None, seed=0, **kw):  # records the steps the fit would take
         nets = yield from fit(scans, steps=1, seed=seed, **kw)
-        fitted.append((steps, seed, nets))
+        fitted.append((D._steps(steps), seed, nets))
         return nets
 
     aps = iter([0.1, 0.5, 0.2])
@@ -226,8 +227,8 @@ def test_normative_denoiser_keeps_the_fit_the_check_prefers(monkeypatch):
     stages: list = []
     nets, report = drive(N.fit_normative_dae_iter([(vol, mask, (4.0, 1.5, 1.5))], seed=7,
                                                   fits=3), lambda p: stages.append(p["stage"]))
-    assert [(s, k) for s, k, _ in fitted] == [(N.NORMATIVE_STEPS, 7), (N.NORMATIVE_STEPS, 8),
-                                             (N.NORMATIVE_STEPS, 9)]
+    assert [(s, k) for s, k, _ in fitted] == [(D.DAE_STEPS, 7), (D.DAE_STEPS, 8),
+                                             (D.DAE_STEPS, 9)]
     assert nets is fitted[1][2]
     assert report == [{"seed": 7, "check_ap": 0.1}, {"seed": 8, "check_ap": 0.5},
                       {"seed": 9, "check_ap": 0.2}]
@@ -235,6 +236,6 @@ def test_normative_denoiser_keeps_the_fit_the_check_prefers(monkeypatch):
     fitted.clear()
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "2")
     nets, report = drive(N.fit_normative_dae_iter([(vol, mask, None)], fits=1))
-    assert [(s, k) for s, k, _ in fitted] == [(None, 0)] and report == []
+    assert [(s, k) for s, k, _ in fitted] == [(2, 0)] and report == []
     with pytest.raises(ValueError, match="at least one fit"):
         drive(N.fit_normative_dae_iter([(vol, mask, None)], fits=0))

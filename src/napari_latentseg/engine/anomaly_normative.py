@@ -14,22 +14,20 @@ and the fit whose score ranks them highest (average precision) is the one kept.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Generator
 
 import numpy as np
 
-from .anomaly_dae import DAE_STEPS, STEPS_ENV, dae_score_iter, fit_dae_iter
+from .anomaly_dae import dae_score_iter, fit_dae_iter
 
 __all__ = ["check_precision", "fit_normative_dae_iter", "synthetic_spheres",
-           "CHECK_RADII_MM", "CHECK_SCANS", "NORMATIVE_FITS", "NORMATIVE_STEPS"]
+           "CHECK_RADII_MM", "CHECK_SCANS", "NORMATIVE_FITS"]
 
 #: Fits of the cohort's denoiser, seeds ``seed``, ``seed + 1``...; the best by the check
-#: is kept (its snapshots alone go into the model file).
+#: is kept (its snapshots alone go into the model file). Each fit is the self-mode recipe's
+#: length (600 steps a cycle made no better fits, session 42).
 NORMATIVE_FITS = 3
-#: Steps a cycle of each fit: the self-mode recipe's (600 made no better fits, session 42).
-NORMATIVE_STEPS = DAE_STEPS
 #: Radii (mm) of the check's spheres, one sphere each.
 CHECK_RADII_MM = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5)
 #: Spheres sit at least this deep inside the head (mm), away from the surface the score
@@ -107,8 +105,7 @@ def fit_normative_dae_iter(scans, *, steps: int | None = None, seed: int = 0,
     scans : sequence of (volume, mask, spacing)
         The cohort as :func:`.anomaly_dae.fit_dae_iter` takes it (normalised volumes).
     steps, seed, device, stop_event
-        As :func:`.anomaly_dae.fit_dae_iter` (steps: :data:`NORMATIVE_STEPS` unless
-        ``$LATENTSEG_DAE_STEPS`` sets them); fit ``k`` uses seed ``seed + k``.
+        As :func:`.anomaly_dae.fit_dae_iter`; fit ``k`` uses seed ``seed + k``.
     fits : int, optional
         Fits to choose from (default :data:`NORMATIVE_FITS`); 1 fits once and checks nothing.
 
@@ -118,8 +115,6 @@ def fit_normative_dae_iter(scans, *, steps: int | None = None, seed: int = 0,
         The kept fit's snapshots, and per fit ``{"seed", "check_ap"}`` (empty with one fit).
     """
     fits = NORMATIVE_FITS if fits is None else int(fits)
-    if steps is None and not os.environ.get(STEPS_ENV, "").strip():
-        steps = NORMATIVE_STEPS
     if fits < 1:
         raise ValueError(f"the normative denoiser needs at least one fit, got {fits}")
     checks = [(*synthetic_spheres(x, m, sp, seed=_CHECK_SEED + i), m, sp)
