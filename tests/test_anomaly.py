@@ -326,7 +326,7 @@ def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
 
 
 def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
-    """Self mode on a near-isotropic scan averages :data:`DAE_FITS_THIN` fits of
+    """Self mode on a near-isotropic scan fits the denoiser :data:`DAE_FITS_THIN` times for
     :data:`DAE_STEPS_THIN` steps a cycle, seeds ``seed``, ``seed + 1``, each with its own
     progress stage; thick slices fit once for :data:`DAE_STEPS`, normative cohorts
     :data:`.NORMATIVE_FITS` times for as many;

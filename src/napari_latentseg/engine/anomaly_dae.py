@@ -11,7 +11,9 @@ DAE"). What it shares with its mirror twin across the head's midline is then low
 (:mod:`.anomaly_symmetry`). Measured on MR; on CT the ``intensity`` density is better. 2D
 (slice) training, CPU or GPU: three cycles of 300 steps (:data:`DAE_CYCLES`; the second with
 coarser noise, :data:`DAE_NOISE_RES`), 65 s for full-size brain1 on one CPU thread, fit
-included; two shorter fits on a near-isotropic scan (:data:`DAE_FITS_THIN`).
+included. On a near-isotropic scan it reads slices of all three orientations, is fitted
+twice (:data:`DAE_FITS_THIN`), and keeps what every reading finds
+(:func:`.anomaly_residual.consensus`).
 """
 
 from __future__ import annotations
@@ -24,17 +26,25 @@ import numpy as np
 
 from ..runtime.device import configure_threads
 from ..runtime.progress import check_stop
+from .anomaly_residual import (
+    SMOOTH_SIGMA,
+    consensus,
+    residual_score,
+    slice_normalise,
+    snapshot_score,
+)
 
 __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit_dae_iter",
            "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
            "planes", "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES",
            "DAE_FITS_THIN", "DAE_NOISE_RES", "DAE_STEPS", "DAE_STEPS_THIN", "PLANES",
-           "THIN_SLICE_RATIO"]
+           "SMOOTH_SIGMA", "THIN_SLICE_RATIO"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
 #: Self mode on a near-isotropic scan (:func:`planes`): fits of :data:`DAE_STEPS_THIN` steps
-#: a cycle, seeds of their own, scores averaged; one fit's map swings with its seed there
-#: (session 41, docs/anomaly_benchmarks.md, "Seeds and length on thin slices").
+#: a cycle, seeds of their own; one fit's map swings with its seed there (session 41,
+#: docs/anomaly_benchmarks.md, "Seeds and length on thin slices"). What both find is kept
+#: (their voxel-wise minimum, session 43: averaged, a seed's own false findings passed).
 DAE_FITS_THIN = 2
 DAE_STEPS_THIN = 200
 #: Coarse-noise cells per crop side in each one-cycle run of :data:`DAE_STEPS`, run back to
@@ -57,11 +67,6 @@ _BATCH = 16
 #: In-plane voxel size (mm) the recipe was measured at (brains at half resolution): finer
 #: scans are block-averaged to it, so the coarse noise and the crop keep their size in mm.
 TARGET_MM = 1.5
-#: In-plane Gaussian sigma (voxels of the :data:`TARGET_MM` grid, so 3 mm) of the residual,
-#: taken with the residual set to 0 outside the head: what the net does there was never
-#: fitted, and unmasked it leaked into the head's rim (session 27: mean best Dice of the
-#: eight MR cases 0.208 -> 0.272; docs/anomaly_benchmarks.md, "The residual inside the head").
-SMOOTH_SIGMA = 2.0
 #: Slices at most this many times the in-plane voxel apart are thin: the residual is smoothed
 #: across them too, at :data:`SMOOTH_SIGMA`'s width in mm, 3 mm at most (session 40: a
 #: synthetic 1.2 mm head with eight grey-matter-intensity spheres in its white matter;
@@ -145,23 +150,6 @@ def noisy_batch(xs: np.ndarray, ms: np.ndarray, crop: int, batch: int,
     mb = np.stack([ms[a, b:b + crop, c:c + crop] for a, b, c in zip(i, oy, ox, strict=True)])
     xb, mb = torch.from_numpy(xb)[:, None], torch.from_numpy(mb)[:, None]
     return xb + _coarse_noise(batch, crop, mb, gen, res=res), xb, mb
-
-
-def slice_normalise(r: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Centre and scale each axial slice by its head voxels' median / MAD (the whole head's
-    when a slice has fewer than 200 head voxels)."""
-    r = r.astype(np.float32)
-    med_all = float(np.median(r[mask]))
-    mad_all = float(np.median(np.abs(r[mask] - med_all))) + 1e-6
-    for k in range(len(r)):
-        v = r[k][mask[k]]
-        if v.size >= 200:
-            med = float(np.median(v))
-            mad = float(np.median(np.abs(v - med))) + 1e-6
-        else:
-            med, mad = med_all, mad_all
-        r[k] = (r[k] - med) / mad
-    return r
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
@@ -319,24 +307,28 @@ def _oriented(x: np.ndarray, mask: np.ndarray, spacing, order: tuple):
 
 
 def dae_score_iter(nets, x: np.ndarray, mask: np.ndarray, *, spacing=None,
-                   device: str = "cpu", lower_symmetric: bool = True,
+                   device: str = "cpu", lower_symmetric: bool = True, agree: bool = False,
                    stop_event: threading.Event | None = None) -> Generator[dict, None, np.ndarray]:
     """The normalised residual of ``x`` (see :func:`dae_raw_iter`) under fitted snapshots
     ``nets``, on the scan's grid: read in axial slices, or on a near-isotropic scan
-    (:func:`planes`) in slices of all three orientations, their scores summed and
-    normalised per axial slice."""
+    (:func:`planes`) in slices of all three orientations, normalised per axial slice.
+
+    The orientations' scores are summed, or with ``agree`` a finding must stand out in each
+    (:func:`.anomaly_residual.consensus`). Self mode agrees; a normative fit sums (session 43:
+    agreeing, its mean best Dice on the four 1.2 mm heads fell 0.300 -> 0.293).
+    """
     configure_threads()  # as in fit_unet_iter: a normative score fits nothing first
     orders = planes(spacing, x.shape)
     if len(orders) == 1:
         return (yield from _plane_score(nets, x, mask, spacing, device, lower_symmetric,
                                         stop_event))
-    total = np.zeros(x.shape, dtype=np.float32)
+    scores = []
     for order, name in zip(orders, ("axial", "coronal", "sagittal"), strict=True):
         xo, mo, so = _oriented(x, mask, spacing, order)
         s = yield from _plane_score(nets, xo, mo, so, device, False, stop_event,
                                     f"anomaly: denoise ({name} slices)")
-        total += np.transpose(s, np.argsort(order))
-    total = slice_normalise(total, mask)
+        scores.append(np.transpose(s, np.argsort(order)))
+    total = slice_normalise(consensus(scores) if agree else np.sum(scores, axis=0), mask)
     if lower_symmetric:
         total = yield from _lower_symmetric(total, x, mask, spacing)
     return total
@@ -444,23 +436,26 @@ def dae_raw_iter(x: np.ndarray, mask: np.ndarray, *, spacing=None, steps: int | 
     np.ndarray
         Float32 map: each cycle's residual inside the head, smoothed in-plane
         (:data:`SMOOTH_SIGMA`) and normalised per slice; their mean normalised per slice
-        again; findings mirrored on both sides lowered (``lower_symmetric``). Meaningful
-        inside ``mask``.
+        again; on a near-isotropic scan what every orientation and both fits find
+        (:func:`.anomaly_residual.consensus`); findings mirrored on both sides lowered
+        (``lower_symmetric``). Meaningful inside ``mask``.
     """
     fits = DAE_FITS_THIN if len(planes(spacing, np.shape(x))) > 1 else 1  # near-isotropic
-    steps, total = _steps(steps, thin=fits > 1), None  # total: the fits' summed scores
+    steps, scores = _steps(steps, thin=fits > 1), []
     for k in range(fits):
         stage = "anomaly: denoiser" + (f" (fit {k + 1} of {fits})" if fits > 1 else "")
         nets = yield from fit_dae_iter([(x, mask, spacing)], steps=steps, seed=seed + k,
                                        device=device, stop_event=stop_event, stage=stage)
         s = yield from dae_score_iter(nets, x, mask, spacing=spacing, device=device,
                                       lower_symmetric=lower_symmetric and fits == 1,
-                                      stop_event=stop_event)
-        total = s if total is None else total + s
-    if fits > 1:  # the mean's own spread, as in residual_score; then the symmetry step
-        total = slice_normalise(total, mask)
-        if lower_symmetric:
-            total = yield from _lower_symmetric(total, x, mask, spacing)
+                                      agree=True, stop_event=stop_event)
+        scores.append(s)
+    if fits == 1:
+        return scores[0]
+    # What both fits find (a seed's own false findings do not pass), on one scale again.
+    total = slice_normalise(consensus(scores), mask)
+    if lower_symmetric:
+        total = yield from _lower_symmetric(total, x, mask, spacing)
     return total
 
 
@@ -475,26 +470,3 @@ def z_sigma(spacing) -> float:
     if float(spacing[0]) > THIN_SLICE_RATIO * inplane:
         return 0.0
     return SMOOTH_SIGMA * min(inplane, TARGET_MM) / float(spacing[0])
-
-
-def snapshot_score(x: np.ndarray, out: np.ndarray, mask: np.ndarray,
-                   sigma_z: float = 0.0) -> np.ndarray:
-    """One denoised version's score: its residual inside the head (0 outside: what the net
-    does there was never fitted), smoothed in-plane (:data:`SMOOTH_SIGMA`) and across slices
-    at ``sigma_z`` (voxels; :func:`z_sigma`), normalised per slice."""
-    from scipy import ndimage
-
-    err = np.where(mask, np.abs(x - out), np.float32(0))
-    err = ndimage.gaussian_filter(err, (sigma_z, SMOOTH_SIGMA, SMOOTH_SIGMA)).astype(np.float32)
-    return slice_normalise(err, mask)
-
-
-def residual_score(x: np.ndarray, outs, mask: np.ndarray, sigma_z: float = 0.0) -> np.ndarray:
-    """The score of denoised versions ``outs`` of ``x``: the mean of their
-    :func:`snapshot_score` (``sigma_z``: across slices), normalised per slice again."""
-    score = np.zeros(x.shape, dtype=np.float32)
-    for out in outs:  # a snapshot ensemble
-        score += snapshot_score(x, out, mask, sigma_z)
-    # The mean of the snapshots' scores has a per-slice spread of its own (how much they
-    # agree there): bring every slice to one scale again (session 27, part of the gain).
-    return slice_normalise(score, mask)
