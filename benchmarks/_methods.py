@@ -158,6 +158,11 @@ ENGINE = {
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
     "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
+    # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
+    # features as columns too (benchmarks/_dae_columns.py).
+    "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},
+    "nomodel-anomaly-daeup": {"no_model": True, "extra": ("anomaly", "daeup")},
+    "nomodel-anomaly-daeboth": {"no_model": True, "extra": ("anomaly", "daemid", "daeup")},
     # Session 39: growth under 0.6 object probability averaged too ("shrink-marginal", at
     # 0.5 the default since; at the shrink's 0.85, or under 0.55, the probes). vae-shrink
     # and vae-anomaly-shrink: the default before (growth at once).

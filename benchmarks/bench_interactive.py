@@ -116,7 +116,8 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
     autoencoder's anomaly score fitted on the whole scan (then cropped); ``anomaly``, the
     engine's default anomaly score of the scan (self mode); ``vaesigma``, the VAE
     posterior's log sigma (nearest-upsampled to voxels); ``vaectx``, the VAE
-    columns averaged over a wider neighbourhood (Gaussian, 1 slice x 6 voxels)."""
+    columns averaged over a wider neighbourhood (Gaussian, 1 slice x 6 voxels); ``daemid`` /
+    ``daeup``, the denoiser's inner features (``_dae_columns.py``)."""
     if not names:
         return None, 0.0
     cols, secs = [], 0.0
@@ -132,6 +133,11 @@ def extra_columns(env: dict, names, feats) -> tuple[np.ndarray | None, float]:
                                   spacing=env["spacing"], error_map=False, device=ia.DEVICE,
                                   **kw)
                 col = res.score[env["box"]][..., None]
+            elif name in ("daemid", "daeup"):
+                from _dae_columns import dae_columns
+
+                col = dae_columns(env["full_image"], env["modality"], env["spacing"],
+                                  name[3:])[env["box"]]
             elif name == "vaesigma":
                 from napari_latentseg.engine.infer import encode
 
