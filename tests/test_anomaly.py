@@ -325,9 +325,9 @@ def test_denoiser_steps_from_the_environment(small_phantom, monkeypatch):
         anomaly_map(None, img, modality="MR", method="dae")
 
 
-def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
+def test_denoiser_fits_a_near_isotropic_scan_more_often_for_fewer_steps(monkeypatch):
     """Self mode on a near-isotropic scan fits the denoiser :data:`DAE_FITS_THIN` times for
-    :data:`DAE_STEPS_THIN` steps a cycle, seeds ``seed``, ``seed + 1``, each with its own
+    :data:`DAE_STEPS_THIN` steps a cycle, seeds ``seed``, ``seed + 1``..., each with its own
     progress stage; thick slices fit once for :data:`DAE_STEPS`, normative cohorts
     :data:`.NORMATIVE_FITS` times for as many;
     ``LATENTSEG_DAE_STEPS`` still sets the steps."""
@@ -336,7 +336,7 @@ def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
     from napari_latentseg.engine.anomaly_normative import NORMATIVE_FITS
     from napari_latentseg.runtime.progress import drive
 
-    assert D.DAE_FITS_THIN == 2 and D.DAE_STEPS_THIN < D.DAE_STEPS
+    assert D.DAE_FITS_THIN == 3 and D.DAE_STEPS_THIN < D.DAE_STEPS
     seen, fit = [], D.fit_unet_iter
 
     def spy(steps, loss_of, *, seed=0, **kw):  # records the plan, fits one step
@@ -350,8 +350,8 @@ def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
     stages: list = []
     iso = drive(D.dae_raw_iter(vol, mask, spacing=(1.2, 1.2, 1.2), seed=5),
                 lambda p: stages.append(p["stage"]))
-    assert seen == [(D.DAE_STEPS_THIN, 5), (D.DAE_STEPS_THIN, 6)] and iso.shape == vol.shape
-    assert {"anomaly: denoiser (fit 1 of 2)", "anomaly: denoiser (fit 2 of 2)"} <= set(stages)
+    assert seen == [(D.DAE_STEPS_THIN, 5 + k) for k in range(3)] and iso.shape == vol.shape
+    assert {f"anomaly: denoiser (fit {k} of 3)" for k in (1, 2, 3)} <= set(stages)
     seen.clear()
     drive(D.dae_raw_iter(vol, mask, spacing=(6.5, 0.8, 0.8), lower_symmetric=False))
     fit_normative(None, [vol], spacing=(1.2, 1.2, 1.2), modalities=["MR"], method="dae")
@@ -360,7 +360,7 @@ def test_denoiser_fits_a_near_isotropic_scan_twice_for_fewer_steps(monkeypatch):
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "2")
     seen.clear()
     drive(D.dae_raw_iter(vol, mask, spacing=(1.2, 1.2, 1.2), lower_symmetric=False))
-    assert seen == [(2, 0), (2, 1)]
+    assert seen == [(2, 0), (2, 1), (2, 2)]
 
 
 def test_denoiser_cycles_keep_a_snapshot_each():
