@@ -1,0 +1,127 @@
+"""The denoiser's score is drawn to the edge of what it found, with the scan as the guide: a
+lesion's rim takes its centre's score, the tissue around it keeps its own."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+SHAPE = (24, 32, 32)
+
+
+def _scan_and_bump(seed: int = 0):
+    """Tissue at 100 with noise 5, a dark sphere (radius 6 voxels) at 40, and a score that is
+    a smooth bump on the sphere's centre, half its peak at the sphere's edge."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(SHAPE)
+    d = np.sqrt((z - 12) ** 2 + (y - 16) ** 2 + (x - 16) ** 2)
+    lesion = d <= 6
+    scan = np.where(lesion, 40.0, 100.0) + rng.normal(0, 5, SHAPE)
+    score = (4.0 * np.exp(-(d / 7.0) ** 2)).astype(np.float32)
+    return scan.astype(np.float32), score, lesion, np.ones(SHAPE, bool)
+
+
+def test_rim_takes_the_centres_score_and_the_surround_keeps_its_own():
+    from napari_latentseg.engine.anomaly_guide import guided_max
+
+    scan, score, lesion, mask = _scan_and_bump()
+    out = guided_max(score, scan, mask, (1.0, 1.0, 1.0), radius_mm=3.0, passes=2)
+    rim = lesion & ~np.roll(lesion, 1, 0) | lesion & ~np.roll(lesion, -1, 2)
+    outside = ~lesion & np.roll(lesion, 1, 0)  # the tissue just past the edge
+    assert score[rim].mean() < 2.2  # the bump is low at the rim before
+    assert out[rim].mean() > 3.0  # and close to the centre's peak after
+    assert out[outside].mean() < score[outside].mean() + 0.3  # the surround barely moves
+    # Thresholded where the bump crossed the edge, the guided score outlines the sphere.
+    t = 2.5
+    dice = lambda a: 2 * (a & lesion).sum() / (a.sum() + lesion.sum())  # noqa: E731
+    assert dice(out > t) > dice(score > t) + 0.2
+    assert dice(out > t) > 0.85
+
+
+def test_a_score_never_falls_and_stays_inside_the_mask():
+    from napari_latentseg.engine.anomaly_guide import guided_max
+
+    scan, score, _, mask = _scan_and_bump(1)
+    mask[:, :, :4] = False
+    out = guided_max(score, scan, mask, (1.0, 1.0, 1.0))
+    assert (out[mask] >= score[mask]).all()
+    assert (out[~mask] == 0).all()
+    assert out.dtype == np.float32 and out.shape == score.shape
+
+
+def test_thick_slices_and_flat_images_take_in_plane_neighbours_only():
+    from napari_latentseg.engine.anomaly_guide import _offsets, guided_max, spacing3
+
+    assert all(o[0] == 0 for o in _offsets((6.5, 0.8, 0.8), 3.6))
+    assert len(_offsets((1.0, 1.0, 1.0), 1.0)) == 6
+    assert len(_offsets((4.0, 4.0, 4.0), 3.6)) == 6  # a coarse scan: nearest neighbours
+    assert spacing3((0.5, 0.7), flat=True)[0] == np.inf
+    assert spacing3(None) == (1.0, 1.0, 1.0)
+    assert _offsets(spacing3((0.5, 0.7), flat=True), 2.0) and \
+        all(o[0] == 0 for o in _offsets(spacing3((0.5, 0.7), flat=True), 2.0))
+    # One hot slice does not spread to the next on a flat stack.
+    score = np.zeros((2, 16, 16), np.float32)
+    score[0, 8, 8] = 5.0
+    out = guided_max(score, np.ones_like(score), np.ones(score.shape, bool),
+                     spacing3((1.0, 1.0), flat=True))
+    assert out[1].max() == 0 and out[0, 8, 10] == pytest.approx(5.0)
+
+
+def test_rank_like_keeps_the_order_and_takes_the_values():
+    from napari_latentseg.engine.anomaly_guide import rank_like
+
+    mask = np.array([True, True, True, False, True])
+    score = np.array([5.0, 1.0, 3.0, 9.0, 2.0], np.float32)
+    ref = np.array([0.1, 0.4, 0.2, 7.0, 0.3], np.float32)
+    np.testing.assert_allclose(rank_like(score, ref, mask), [0.4, 0.1, 0.3, 0.0, 0.2])
+
+
+def test_bad_shapes_and_cancel_are_clear():
+    from napari_latentseg.engine.anomaly_guide import guided_max
+    from napari_latentseg.runtime.progress import Cancelled
+
+    scan, score, _, mask = _scan_and_bump()
+    with pytest.raises(ValueError, match="one 3D shape"):
+        guided_max(score, scan[:-1], mask)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        guided_max(score, scan, mask, stop_event=stop)
+
+
+def test_the_engine_guides_the_denoisers_score_on_mr_only(small_phantom, monkeypatch):
+    """``anomaly.GUIDE`` switches the step (the benchmark's ablation); CT scores skip it."""
+    import napari_latentseg.engine.anomaly as A
+    import napari_latentseg.engine.anomaly_dae as D
+
+    seen = []
+    real = A.guided_max
+
+    def spy(score, *a, **k):
+        out = real(score, *a, **k)
+        seen.append((score.copy(), out))
+        return out
+
+    monkeypatch.setattr(A, "guided_max", spy)
+    monkeypatch.setattr(D, "DAE_FITS_THIN", 1)
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "3")
+    kw = dict(modality="MR", method="dae", spacing=small_phantom.spacing, error_map=False,
+              lower_surface=False)
+    on = A.anomaly_map(None, small_phantom.image, **kw)
+    assert len(seen) == 1
+    before, after = seen[0]
+    assert (after >= before).all() and (after > before + 1e-3).any()
+    # The guided order, the calibrated values: the threshold flags as much of the head.
+    np.testing.assert_array_equal(on.score, A.rank_like(after, before, on.mask))
+    monkeypatch.setattr(A, "GUIDE", False)
+    off = A.anomaly_map(None, small_phantom.image, **kw)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(off.score, before)
+    for t in (0.5, 1.0, on.threshold):
+        assert abs(int((on.score > t).sum()) - int((off.score > t).sum())) <= 2
+    monkeypatch.setattr(A, "GUIDE", True)
+    A.anomaly_map(None, small_phantom.image, modality="CT", method="contrast",
+                  spacing=small_phantom.spacing, error_map=False)
+    assert len(seen) == 1
