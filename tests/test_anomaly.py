@@ -451,6 +451,7 @@ def test_model_free_score_is_the_same_with_a_model_loaded(tiny_model):
 def test_denoiser_reads_a_near_isotropic_scan_in_three_orientations(monkeypatch):
     """On a near-isotropic scan the denoiser is fitted on, and scores, axial, coronal and
     sagittal slices (their sum normalised per axial slice); thick slices stay axial."""
+    import napari_latentseg.engine.anomaly as A
     import napari_latentseg.engine.anomaly_dae as D
     from napari_latentseg.data.phantom import make_phantom
     from napari_latentseg.engine.anomaly import anomaly_map
@@ -480,6 +481,10 @@ def test_denoiser_reads_a_near_isotropic_scan_in_three_orientations(monkeypatch)
 
     monkeypatch.setattr(D, "_plane_score", spy)
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "30")
+    # The readings' own score: with the guided step (anomaly_guide) this 30-step fit's block,
+    # weaker than the textured white matter's strongest findings, falls in rank (median
+    # 1.34 -> 0.89; docs/anomaly_benchmarks.md, "The score drawn to the lesion's edge").
+    monkeypatch.setattr(A, "GUIDE", False)
     events: list[dict] = []
     res = anomaly_map(None, img, modality="MR", method="dae", spacing=ph.spacing,
                       lower_surface=False, progress=events.append)
