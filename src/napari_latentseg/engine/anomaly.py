@@ -465,13 +465,13 @@ def anomaly_iter(
         if unscored is not None:
             score[unscored] = 0.0
     mr_dae = method == "dae" and guess_modality(vol, modality) != "CT"
-    if mr_dae and GUIDE:  # the score drawn to the found lesions' edges (session 45)
-        yield {"stage": "guide", "done": 0, "total": 1}
-        guided = guided_max(score, vol, mask, spacing3(spacing, squeeze), stop_event=stop_event)
-        score = rank_like(guided, score, mask)  # the threshold keeps its false-positive rate
     surface = SURFACE_MM if lower_surface and mr_dae else None
     if surface:  # after calibration: the threshold keeps its rate, the surface flags less
         score *= surface_fade(mask, spacing, *surface)
+    if mr_dae and GUIDE:  # drawn to the findings' edges, after the fade (session 45)
+        yield {"stage": "guide", "done": 0, "total": 1}
+        guided = guided_max(score, vol, mask, spacing3(spacing, squeeze), stop_event=stop_event)
+        score = rank_like(guided, score, mask)  # the threshold keeps its false-positive rate
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
