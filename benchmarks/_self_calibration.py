@@ -88,14 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         rec.setdefault("raw", np.array(raw, copy=True))
         return real_calibrated(raw, cal)
 
-    A.calibrate, A._calibrated = recording_calibrate, recording_calibrated
+    # The calibration is what this probe replays: the map before session 45's guided step.
+    guide = A.GUIDE
+    A.calibrate, A._calibrated, A.GUIDE = recording_calibrate, recording_calibrated, False
     try:
         _run(a, A, B, N, rec, out, done)
     finally:
-        A.calibrate, A._calibrated = real_cal, real_calibrated
+        A.calibrate, A._calibrated, A.GUIDE = real_cal, real_calibrated, guide
 
 
 def _run(a, A, B, N, rec, out, done) -> None:
+    from napari_latentseg.engine.anomaly_masks import surface_fade
+
     cs, _ = N.cases(B, a.cases)
     for c in cs:
         mask, smask, far = B.case_masks(c)
@@ -119,7 +123,7 @@ def _run(a, A, B, N, rec, out, done) -> None:
             raw = rec["raw"]
             f = int(round(c["v"].shape[-1] / raw.shape[-1]))  # in-plane grid factor
             surface = res.info.get("surface_mm")
-            fade = A.surface_fade(res.mask, c["sp"], *surface) if surface else None
+            fade = surface_fade(res.mask, c["sp"], *surface) if surface else None
             # Outside the head, and bone and air on CT: 0, as in the engine's map (a normal
             # voxel scoring exactly 0 there is the fit's lowest: 0 either way); not the
             # surface's fade, which the variants without it undo.

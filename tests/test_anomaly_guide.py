@@ -95,16 +95,17 @@ def test_the_engine_guides_the_denoisers_score_on_mr_only(small_phantom, monkeyp
     """``anomaly.GUIDE`` switches the step (the benchmark's ablation); CT scores skip it."""
     import napari_latentseg.engine.anomaly as A
     import napari_latentseg.engine.anomaly_dae as D
+    import napari_latentseg.engine.anomaly_guide as G
 
     seen = []
-    real = A.guided_max
+    real = G.guided_max
 
     def spy(score, *a, **k):
         out = real(score, *a, **k)
         seen.append((score.copy(), out))
         return out
 
-    monkeypatch.setattr(A, "guided_max", spy)
+    monkeypatch.setattr(G, "guided_max", spy)
     monkeypatch.setattr(D, "DAE_FITS_THIN", 1)
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "3")
     kw = dict(modality="MR", method="dae", spacing=small_phantom.spacing, error_map=False,
@@ -114,7 +115,7 @@ def test_the_engine_guides_the_denoisers_score_on_mr_only(small_phantom, monkeyp
     before, after = seen[0]
     assert (after >= before).all() and (after > before + 1e-3).any()
     # The guided order, the calibrated values: the threshold flags as much of the head.
-    np.testing.assert_array_equal(on.score, A.rank_like(after, before, on.mask))
+    np.testing.assert_array_equal(on.score, G.rank_like(after, before, on.mask))
     monkeypatch.setattr(A, "GUIDE", False)
     off = A.anomaly_map(None, small_phantom.image, **kw)
     assert len(seen) == 1
@@ -125,3 +126,19 @@ def test_the_engine_guides_the_denoisers_score_on_mr_only(small_phantom, monkeyp
     A.anomaly_map(None, small_phantom.image, modality="CT", method="contrast",
                   spacing=small_phantom.spacing, error_map=False)
     assert len(seen) == 1
+
+
+def test_the_guide_leaves_the_faded_shell_at_zero(small_phantom, monkeypatch):
+    """Guided after the surface fade: voxels the fade sets to 0 neither give nor take a
+    score, so the guided map finds nothing there either."""
+    from napari_latentseg.engine.anomaly_guide import finish_mr
+    from napari_latentseg.engine.anomaly_masks import head_mask, surface_fade
+
+    img = small_phantom.image.astype(np.float32)
+    mask = head_mask(img, "MR")
+    sp = (2.0, 2.0, 2.0)
+    score = np.where(mask, np.random.default_rng(0).random(img.shape) * 4, 0).astype(np.float32)
+    out = finish_mr(score, img, mask, sp, False, (4.0, 8.0), True)
+    shell = mask & (surface_fade(mask, sp, 4.0, 8.0) == 0)
+    assert shell.any() and (out[shell] == 0).all() and (out[mask & ~shell] > 0).any()
+    np.testing.assert_array_equal(finish_mr(score, img, mask, sp, False, None, False), score)

@@ -51,14 +51,14 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     assert "Tip: Reconstruct" in seg.summary.text()
     rec = widget.reconstruct_section
     assert rec.method.currentData() == "default"
-    import napari_latentseg.engine.anomaly as anomaly
+    import napari_latentseg.engine.anomaly_masks as masks
     import napari_latentseg.engine.anomaly_symmetry as symmetry
 
     calls, faded = [], []
-    lower, fade = symmetry.lower_bilateral, anomaly.surface_fade
+    lower, fade = symmetry.lower_bilateral, masks.surface_fade
     monkeypatch.setattr(symmetry, "lower_bilateral",
                         lambda *a, **k: calls.append(1) or lower(*a, **k))
-    monkeypatch.setattr(anomaly, "surface_fade", lambda *a, **k: faded.append(1) or fade(*a, **k))
+    monkeypatch.setattr(masks, "surface_fade", lambda *a, **k: faded.append(1) or fade(*a, **k))
     rec.method.setCurrentIndex(rec.method.findData("dae"))
     assert rec.symmetric.isChecked() and rec.surface.isChecked()
     run(qtbot, widget, rec.run)

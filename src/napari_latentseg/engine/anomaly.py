@@ -29,11 +29,10 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
 ``median``
     Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
 ``dae`` (default on MR in both modes, see :func:`default_method`)
-    A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan itself, or in normative
-    mode once on the cohort's slices (its weights stored with the statistics): the best
-    measured on MR, ~65 s on one CPU thread; on CT ``contrast`` is better. Findings mirrored
-    on both sides of the head are lowered (:mod:`.anomaly_symmetry`); on MR the score fades
-    in over :data:`SURFACE_MM` inside the head (eyes, nose and scalp are not findings).
+    A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan, or once on a cohort
+    (weights stored with the statistics); on CT ``contrast`` is better. Findings on both
+    sides of the head are lowered (:mod:`.anomaly_symmetry`); on MR the score fades in over
+    :data:`SURFACE_MM` and is drawn to its findings' edges (:mod:`.anomaly_guide`).
 
 Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D models) and
 calibrated: ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring
@@ -53,7 +52,7 @@ from ..models.checkpoint import VAEModel
 from ..runtime.progress import check_stop, drive
 from .anomaly_calibration import _calibrated, _threshold, calibrate, components
 from .anomaly_dae import dae_stats_iter, dae_suits, nets_state
-from .anomaly_guide import guided_max, rank_like, spacing3
+from .anomaly_guide import finish_mr
 from .anomaly_masks import (
     air_mask,
     bone_mask,
@@ -61,7 +60,6 @@ from .anomaly_masks import (
     grid_factor,
     head_mask,
     smooth,
-    surface_fade,
     to_coarse,
     to_fine,
 )
@@ -79,8 +77,7 @@ CT_METHOD = "contrast"  # CT, both modes (session 17: 2-3.5x intensity's best Di
 _NEEDS_MODEL = {"features", "knn", "error", "ssim"}
 _DENSITY = ("features", "knn", "intensity", "contrast")
 USE_DEPTH = False  # distance to the head's outside as a feature (see depth_map)
-# CT: bone and metal (anomaly_masks.bone_mask) get score 0 after calibration (session 12:
-# the density flagged them; docs/anomaly_benchmarks.md, "Bone (and metal) on CT").
+# CT: bone and metal (anomaly_masks.bone_mask) score 0 after calibration (session 12).
 CT_SKIP_BONE = True
 CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, bowel gas)
 # Calibrate on the voxels that can be flagged (CT: not bone, metal or air). Session 20, off:
@@ -89,16 +86,12 @@ CALIBRATE_SCORED_ONLY = False
 # Self-mode denoiser: the top 1 % may be lesion (session 36, "The self-mode threshold").
 SELF_BODY: float | None = 0.01
 # The denoiser on MR: scores fade in from 10 to 20 mm inside the head's surface, after
-# calibration (session 37: the eyes, nose and scalp held its false positives;
-# docs/anomaly_benchmarks.md, "Findings at the surface"). None: off.
+# calibration (session 37: eyes, nose and scalp held its false positives). None: off.
 SURFACE_MM: tuple[float, float] | None = (10.0, 20.0)
-# The denoiser on MR: each voxel takes the highest score of a neighbour of like intensity
-# (:mod:`.anomaly_guide`), then the calibrated values by rank (session 45: mean best Dice of
-# nineteen MR cases 0.372 -> 0.444; docs/anomaly_benchmarks.md, "The score drawn to the
-# lesion's edge"). False: the score as calibrated.
+# The denoiser's MR score drawn to its findings' edges (:mod:`.anomaly_guide`; session 45:
+# mean best Dice of nineteen MR cases 0.372 -> 0.444). False: the score as calibrated.
 GUIDE = True
-# Centre and scale the density scores per axial slice (median / MAD of its head voxels), as
-# the denoiser's residual is: probe of session 12 against the end slices' false positives.
+# Density scores centred and scaled per axial slice (session 12's probe; off).
 SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
 # The contrast density's score is smoothed in mm (in-plane): a full-size CT is scored as the
@@ -466,12 +459,10 @@ def anomaly_iter(
             score[unscored] = 0.0
     mr_dae = method == "dae" and guess_modality(vol, modality) != "CT"
     surface = SURFACE_MM if lower_surface and mr_dae else None
-    if surface:  # after calibration: the threshold keeps its rate, the surface flags less
-        score *= surface_fade(mask, spacing, *surface)
-    if mr_dae and GUIDE:  # drawn to the findings' edges, after the fade (session 45)
+    if mr_dae and GUIDE:
         yield {"stage": "guide", "done": 0, "total": 1}
-        guided = guided_max(score, vol, mask, spacing3(spacing, squeeze), stop_event=stop_event)
-        score = rank_like(guided, score, mask)  # the threshold keeps its false-positive rate
+    score = finish_mr(score, vol, mask, spacing, squeeze, surface, mr_dae and GUIDE,
+                      stop_event)
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..runtime.progress import check_stop
 
-__all__ = ["guided_max", "noise_level", "rank_like", "spacing3", "RADIUS_MM", "SIGMA_NOISE",
-           "PASSES"]
+__all__ = ["finish_mr", "guided_max", "noise_level", "rank_like", "spacing3", "RADIUS_MM",
+           "SIGMA_NOISE", "PASSES"]
 
 #: Neighbourhood of one pass (mm; a ball, so thick slices take in-plane neighbours only).
 RADIUS_MM = 3.6
@@ -119,3 +119,28 @@ def rank_like(score: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.
     vals[order] = np.sort(reference[mask])
     out[mask] = vals
     return out
+
+
+def finish_mr(score: np.ndarray, volume: np.ndarray, mask: np.ndarray, spacing, flat: bool,
+              surface: tuple[float, float] | None, guide: bool,
+              stop_event: threading.Event | None = None) -> np.ndarray:
+    """The denoiser's calibrated MR score made final: faded in over ``surface`` (mm inside
+    the head; None: not faded), then, with ``guide``, drawn to its findings' edges
+    (:func:`guided_max`) and given the faded score's values by rank (:func:`rank_like`).
+
+    The fade comes first: guided before it, the scalp's and eyes' scores reached 10 mm past
+    it into the brain (session 45: normative best Dice on a 1.2 mm head 0.498 against
+    0.636). Voxels the fade sets to 0 neither give nor take a score, so nothing is found
+    there still.
+    """
+    from .anomaly_masks import surface_fade
+
+    keep = mask
+    if surface:  # after calibration: the threshold keeps its rate, the surface flags less
+        fade = surface_fade(mask, spacing, *surface)
+        score = score * fade
+        keep = mask & (fade > 0)
+    if not guide:
+        return score
+    guided = guided_max(score, volume, keep, spacing3(spacing, flat), stop_event=stop_event)
+    return rank_like(guided, score, mask)  # the threshold keeps its false-positive rate
