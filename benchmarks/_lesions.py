@@ -7,12 +7,11 @@ import numpy as np
 
 
 def noise_sigma(v: np.ndarray, region: np.ndarray) -> float:
-    """The scan's noise in ``region``: robust spread of the in-plane median-filter residual."""
-    from scipy import ndimage
+    """The scan's noise in ``region``: the engine's estimate (robust spread of the in-plane
+    median-filter residual, :func:`~napari_latentseg.engine.anomaly_guide.noise_level`)."""
+    from napari_latentseg.engine.anomaly_guide import noise_level
 
-    r = v - ndimage.median_filter(v, (1, 3, 3))
-    d = r[region]
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / 0.85)
+    return noise_level(v, region)
 
 
 def implant(v, region, spacing, level, radii_mm, sigma, seed, avoid=None, margin_mm=1.0,

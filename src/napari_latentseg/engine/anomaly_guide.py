@@ -103,8 +103,7 @@ def guided_max(score: np.ndarray, guide: np.ndarray, mask: np.ndarray,
             cand = src_score[src] * np.exp(diff * diff * inv)
             np.maximum(cur[dst], cand, out=cur[dst])
         cur[~m] = 0.0
-    out[box] = cur
-    return out
+    return out  # cur is a view of out's box
 
 
 def rank_like(score: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
