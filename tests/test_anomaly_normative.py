@@ -61,9 +61,10 @@ def test_normative_denoiser_stored_and_applied(tiny_model, small_phantom, tmp_pa
     np.testing.assert_array_equal(again.score, res.score)  # the file holds the same weights
 
 
-def test_normative_and_self_flag_what_either_finds(small_phantom, monkeypatch):
-    """``with_self``: per voxel the higher of the normative and the self score, less
-    log10(2), so the two together keep the requested false-positive rate."""
+def test_normative_and_self_rank_by_their_mean(small_phantom, monkeypatch):
+    """``with_self``: voxels ranked by the mean of the normative and the self score, taking
+    by rank the values of the higher of the two less log10(2), so the two together keep the
+    requested false-positive rate."""
     import napari_latentseg.engine.anomaly as A
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
@@ -79,9 +80,18 @@ def test_normative_and_self_flag_what_either_finds(small_phantom, monkeypatch):
     own = anomaly_map(None, img, method="dae", **kw)
     both = anomaly_map(None, img, reference=stats, with_self=True, **kw)
     assert (norm.mode, own.mode, both.mode) == ("normative", "self", "normative+self")
-    want = np.maximum(np.maximum(norm.score, own.score) - np.log10(2.0), 0.0)
-    np.testing.assert_allclose(both.score, want, atol=1e-5)
+    higher = np.maximum(np.maximum(norm.score, own.score) - np.log10(2.0), 0.0)
+    m = both.mask
+    # The same values as the higher score (so the same share over any threshold) ...
+    np.testing.assert_allclose(np.sort(both.score[m]), np.sort(higher[m]), atol=1e-5)
+    assert not both.score[~m].any()
+    # ... in the order of the mean: a voxel of a higher mean never scores lower.
+    order = np.argsort((norm.score + own.score)[m] / 2, kind="stable")
+    assert (np.diff(both.score[m][order]) >= 0).all()
     assert both.threshold == norm.threshold
+    monkeypatch.setattr(A, "SELF_MEAN_ORDER", False)  # the ablation: the higher score as is
+    old = anomaly_map(None, img, reference=stats, with_self=True, **kw)
+    np.testing.assert_allclose(old.score, higher, atol=1e-5)
     with pytest.raises(ValueError, match="with_self needs a reference"):
         anomaly_map(None, img, with_self=True, **kw)
 

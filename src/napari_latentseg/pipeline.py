@@ -231,8 +231,9 @@ def reconstruct_job(
     (``model.anomaly["normative"]``), else the scan is its own reference.
     ``lower_symmetric=False`` keeps the denoiser's findings mirrored on both sides of the head;
     ``lower_surface=False`` its findings near the head's surface (on MR).
-    ``with_self``: with normative statistics, also score the scan against itself and flag
-    what either finds (no effect without them: the scan is then its own reference).
+    ``with_self``: with normative statistics, also score the scan against itself and rank
+    voxels by the mean of the two scores (no effect without them: the scan is then its
+    own reference).
     ``model=None``: the anomaly score alone, of a method that needs no model (the defaults:
     the denoiser on MR, the contrast density on CT), on ``device``; the result is None.
     """

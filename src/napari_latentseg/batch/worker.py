@@ -94,7 +94,7 @@ class BatchOptions:
         Task ``reconstruct``: false-positive rate of the candidate threshold.
     with_self : bool
         Task ``reconstruct``, with the model's normative statistics: also score each scan
-        against itself and flag what either finds.
+        against itself, voxels ranked by the mean of the two scores.
     lower_symmetric : bool
         Task ``reconstruct``: lower the denoiser's findings mirrored on both sides of the head.
     lower_surface : bool

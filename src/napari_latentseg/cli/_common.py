@@ -41,9 +41,9 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
                          "are not lesions; keep them for superficial findings, e.g. breast)")
     sp.add_argument("--with-self", action="store_true",
                     help=f"with the model's normative statistics: also fit the method on "
-                         f"{each} scan itself and flag what either finds (the higher score, "
-                         f"corrected so the false-positive rate stays at --fpr; dae: ~1-3 min "
-                         f"more on a CPU)")
+                         f"{each} scan itself and rank voxels by the mean of the two scores "
+                         f"(flagging as many as the higher score, corrected so the "
+                         f"false-positive rate stays at --fpr; dae: ~1-3 min more on a CPU)")
     sp.add_argument("--fpr", type=float, default=1e-3,
                     help="false-positive rate of the candidate threshold on normal tissue "
                          "(default 0.001)")

@@ -6,7 +6,7 @@ Modes:
   is a small part of it); ``fpr`` of its head voxels are flagged, the highest scores first.
 * **normative**: statistics fitted by :func:`fit_normative` on other (mostly healthy) scans,
   applied to a new one; ``model.anomaly["normative"]`` carries them in the model file.
-* **normative+self** (``with_self``): both, a voxel scoring the higher of the two.
+* **normative+self** (``with_self``): both, voxels ranked by the mean of the two scores.
 
 Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the default):
 
@@ -49,10 +49,11 @@ from collections.abc import Callable, Generator, Sequence
 import numpy as np
 
 from ..models.checkpoint import VAEModel
+from ..runtime.device import network_device
 from ..runtime.progress import check_stop, drive
 from .anomaly_calibration import _calibrated, _threshold, calibrate, components
 from .anomaly_dae import dae_stats_iter, dae_suits, nets_state
-from .anomaly_guide import finish_mr
+from .anomaly_guide import finish_mr, rank_like
 from .anomaly_masks import (
     air_mask,
     bone_mask,
@@ -91,6 +92,9 @@ SURFACE_MM: tuple[float, float] | None = (10.0, 20.0)
 # The denoiser's MR score drawn to its findings' edges (:mod:`.anomaly_guide`; session 45:
 # mean best Dice of nineteen MR cases 0.372 -> 0.444). False: the score as calibrated.
 GUIDE = True
+# Normative and self together (``with_self``): voxels in the order of the two scores' mean
+# (session 46; False: the higher of the two, as it was).
+SELF_MEAN_ORDER = True
 # Density scores centred and scaled per axial slice (session 12's probe; off).
 SLICE_NORMALISE_DENSITY = False
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
@@ -171,7 +175,7 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = np.abs(xnorm - ndimage.median_filter(xnorm, (1, 5, 5)[-xnorm.ndim:]))
     elif method == "dae":  # smoothed and normalised per slice already
         raw = yield from dae_stats_iter(stats, xnorm, mask, spacing=spacing,
-                                        device=_torch_device(model, device),
+                                        device=network_device(model, device),
                                         stop_event=stop_event)
         return np.where(mask, raw, np.float32(np.nan))
     else:
@@ -186,18 +190,6 @@ def _raw_iter(model, xnorm, mask, stats, method, stop_event, *, rows=None, recon
         raw = slice_normalise(raw, mask)
     raw[~mask] = np.nan
     return raw
-
-
-def _torch_device(model: VAEModel | None, device: str | None) -> str:
-    """Where a network of the score (the denoiser) runs: the model's device, else ``device``
-    (``auto``: a GPU when there is one), else the CPU."""
-    if model is not None:
-        return str(model.device)
-    if device is None:
-        return "cpu"
-    from ..runtime.device import resolve_device
-
-    return str(resolve_device(device))
 
 
 def _by_model(model: VAEModel | None, stats: dict) -> bool:
@@ -270,7 +262,7 @@ def fit_normative_iter(
         if _keep is None:  # normative: one denoiser on every scan's slices, stored
             nets, stats["dae_fits"] = yield from fit_normative_dae_iter(
                 [prepared(i)[:3] for i in range(n)], seed=seed, stop_event=stop_event,
-                device=_torch_device(model, device))
+                device=network_device(model, device))
             stats["nets"] = nets_state(nets)
     if method == "contrast":  # read here, so a probe can switch it
         from .anomaly_features import CONTRAST_BLOB_MM
@@ -389,9 +381,10 @@ def anomaly_iter(
         ``dae`` only: lower findings mirrored on both sides of the head (bilateral disease
         fades with it on; :mod:`.anomaly_symmetry`).
     with_self : bool
-        With ``reference``: also fit the method on the scan itself and keep, per voxel, the
-        higher of the two calibrated scores, less ``log10(2)`` (a Bonferroni correction: the
-        false-positive rate stays at most ``fpr``). Costs a self-mode fit.
+        With ``reference``: also fit the method on the scan itself. Voxels are ranked by the
+        mean of the two calibrated scores and take the values of the higher of the two, less
+        ``log10(2)`` (a Bonferroni correction: the false-positive rate stays at most
+        ``fpr``), by rank. Costs a self-mode fit.
     lower_surface : bool
         ``dae`` on MR: scores fade in over :data:`SURFACE_MM` inside the head's surface
         (eyes, nose and scalp are not findings; False keeps superficial ones, e.g. breast).
@@ -445,8 +438,11 @@ def anomaly_iter(
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
     score = _calibrated(raw, cal)
-    if with_self:  # either finding, at most fpr in all (session 35: "Normative and self")
-        score = np.maximum(np.maximum(score, own_score) - np.float32(np.log10(2.0)), 0.0)
+    if with_self:  # either finding, at most fpr in all (session 35: "Normative and self"),
+        higher = np.maximum(np.maximum(score, own_score) - np.float32(np.log10(2.0)), 0.0)
+        # ranked by the two scores' mean (session 46: "Normative and self in the order of
+        # their mean"), so the threshold still flags what the higher score less log10 2 does
+        score = rank_like((score + own_score) / 2, higher, mask) if SELF_MEAN_ORDER else higher
     if mode == "normative":
         unscored = _unscored(vc, modality, spc)
     if unscored is not None:

@@ -8,6 +8,7 @@ import os
 __all__ = [
     "THREADS_ENV",
     "resolve_device",
+    "network_device",
     "autocast",
     "amp_dtype",
     "configure_threads",
@@ -61,6 +62,15 @@ def resolve_device(device: str | None = "auto"):
 #: for each worker and by distributed fits for each rank, so processes sharing a machine do not
 #: each claim every core).
 THREADS_ENV = "LATENTSEG_NUM_THREADS"
+
+
+def network_device(model, device: str | None) -> str:
+    """Where a network of a model-free score (the anomaly denoiser) runs: ``model``'s device
+    where there is a model, else ``device`` (``auto``: a GPU when there is one), else the
+    CPU."""
+    if model is not None:
+        return str(model.device)
+    return "cpu" if device is None else str(resolve_device(device))
 
 
 def usable_cores() -> int:

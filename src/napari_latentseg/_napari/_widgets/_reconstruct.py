@@ -153,8 +153,8 @@ class ReconstructSection(Section):
         has = bool(model is not None and (model.anomaly or {}).get("normative"))
         self.with_self.setEnabled(has)
         self.with_self.setToolTip(
-            "Also fit the score on this scan and flag what either the model's normative "
-            "statistics or the scan itself finds (the same false-positive rate in all; "
+            "Also fit the score on this scan and rank voxels by the mean of the model's "
+            "normative score and the scan's own (the same false-positive rate in all; "
             "denoiser: ~1-3 min more on a CPU)." if has else
             "Needs a model with normative anomaly statistics (section 2); without them the "
             "scan is scored against itself anyway.")
