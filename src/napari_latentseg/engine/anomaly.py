@@ -455,10 +455,10 @@ def anomaly_iter(
             score[unscored] = 0.0
     mr_dae = method == "dae" and guess_modality(vol, modality) != "CT"
     surface = SURFACE_MM if lower_surface and mr_dae else None
-    if mr_dae and GUIDE:
+    guide = mr_dae and GUIDE
+    if guide:
         yield {"stage": "guide", "done": 0, "total": 1}
-    score = finish_mr(score, vol, mask, spacing, squeeze, surface, mr_dae and GUIDE,
-                      stop_event)
+    score = finish_mr(score, vol, mask, spacing, squeeze, surface, guide, stop_event)
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
