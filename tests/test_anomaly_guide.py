@@ -142,3 +142,39 @@ def test_the_guide_leaves_the_faded_shell_at_zero(small_phantom, monkeypatch):
     shell = mask & (surface_fade(mask, sp, 4.0, 8.0) == 0)
     assert shell.any() and (out[shell] == 0).all() and (out[mask & ~shell] > 0).any()
     np.testing.assert_array_equal(finish_mr(score, img, mask, sp, False, None, False), score)
+
+
+def test_on_thick_slices_a_finding_must_carry_into_a_neighbouring_slice(monkeypatch):
+    """Thick slices are read one at a time: a blob that stands out on one slice only (a fold
+    cut obliquely) falls below one that stands out on two (a lesion), at the same peak; a
+    score may stand at most 1.5x above its stronger neighbour. The values stay the faded
+    score's by rank, thin slices and the switch leave the score as it was, and the first
+    and last slices compare with their one neighbour."""
+    import napari_latentseg.engine.anomaly_guide as G
+
+    score = np.zeros((6, 12, 12), np.float32)
+    score[2, 2:5, 2:5] = 4.0  # one slice
+    score[3:5, 7:10, 7:10] = 4.0  # two slices
+    score[0, 2:5, 7:10] = 4.0  # the first slice, with its neighbour below
+    score[1, 2:5, 7:10] = 2.0
+    across = G.across_slices(score, ratio=1.5)
+    assert (across[2, 2:5, 2:5] == 0).all()
+    np.testing.assert_allclose(across[3:5, 7:10, 7:10], 4.0)
+    np.testing.assert_allclose(across[0, 2:5, 7:10], 3.0)  # 1.5 x its one neighbour
+    np.testing.assert_allclose(across[1, 2:5, 7:10], 2.0)  # under 1.5 x 4: kept
+
+    scan = np.full(score.shape, 100.0, np.float32)
+    mask = np.ones(score.shape, bool)
+    thick, thin = (4.0, 1.0, 1.0), (1.0, 1.0, 1.0)
+    assert G.thick_slices(thick) and not G.thick_slices(thin)
+    assert not G.thick_slices(thick, flat=True) and not G.thick_slices(None)
+    out = G.finish_mr(score, scan, mask, thick, False, None, False)
+    assert out[2, 3, 3] < out[3, 8, 8]
+    np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(score.ravel()))
+    np.testing.assert_array_equal(G.finish_mr(score, scan, mask, thin, False, None, False),
+                                  score)
+    np.testing.assert_array_equal(  # what anomaly_map asks for CT and other methods
+        G.finish_mr(score, scan, mask, thick, False, None, False, across=False), score)
+    monkeypatch.setattr(G, "ACROSS_SLICES", False)
+    np.testing.assert_array_equal(G.finish_mr(score, scan, mask, thick, False, None, False),
+                                  score)

@@ -458,7 +458,8 @@ def anomaly_iter(
     guide = mr_dae and GUIDE
     if guide:
         yield {"stage": "guide", "done": 0, "total": 1}
-    score = finish_mr(score, vol, mask, spacing, squeeze, surface, guide, stop_event)
+    score = finish_mr(score, vol, mask, spacing, squeeze, surface, guide, stop_event,
+                      across=mr_dae)
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
