@@ -88,13 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         rec.setdefault("raw", np.array(raw, copy=True))
         return real_calibrated(raw, cal)
 
-    # The calibration is what this probe replays: the map before session 45's guided step.
-    guide = A.GUIDE
+    # The calibration is what this probe replays: the map before session 45's guided step
+    # and session 47's cap across thick slices.
+    import napari_latentseg.engine.anomaly_guide as G
+
+    guide, across = A.GUIDE, G.ACROSS_SLICES
     A.calibrate, A._calibrated, A.GUIDE = recording_calibrate, recording_calibrated, False
+    G.ACROSS_SLICES = False
     try:
         _run(a, A, B, N, rec, out, done)
     finally:
         A.calibrate, A._calibrated, A.GUIDE = real_cal, real_calibrated, guide
+        G.ACROSS_SLICES = across
 
 
 def _run(a, A, B, N, rec, out, done) -> None:

@@ -159,11 +159,13 @@ def test_self_calibration_probe_replays_the_engine_and_restores_it(tmp_path, mon
     import _self_calibration as sc
 
     import napari_latentseg.engine.anomaly as A
+    import napari_latentseg.engine.anomaly_guide as G
 
     before = (A.calibrate, A._calibrated)
     monkeypatch.setattr(sc, "HERE", tmp_path)
     sc.main(["0", "phantom-h7"])
     assert (A.calibrate, A._calibrated) == before
+    assert A.GUIDE and G.ACROSS_SLICES  # the steps it switches off are back on
     row = json.loads((tmp_path / "results" / "self-calibration.jsonl").read_text())
     assert row["case"] == "phantom-h7" and row["method"] == "dae"
     assert set(row["variants"]) == {f"{b}/{f:g}{t}" for b in sc.BODIES for f in sc.FPRS
