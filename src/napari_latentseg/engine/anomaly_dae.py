@@ -38,7 +38,7 @@ __all__ = ["dae_raw_iter", "dae_score_iter", "dae_stats_iter", "dae_suits", "fit
            "fit_unet_iter", "nets_from_state", "nets_state", "noisy_batch", "residual_score",
            "planes", "slice_normalise", "snapshot_score", "z_sigma", "DAE_CYCLES",
            "DAE_FITS_THIN", "DAE_NOISE_RES", "DAE_STEPS", "DAE_STEPS_THIN", "PLANES",
-           "SMOOTH_SIGMA", "THIN_SLICE_RATIO"]
+           "SMOOTH_SIGMA", "THIN_SLICE_RATIO", "thick_slices"]
 
 DAE_STEPS = 300  # AdamW steps (one-cycle schedule) per cycle; the benchmark's recipe
 #: Self mode on a near-isotropic scan (:func:`planes`): fits of :data:`DAE_STEPS_THIN` steps
@@ -466,9 +466,17 @@ def z_sigma(spacing) -> float:
     size ``spacing``: :data:`SMOOTH_SIGMA`'s width in mm on thin slices
     (:data:`THIN_SLICE_RATIO`), at most its width on the :data:`TARGET_MM` grid (3 mm; a
     coarse in-plane grid would blur a lesion a few slices thick away), else 0."""
-    if spacing is None or len(spacing) < 3 or min(spacing) <= 0:
+    if spacing is None or len(spacing) < 3 or min(spacing) <= 0 or thick_slices(spacing):
         return 0.0
     inplane = float(min(spacing[-2:]))
-    if float(spacing[0]) > THIN_SLICE_RATIO * inplane:
-        return 0.0
     return SMOOTH_SIGMA * min(inplane, TARGET_MM) / float(spacing[0])
+
+
+def thick_slices(spacing, flat: bool = False) -> bool:
+    """Whether slices of voxel size ``spacing`` (z, y, x, mm) are thicker than
+    :data:`THIN_SLICE_RATIO` times the in-plane voxel: the denoiser then reads each slice
+    alone and nothing smooths its residual across them. False for a 2D image (``flat``)
+    or without a valid voxel size."""
+    if flat or spacing is None or len(spacing) < 3 or min(spacing) <= 0:
+        return False
+    return float(spacing[0]) > THIN_SLICE_RATIO * float(min(spacing[-2:]))

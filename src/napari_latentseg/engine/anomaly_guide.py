@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..runtime.progress import check_stop
+from .anomaly_dae import thick_slices
 
 __all__ = ["across_slices", "finish_mr", "guided_max", "noise_level", "rank_like", "spacing3",
            "thick_slices", "ACROSS_RATIO", "ACROSS_SLICES", "RADIUS_MM", "SIGMA_NOISE", "PASSES"]
@@ -125,16 +126,6 @@ def rank_like(score: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.
     vals[order] = np.sort(reference[mask])
     out[mask] = vals
     return out
-
-
-def thick_slices(spacing: Sequence[float] | None, flat: bool = False) -> bool:
-    """Whether the slices are thicker than :data:`.anomaly_dae.THIN_SLICE_RATIO` times the
-    in-plane voxel (where the denoiser reads each slice alone); False for a 2D image."""
-    from .anomaly_dae import THIN_SLICE_RATIO
-
-    if flat or spacing is None or len(spacing) != 3 or min(spacing) <= 0:
-        return False
-    return float(spacing[0]) > THIN_SLICE_RATIO * float(min(spacing[1:]))
 
 
 def across_slices(score: np.ndarray, ratio: float = ACROSS_RATIO) -> np.ndarray:
