@@ -22,12 +22,9 @@ Methods (see ``docs/anomaly_benchmarks.md`` for the ablation that chose the defa
     The same density on intensity, its Gaussian means at 2, 4, 8 mm, their
     centre-surround contrasts and an in-plane blob filter at 4 mm (no VAE): a nodule is a
     rare, round contrast with its surround.
-``error``
-    Plain reconstruction error ``|x - recon|`` (what ``reconstruct --error`` shows).
-``ssim``
-    ``1 - SSIM(x, recon)`` in 7x7 windows.
-``median``
-    Local-context residual ``|x - median_5x5(x)|`` (a model-free baseline).
+``error``, ``ssim``, ``median``
+    Plain reconstruction error ``|x - recon|`` (``reconstruct --error``); ``1 - SSIM(x,
+    recon)`` in 7x7 windows; ``|x - median_5x5(x)|`` (a model-free baseline).
 ``dae`` (default on MR in both modes, see :func:`default_method`)
     A denoising autoencoder (:mod:`.anomaly_dae`) fitted on the scan, or once on a cohort
     (weights stored with the statistics); on CT ``contrast`` is better. Findings on both
@@ -38,6 +35,7 @@ Every raw map is smoothed (``contrast``: 2.5 mm, others 1 voxel; in-plane for 2D
 calibrated: ``score`` is ``-log10`` of the fraction of the fit data's head voxels scoring
 higher (0.1 -> 1, 0.001 -> 3; empirical quantiles, an exponential tail past them);
 ``threshold`` = ``-log10(fpr)`` flags ``fpr`` of the fit voxels (before the size filter).
+The denoiser's normative MR score takes its rate from the scan (:data:`NORMATIVE_SCAN_RATE`).
 """
 
 from __future__ import annotations
@@ -84,8 +82,10 @@ CT_SKIP_AIR = True  # and air (anomaly_masks.air_mask; session 17: the trachea, 
 # Calibrate on the voxels that can be flagged (CT: not bone, metal or air). Session 20, off:
 # nodules' Dice at the threshold up, but whole lung2 flags 0.116 % of its tumour-free body.
 CALIBRATE_SCORED_ONLY = False
-# Self-mode denoiser: the top 1 % may be lesion (session 36, "The self-mode threshold").
-SELF_BODY: float | None = 0.01
+SELF_BODY: float | None = 0.01  # self-mode denoiser: the top 1 % may be lesion (session 36)
+# The normative denoiser on MR (not ``with_self``): calibrated on the scan, as in self mode
+# (session 48: a cohort's tail is its own lesions', and little in a new brain crossed it).
+NORMATIVE_SCAN_RATE = True
 # The denoiser on MR: scores fade in from 10 to 20 mm inside the head's surface, after
 # calibration (session 37: eyes, nose and scalp held its false positives). None: off.
 SURFACE_MM: tuple[float, float] | None = (10.0, 20.0)
@@ -95,8 +95,7 @@ GUIDE = True
 # Normative and self together (``with_self``): voxels in the order of the two scores' mean
 # (session 46; False: the higher of the two, as it was).
 SELF_MEAN_ORDER = True
-# Density scores centred and scaled per axial slice (session 12's probe; off).
-SLICE_NORMALISE_DENSITY = False
+SLICE_NORMALISE_DENSITY = False  # density scores centred, scaled per slice (session 12; off)
 GMM_COMPONENTS = 6  # mixture size of the ``features`` / ``intensity`` densities
 # The contrast density's score is smoothed in mm (in-plane): a full-size CT is scored as the
 # benchmark's in-plane / 4 one (session 21: at 1 voxel the nodules' best Dice was half).
@@ -368,7 +367,8 @@ def anomaly_iter(
         reference is used, else :func:`default_method`: ``dae`` on MR, ``contrast`` on CT).
     reference : dict or "model", optional
         Normative statistics from :func:`fit_normative`; ``"model"`` uses
-        ``model.anomaly["normative"]``. None fits on the scan itself (self mode).
+        ``model.anomaly["normative"]``. None fits on the scan itself (self mode). The
+        denoiser's MR score is calibrated on the scan (:data:`NORMATIVE_SCAN_RATE`).
     fpr : float
         False-positive rate that sets ``threshold``.
     spacing : sequence of float, optional
@@ -437,6 +437,9 @@ def anomaly_iter(
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
+    if mode == "normative" and not with_self and method == "dae" and NORMATIVE_SCAN_RATE \
+            and guess_modality(vol, modality) != "CT":
+        cal = calibrate(raw[mask], body=SELF_BODY)
     score = _calibrated(raw, cal)
     if with_self:  # either finding, at most fpr in all (session 35: "Normative and self"),
         higher = np.maximum(np.maximum(score, own_score) - np.float32(np.log10(2.0)), 0.0)
