@@ -70,6 +70,8 @@ def test_normative_and_self_rank_by_their_mean(small_phantom, monkeypatch):
 
     monkeypatch.setenv("LATENTSEG_DAE_STEPS", "5")
     monkeypatch.setattr(A, "GUIDE", False)  # the rule itself; the guided step comes after it
+    # with_self mixes the cohort-calibrated score: the plain normative map as it was
+    monkeypatch.setattr(A, "NORMATIVE_SCAN_RATE", False)
     sp = small_phantom.spacing
     stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method="dae",
                           modalities=["MR", "MR"], spacing=sp)
@@ -251,3 +253,34 @@ def test_normative_denoiser_keeps_the_fit_the_check_prefers(monkeypatch):
     assert [(s, k) for s, k, _ in fitted] == [(2, 0)] and report == []
     with pytest.raises(ValueError, match="at least one fit"):
         drive(N.fit_normative_dae_iter([(vol, mask, None)], fits=0))
+
+
+def test_normative_denoiser_takes_its_rate_from_the_scan(small_phantom, monkeypatch):
+    """On MR the normative denoiser's score is calibrated on the scan's own head voxels (as in
+    self mode), so a cohort calibration that nothing reaches (a cohort whose tail is its own
+    lesions') still flags; the stored calibration serves other methods, and the switch."""
+    import napari_latentseg.engine.anomaly as A
+    from napari_latentseg.engine.anomaly import anomaly_map, calibrate, fit_normative
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "5")
+    sp = small_phantom.spacing
+    img = small_phantom.image.astype(np.float32)
+    kw = dict(modality="MR", spacing=sp, error_map=False, lower_surface=False)
+    never = calibrate(np.linspace(1e5, 1e6, 1000))  # no raw score of a head comes near
+    for method in ("dae", "intensity"):
+        stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method=method,
+                              modalities=["MR", "MR"], spacing=sp)
+        res = anomaly_map(None, img, reference=stats, **kw)
+        high = anomaly_map(None, img, reference={**stats, "calibration": never}, **kw)
+        if method == "dae":  # the scan's own rate: the stored calibration is not read
+            np.testing.assert_array_equal(high.score, res.score)
+            assert res.info["calibration"]["n"] == int(res.mask.sum())
+            # score 1 = a tenth of the scan's head voxels score higher
+            assert 0.07 < (res.score[res.mask] > 1.0).mean() < 0.13
+        else:  # other methods keep the cohort's calibration
+            assert not high.score.any() and res.score.any()
+    monkeypatch.setattr(A, "NORMATIVE_SCAN_RATE", False)  # the ablation: the cohort's rate
+    stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method="dae",
+                          modalities=["MR", "MR"], spacing=sp)
+    high = anomaly_map(None, img, reference={**stats, "calibration": never}, **kw)
+    assert not (high.score > high.threshold).any()
