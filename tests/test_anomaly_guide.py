@@ -178,3 +178,34 @@ def test_on_thick_slices_a_finding_must_carry_into_a_neighbouring_slice(monkeypa
     monkeypatch.setattr(G, "ACROSS_SLICES", False)
     np.testing.assert_array_equal(G.finish_mr(score, scan, mask, thick, False, None, False),
                                   score)
+
+
+def test_a_normative_map_takes_the_geometric_mean_across_thick_slices(monkeypatch):
+    """The normative rule (:data:`ACROSS_NORMATIVE`): the geometric mean of a score and its
+    stronger neighbour across slices, so a one-slice finding falls to 0 and a two-slice one
+    keeps its value; ``across="normative"`` follows the switch, an unknown rule is an error."""
+    import napari_latentseg.engine.anomaly_guide as G
+
+    score = np.zeros((5, 8, 8), np.float32)
+    score[1, 1:3, 1:3] = 4.0  # one slice
+    score[2:4, 5:7, 5:7] = 4.0  # two slices
+    score[3, 1:3, 1:3] = 1.0  # beside a weaker neighbour above and below: sqrt(1 x 1)
+    score[4, 1:3, 1:3] = 1.0
+    geo = G.across_slices(score, rule="geo")
+    assert (geo[1, 1:3, 1:3] == 0).all()
+    np.testing.assert_allclose(geo[2:4, 5:7, 5:7], 4.0)
+    np.testing.assert_allclose(geo[3, 1:3, 1:3], 1.0)
+    np.testing.assert_allclose(geo[0, 1:3, 1:3], 0.0)  # sqrt(0 x 4): a score of 0 stays 0
+    with pytest.raises(ValueError, match="rule across slices"):
+        G.across_slices(score, rule="mean")
+
+    scan = np.full(score.shape, 100.0, np.float32)
+    mask = np.ones(score.shape, bool)
+    thick = (4.0, 1.0, 1.0)
+    monkeypatch.setattr(G, "ACROSS_NORMATIVE", "geo")
+    norm = G.finish_mr(score, scan, mask, thick, False, None, False, across="normative")
+    np.testing.assert_array_equal(norm, G.rank_like(geo, score, mask))
+    monkeypatch.setattr(G, "ACROSS_NORMATIVE", "cap")  # self mode's rule, as it was
+    np.testing.assert_array_equal(
+        G.finish_mr(score, scan, mask, thick, False, None, False, across="normative"),
+        G.finish_mr(score, scan, mask, thick, False, None, False))

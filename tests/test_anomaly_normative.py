@@ -284,3 +284,25 @@ def test_normative_denoiser_takes_its_rate_from_the_scan(small_phantom, monkeypa
                           modalities=["MR", "MR"], spacing=sp)
     high = anomaly_map(None, img, reference={**stats, "calibration": never}, **kw)
     assert not (high.score > high.threshold).any()
+
+
+def test_normative_map_alone_takes_its_own_rule_across_thick_slices(monkeypatch):
+    """On thick slices the normative denoiser's map alone follows ``ACROSS_NORMATIVE`` (the
+    geometric mean, session 48); ``with_self`` keeps self mode's cap."""
+    import napari_latentseg.engine.anomaly_guide as G
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
+
+    monkeypatch.setenv("LATENTSEG_DAE_STEPS", "5")
+    sp = (8.0, 2.0, 2.0)  # thick: the denoiser reads each slice alone
+    heads = [make_phantom((12, 40, 40), sp, seed=s, n_lesions=0).image for s in (4, 5)]
+    img = make_phantom((12, 40, 40), sp, seed=3).image.astype(np.float32)
+    stats = fit_normative(None, heads, method="dae", modalities=["MR", "MR"], spacing=sp)
+    kw = dict(modality="MR", spacing=sp, error_map=False, lower_surface=False, reference=stats)
+    maps = {}
+    for rule in ("geo", "cap"):
+        monkeypatch.setattr(G, "ACROSS_NORMATIVE", rule)
+        maps[rule] = (anomaly_map(None, img, **kw).score,
+                      anomaly_map(None, img, with_self=True, **kw).score)
+    assert not np.array_equal(maps["geo"][0], maps["cap"][0])
+    np.testing.assert_array_equal(maps["geo"][1], maps["cap"][1])

@@ -437,8 +437,9 @@ def anomaly_iter(
         f = grid_factor(vol.shape, spacing, stats.get("grid_mm"))
     yield {"stage": "calibrate", "done": 1, "total": 1}
     cal = stats["calibration"]
-    if mode == "normative" and not with_self and method == "dae" and NORMATIVE_SCAN_RATE \
-            and guess_modality(vol, modality) != "CT":
+    mr_dae = method == "dae" and guess_modality(vol, modality) != "CT"
+    alone = mode == "normative" and not with_self  # the cohort's denoiser alone
+    if alone and mr_dae and NORMATIVE_SCAN_RATE:
         cal = calibrate(raw[mask], body=SELF_BODY)
     score = _calibrated(raw, cal)
     if with_self:  # either finding, at most fpr in all (session 35: "Normative and self"),
@@ -456,13 +457,12 @@ def anomaly_iter(
         unscored = _unscored(vol, modality, spacing)
         if unscored is not None:
             score[unscored] = 0.0
-    mr_dae = method == "dae" and guess_modality(vol, modality) != "CT"
     surface = SURFACE_MM if lower_surface and mr_dae else None
     guide = mr_dae and GUIDE
     if guide:
         yield {"stage": "guide", "done": 0, "total": 1}
     score = finish_mr(score, vol, mask, spacing, squeeze, surface, guide, stop_event,
-                      across=mr_dae)
+                      across=mr_dae and ("normative" if alone else "cap"))
     thr = _threshold(cal, fpr, mode)
     labels, cands = components((score > thr) & mask, score, spacing, min_volume_ml)
     err = None
