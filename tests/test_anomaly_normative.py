@@ -267,9 +267,11 @@ def test_normative_denoiser_takes_its_rate_from_the_scan(small_phantom, monkeypa
     img = small_phantom.image.astype(np.float32)
     kw = dict(modality="MR", spacing=sp, error_map=False, lower_surface=False)
     never = calibrate(np.linspace(1e5, 1e6, 1000))  # no raw score of a head comes near
+    fitted = {}
     for method in ("dae", "intensity"):
-        stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method=method,
-                              modalities=["MR", "MR"], spacing=sp)
+        stats = fitted[method] = fit_normative(None, _healthy(small_phantom, (4, 5)),
+                                               method=method, modalities=["MR", "MR"],
+                                               spacing=sp)
         res = anomaly_map(None, img, reference=stats, **kw)
         high = anomaly_map(None, img, reference={**stats, "calibration": never}, **kw)
         if method == "dae":  # the scan's own rate: the stored calibration is not read
@@ -280,9 +282,7 @@ def test_normative_denoiser_takes_its_rate_from_the_scan(small_phantom, monkeypa
         else:  # other methods keep the cohort's calibration
             assert not high.score.any() and res.score.any()
     monkeypatch.setattr(A, "NORMATIVE_SCAN_RATE", False)  # the ablation: the cohort's rate
-    stats = fit_normative(None, _healthy(small_phantom, (4, 5)), method="dae",
-                          modalities=["MR", "MR"], spacing=sp)
-    high = anomaly_map(None, img, reference={**stats, "calibration": never}, **kw)
+    high = anomaly_map(None, img, reference={**fitted["dae"], "calibration": never}, **kw)
     assert not (high.score > high.threshold).any()
 
 
