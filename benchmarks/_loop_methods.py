@@ -162,8 +162,7 @@ class VAEDefault:
             ("iterate_connected", ("postprocess", "ITERATE_CONNECTED")),
             ("min_move_p", ("postprocess", "MIN_MOVE_P")),
             ("growth_floor", ("options", "MARGINAL_GROWTH")),
-            ("growth_weight", ("options", "MARGINAL_WEIGHT")),
-            ("share_from_last", ("forest", "SHARE_FROM_LAST_ROUND"))) if key in options}
+            ("growth_weight", ("options", "MARGINAL_WEIGHT"))) if key in options}
         # The prior's scale in the first round(s) only (probe, session 13): a number (the
         # first round) or a list (round by round; the default's scale after it).
         self.first_kappa = options.pop("first_kappa", None)

@@ -26,27 +26,19 @@ def _assert_averaged(mom, plain, first, ann) -> None:
     np.testing.assert_array_equal(mom.labels[painted], ann[painted])
 
 
-def test_momentum_averages_the_previous_round_in(scene, monkeypatch):
-    import napari_latentseg.engine.segment.forest as forest
-
+def test_momentum_averages_the_previous_round_in(scene):
     vol, ann, _ = scene
     first = segment(None, vol, ann, spacing=SPACING)
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1  # a corrective background stroke
-    # The same round without momentum (the prior weighed by the last round's object, too).
-    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
-                    previous=first)
+    plain = segment(None, vol, ann2, spacing=SPACING)
     mom = segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where="all"),
                   spacing=SPACING, previous=first)
     _assert_averaged(mom, plain, first, ann2)
-    # Without the last round's share, momentum 0 leaves a round as a fresh one; one with
-    # other classes is not averaged in.
-    monkeypatch.setattr(forest, "SHARE_FROM_LAST_ROUND", False)
+    # Momentum 0 ignores the previous round, and one with other classes is not averaged in.
     same = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
                    previous=first)
-    fresh = segment(None, vol, ann2, spacing=SPACING)
-    np.testing.assert_array_equal(same.probabilities, fresh.probabilities)
-    monkeypatch.undo()
+    np.testing.assert_array_equal(same.probabilities, plain.probabilities)
     other = segment(None, vol, np.where(ann2 == 1, 3, ann2).astype(np.uint8),
                     SegmentOptions(background=3), spacing=SPACING, previous=first)
     assert any("other classes" in n for n in other.notes)
@@ -92,8 +84,7 @@ def test_shrink_momentum_lets_the_object_grow_at_once(scene):
     first = segment(None, vol, ann, spacing=SPACING)
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1
-    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
-                    previous=first)
+    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING)
     res = segment(None, vol, ann2, SegmentOptions(momentum=0.5, momentum_where="shrink"),
                   spacing=SPACING, previous=first)
     free = ann2 == 0
@@ -124,8 +115,7 @@ def test_marginal_growth_waits_a_round(scene):
     first = segment(None, vol, ann, spacing=SPACING)
     ann2 = ann.copy()
     ann2[3, 40:43, 40:43] = 1
-    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING,
-                    previous=first)
+    plain = segment(None, vol, ann2, SegmentOptions(momentum=0.0), spacing=SPACING)
     assert SegmentOptions().momentum_where == "shrink-marginal"
     res = segment(None, vol, ann2, SegmentOptions(momentum=0.8), spacing=SPACING,
                   previous=first)
@@ -185,8 +175,7 @@ def test_growth_of_the_last_round_shrinks_at_once(scene, monkeypatch):
     spared = dataclasses.replace(first, grown=first.labels == 2)
     ann3 = ann.copy()
     ann3[3, 30:33, 30:33] = 1
-    plain = segment(None, vol, ann3, SegmentOptions(momentum=0.0), spacing=SPACING,
-                    previous=spared)
+    plain = segment(None, vol, ann3, SegmentOptions(momentum=0.0), spacing=SPACING)
     res = segment(None, vol, ann3, SegmentOptions(momentum=0.5), spacing=SPACING,
                   previous=spared)
     obj = first.labels == 2

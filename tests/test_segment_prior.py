@@ -128,7 +128,7 @@ def test_live_slice_applies_the_momentum_of_full_rounds(scene):
     assert any("momentum 0.85" in n for n in full.notes)
     live = LiveSegmenter(None, vol, cache=cache, spacing=SPACING, options=opts)
     drive(live.prepare())
-    live.update(ann2, last_round=first)  # the prior weighed by the last round's object
+    live.update(ann2)
     assert live.classes == [1, 2]
     for z in (3, 4):
         pred = live.predict_slice(z, previous=first.probabilities[:, z])
@@ -141,7 +141,7 @@ def test_live_slice_applies_the_momentum_of_full_rounds(scene):
     ann3[3, 30:33, 30:33] = 1
     third = segment(None, vol, ann3, opts, cache=cache, spacing=SPACING, previous=full)
     assert full.grown is not None
-    live.update(ann3, last_round=full)
+    live.update(ann3)
     for z in (3, 4):
         pred = live.predict_slice(z, previous=full.probabilities[:, z], grown=full.grown[z])
         np.testing.assert_allclose(pred.probabilities, third.probabilities[:, z], atol=1e-6)
@@ -271,68 +271,6 @@ def test_adaptive_prior_estimates_with_a_small_forest_then_fits_the_full_one(mon
     assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
     assert forest.n_estimators == F.FOREST["n_estimators"]
     assert 0 < ts.object_share < 0.1  # the prior's rows are background: a small share
-
-
-def test_adaptive_prior_takes_a_known_share_without_the_estimate(monkeypatch):
-    """A round that continues another knows the object's share from its labels: one forest,
-    the prior weighed by that share, however much of the scan a first forest would call."""
-    import napari_latentseg.engine.segment.forest as F
-    from napari_latentseg.engine.segment.annotations import ClassTable
-    from napari_latentseg.engine.segment.prior import adaptive_prior_weight
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 3)).astype(np.float32)
-    y = np.r_[np.ones(50, int), np.zeros(550, int)]
-    x[:50] += 3.0
-    w = np.r_[np.ones(50), np.full(550, 0.1)]
-    sizes = []
-    real = F.fit_forest
-
-    def spy(*args, **kwargs):
-        forest = real(*args, **kwargs)
-        sizes.append(forest.n_estimators)
-        return forest
-
-    monkeypatch.setattr(F, "fit_forest", spy)
-    table = ClassTable.from_annotations(np.array([[[0, 1, 2]]], np.uint8), (1, 1, 3))
-    last = np.ones((4, 10, 10), np.uint8)
-    last[0, :2, :2] = 2  # the last round's object: 1 % of the scan
-    ts = F.TrainingSet(x, y, w.copy(), prior=500, background_index=0, adaptive=True)
-    ts.share_from(last, table)
-    ts.fit(seed=0)
-    assert sizes == [F.FOREST["n_estimators"]]  # no estimating forest
-    assert ts.object_share == pytest.approx(0.01)
-    assert ts.weight[100:].sum() == pytest.approx(adaptive_prior_weight(0.01, 50))  # prior rows
-    # No object left in the last round: the floor of one prior row, the weight at its cap.
-    ts = F.TrainingSet(x, y, w.copy(), prior=500, background_index=0, adaptive=True)
-    ts.share_from(np.ones_like(last), table)
-    ts.fit(seed=0)
-    assert ts.object_share == pytest.approx(1 / 500)
-    # The switch, and a round without a last one, estimate it as before.
-    monkeypatch.setattr(F, "SHARE_FROM_LAST_ROUND", False)
-    for lab in (last, None):
-        sizes.clear()
-        ts = F.TrainingSet(x, y, w.copy(), prior=500, background_index=0, adaptive=True)
-        ts.share_from(lab, table)
-        ts.fit(seed=0)
-        assert sizes == [F.ESTIMATE_TREES, F.FOREST["n_estimators"]]
-
-
-def test_a_continued_round_weighs_the_prior_by_the_last_rounds_object(scene):
-    vol, ann, truth = scene
-    cache = FeatureCache()
-    first = segment(None, vol, ann, cache=cache, spacing=SPACING)
-    ann2 = ann.copy()
-    ann2[3, 40:43, 40:43] = 1
-    nxt = segment(None, vol, ann2, cache=cache, spacing=SPACING, previous=first)
-    share = next(h for h in nxt.history if h["stage"] == "forest")["object_share"]
-    assert share == pytest.approx(float((first.labels == 2).mean()))
-    assert _dice(nxt.labels == 2, truth) > 0.6
-    # Another round's labels (other classes) are not taken: the share is estimated.
-    other = dataclasses.replace(first, classes=[1, 3])
-    alone = segment(None, vol, ann2, cache=cache, spacing=SPACING, previous=other)
-    est = next(h for h in alone.history if h["stage"] == "forest")["object_share"]
-    assert est != pytest.approx(share)
 
 
 def test_multiclass_prior_tells_the_rarest_class_where_it_is_not():

@@ -147,7 +147,6 @@ def segment_iter(
     st, squeeze = _start_round(model, volume, annotations, opts)
     st.spacing = _spacing3(spacing, squeeze)
     st.fresh = previous is None
-    st.last_labels = st.previous_labels(previous, squeeze)
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
     torch.manual_seed(opts.seed)
@@ -270,7 +269,6 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
         st.notes.append(ts.note)
     if st.fresh and ts.adaptive:
         ts.scale = st.options.fresh_prior_scale
-    ts.share_from(st.last_labels, st.table)
     if ts.prior and st.n_classes == 2:
         st.prior_background = ts.background_index
     yield {"stage": "segment: forest", "done": 0, "total": 1}

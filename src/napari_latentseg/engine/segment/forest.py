@@ -49,11 +49,6 @@ PREDICT_VOXELS = 1 << 22
 # scale's smoothed intensity minus the next wider one). Session 18: level with the ilastik set
 # alone in the engine (+0.002 mean AUC over seven cases), so off; kept for the benchmark.
 CONTRAST_WITHOUT_VAE = False
-# A round that continues another weighs the background prior by the object's share of the
-# last round's labels, not by a first forest's estimate: that estimate ran 50-150x the
-# object's share on brain2 and jumped after each object stroke, and the weight with it
-# (session 49, docs/interactive_benchmarks.md, "The prior weighed by the last round").
-SHARE_FROM_LAST_ROUND = True
 
 
 def forest_features_name(vae: bool, contrast: bool = False, extra: int = 0) -> str:
@@ -258,17 +253,6 @@ class TrainingSet:
     object_share: float | None = None
     prototypes: Prototypes | None = None  # columns appended to ``x`` (and at prediction)
     scale: float = 1.0  # of the adaptive weight (adaptive_prior_weight)
-    # The object's share of the scan in the last round's labels (a round that continues
-    # another): taken instead of a first forest's estimate.
-    known_share: float | None = None
-
-    def share_from(self, last_labels: np.ndarray | None, table: ClassTable) -> None:
-        """Weigh the adaptive prior by the object's share of ``last_labels``, the labels of
-        the round this one continues (object-vs-background rounds; None: estimate it)."""
-        if (SHARE_FROM_LAST_ROUND and last_labels is not None and self.adaptive
-                and self.prior and len(table) == 2):
-            obj = table.classes[1 - self.background_index]
-            self.known_share = float(np.count_nonzero(last_labels == obj)) / last_labels.size
 
     def _fit(self, seed: int, weight: np.ndarray | None, trees: int | None = None):
         forest = fit_forest(self.x, self.y, seed, weight, trees)
@@ -278,17 +262,14 @@ class TrainingSet:
 
     def fit(self, seed: int):
         two_pass = self.adaptive and self.prior and self.weight is not None
+        # The first forest of the adaptive prior only estimates the object's share.
+        forest = self._fit(seed, self.weight, ESTIMATE_TREES if two_pass else None)
+        if not two_pass:
+            return forest
         n = len(self.y) - self.prior
-        if two_pass and self.known_share is not None:
-            self.object_share = max(self.known_share, 1.0 / self.prior)
-        else:
-            # The first forest of the adaptive prior only estimates the object's share.
-            forest = self._fit(seed, self.weight, ESTIMATE_TREES if two_pass else None)
-            if not two_pass:
-                return forest
-            bg = list(forest.classes_).index(self.background_index)
-            p_obj = 1.0 - forest.predict_proba(self.x[n:])[:, bg]
-            self.object_share = max(float(np.mean(p_obj > 0.5)), 1.0 / self.prior)
+        bg = list(forest.classes_).index(self.background_index)
+        p_obj = 1.0 - forest.predict_proba(self.x[n:])[:, bg]
+        self.object_share = max(float(np.mean(p_obj > 0.5)), 1.0 / self.prior)
         n_obj = float(np.count_nonzero(self.y[:n] != self.background_index))
         w = self.weight.copy()
         w[n:] = adaptive_prior_weight(self.object_share, n_obj, self.scale) / self.prior

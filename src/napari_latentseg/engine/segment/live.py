@@ -28,7 +28,6 @@ from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
-from .state import SegmentationResult
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
 
@@ -131,12 +130,9 @@ class LiveSegmenter:
         """Compute and cache the features of the whole volume (generator, stoppable)."""
         yield from self._features.fill_cache(stop_event)
 
-    def update(self, annotations: np.ndarray, stop_event: threading.Event | None = None,
-               last_round: SegmentationResult | None = None) -> int:
+    def update(self, annotations: np.ndarray, stop_event: threading.Event | None = None
+               ) -> int:
         """Refit the forest on ``annotations`` (same shape; 0 = not annotated).
-
-        ``last_round``: the full round the next one continues; where it has these classes
-        and shape, its object's share weighs the background prior, as in that next round.
 
         Returns the number of annotated voxels used. Raises ``ValueError`` for annotations
         that cannot train a classifier (no voxel, a single class).
@@ -149,9 +145,6 @@ class LiveSegmenter:
         # slice is the slice the next round gives.
         ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
                           stop_event)
-        if (last_round is not None and list(last_round.classes) == list(table.classes)
-                and np.shape(last_round.labels) == ann.shape):
-            ts.share_from(np.asarray(last_round.labels), table)
         self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)
         self._table, self._annotations = table, ann
         # The object's class index where the full round's momentum applies ("shrink").

@@ -33,7 +33,6 @@ class RoundState:
     prior_background: int | None = None  # class index of the background prior's class
     far_from_object: np.ndarray | None = None  # beyond FAR_GROWTH of the reach ("shrink-far")
     fresh: bool = True  # the round does not continue an earlier one (no ``previous``)
-    last_labels: np.ndarray | None = None  # the continued round's labels (3D), if any
 
     @property
     def spatial_dims(self) -> int:
