@@ -55,22 +55,27 @@ def blend_momentum(probs: np.ndarray, previous: np.ndarray, weight: float,
     """
     def slab(z: slice) -> None:  # no whole-volume temporaries
         sl = (slice(None), z)
-        mixed = (1.0 - weight) * probs[sl] + weight * previous[sl]
-        if object_index is not None:
+        if object_index is None:
+            mix = np.float32(weight)
+        else:
+            # Each voxel's weight of the last round: ``weight`` where the object fell,
+            # ``floor[1]`` where it grew to under ``floor[0]``, 0 where it takes this round's.
             fell = probs[object_index, z] < previous[object_index, z]
             if far is not None:
                 fell |= far[z]
             if spare is not None:
                 fell &= ~spare[z]
-            grown = probs[sl]
-            if floor is not None:  # growth to under floor[0]: averaged at floor[1]
+            mix = np.where(fell, np.float32(weight), np.float32(0.0))
+            if floor is not None:
                 low = (probs[object_index, z] < floor[0]) & ~fell
                 if spare is not None:
                     low &= ~spare[z]
-                w = floor[1]
-                grown = np.where(low[None], (1.0 - w) * grown + w * previous[sl], grown)
-            mixed = np.where(fell[None], mixed, grown)
-        probs[sl] = mixed
+                mix[low] = floor[1]
+        # p + m (q - p) in place: three passes over the slab where the old form took eight
+        # (a continued round on lung2: the blend 0.45 -> 0.10 s on one thread, session 49).
+        step = np.subtract(previous[sl], probs[sl], dtype=np.float32)
+        step *= mix
+        probs[sl] += step
 
     map_slabs(slab, probs.shape[1], CHUNK)
 
