@@ -96,9 +96,14 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     """Entropy of the class probabilities over log(n_classes): 0 certain, 1 uniform."""
     n_cls = probs.shape[0]
     out = np.empty(probs.shape[1:], dtype=np.float32)
+    scale = np.float32(-1.0 / np.log(n_cls))
+
     def slab(z: slice) -> None:  # temporaries the size of a slab, not of probs
         p = np.clip(probs[:, z], 1e-7, 1.0)
-        out[z] = -(p * np.log(p)).sum(0) / np.log(n_cls)
+        plogp = np.log(p)
+        plogp *= p  # in place: lung2's map 0.16 -> 0.12 s on one thread (session 49)
+        np.sum(plogp, axis=0, out=out[z])
+        out[z] *= scale
 
     map_slabs(slab, out.shape[0], CHUNK)
     return out
