@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from napari_latentseg.engine.segment import SegmentOptions, segment
@@ -108,3 +109,62 @@ def test_the_object_box_gives_the_whole_slices_result(monkeypatch):
             n_whole = boundary.refine_object_boundary(whole, smooth, ann, 2, 1)
         assert n_boxed == n_whole
         np.testing.assert_array_equal(boxed, whole)
+
+
+def test_the_step_adds_only_voxels_the_forest_supports():
+    """With the object's probability and a floor, a voxel joins the object only at that
+    probability or more; shrinking is not gated."""
+    shape = (3, 64, 64)
+    truth = _disk(shape, 12)
+    smooth = ndimage.gaussian_filter(truth.astype(np.float32), (0, 1, 1))
+    ann = np.zeros(shape, np.uint8)
+    # The forest backs the object out to radius 11 only.
+    p_obj = np.where(_disk(shape, 11), 0.6, 0.1).astype(np.float32)
+    small = np.where(_disk(shape, 10), 2, 1).astype(np.uint8)
+    free, gated = small.copy(), small.copy()
+    refine_object_boundary(free, smooth, ann, 2, 1)
+    refine_object_boundary(gated, smooth, ann, 2, 1, p_object=p_obj, min_p=0.35)
+    grown = (gated == 2) & (small != 2)
+    assert grown.any() and (p_obj[grown] >= 0.35).all()
+    assert ((free == 2) & (p_obj < 0.35)).any()  # without the floor it reaches past
+    # No floor (0, the default) or a lower one lets the same growth through.
+    for min_p in (0.0, 0.05):
+        low = small.copy()
+        refine_object_boundary(low, smooth, ann, 2, 1, p_object=p_obj, min_p=min_p)
+        np.testing.assert_array_equal(low, free)
+    large = np.where(_disk(shape, 14), 2, 1).astype(np.uint8)
+    a, b = large.copy(), large.copy()
+    refine_object_boundary(a, smooth, ann, 2, 1)
+    refine_object_boundary(b, smooth, ann, 2, 1, p_object=p_obj, min_p=0.35)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_edge_min_p_gates_the_steps_growth_in_rounds_and_live_slices():
+    """``SegmentOptions.edge_min_p``: no voxel joins the object below it, in a full round
+    and in a live slice alike; without it the step grows there."""
+    from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter
+    from napari_latentseg.runtime.progress import drive
+
+    rng = np.random.default_rng(1)
+    truth = _disk((4, 64, 64), 14)
+    vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
+    vol += rng.normal(0, 0.15, vol.shape).astype(np.float32)
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[2, 29:36, 29:36] = 2
+    ann[2, 2:6, 2:6] = 1
+    cache = FeatureCache()
+    plain = SegmentOptions(keep_connected_regions=False)
+    steady = SegmentOptions(keep_connected_regions=False, edge_min_p=0.35)
+    free_res = segment(None, vol, ann, plain, cache=cache, spacing=(3.0, 1.0, 1.0))
+    res = segment(None, vol, ann, steady, cache=cache, spacing=(3.0, 1.0, 1.0))
+    np.testing.assert_allclose(res.probabilities, free_res.probabilities)  # the same forest
+    weak = (ann == 0) & (res.probabilities[1] < 0.35)
+    assert (free_res.labels[weak] == 2).any()  # the ungated step grows there
+    assert not (res.labels[weak] == 2).any()
+    live = LiveSegmenter(None, vol, cache=cache, spacing=(3.0, 1.0, 1.0), options=steady)
+    drive(live.prepare())
+    live.update(ann)
+    for z in range(vol.shape[0]):
+        np.testing.assert_array_equal(live.predict_slice(z).labels, res.labels[z])
+    with pytest.raises(ValueError, match="edge_min_p"):
+        SegmentOptions(edge_min_p=1.0)

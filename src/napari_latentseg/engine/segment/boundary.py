@@ -43,7 +43,8 @@ def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
 
 def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: np.ndarray,
                            object_id: int, background_id: int, window: int | None = None,
-                           band: int | None = None) -> int:
+                           band: int | None = None, p_object: np.ndarray | None = None,
+                           min_p: float | None = None) -> int:
     """Move the object's boundary to the closer local mean, in place.
 
     Parameters
@@ -58,6 +59,10 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
     window, band
         The local means' in-plane window and the band's half-width (voxels); None:
         :data:`WINDOW`, :data:`BAND`.
+    p_object : np.ndarray, optional
+        (z, y, x) the object's probability: with ``min_p`` > 0 a voxel joins the object
+        only where it is at least ``min_p`` (``SegmentOptions.edge_min_p``); shrinking is
+        not gated.
 
     Returns
     -------
@@ -98,6 +103,8 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         flip = ring & (new != lab)
         if GROW_ONLY:
             flip &= ~obj
+        if p_object is not None and min_p:
+            flip &= (new != object_id) | (np.asarray(p_object[sl]) >= min_p)
         lab[flip] = new[flip]
         return int(np.count_nonzero(flip))
 

@@ -392,12 +392,14 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
 def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
                    forest_feats: ForestFeatures, run: FeatureRunner) -> None:
     """The object's boundary to the closer local mean intensity (:mod:`.boundary`), in
-    place (with ``SWAP_MOVED``, the moved voxels' two probabilities swap too)."""
+    place (with ``SWAP_MOVED``, the moved voxels' two probabilities swap too; with
+    ``options.edge_min_p``, a voxel joins the object only at that probability or more)."""
     bg = st.prior_background
     classes = st.table.classes
     before = labels.copy() if SWAP_MOVED else None  # the probe needs the moved voxels
     moved = refine_object_boundary(labels, smoothed_image(forest_feats.cached, run, 0),
-                                   st.annotations, classes[1 - bg], classes[bg])
+                                   st.annotations, classes[1 - bg], classes[bg],
+                                   p_object=probs[1 - bg], min_p=st.options.edge_min_p)
     if before is not None and moved:
         flip = labels != before
         to_obj = labels[flip] == classes[1 - bg]

@@ -205,7 +205,8 @@ class LiveSegmenter:
             cls = self._table.classes
             refine_object_boundary(labels[None], smoothed_image(
                 self._features.cached, self._run, 0, slice(z, z + 1)), ann[None],
-                cls[self._object], cls[1 - self._object])
+                cls[self._object], cls[1 - self._object],
+                p_object=probs[self._object][None], min_p=self.options.edge_min_p)
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
 
