@@ -17,8 +17,9 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     given = []  # whether each live slice got the last round's probabilities (momentum)
     columns = []  # the extra columns each new live segmenter got (the anomaly score)
     init = LiveSegmenter.__init__
+    options = []  # ... and its options (the edge step as the full rounds have it)
     monkeypatch.setattr(LiveSegmenter, "__init__", lambda self, *a, **k: columns.append(
-        k.get("extra_features")) or init(self, *a, **k))
+        k.get("extra_features")) or options.append(k.get("options")) or init(self, *a, **k))
     predict = LiveSegmenter.predict_slice
     monkeypatch.setattr(LiveSegmenter, "predict_slice", lambda self, z, anchors=None,
                         previous=None, grown=None: given.append(previous is not None)
@@ -59,6 +60,7 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     assert index == target and seconds > 0
     assert given == [True]  # a stroke added to the last round's: it continues that round
     assert len(columns) == 1 and columns[0] is score
+    assert options[0].boundary_refine == seg.snap.isChecked() and options[0].edge_min_p == 0
     assert out.data[target, y, x] == 2  # the stroke's class shows on the displayed slice
     np.testing.assert_array_equal(out.data[:target], before[:target])  # only that slice
     # The user's layers: the scan untouched, the annotations hold exactly the strokes.

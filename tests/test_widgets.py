@@ -443,6 +443,11 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "momentum" not in seg.summary.text()
     assert "edge snapped to the image" in seg.summary.text()  # on by default
+    assert "or more" not in seg.summary.text()  # its growth is not gated by default
+    seg.steady.setChecked(True)  # "Steady corrections": growth only where the forest backs it
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "joining the object only at probability 0.35 or more" in seg.summary.text()
+    seg.steady.setChecked(False)
     seg.snap.setChecked(False)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "snapped" not in seg.summary.text()

@@ -62,6 +62,7 @@ class LiveController(QObject):
     def __init__(self, session: Session, full_round, locked=lambda: [],
                  connected=lambda: True, background=lambda: "auto",
                  last_round=lambda: None, extra=lambda scan: None,
+                 edge=lambda: (True, 0.0),
                  parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
@@ -73,6 +74,7 @@ class LiveController(QObject):
         self._background = background
         self._last_round = last_round  # (scan, annotations, result) of the last full round
         self._extra = extra  # scan -> more forest columns (the anomaly score) or None
+        self._edge = edge  # (snap the object's edge, its growth floor), as full rounds
         self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
@@ -181,8 +183,9 @@ class LiveController(QObject):
                    if self._round_labels is not None and self._connected() else None)
         background = self._background()
         extra = self._extra(self._scan)  # the full rounds' columns: the same slice
+        snap, edge_min_p = self._edge()
         key = (id(model), id(self._scan), self.session.device, background,
-               None if extra is None else id(extra))
+               None if extra is None else id(extra), snap, edge_min_p)
         self._extra_seen = extra  # held, so that no new array takes its id while keyed
         segmenter = self._segmenter if key == self._segmenter_key else None
         volume = layer_array(self._scan)
@@ -202,7 +205,9 @@ class LiveController(QObject):
             if seg is None:  # its own copy of the model: a full round may use the shared one
                 seg = LiveSegmenter(model, volume, modality=modality, cache=cache,
                                     device=device, spacing=spacing,
-                                    options=SegmentOptions(background=background),
+                                    options=SegmentOptions(background=background,
+                                                           boundary_refine=snap,
+                                                           edge_min_p=edge_min_p),
                                     extra_features=extra)
                 drive(seg.prepare())
             seg.update(ann)

@@ -409,8 +409,11 @@ def _move_boundary(st: RoundState, labels: np.ndarray, probs: np.ndarray,
         probs[1 - bg][flip] = np.where(to_obj, p_side, 1.0 - p_side)
         probs[bg][flip] = np.where(to_obj, 1.0 - p_side, p_side)
     st.history.append({"stage": "boundary", "moved": moved})
+    gate = st.options.edge_min_p
     st.notes.append(f"the object's edge snapped to the image: {moved} voxels changed side "
-                    "to the closer local mean intensity")
+                    "to the closer local mean intensity" + (
+                        f" (joining the object only at probability {gate:g} or more)"
+                        if gate else ""))
 
 
 def _blend_previous(st: RoundState, probs: np.ndarray, previous: SegmentationResult,

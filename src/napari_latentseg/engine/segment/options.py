@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SegmentOptions", "resolve_options"]
+__all__ = ["SegmentOptions", "resolve_options", "STEADY_EDGE_MIN_P"]
 
 CLASSIFIERS = ("forest", "mlp")
 MOMENTUM_WHERE = ("all", "shrink", "shrink-far", "shrink-marginal")
@@ -15,6 +15,9 @@ MOMENTUM_WHERE = ("all", "shrink", "shrink-far", "shrink-marginal")
 # momentum's): growth the forest is unsure of waits a round or two.
 MARGINAL_GROWTH = 0.6
 MARGINAL_WEIGHT: float | None = 0.5
+# The measured ``edge_min_p`` of a steady loop (session 50): what the dock's "Steady
+# corrections" sets.
+STEADY_EDGE_MIN_P = 0.35
 
 
 @dataclass(frozen=True)
