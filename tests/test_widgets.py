@@ -449,6 +449,7 @@ def test_segment_before_any_fit(dock, qtbot, phantom_crop, notes):
     assert "joining the object only at probability 0.35 or more" in seg.summary.text()
     seg.steady.setChecked(False)
     seg.snap.setChecked(False)
+    assert not seg.steady.isEnabled()  # nothing to gate without the edge step
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "snapped" not in seg.summary.text()
     seg.snap.setChecked(True)

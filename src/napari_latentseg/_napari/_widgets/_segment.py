@@ -125,6 +125,7 @@ class SegmentSection(Section):
             f"it {STEADY_EDGE_MIN_P:g} or more. On the benchmarks rounds that make the result "
             "worse became rare (1 run of 32 against 9), but the object grows slower (mean Dice "
             "over ten corrections -0.02, a large lung tumour -0.06).")
+        self.snap.toggled.connect(self.steady.setEnabled)  # it gates the snapped edge's growth
         self.prior = checkbox(
             "Unpainted voxels are mostly background", True,
             "With two classes (the background: the class named so, else class 1), voxels you "
