@@ -120,11 +120,10 @@ class SegmentSection(Section):
             "ten corrections +0.02 to +0.08 on six tumour benchmarks); a round steps back "
             "more often, mostly on small tumours (docs/interactive_benchmarks.md).")
         self.steady = checkbox(
-            "Steady corrections (slower growth)", False,
-            "With the edge snapped: a voxel joins the object only where the classifier gives "
-            f"it {STEADY_EDGE_MIN_P:g} or more. On the benchmarks rounds that make the result "
-            "worse became rare (1 run of 32 against 9), but the object grows slower (mean Dice "
-            "over ten corrections -0.02, a large lung tumour -0.06).")
+            "Steady corrections (slower growth)", False, "The snapped edge adds a voxel to the "
+            f"object only where the classifier gives it {STEADY_EDGE_MIN_P:g} or more: rounds "
+            "that make the result worse became rare on the benchmarks (1 run of 32 against 9), "
+            "but the object grows slower (mean Dice over ten corrections -0.02).")
         self.snap.toggled.connect(self.steady.setEnabled)  # it gates the snapped edge's growth
         self.prior = checkbox(
             "Unpainted voxels are mostly background", True,
@@ -235,8 +234,7 @@ class SegmentSection(Section):
             return None, None
         return layer, model
 
-    def edge_min_p(self) -> float:
-        """The edge step's floor for growth: "Steady corrections" (0: none)."""
+    def edge_min_p(self) -> float:  # the snapped edge's floor for growth (0: none)
         return STEADY_EDGE_MIN_P if self.steady.isChecked() else 0.0
 
     def background(self) -> int | str | None:
