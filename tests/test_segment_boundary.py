@@ -19,6 +19,19 @@ def _dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
+def _blurred_disk():
+    """A blurred object (the forest's edge and the image's differ, so the step moves voxels)
+    and a stroke of each class."""
+    rng = np.random.default_rng(1)
+    truth = _disk((4, 64, 64), 14)
+    vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
+    vol += rng.normal(0, 0.15, vol.shape).astype(np.float32)
+    ann = np.zeros(vol.shape, np.uint8)
+    ann[2, 29:36, 29:36] = 2
+    ann[2, 2:6, 2:6] = 1
+    return vol, ann
+
+
 def test_the_boundary_moves_to_the_image_edge_both_ways():
     shape = (3, 64, 64)
     truth = _disk(shape, 12)
@@ -67,13 +80,7 @@ def test_moved_voxels_keep_the_forests_probabilities_unless_swapped(monkeypatch)
     # ratchet); the probe's swap makes them agree with the labels.
     import napari_latentseg.engine.segment.fewshot as fewshot
 
-    rng = np.random.default_rng(1)
-    truth = _disk((4, 64, 64), 14)
-    vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
-    vol += rng.normal(0, 0.15, vol.shape).astype(np.float32)
-    ann = np.zeros(vol.shape, np.uint8)
-    ann[2, 29:36, 29:36] = 2
-    ann[2, 2:6, 2:6] = 1
+    vol, ann = _blurred_disk()
     opts = SegmentOptions(boundary_refine=True, keep_connected_regions=False)
     free = ann == 0
     disagree = []
@@ -145,13 +152,7 @@ def test_edge_min_p_gates_the_steps_growth_in_rounds_and_live_slices():
     from napari_latentseg.engine.segment import FeatureCache, LiveSegmenter
     from napari_latentseg.runtime.progress import drive
 
-    rng = np.random.default_rng(1)
-    truth = _disk((4, 64, 64), 14)
-    vol = ndimage.gaussian_filter(truth.astype(np.float32) * 2.0, (0, 2.5, 2.5))
-    vol += rng.normal(0, 0.15, vol.shape).astype(np.float32)
-    ann = np.zeros(vol.shape, np.uint8)
-    ann[2, 29:36, 29:36] = 2
-    ann[2, 2:6, 2:6] = 1
+    vol, ann = _blurred_disk()
     cache = FeatureCache()
     plain = SegmentOptions(keep_connected_regions=False)
     steady = SegmentOptions(keep_connected_regions=False, edge_min_p=0.35)
