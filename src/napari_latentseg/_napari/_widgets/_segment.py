@@ -165,7 +165,8 @@ class SegmentSection(Section):
                                    locked=lambda: self.classes.locked(),
                                    connected=lambda: self.connected.isChecked(),
                                    background=self.background,
-                                   edge=lambda: (self.snap.isChecked(), self.edge_min_p()),
+                                   edge=lambda: (self.snap.isChecked(),
+                                                 STEADY_EDGE_MIN_P * self.steady.isChecked()),
                                    last_round=lambda: self._last_round,
                                    extra=self.anomaly_column, parent=self)
         self.live_box = checkbox(
@@ -233,9 +234,6 @@ class SegmentSection(Section):
                        "(Segment works without one, on the ilastik features).")
             return None, None
         return layer, model
-
-    def edge_min_p(self) -> float:  # the snapped edge's floor for growth (0: none)
-        return STEADY_EDGE_MIN_P if self.steady.isChecked() else 0.0
 
     def background(self) -> int | str | None:
         """The background class for the prior: None when unticked, the class named so in the
@@ -318,7 +316,7 @@ class SegmentSection(Section):
         cache = self.session.cache
         device = self.session.device
         connected, snap = self.connected.isChecked(), self.snap.isChecked()
-        edge_min_p = self.edge_min_p()
+        edge_min_p = STEADY_EDGE_MIN_P * self.steady.isChecked()  # the growth floor (0: none)
         locked, previous = self._locked_and_previous(scan)
         background = self.background()
         last = self._last_round if self._last_round and self._last_round[0] is scan else None
