@@ -125,6 +125,8 @@ class SegmentSection(Section):
             "that make the result worse became rare on the benchmarks (1 run of 32 against 9), "
             "but the object grows slower (mean Dice over ten corrections -0.02).")
         self.snap.toggled.connect(self.steady.setEnabled)  # it gates the snapped edge's growth
+        # (snap the object's edge, its growth floor): full rounds and live slices read both here
+        self._edge = lambda: (self.snap.isChecked(), STEADY_EDGE_MIN_P * self.steady.isChecked())
         self.prior = checkbox(
             "Unpainted voxels are mostly background", True,
             "With two classes (the background: the class named so, else class 1), voxels you "
@@ -165,8 +167,7 @@ class SegmentSection(Section):
                                    locked=lambda: self.classes.locked(),
                                    connected=lambda: self.connected.isChecked(),
                                    background=self.background,
-                                   edge=lambda: (self.snap.isChecked(),
-                                                 STEADY_EDGE_MIN_P * self.steady.isChecked()),
+                                   edge=self._edge,
                                    last_round=lambda: self._last_round,
                                    extra=self.anomaly_column, parent=self)
         self.live_box = checkbox(
@@ -315,8 +316,7 @@ class SegmentSection(Section):
         steps = int(self.finetune_steps.value()) if finetune else 0
         cache = self.session.cache
         device = self.session.device
-        connected, snap = self.connected.isChecked(), self.snap.isChecked()
-        edge_min_p = STEADY_EDGE_MIN_P * self.steady.isChecked()  # the growth floor (0: none)
+        connected, (snap, edge_min_p) = self.connected.isChecked(), self._edge()
         locked, previous = self._locked_and_previous(scan)
         background = self.background()
         last = self._last_round if self._last_round and self._last_round[0] is scan else None

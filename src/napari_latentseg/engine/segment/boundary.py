@@ -44,7 +44,7 @@ def smoothed_image(cached: np.ndarray | None, run, level: int = 1,
 def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: np.ndarray,
                            object_id: int, background_id: int, window: int | None = None,
                            band: int | None = None, p_object: np.ndarray | None = None,
-                           min_p: float | None = None) -> int:
+                           min_p: float = 0.0) -> int:
     """Move the object's boundary to the closer local mean, in place.
 
     Parameters
@@ -60,9 +60,10 @@ def refine_object_boundary(labels: np.ndarray, smooth: np.ndarray, annotations: 
         The local means' in-plane window and the band's half-width (voxels); None:
         :data:`WINDOW`, :data:`BAND`.
     p_object : np.ndarray, optional
-        (z, y, x) the object's probability: with ``min_p`` > 0 a voxel joins the object
-        only where it is at least ``min_p`` (``SegmentOptions.edge_min_p``); shrinking is
-        not gated.
+        (z, y, x) the object's probability, read with ``min_p``.
+    min_p : float
+        With ``p_object``: a voxel joins the object only where its probability is at least
+        this (``SegmentOptions.edge_min_p``; 0: no floor). Shrinking is not gated.
 
     Returns
     -------
