@@ -140,13 +140,13 @@ class SegmentOptions:
     edge_min_p : float
         With ``boundary_refine``: a voxel joins the object only where the forest (after
         momentum) gives the object at least this probability; 0 (default): the step as
-        measured above. 0.35 makes the loop steady at a cost in speed (session 50; strokes,
-        10 rounds, model-free engine, MR seeds 0-5 with the anomaly column, CT seeds 0-3):
-        runs stepping back by more than 0.02 Dice 1 of 32 against 9 (brain2 1 of 6 against
-        6, breast1's worst 0.010 against 0.133), but mean AUC 0.765 against 0.786 (lung2
-        0.610 / 0.670, brain2 0.634 / 0.671) and final Dice under 0.85 in 5 of 10 brain1
-        and lung2 runs against 2 (``docs/interactive_benchmarks.md``, "The edge step's
-        growth gated by the forest").
+        measured above. 0.35 makes the loop steadier at a cost in speed (session 51;
+        strokes, 10 rounds, model-free engine, MR seeds 0-11 with the anomaly column, CT
+        seeds 0-7): runs stepping back by more than 0.02 Dice 10 of 64 against 20 (brain2 4
+        of 12 against 10, breast1 1 against 5), but mean AUC 0.764 against 0.784 (lung2
+        0.603 / 0.672, brain2 0.627 / 0.658) and final Dice under 0.85 in 11 of 20 brain1
+        and lung2 runs against 3 (``docs/interactive_benchmarks.md``, "The edge step's
+        growth gated by the forest" and "The gate with a contrast exception").
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
