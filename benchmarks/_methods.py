@@ -158,10 +158,15 @@ ENGINE = {
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
     "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
-    # Session 50 (an option: runs stepping back 9 -> 1 of 32, mean AUC -0.021): the edge
+    # Session 50 (an option: runs stepping back 20 -> 10 of 64, mean AUC -0.021): the edge
     # step adds a voxel to the object only where the forest gives it 0.35 or more.
     "nomodel-anomaly-steady": {"no_model": True, "extra": ("anomaly",), "edge_min_p": 0.35},
     "nomodel-steady": {"no_model": True, "edge_min_p": 0.35},
+    # Session 51's ablation: every painted voxel trains the forest (the engine before its
+    # unclear strokes, ``SegmentOptions.unclear_share``).
+    "nomodel-anomaly-allstrokes": {"no_model": True, "extra": ("anomaly",),
+                                   "unclear_share": 0.0},
+    "nomodel-allstrokes": {"no_model": True, "unclear_share": 0.0},
     # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
     # features as columns too (benchmarks/_dae_columns.py).
     "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},

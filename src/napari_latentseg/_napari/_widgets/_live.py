@@ -210,10 +210,11 @@ class LiveController(QObject):
                                                            edge_min_p=edge_min_p),
                                     extra_features=extra)
                 drive(seg.prepare())
-            seg.update(ann)
-            # As the full round after the pause will: the last round averaged in (momentum).
-            cont = (last is not None and list(last[2].classes) == seg.classes
-                    and continues_round(last[1], ann))
+            # As the full round after the pause will: the last round read for unclear
+            # strokes and averaged in (momentum).
+            cont = last is not None and continues_round(last[1], ann)
+            seg.update(ann, last_round=last[2] if cont else None)
+            cont = cont and list(last[2].classes) == seg.classes
             previous = last[2].probabilities[:, z] if cont else None
             grown = last[2].grown[z] if cont and last[2].grown is not None else None
             return seg, key, seg.predict_slice(z, anchors, previous, grown), started

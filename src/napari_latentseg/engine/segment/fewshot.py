@@ -35,6 +35,7 @@ from .postprocess import (
 from .runner import FeatureRunner, slice_runs
 from .state import RoundState, SegmentationResult
 from .suggest import object_region, suggest_slices, toward_the_object
+from .unclear import training_rows
 
 if TYPE_CHECKING:  # torch is imported when a round runs, not with the package
     from ...models.head import SegmentationHead
@@ -164,7 +165,8 @@ def segment_iter(
     head_round = None
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
-        forest = ((yield from _fit_forest(st, forest_feats, stop_event))
+        forest = ((yield from _fit_forest(st, forest_feats, stop_event,
+                                          st.previous_labels(previous, squeeze)))
                   if use_forest else None)
         # A fine-tuned model's head keeps contributing in later rounds (the loop continues
         # from it).
@@ -259,12 +261,19 @@ def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
     return st, squeeze
 
 
-def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event):
-    """The random forest on a balanced sample of the annotated voxels, plus the background
-    prior when asked (generator)."""
+def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event,
+                last_labels: np.ndarray | None):
+    """The random forest on a balanced sample of the annotated voxels (less the unclear
+    ones, :mod:`.unclear`), plus the background prior when asked (generator)."""
     yield from forest_feats.fill_cache(stop_event)
+    rows, unclear = training_rows(st.annotations, st.table.classes, st.options, forest_feats,
+                                  last_labels)
+    if unclear:
+        st.history.append({"stage": "unclear strokes", "left_out": unclear})
+        st.notes.append(f"{unclear} painted object voxels that look like the background "
+                        "around them did not train the classifier (they keep their label)")
     ts = training_set(forest_feats, st.annotations, st.table, st.options, st.rng, st.spacing,
-                      stop_event)
+                      stop_event, rows)
     if ts.note:
         st.notes.append(ts.note)
     if st.fresh and ts.adaptive:

@@ -279,12 +279,16 @@ class TrainingSet:
 
 def training_set(features: ForestFeatures, annotations: np.ndarray, table: ClassTable,
                  options: SegmentOptions, rng: np.random.Generator,
-                 spacing: Sequence[float] | None = None, stop_event=None) -> TrainingSet:
+                 spacing: Sequence[float] | None = None, stop_event=None,
+                 rows: np.ndarray | None = None) -> TrainingSet:
     """The painted voxels (a class-capped sample) at weight 1 and, with
     ``options.background``, the background prior's unpainted voxels (:mod:`.prior`) as that
     class at a low weight; without the prior and with three or more classes, the class
-    prototypes' distances as more columns (:mod:`.prototypes`) and :mod:`.multiprior`."""
-    ts = _training_set(features, annotations, table, options, rng, spacing, stop_event)
+    prototypes' distances as more columns (:mod:`.prototypes`) and :mod:`.multiprior`.
+    ``rows``: the painted voxels that become rows, where not all of ``annotations``
+    (:mod:`.unclear`); the prior still avoids every painted voxel."""
+    ts = _training_set(features, annotations, table, options, rng, spacing, stop_event,
+                       annotations if rows is None else rows)
     if options.prototypes and not ts.prior and len(table.classes) >= MIN_CLASSES:
         cols = features.n_multiscale if PROTOTYPE_COLUMNS == "ilastik" else None
         ts.prototypes = Prototypes.fit(ts.x, ts.y, cols)
@@ -293,9 +297,9 @@ def training_set(features: ForestFeatures, annotations: np.ndarray, table: Class
                                 spacing, stop_event, fit_forest)
 
 
-def _training_set(features, annotations, table, options, rng, spacing, stop_event):
+def _training_set(features, annotations, table, options, rng, spacing, stop_event, rows):
     """:func:`training_set` before the prototypes: the painted rows and the prior."""
-    x, ids = features.annotated(annotations, options.max_per_class, rng, stop_event)
+    x, ids = features.annotated(rows, options.max_per_class, rng, stop_event)
     y = table.index(ids)
     bg = effective_background(options.background, table.classes)
     if bg is None:

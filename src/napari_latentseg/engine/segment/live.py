@@ -28,6 +28,7 @@ from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
+from .unclear import training_rows
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
 
@@ -130,21 +131,30 @@ class LiveSegmenter:
         """Compute and cache the features of the whole volume (generator, stoppable)."""
         yield from self._features.fill_cache(stop_event)
 
-    def update(self, annotations: np.ndarray, stop_event: threading.Event | None = None
-               ) -> int:
+    def update(self, annotations: np.ndarray, stop_event: threading.Event | None = None,
+               last_round=None) -> int:
         """Refit the forest on ``annotations`` (same shape; 0 = not annotated).
 
-        Returns the number of annotated voxels used. Raises ``ValueError`` for annotations
-        that cannot train a classifier (no voxel, a single class).
+        ``last_round``: the full round these annotations continue (its ``labels`` and
+        ``classes``), whose labels tell which painted voxels look unclear (:mod:`.unclear`),
+        as the next full round will read them. Returns the number of annotated voxels used.
+        Raises ``ValueError`` for annotations that cannot train a classifier (no voxel, a
+        single class).
         """
         ann = np.asarray(annotations)
         table = ClassTable.from_annotations(ann, self.volume.shape)
         ann = ann.astype(table.dtype, copy=False)
         rng = np.random.default_rng(self.options.seed)
+        last = getattr(last_round, "labels", None)
+        if last is not None and (np.shape(last) != ann.shape
+                                 or list(last_round.classes) != list(table.classes)):
+            last = None  # as a full round's previous_labels
         # The same training set as a full round (background prior included), so the live
         # slice is the slice the next round gives.
+        rows, _ = training_rows(ann, table.classes, self.options, self._features,
+                                None if last is None else np.asarray(last))
         ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
-                          stop_event)
+                          stop_event, rows)
         self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)
         self._table, self._annotations = table, ann
         # The object's class index where the full round's momentum applies ("shrink").

@@ -147,6 +147,14 @@ class SegmentOptions:
         0.603 / 0.672, brain2 0.627 / 0.658) and final Dice under 0.85 in 11 of 20 brain1
         and lung2 runs against 3 (``docs/interactive_benchmarks.md``, "The edge step's
         growth gated by the forest" and "The gate with a contrast exception").
+    unclear_share : float
+        Object-vs-background rounds that continue another: painted object voxels whose
+        smoothed intensity is closer to the last round's local background mean than to its
+        object's (3 slices x 11 x 11 voxels) do not train the forest, at most this share of
+        the painted object (the least object-like first); they keep their labels
+        (:mod:`.unclear`). 0: every painted voxel trains. Session 51 (strokes, 10 rounds,
+        the model-free engine with the anomaly column on MR, MR seeds 0-11, CT 0-7):
+        see ``docs/interactive_benchmarks.md``, "Unclear strokes kept out of the forest".
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
@@ -178,6 +186,7 @@ class SegmentOptions:
     prototypes: bool = True
     boundary_refine: bool = True
     edge_min_p: float = 0.0
+    unclear_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -212,6 +221,8 @@ class SegmentOptions:
                              f"{self.momentum_multiclass}")
         if not 0.0 <= self.edge_min_p < 1.0:
             raise ValueError(f"edge_min_p must be in [0, 1), got {self.edge_min_p}")
+        if not 0.0 <= self.unclear_share < 1.0:
+            raise ValueError(f"unclear_share must be in [0, 1), got {self.unclear_share}")
         if self.momentum_where not in MOMENTUM_WHERE:
             raise ValueError(f"momentum_where must be one of {', '.join(MOMENTUM_WHERE)}, "
                              f"got {self.momentum_where!r}")
