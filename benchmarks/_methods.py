@@ -167,6 +167,7 @@ ENGINE = {
     "nomodel-anomaly-allstrokes": {"no_model": True, "extra": ("anomaly",),
                                    "unclear_share": 0.0},
     "nomodel-allstrokes": {"no_model": True, "unclear_share": 0.0},
+    "vae-anomaly-allstrokes": {"extra": ("anomaly",), "unclear_share": 0.0},
     # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
     # features as columns too (benchmarks/_dae_columns.py).
     "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},
