@@ -3,7 +3,7 @@
 A stroke on an object's faint edge (on thick slices, the partial-volume end slice a mask still
 gives a tumour) teaches the forest that the faint look is the object, and the next round grows
 that look around the object and onto the neighbouring slices: in session 51's traces, 13 of
-the 20 rounds that made the result worse by more than 0.02 Dice followed a stroke of about
+the 21 rounds that made the result worse by more than 0.02 Dice followed a stroke of about
 half the object's contrast. Such voxels stay painted (their labels are the user's); only the
 classifier does not learn from them.
 
