@@ -163,10 +163,10 @@ def segment_iter(
     forest_feats = ForestFeatures(run, cache, opts.vae_features, extra) if use_forest else None
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
+    last_labels = st.previous_labels(previous, squeeze)  # None: the round starts afresh
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
-        forest = ((yield from _fit_forest(st, forest_feats, stop_event,
-                                          st.previous_labels(previous, squeeze)))
+        forest = ((yield from _fit_forest(st, forest_feats, stop_event, last_labels))
                   if use_forest else None)
         # A fine-tuned model's head keeps contributing in later rounds (the loop continues
         # from it).
@@ -199,7 +199,7 @@ def segment_iter(
         if changed:
             st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
                             "class went to their next most probable class")
-        grown = st.grown(labels, st.previous_labels(previous, squeeze))
+        grown = st.grown(labels, last_labels)
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)
         suggestion = suggest_slices(uncertainty, st.annotations, region)

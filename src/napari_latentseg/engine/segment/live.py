@@ -28,6 +28,7 @@ from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
+from .state import matching_labels
 from .unclear import training_rows
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
@@ -145,14 +146,10 @@ class LiveSegmenter:
         table = ClassTable.from_annotations(ann, self.volume.shape)
         ann = ann.astype(table.dtype, copy=False)
         rng = np.random.default_rng(self.options.seed)
-        last = getattr(last_round, "labels", None)
-        if last is not None and (np.shape(last) != ann.shape
-                                 or list(last_round.classes) != list(table.classes)):
-            last = None  # as a full round's previous_labels
         # The same training set as a full round (background prior included), so the live
         # slice is the slice the next round gives.
         rows, _ = training_rows(ann, table.classes, self.options, self._features,
-                                None if last is None else np.asarray(last))
+                                matching_labels(last_round, ann.shape, table.classes))
         ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
                           stop_event, rows)
         self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)

@@ -10,7 +10,22 @@ from ...models.checkpoint import VAEModel
 from .annotations import ClassTable
 from .options import SegmentOptions
 
-__all__ = ["RoundState", "SegmentationResult"]
+__all__ = ["RoundState", "SegmentationResult", "matching_labels"]
+
+
+def matching_labels(previous, shape: tuple[int, ...], classes: list[int],
+                    squeezed: bool = False) -> np.ndarray | None:
+    """``previous.labels`` (3D; a squeezed 2D round's get their slice axis back) where the
+    last round had these classes and this shape, else None (a round that does not continue
+    it)."""
+    prev = getattr(previous, "labels", None)
+    if prev is None:
+        return None
+    prev = np.asarray(prev)
+    prev = prev[None] if squeezed else prev
+    if prev.shape != tuple(shape) or list(previous.classes) != list(classes):
+        return None
+    return prev
 
 
 @dataclass
@@ -45,15 +60,8 @@ class RoundState:
     def previous_labels(self, previous: SegmentationResult | None,
                         squeezed: bool) -> np.ndarray | None:
         """The last round's labels (3D) where they have this round's classes and shape."""
-        prev = getattr(previous, "labels", None)
-        if prev is None:
-            return None
-        prev = np.asarray(prev)
-        prev = prev[None] if squeezed else prev
-        if prev.shape != self.annotations.shape or \
-                list(previous.classes) != list(self.table.classes):
-            return None
-        return prev
+        return matching_labels(previous, self.annotations.shape, self.table.classes,
+                               squeezed)
 
     def grown(self, labels: np.ndarray, prev: np.ndarray | None) -> np.ndarray | None:
         """Object voxels the last round's labels ``prev`` did not label object (object-vs-
