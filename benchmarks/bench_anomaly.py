@@ -117,7 +117,8 @@ def fit_vae(name, vols, steps, config="cpu-2d", decoder_steps=None, device="cpu"
 def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra_self: tuple = ("default",), config: str = "cpu-2d",
         norm_methods: tuple = ("intensity", "contrast", "default"), feature_cases: tuple = (),
-        decoder_steps: int | None = None, only: tuple = (), device: str = "cpu") -> dict:
+        decoder_steps: int | None = None, only: tuple = (), device: str = "cpu",
+        seed: int = 0) -> dict:
     from napari_latentseg.engine.anomaly import anomaly_map, fit_normative
 
     t_all = time.perf_counter()
@@ -169,7 +170,7 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
                         norm_cache[key] = (fit_normative(model, other, method=engine_method,
                                                          spacing=c["sp"],
                                                          modalities=[c["mod"]] * len(other),
-                                                         device=device),
+                                                         device=device, seed=seed),
                                            time.perf_counter() - t)
                 ref = norm_cache[key][0]
             t = time.perf_counter()
@@ -177,7 +178,7 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
             with switch:
                 res = anomaly_map(model, v, modality=c["mod"], method=engine_method,
                                   reference=ref, spacing=c["sp"], error_map=False,
-                                  device=device)
+                                  device=device, seed=seed)
             secs = time.perf_counter() - t
             bd, ap = curve_metrics(res.score, truth, smask)
             shown = method if method == res.method else f"{method} ({res.method})"
@@ -202,7 +203,7 @@ def run(quick: bool, steps: int, out: Path, no_vae: bool = False, tag: str = "",
         extra["heldout_nodules"] = heldout_nodules()
     result = {"rows": rows, "fit_seconds": fit_s, "steps": steps, "config": config,
               "quick": quick,
-              "no_vae": no_vae,
+              "no_vae": no_vae, "seed": seed,
               "machine": _machine(device), "device": device,
               "total_seconds": round(time.perf_counter() - t_all, 1), **extra}
     out.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu",
                    help="where the VAEs are fitted and the networks of the scores run: cpu "
                         "(the stored figures), cuda, or auto (a GPU when there is one)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the anomaly scores' fit seed (the denoiser's fits and the density "
+                        "draws; 0: the stored figures)")
     a = p.parse_args()
     device = _resolved(a.device)
     if a.slice_norm:
@@ -333,7 +337,7 @@ def main() -> None:
         anomaly.SLICE_NORMALISE_DENSITY = True
     run(a.quick, a.steps or (60 if a.quick else 150), a.out, a.no_vae, a.tag,
         tuple(a.extra_self), a.config, tuple(a.norm_methods), tuple(a.feature_cases),
-        a.decoder_steps, tuple(a.cases), device)
+        a.decoder_steps, tuple(a.cases), device, a.seed)
 
 
 if __name__ == "__main__":
