@@ -168,6 +168,12 @@ ENGINE = {
                                    "unclear_share": 0.0},
     "nomodel-allstrokes": {"no_model": True, "unclear_share": 0.0},
     "vae-anomaly-allstrokes": {"extra": ("anomaly",), "unclear_share": 0.0},
+    # Session 52's ablation: the forest without the strokes' geodesic distances as columns
+    # (the engine before, ``SegmentOptions.stroke_distances``).
+    "nomodel-anomaly-nodist": {"no_model": True, "extra": ("anomaly",),
+                               "stroke_distances": False},
+    "nomodel-nodist": {"no_model": True, "stroke_distances": False},
+    "vae-anomaly-nodist": {"extra": ("anomaly",), "stroke_distances": False},
     # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
     # features as columns too (benchmarks/_dae_columns.py).
     "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},

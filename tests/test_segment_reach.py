@@ -127,9 +127,10 @@ def test_cli_no_reach(twin, tmp_path, monkeypatch, capsys):
 
     vol, ann = twin
     calls = []
-    real = reach.geodesic_grid
-    monkeypatch.setattr(reach, "geodesic_grid",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    # The gate, not the distance: the forest's stroke-distance column computes that anyway
+    # (the reach reuses it).
+    real = reach.reach_gate
+    monkeypatch.setattr(reach, "reach_gate", lambda *a, **k: calls.append(1) or real(*a, **k))
     img = save_volume(tmp_path / "img.nii.gz", vol, spacing=SPACING)
     a = save_volume(tmp_path / "ann.nii.gz", ann, spacing=SPACING, kind="labels")
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "on.nii.gz"),
@@ -137,7 +138,7 @@ def test_cli_no_reach(twin, tmp_path, monkeypatch, capsys):
     assert calls == [1]
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "off.nii.gz"), "-q",
                  "--no-reach"]) == 0
-    assert calls == [1]  # not computed again
+    assert calls == [1]  # not applied again
 
 
 def test_cli_snap_edge_and_light_prior(twin, tmp_path, monkeypatch):

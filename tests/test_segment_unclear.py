@@ -90,7 +90,8 @@ def test_a_live_slice_reads_the_last_round_as_the_full_round_does():
 
     vol, ann, more = _faint_stroke_scene()
     cache = FeatureCache()
-    opts = SegmentOptions(keep_connected_regions=False, momentum=0.0)
+    # Live slices skip the reach and the connectivity rule (test_segment_prior's helper).
+    opts = SegmentOptions(keep_connected_regions=False, momentum=0.0, object_reach=False)
     first = segment(None, vol, ann, opts, cache=cache)
     res = segment(None, vol, more, opts, cache=cache, previous=first)
     live = LiveSegmenter(None, vol, cache=cache, options=opts)

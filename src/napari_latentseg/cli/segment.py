@@ -55,6 +55,11 @@ def add_parser(sub) -> None:
                         "(a geodesic distance of at least 40 mm from its strokes, edges of the "
                         "image counting as distance) that keeps far tissue of the same kind "
                         "from joining it")
+    s.add_argument("--no-stroke-distances", action="store_true",
+                   help="object-vs-background tasks: the classifier reads the image's features "
+                        "alone, not also each voxel's geodesic distance from the object's "
+                        "strokes (edges of the image counting as distance), which tells the "
+                        "object from tissue of the same look elsewhere")
     snap = s.add_mutually_exclusive_group()
     snap.add_argument("--snap-edge", dest="snap_edge", action="store_true", default=True,
                       help="object-vs-background tasks: move the object's edge, within two "
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         keep_connected_regions=not args.all_regions, seed=args.seed,
         vae_features=not args.no_vae_features, prototypes=not args.no_prototypes,
         background=background, object_reach=not args.no_reach, stop_event=stop,
+        stroke_distances=not args.no_stroke_distances,
         extra_features=score,
         boundary_refine=args.snap_edge, fresh_prior_scale=0.5 if args.light_prior else 1.0,
         **({} if args.background_prior is None

@@ -34,15 +34,19 @@ REFINE_UNSURE_MAX_CLASSES = 2
 PROBA_CHUNK = 1 << 18
 
 
-def _forest_proba(forest, rows: np.ndarray, n_cls: int) -> np.ndarray:
-    """(voxels, n_classes) probabilities of feature rows (the forest's prototype columns
-    appended, when it has them), with zeros for a class no tree saw."""
+def _forest_proba(forest, rows: np.ndarray, n_cls: int,
+                  more: np.ndarray | None = None) -> np.ndarray:
+    """(voxels, n_classes) probabilities of feature rows (``more`` columns of the same voxels
+    and the forest's prototype columns appended, when there are), with zeros for a class no
+    tree saw."""
     protos = getattr(forest, "prototypes_", None)
     out = np.zeros((len(rows), n_cls), dtype=np.float32)
     # In chunks: float16 cache rows become float32 (and get their prototype columns) only a
     # chunk at a time.
     for i in range(0, len(rows), PROBA_CHUNK):
         x = rows[i : i + PROBA_CHUNK]
+        if more is not None:
+            x = np.concatenate([x, more[i : i + PROBA_CHUNK]], axis=1, dtype=np.float32)
         x = np.asarray(x, dtype=np.float32) if protos is None else protos.extend(x)
         out[i : i + PROBA_CHUNK, forest.classes_] = forest.predict_proba(x)
     return out
@@ -92,7 +96,8 @@ def _unsure(p: np.ndarray, sure: float) -> np.ndarray:
 
 
 def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls: int,
-                   sure: float | None = None, max_stride: int | None = None) -> np.ndarray:
+                   sure: float | None = None, max_stride: int | None = None,
+                   more: np.ndarray | None = None) -> np.ndarray:
     """(n_classes, *shape) forest probabilities, coarse to fine.
 
     The forest is the costly part on big scans, so it first runs on a coarse in-plane grid
@@ -102,16 +107,20 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
     class leads the runner-up by less than ``2 sure - 1``).
     Elsewhere a voxel takes the bilinear mean of the coarse voxels around it
     (:func:`_upsample2`): the neighbourhood agrees on the class.
-    Voxels the level above predicted are not predicted again.
+    Voxels the level above predicted are not predicted again. ``more``: (voxels, k) columns
+    read after ``rows``' (the strokes' distances, :mod:`.strokemaps`), joined only for the
+    voxels predicted.
     """
     from scipy import ndimage as ndi
 
     sure = REFINE_BELOW if sure is None else sure
     b, h, w = shape
     grid = rows.reshape(b, h, w, -1)
+    extra = None if more is None else more.reshape(b, h, w, -1)
     s = _stride(h, w, MAX_STRIDE if max_stride is None else max_stride)
     level = np.ascontiguousarray(grid[:, ::s, ::s])
-    p = _forest_proba(forest, level.reshape(-1, grid.shape[-1]), n_cls)
+    p = _forest_proba(forest, level.reshape(-1, grid.shape[-1]), n_cls,
+                      None if extra is None else extra[:, ::s, ::s].reshape(-1, extra.shape[-1]))
     # Classes first: the upsampling and the class reductions run on contiguous planes.
     p = np.ascontiguousarray(p.T).reshape((n_cls,) + level.shape[:3])
     while s > 1:
@@ -125,7 +134,8 @@ def forest_predict(forest, rows: np.ndarray, shape: tuple[int, int, int], n_cls:
         p = _upsample2(p, hf, wf)
         z, y, x = _children(refine, hf, wf)
         if len(z):
-            p[:, z, y, x] = _forest_proba(forest, fine[z, y, x], n_cls).T
+            p[:, z, y, x] = _forest_proba(forest, fine[z, y, x], n_cls, None if extra is None
+                                          else extra[:, ::s, ::s][z, y, x]).T
     return p
 
 

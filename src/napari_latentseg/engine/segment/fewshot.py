@@ -33,7 +33,8 @@ from .postprocess import (
     normalised_entropy,
 )
 from .runner import FeatureRunner, slice_runs
-from .state import RoundState, SegmentationResult
+from .state import RoundState, SegmentationResult, spacing3
+from .strokemaps import WithStrokeDistances, with_stroke_distances
 from .suggest import object_region, suggest_slices, toward_the_object
 from .unclear import training_rows
 
@@ -146,7 +147,7 @@ def segment_iter(
         opts = dataclasses.replace(opts, vae_features=False)
         model = features_only_model(volume, modality)
     st, squeeze = _start_round(model, volume, annotations, opts)
-    st.spacing = _spacing3(spacing, squeeze)
+    st.spacing = spacing3(spacing, squeeze)
     st.fresh = previous is None
     if no_model:
         st.notes.append(NO_MODEL_NOTE)
@@ -166,8 +167,9 @@ def segment_iter(
     last_labels = st.previous_labels(previous, squeeze)  # None: the round starts afresh
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
-        forest = ((yield from _fit_forest(st, forest_feats, stop_event, last_labels))
-                  if use_forest else None)
+        forest, forest_feats = ((yield from _fit_forest(st, forest_feats, stop_event,
+                                                        last_labels))
+                                if use_forest else (None, None))
         # A fine-tuned model's head keeps contributing in later rounds (the loop continues
         # from it).
         if opts.trains_head or model.head:
@@ -231,18 +233,6 @@ def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
 
 
 # --------------------------------------------------------------------------- the steps
-def _spacing3(spacing, squeezed: bool) -> tuple[float, ...] | None:
-    """The voxel size as (z, y, x) of the round's 3D arrays (a 2D image gets a unit z)."""
-    if spacing is None:
-        return None
-    sp = tuple(float(s) for s in spacing)
-    if squeezed and len(sp) == 2:
-        sp = (1.0,) + sp
-    if len(sp) != 3 or min(sp) <= 0:
-        raise ValueError(f"spacing must be 3 positive sizes (z, y, x) in mm, got {spacing}")
-    return sp
-
-
 def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
                  opts: SegmentOptions) -> tuple[RoundState, bool]:
     """Checked 3D inputs and the round's private model; True when the image was 2D."""
@@ -264,8 +254,11 @@ def _start_round(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,
 def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event,
                 last_labels: np.ndarray | None):
     """The random forest on a balanced sample of the annotated voxels (less the unclear
-    ones, :mod:`.unclear`), plus the background prior when asked (generator)."""
+    ones, :mod:`.unclear`), plus the background prior when asked (generator). Returns the
+    forest and the features it reads (with the strokes' distances, :mod:`.strokemaps`)."""
     yield from forest_feats.fill_cache(stop_event)
+    forest_feats = with_stroke_distances(forest_feats, st.annotations, st.table.classes,
+                                         st.spacing, st.options)
     rows, unclear = training_rows(st.annotations, st.table.classes, st.options, forest_feats,
                                   last_labels)
     if unclear:
@@ -286,13 +279,15 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
                        "features": forest_features_name(forest_feats.vae, forest_feats.contrast,
                                                         forest_feats.n_extra)
+                       + (" + distance from the object's strokes"
+                          if isinstance(forest_feats, WithStrokeDistances) else "")
                        + (" + background prior" if ts.prior and st.n_classes == 2 else
                           " + unpainted prior" if ts.prior else "")
                        + (" + class prototypes" if ts.prototypes is not None else "")
                        + (f" (adaptive: the object ~{100 * ts.object_share:.1f} % of the scan)"
                           if ts.object_share is not None else "")})
     yield {"stage": "segment: forest", "done": 1, "total": 1}
-    return forest
+    return forest, forest_feats
 
 
 def _train_head(st: RoundState, run: FeatureRunner, modality: str | None, with_forest: bool,
@@ -377,7 +372,9 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     smooth = smoothed_image(forest_feats.cached, run)
     # On the distance's grid: the gate is a function of the distance alone, so each cell's
     # voxels share it, and it scales the probabilities without a full-size copy.
-    dist, grid = geodesic_grid(smooth, seeds, spacing)
+    known = getattr(forest_feats, "distances", None)  # the forest's column, when it has it
+    dist, grid = (known.of(st.table.classes[obj]) if known is not None
+                  else geodesic_grid(smooth, seeds, spacing))
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
     if st.options.momentum_where == "shrink-far":  # a whole-volume mask: only when used

@@ -170,6 +170,11 @@ class ForestFeatures:
         per = max(1, PREDICT_VOXELS // int(np.prod(self.run.volume.shape[1:])))
         return [np.arange(i, min(i + per, z)) for i in range(0, z, per)]
 
+    def predict_rows(self, zs: np.ndarray) -> tuple[np.ndarray, None]:
+        """What the forest predicts slices ``zs`` from: :meth:`rows_of`, and no columns to
+        join (:class:`~.strokemaps.WithStrokeDistances` has some)."""
+        return self.rows_of(zs), None
+
     def rows_of(self, zs: np.ndarray) -> np.ndarray:
         """Feature rows of slices ``zs`` as numpy: a view of the float16 cache when there is
         one (the forest converts only the rows it predicts), else computed float32."""
@@ -374,4 +379,5 @@ class ForestProbabilities:
 
     def __call__(self, zs: np.ndarray) -> np.ndarray:
         shape = (len(zs),) + self.features.run.volume.shape[1:]
-        return forest_predict(self.forest, self.features.rows_of(zs), shape, self.n_classes)
+        rows, more = self.features.predict_rows(zs)
+        return forest_predict(self.forest, rows, shape, self.n_classes, more=more)

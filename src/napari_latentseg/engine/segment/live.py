@@ -29,6 +29,7 @@ from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
 from .runner import FeatureRunner
 from .state import matching_labels
+from .strokemaps import with_stroke_distances
 from .unclear import training_rows
 
 __all__ = ["LiveSegmenter", "SlicePrediction"]
@@ -108,6 +109,7 @@ class LiveSegmenter:
         self._features = ForestFeatures(self._run, self.cache, self.options.vae_features,
                                         extra_features)
         self._forest = None
+        self._read = None
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None
         self._object: int | None = None
@@ -148,11 +150,14 @@ class LiveSegmenter:
         rng = np.random.default_rng(self.options.seed)
         # The same training set as a full round (background prior included), so the live
         # slice is the slice the next round gives.
-        rows, _ = training_rows(ann, table.classes, self.options, self._features,
+        feats = with_stroke_distances(self._features, ann, table.classes, self.spacing,
+                                      self.options)
+        rows, _ = training_rows(ann, table.classes, self.options, feats,
                                 matching_labels(last_round, ann.shape, table.classes))
-        ts = training_set(self._features, ann, table, self.options, rng, self.spacing,
-                          stop_event, rows)
+        ts = training_set(feats, ann, table, self.options, rng, self.spacing, stop_event,
+                          rows)
         self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)
+        self._read = feats  # what the forest reads, the strokes' distances included
         self._table, self._annotations = table, ann
         # The object's class index where the full round's momentum applies ("shrink").
         self._object = (1 - ts.background_index
@@ -193,7 +198,8 @@ class LiveSegmenter:
         zs = np.array([z])
         shape = (1,) + self.volume.shape[1:]
         n = len(self._table)
-        probs = forest_predict(self._forest, self._features.rows_of(zs), shape, n)[:, 0]
+        rows, more = self._read.predict_rows(zs)
+        probs = forest_predict(self._forest, rows, shape, n, more=more)[:, 0]
         self._blend(probs, previous, grown)
         ann = self._annotations[z]
         painted = ann > 0

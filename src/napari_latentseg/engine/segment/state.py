@@ -10,7 +10,7 @@ from ...models.checkpoint import VAEModel
 from .annotations import ClassTable
 from .options import SegmentOptions
 
-__all__ = ["RoundState", "SegmentationResult", "matching_labels"]
+__all__ = ["RoundState", "SegmentationResult", "matching_labels", "spacing3"]
 
 
 def matching_labels(previous, shape: tuple[int, ...], classes: list[int],
@@ -97,3 +97,15 @@ class SegmentationResult:
     def trained_head(self) -> bool:
         """``model`` holds a head trained this round (worth saving; forest rounds train none)."""
         return bool(self.model.head)
+
+
+def spacing3(spacing, squeezed: bool) -> tuple[float, ...] | None:
+    """The voxel size as (z, y, x) of the round's 3D arrays (a 2D image gets a unit z)."""
+    if spacing is None:
+        return None
+    sp = tuple(float(s) for s in spacing)
+    if squeezed and len(sp) == 2:
+        sp = (1.0,) + sp
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ValueError(f"spacing must be 3 positive sizes (z, y, x) in mm, got {spacing}")
+    return sp
