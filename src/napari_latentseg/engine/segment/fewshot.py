@@ -369,12 +369,11 @@ def _apply_reach(st: RoundState, probs: np.ndarray, forest_feats: ForestFeatures
     obj = 1 - bg
     seeds = st.annotations == st.table.classes[obj]
     spacing = st.spacing or (1.0, 1.0, 1.0)
-    smooth = smoothed_image(forest_feats.cached, run)
     # On the distance's grid: the gate is a function of the distance alone, so each cell's
     # voxels share it, and it scales the probabilities without a full-size copy.
     known = getattr(forest_feats, "distances", None)  # the forest's column, when it has it
-    dist, grid = (known.of(st.table.classes[obj]) if known is not None
-                  else geodesic_grid(smooth, seeds, spacing))
+    dist, grid = (known.of(st.table.classes[obj]) if known is not None else geodesic_grid(
+        smoothed_image(forest_feats.cached, run), seeds, spacing))
     radius = reach_radius(seeds, spacing)
     gate = reach_gate(dist, radius)
     if st.options.momentum_where == "shrink-far":  # a whole-volume mask: only when used
