@@ -156,9 +156,10 @@ class SegmentOptions:
         the model-free engine with the anomaly column on MR, MR seeds 0-11, CT 0-7):
         see ``docs/interactive_benchmarks.md``, "Unclear strokes kept out of the forest".
     stroke_distances : bool
-        Object-vs-background forest rounds with the prior: one more forest column, each
-        voxel's geodesic distance (mm, image edges counting as distance) from the object's
-        strokes, the reach's map of the round (:mod:`.strokemaps`). Session 52 (strokes, 10
+        Object-vs-background forest rounds with the prior, painted with strokes (no slice
+        annotated whole): one more forest column, each voxel's geodesic distance (mm, image
+        edges counting as distance) from the object's strokes, the reach's map of the round
+        (:mod:`.strokemaps`). Session 52 (strokes, 10
         rounds, the model-free engine with the anomaly column on MR, MR seeds 0-11, CT
         0-7): mean Dice over rounds 0.793 -> 0.811, final Dice under 0.85 on brain1 and
         lung2 in 1 of 20 runs against 6 (``docs/interactive_benchmarks.md``, "The distance

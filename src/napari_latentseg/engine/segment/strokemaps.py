@@ -9,8 +9,10 @@ background's) clicks (GeoS, Criminisi et al. 2008; DeepIGeoS, Wang et al. 2019).
 column is the geodesic distance (mm, image edges counting as distance) from the object's
 painted voxels, clipped at :data:`CLIP_MM`: the map the object's reach computes each round
 (:mod:`.reach`, which reuses it), read per voxel by the forest. A second column from the
-background's strokes lost (session 52). Object-vs-background rounds only (two classes
-painted, one of them the background prior's), where it was measured:
+background's strokes was level and costs a second distance (session 52).
+Object-vs-background rounds painted with strokes only (two classes, one of them the
+background prior's, and no slice annotated whole: :data:`DENSE_SLICE`), where it was
+measured:
 ``docs/interactive_benchmarks.md``, "The distance from the object's strokes as a forest
 column".
 """
@@ -25,9 +27,15 @@ from .annotations import annotated_batches, sample_annotated
 from .boundary import smoothed_image
 from .reach import geodesic_grid
 
-__all__ = ["CLIP_MM", "StrokeDistances", "WithStrokeDistances", "with_stroke_distances"]
+__all__ = ["CLIP_MM", "DENSE_SLICE", "StrokeDistances", "WithStrokeDistances",
+           "has_annotated_slice", "with_stroke_distances"]
 
 CLIP_MM = 200.0  # farther is "far": the columns' range stays the same from scan to scan
+# A slice (along any axis) painted over at least this share is an annotated slice, not a
+# stroke: with one, the column is left out. Next to a whole slice's object the painted
+# background lies a voxel away, so the forest learns "the object is where it was painted"
+# and no longer finds it on the other slices (session 52, slices protocol: brain1 0.86 -> 0.75).
+DENSE_SLICE = 0.5
 
 
 class StrokeDistances:
@@ -131,14 +139,30 @@ class WithStrokeDistances:
 def with_stroke_distances(features, annotations: np.ndarray, classes: Sequence[int],
                           spacing: Sequence[float] | None, options):
     """``features`` with the distance from the object's strokes in an object-vs-background
-    round (two classes painted, one of them the background prior's) when
-    ``options.stroke_distances``, else ``features`` itself. Call after its cache is filled."""
+    round (two classes painted, one of them the background prior's, and no annotated slice:
+    :func:`has_annotated_slice`) when ``options.stroke_distances``, else ``features``
+    itself. Call after its cache is filled."""
     from .prior import effective_background
 
     bg = effective_background(options.background, classes)
-    if not options.stroke_distances or len(classes) != 2 or bg not in classes:
+    if (not options.stroke_distances or len(classes) != 2 or bg not in classes
+            or has_annotated_slice(annotations)):
         return features
     obj = [c for c in classes if c != bg]
     smooth = smoothed_image(features.cached, features.run)  # the reach's image
     dist = StrokeDistances(smooth, annotations, obj, spacing or (1.0, 1.0, 1.0))
     return WithStrokeDistances(features, dist)
+
+
+def has_annotated_slice(annotations: np.ndarray) -> bool:
+    """Whether a slice along any axis (of two dimensions or more) is painted over at least
+    :data:`DENSE_SLICE` of its voxels."""
+    painted = annotations > 0
+    for axis in range(painted.ndim):
+        rest = [n for i, n in enumerate(painted.shape) if i != axis]
+        if min(rest) < 2:
+            continue
+        share = painted.sum(axis=tuple(i for i in range(painted.ndim) if i != axis))
+        if share.max() >= DENSE_SLICE * np.prod(rest):
+            return True
+    return False
