@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .annotations import annotated_batches, sample_annotated
 from .boundary import smoothed_image
+from .forest import ForestFeatures
 from .reach import geodesic_grid
 
 __all__ = ["CLIP_MM", "DENSE_SLICE", "StrokeDistances", "WithStrokeDistances",
@@ -126,14 +126,8 @@ class WithStrokeDistances:
         return np.concatenate([self.base.rows_at(flat, stop_event),
                                self.distances.at(flat)], axis=1)
 
-    def annotated(self, annotations: np.ndarray, max_per_class: int,
-                  rng: np.random.Generator, stop_event):
-        """As :meth:`~.forest.ForestFeatures.annotated`, with the distances' columns."""
-        batches = annotated_batches(annotations, len(self.run.batches[0]),
-                                    self.run.cfg.spatial_dims)
-        x, y = sample_annotated(annotations, self.compute, batches, max_per_class, rng,
-                                stop_event)
-        return x.numpy(), y
+    # The base's sample of the annotated voxels, its rows read through this compute().
+    annotated = ForestFeatures.annotated
 
 
 def with_stroke_distances(features, annotations: np.ndarray, classes: Sequence[int],
