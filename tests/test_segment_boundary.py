@@ -154,8 +154,9 @@ def test_edge_min_p_gates_the_steps_growth_in_rounds_and_live_slices():
 
     vol, ann = _blurred_disk()
     cache = FeatureCache()
-    plain = SegmentOptions(keep_connected_regions=False)
-    steady = SegmentOptions(keep_connected_regions=False, edge_min_p=0.35)
+    # Live slices skip the reach and the connectivity rule (test_segment_prior's helper).
+    plain = SegmentOptions(keep_connected_regions=False, object_reach=False)
+    steady = SegmentOptions(keep_connected_regions=False, object_reach=False, edge_min_p=0.35)
     free_res = segment(None, vol, ann, plain, cache=cache, spacing=(3.0, 1.0, 1.0))
     res = segment(None, vol, ann, steady, cache=cache, spacing=(3.0, 1.0, 1.0))
     np.testing.assert_allclose(res.probabilities, free_res.probabilities)  # the same forest
