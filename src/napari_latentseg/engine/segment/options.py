@@ -140,13 +140,14 @@ class SegmentOptions:
     edge_min_p : float
         With ``boundary_refine``: a voxel joins the object only where the forest (after
         momentum) gives the object at least this probability; 0 (default): the step as
-        measured above. 0.35 makes the loop a little steadier at a cost in speed (session
-        51, with ``unclear_share``; strokes, 10 rounds, model-free engine, MR seeds 0-11
+        measured above. 0.35 made the loop a little steadier at a cost in speed in session
+        51 (with ``unclear_share``; strokes, 10 rounds, model-free engine, MR seeds 0-11
         with the anomaly column, CT seeds 0-7): runs stepping back by more than 0.02 Dice
-        10 of 64 against 12 (worst 0.107 against 0.144), but mean AUC 0.769 against 0.793
-        (lung2 0.608 / 0.661) and final Dice under 0.85 in 12 of 20 brain1 and lung2 runs
-        against 6 (``docs/interactive_benchmarks.md``, "The edge step's growth gated by the
-        forest" and "Unclear strokes kept out of the forest").
+        10 of 64 against 12, mean AUC 0.769 against 0.793. With ``stroke_distances``
+        (session 52, same runs) it no longer does: 15 of 64 against 14, mean AUC 0.808
+        against 0.811 (``docs/interactive_benchmarks.md``, "The edge step's growth gated by
+        the forest", "Unclear strokes kept out of the forest" and "The distance from the
+        object's strokes as a forest column").
     unclear_share : float
         Object-vs-background rounds that continue another: painted object voxels whose
         smoothed intensity is closer to the last round's local background mean than to its
