@@ -121,10 +121,9 @@ class SegmentSection(Section):
             "more often, mostly on small tumours (docs/interactive_benchmarks.md).")
         self.steady = checkbox(
             "Steady corrections (slower growth)", False, "The snapped edge adds a voxel to the "
-            f"object only where the classifier gives it {STEADY_EDGE_MIN_P:g} or more. With the "
-            "strokes' distance in the classifier (session 52) it no longer steadies the loop "
-            "on the benchmarks (15 of 64 runs with a round that makes the result worse, "
-            "against 14) and the mean Dice over ten corrections is level (-0.003).")
+            f"object only where the classifier gives it {STEADY_EDGE_MIN_P:g} or more. Since the "
+            "strokes' distance it no longer steadies the loop on the benchmarks (15 of 64 runs "
+            "with a round that makes the result worse, against 14; mean Dice -0.003).")
         self.snap.toggled.connect(self.steady.setEnabled)  # it gates the snapped edge's growth
         # (snap the object's edge, its growth floor): full rounds and live slices read both here
         self._edge = lambda: (self.snap.isChecked(), STEADY_EDGE_MIN_P * self.steady.isChecked())
