@@ -88,14 +88,14 @@ class StrokeDistances:
 class WithStrokeDistances:
     """A :class:`~.forest.ForestFeatures` with the round's :class:`StrokeDistances` as its
     last columns, for the forest's training and prediction (the features' cache is shared
-    and unchanged: the distances change with every stroke)."""
+    and unchanged: the distances change with every stroke). Wrap features whose cache is
+    filled already."""
 
     def __init__(self, base, distances: StrokeDistances) -> None:
         self.base, self.distances = base, distances
         self.run, self.cached = base.run, base.cached
         self.vae, self.contrast, self.n_extra = base.vae, base.contrast, base.n_extra
         self.n_multiscale = base.n_multiscale
-        self.n_features = base.n_features + distances.k
 
     @property
     def batches(self) -> list[np.ndarray]:
@@ -107,10 +107,6 @@ class WithStrokeDistances:
 
     def prior_slices(self) -> np.ndarray | None:
         return self.base.prior_slices()
-
-    def fill_cache(self, stop_event):
-        yield from self.base.fill_cache(stop_event)
-        self.cached = self.base.cached
 
     def compute(self, zs: np.ndarray):
         torch = self.run.torch
