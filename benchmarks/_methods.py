@@ -174,6 +174,14 @@ ENGINE = {
                                "stroke_distances": False},
     "nomodel-nodist": {"no_model": True, "stroke_distances": False},
     "vae-anomaly-nodist": {"extra": ("anomaly",), "stroke_distances": False},
+    # Session 53's ablation: every round may change everything (the engine before its late
+    # rounds kept their changes near the corrections, ``SegmentOptions.local_from_round``);
+    # and the merge from the second round on (the probe that lost).
+    "nomodel-anomaly-global": {"no_model": True, "extra": ("anomaly",),
+                               "local_from_round": None},
+    "nomodel-global": {"no_model": True, "local_from_round": None},
+    "vae-anomaly-global": {"extra": ("anomaly",), "local_from_round": None},
+    "nomodel-anomaly-local2": {"no_model": True, "extra": ("anomaly",), "local_from_round": 2},
     # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
     # features as columns too (benchmarks/_dae_columns.py).
     "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},

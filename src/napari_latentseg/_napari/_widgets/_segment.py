@@ -334,13 +334,13 @@ class SegmentSection(Section):
                                extra_features=score)
 
         def done(result: JobResult) -> None:
-            # Only what the next round uses (momentum, and what the object gained): not the
-            # result's model or uncertainty. The labels are copied: the segmentation layer
-            # shows (and the user edits) the result's own array.
+            # Only what the next round uses (momentum, what the object gained, the round's
+            # number): not the model or uncertainty. The labels are copied: the layer shows
+            # (and the user edits) the result's own array.
             res = result.result
             self._last_round = (scan, ann, SimpleNamespace(
-                probabilities=res.probabilities, classes=list(res.classes),
-                labels=np.array(res.labels, copy=True), grown=res.grown))
+                probabilities=res.probabilities, classes=list(res.classes), grown=res.grown,
+                labels=np.array(res.labels, copy=True), round_no=res.round_no))
             self._show_segmentation(scan, result.result, finetune, score is not None)
 
         title = "Fine-tuning" if finetune else "Segmenting"

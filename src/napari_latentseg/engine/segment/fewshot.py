@@ -23,6 +23,7 @@ from .finetune import finetune
 from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
+from .local import local_round
 from .nomodel import NO_MODEL_NOTE, features_only_model
 from .options import SegmentOptions, resolve_options
 from .postprocess import (
@@ -165,6 +166,7 @@ def segment_iter(
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     last_labels = st.previous_labels(previous, squeeze)  # None: the round starts afresh
+    round_no = 1 if previous is None else int(getattr(previous, "round_no", 1)) + 1
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
         forest, forest_feats = ((yield from _fit_forest(st, forest_feats, stop_event,
@@ -201,6 +203,7 @@ def segment_iter(
         if changed:
             st.notes.append(f"{changed} voxels in regions not connected to a stroke of their "
                             "class went to their next most probable class")
+        labels, probs = local_round(st, labels, probs, last_labels, previous, round_no)
         grown = st.grown(labels, last_labels)
         uncertainty = normalised_entropy(probs)
         region = object_region(probs, st.annotations, st.table.classes, run.mask)
@@ -222,7 +225,7 @@ def segment_iter(
         suggestion = dict(suggestion, note="2D image: index refers to rows/columns")
     return SegmentationResult(labels, probs, uncertainty, st.table.classes, st.model,
                               suggestion, st.history, time.perf_counter() - t0, st.notes, hit,
-                              grown)
+                              grown, round_no)
 
 
 def segment(model: VAEModel, volume: np.ndarray, annotations: np.ndarray,

@@ -24,6 +24,7 @@ from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .gpu_forest import on_device
+from .local import corrections, local_slice
 from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
@@ -113,6 +114,7 @@ class LiveSegmenter:
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None
         self._object: int | None = None
+        self._local = False  # the next full round keeps only changes near corrections
 
     @property
     def ready(self) -> bool:
@@ -152,8 +154,8 @@ class LiveSegmenter:
         # slice is the slice the next round gives.
         feats = with_stroke_distances(self._features, ann, table.classes, self.spacing,
                                       self.options)
-        rows, _ = training_rows(ann, table.classes, self.options, feats,
-                                matching_labels(last_round, ann.shape, table.classes))
+        last = matching_labels(last_round, ann.shape, table.classes)
+        rows, _ = training_rows(ann, table.classes, self.options, feats, last)
         ts = training_set(feats, ann, table, self.options, rng, self.spacing, stop_event,
                           rows)
         self._forest = on_device(ts.fit(self.options.seed), self._features.run.device)
@@ -162,6 +164,11 @@ class LiveSegmenter:
         # The object's class index where the full round's momentum applies ("shrink").
         self._object = (1 - ts.background_index
                         if ts.prior and len(table) == 2 else None)
+        # Whether the next full round keeps only the changes its corrections touch.
+        first = self.options.local_from_round
+        self._local = (first is not None and last is not None and self._object is not None
+                       and int(getattr(last_round, "round_no", 1)) + 1 >= first
+                       and bool(corrections(ann, last).any()))
         return int(len(ts.y) - ts.prior)
 
     def predict_slice(self, index: int, anchors: np.ndarray | None = None,
@@ -220,6 +227,10 @@ class LiveSegmenter:
                 self._features.cached, self._run, 0, slice(z, z + 1)), ann[None],
                 cls[self._object], cls[1 - self._object],
                 p_object=probs[self._object][None], min_p=self.options.edge_min_p)
+        if self._local and anchors is not None and previous is not None \
+                and np.shape(previous) == probs.shape:
+            labels, probs = local_slice(labels, probs, np.asarray(anchors).astype(
+                labels.dtype, copy=False), np.asarray(previous, np.float32), ann)
         return SlicePrediction(z, labels, probs, self._table.classes,
                                time.perf_counter() - t0)
 

@@ -92,6 +92,8 @@ class SegmentationResult:
     # Object voxels that joined the object this round (object-vs-background rounds that
     # continued another; else None): the next round's momentum may let them go at once.
     grown: np.ndarray | None = None
+    # The round's place in a chain of correction rounds: 1 for a round without ``previous``.
+    round_no: int = 1
 
     @property
     def trained_head(self) -> bool:

@@ -1,0 +1,101 @@
+"""Late corrections stay local: a round changes only the regions its corrections touch.
+
+FocalClick's progressive merge (Chen et al. 2022): after the first rounds, a correction
+should fix what it was painted on and leave the rest of the last result alone. Traced on the
+interactive benchmark (session 53), the steps back of late rounds are changes the new stroke
+never touched (lung2's object leaking 6-38 mm away from an object stroke) or the stroke's own
+wrong growth; the early rounds' far changes are mostly right (the rest of a tumour found).
+So the merge applies from ``SegmentOptions.local_from_round`` on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .state import RoundState
+
+__all__ = ["corrections", "keep_near_corrections", "local_round", "local_slice"]
+
+
+def corrections(annotations: np.ndarray, last_labels: np.ndarray) -> np.ndarray:
+    """Painted voxels the last round labelled otherwise: where the user corrected it."""
+    return (annotations > 0) & (last_labels != annotations)
+
+
+def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np.ndarray,
+                          last_probs: np.ndarray, annotations: np.ndarray,
+                          ) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """This round's changes connected to a correction; the last round's result elsewhere.
+
+    Parameters
+    ----------
+    labels, probs : np.ndarray
+        This round's labels (z, y, x) and class probabilities (n_classes, z, y, x).
+    last_labels, last_probs : np.ndarray
+        The last round's, on the same grid and classes.
+    annotations : np.ndarray
+        This round's painted labels (0: not painted).
+
+    Returns
+    -------
+    (labels, probs, held) or None
+        New arrays (the inputs are untouched) and the number of changed voxels held at the
+        last round's labels; None where nothing was corrected (no painted voxel the last
+        round labelled otherwise: the round keeps all its changes) or nothing changed.
+    """
+    from scipy import ndimage
+
+    fixed = corrections(annotations, last_labels)
+    changed = labels != last_labels
+    if not fixed.any() or not changed.any():
+        return None
+    # Face-connected: a change that only touches a correction at a corner is its own region.
+    comp, _ = ndimage.label(changed, structure=ndimage.generate_binary_structure(3, 1))
+    ids = np.unique(comp[fixed & changed])
+    keep = np.isin(comp, ids[ids > 0])
+    held = int(np.count_nonzero(changed & ~keep))
+    if held == 0:
+        return None
+    out_labels = np.where(keep, labels, last_labels).astype(labels.dtype, copy=False)
+    out_probs = np.where(keep[None], probs, last_probs).astype(probs.dtype, copy=False)
+    return out_labels, out_probs, held
+
+
+def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
+                last_labels: np.ndarray | None, previous, round_no: int,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A round's labels and probabilities after :func:`keep_near_corrections`, where it
+    applies: object-vs-background rounds with the prior from ``local_from_round`` on (the
+    measured case); else unchanged. Notes how many changed voxels were held."""
+    first = st.options.local_from_round
+    if (first is None or round_no < first or last_labels is None
+            or st.prior_background is None or len(probs) != 2):
+        return labels, probs
+    last_probs = np.asarray(previous.probabilities)
+    if last_probs.size != probs.size:
+        return labels, probs
+    out = keep_near_corrections(labels, probs, last_labels, last_probs.reshape(probs.shape),
+                                st.annotations)
+    if out is None:
+        return labels, probs
+    labels, probs, held = out
+    st.notes.append(f"round {round_no} of this series: {held} changed voxels not connected "
+                    "to a correction kept the last round's labels")
+    return labels, probs
+
+
+def local_slice(labels: np.ndarray, probs: np.ndarray, last_labels: np.ndarray,
+                last_probs: np.ndarray, annotations: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A live slice (``(y, x)``, probabilities ``(n, y, x)``) under the rule, in a round that
+    has corrections: the slice's changes connected within it to its own corrections; a
+    slice without one keeps the last round's result (the full round may still keep a change
+    there that connects to a correction through other slices)."""
+    out = keep_near_corrections(labels[None], probs[:, None], last_labels[None],
+                                last_probs[:, None], annotations[None])
+    if out is not None:
+        return out[0][0], out[1][:, 0]
+    if corrections(annotations, last_labels).any():
+        return labels, probs  # nothing to hold
+    return (last_labels.astype(labels.dtype, copy=False),
+            last_probs.astype(probs.dtype, copy=False))
