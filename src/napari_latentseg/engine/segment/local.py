@@ -30,7 +30,8 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     Parameters
     ----------
     labels, probs : np.ndarray
-        This round's labels (z, y, x) and class probabilities (n_classes, z, y, x).
+        This round's labels (z, y, x) and class probabilities (n_classes, z, y, x); held
+        voxels are set in place (the round's own arrays).
     last_labels, last_probs : np.ndarray
         The last round's, on the same grid and classes.
     annotations : np.ndarray
@@ -39,26 +40,33 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     Returns
     -------
     (labels, probs, held) or None
-        New arrays (the inputs are untouched) and the number of changed voxels held at the
-        last round's labels; None where nothing was corrected (no painted voxel the last
-        round labelled otherwise: the round keeps all its changes) or nothing changed.
+        The merged arrays and the number of changed voxels held at the last round's labels;
+        None where nothing was corrected (no painted voxel the last round labelled
+        otherwise: the round keeps all its changes) or nothing was held.
     """
     from scipy import ndimage
 
-    fixed = corrections(annotations, last_labels)
     changed = labels != last_labels
-    if not fixed.any() or not changed.any():
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1) if i.size else slice(0, 0)
+                for i in (np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != k)))
+                          for k in range(3)))
+    fixed = corrections(annotations[box], last_labels[box])
+    if not fixed.any():
         return None
-    # Face-connected: a change that only touches a correction at a corner is its own region.
-    comp, _ = ndimage.label(changed, structure=ndimage.generate_binary_structure(3, 1))
-    ids = np.unique(comp[fixed & changed])
-    keep = np.isin(comp, ids[ids > 0])
-    held = int(np.count_nonzero(changed & ~keep))
-    if held == 0:
+    # Face-connected components of the changes, within their bounding box (a late round
+    # changes little of a large scan).
+    comp, n = ndimage.label(changed[box], structure=ndimage.generate_binary_structure(3, 1))
+    keep = np.zeros(n + 1, bool)
+    keep[comp[fixed]] = True
+    keep[0] = True  # unchanged voxels
+    held = ~keep[comp]
+    n_held = int(np.count_nonzero(held))
+    if n_held == 0:
         return None
-    out_labels = np.where(keep, labels, last_labels).astype(labels.dtype, copy=False)
-    out_probs = np.where(keep[None], probs, last_probs).astype(probs.dtype, copy=False)
-    return out_labels, out_probs, held
+    labels[box][held] = last_labels[box][held]
+    for c in range(len(probs)):
+        probs[c][box][held] = last_probs[c][box][held]
+    return labels, probs, n_held
 
 
 def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
@@ -97,5 +105,4 @@ def local_slice(labels: np.ndarray, probs: np.ndarray, last_labels: np.ndarray,
         return out[0][0], out[1][:, 0]
     if corrections(annotations, last_labels).any():
         return labels, probs  # nothing to hold
-    return (last_labels.astype(labels.dtype, copy=False),
-            last_probs.astype(probs.dtype, copy=False))
+    return last_labels.astype(labels.dtype), last_probs.astype(probs.dtype)  # copies
