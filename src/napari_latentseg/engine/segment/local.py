@@ -31,7 +31,7 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     ----------
     labels, probs : np.ndarray
         This round's labels (z, y, x) and class probabilities (n_classes, z, y, x); held
-        voxels are set in place (the round's own arrays).
+        labels are set in place (the round's own array), the probabilities are new.
     last_labels, last_probs : np.ndarray
         The last round's, on the same grid and classes.
     annotations : np.ndarray
@@ -40,7 +40,8 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     Returns
     -------
     (labels, probs, held) or None
-        The merged arrays and the number of changed voxels held at the last round's labels;
+        The merged arrays (probabilities: the last round's outside the kept changes) and
+        the number of changed voxels held at the last round's labels;
         None where nothing was corrected (no painted voxel the last round labelled
         otherwise: the round keeps all its changes) or nothing was held.
     """
@@ -64,9 +65,13 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     if n_held == 0:
         return None
     labels[box][held] = last_labels[box][held]
+    # The probabilities are the last round's wherever its labels stay, unchanged voxels
+    # included (as measured): the next round's momentum and the uncertainty read them.
+    kept = keep[comp] & changed[box]
+    out = np.array(last_probs, dtype=probs.dtype, copy=True)
     for c in range(len(probs)):
-        probs[c][box][held] = last_probs[c][box][held]
-    return labels, probs, n_held
+        out[c][box][kept] = probs[c][box][kept]
+    return labels, out, n_held
 
 
 def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
