@@ -61,6 +61,12 @@ def test_a_late_round_keeps_the_last_result_away_from_its_corrections(scene):
     # ... with it that region keeps the last round's labels and probabilities,
     np.testing.assert_array_equal(local.labels[wrong], 2)
     np.testing.assert_allclose(local.probabilities[1][wrong], 0.9)
+    # and so do the voxels no round changed (the next round's momentum reads them).
+    still = (every.labels == previous.labels) & (local.labels == previous.labels)
+    still[:, :, :40] = False  # away from the corrected object's changes
+    assert still.sum() > 1000
+    np.testing.assert_allclose(local.probabilities[1][still], 0.1)
+    assert not np.allclose(every.probabilities[1][still], 0.1)
     assert any("kept the last round's labels" in n for n in local.notes)
     # while the corrected object is found as without it, and every change touches a
     # correction.
