@@ -48,14 +48,15 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     from scipy import ndimage
 
     changed = labels != last_labels
-    box = tuple(slice(int(i[0]), int(i[-1]) + 1) if i.size else slice(0, 0)
-                for i in (np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != k)))
-                          for k in range(3)))
+    found = ndimage.find_objects(changed.view(np.uint8))  # the changes' bounding box
+    if not found:
+        return None
+    box = found[0]
     fixed = corrections(annotations[box], last_labels[box])
     if not fixed.any():
         return None
-    # Face-connected components of the changes, within their bounding box (a late round
-    # changes little of a large scan).
+    # Face-connected components of the changes, within their box (a late round changes
+    # little of a large scan).
     comp, n = ndimage.label(changed[box], structure=ndimage.generate_binary_structure(3, 1))
     keep = np.zeros(n + 1, bool)
     keep[comp[fixed]] = True
