@@ -182,6 +182,11 @@ ENGINE = {
     "nomodel-global": {"no_model": True, "local_from_round": None},
     "vae-anomaly-global": {"extra": ("anomaly",), "local_from_round": None},
     "nomodel-anomaly-local2": {"no_model": True, "extra": ("anomaly",), "local_from_round": 2},
+    # Session 54's ablation: on thick slices an object correction's changes connect through
+    # 3D too (the engine before, ``SegmentOptions.local_in_plane``).
+    "nomodel-anomaly-local3d": {"no_model": True, "extra": ("anomaly",),
+                                "local_in_plane": False},
+    "nomodel-local3d": {"no_model": True, "local_in_plane": False},
     # Session 44 (level: mean AUC +0.003, brain2 -0.03 to -0.06): the denoiser's inner
     # features as columns too (benchmarks/_dae_columns.py).
     "nomodel-anomaly-daemid": {"no_model": True, "extra": ("anomaly", "daemid")},

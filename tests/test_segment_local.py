@@ -139,7 +139,66 @@ def test_the_merge_itself():
     assert keep_near_corrections(last, last_probs, last, last_probs, ann) is None
 
 
+def test_on_thick_slices_a_change_connects_within_its_slice(scene):
+    """The object spans slices 1-6, its strokes 3-4: on thick slices the late round finds
+    it on the painted slices and holds the others (live slices show the same); a change
+    that connects to an object correction through 3D only is kept without the rule or on
+    near-isotropic slices."""
+    from napari_latentseg.engine.segment import LiveSegmenter
+    from napari_latentseg.runtime.progress import drive
+
+    vol, ann, obj, wrong, previous = scene
+    thick = (4.0, 1.0, 1.0)
+    cache = FeatureCache()
+    late = SimpleNamespace(**{**vars(previous), "round_no": 5})
+    runs = {flag: segment(None, vol, ann, SegmentOptions(local_in_plane=flag, **PLAIN),
+                          cache=cache, spacing=thick, previous=late) for flag in (True, False)}
+    painted, other = obj.copy(), obj.copy()
+    painted[[1, 2, 5, 6]] = False
+    other[[3, 4]] = False
+    assert (runs[True].labels[painted] == 2).mean() > 0.6  # its corners cut by the edge step
+    np.testing.assert_array_equal(runs[True].labels[other], 1)  # the last round's
+    assert any("object correction: within its slice" in n for n in runs[True].notes)
+    assert (runs[False].labels[other] == 2).mean() > 0.6
+    np.testing.assert_array_equal(runs[True].labels[wrong], 2)  # still held, as before
+    # Near-isotropic slices: the rule does not apply.
+    iso = segment(None, vol, ann, SegmentOptions(**PLAIN), cache=FeatureCache(),
+                  spacing=SPACING, previous=late)
+    assert (iso.labels[other] == 2).mean() > 0.6
+    # Every live slice now shows what the full round holds, slices without corrections too.
+    live = LiveSegmenter(None, vol, cache=cache, options=SegmentOptions(**PLAIN), spacing=thick)
+    drive(live.prepare())
+    live.update(ann, last_round=late)
+    for z in (1, 3):
+        got = live.predict_slice(z, anchors=previous.labels[z],
+                                 previous=previous.probabilities[:, z])
+        np.testing.assert_array_equal(got.labels, runs[True].labels[z])
+
+
+def test_the_merge_in_plane():
+    last = np.ones((3, 6, 6), np.uint8)
+    new = last.copy()
+    new[0:2, 1:4, 1:4] = 2  # grown on the painted slice and on the one before it
+    ann = np.zeros_like(last)
+    ann[1, 2, 2] = 2
+    probs = np.stack([(new == 1), (new == 2)]).astype(np.float32)
+    last_probs = np.stack([(last == 1), (last == 2)]).astype(np.float32)
+    assert keep_near_corrections(new.copy(), probs, last, last_probs, ann) is None  # 3D
+    labels, p, held = keep_near_corrections(new.copy(), probs, last, last_probs, ann,
+                                            in_plane_class=2)
+    assert held == 9
+    np.testing.assert_array_equal(labels[0], 1)
+    np.testing.assert_array_equal(labels[1], new[1])
+    np.testing.assert_array_equal(p[1], labels == 2)
+    # A background correction's changes still connect through the slices: the last round's
+    # object on both slices, taken back after a background stroke on one of them.
+    gone = np.ones_like(last)
+    assert keep_near_corrections(gone.copy(), last_probs, new, probs,
+                                 np.where(ann > 0, 1, 0).astype(np.uint8),
+                                 in_plane_class=2) is None
+
+
 def test_options_check_the_round():
-    assert SegmentOptions().local_from_round == 6
+    assert SegmentOptions().local_from_round == 6 and SegmentOptions().local_in_plane
     with pytest.raises(ValueError, match="local_from_round"):
         SegmentOptions(local_from_round=1)

@@ -5,16 +5,25 @@ should fix what it was painted on and leave the rest of the last result alone. T
 interactive benchmark (session 53), the steps back of late rounds are changes the new stroke
 never touched (lung2's object leaking 6-38 mm away from an object stroke) or the stroke's own
 wrong growth; the early rounds' far changes are mostly right (the rest of a tumour found).
-So the merge applies from ``SegmentOptions.local_from_round`` on.
+So the merge applies from ``SegmentOptions.local_from_round`` on. On thick slices the object
+stroke's own wrong growth lay on the next slice, 6.5 mm away, where the tumour was smaller,
+while a background stroke's change across slices took back a leak that spans them (session
+54): there an object correction keeps only the changes connected to it within its own slice,
+the slice the user painted (``SegmentOptions.local_in_plane``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..anomaly_dae import thick_slices
 from .state import RoundState
 
 __all__ = ["corrections", "keep_near_corrections", "local_round", "local_slice"]
+
+# Face neighbours within a slice only (no neighbour across slices).
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1, 1, :] = _IN_PLANE[1, :, 1] = True
 
 
 def corrections(annotations: np.ndarray, last_labels: np.ndarray) -> np.ndarray:
@@ -24,6 +33,7 @@ def corrections(annotations: np.ndarray, last_labels: np.ndarray) -> np.ndarray:
 
 def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np.ndarray,
                           last_probs: np.ndarray, annotations: np.ndarray,
+                          in_plane_class: int | None = None,
                           ) -> tuple[np.ndarray, np.ndarray, int] | None:
     """This round's changes connected to a correction; the last round's result elsewhere.
 
@@ -36,6 +46,9 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
         The last round's, on the same grid and classes.
     annotations : np.ndarray
         This round's painted labels (0: not painted).
+    in_plane_class : int or None
+        Corrections to this label keep only the changes connected to them within their own
+        slice; the others' changes are face-connected in 3D. None: all in 3D.
 
     Returns
     -------
@@ -55,20 +68,27 @@ def keep_near_corrections(labels: np.ndarray, probs: np.ndarray, last_labels: np
     fixed = corrections(annotations[box], last_labels[box])
     if not fixed.any():
         return None
+    flat = np.zeros(fixed.shape, bool)
+    if in_plane_class is not None:
+        flat = fixed & (annotations[box] == in_plane_class)
     # Face-connected components of the changes, within their box (a late round changes
     # little of a large scan).
-    comp, n = ndimage.label(changed[box], structure=ndimage.generate_binary_structure(3, 1))
-    keep = np.zeros(n + 1, bool)
-    keep[comp[fixed]] = True
-    keep[0] = True  # unchanged voxels
-    held = ~keep[comp]
+    kept = np.zeros(fixed.shape, bool)
+    for seeds, structure in ((fixed & ~flat, ndimage.generate_binary_structure(3, 1)),
+                             (flat, _IN_PLANE)):
+        if seeds.any():
+            comp, n = ndimage.label(changed[box], structure=structure)
+            keep = np.zeros(n + 1, bool)
+            keep[comp[seeds]] = True
+            kept |= keep[comp]
+    kept &= changed[box]
+    held = changed[box] & ~kept
     n_held = int(np.count_nonzero(held))
     if n_held == 0:
         return None
     labels[box][held] = last_labels[box][held]
     # The probabilities are the last round's wherever its labels stay, unchanged voxels
     # included (as measured): the next round's momentum and the uncertainty read them.
-    kept = keep[comp] & changed[box]
     out = np.array(last_probs, dtype=probs.dtype, copy=True)
     for c in range(len(probs)):
         out[c][box][kept] = probs[c][box][kept]
@@ -80,7 +100,9 @@ def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """A round's labels and probabilities after :func:`keep_near_corrections`, where it
     applies: object-vs-background rounds with the prior from ``local_from_round`` on (the
-    measured case); else unchanged. Notes how many changed voxels were held."""
+    measured case); else unchanged. On thick slices with ``local_in_plane`` an object
+    correction's changes connect within its slice. Notes how many changed voxels were
+    held."""
     first = st.options.local_from_round
     if (first is None or round_no < first or last_labels is None
             or st.prior_background is None or len(probs) != 2):
@@ -88,13 +110,16 @@ def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     last_probs = np.asarray(previous.probabilities)
     if last_probs.size != probs.size:
         return labels, probs
+    in_plane = bool(st.options.local_in_plane) and thick_slices(st.spacing)
+    obj = st.table.classes[1 - st.prior_background] if in_plane else None
     out = keep_near_corrections(labels, probs, last_labels, last_probs.reshape(probs.shape),
-                                st.annotations)
+                                st.annotations, obj)
     if out is None:
         return labels, probs
     labels, probs, held = out
+    where = " (an object correction: within its slice)" if in_plane else ""
     st.notes.append(f"round {round_no} of this series: {held} changed voxels not connected "
-                    "to a correction kept the last round's labels")
+                    f"to a correction{where} kept the last round's labels")
     return labels, probs
 
 
@@ -104,7 +129,8 @@ def local_slice(labels: np.ndarray, probs: np.ndarray, last_labels: np.ndarray,
     """A live slice (``(y, x)``, probabilities ``(n, y, x)``) under the rule, in a round that
     has corrections: the slice's changes connected within it to its own corrections; a
     slice without one keeps the last round's result (the full round may still keep a change
-    there that connects to a correction through other slices)."""
+    there that connects to a correction through other slices: on thick slices with
+    ``local_in_plane``, a background correction's only)."""
     out = keep_near_corrections(labels[None], probs[:, None], last_labels[None],
                                 last_probs[:, None], annotations[None])
     if out is not None:

@@ -181,6 +181,12 @@ class SegmentOptions:
         the second round on the loop is as steady but much lower (0.791; 31 of 64 runs end
         under 0.85 Dice against 7): the early rounds' far changes are mostly right
         (``docs/interactive_benchmarks.md``, "Changes kept near the stroke").
+    local_in_plane : bool
+        On thick slices (more than twice the in-plane voxel size), the rounds
+        ``local_from_round`` applies to keep a change only where it connects to a correction
+        within its own slice: the slice the user painted. False (and on near-isotropic
+        scans): face-connected in 3D. Session 54 (as for ``local_from_round``): see
+        ``docs/interactive_benchmarks.md``, "Late corrections stay on their slice".
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
@@ -215,6 +221,7 @@ class SegmentOptions:
     unclear_share: float = 0.25
     stroke_distances: bool = True
     local_from_round: int | None = LOCAL_FROM_ROUND
+    local_in_plane: bool = True
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
