@@ -158,7 +158,7 @@ def test_on_thick_slices_a_change_connects_within_its_slice(scene):
     other[[3, 4]] = False
     assert (runs[True].labels[painted] == 2).mean() > 0.6  # its corners cut by the edge step
     np.testing.assert_array_equal(runs[True].labels[other], 1)  # the last round's
-    assert any("object correction: within its slice" in n for n in runs[True].notes)
+    assert any("an object correction reaches only its own slice" in n for n in runs[True].notes)
     assert (runs[False].labels[other] == 2).mean() > 0.6
     np.testing.assert_array_equal(runs[True].labels[wrong], 2)  # still held, as before
     # Near-isotropic slices: the rule does not apply.

@@ -117,9 +117,10 @@ def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     if out is None:
         return labels, probs
     labels, probs, held = out
-    where = " (an object correction: within its slice)" if in_plane else ""
+    where = (" (on these thick slices an object correction reaches only its own slice)"
+             if in_plane else "")
     st.notes.append(f"round {round_no} of this series: {held} changed voxels not connected "
-                    f"to a correction{where} kept the last round's labels")
+                    f"to a correction kept the last round's labels{where}")
     return labels, probs
 
 
