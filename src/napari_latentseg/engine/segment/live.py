@@ -24,7 +24,7 @@ from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .gpu_forest import on_device
-from .local import corrections, local_slice
+from .local import corrections, local_slice, merges
 from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
@@ -167,6 +167,7 @@ class LiveSegmenter:
         # Whether the next full round keeps only the changes its corrections touch.
         first = self.options.local_from_round
         self._local = (first is not None and last is not None and self._object is not None
+                       and merges(self.spacing, self.volume.shape)
                        and int(getattr(last_round, "round_no", 1)) + 1 >= first
                        and bool(corrections(ann, last).any()))
         return int(len(ts.y) - ts.prior)
