@@ -160,6 +160,12 @@ def summarise(dices: list[float], strokes: list[int], seconds: list[float],
 
 
 # --------------------------------------------------------------------------- cases
+# Synthetic heads whose three tissue-intensity lesions are the object (two classes), on a
+# near-isotropic grid and on thick slices (session 54: where the late-round merge applies).
+LESION_HEADS = {"iso": dict(shape=(96, 112, 112), spacing=(1.6, 1.6, 1.6)),
+                "thick": dict(shape=(24, 112, 112), spacing=(6.4, 1.6, 1.6))}
+
+
 def load_case(name: str, data: Path = DEFAULT_DATA):
     """(image float32, truth int64, modality, spacing) of a case; tumour cases: 1 bg, 2 tumour."""
     from napari_latentseg.io import read_volume
@@ -171,6 +177,13 @@ def load_case(name: str, data: Path = DEFAULT_DATA):
         img = read_volume(folder / "phantom_t1.nii.gz")
         truth = read_volume(folder / "phantom_labels.nii.gz").data.astype(np.int64)
         return img.data.astype(np.float32), truth, "MR", tuple(img.spacing)
+    for kind, geo in LESION_HEADS.items():  # phantom<kind><seed>: its lesions as the object
+        if name.startswith(f"phantom{kind}") and name[7 + len(kind):].isdigit():
+            from napari_latentseg.data.phantom import make_phantom
+
+            ph = make_phantom(**geo, seed=int(name[7 + len(kind):]))
+            truth = np.where(ph.labels == 7, 2, 1).astype(np.int64)
+            return ph.image.astype(np.float32), truth, "MR", tuple(ph.spacing)
     if name.startswith("phantom") and name[7:].isdigit():  # another instance: phantom<seed>
         from napari_latentseg.data.phantom import make_phantom
 
@@ -192,7 +205,7 @@ def eval_classes(name: str, truth: np.ndarray) -> list[int]:
 def crop_box(name: str, truth: np.ndarray, margin: int = 32, zmargin: int = 3) -> tuple:
     """Quick-mode crop: the object's box plus ``margin`` voxels in-plane, ``zmargin`` slices
     (the phantom: its 12 middle slices, whole in-plane)."""
-    if name.startswith("phantom"):
+    if name == "phantom" or (name.startswith("phantom") and name[7:].isdigit()):
         z0 = truth.shape[0] // 2 - 6
         return (slice(z0, z0 + 12), slice(None), slice(None))
     idx = np.argwhere(truth == 2)

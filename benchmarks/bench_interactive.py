@@ -12,8 +12,11 @@ Cases: the phantom's tissue classes, tumour vs background in brain1, brain2, lun
 breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequal`` /
 ``phantom-unequal`` (the background stroke has radius 1: 5 voxels against 49), and
 ``<case>-3class`` (a tumour case as three classes, the air, the tumour and the rest of the
-body, scored on the tumour: a multi-class round on a real scan).
-Dice is over all voxels: the tumour (pyradiomics) or the mean over the phantom's tissues.
+body, scored on the tumour: a multi-class round on a real scan), and ``phantomiso<seed>`` /
+``phantomthick<seed>`` (a synthetic head's three lesions as the object, on 1.6 mm voxels /
+6.4 mm slices; not in the default cases).
+Dice is over all voxels: the tumour (pyradiomics), the lesions (the lesion heads) or the mean
+over the phantom's tissues.
 
 Methods: see benchmarks/_loop_methods.py and benchmarks/_semisup.py. VAEs are fitted once per
 scan (the product default, 450 steps; ``LATENTSEG_BENCH_FIT_MINUTES`` caps it) and cached in
