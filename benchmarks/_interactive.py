@@ -178,10 +178,11 @@ def load_case(name: str, data: Path = DEFAULT_DATA):
         truth = read_volume(folder / "phantom_labels.nii.gz").data.astype(np.int64)
         return img.data.astype(np.float32), truth, "MR", tuple(img.spacing)
     for kind, geo in LESION_HEADS.items():  # phantom<kind><seed>: its lesions as the object
-        if name.startswith(f"phantom{kind}") and name[7 + len(kind):].isdigit():
+        seed = name.removeprefix(f"phantom{kind}")
+        if seed != name and seed.isdigit():
             from napari_latentseg.data.phantom import make_phantom
 
-            ph = make_phantom(**geo, seed=int(name[7 + len(kind):]))
+            ph = make_phantom(**geo, seed=int(seed))
             truth = np.where(ph.labels == 7, 2, 1).astype(np.int64)
             return ph.image.astype(np.float32), truth, "MR", tuple(ph.spacing)
     if name.startswith("phantom") and name[7:].isdigit():  # another instance: phantom<seed>

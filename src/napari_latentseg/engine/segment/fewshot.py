@@ -23,7 +23,7 @@ from .finetune import finetune
 from .forest import ForestFeatures, ForestProbabilities, forest_features_name, training_set
 from .head import HeadProbabilities, train_head
 from .holdout import check_head, holdout
-from .local import local_round
+from .local import local_round, round_after
 from .nomodel import NO_MODEL_NOTE, features_only_model
 from .options import SegmentOptions, resolve_options
 from .postprocess import (
@@ -166,7 +166,7 @@ def segment_iter(
     hit = (forest_feats if use_forest else run).cached is not None
     head_round = None
     last_labels = st.previous_labels(previous, squeeze)  # None: the round starts afresh
-    round_no = 1 if previous is None else int(getattr(previous, "round_no", 1)) + 1
+    round_no = round_after(previous)
     try:
         yield {"stage": "segment: features", "done": 0, "total": 1}
         forest, forest_feats = ((yield from _fit_forest(st, forest_feats, stop_event,

@@ -24,7 +24,7 @@ from .boundary import refine_object_boundary, smoothed_image
 from .cache import FeatureCache
 from .forest import ForestFeatures, forest_predict, training_set
 from .gpu_forest import on_device
-from .local import corrections, local_slice, merges
+from .local import applies, corrections, local_slice, round_after
 from .nomodel import features_only_model
 from .options import SegmentOptions
 from .postprocess import blend_momentum, keep_connected
@@ -165,10 +165,9 @@ class LiveSegmenter:
         self._object = (1 - ts.background_index
                         if ts.prior and len(table) == 2 else None)
         # Whether the next full round keeps only the changes its corrections touch.
-        first = self.options.local_from_round
-        self._local = (first is not None and last is not None and self._object is not None
-                       and merges(self.spacing, self.volume.shape)
-                       and int(getattr(last_round, "round_no", 1)) + 1 >= first
+        self._local = (last is not None and self._object is not None
+                       and applies(self.options, round_after(last_round), self.spacing,
+                                   self.volume.shape)
                        and bool(corrections(ann, last).any()))
         return int(len(ts.y) - ts.prior)
 

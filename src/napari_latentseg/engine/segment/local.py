@@ -22,7 +22,8 @@ import numpy as np
 from ..anomaly_dae import thick_slices
 from .state import RoundState
 
-__all__ = ["corrections", "keep_near_corrections", "local_round", "local_slice", "merges"]
+__all__ = ["applies", "corrections", "keep_near_corrections", "local_round", "local_slice",
+           "merges", "round_after"]
 
 # Face neighbours within a slice only (no neighbour across slices).
 _IN_PLANE = np.zeros((3, 3, 3), bool)
@@ -34,6 +35,19 @@ def merges(spacing, shape) -> bool:
     keep their changes near the corrections: thick slices (more than twice the in-plane
     voxel), more than one of them."""
     return len(shape) == 3 and shape[0] > 1 and thick_slices(spacing)
+
+
+def round_after(previous) -> int:
+    """The number of the round that continues ``previous`` (1: a round afresh)."""
+    return 1 if previous is None else int(getattr(previous, "round_no", 1)) + 1
+
+
+def applies(options, round_no: int, spacing, shape) -> bool:
+    """Whether round ``round_no`` of a series on this grid keeps its changes near the
+    corrections: from ``options.local_from_round`` on, on thick slices (:func:`merges`).
+    The caller checks the round is object-vs-background with the prior."""
+    first = options.local_from_round
+    return first is not None and round_no >= first and merges(spacing, shape)
 
 
 def corrections(annotations: np.ndarray, last_labels: np.ndarray) -> np.ndarray:
@@ -113,10 +127,8 @@ def local_round(st: RoundState, labels: np.ndarray, probs: np.ndarray,
     thick slices (:func:`merges`; the measured cases); else unchanged. With
     ``local_in_plane`` an object correction's changes connect within its slice. Notes how
     many changed voxels were held."""
-    first = st.options.local_from_round
-    if (first is None or round_no < first or last_labels is None
-            or st.prior_background is None or len(probs) != 2
-            or not merges(st.spacing, labels.shape)):
+    if (last_labels is None or st.prior_background is None or len(probs) != 2
+            or not applies(st.options, round_no, st.spacing, labels.shape)):
         return labels, probs
     last_probs = np.asarray(previous.probabilities)
     if last_probs.size != probs.size:

@@ -179,20 +179,20 @@ class SegmentOptions:
         everything (session 54: on six synthetic heads of 1.6 mm voxels with three lesions,
         36 runs, the merge cost 0.005 mean Dice over rounds and 0.016 final Dice). Session
         53 (strokes, 10 rounds, the model-free engine with the anomaly column on MR, MR
-        seeds 0-11, CT 0-7):
-        from the sixth round, runs stepping back by more than 0.02 Dice 9 of 64 against 14,
-        the worst step back 0.056 against 0.116, mean Dice over rounds level (0.811); from
-        the second round on the loop is as steady but much lower (0.791; 31 of 64 runs end
-        under 0.85 Dice against 7): the early rounds' far changes are mostly right
-        (``docs/interactive_benchmarks.md``, "Changes kept near the stroke").
+        seeds 0-11, CT 0-7): from the sixth round, runs stepping back by more than 0.02
+        Dice 9 of 64 against 14, the worst step back 0.056 against 0.116, mean Dice over
+        rounds level (0.811); from the second round on the loop is as steady but much lower
+        (0.791; 31 of 64 runs end under 0.85 Dice against 7): the early rounds' far changes
+        are mostly right (``docs/interactive_benchmarks.md``, "Changes kept near the
+        stroke").
     local_in_plane : bool
         In the rounds ``local_from_round`` applies to (thick slices), an object correction
         keeps only the changes connected to it within its own slice (the slice the user
         painted); a background correction's changes stay face-connected in 3D. False: all
-        face-connected in 3D. Session 54 (as for ``local_from_round``): runs
-        stepping back 4 of 64 against 9, mean Dice over rounds 0.812 against 0.811; every
-        correction held to its slice stalls lung2's background strokes on a leak across
-        slices (``docs/interactive_benchmarks.md``, "Late corrections stay on their slice").
+        face-connected in 3D. Session 54 (as for ``local_from_round``): runs stepping back
+        4 of 64 against 9, mean Dice over rounds 0.812 against 0.811; every correction held
+        to its slice stalls lung2's background strokes on a leak across slices
+        (``docs/interactive_benchmarks.md``, "Late corrections stay on their slice").
     prototypes : bool
         Rounds of three or more classes without the background prior get one more forest
         column per class: each voxel's distance to the mean features of that class's painted
