@@ -158,6 +158,11 @@ ENGINE = {
     "engine-novae-anomaly": {"vae_features": False, "extra": ("anomaly",)},
     # Session 38: no VAE at all (the dock before or without a fit), with the model-free score.
     "nomodel-anomaly": {"no_model": True, "extra": ("anomaly",)},
+    # Session 55: vae-default / vae-anomaly read the VAE's columns in rounds of three or more
+    # classes only (vae_features="auto"); these read them in every round (the default before:
+    # the VAE's share on object-vs-background cases).
+    "vae-always": {"vae_features": True},
+    "vae-anomaly-always": {"vae_features": True, "extra": ("anomaly",)},
     # Session 50 (an option: runs stepping back 20 -> 10 of 64, mean AUC -0.021): the edge
     # step adds a voxel to the object only where the forest gives it 0.35 or more.
     "nomodel-anomaly-steady": {"no_model": True, "extra": ("anomaly",), "edge_min_p": 0.35},

@@ -96,3 +96,23 @@ def test_anchors_apply_the_connect_to_stroke_rule_on_the_slice(tiny_model, small
     anchors[tuple(np.argwhere(first)[0])] = cls
     kept = live.predict_slice(z, anchors).labels
     assert (kept[first] == cls).all()
+
+
+def test_live_slices_take_the_columns_of_full_rounds(tiny_model, small_phantom, annotations):
+    """With ``vae_features="auto"`` an object-vs-background update reads the ilastik set, an
+    update with three or more classes the VAE's columns too, as full rounds do."""
+    vol = small_phantom.image
+    two = np.where(annotations == 1, 1, np.where(annotations == 6, 2, 0)).astype(np.uint8)
+    cache = FeatureCache()
+    live = LiveSegmenter(tiny_model, vol, modality="MR", cache=cache)
+    drive(live.prepare())
+    for ann in (two, annotations, two):
+        live.update(ann)
+        full = segment(tiny_model, vol, ann, modality="MR", cache=cache,
+                       keep_connected_regions=False, object_reach=False)
+        assert full.cache_hit  # the columns the live segmenter stored
+        for z in (0, 6):
+            pred = live.predict_slice(z)
+            np.testing.assert_allclose(pred.probabilities, full.probabilities[:, z], atol=1e-6)
+            np.testing.assert_array_equal(pred.labels, full.labels[z])
+    live.close()

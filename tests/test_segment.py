@@ -282,6 +282,15 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
     assert main(["segment", str(img), "-m", str(model), "-a", str(ann), "-o",
                  str(tmp_path / "seg4.nii.gz"), "--no-prototypes", "-q"]) == 0
     assert "prototypes" not in capsys.readouterr().out
+    # One object against its background: the VAE's columns only when asked for.
+    two = save_volume(tmp_path / "two.nii.gz", np.where(
+        annotations == 1, 1, np.where(annotations == 6, 2, 0)).astype(np.uint8),
+        spacing=(4.0, 4.0, 4.0), kind="labels")
+    for i, (flag, shown) in enumerate(
+            (([], "no VAE features"), (["--vae-features", "always"], "VAE latent"))):
+        assert main(["segment", str(img), "-m", str(model), "-a", str(two), "-o",
+                     str(tmp_path / f"two{i}.nii.gz"), "-q", *flag]) == 0
+        assert shown in capsys.readouterr().out
 
 
 def test_keep_connected_moves_regions_on_to_a_class_their_strokes_reach():

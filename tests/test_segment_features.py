@@ -66,6 +66,36 @@ def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, ann
                 classifier="mlp")
 
 
+def _forest_features(res) -> str:
+    return next(h for h in res.history if h["stage"] == "forest")["features"]
+
+
+def test_vae_columns_join_rounds_of_three_or_more_classes(tiny_model, small_phantom,
+                                                          annotations):
+    """``vae_features="auto"`` (the default): the VAE's columns where they paid on the
+    benchmark, tissues told apart, and not for one object against its background."""
+    from napari_latentseg.engine.segment import SegmentOptions
+
+    vol = small_phantom.image
+    assert len(np.unique(annotations[annotations > 0])) >= 3
+    assert "VAE latent" in _forest_features(segment(tiny_model, vol, annotations))
+    two = np.where(annotations == 1, 1, np.where(annotations == 6, 2, 0)).astype(np.uint8)
+    auto = segment(tiny_model, vol, two)
+    assert "no VAE features" in _forest_features(auto)
+    assert "VAE latent" in _forest_features(segment(tiny_model, vol, two, vae_features=True))
+    # The same columns as the ablation, so the same labels.
+    off = segment(tiny_model, vol, two, vae_features=False)
+    np.testing.assert_array_equal(auto.labels, off.labels)
+    opts = SegmentOptions()
+    assert opts.vae_features == "auto"
+    assert not opts.uses_vae(2) and opts.uses_vae(3)
+    assert SegmentOptions(finetune_steps=5).uses_vae(2)  # a trained head reads the VAE
+    assert SegmentOptions(vae_features=True).uses_vae(2)
+    assert not SegmentOptions(vae_features=False).uses_vae(7)
+    with pytest.raises(ValueError, match="vae_features"):
+        SegmentOptions(vae_features="sometimes")
+
+
 def test_segment_without_a_model_uses_the_ilastik_features(small_phantom, annotations,
                                                            tmp_path, capsys):
     res = segment(None, small_phantom.image, annotations, modality="MR")

@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     s.add_argument("--no-vae-features", action="store_true",
                    help="the forest on the ilastik multiscale features alone (the ablation of "
                         "the VAE features; docs/interactive_benchmarks.md)")
+    s.add_argument("--vae-features", choices=("auto", "always"), default="auto",
+                   help="with -m, when the forest reads the VAE's features: auto (default) in "
+                        "rounds of three or more classes, where they paid on the benchmarks, "
+                        "not for one object against its background; always: every round")
     s.add_argument("--no-prototypes", action="store_true",
                    help="without the class-prototype columns that rounds of three or more "
                         "classes get by default (their ablation; docs/benchmarks.md)")
@@ -127,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     job = run_core(lambda stop: segment_job(
         model, scan, ann, finetune_steps=args.finetune_steps, classifier=args.classifier,
         keep_connected_regions=not args.all_regions, seed=args.seed,
-        vae_features=not args.no_vae_features, prototypes=not args.no_prototypes,
+        vae_features=(False if args.no_vae_features
+                      else True if args.vae_features == "always" else "auto"),
+        prototypes=not args.no_prototypes,
         background=background, object_reach=not args.no_reach, stop_event=stop,
         stroke_distances=not args.no_stroke_distances,
         extra_features=score,

@@ -148,6 +148,8 @@ def segment_iter(
         opts = dataclasses.replace(opts, vae_features=False)
         model = features_only_model(volume, modality)
     st, squeeze = _start_round(model, volume, annotations, opts)
+    if opts.vae_features == "auto":  # the VAE's columns where they paid (three or more classes)
+        opts = st.options = dataclasses.replace(opts, vae_features=opts.uses_vae(len(st.table)))
     st.spacing = spacing3(spacing, squeeze)
     st.fresh = previous is None
     if no_model:

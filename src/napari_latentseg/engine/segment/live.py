@@ -62,8 +62,8 @@ class LiveSegmenter:
     cache : FeatureCache, optional
         Shared with full rounds, so they reuse the same features.
     options : SegmentOptions, optional
-        ``max_per_class``, ``seed``, ``vae_features`` and the background prior's fields are
-        used.
+        ``max_per_class``, ``seed``, ``vae_features`` (``"auto"``: the VAE's columns once an
+        update has three or more classes) and the background prior's fields are used.
     device : str, optional
         Where the private copy of the model computes (``auto``, ``cpu``, ``cuda``...);
         default: the model's own device.
@@ -107,14 +107,26 @@ class LiveSegmenter:
 
             work.to(resolve_device(device))
         self._run = FeatureRunner(work, vol, modality, None)
-        self._features = ForestFeatures(self._run, self.cache, self.options.vae_features,
-                                        extra_features)
+        self._extra = extra_features
+        # The forest's columns, with and without the VAE's (``vae_features="auto"`` picks by
+        # the classes, known at the first update; until then the ilastik set, the usual
+        # object-vs-background case).
+        self._sets: dict[bool, ForestFeatures] = {}
+        self._features = self._feature_set(self.options.uses_vae(2))
         self._forest = None
         self._read = None
         self._table: ClassTable | None = None
         self._annotations: np.ndarray | None = None
         self._object: int | None = None
         self._local = False  # the next full round keeps only changes near corrections
+
+    def _feature_set(self, vae: bool) -> ForestFeatures:
+        feats = self._sets.get(vae)
+        if feats is None:
+            feats = self._sets[vae] = ForestFeatures(self._run, self.cache, vae, self._extra)
+        elif feats.cached is None and self.cache is not None:
+            feats.cached = self.cache.get(feats.key)  # a full round may have filled it since
+        return feats
 
     @property
     def ready(self) -> bool:
@@ -149,6 +161,11 @@ class LiveSegmenter:
         ann = np.asarray(annotations)
         table = ClassTable.from_annotations(ann, self.volume.shape)
         ann = ann.astype(table.dtype, copy=False)
+        # The columns a full round of these classes reads: the first update with three or
+        # more classes (``vae_features="auto"``) stores the VAE's, as prepare() did the others.
+        self._features = self._feature_set(self.options.uses_vae(len(table)))
+        for _ in self._features.fill_cache(stop_event):
+            pass
         rng = np.random.default_rng(self.options.seed)
         # The same training set as a full round (background prior included), so the live
         # slice is the slice the next round gives.
