@@ -291,6 +291,10 @@ def test_cli_cluster_and_segment(tmp_path, tiny_model, small_phantom, annotation
         assert main(["segment", str(img), "-m", str(model), "-a", str(two), "-o",
                      str(tmp_path / f"two{i}.nii.gz"), "-q", *flag]) == 0
         assert shown in capsys.readouterr().out
+    assert main(["segment", str(img), "-m", str(model), "-a", str(two), "-o",
+                 str(tmp_path / "two2.nii.gz"), "--no-vae-features", "--vae-features",
+                 "always", "-q"]) == 2
+    assert "contradict" in capsys.readouterr().err
 
 
 def test_keep_connected_moves_regions_on_to_a_class_their_strokes_reach():

@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
                                or args.classifier != "forest"):
         raise CLIError("--finetune-steps, --save-model and --classifier mlp need a fitted model "
                        "(-m MODEL)")
+    if args.no_vae_features and args.vae_features == "always":
+        raise CLIError("--no-vae-features and --vae-features always contradict each other: "
+                       "choose one")
     if args.anomaly_map and args.classifier != "forest":
         raise CLIError("--anomaly-map is a feature of the forest: not with --classifier mlp")
     if args.save_model and Path(args.save_model).exists():
