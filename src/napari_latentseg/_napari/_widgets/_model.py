@@ -3,7 +3,8 @@
 A fit runs on the dock's fit bar, alongside the main bar: while it runs the user can open
 scans, segment (on the ilastik features, or the active model's) and reconstruct with an
 earlier model; only a second fit waits. When it ends, its model becomes active and the next
-segmentation round uses its features (in live mode the volume is segmented again by itself).
+segmentation round of three or more classes uses its features (in live mode the volume is
+segmented again by itself); an object against its background keeps the ilastik set.
 
 Stop and the previous model: a stopped fit returns its best model so far (nothing is lost),
 but it does not push aside a model the user already had. If a model was active, it stays
@@ -336,9 +337,10 @@ class ModelSection(Section):
     def _encoder_ready(self, model) -> None:
         """The main fit ended and the decoder trains on: segmentation can use the encoder."""
         self._interim = self.session.add_model(model, "decoder still training")
-        show_info("The VAE's encoder is fitted: the next segmentation round uses its "
-                  "features. The decoder trains on for sharper reconstructions; the model "
-                  "is updated when it ends.")
+        show_info("The VAE's encoder is fitted: segmentation rounds of three or more "
+                  "classes now use its features (an object against its background keeps the "
+                  "ilastik set: there they added nothing on the benchmarks). The decoder "
+                  "trains on for sharper reconstructions; the model is updated when it ends.")
 
     def _fit_done(self, result: FitResult, normative_stopped: bool = False) -> None:
         self._fitting = False  # so the new model's history replaces the live curve
@@ -382,8 +384,9 @@ class ModelSection(Section):
         else:
             show_info(f"Fit finished after {result.steps} steps "
                       f"({_REASONS.get(result.reason, result.reason)}) in "
-                      f"{result.seconds:.0f} s; the new model is active and the next "
-                      "segmentation round uses its features. Save it with Save model\u2026 "
+                      f"{result.seconds:.0f} s; the new model is active (segmentation "
+                      "rounds of three or more classes use its features). Save it with "
+                      "Save model\u2026 "
                       f"to reuse it on other scans."
                       f"{_normative_note(result.model, normative_stopped)}")
 
