@@ -6,7 +6,7 @@ share: the chosen scan, the models of this session (one of them active), the fea
 that lets segmentation rounds reuse features, and two task bars: the main one runs one job at
 a time (open, reconstruct, segment, save), the fit bar runs a fit in the background, so the
 first segmentation comes on the ilastik features while the VAE is still fitting, and the
-rounds after the fit use its features.
+rounds of three or more classes after the fit use its features.
 """
 
 from __future__ import annotations
