@@ -258,7 +258,7 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     """06-09: brain1 (contrast T1 MR with a tumour) opened from its file, as a user would:
     a fit started, two strokes and Segment while it runs (08: the ilastik features),
     reconstruct once the fit is done (06; the default score on MR is the denoiser's), that
-    score and its candidates alone (09), Segment with the VAE and that score, then a live
+    score and its candidates alone (09), Segment with the model active and that score, then a live
     correction (07)."""
     import numpy as np
     from qtpy.QtCore import QEventLoop, QTimer
@@ -322,7 +322,7 @@ def _real_scan_walkthrough(args, viewer, dock, settle, wait_job, show_sections, 
     show_sections("reconstruct")
     shot("09_brain1_denoiser.png")
 
-    print("7. brain1: the same two strokes, Segment with the VAE, one live correction",
+    print("7. brain1: the same two strokes, Segment with the model active, one live correction",
           flush=True)
     ann.visible = True
     seg.live_box.setChecked(True)
