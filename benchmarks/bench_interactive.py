@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _interactive as ia  # noqa: E402
 import _loop_methods as lm  # noqa: E402
+import _object_first as of  # noqa: E402
 import _semisup as ss  # noqa: E402
 from _loop_methods import LoopOptions as LO  # noqa: E402
 from _methods import (  # noqa: E402  (the tables, re-exported for the probes)
@@ -59,6 +60,10 @@ from _methods import (  # noqa: E402  (the tables, re-exported for the probes)
 
 def build(method: str, env: dict, quick: bool, seed: int = 0):
     """A fresh method (state such as a fine-tuned model starts over) for one case."""
+    if method.startswith(of.PREFIX):  # probe: the object from the two-class engine
+        inner = method.removeprefix(of.PREFIX)
+        return of.ObjectFirst(lambda: build(inner, env, quick, seed),
+                              of.object_class(env["truth"]))
     if method in ("skimage-rf", "skimage-rf-connected"):
         m = lm.SkimageRF(env["image"], env["modality"], env["spacing"],
                          connected=method.endswith("connected"), opts=LO(seed=seed))
