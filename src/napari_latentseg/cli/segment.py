@@ -49,6 +49,13 @@ def add_parser(sub) -> None:
                         "annotations' label names, else class 1 when exactly two classes are "
                         "painted; with three or more classes the unpainted voxels count as "
                         "weak evidence of the large ones; none: both off)")
+    s.add_argument("--object-class", type=_class_id, default=None, metavar="ID",
+                   help="with three or more painted classes: this class (a tumour painted "
+                        "beside the air and the body, say) comes from a two-class round, it "
+                        "against every other painted class as the background, and the others "
+                        "from the round of all of them (the object's rules, such as the "
+                        "background prior and the reach, serve two-class rounds; "
+                        "docs/interactive_benchmarks.md)")
     s.add_argument("--background-prior", choices=["fixed", "adaptive"], default=None,
                    help="how much the unpainted voxels weigh: fixed (as much as the painted "
                         "object) or adaptive (by the object's estimated share of the scan: "
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                       else True if args.vae_features == "always" else "auto"),
         prototypes=not args.no_prototypes,
         background=background, object_reach=not args.no_reach, stop_event=stop,
+        object_class=args.object_class,
         stroke_distances=not args.no_stroke_distances,
         extra_features=score,
         boundary_refine=args.snap_edge, fresh_prior_scale=0.5 if args.light_prior else 1.0,
@@ -167,6 +175,17 @@ def run(args: argparse.Namespace) -> int:
     if args.suggest:
         _print_suggestion(res.suggestion)
     return 0
+
+
+def _class_id(text: str) -> int:
+    """A label id >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a label id >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a label id >= 1, got {value}")
+    return value
 
 
 def _print_suggestion(sgt: dict) -> None:

@@ -34,8 +34,8 @@ from __future__ import annotations
 from .annotations import continues_round, validate_annotations
 from .cache import FeatureCache
 from .cluster import ClusterResult, cluster, cluster_iter
-from .fewshot import segment, segment_iter
 from .live import LiveSegmenter, SlicePrediction
+from .objectround import segment, segment_iter
 from .options import SegmentOptions
 from .postprocess import keep_connected
 from .state import SegmentationResult

@@ -203,6 +203,11 @@ class SegmentOptions:
         column per class: each voxel's distance to the mean features of that class's painted
         voxels (``prototypes.py``; measured on the phantom's tissue classes). False: the
         forest on the features alone.
+    object_class : int or None
+        In rounds of three or more classes, this class's voxels come from a two-class round
+        on the same strokes (it against every other painted class as the background), the
+        other classes from the round of all of them (``objectround.py``): one structure
+        among several painted classes gets the object's rules. None (default): off.
     """
 
     classifier: str = "forest"
@@ -233,6 +238,7 @@ class SegmentOptions:
     stroke_distances: bool = True
     local_from_round: int | None = LOCAL_FROM_ROUND
     local_in_plane: bool = True
+    object_class: int | None = None
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -251,6 +257,10 @@ class SegmentOptions:
                 isinstance(self.background, str) or int(self.background) < 1):
             raise ValueError("background must be a class id >= 1, 'auto' or None, got "
                              f"{self.background!r}")
+        if self.object_class is not None and (isinstance(self.object_class, (str, bool))
+                                              or int(self.object_class) < 1):
+            raise ValueError(f"object_class must be a class id >= 1 or None, got "
+                             f"{self.object_class!r}")
         if int(self.background_samples) < 1:
             raise ValueError(f"background_samples must be >= 1, got {self.background_samples}")
         if not self.background_weight > 0:

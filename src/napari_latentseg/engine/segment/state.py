@@ -94,6 +94,9 @@ class SegmentationResult:
     grown: np.ndarray | None = None
     # The round's place in a chain of correction rounds: 1 for a round without ``previous``.
     round_no: int = 1
+    # With ``SegmentOptions.object_class``: (the two-class round, the round of all classes),
+    # each the next round's ``previous`` for its own kind (:mod:`.objectround`); else None.
+    object_parts: tuple | None = None
 
     @property
     def trained_head(self) -> bool:

@@ -1,0 +1,109 @@
+"""One object among three or more classes from a two-class round
+(``SegmentOptions.object_class``, engine/segment/objectround.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_latentseg.cli import main
+from napari_latentseg.engine.segment import SegmentOptions, fewshot, segment
+from napari_latentseg.io import save_volume
+
+
+@pytest.fixture(scope="module")
+def three(small_phantom):
+    """The small phantom as the air (1), its lesions (2) and the rest of the head (3), with
+    one disk of radius 3 per class on the middle slice of the class."""
+    t = small_phantom.labels
+    truth = np.where(t == 1, 1, np.where(t == 7, 2, 3)).astype(np.int64)
+    ann = np.zeros(truth.shape, np.uint8)
+    for c in (1, 2, 3):
+        z = int(np.median(np.flatnonzero((truth == c).any((1, 2)))))
+        ys, xs = np.nonzero(truth[z] == c)
+        i = len(ys) // 2
+        yy, xx = np.mgrid[: truth.shape[1], : truth.shape[2]]
+        disk = (yy - ys[i]) ** 2 + (xx - xs[i]) ** 2 <= 9
+        ann[z][disk & (truth[z] == c)] = c
+    return truth, ann
+
+
+def _two(ann):
+    return np.where(ann == 0, 0, np.where(ann == 2, 2, 1)).astype(np.uint8)
+
+
+def test_the_object_is_the_two_class_rounds_and_the_rest_the_full_rounds(small_phantom, three):
+    truth, ann = three
+    img, sp = small_phantom.image, small_phantom.spacing
+    res = segment(None, img, ann, SegmentOptions(object_class=2), spacing=sp)
+    two = fewshot.segment(None, img, _two(ann), SegmentOptions(background=1), spacing=sp)
+    full = fewshot.segment(None, img, ann, spacing=sp)
+    assert res.classes == [1, 2, 3]
+    np.testing.assert_array_equal(res.labels == 2, two.labels == 2)
+    # Elsewhere the full round's labels, except what it gave the object beyond the two-class
+    # round's object: that goes to the other classes.
+    same = (full.labels != 2) & (two.labels != 2)
+    np.testing.assert_array_equal(res.labels[same], full.labels[same])
+    assert not np.any(res.labels[(full.labels == 2) & (two.labels != 2)] == 2)
+    # Painted voxels keep their class; probabilities stay a distribution with the object's
+    # from the two-class round.
+    painted = ann > 0
+    np.testing.assert_array_equal(res.labels[painted], ann[painted])
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(res.probabilities[1], two.probabilities[1], atol=1e-6)
+    assert res.uncertainty.shape == img.shape
+    assert res.object_parts is not None and res.object_parts[0].classes == [1, 2]
+    assert any("two-class round" in n for n in res.notes)
+    assert res.history[-1]["stage"] == "object"
+
+
+def test_each_round_continues_its_own_last_round(small_phantom, three):
+    truth, ann = three
+    img, sp = small_phantom.image, small_phantom.spacing
+    opts = SegmentOptions(object_class=2)
+    first = segment(None, img, ann, opts, spacing=sp)
+    more = ann.copy()
+    z = int(np.flatnonzero((truth == 3).any((1, 2)))[2])
+    more[z][truth[z] == 3] = 3  # a body correction on another slice
+    second = segment(None, img, more, opts, spacing=sp, previous=first)
+    r2, rm = first.object_parts
+    two = fewshot.segment(None, img, _two(more), SegmentOptions(background=1), spacing=sp,
+                          previous=r2)
+    full = fewshot.segment(None, img, more, spacing=sp, previous=rm)
+    np.testing.assert_array_equal(second.labels == 2, two.labels == 2)
+    np.testing.assert_array_equal(second.object_parts[1].labels, full.labels)
+    assert second.round_no == 2
+
+
+def test_without_three_classes_or_the_object_it_is_the_plain_round(small_phantom, three):
+    truth, ann = three
+    img, sp = small_phantom.image, small_phantom.spacing
+    plain = segment(None, img, ann, spacing=sp)
+    other = segment(None, img, ann, SegmentOptions(object_class=5), spacing=sp)
+    np.testing.assert_array_equal(other.labels, plain.labels)
+    assert other.object_parts is None
+    assert any("object class 5 is not painted" in n for n in other.notes)
+    two = _two(ann)
+    alone = segment(None, img, two, SegmentOptions(object_class=2), spacing=sp)
+    np.testing.assert_array_equal(alone.labels, segment(None, img, two, spacing=sp).labels)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "tumour", True])
+def test_a_bad_object_class_is_refused(bad):
+    with pytest.raises(ValueError, match="object_class"):
+        SegmentOptions(object_class=bad)
+
+
+def test_cli_object_class(small_phantom, three, tmp_path, capsys):
+    truth, ann = three
+    img_path, ann_path = tmp_path / "img.nii.gz", tmp_path / "ann.nii.gz"
+    save_volume(img_path, small_phantom.image, spacing=small_phantom.spacing)
+    save_volume(ann_path, ann, spacing=small_phantom.spacing)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(img_path), "-a", str(ann_path), "-o", str(out),
+                 "--object-class", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "class 2 from a two-class round" in err
+    with pytest.raises(SystemExit):
+        main(["segment", str(img_path), "-a", str(ann_path), "-o", str(tmp_path / "x.nii.gz"),
+              "--object-class", "0"])
