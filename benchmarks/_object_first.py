@@ -12,8 +12,9 @@ round did not take the multi-class round's next most probable class.
 The object class is the rarest class of the truth (the tumour of a ``-3class`` case, the
 phantom's lesions): what a user would name as the object. Each engine keeps its own previous
 round. Methods ``objfirst-<method>`` of ``bench_interactive.py`` (``<method>`` one of its
-engine methods, e.g. ``objfirst-vae-anomaly``); docs/interactive_benchmarks.md, "The object
-of a multi-class round from the two-class engine".
+engine methods, e.g. ``objfirst-vae-anomaly``); docs/interactive_benchmarks.md, "Rounds of
+three or more classes on real scans, and the object from the two-class engine". The engine's
+option ``SegmentOptions.object_class`` does the same (it reproduces these runs to the digit).
 """
 
 from __future__ import annotations
