@@ -13,7 +13,7 @@ object takes its next most probable class there. Each round keeps its own last r
 Measured as a benchmark probe (session 56; docs/interactive_benchmarks.md, "Rounds of three
 or more classes on real scans"): mean Dice over ten correction rounds brain2 0.22 -> 0.50,
 breast1 0.64 -> 0.78, lung1 0.81 -> 0.87, the shipped phantom (its lesions as the object)
-0.75 -> 0.79; brain1 0.67 -> 0.53 (its two-class first round is weaker). An option, off by
+0.73 -> 0.78; brain1 0.67 -> 0.53 (its two-class first round is weaker). An option, off by
 default.
 """
 
