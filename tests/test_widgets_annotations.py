@@ -198,3 +198,30 @@ def test_autosave_throttled_and_restored_after_a_crash(make_napari_viewer, qtbot
     assert not box2.recovery_bar.isVisibleTo(widget2)
     assert box2.recovery_bar.offer(snap.path.parent, set()) == 1
     assert box2.recovery_bar.discard() == 1 and not recovery.list_snapshots(snap.path.parent)
+
+
+def test_object_class_in_the_dock(dock, qtbot, phantom_crop):
+    """"Object class": with three classes painted, that class comes from a two-class round
+    (the summary says so), the next round continues both parts, and live slices are off."""
+    viewer, widget = dock
+    img, truth, _ = phantom_crop
+    add_crop(viewer, phantom_crop)
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    for value, tissue in ((1, 1), (2, 6), (3, 5)):  # air, white matter, grey matter
+        at = np.argwhere(truth[6] == tissue)[:10]
+        ann.data_setitem((np.full(len(at), 6), at[:, 0], at[:, 1]), value)
+    seg.object_class.setValue(2)
+    assert not seg.live_box.isEnabled() and not seg.live_box.isChecked()
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "class 2 from a two-class round" in seg.summary.text()
+    assert not seg.live_box.isChecked()  # not offered with an object class
+    parts = seg._last_round[2].object_parts
+    assert parts is not None and parts[0].classes == [1, 2]
+    more = np.argwhere(truth[7] == 5)[:5]
+    ann.data_setitem((np.full(len(more), 7), more[:, 0], more[:, 1]), 3)
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert seg._last_round[2].round_no == 2
+    seg.object_class.setValue(0)
+    assert seg.live_box.isEnabled()
+    np.testing.assert_array_equal(viewer.layers["phantom crop"].data, img)

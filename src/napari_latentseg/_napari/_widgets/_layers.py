@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTPUT_KEY",
     "check_scan_layer",
+    "colour_like_annotations",
     "describe_error",
     "find_output",
     "geometry_kwargs",
@@ -242,3 +243,24 @@ def describe_error(exc: BaseException, action: str) -> str:
     _log.error("%s failed", action, exc_info=exc)
     return (f"{action} failed ({report.message}). Check the chosen layers and model; the full "
             "traceback is in the terminal.")
+
+
+def colour_like_annotations(pred, classes: list[int], ann, table_classes: list[dict],
+                            named: list[dict] | None = None) -> None:
+    """Give the segmentation layer ``pred`` the names and colours of the class table
+    ``table_classes`` when there is an annotation layer ``ann`` (else of ``named``, else
+    ``pred``'s own colours); class 1 (background) is shown transparent. The full table is kept
+    in the layer's metadata (``label_classes``) for saving, since class 1 shows no colour."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    source = ann.colormap if ann is not None else pred.colormap
+    table = {c["value"]: c for c in (table_classes if ann is not None else named or [])}
+    clear = np.zeros(4, dtype=np.float32)
+    colors = {None: clear, 0: clear}
+    for c in sorted(set(map(int, classes)) | set(table)):
+        rgba = ([*table[c]["color"], 1.0] if c in table else source.map(c))
+        colors[c] = clear if c == 1 else np.asarray(rgba, np.float32)
+    pred.colormap = DirectLabelColormap(color_dict=colors)
+    if table:
+        pred.features = {"index": list(table), "name": [table[v]["name"] for v in table]}
+        pred.metadata = dict(pred.metadata, label_classes=list(table.values()))
