@@ -218,6 +218,7 @@ def test_object_class_in_the_dock(dock, qtbot, phantom_crop):
     assert not seg.live_box.isChecked()  # not offered with an object class
     parts = seg._last_round[2].object_parts
     assert parts is not None and parts[0].classes == [1, 2]
+    assert not hasattr(parts[0], "model")  # only what the next round reads is kept
     more = np.argwhere(truth[7] == 5)[:5]
     ann.data_setitem((np.full(len(more), 7), more[:, 0], more[:, 1]), 3)
     run(qtbot, widget, lambda: seg.segment(finetune=False))

@@ -81,6 +81,17 @@ __all__ = ["SegmentSection"]
 _AXES = {0: "axial (z)", 1: "coronal (y)", 2: "sagittal (x)"}
 
 
+def _kept(res) -> SimpleNamespace:
+    """What the next round uses of a result (momentum, what the object gained, the round's
+    number; with an object class, each round's own): not the model or the uncertainty. The
+    labels are copied: the layer shows (and the user edits) the result's own array."""
+    parts = res.object_parts
+    return SimpleNamespace(probabilities=res.probabilities, classes=list(res.classes),
+                           grown=res.grown, labels=np.array(res.labels, copy=True),
+                           round_no=res.round_no,
+                           object_parts=None if parts is None else tuple(map(_kept, parts)))
+
+
 class SegmentSection(Section):
     """Clusters and few-shot segmentation of the chosen scan with the active model."""
 
@@ -144,8 +155,7 @@ class SegmentSection(Section):
             "With three or more classes (a tumour painted beside the air and the body), the "
             "class with this id is segmented against all the others, as with two classes, and "
             "the others among themselves: brain2's tumour 0.22 -> 0.50 mean Dice over ten "
-            "corrections, breast1 0.64 -> 0.78, brain1 0.67 -> 0.53 (docs/"
-            "interactive_benchmarks.md). Live slices are off with it.")
+            "corrections, breast1 0.64 -> 0.78, brain1 0.67 -> 0.53. Live slices are off.")
         self.object_class.valueChanged.connect(self._object_class_changed)
         self.anomaly = checkbox(
             "Use the anomaly score (MR)", True,
@@ -171,7 +181,7 @@ class SegmentSection(Section):
         self.save_btn = QPushButton("Save labels\u2026")
         self.save_btn.setToolTip("Save the segmentation in the scan's geometry (NIfTI, NRRD, "
                                  "MetaImage).")
-        self.save_btn.clicked.connect(lambda *_: self._ask_save())
+        self.save_btn.clicked.connect(lambda *_: ask_save_labels(self))
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.live = LiveController(session, lambda: self.segment(finetune=False),
@@ -353,14 +363,7 @@ class SegmentSection(Section):
                                extra_features=score, object_class=obj)
 
         def done(result: JobResult) -> None:
-            # Only what the next round uses (momentum, what the object gained, the round's
-            # number): not the model or uncertainty. The labels are copied: the layer shows
-            # (and the user edits) the result's own array.
-            res = result.result
-            self._last_round = (scan, ann, SimpleNamespace(
-                probabilities=res.probabilities, classes=list(res.classes), grown=res.grown,
-                labels=np.array(res.labels, copy=True), round_no=res.round_no,
-                object_parts=res.object_parts))
+            self._last_round = (scan, ann, _kept(result.result))
             self._show_segmentation(scan, result.result, finetune, score is not None)
 
         title = "Fine-tuning" if finetune else "Segmenting"
@@ -488,9 +491,6 @@ class SegmentSection(Section):
         return accept_corrections(self, self._written)
 
     # ------------------------------------------------------------------ saving
-    def _ask_save(self) -> None:
-        ask_save_labels(self)
-
     def save_labels(self, path: str, *, overwrite: bool = False) -> bool:
         """Write the segmentation layer (with the user's edits) in the scan's geometry.
 
