@@ -59,6 +59,13 @@ def stroke_at(truth: np.ndarray, z: int, y: int, x: int, label: int,
     return out
 
 
+def object_class(truth: np.ndarray) -> int:
+    """The rarest class of ``truth`` (0 does not count): what a user would name as the object
+    among several classes (a tumour, the phantom's lesions)."""
+    ids, counts = np.unique(truth[truth > 0], return_counts=True)
+    return int(ids[np.argmin(counts)])
+
+
 def first_strokes(truth: np.ndarray, classes: list[int],
                   radii: dict[int, int] | None = None) -> np.ndarray:
     """Annotation volume with one stroke per class (0 = not annotated).

@@ -45,7 +45,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _interactive as ia  # noqa: E402
 import _loop_methods as lm  # noqa: E402
-import _object_first as of  # noqa: E402
 import _semisup as ss  # noqa: E402
 from _loop_methods import LoopOptions as LO  # noqa: E402
 from _methods import (  # noqa: E402  (the tables, re-exported for the probes)
@@ -57,13 +56,19 @@ from _methods import (  # noqa: E402  (the tables, re-exported for the probes)
     SEMISUP,
 )
 
+# ``objfirst-<engine method>``: that method with ``SegmentOptions.object_class`` set to the
+# case's rarest class (session 56: a multi-class round's object from a two-class round).
+OBJECT_FIRST = "objfirst-"
+
 
 def build(method: str, env: dict, quick: bool, seed: int = 0):
     """A fresh method (state such as a fine-tuned model starts over) for one case."""
-    if method.startswith(of.PREFIX):  # probe: the object from the two-class engine
-        inner = method.removeprefix(of.PREFIX)
-        return of.ObjectFirst(lambda: build(inner, env, quick, seed),
-                              of.object_class(env["truth"]))
+    if method.startswith(OBJECT_FIRST):  # the engine's object_class, the rarest class
+        m = build(method.removeprefix(OBJECT_FIRST), env, quick, seed)
+        if not isinstance(m, lm.VAEDefault):
+            raise ValueError(f"{method}: {OBJECT_FIRST}<method> takes an engine method")
+        m.options["object_class"] = ia.object_class(env["truth"])
+        return m
     if method in ("skimage-rf", "skimage-rf-connected"):
         m = lm.SkimageRF(env["image"], env["modality"], env["spacing"],
                          connected=method.endswith("connected"), opts=LO(seed=seed))
