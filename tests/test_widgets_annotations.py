@@ -202,27 +202,37 @@ def test_autosave_throttled_and_restored_after_a_crash(make_napari_viewer, qtbot
 
 def test_object_class_in_the_dock(dock, qtbot, phantom_crop):
     """"Object class": with three classes painted, that class comes from a two-class round
-    (the summary says so), the next round continues both parts, and live slices are off."""
+    (the summary says so), live slices take it from the two-class part too, and the next
+    round continues both parts."""
+    from napari_latentseg.engine.segment import ObjectLiveSegmenter
+
     viewer, widget = dock
     img, truth, _ = phantom_crop
-    add_crop(viewer, phantom_crop)
+    scan = add_crop(viewer, phantom_crop)
     seg = widget.segment_section
     ann = seg.new_annotation_layer()
     for value, tissue in ((1, 1), (2, 6), (3, 5)):  # air, white matter, grey matter
         at = np.argwhere(truth[6] == tissue)[:10]
         ann.data_setitem((np.full(len(at), 6), at[:, 0], at[:, 1]), value)
     seg.object_class.setValue(2)
-    assert not seg.live_box.isEnabled() and not seg.live_box.isChecked()
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "class 2 from a two-class round" in seg.summary.text()
-    assert not seg.live_box.isChecked()  # not offered with an object class
+    assert seg.live_box.isChecked()  # offered as with every round
     parts = seg._last_round[2].object_parts
     assert parts is not None and parts[0].classes == [1, 2]
     assert not hasattr(parts[0], "model")  # only what the next round reads is kept
-    more = np.argwhere(truth[7] == 5)[:5]
-    ann.data_setitem((np.full(len(more), 7), more[:, 0], more[:, 1]), 3)
+    out = next(layer for layer in viewer.layers if layer.name.endswith("segmentation"))
+    before = np.array(out.data, copy=True)
+    z = 7
+    viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
+    more = np.argwhere(truth[z] == 5)[:5]
+    with qtbot.waitSignal(seg.live.slice_updated, timeout=TIMEOUT_MS) as blocker:
+        ann.data_setitem((np.full(len(more), z), more[:, 0], more[:, 1]), 3)
+        ann.events.paint()  # as a brush stroke ends
+    assert blocker.args[0] == z and isinstance(seg.live._segmenter, ObjectLiveSegmenter)
+    assert (out.data[z][more[:, 0], more[:, 1]] == 3).all()
+    np.testing.assert_array_equal(np.delete(out.data, z, 0), np.delete(before, z, 0))
+    seg.live_box.setChecked(False)  # the round after the pause, by hand
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert seg._last_round[2].round_no == 2
-    seg.object_class.setValue(0)
-    assert seg.live_box.isEnabled()
     np.testing.assert_array_equal(viewer.layers["phantom crop"].data, img)

@@ -3,9 +3,10 @@
 After a first Segment round the features of the (scan, model) pair are cached. From then on
 each paint stroke on the annotation layer (napari's ``events.paint``) starts, after a short
 pause, a live job: the forest is refitted from cached features and the slice on screen is
-predicted (:class:`~napari_latentseg.engine.segment.LiveSegmenter`), then written into the
-plugin's own segmentation layer. A newer stroke supersedes an older one: strokes that arrive
-while a live job runs are folded into the next job. When the strokes stop, a full round
+predicted (:class:`~napari_latentseg.engine.segment.LiveSegmenter`, two of them with an
+object class), then written into the plugin's own segmentation layer. A newer stroke
+supersedes an older one: strokes that arrive while a live job runs are folded into the next
+job. When the strokes stop, a full round
 follows through the task bar, so the whole volume (with the connectivity rule and the
 uncertainty) catches up; a stroke during that round stops it and the cycle starts again.
 When the active model changes (a fit running alongside has finished, or the user picked
@@ -46,9 +47,10 @@ class LiveController(QObject):
         The dock's shared state (viewer, active model, device, feature cache, task bar).
     full_round : callable
         Starts a full Segment round through the task bar (returns False if it could not).
-    locked, connected, background : callable
-        The Segment section's locked classes, connect-to-stroke rule and background class
-        (``SegmentOptions.background``), read when a slice job starts.
+    locked, connected, background, object_class : callable
+        The Segment section's locked classes, connect-to-stroke rule, background class
+        (``SegmentOptions.background``) and object class (``SegmentOptions.object_class``),
+        read when a slice job starts.
 
     Signals
     -------
@@ -62,7 +64,7 @@ class LiveController(QObject):
     def __init__(self, session: Session, full_round, locked=lambda: [],
                  connected=lambda: True, background=lambda: "auto",
                  last_round=lambda: None, extra=lambda scan: None,
-                 edge=lambda: (True, 0.0),
+                 edge=lambda: (True, 0.0), object_class=lambda: None,
                  parent: QObject | None = None) -> None:
         # Parented to the Segment section: its timers die with the dock, never firing into
         # deleted widgets.
@@ -75,6 +77,7 @@ class LiveController(QObject):
         self._last_round = last_round  # (scan, annotations, result) of the last full round
         self._extra = extra  # scan -> more forest columns (the anomaly score) or None
         self._edge = edge  # (snap the object's edge, its growth floor), as full rounds
+        self._object_class = object_class  # SegmentOptions.object_class, as full rounds
         self._round_labels: np.ndarray | None = None
         self.enabled = False
         self._scan: napari.layers.Image | None = None
@@ -184,8 +187,9 @@ class LiveController(QObject):
         background = self._background()
         extra = self._extra(self._scan)  # the full rounds' columns: the same slice
         snap, edge_min_p = self._edge()
+        obj = self._object_class()
         key = (id(model), id(self._scan), self.session.device, background,
-               None if extra is None else id(extra), snap, edge_min_p)
+               None if extra is None else id(extra), snap, edge_min_p, obj)
         self._extra_seen = extra  # held, so that no new array takes its id while keyed
         segmenter = self._segmenter if key == self._segmenter_key else None
         volume = layer_array(self._scan)
@@ -198,17 +202,18 @@ class LiveController(QObject):
         self._pending = False
 
         def job():
-            from ...engine.segment import LiveSegmenter, SegmentOptions, continues_round
+            from ...engine.segment import SegmentOptions, continues_round, live_segmenter
             from ...runtime.progress import drive
 
             seg = segmenter
             if seg is None:  # its own copy of the model: a full round may use the shared one
-                seg = LiveSegmenter(model, volume, modality=modality, cache=cache,
-                                    device=device, spacing=spacing,
-                                    options=SegmentOptions(background=background,
-                                                           boundary_refine=snap,
-                                                           edge_min_p=edge_min_p),
-                                    extra_features=extra)
+                seg = live_segmenter(model, volume, modality=modality, cache=cache,
+                                     device=device, spacing=spacing,
+                                     options=SegmentOptions(background=background,
+                                                            boundary_refine=snap,
+                                                            edge_min_p=edge_min_p,
+                                                            object_class=obj),
+                                     extra_features=extra)
                 drive(seg.prepare())
             # As the full round after the pause will: the last round read for unclear
             # strokes and averaged in (momentum).

@@ -155,8 +155,7 @@ class SegmentSection(Section):
             "With three or more classes (a tumour painted beside the air and the body), the "
             "class with this id is segmented against all the others, as with two classes, and "
             "the others among themselves: brain2's tumour 0.22 -> 0.50 mean Dice over ten "
-            "corrections, breast1 0.64 -> 0.78, brain1 0.67 -> 0.53. Live slices are off.")
-        self.object_class.valueChanged.connect(self._object_class_changed)
+            "corrections, breast1 0.64 -> 0.78, brain1 0.67 -> 0.53.")
         self.anomaly = checkbox(
             "Use the anomaly score (MR)", True,
             "When Reconstruct has made this scan's anomaly score, the classifier sees it as "
@@ -189,6 +188,7 @@ class SegmentSection(Section):
                                    connected=lambda: self.connected.isChecked(),
                                    background=self.background,
                                    edge=self._edge,
+                                   object_class=lambda: int(self.object_class.value()) or None,
                                    last_round=lambda: self._last_round,
                                    extra=self.anomaly_column, parent=self)
         self.live_box = checkbox(
@@ -236,12 +236,6 @@ class SegmentSection(Section):
         # (scan layer, its annotations, result) of the last round: the next round averages it
         # in where the object shrinks, if it only adds strokes (SegmentOptions.momentum).
         self._last_round: tuple | None = None
-
-    def _object_class_changed(self, value: int) -> None:
-        # Live slices run the round of all classes: not what a round with an object gives.
-        if value:
-            self.live_box.setChecked(False)
-        self.live_box.setEnabled(not value)
 
     def set_busy(self, busy: bool) -> None:
         """Disable the job buttons here and in the annotation box."""

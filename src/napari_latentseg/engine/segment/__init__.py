@@ -35,6 +35,7 @@ from .annotations import continues_round, validate_annotations
 from .cache import FeatureCache
 from .cluster import ClusterResult, cluster, cluster_iter
 from .live import LiveSegmenter, SlicePrediction
+from .objectlive import ObjectLiveSegmenter, live_segmenter
 from .objectround import segment, segment_iter
 from .options import SegmentOptions
 from .postprocess import keep_connected
@@ -47,6 +48,8 @@ __all__ = [
     "SegmentationResult",
     "SegmentOptions",
     "LiveSegmenter",
+    "ObjectLiveSegmenter",
+    "live_segmenter",
     "SlicePrediction",
     "cluster_iter",
     "cluster",

@@ -30,9 +30,10 @@ from .options import _FIELDS, SegmentOptions, resolve_options
 from .postprocess import normalised_entropy
 from .state import SegmentationResult
 
-__all__ = ["segment_iter", "segment", "object_round_applies"]
+__all__ = ["segment_iter", "segment", "object_round_applies", "combine", "combine_arrays",
+           "two_class_annotations", "part_options", "OBJECT", "REST"]
 
-_OBJECT, _REST = 2, 1  # the two-class round's ids
+OBJECT, REST = 2, 1  # the two-class round's ids
 
 
 def object_round_applies(options: SegmentOptions, annotations: np.ndarray) -> str | None:
@@ -48,6 +49,20 @@ def object_round_applies(options: SegmentOptions, annotations: np.ndarray) -> st
         return (f"object class {obj} with {len(painted)} painted classes: the two-class "
                 "round itself")
     return None
+
+
+def part_options(options: SegmentOptions) -> tuple[SegmentOptions, SegmentOptions]:
+    """The options of the two-class round and of the round of all classes."""
+    inner = dataclasses.replace(options, object_class=None)
+    return dataclasses.replace(
+        inner, background=None if options.background is None else REST), inner
+
+
+def two_class_annotations(annotations: np.ndarray, obj: int) -> np.ndarray:
+    """The strokes of class ``obj`` as :data:`OBJECT`, every other painted class as
+    :data:`REST` (0 stays not painted)."""
+    ann = np.asarray(annotations)
+    return np.where(ann == 0, 0, np.where(ann == obj, OBJECT, REST)).astype(np.uint8)
 
 
 def segment_iter(model, volume: np.ndarray, annotations: np.ndarray,
@@ -70,10 +85,8 @@ def segment_iter(model, volume: np.ndarray, annotations: np.ndarray,
     obj = int(opts.object_class)
     parts = getattr(previous, "object_parts", None)
     prev_two, prev_multi = parts if parts is not None else (None, previous)
-    inner = dataclasses.replace(opts, object_class=None)
-    two_opts = dataclasses.replace(
-        inner, background=None if opts.background is None else _REST)
-    two = np.where(ann == 0, 0, np.where(ann == obj, _OBJECT, _REST)).astype(np.uint8)
+    two_opts, inner = part_options(opts)
+    two = two_class_annotations(ann, obj)
     r2 = yield from fewshot.segment_iter(model, volume, two, two_opts, previous=prev_two,
                                          **kwargs)
     rm = yield from fewshot.segment_iter(model, volume, ann, inner, previous=prev_multi,
@@ -85,34 +98,49 @@ def combine(r2: SegmentationResult, rm: SegmentationResult, obj: int) -> Segment
     """The multi-class result ``rm`` with class ``obj`` where the two-class result ``r2``
     has its object; the other classes' probabilities share what ``r2`` leaves, in ``rm``'s
     proportions."""
-    classes = list(rm.classes)
-    k = classes.index(obj)
-    others = np.array([i for i in range(len(classes)) if i != k])
-    p = np.array(rm.probabilities, dtype=np.float32, copy=True)
-    p_obj = np.asarray(r2.probabilities, dtype=np.float32)[list(r2.classes).index(_OBJECT)]
-    rest = p[others].sum(0)
-    # Where the multi-class round left the others nothing, they share the rest alike.
-    share = np.where(rest[None] > 1e-6, p[others] / np.maximum(rest, 1e-6)[None],
-                     np.float32(1.0 / len(others)))
-    p[others] = share * (1.0 - p_obj)[None]
-    p[k] = p_obj
-    labels = np.array(rm.labels, copy=True)
-    in_two = np.asarray(r2.labels) == _OBJECT
-    let_go = (labels == obj) & ~in_two
-    if let_go.any():
-        labels[let_go] = np.asarray(classes, dtype=labels.dtype)[others[
-            p[others][:, let_go].argmax(0)]]
-    labels[in_two] = obj
+    labels, p, let_go = combine_arrays(
+        rm.labels, rm.probabilities, rm.classes,
+        np.asarray(r2.probabilities)[list(r2.classes).index(OBJECT)],
+        np.asarray(r2.labels) == OBJECT, obj)
     note = (f"class {obj} from a two-class round (it against the other painted classes), "
             "the other classes from the round of all of them")
     return dataclasses.replace(
         rm, labels=labels, probabilities=p, uncertainty=normalised_entropy(p),
         history=list(rm.history) + list(r2.history)
         + [{"stage": "object", "class": obj, "voxels": int(np.count_nonzero(labels == obj)),
-            "let_go": int(np.count_nonzero(let_go))}],
+            "let_go": int(let_go)}],
         notes=list(dict.fromkeys(list(r2.notes) + list(rm.notes) + [note])),
         seconds=r2.seconds + rm.seconds, cache_hit=r2.cache_hit and rm.cache_hit,
         grown=None, object_parts=(r2, rm))
+
+
+def combine_arrays(labels: np.ndarray, probabilities: np.ndarray, classes: list[int],
+                   p_object: np.ndarray, in_two: np.ndarray, obj: int
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`combine` on arrays of any grid (a volume, or one slice for live feedback).
+
+    ``labels`` / ``probabilities`` (classes first) / ``classes``: the round of all classes;
+    ``p_object``: the two-class round's probability of its object, ``in_two`` where it
+    labelled the object. Returns new labels and probabilities, and the number of voxels the
+    round of all classes gave the object that went to their next most probable class.
+    """
+    k = list(classes).index(obj)
+    others = np.array([i for i in range(len(classes)) if i != k])
+    p = np.array(probabilities, dtype=np.float32, copy=True)
+    p_obj = np.asarray(p_object, dtype=np.float32)
+    rest = p[others].sum(0)
+    # Where the multi-class round left the others nothing, they share the rest alike.
+    share = np.where(rest[None] > 1e-6, p[others] / np.maximum(rest, 1e-6)[None],
+                     np.float32(1.0 / len(others)))
+    p[others] = share * (1.0 - p_obj)[None]
+    p[k] = p_obj
+    out = np.array(labels, copy=True)
+    let_go = (out == obj) & ~in_two
+    if let_go.any():
+        out[let_go] = np.asarray(classes, dtype=out.dtype)[others[
+            p[others][:, let_go].argmax(0)]]
+    out[in_two] = obj
+    return out, p, int(np.count_nonzero(let_go))
 
 
 def segment(model, volume: np.ndarray, annotations: np.ndarray,
