@@ -8,7 +8,9 @@ at a time, at the most interior wrong voxel of the displayed slice, with the tru
 reports the time from each stroke to the updated slice (``LiveController.slice_updated``) and
 the Dice of the displayed slice after each stroke.
 
-Run: ``xvfb-run -a python benchmarks/bench_live.py [--cases phantom brain1 lung2]``.
+Run: ``xvfb-run -a python benchmarks/bench_live.py [--cases phantom brain1 lung2]``;
+``--three-class`` paints the air, the tumour and the body as classes of their own, and
+``--object-class 2`` then takes the tumour from a two-class round (the dock's Object class).
 Models are fitted once per scan (``--fit-steps``) and kept in ``--model-dir``.
 """
 
@@ -85,14 +87,20 @@ def run_case(app, name, vol, truth_fg, args):
         z = int(np.argmax(truth_fg.reshape(len(truth_fg), -1).sum(1)))
         viewer.dims.set_point(0, float(scan.data_to_world((z, 0, 0))[0]))
         truth = np.where(truth_fg[z], 2, 1).astype(np.uint8)
+        if args.three_class:  # the air, the tumour and the rest of the body
+            from napari_latentseg.engine.normalize import foreground_mask
+
+            body = foreground_mask(vol.data, vol.metadata.get("modality"))[z]
+            truth[(truth == 1) & body] = 3
+        seg.object_class.setValue(args.object_class)
         radius = 4
         ann.brush_size = 2 * radius + 1
-        for label in (1, 2):
+        for label in np.unique(truth):
             mask = truth == label
             from scipy import ndimage as ndi
 
             y, x = np.unravel_index(int(np.argmax(ndi.distance_transform_edt(mask))), mask.shape)
-            ann.paint((z, y, x), label)
+            ann.paint((z, y, x), int(label))
         finished = []
         dock.tasks.task_finished.connect(lambda *a: finished.append(a))
         t0 = time.perf_counter()
@@ -125,6 +133,7 @@ def run_case(app, name, vol, truth_fg, args):
         volume_s = time.perf_counter() - t0
         secs = [r["seconds"] for r in rows]
         return {"case": name, "shape": list(vol.data.shape), "fit_s": round(fit_s, 1),
+                "classes": 3 if args.three_class else 2, "object_class": args.object_class,
                 "first_round_s": round(first_s, 2), "strokes": rows,
                 "median_stroke_s": round(float(np.median(secs)), 3) if secs else None,
                 "max_stroke_s": round(float(np.max(secs)), 3) if secs else None,
@@ -140,6 +149,10 @@ def main(argv=None) -> int:
     p.add_argument("--fit-steps", type=int, default=150)
     p.add_argument("--model-dir", default=str(Path.home() / ".cache" / "napari-latentseg"
                                               / "bench-models"))
+    p.add_argument("--three-class", action="store_true",
+                   help="paint the air, the tumour (2) and the rest of the body (3)")
+    p.add_argument("--object-class", type=int, default=0,
+                   help="the dock's Object class box (0: none), e.g. 2 with --three-class")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_live.json"))
     args = p.parse_args(argv)
