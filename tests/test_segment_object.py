@@ -113,3 +113,39 @@ def test_cli_object_class(small_phantom, three, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["segment", str(img_path), "-a", str(ann_path), "-o", str(tmp_path / "x.nii.gz"),
               "--object-class", "0"])
+
+
+def test_batch_object_class(small_phantom, three, tiny_model, tmp_path, capsys):
+    """``latentseg batch --task segment --object-class``: the engine's option on each scan,
+    part of the stamp (a run without it is redone), a bad id refused."""
+    from napari_latentseg.engine.segment import segment
+    from napari_latentseg.io import read_volume
+    from napari_latentseg.models.checkpoint import save_model
+
+    truth, ann = three
+    scans, anns = tmp_path / "scans", tmp_path / "ann"
+    scans.mkdir(), anns.mkdir()
+    save_volume(scans / "p0.nii.gz", small_phantom.image, spacing=small_phantom.spacing)
+    save_volume(anns / "p0.nii.gz", ann, spacing=small_phantom.spacing)
+    model = save_model(tiny_model, tmp_path / "vae.pt")
+    out = tmp_path / "out"
+    base = ["batch", str(scans), "-a", str(anns), "-m", str(model), "--task", "segment",
+            "-o", str(out), "--workers", "0", "-q"]
+    assert main(base + ["--object-class", "2"]) == 0
+    got = read_volume(out / "p0" / "labels.nii.gz").data
+    want = segment(tiny_model, small_phantom.image, ann, SegmentOptions(object_class=2),
+                   spacing=small_phantom.spacing)
+    np.testing.assert_array_equal(got == 2, want.labels == 2)
+    stamp = (out / "p0" / "done.json").stat().st_mtime_ns
+    assert main(base + ["--object-class", "2"]) == 0  # finished: skipped
+    assert (out / "p0" / "done.json").stat().st_mtime_ns == stamp
+    assert main(base) == 0  # without the option: other outputs, redone
+    assert (out / "p0" / "done.json").stat().st_mtime_ns != stamp
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(base + ["--object-class", "0"])
+    assert "label id >= 1" in capsys.readouterr().err
+    from napari_latentseg.batch.worker import BatchOptions
+
+    with pytest.raises(ValueError, match="object_class"):
+        BatchOptions(task="segment", object_class=0)

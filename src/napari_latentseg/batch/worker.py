@@ -33,19 +33,8 @@ import numpy as np
 from ..runtime.files import atomic_write
 from .manifest import ScanJob
 
-__all__ = [
-    "CANDIDATES_NAME",
-    "STAMP_NAME",
-    "TASKS",
-    "BatchOptions",
-    "file_hash",
-    "path_hash",
-    "path_signature",
-    "process_scan",
-    "read_stamp",
-    "stamp_is_complete",
-    "task_outputs",
-]
+__all__ = ["CANDIDATES_NAME", "STAMP_NAME", "TASKS", "BatchOptions", "file_hash", "path_hash",
+           "path_signature", "process_scan", "read_stamp", "stamp_is_complete", "task_outputs"]
 
 TASKS = ("reconstruct", "cluster", "segment")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
@@ -101,6 +90,8 @@ class BatchOptions:
         Task ``reconstruct``: fade the denoiser's findings near the head's surface (MR).
     anomaly_map : bool
         Task ``reconstruct``: also write the continuous anomaly score (``anomaly_map.<ext>``).
+    object_class : int or None
+        Task ``segment``: ``SegmentOptions.object_class``, as ``latentseg segment``.
     """
 
     task: str = "reconstruct"
@@ -119,6 +110,7 @@ class BatchOptions:
     lower_symmetric: bool = True
     anomaly_map: bool = False
     lower_surface: bool = True
+    object_class: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -128,6 +120,9 @@ class BatchOptions:
         from ..engine.segment.cluster import check_cluster_args
 
         check_cluster_args(self.k if self.task == "cluster" else None, self.method)
+        from ..engine.segment.options import SegmentOptions
+
+        SegmentOptions(object_class=self.object_class)  # refuses a bad class id
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16, got {self.tile}")
         if not 0.0 < self.fpr < 1.0:
@@ -150,6 +145,8 @@ class BatchOptions:
             key.update(k=self.k, method=self.method, seed=self.seed)
         else:
             key["seed"] = self.seed
+            if self.object_class is not None:  # unset: an older run's stamp still matches
+                key["object_class"] = self.object_class
         return key
 
 
@@ -372,7 +369,8 @@ def _run_task(job: ScanJob, model_path: str, model_hash: str, options: BatchOpti
         result = drive(cluster_job(model, scan, k=options.k, method=options.method,
                                    seed=options.seed))
     else:
-        result = drive(segment_job(model, scan, ann, seed=options.seed, extra_features=score))
+        result = drive(segment_job(model, scan, ann, seed=options.seed, extra_features=score,
+                                   object_class=options.object_class))
     ext = options.output_format
     outputs = {f"{stem}.{ext}": result.outputs[role].data
                for stem, role in _task_files(options).items() if role in result.outputs}

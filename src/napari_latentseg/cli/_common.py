@@ -11,7 +11,7 @@ from ..runtime.errors import UserError
 
 __all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress",
            "drive_interruptible", "run_core", "add_common", "add_anomaly_options",
-           "note_with_self"]
+           "note_with_self", "class_id"]
 
 EXIT_USAGE = 2  # the user's input or request is wrong
 EXIT_FAILURE = 1  # the job failed (out of memory, a failed scan of a batch, a bug)
@@ -139,3 +139,14 @@ def load_scan(path: str):
         return _load(path)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
+
+
+def class_id(text: str) -> int:
+    """A label id >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a label id >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a label id >= 1, got {value}")
+    return value

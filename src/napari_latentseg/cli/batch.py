@@ -12,6 +12,7 @@ from ._common import (
     CLIError,
     add_anomaly_options,
     add_common,
+    class_id,
     drive_interruptible,
     note_with_self,
 )
@@ -45,6 +46,10 @@ def add_parser(sub) -> None:
                         "--task reconstruct --anomaly-map` run) or FOLDER/<id>.<ext>, for "
                         "scans the manifest's anomaly_map column leaves empty; MR tumours: "
                         "mean Dice over a correction loop +0.05 to +0.06")
+    b.add_argument("--object-class", type=class_id, default=None, metavar="ID",
+                   help="segment: with three or more painted classes, this class comes from a "
+                        "two-class round, it against the other painted classes (as `latentseg "
+                        "segment --object-class`)")
     b.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"],
                    help="output file format (default nii.gz)")
     b.add_argument("--tile", type=int, default=512, help="reconstruct: largest in-plane tile")
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                                fpr=args.fpr, with_self=args.with_self,
                                lower_symmetric=not args.keep_symmetric,
                                anomaly_map=args.anomaly_map,
-                               lower_surface=not args.keep_surface)
+                               lower_surface=not args.keep_surface,
+                               object_class=args.object_class)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     dashboard = None if args.dashboard.strip().lower() in ("", "none") else args.dashboard

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import CLIError, add_common, load_scan, run_core
+from ._common import CLIError, add_common, class_id, load_scan, run_core
 
 # Few-shot (forest + connectivity rule) is the default: seconds per round. Fine-tuning costs
 # 3-10x the time and a new model file per round for gains on few cases (docs/benchmarks.md):
@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
                         "annotations' label names, else class 1 when exactly two classes are "
                         "painted; with three or more classes the unpainted voxels count as "
                         "weak evidence of the large ones; none: both off)")
-    s.add_argument("--object-class", type=_class_id, default=None, metavar="ID",
+    s.add_argument("--object-class", type=class_id, default=None, metavar="ID",
                    help="with three or more painted classes: this class (a tumour painted "
                         "beside the air and the body, say) comes from a two-class round, it "
                         "against every other painted class as the background, and the others "
@@ -175,17 +175,6 @@ def run(args: argparse.Namespace) -> int:
     if args.suggest:
         _print_suggestion(res.suggestion)
     return 0
-
-
-def _class_id(text: str) -> int:
-    """A label id >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a label id >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a label id >= 1, got {value}")
-    return value
 
 
 def _print_suggestion(sgt: dict) -> None:
