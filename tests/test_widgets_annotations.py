@@ -215,6 +215,9 @@ def test_object_class_in_the_dock(dock, qtbot, phantom_crop):
         at = np.argwhere(truth[6] == tissue)[:10]
         ann.data_setitem((np.full(len(at), 6), at[:, 0], at[:, 1]), value)
     seg.object_class.setValue(2)
+    assert seg.object_class.text() == "2 structure"  # the id with the class table's name
+    seg.classes.table.item(1, 2).setText("white matter")
+    assert seg.object_class.text() == "2 white matter"
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "class 2 from a two-class round" in seg.summary.text()
     assert seg.live_box.isChecked()  # offered as with every round

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QColor
+from qtpy.QtGui import QColor, QValidator
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
     QHeaderView,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -37,7 +38,8 @@ from ._base import button_row
 if TYPE_CHECKING:
     import napari.layers
 
-__all__ = ["ClassTable", "layer_classes", "apply_classes", "LOCKED_KEY", "DEFAULT_NAMES"]
+__all__ = ["ClassTable", "ClassSpinBox", "layer_classes", "apply_classes", "LOCKED_KEY",
+           "DEFAULT_NAMES"]
 
 LOCKED_KEY = "latentseg_locked"
 #: Names of the first rows of a layer that has none (the painting convention of the dock).
@@ -261,3 +263,33 @@ class ClassTable(QWidget):
         if self._layer is not None:
             apply_classes(self._layer, self.classes(), self.locked())
         self.classes_changed.emit()
+
+
+class ClassSpinBox(QSpinBox):
+    """A class id, shown with the class table's name ("7 lesion"); 0 shows "none".
+
+    Typing a number (with or without the name) sets the id.
+    """
+
+    def __init__(self, table: ClassTable) -> None:
+        super().__init__()
+        self._table = table
+        self.setRange(0, 65535)
+        self.setSpecialValueText("none")
+        # A renamed class shows its new name at once.
+        table.classes_changed.connect(lambda: self.lineEdit().setText(
+            self.textFromValue(self.value())))
+
+    def textFromValue(self, value: int) -> str:  # noqa: N802 (Qt's name)
+        name = self._table.names().get(int(value)) if value else None
+        return f"{value} {name}" if name else str(value)
+
+    def valueFromText(self, text: str) -> int:  # noqa: N802
+        head = text.strip().split(" ", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    def validate(self, text: str, pos: int):
+        head = text.strip().split(" ", 1)[0]
+        ok = head.isdigit() or text.strip() in ("", self.specialValueText())
+        state = QValidator.State.Acceptable if ok else QValidator.State.Invalid
+        return state, text, pos

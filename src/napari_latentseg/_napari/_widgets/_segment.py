@@ -55,6 +55,7 @@ from ...engine.segment.options import STEADY_EDGE_MIN_P
 from ...pipeline import cluster_job, segment_job
 from ._annotations import AnnotationBox
 from ._base import Section, checkbox
+from ._classes import ClassSpinBox
 from ._corrections import accept_corrections
 from ._layers import (
     check_scan_layer,
@@ -148,9 +149,7 @@ class SegmentSection(Section):
             "it misses to extend it). With three or more classes they count as weak evidence "
             "of the large classes, so the rarest one learns where it is not. Untick when the "
             "classes fill the scan alike.")
-        self.object_class = QSpinBox()
-        self.object_class.setRange(0, 65535)
-        self.object_class.setSpecialValueText("none")  # 0: every class alike
+        self.object_class = ClassSpinBox(self.classes)  # 0 ("none"): every class alike
         self.object_class.setToolTip(
             "With three or more classes (a tumour painted beside the air and the body), the "
             "class with this id is segmented against all the others, as with two classes, and "
