@@ -238,4 +238,7 @@ def test_object_class_in_the_dock(dock, qtbot, phantom_crop):
     seg.live_box.setChecked(False)  # the round after the pause, by hand
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert seg._last_round[2].round_no == 2
+    seg.object_class.setValue(0)
+    seg.classes.table.item(0, 2).setText("air")
+    assert seg.object_class.text() == "none" and seg._object_class() is None
     np.testing.assert_array_equal(viewer.layers["phantom crop"].data, img)

@@ -276,9 +276,12 @@ class ClassSpinBox(QSpinBox):
         self._table = table
         self.setRange(0, 65535)
         self.setSpecialValueText("none")
-        # A renamed class shows its new name at once.
-        table.classes_changed.connect(lambda: self.lineEdit().setText(
-            self.textFromValue(self.value())))
+        table.classes_changed.connect(self._refresh)  # a renamed class shows at once
+
+    def _refresh(self) -> None:
+        value = self.value()
+        self.lineEdit().setText(self.specialValueText() if value == self.minimum()
+                                else self.textFromValue(value))
 
     def textFromValue(self, value: int) -> str:  # noqa: N802 (Qt's name)
         name = self._table.names().get(int(value)) if value else None

@@ -6,9 +6,9 @@ pause, a live job: the forest is refitted from cached features and the slice on 
 predicted (:class:`~napari_latentseg.engine.segment.LiveSegmenter`, two of them with an
 object class), then written into the plugin's own segmentation layer. A newer stroke
 supersedes an older one: strokes that arrive while a live job runs are folded into the next
-job. When the strokes stop, a full round
-follows through the task bar, so the whole volume (with the connectivity rule and the
-uncertainty) catches up; a stroke during that round stops it and the cycle starts again.
+job. When the strokes stop, a full round follows through the task bar, so the whole volume
+(with the connectivity rule and the uncertainty) catches up; a stroke during that round
+stops it and the cycle starts again.
 When the active model changes (a fit running alongside has finished, or the user picked
 another), the volume is segmented again with its features after the same pause.
 

@@ -187,7 +187,7 @@ class SegmentSection(Section):
                                    connected=lambda: self.connected.isChecked(),
                                    background=self.background,
                                    edge=self._edge,
-                                   object_class=lambda: int(self.object_class.value()) or None,
+                                   object_class=self._object_class,
                                    last_round=lambda: self._last_round,
                                    extra=self.anomaly_column, parent=self)
         self.live_box = checkbox(
@@ -235,6 +235,9 @@ class SegmentSection(Section):
         # (scan layer, its annotations, result) of the last round: the next round averages it
         # in where the object shrinks, if it only adds strokes (SegmentOptions.momentum).
         self._last_round: tuple | None = None
+
+    def _object_class(self) -> int | None:
+        return int(self.object_class.value()) or None  # 0: "none"
 
     def set_busy(self, busy: bool) -> None:
         """Disable the job buttons here and in the annotation box."""
@@ -342,7 +345,7 @@ class SegmentSection(Section):
         background = self.background()
         last = self._last_round if self._last_round and self._last_round[0] is scan else None
         score = self.anomaly_column(scan)
-        obj = int(self.object_class.value()) or None
+        obj = self._object_class()
 
         def job(stop):
             # A round that only adds strokes continues the last one (momentum); any other
