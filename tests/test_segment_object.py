@@ -145,6 +145,9 @@ def test_batch_object_class(small_phantom, three, tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base + ["--object-class", "0"])
     assert "label id >= 1" in capsys.readouterr().err
+    cluster = base[:base.index("--task")] + ["--task", "cluster"] + base[base.index("-o"):]
+    assert main(cluster + ["--object-class", "2"]) == 2
+    assert "--object-class is an option of --task segment" in capsys.readouterr().err
     from napari_latentseg.batch.worker import BatchOptions
 
     with pytest.raises(ValueError, match="object_class"):

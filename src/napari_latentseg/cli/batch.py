@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.anomaly_maps and args.task != "segment":
         raise CLIError("--anomaly-maps is an input of --task segment (reconstruct writes "
                        "them with --anomaly-map)")
+    if args.object_class is not None and args.task != "segment":
+        raise CLIError("--object-class is an option of --task segment")
     jobs, ignored = read_manifest(args.input, annotations_dir=args.annotations,
                                   anomaly_maps_dir=args.anomaly_maps)
     if ignored and not args.quiet:
