@@ -414,7 +414,7 @@ class SegmentSection(Section):
                 pred.metadata["latentseg_output"]))
             if not self._live_offered:  # on by default once a first round has run
                 self._live_offered = True
-                self.live_box.setChecked(self.live_box.isEnabled())
+                self.live_box.setChecked(True)
         unc = result.uncertainty
         top = float(np.percentile(unc, 99.5)) if unc.size else 1.0
         upsert_output(self.viewer, scan, "uncertainty", unc, "image",
