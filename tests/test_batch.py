@@ -224,10 +224,16 @@ def test_segment_from_a_csv_manifest_with_annotations(cohort, model_file, tmp_pa
                  f"p3,{rel}/scans/s3.nii.gz,\n")
     out = tmp_path / "seg"
     code = main(["batch", str(m), "-m", str(model_file), "--task", "segment", "-o", str(out),
-                 "--workers", "0", "--format", "nrrd", "-q"])
+                 "--workers", "0", "--format", "nrrd"])
     assert code == 1
     rows = _summary(out)
     assert rows["p3"]["status"] == "failed" and "no annotations" in rows["p3"]["error"]
+    err = capsys.readouterr().err  # not a terminal: a plain line per scan, no bar
+    assert "\r" not in err and "p3: failed: no annotations" in err
+    lines = re.findall(r"scans: (\d)/3 (p\d) (\w+)", err)
+    assert sorted(n for n, _, _ in lines) == ["1", "2", "3"], err
+    assert sorted((i, st) for _, i, st in lines) == [("p0", "done"), ("p1", "done"),
+                                                     ("p3", "failed")], err
     for sid, src in (("p0", "s0"), ("p1", "s1")):
         assert rows[sid]["status"] == "done"
         image = read_volume(cohort / "scans" / f"{src}.nii.gz")
@@ -245,7 +251,6 @@ def test_segment_from_a_csv_manifest_with_annotations(cohort, model_file, tmp_pa
         assert vols[f"volume_ml_{lab}"] == pytest.approx(
             counts[int(lab)] * np.prod(image.spacing) / 1000, rel=1e-3)
     assert not (out / "p3").exists()
-    assert "p3: failed: no annotations" in capsys.readouterr().err
 
 
 def test_reconstruct_anomaly_options_score_maps_and_candidate_tables(

@@ -259,3 +259,72 @@ def test_reconstruct_without_a_model_writes_the_score_alone(scan, model_file, tm
     assert main(["reconstruct", str(scan), "-m", str(model_file), "--anomaly-map",
                  str(tmp_path / "s3.nii.gz"), "-q"]) == EXIT_USAGE
     assert "-o RECON is needed with a model" in capsys.readouterr().err
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_in_a_log_is_plain_lines():
+    """Not a terminal (a log file, a pipe): no bars, redraws or cursor codes, only a line when
+    a stage starts, at most one per interval, and one when it ends."""
+    import io
+
+    from napari_latentseg.cli._common import Progress
+
+    log, clock = io.StringIO(), _Clock()
+    p = Progress(stream=log, interval=10.0, clock=clock)
+    assert p.plain
+    for step in range(1, 101):  # 100 steps over 50 s
+        clock.t = step * 0.5
+        p({"stage": "fit", "step": step, "total": 100, "loss": 1.0 / step})
+    p({"stage": "calibrate", "done": 0, "total": 1})
+    p({"stage": "calibrate", "done": 1, "total": 1})
+    for k in range(1, 4):  # a stage that never reports its end: its last state at close
+        p({"stage": "read", "done": k})
+    p.close()
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    fit = [ln for ln in lines if ln.startswith("fit:")]
+    assert fit[0].startswith("fit: 1/100") and fit[-1].startswith("fit: 100/100 loss=0.0100")
+    assert fit[-1].endswith("(50 s)") and 5 <= len(fit) <= 7  # start, every 10 s, end
+    assert [ln for ln in lines if ln.startswith("calibrate")] == ["calibrate... (0 s)",
+                                                                  "calibrate: done (0 s)"]
+    assert [ln for ln in lines if ln.startswith("read")] == ["read: 1 (0 s)", "read: 3 (0 s)"]
+    # A stage that runs again (a second fit) starts its lines again.
+    p({"stage": "fit", "step": 1, "total": 100})
+    assert log.getvalue().splitlines()[-1].startswith("fit: 1/100")
+
+
+def test_progress_in_a_terminal_draws_bars():
+    import io
+
+    from napari_latentseg.cli._common import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    p = Progress(stream=term)
+    assert not p.plain
+    p({"stage": "fit", "step": 3, "total": 10})
+    assert "fit" in p.bars and p.bars["fit"].n == 3
+    p.close()
+    assert "3/10" in term.getvalue()
+    quiet = Progress(quiet=True, stream=Terminal())
+    quiet({"stage": "fit", "step": 3, "total": 10})
+    assert not quiet.bars and not quiet.stream.getvalue()
+
+
+def test_a_job_logged_to_a_file_has_plain_progress(scan, model_file, tmp_path, capsys):
+    assert main(["reconstruct", str(scan), "-m", str(model_file), "-o",
+                 str(tmp_path / "r.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() and "\r" not in err and "\x1b" not in err, err
+    assert all(re.search(r"\(\d+ s\)$", line) for line in err.splitlines()), err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from ..runtime.errors import UserError
@@ -65,42 +66,92 @@ def add_common(sp: argparse.ArgumentParser) -> None:
 
 
 class Progress:
-    """tqdm bars keyed by stage, fed by the core's progress dicts."""
+    """Progress of the core's stages on ``stream`` (stderr), fed by its progress dicts.
 
-    def __init__(self, quiet: bool = False) -> None:
+    On a terminal: tqdm bars keyed by stage. On a log file or a pipe (a batch job, a cluster
+    scheduler's log), bars would write a redraw per step with carriage returns and cursor
+    codes, so each stage gets plain lines instead: one when it starts, then at most one
+    every ``interval`` seconds, and one when it ends, with its time.
+    """
+
+    def __init__(self, quiet: bool = False, stream=None, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.quiet = quiet
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.plain = not (callable(isatty) and isatty())
+        self.interval = float(interval)
+        self.clock = clock
         self.bars: dict[str, object] = {}
+        self.lines: dict[str, dict] = {}  # plain mode: what each stage last reported
 
     def __call__(self, ev: dict) -> None:
         if self.quiet:
             return
-        from tqdm.auto import tqdm
-
         stage = ev.get("stage", "work")
         total = ev.get("total")
         done = ev.get("step", ev.get("done", 0))
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = tqdm(total=total, desc=stage, unit="step" if stage == "fit" else "it",
-                       file=sys.stderr, leave=True, dynamic_ncols=True)
-            self.bars[stage] = bar
-        if total and bar.total != total:
-            bar.total = total
-        bar.n = done
         post = {}
         for key in ("loss", "val", "best_val"):
             if key in ev and ev[key] is not None:
                 post[key] = f"{ev[key]:.4f}"
         if "message" in ev:
             post["msg"] = ev["message"]
+        if self.plain:
+            self._plain(stage, done, total, post)
+            return
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = tqdm(total=total, desc=stage, unit="step" if stage == "fit" else "it",
+                       file=self.stream, leave=True, dynamic_ncols=True)
+            self.bars[stage] = bar
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
         if post:
             bar.set_postfix(post, refresh=False)
         bar.refresh()
+
+    def _plain(self, stage: str, done, total, post: dict) -> None:
+        now = self.clock()
+        line = self.lines.get(stage)
+        if line is None or (line["ended"] and total and done < total):  # (re)started
+            line = self.lines[stage] = {"t0": now, "last": now, "done": done,
+                                        "total": total, "post": post,
+                                        "ended": bool(total) and done >= total}
+            self._write(stage, line, now)
+            return
+        line.update(done=done, total=total or line["total"], post=post or line["post"])
+        if line["ended"]:
+            return
+        if line["total"] and done >= line["total"]:
+            line["ended"] = True
+            self._write(stage, line, now)
+        elif now - line["last"] >= self.interval:
+            line["last"] = now
+            self._write(stage, line, now)
+
+    def _write(self, stage: str, line: dict, now: float) -> None:
+        done, total = line["done"], line["total"]
+        if total == 1:  # a single step: started or done
+            text = f"{stage}: done" if done >= 1 else f"{stage}..."
+        else:
+            text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
+        text += "".join(f" {k}={v}" for k, v in line["post"].items())
+        print(f"{text} ({now - line['t0']:.0f} s)", file=self.stream, flush=True)
+        line["shown"] = done
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+        now = self.clock()
+        for stage, line in self.lines.items():  # where it moved on since its last line
+            if not line["ended"] and line["done"] != line["shown"]:
+                self._write(stage, line, now)
+        self.lines.clear()
 
 
 def drive_interruptible(gen, progress: Callable, stop: threading.Event):

@@ -132,11 +132,13 @@ def run(args: argparse.Namespace) -> int:
             elif ev["workers"] and dashboard and not args.scheduler:
                 print("Dask dashboard: not available (it needs bokeh: pip install "
                       "'napari-latentseg[batch]')", file=sys.stderr)
-            if not args.quiet:
+            if not args.quiet and sys.stderr.isatty():
                 from tqdm.auto import tqdm
 
                 state["bar"] = tqdm(total=ev["total"], desc="scans", unit="scan",
                                     file=sys.stderr, dynamic_ncols=True)
+            elif not args.quiet:  # a log file or a pipe: a plain line per scan, no redraws
+                state["lines"] = [0, ev["total"]]
             return
         row = ev["row"]
         bar = state["bar"]
@@ -149,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"last": f"{row['id']} {row['status']}"}, refresh=True)
+        elif state.get("lines"):
+            state["lines"][0] += 1
+            print(f"scans: {state['lines'][0]}/{state['lines'][1]} {row['id']} {row['status']}",
+                  file=sys.stderr, flush=True)
 
     try:
         summary = drive_interruptible(
