@@ -227,3 +227,28 @@ def test_context_denoisers_score_a_block_and_restore_the_engine(monkeypatch):
         assert res.score.shape == img.shape
         assert np.median(res.score[truth]) > np.percentile(res.score[tissue], 90), variant
         assert D._unet is unet and A.dae_stats_iter is stats_iter
+
+
+def test_dae_seed_probe_replays_the_engine_and_restores_it(small_phantom, tmp_path):
+    """`_dae_seeds.py`: a saved fit scored again gives the engine's own map; two fits combine
+    into a map of their own; the engine's denoiser is restored after each."""
+    import _dae_seeds
+
+    import napari_latentseg.engine.anomaly_dae as D
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    v = small_phantom.image.astype(np.float32)
+    case = {"name": "tiny", "v": v, "truth": small_phantom.labels == 7, "mod": "MR",
+            "sp": small_phantom.spacing}
+    original = D.dae_raw_iter
+    rows = [_dae_seeds._fit(case, s, tmp_path / f"tiny_s{s}.npz") for s in (0, 1)]
+    assert D.dae_raw_iter is original
+    engine = anomaly_map(None, v, modality="MR", spacing=case["sp"], error_map=False)
+    replay = _dae_seeds._combo(case, [tmp_path / "tiny_s0.npz"], "min", "single 0")
+    assert D.dae_raw_iter is original
+    assert replay["best_dice"] == rows[0]["best_dice"]
+    assert replay["n_candidates"] == rows[0]["n_candidates"] == len(engine.candidates)
+    both = _dae_seeds._combo(case, [tmp_path / f"tiny_s{s}.npz" for s in (0, 1)], "min",
+                             "min 0,1")
+    assert D.dae_raw_iter is original and both["variant"] == "min 0,1"
+    assert 0.0 <= both["best_dice"] <= 1.0
