@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..runtime.errors import UserError
 
-__all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress",
+__all__ = ["CLIError", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED", "Progress", "is_terminal",
            "drive_interruptible", "run_core", "add_common", "add_anomaly_options",
            "note_with_self", "class_id"]
 
@@ -65,6 +65,12 @@ def add_common(sp: argparse.ArgumentParser) -> None:
                     help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
 
 
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (bars redraw there; a log file or pipe gets lines)."""
+    isatty = getattr(stream, "isatty", None)
+    return callable(isatty) and bool(isatty())
+
+
 class Progress:
     """Progress of the core's stages on ``stream`` (stderr), fed by its progress dicts.
 
@@ -78,8 +84,7 @@ class Progress:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.quiet = quiet
         self.stream = sys.stderr if stream is None else stream
-        isatty = getattr(self.stream, "isatty", None)
-        self.plain = not (callable(isatty) and isatty())
+        self.plain = not is_terminal(self.stream)
         self.interval = float(interval)
         self.clock = clock
         self.bars: dict[str, object] = {}
@@ -118,7 +123,7 @@ class Progress:
         now = self.clock()
         line = self.lines.get(stage)
         if line is None or (line["ended"] and total and done < total):  # (re)started
-            line = self.lines[stage] = {"t0": now, "last": now, "done": done,
+            line = self.lines[stage] = {"t0": now, "done": done,
                                         "total": total, "post": post,
                                         "ended": bool(total) and done >= total}
             self._write(stage, line, now)
@@ -130,7 +135,6 @@ class Progress:
             line["ended"] = True
             self._write(stage, line, now)
         elif now - line["last"] >= self.interval:
-            line["last"] = now
             self._write(stage, line, now)
 
     def _write(self, stage: str, line: dict, now: float) -> None:
@@ -141,7 +145,7 @@ class Progress:
             text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
         text += "".join(f" {k}={v}" for k, v in line["post"].items())
         print(f"{text} ({now - line['t0']:.0f} s)", file=self.stream, flush=True)
-        line["shown"] = done
+        line["last"], line["shown"] = now, done
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -14,6 +14,7 @@ from ._common import (
     add_common,
     class_id,
     drive_interruptible,
+    is_terminal,
     note_with_self,
 )
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             elif ev["workers"] and dashboard and not args.scheduler:
                 print("Dask dashboard: not available (it needs bokeh: pip install "
                       "'napari-latentseg[batch]')", file=sys.stderr)
-            if not args.quiet and sys.stderr.isatty():
+            if not args.quiet and is_terminal(sys.stderr):
                 from tqdm.auto import tqdm
 
                 state["bar"] = tqdm(total=ev["total"], desc="scans", unit="scan",
