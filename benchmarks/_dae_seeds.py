@@ -14,6 +14,12 @@ where mirrored, as the thin-slice path combines its fits; then the engine's fini
 calibration and candidates (``anomaly_map`` with the denoiser's raw score replaced). SETS:
 seed groups joined by ``+``, e.g. ``0+1+0,1`` (a group of one replays that fit alone).
 
+``--views x,xy,d8`` (fit) also saves each fit's score read through flipped copies of every
+slice (``x``: the last axis, left to right on these heads; ``xy``: both in-plane axes;
+``d8``: and transposed), the snapshots' outputs flipped back and averaged before the
+residual (session 59: test-time flips against the seed's swing; not kept); ``combo --view
+V`` replays those.
+
 One JSON line per case and variant on stdout: best Dice, AUPRC, Dice of the candidates at
 the threshold, % of the head flagged more than 20 mm from every lesion (``fp_pct_far``).
 
@@ -35,6 +41,36 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 HOWS = ("min", "mean")
+#: In-plane views of a slice: (transpose, flip y, flip x).
+VIEWS = {"x": ((0, 0, 0), (0, 0, 1)),
+         "xy": ((0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1))}
+VIEWS["d8"] = VIEWS["xy"] + tuple((1, fy, fx) for _, fy, fx in VIEWS["xy"])
+
+
+def _viewed(net, views):
+    """``net`` reading every view in ``views`` of its input, outputs mapped back, averaged."""
+    import torch
+
+    class Viewed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            acc = 0
+            for t, fy, fx in views:
+                dims = [d for d, f in ((-2, fy), (-1, fx)) if f]
+                v = x.transpose(-1, -2) if t else x
+                o = self.net(torch.flip(v, dims) if dims else v)
+                o = torch.flip(o, dims) if dims else o
+                acc = acc + (o.transpose(-1, -2) if t else o)
+            return acc / len(views)
+
+    return Viewed().eval()
+
+
+def _key(kind: str, view: str) -> str:
+    return kind if view == "plain" else f"{kind}_{view}"
 
 
 def _row(c: dict, res, label: str, secs: float) -> dict:
@@ -53,7 +89,7 @@ def _row(c: dict, res, label: str, secs: float) -> dict:
     return out
 
 
-def _fit(c: dict, seed: int, path: Path) -> dict:
+def _fit(c: dict, seed: int, path: Path, views: tuple = ()) -> dict:
     """The engine's self-mode map of case ``c`` with the denoiser's seed ``seed``, saving
     the fit's scores to ``path`` on the way."""
     from napari_latentseg.engine import anomaly_dae as ad
@@ -70,7 +106,13 @@ def _fit(c: dict, seed: int, path: Path) -> dict:
                                              lower_symmetric=False)
         engine = yield from ad.dae_score_iter(nets, x, mask, spacing=spacing, device=device,
                                               lower_symmetric=lower_symmetric)
-        np.savez_compressed(path, nosym=plain, engine=engine)
+        arrays = {"nosym": plain, "engine": engine}
+        for v in views:
+            viewed = [_viewed(n, VIEWS[v]) for n in nets]
+            for kind, sym in (("nosym", False), ("engine", lower_symmetric)):
+                arrays[_key(kind, v)] = yield from ad.dae_score_iter(
+                    viewed, x, mask, spacing=spacing, device=device, lower_symmetric=sym)
+        np.savez_compressed(path, **arrays)
         return engine
 
     saved = ad.dae_raw_iter
@@ -84,7 +126,7 @@ def _fit(c: dict, seed: int, path: Path) -> dict:
         ad.dae_raw_iter = saved
 
 
-def _combo(c: dict, files: list[Path], how: str, label: str) -> dict:
+def _combo(c: dict, files: list[Path], how: str, label: str, view: str = "plain") -> dict:
     """The engine's map of ``c`` with the saved fits ``files`` combined by ``how``."""
     from napari_latentseg.engine import anomaly_dae as ad
     from napari_latentseg.engine.anomaly import anomaly_map
@@ -93,8 +135,8 @@ def _combo(c: dict, files: list[Path], how: str, label: str) -> dict:
                  lower_symmetric=True, stop_event=None):
         yield {"stage": "anomaly: saved fits", "done": 0, "total": 1}
         if len(files) == 1:
-            return np.load(files[0])["engine"]
-        scores = [np.load(f)["nosym"] for f in files]
+            return np.load(files[0])[_key("engine", view)]
+        scores = [np.load(f)[_key("nosym", view)] for f in files]
         joined = ad.consensus(scores) if how == "min" else np.mean(scores, axis=0)
         total = ad.slice_normalise(joined, mask)
         if lower_symmetric:
@@ -122,7 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("cases", nargs="+", help="case names or patterns of bench_anomaly")
     ap.add_argument("--maps", type=Path, default=Path("/tmp/latentseg-dae-seeds"),
                     help="folder of the saved fits")
+    ap.add_argument("--views", default="", help="fit: also save these test-time views "
+                    f"({', '.join(VIEWS)}), comma-separated")
+    ap.add_argument("--view", default="plain", choices=("plain", *VIEWS),
+                    help="combo: the saved view to replay")
     a = ap.parse_args(argv)
+    if set(a.views.split(",")) - {"", *VIEWS}:
+        ap.error(f"--views: choose from {', '.join(VIEWS)}")
     configure_threads()
     a.maps.mkdir(parents=True, exist_ok=True)
     cases = [c for c in build_cases(False)[0]
@@ -132,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in (int(s) for s in a.seeds.split(",")):
                 path = a.maps / f"{c['name']}_s{seed}.npz"
                 if not path.exists():
-                    print(json.dumps(_fit(c, seed, path)), flush=True)
+                    views = tuple(v for v in a.views.split(",") if v)
+                    print(json.dumps(_fit(c, seed, path, views)), flush=True)
             continue
         for group in a.seeds.split("+"):
             seeds = [int(s) for s in group.split(",")]
@@ -142,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for how in HOWS[:1] if len(seeds) == 1 else HOWS:
                 label = f"single {group}" if len(seeds) == 1 else f"{how} {group}"
-                print(json.dumps(_combo(c, files, how, label)), flush=True)
+                if a.view != "plain":
+                    label += f" view {a.view}"
+                print(json.dumps(_combo(c, files, how, label, a.view)), flush=True)
 
 
 if __name__ == "__main__":

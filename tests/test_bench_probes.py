@@ -252,3 +252,25 @@ def test_dae_seed_probe_replays_the_engine_and_restores_it(small_phantom, tmp_pa
                              "min 0,1")
     assert D.dae_raw_iter is original and both["variant"] == "min 0,1"
     assert 0.0 <= both["best_dice"] <= 1.0
+
+
+def test_dae_seed_probe_views_are_equivariant():
+    """`_dae_seeds._viewed`: a denoiser read through flipped (and transposed) views, its
+    outputs mapped back and averaged, answers a flipped slice with the flipped answer, and is
+    not the plain reading."""
+    import _dae_seeds
+    import torch
+
+    from napari_latentseg.engine.anomaly_dae import _unet
+
+    torch.manual_seed(0)
+    net = _unet().eval()
+    x = torch.randn(2, 1, 16, 24)
+    sq = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        for name in ("x", "xy"):
+            v = _dae_seeds._viewed(net, _dae_seeds.VIEWS[name])
+            assert torch.allclose(v(torch.flip(x, [-1])), torch.flip(v(x), [-1]), atol=1e-5)
+        assert not torch.allclose(_dae_seeds._viewed(net, _dae_seeds.VIEWS["x"])(x), net(x))
+        d8 = _dae_seeds._viewed(net, _dae_seeds.VIEWS["d8"])
+        assert torch.allclose(d8(sq.transpose(-1, -2)), d8(sq).transpose(-1, -2), atol=1e-5)
