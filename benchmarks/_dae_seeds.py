@@ -18,7 +18,8 @@ seed groups joined by ``+``, e.g. ``0+1+0,1`` (a group of one replays that fit a
 slice (``x``: the last axis, left to right on these heads; ``xy``: both in-plane axes;
 ``d8``: and transposed), the snapshots' outputs flipped back and averaged before the
 residual (session 59: test-time flips against the seed's swing; not kept); ``combo --view
-V`` replays those.
+V`` replays those. ``--flip-crops`` (fit) flips half of every training batch left to right,
+so that the mirrored reading is a view the net was fitted on.
 
 One JSON line per case and variant on stdout: best Dice, AUPRC, Dice of the candidates at
 the threshold, % of the head flagged more than 20 mm from every lesion (``fp_pct_far``).
@@ -89,7 +90,22 @@ def _row(c: dict, res, label: str, secs: float) -> dict:
     return out
 
 
-def _fit(c: dict, seed: int, path: Path, views: tuple = ()) -> dict:
+def _flipping(batch_fn, seed: int):
+    """``noisy_batch`` with half of each batch flipped along the last axis (by a generator of
+    its own: the fit's random stream is left as it is)."""
+    import torch
+
+    flips = np.random.default_rng(10_000 + seed)
+
+    def flipped(*args, **kwargs):
+        out = batch_fn(*args, **kwargs)
+        pick = torch.from_numpy(flips.random(len(out[0])) < 0.5)
+        return tuple(torch.where(pick[:, None, None, None], t.flip(-1), t) for t in out)
+
+    return flipped
+
+
+def _fit(c: dict, seed: int, path: Path, views: tuple = (), flip_crops: bool = False) -> dict:
     """The engine's self-mode map of case ``c`` with the denoiser's seed ``seed``, saving
     the fit's scores to ``path`` on the way."""
     from napari_latentseg.engine import anomaly_dae as ad
@@ -115,15 +131,17 @@ def _fit(c: dict, seed: int, path: Path, views: tuple = ()) -> dict:
         np.savez_compressed(path, **arrays)
         return engine
 
-    saved = ad.dae_raw_iter
+    saved, batches = ad.dae_raw_iter, ad.noisy_batch
     ad.dae_raw_iter = recording
+    if flip_crops:
+        ad.noisy_batch = _flipping(batches, seed)
     try:
         t = time.perf_counter()
         res = anomaly_map(None, c["v"], modality=c["mod"], spacing=c["sp"], error_map=False,
                           seed=seed)
         return _row(c, res, f"single {seed}", time.perf_counter() - t)
     finally:
-        ad.dae_raw_iter = saved
+        ad.dae_raw_iter, ad.noisy_batch = saved, batches
 
 
 def _combo(c: dict, files: list[Path], how: str, label: str, view: str = "plain") -> dict:
@@ -166,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="folder of the saved fits")
     ap.add_argument("--views", default="", help="fit: also save these test-time views "
                     f"({', '.join(VIEWS)}), comma-separated")
+    ap.add_argument("--flip-crops", action="store_true",
+                    help="fit: flip half of every training batch left to right")
     ap.add_argument("--view", default="plain", choices=("plain", *VIEWS),
                     help="combo: the saved view to replay")
     a = ap.parse_args(argv)
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 path = a.maps / f"{c['name']}_s{seed}.npz"
                 if not path.exists():
                     views = tuple(v for v in a.views.split(",") if v)
-                    print(json.dumps(_fit(c, seed, path, views)), flush=True)
+                    print(json.dumps(_fit(c, seed, path, views, a.flip_crops)), flush=True)
             continue
         for group in a.seeds.split("+"):
             seeds = [int(s) for s in group.split(",")]

@@ -274,3 +274,23 @@ def test_dae_seed_probe_views_are_equivariant():
         assert not torch.allclose(_dae_seeds._viewed(net, _dae_seeds.VIEWS["x"])(x), net(x))
         d8 = _dae_seeds._viewed(net, _dae_seeds.VIEWS["d8"])
         assert torch.allclose(d8(sq.transpose(-1, -2)), d8(sq).transpose(-1, -2), atol=1e-5)
+
+
+def test_dae_seed_probe_flips_whole_samples_of_a_batch():
+    """`_dae_seeds._flipping`: each sample of a training batch is flipped left to right or
+    left alone, the same way in the noisy crop, the clean crop and the mask."""
+    import _dae_seeds
+    import torch
+
+    base = torch.arange(64 * 24, dtype=torch.float32).reshape(64, 1, 4, 6)
+
+    def batch_fn():
+        return base, base + 1, base * 2
+
+    noisy, clean, mask = _dae_seeds._flipping(batch_fn, seed=0)()
+    flipped = [bool(torch.equal(noisy[i], base[i].flip(-1))) for i in range(64)]
+    for i, f in enumerate(flipped):
+        expect = base[i].flip(-1) if f else base[i]
+        assert torch.equal(noisy[i], expect)
+        assert torch.equal(clean[i], expect + 1) and torch.equal(mask[i], expect * 2)
+    assert 16 < sum(flipped) < 48
