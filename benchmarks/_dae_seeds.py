@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--views", default="", help="fit: also save these test-time views "
                     f"({', '.join(VIEWS)}), comma-separated")
     ap.add_argument("--flip-crops", action="store_true",
-                    help="fit: flip half of every training batch left to right")
+                    help="fit: flip half of every training batch left to right (give it a "
+                    "--maps folder of its own: saved fits are named by case and seed)")
     ap.add_argument("--view", default="plain", choices=("plain", *VIEWS),
                     help="combo: the saved view to replay")
     a = ap.parse_args(argv)
