@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--view", default="plain", choices=("plain", *VIEWS),
                     help="combo: the saved view to replay")
     a = ap.parse_args(argv)
-    if set(a.views.split(",")) - {"", *VIEWS}:
+    views = tuple(v for v in a.views.split(",") if v)
+    if set(views) - set(VIEWS):
         ap.error(f"--views: choose from {', '.join(VIEWS)}")
     configure_threads()
     a.maps.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> None:
             for seed in (int(s) for s in a.seeds.split(",")):
                 path = a.maps / f"{c['name']}_s{seed}.npz"
                 if not path.exists():
-                    views = tuple(v for v in a.views.split(",") if v)
                     print(json.dumps(_fit(c, seed, path, views, a.flip_crops)), flush=True)
             continue
         for group in a.seeds.split("+"):
