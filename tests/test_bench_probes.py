@@ -294,3 +294,28 @@ def test_dae_seed_probe_flips_whole_samples_of_a_batch():
         assert torch.equal(noisy[i], expect)
         assert torch.equal(clean[i], expect + 1) and torch.equal(mask[i], expect * 2)
     assert 16 < sum(flipped) < 48
+
+
+def test_contrast_detail_spheres_sit_apart_at_their_contrast():
+    """`_contrast_detail`: five disjoint spheres inside the region, each at its own contrast
+    in the requested direction, and per-sphere rows that read a score and flags on them."""
+    import _contrast_detail as cd
+
+    rng = np.random.default_rng(0)
+    v = (500 + 10 * rng.normal(size=(8, 80, 80))).astype(np.float32)
+    region = np.zeros(v.shape, bool)
+    region[1:7, 8:72, 8:72] = True
+    sp = (4.0, 1.0, 1.0)
+    for sign in (-1, 1):
+        vol, masks = cd.graded_spheres(v, region, region, sp, 500.0, 10.0, sign, 4.0, 0)
+        assert len(masks) == len(cd.KS) and all(m.sum() > 20 for m in masks)
+        assert not np.any(np.sum(masks, axis=0) > 1) and all((m <= region).all() for m in masks)
+        score = np.zeros(v.shape, np.float32)
+        score[masks[-1]] = 5.0
+        rows = cd.sphere_rows(vol, masks, score, score > 3, 10.0)
+        contrast = [r["contrast_sigma"] for r in rows]
+        assert [np.sign(c) for c in contrast] == [sign] * len(cd.KS)
+        # The soft edge and the ring's distance dilute each sphere's step, not its order.
+        assert abs(contrast[-1]) > abs(contrast[0]) and abs(contrast[-1]) > 7
+        assert [r["flagged"] for r in rows] == [0.0] * (len(cd.KS) - 1) + [1.0]
+        assert rows[-1]["peak"] == 5.0 and rows[0]["peak"] == 0.0
