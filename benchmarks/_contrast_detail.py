@@ -1,11 +1,13 @@
 """Probe: what a self-mode anomaly map flags, by a lesion's contrast and size (session 60,
 issue #14).
 
-Five spheres go into a brain's cerebral white matter (``_lesions.white_matter``), each at
+Five spheres go into a brain's cerebral white matter (``_lesions.white_matter``; for
+``phantom1mm``, the 1.2 mm phantom head of ``phantom1mm-tissue`` without its lesions, its
+white matter), each at
 ``k`` noise sigmas (the engine's estimate over the voxels more than 15 mm inside the head)
 below (``--sign -1``) or above the white matter's 3 mm-smoothed median, with the scan's
 noise; k = 3, 5, 7, 10, 14. One self-mode map of the scan (the engine's default, fit seed
-0), then the same fit replayed with the cap across thick slices off. Per sphere: its
+0); on thick slices the same fit is replayed with the cap across slices off. Per sphere: its
 contrast as implanted (its mean minus that of a ring 1-4 voxels round it in-plane, in
 noise sigmas), its peak score and the share of it flagged at the default threshold.
 
@@ -64,23 +66,40 @@ def sphere_rows(volume, masks, score, flagged, sigma):
     return rows
 
 
+def _scan(name: str):
+    """(volume, white matter to hold the spheres, their centres, spacing) of ``name``."""
+    from _anomaly_cases import THIN_SHAPE, THIN_SP, load
+    from _lesions import white_matter
+    from scipy import ndimage
+
+    from napari_latentseg.data.phantom import make_phantom
+    from napari_latentseg.engine.anomaly import head_mask
+
+    if name == "phantom1mm":
+        ph = make_phantom(THIN_SHAPE, THIN_SP, seed=0, n_lesions=0)
+        wm = ph.labels == 6
+        return ph.image.astype(np.float32), wm, ndimage.binary_erosion(wm), THIN_SP
+    v, lab, sp = load(name, 2)  # $LATENTSEG_BENCH_DATA, else the shared pyradiomics folder
+    cerebrum, wm, _ = white_matter(v, head_mask(v, "MR"), lab, sp)
+    return v, cerebrum, wm, sp
+
+
 def run(name: str, sign: int, radius: float, placement: int) -> list[dict]:
-    """The two maps' rows (cap on, then off) for scan ``name`` (from ``$LATENTSEG_BENCH_DATA``,
-    else the shared pyradiomics folder)."""
-    from _anomaly_cases import load
-    from _lesions import noise_sigma, white_matter
+    """The maps' rows for scan ``name``: on thick slices with the cap, then without."""
+    from _lesions import noise_sigma
     from scipy import ndimage
 
     from napari_latentseg.engine import anomaly_dae as ad
     from napari_latentseg.engine import anomaly_guide as ag
     from napari_latentseg.engine.anomaly import anomaly_map, head_mask
 
-    v, lab, sp = load(name, 2)
+    v, region, centres, sp = _scan(name)
     head = head_mask(v, "MR")
     sigma = noise_sigma(v, ndimage.distance_transform_edt(head, sampling=sp) > 15.0)
-    cerebrum, wm, _ = white_matter(v, head, lab, sp)
-    base = float(np.median(ndimage.gaussian_filter(v, (0, 3.0 / sp[1], 3.0 / sp[2]))[wm]))
-    vol, masks = graded_spheres(v, cerebrum, wm, sp, base, sigma, sign, radius, placement)
+    smooth = ndimage.gaussian_filter(v, (0 if ag.thick_slices(sp) else 3.0 / sp[0],
+                                         3.0 / sp[1], 3.0 / sp[2]))
+    base = float(np.median(smooth[centres]))
+    vol, masks = graded_spheres(v, region, centres, sp, base, sigma, sign, radius, placement)
     saved, cap, held = ad.dae_raw_iter, ag.ACROSS_SLICES, {}
 
     def recording(*a, **k):
@@ -93,7 +112,7 @@ def run(name: str, sign: int, radius: float, placement: int) -> list[dict]:
 
     rows = []
     try:
-        for on in (True, False):
+        for on in (True, False) if ag.thick_slices(sp) else (True,):
             ad.dae_raw_iter, ag.ACROSS_SLICES = (recording if on else replay), on
             t = time.perf_counter()
             res = anomaly_map(None, vol, modality="MR", spacing=sp, error_map=False, seed=0)
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     from napari_latentseg.runtime.device import configure_threads
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("scan", choices=("brain1", "brain2"))
+    ap.add_argument("scan", choices=("brain1", "brain2", "phantom1mm"))
     ap.add_argument("--sign", type=int, choices=(-1, 1), default=-1,
                     help="-1: darker than the white matter, 1: brighter")
     ap.add_argument("--radius", type=float, default=10.0, help="the spheres' radius, mm")
