@@ -2,14 +2,14 @@
 issue #14).
 
 Five spheres go into a brain's cerebral white matter (``_lesions.white_matter``; for
-``phantom1mm``, the 1.2 mm phantom head of ``phantom1mm-tissue`` without its lesions, its
-white matter), each at
-``k`` noise sigmas (the engine's estimate over the voxels more than 15 mm inside the head)
-below (``--sign -1``) or above the white matter's 3 mm-smoothed median, with the scan's
-noise; k = 3, 5, 7, 10, 14. One self-mode map of the scan (the engine's default, fit seed
-0); on thick slices the same fit is replayed with the cap across slices off. Per sphere: its
-contrast as implanted (its mean minus that of a ring 1-4 voxels round it in-plane, in
-noise sigmas), its peak score and the share of it flagged at the default threshold.
+``phantom1mm``, the white matter of ``phantom1mm-tissue``'s 1.2 mm head without its
+lesions), each at ``k`` noise sigmas (the engine's estimate over the voxels more than 15 mm
+inside the head) below (``--sign -1``) or above the white matter's 3 mm-smoothed median,
+with the scan's noise; k = 3, 5, 7, 10, 14. One self-mode map of the scan (the engine's
+default, fit seed 0); on thick slices the same fit is replayed with the cap across slices
+off. Per sphere: its contrast as implanted (its mean minus that of a ring 1-4 voxels round
+it in-plane, in noise sigmas), its peak score and the share of it flagged at the default
+threshold.
 
 One JSON line per map on stdout. Usage::
 
