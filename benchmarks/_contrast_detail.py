@@ -67,7 +67,8 @@ def sphere_rows(volume, masks, score, flagged, sigma):
 
 
 def _scan(name: str):
-    """(volume, white matter to hold the spheres, their centres, spacing) of ``name``."""
+    """(volume, head mask, white matter to hold the spheres, their centres, spacing) of
+    ``name``."""
     from _anomaly_cases import THIN_SHAPE, THIN_SP, load
     from _lesions import white_matter
     from scipy import ndimage
@@ -77,11 +78,12 @@ def _scan(name: str):
 
     if name == "phantom1mm":
         ph = make_phantom(THIN_SHAPE, THIN_SP, seed=0, n_lesions=0)
-        wm = ph.labels == 6
-        return ph.image.astype(np.float32), wm, ndimage.binary_erosion(wm), THIN_SP
+        v, wm = ph.image.astype(np.float32), ph.labels == 6
+        return v, head_mask(v, "MR"), wm, ndimage.binary_erosion(wm), THIN_SP
     v, lab, sp = load(name, 2)  # $LATENTSEG_BENCH_DATA, else the shared pyradiomics folder
-    cerebrum, wm, _ = white_matter(v, head_mask(v, "MR"), lab, sp)
-    return v, cerebrum, wm, sp
+    head = head_mask(v, "MR")
+    cerebrum, wm, _ = white_matter(v, head, lab, sp)
+    return v, head, cerebrum, wm, sp
 
 
 def run(name: str, sign: int, radius: float, placement: int) -> list[dict]:
@@ -91,13 +93,13 @@ def run(name: str, sign: int, radius: float, placement: int) -> list[dict]:
 
     from napari_latentseg.engine import anomaly_dae as ad
     from napari_latentseg.engine import anomaly_guide as ag
-    from napari_latentseg.engine.anomaly import anomaly_map, head_mask
+    from napari_latentseg.engine.anomaly import anomaly_map
 
-    v, region, centres, sp = _scan(name)
-    head = head_mask(v, "MR")
+    v, head, region, centres, sp = _scan(name)
+    thick = ag.thick_slices(sp)
     sigma = noise_sigma(v, ndimage.distance_transform_edt(head, sampling=sp) > 15.0)
-    smooth = ndimage.gaussian_filter(v, (0 if ag.thick_slices(sp) else 3.0 / sp[0],
-                                         3.0 / sp[1], 3.0 / sp[2]))
+    smooth = ndimage.gaussian_filter(v, (0 if thick else 3.0 / sp[0], 3.0 / sp[1],
+                                         3.0 / sp[2]))
     base = float(np.median(smooth[centres]))
     vol, masks = graded_spheres(v, region, centres, sp, base, sigma, sign, radius, placement)
     saved, cap, held = ad.dae_raw_iter, ag.ACROSS_SLICES, {}
@@ -112,7 +114,7 @@ def run(name: str, sign: int, radius: float, placement: int) -> list[dict]:
 
     rows = []
     try:
-        for on in (True, False) if ag.thick_slices(sp) else (True,):
+        for on in (True, False) if thick else (True,):
             ad.dae_raw_iter, ag.ACROSS_SLICES = (recording if on else replay), on
             t = time.perf_counter()
             res = anomaly_map(None, vol, modality="MR", spacing=sp, error_map=False, seed=0)
