@@ -178,3 +178,16 @@ def test_fine_ct_is_scored_on_a_coarser_grid():
     old = anomaly_map(None, fine, modality="CT", spacing=spacing, reference=ref,
                       error_map=False)
     assert old.score.shape == fine.shape and np.isfinite(old.score).all()
+
+
+def test_a_scan_with_almost_no_body_is_a_clear_error():
+    """A tiny binary image (nibabel's ``standard.nii.gz`` is one) leaves the density too few
+    body voxels to fit: a ValueError that says so, not scikit-learn's."""
+    import pytest
+
+    from napari_latentseg.engine.anomaly import anomaly_map
+
+    v = np.zeros((4, 5, 7), np.float32)
+    v[1:3, 1:4, 2:5] = 255.0
+    with pytest.raises(ValueError, match="voxels inside the body"):
+        anomaly_map(None, v, method="intensity")
