@@ -97,6 +97,10 @@ class ReconstructSection(Section):
             self.method.setItemData(self.method.count() - 1, tip,
                                     Qt.ItemDataRole.ToolTipRole)
         self.method.setToolTip("How the anomaly score is computed (docs/anomaly_benchmarks.md).")
+        # Its longest entry would widen the whole dock past a 400 px dock area (clipped text).
+        self.method.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.method.setMinimumContentsLength(16)
         self.symmetric, self.surface = (checkbox(text, True, tip) for text, tip in (
             ("Lower findings on both sides of the head",
              "Denoiser only: what scores high at mirror-image places across the midline (the "
