@@ -92,20 +92,24 @@ class AnnotationBox(Section):
         self.autosaver = Autosaver(self.table, autosave_ms)
         self.autosaver.setParent(self)
 
-        form = QFormLayout()
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Annotations", self.combo)
-        form.addRow(self.new_btn)
-        form.addRow(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
-                         "(0 = not annotated); name them below. Then Segment. A locked class "
-                         "keeps its voxels in later rounds."))
-        form.addRow(self.table)
-        form.addRow("Start from", self.source)
-        form.addRow(button_row(self.copy_btn, self.seed_btn, self.open_btn))
+        top, bottom = QFormLayout(), QFormLayout()
+        for form in (top, bottom):
+            form.setContentsMargins(0, 0, 0, 0)
+        top.addRow("Annotations", self.combo)
+        top.addRow(self.new_btn)
+        bottom.addRow("Start from", self.source)
+        bottom.addRow(button_row(self.copy_btn, self.seed_btn, self.open_btn))
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.recovery_bar)
-        lay.addLayout(form)
+        lay.addLayout(top)
+        # The wrapped hint sits in the box layout: a form layout gave it the height of its
+        # lines at an earlier, wider width, and cut it in a narrow dock.
+        lay.addWidget(hint("Paint a few slices: 1 = background, 2, 3\u2026 = structures "
+                           "(0 = not annotated); name them below. Then Segment. A locked "
+                           "class keeps its voxels in later rounds."))
+        lay.addWidget(self.table)
+        lay.addLayout(bottom)
 
         self.combo.currentIndexChanged.connect(lambda *_: self._on_layer_changed())
         session.scan_changed.connect(self.on_scan_changed)

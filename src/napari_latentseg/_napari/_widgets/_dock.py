@@ -43,6 +43,43 @@ if TYPE_CHECKING:
 
 __all__ = ["LatentSegWidget"]
 
+_NO_CAP = (1 << 24) - 1  # Qt's QWIDGETSIZE_MAX
+
+
+class _Section(QCollapsible):
+    """superqt's QCollapsible, its expanded content as tall as its text needs at its width.
+
+    QCollapsible caps the expanded content at its size hint (its animation's end), which
+    ignores word wrapping, and renews the cap only when the section widget is resized: in a
+    narrow dock, or once a summary was set after the section opened, the class table was
+    squashed and the hint above it cut. The dock does not animate (duration 0): no cap, and
+    a minimum height from ``heightForWidth`` at the content's width, renewed on every
+    layout change, so the scroll area scrolls instead of squashing.
+    """
+
+    def expand(self, animate: bool = True) -> None:
+        super().expand(animate=False)
+        self._fit()
+
+    def collapse(self, animate: bool = True) -> None:
+        self.content().setMinimumHeight(0)
+        super().collapse(animate=False)
+
+    def _fit(self) -> None:
+        content = self.content()
+        content.setMaximumHeight(_NO_CAP)
+        if content.hasHeightForWidth():
+            h = max(content.heightForWidth(content.width()), 0)
+            if h != content.minimumHeight():
+                content.setMinimumHeight(h)
+
+    def eventFilter(self, a0, a1) -> bool:
+        handled = super().eventFilter(a0, a1)
+        if self.isExpanded() and a1.type() in (QEvent.Type.Resize, QEvent.Type.LayoutRequest):
+            self._fit()
+        return handled
+
+
 class LatentSegWidget(QWidget):
     """One dock for the whole workflow: open a scan, model, reconstruct, segment.
 
@@ -110,7 +147,7 @@ class LatentSegWidget(QWidget):
             ("reconstruct", "3  Reconstruct and find anomalies", self.reconstruct_section),
             ("segment", "4  Segment", self.segment_section),
         ):
-            box = QCollapsible(title, expandedIcon="\u25be", collapsedIcon="\u25b8")
+            box = _Section(title, expandedIcon="\u25be", collapsedIcon="\u25b8")
             box.setDuration(0)
             box.addWidget(widget)
             box.expand(animate=False)
