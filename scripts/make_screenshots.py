@@ -204,6 +204,14 @@ def _phantom_walkthrough(args, viewer, dock, settle, wait_job, show_sections, sh
     print(f"  showing slice {z_anom} ({per_slice[z_anom]} candidate voxels, {found[z_anom]} "
           f"on a lesion; {int(found.sum())} of {int(lesion.sum())} lesion voxels flagged)",
           flush=True)
+    from scipy import ndimage as ndi
+
+    score = np.asarray(viewer.layers["phantom T1 anomaly score"].data)
+    parts, n = ndi.label(lesion)
+    peaks = ndi.maximum(score, parts, range(1, n + 1)) if n else []
+    sizes = ndi.sum_labels(lesion, parts, range(1, n + 1)) if n else []
+    print("  lesions (voxels: peak score): " + ", ".join(
+        f"{int(v)}: {p:.2f}" for v, p in zip(sizes, peaks, strict=True)), flush=True)
     show_sections("reconstruct")
     viewer.layers.selection.active = viewer.layers["phantom T1 error"]
     viewer.dims.set_point(0, scan.translate[0] + z_anom * scan.scale[0])
