@@ -85,3 +85,29 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     seg.anomaly.setChecked(False)
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert seen[-1] is None and "anomaly score" not in seg.summary.text()
+
+
+def test_denoiser_options_follow_the_score_in_effect(dock):
+    """The two denoiser-only options are greyed out where Reconstruct makes another score:
+    a CT's automatic score (the contrast density), or a score picked by name; the header
+    names the modality guessed from the intensities."""
+    viewer, widget = dock
+    rec = widget.reconstruct_section
+    rng = np.random.default_rng(0)
+    ct = viewer.add_image(rng.normal(-800.0, 50.0, (6, 32, 32)).astype(np.float32), name="ct")
+    widget.scan.set_layer(ct)
+    assert widget.scan_modality.text().startswith("CT (guessed")
+    assert not rec.symmetric.isEnabled() and not rec.surface.isEnabled()
+    rec.method.setCurrentIndex(rec.method.findData("dae"))  # the denoiser, by name
+    assert rec.symmetric.isEnabled() and rec.surface.isEnabled()
+    mr = viewer.add_image(rng.normal(300.0, 50.0, (6, 32, 32)).astype(np.float32), name="mr",
+                          metadata={"modality": "MR"})
+    widget.scan.set_layer(mr)
+    assert widget.scan_modality.text() == "MR"
+    rec.method.setCurrentIndex(rec.method.findData("default"))
+    assert rec.symmetric.isEnabled()
+    rec.method.setCurrentIndex(rec.method.findData("contrast"))
+    assert not rec.symmetric.isEnabled()
+    rec.method.setCurrentIndex(rec.method.findData("default"))
+    rec.anomalies.setChecked(False)
+    assert not rec.surface.isEnabled()

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ...engine.segment import FeatureCache
-from ._layers import layer_array
+from ._layers import layer_array, scan_modality
 from ._model import ModelSection
 from ._pickers import LayerCombo, LayerWatcher
 from ._reconstruct import ReconstructSection
@@ -213,9 +213,10 @@ class LatentSegWidget(QWidget):
             return
         shape = layer_array(layer).shape
         meta = layer.metadata or {}
-        modality = meta.get("modality")
+        modality, guessed = scan_modality(layer)
         self.scan_modality.setText(
-            modality or "not in the file header (CT or MR is guessed from the intensities)")
+            f"{modality} (guessed from the intensities: not in the file header)" if guessed
+            else str(meta.get("modality")))
         kind = "3D volume" if len(shape) == 3 else "2D image"
         times = " \u00d7 "
         self.scan_size.setText(f"{times.join(str(s) for s in shape)} voxels ({kind})")

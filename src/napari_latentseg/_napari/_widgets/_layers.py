@@ -46,6 +46,7 @@ __all__ = [
     "source_geometry",
     "same_layer",
     "scan_from_layer",
+    "scan_modality",
     "upsert_output",
 ]
 
@@ -131,6 +132,16 @@ def scan_from_layer(layer: napari.layers.Layer) -> Scan:
     except ValueError:  # a layer transform without a file geometry (sheared, say)
         geometry = {}
     return Scan(data, geometry, (layer.metadata or {}).get("modality"), layer.name)
+
+
+def scan_modality(layer: napari.layers.Layer) -> tuple[str, bool]:
+    """(``"CT"`` or ``"MR"``, whether it was guessed): the file header's modality, else the
+    engine's guess from the intensities (HU below -500 mean CT), as every job will make it."""
+    from ...engine.normalize import guess_modality
+
+    header = (layer.metadata or {}).get("modality")
+    data = layer_array(layer)
+    return guess_modality(data if data.ndim == 3 else data[None], header), not header
 
 
 def output_name(source: napari.layers.Layer, role: str) -> str:

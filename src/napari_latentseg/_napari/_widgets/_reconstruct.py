@@ -30,7 +30,13 @@ from qtpy.QtWidgets import (
 
 from ...pipeline import reconstruct_job
 from ._base import Section, checkbox, hint
-from ._layers import check_scan_layer, output_name, scan_from_layer, upsert_output
+from ._layers import (
+    check_scan_layer,
+    output_name,
+    scan_from_layer,
+    scan_modality,
+    upsert_output,
+)
 
 if TYPE_CHECKING:
     from ...engine.infer import ReconstructionResult
@@ -149,10 +155,34 @@ class ReconstructSection(Section):
         lay.addWidget(self.run_btn)
         lay.addWidget(self.summary)
         lay.addWidget(self.candidates)
+        self.method.currentIndexChanged.connect(lambda *_: self._update_denoiser_options())
+        self.anomalies.toggled.connect(lambda *_: self._update_denoiser_options())
+        session.scan_changed.connect(self._update_denoiser_options)
         self._on_model_changed()
+
+    def _denoiser_scores(self) -> bool:
+        """Whether the score Reconstruct will make is the denoiser's (as the pipeline picks
+        it: the model's normative method, else the denoiser on MR and not on CT)."""
+        method = str(self.method.currentData())
+        if method != "default":
+            return method == "dae"
+        model = self.session.active_model
+        normative = (model.anomaly or {}).get("normative") if model is not None else None
+        if normative:
+            return normative.get("method") == "dae"
+        layer = self.session.scan_layer()
+        return layer is None or scan_modality(layer)[0] == "MR"
+
+    def _update_denoiser_options(self) -> None:
+        """The two denoiser-only options are greyed out where another score is made (a CT's
+        automatic score, say), so nobody expects them to change it."""
+        on = self.anomalies.isChecked() and self._denoiser_scores()
+        for box in (self.symmetric, self.surface):
+            box.setEnabled(on)
 
     def _on_model_changed(self) -> None:
         """*Also against the scan itself* means something only with normative statistics."""
+        self._update_denoiser_options()
         model = self.session.active_model
         has = bool(model is not None and (model.anomaly or {}).get("normative"))
         self.with_self.setEnabled(has)
