@@ -185,7 +185,11 @@ def test_info_lists_configurations(capsys, model_file):
     assert main(["info"]) == 0
     assert "cpu-2d" in capsys.readouterr().out
     assert main(["info", str(model_file)]) == 0
-    assert "tiny" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny" in out
+    # The stored error threshold, rounded and said what it is (not a bare 16-digit float).
+    assert re.search(r"reconstruction-error threshold \d\.\d+(e-\d+)? \(the fit data's "
+                     r"[\d.]+th percentile\)", out), out
 
 
 @pytest.mark.parametrize("in_memory", [2, 1])

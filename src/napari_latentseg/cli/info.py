@@ -25,8 +25,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model}: {m.describe()}")
     print(f"  configuration {m.config.name}: {n / 1e3:.0f}k parameters, latent "
           f"{m.config.latent_channels} ch at 1/{m.config.downsampling}")
-    print(f"  normalisation {m.normalization.get('method')}, anomaly threshold "
-          f"{m.anomaly.get('threshold')}")
+    thr, pct = m.anomaly.get("threshold"), m.anomaly.get("percentile")
+    thr_text = "none" if thr is None else f"{float(thr):.4g}" + (
+        f" (the fit data's {float(pct):g}th percentile)" if pct is not None else "")
+    print(f"  normalisation {m.normalization.get('method')}, reconstruction-error threshold "
+          f"{thr_text}")
     norm = (m.anomaly or {}).get("normative")
     if norm:
         extra = ""
