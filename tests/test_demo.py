@@ -36,3 +36,22 @@ def test_demo_writes_every_result(tmp_path, capsys):
     # A second run refuses to replace the results unless asked.
     assert main(["demo", "--output", str(out), "--config", "tiny", "--steps", "2", "-q"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_overview_names_clusters_as_clusters(tmp_path, monkeypatch):
+    """Without annotations the overview's last panel shows clusters, and is titled so (it
+    said "segmentation")."""
+    from matplotlib.axes import Axes
+
+    from napari_latentseg.demo import _overview_png
+
+    titles: list[str] = []
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, t, *a, **k: (titles.append(t),
+                                                                  real(ax, t, *a, **k))[1])
+    vol = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    labels = (vol > 0.5).astype(np.uint8) + 1
+    _overview_png(tmp_path / "o.png", vol, vol, vol, labels, None, (2.0, 1.0, 1.0),
+                  "clusters (kmeans)")
+    assert titles == ["image", "reconstruction", "error map", "clusters (kmeans)"]
+    assert (tmp_path / "o.png").stat().st_size > 1000

@@ -36,7 +36,7 @@ def _dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: list[int],
 
 def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.ndarray,
                   seg: np.ndarray | None, truth: np.ndarray | None,
-                  spacing: tuple[float, ...]) -> None:
+                  spacing: tuple[float, ...], seg_title: str = "segmentation") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +47,7 @@ def _overview_png(path: Path, image: np.ndarray, recon: np.ndarray, error: np.nd
     cols = ["image", "reconstruction", "error map"]
     overlays = []
     if seg is not None:
-        cols.append("segmentation")
+        cols.append(seg_title)
         overlays.append(seg)
     if truth is not None:
         cols.append("ground truth")
@@ -222,7 +222,9 @@ def run_demo(
         emit({"stage": "overview", "done": 0, "total": 1})
         _overview_png(out / "overview.png", scan.data, rec.reconstruction, rec.error,
                       final.labels if final is not None else clu.labels, truth,
-                      tuple(scan.spacing))
+                      tuple(scan.spacing),
+                      # Without annotations the demo has clusters only: say so.
+                      "segmentation" if final is not None else f"clusters ({clu.method})")
         emit({"stage": "overview", "done": 1, "total": 1})
     else:
         emit({"stage": "overview", "done": 1, "total": 1,
