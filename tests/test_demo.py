@@ -47,8 +47,12 @@ def test_overview_names_clusters_as_clusters(tmp_path, monkeypatch):
 
     titles: list[str] = []
     real = Axes.set_title
-    monkeypatch.setattr(Axes, "set_title", lambda ax, t, *a, **k: (titles.append(t),
-                                                                  real(ax, t, *a, **k))[1])
+
+    def recording(ax, title, *args, **kwargs):
+        titles.append(title)
+        return real(ax, title, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", recording)
     vol = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
     labels = (vol > 0.5).astype(np.uint8) + 1
     _overview_png(tmp_path / "o.png", vol, vol, vol, labels, None, (2.0, 1.0, 1.0),

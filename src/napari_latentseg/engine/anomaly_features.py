@@ -323,10 +323,10 @@ def density_sample(rows: np.ndarray, n_scans: int, rng: np.random.Generator) -> 
 def fit_density(samples: list[np.ndarray], method: str, seed: int, components: int) -> dict:
     """The ``knn`` reference or a ``components``-Gaussian mixture on the scans' samples."""
     x = np.concatenate(samples)
-    if len(x) < max(components, 2) * 5:
-        # A scan whose body mask is (nearly) empty, e.g. a few voxels or a binary mask image.
-        raise ValueError(f"the {method!r} anomaly score needs at least {max(components, 2) * 5} "
-                         f"voxels inside the body to fit its density, got {len(x)}")
+    need = max(components, 2) * 5
+    if len(x) < need:  # a (nearly) empty body mask: a few voxels, or a binary mask image
+        raise ValueError(f"the {method!r} anomaly score needs at least {need} voxels inside "
+                         f"the body to fit its density, got {len(x)}")
     return fit_knn(x, seed=seed) if method == "knn" else fit_gmm(x, components, seed=seed)
 
 
