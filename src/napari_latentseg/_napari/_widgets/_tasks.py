@@ -14,10 +14,15 @@ progress bar and the layers. The worker never touches Qt or layers.
 Stop sets the event: the core reacts at its next step (well under a second). A fit then
 returns the best model so far; other jobs raise :class:`~napari_latentseg.runtime.progress.
 Cancelled`, which the bar reports as "stopped" and after which nothing has been changed.
+
+When Python exits (napari closed) with jobs still running, they are stopped and waited for
+first: a fit left running while the interpreter tears its modules down otherwise aborts the
+process ("Aborted (core dumped)"), and an autosave could be cut off mid-write.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -33,6 +38,32 @@ from ._layers import describe_error
 __all__ = ["TaskBar"]
 
 Job = Callable[[threading.Event], Generator[dict, None, Any]]
+
+# The stop events of the jobs in flight, for the exit hook (events, not widgets: Qt may have
+# deleted the bars by then).
+_RUNNING: set[threading.Event] = set()
+EXIT_WAIT_MS = 30_000
+
+
+def stop_jobs_at_exit(wait_ms: int = EXIT_WAIT_MS) -> bool:
+    """Stop every running job and wait for the worker threads to end.
+
+    Registered with :mod:`atexit`, which runs before the interpreter's teardown, so that a
+    job's last step still has torch and Qt to stop on.
+
+    Returns
+    -------
+    bool
+        False if some worker was still running after ``wait_ms``.
+    """
+    for event in list(_RUNNING):
+        event.set()
+    from qtpy.QtCore import QThreadPool
+
+    return bool(QThreadPool.globalInstance().waitForDone(wait_ms))
+
+
+atexit.register(stop_jobs_at_exit)
 
 
 def _progress_text(title: str, ev: dict) -> str:
@@ -159,9 +190,13 @@ class TaskBar(QWidget):
                          "Stop first.")
             return False
         stop_event = threading.Event()
+        _RUNNING.add(stop_event)
 
         def run():
-            return (yield from job(stop_event))
+            try:
+                return (yield from job(stop_event))
+            finally:  # in the worker: the GUI thread's loop may no longer run at exit
+                _RUNNING.discard(stop_event)
 
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
         self.worker = worker
