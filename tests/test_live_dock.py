@@ -97,3 +97,47 @@ def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, 
     viewer.layers.clear()
     seg.live._start_volume()  # what the pause timer calls
     assert errors == [] and not widget.tasks.busy
+
+
+def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_viewer, qtbot,
+                                                                small_phantom, monkeypatch):
+    """Segment pressed while live mode's volume round runs is not refused: that round stops
+    and the user's, with the options set now, follows it."""
+    import time
+
+    from napari_latentseg._napari._widgets import _segment
+    from napari_latentseg.runtime.progress import check_stop
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
+    image, truth = small_phantom.image, small_phantom.labels
+    viewer.add_image(image.copy(), name="phantom", metadata={"modality": "MR"})
+    seg = widget.segment_section
+    ann = seg.new_annotation_layer()
+    ann.data[6] = np.where(truth[6] == 1, 1, np.where(truth[6] == 6, 2, 0))
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+        assert seg.segment()
+    assert seg.live.enabled and seg.connected.isChecked()
+    connected = []  # keep_connected_regions of each round from here on
+    real = _segment.segment_job
+
+    def slow_first(*args, **kwargs):
+        connected.append(kwargs["keep_connected_regions"])
+        if len(connected) == 1:  # the automatic round: long enough to press Segment
+            for _ in range(1000):
+                check_stop(kwargs["stop_event"], "segmentation")
+                time.sleep(0.01)
+                yield {"stage": "features"}
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(_segment, "segment_job", slow_first)
+    outcomes = []
+    widget.tasks.task_finished.connect(lambda title, outcome: outcomes.append(outcome))
+    seg.live._start_volume()  # what the pause timer calls
+    assert widget.tasks.busy
+    qtbot.waitUntil(lambda: bool(connected), timeout=TIMEOUT_MS)
+    seg.connected.setChecked(False)
+    assert seg.segment()  # not refused
+    qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=TIMEOUT_MS)
+    assert outcomes == ["stopped", "done"]
+    assert connected == [True, False]  # the user's round ran with the option set after

@@ -148,6 +148,20 @@ class LiveController(QObject):
         """The task bar's full round ended (done, stopped or failed)."""
         self._volume_running = False
 
+    def hand_over(self, start) -> bool:
+        """Let the user's own round replace the automatic volume round running now.
+
+        Pressing Segment while live mode's round runs used to be refused ("still running"):
+        the user's round (perhaps with other options) starts once this one has stopped.
+        Returns False, doing nothing, when no automatic round runs.
+        """
+        if not (self._volume_running and self.session.tasks.busy):
+            return False
+        self._volume_running = False
+        self.session.tasks.stop()
+        self.session.tasks.after(start)
+        return True
+
     def _on_model_changed(self) -> None:
         # A new active model (a fit ended): the volume catches up with its features. Saving
         # a model also signals a change, but the model is the same one: nothing to redo.

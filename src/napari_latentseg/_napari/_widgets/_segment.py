@@ -330,6 +330,8 @@ class SegmentSection(Section):
     # ------------------------------------------------------------------ segmentation
     def segment(self, finetune: bool = False) -> bool:
         """Few-shot segmentation (and, with ``finetune``, a fine-tuning round) in a worker."""
+        if self.live.hand_over(lambda: self.segment(finetune)):
+            return True  # live mode's automatic round stops; this one follows it
         scan, model = self._scan_and_model(need_model=finetune)
         if scan is None:
             return False
