@@ -100,9 +100,10 @@ def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, 
 
 
 def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_viewer, qtbot,
-                                                                small_phantom, monkeypatch):
-    """Segment pressed while live mode's volume round runs is not refused: that round stops
-    and the user's, with the options set now, follows it."""
+                                                                small_phantom, monkeypatch,
+                                                                tmp_path):
+    """Segment (or another job) pressed while live mode's volume round runs is not refused:
+    that round stops and the user's job, with the options set now, follows it."""
     import time
 
     from napari_latentseg._napari._widgets import _segment
@@ -131,6 +132,8 @@ def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_view
         return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(_segment, "segment_job", slow_first)
+    infos = []
+    monkeypatch.setattr(_segment, "show_info", infos.append)
     outcomes = []
     widget.tasks.task_finished.connect(lambda title, outcome: outcomes.append(outcome))
     seg.live._start_volume()  # what the pause timer calls
@@ -141,3 +144,15 @@ def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_view
     qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=TIMEOUT_MS)
     assert outcomes == ["stopped", "done"]
     assert connected == [True, False]  # the user's round ran with the option set after
+    # Its round covers the strokes and the model: no volume round is left due to redo it.
+    assert not seg.live._volume_timer.isActive()
+    assert not any("stopped" in str(n) for n in infos)  # no message for a round not asked for
+    # Another job (Save) also takes the bar; the volume round is due again after it.
+    connected.clear()
+    seg.live._start_volume()
+    qtbot.waitUntil(lambda: bool(connected), timeout=TIMEOUT_MS)
+    assert seg.save_labels(str(tmp_path / "labels.nii.gz"))
+    qtbot.waitUntil(lambda: len(outcomes) == 4, timeout=TIMEOUT_MS)
+    assert outcomes[2:] == ["stopped", "done"]
+    assert (tmp_path / "labels.nii.gz").exists()
+    assert seg.live._volume_timer.isActive()

@@ -98,8 +98,9 @@ class LiveController(QObject):
         self._volume_timer.setInterval(VOLUME_PAUSE_MS)
         self._volume_timer.timeout.connect(self._start_volume)
         self._volume_running = False
+        self._paints = 0  # strokes seen: a round's inputs are (this, the model)
         self._round_model: int | None = None  # id of the active model at the last round
-        session.tasks.task_finished.connect(lambda *_: self.volume_round_finished())
+        session.tasks.task_finished.connect(lambda _, outcome: self.volume_round_finished(outcome))
         session.model_changed.connect(self._on_model_changed)
 
     # ------------------------------------------------------------------ wiring
@@ -144,23 +145,21 @@ class LiveController(QObject):
             self._stroke_timer.stop()
             self._volume_timer.stop()
 
-    def volume_round_finished(self) -> None:
-        """The task bar's full round ended (done, stopped or failed)."""
+    def volume_round_finished(self, outcome: str = "done") -> None:
+        """The task bar's job ended (done, stopped or failed)."""
+        if self._volume_running and outcome == "stopped" and self.enabled:
+            self._volume_timer.start()  # stopped for a stroke or another job: still due
         self._volume_running = False
 
-    def hand_over(self, start) -> bool:
-        """Let the user's own round replace the automatic volume round running now.
+    def round_inputs(self) -> tuple[int, int]:
+        """The strokes' and the active model's state now, for :meth:`round_done`."""
+        return self._paints, id(self.session.active_model)
 
-        Pressing Segment while live mode's round runs used to be refused ("still running"):
-        the user's round (perhaps with other options) starts once this one has stopped.
-        Returns False, doing nothing, when no automatic round runs.
-        """
-        if not (self._volume_running and self.session.tasks.busy):
-            return False
-        self._volume_running = False
-        self.session.tasks.stop()
-        self.session.tasks.after(start)
-        return True
+    def round_done(self, inputs: tuple[int, int]) -> None:
+        """A full round on ``inputs`` ended: a volume round due on the same strokes and
+        model would only redo it (and hold the task bar a while)."""
+        if inputs == self.round_inputs():
+            self._volume_timer.stop()
 
     def _on_model_changed(self) -> None:
         # A new active model (a fit ended): the volume catches up with its features. Saving
@@ -172,6 +171,7 @@ class LiveController(QObject):
 
     # ------------------------------------------------------------------ strokes
     def _on_paint(self, _event=None) -> None:
+        self._paints += 1
         if not self.enabled or self._scan is None:
             return
         self._stroke_at = self._stroke_at or time.perf_counter()

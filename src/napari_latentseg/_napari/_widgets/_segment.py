@@ -182,7 +182,7 @@ class SegmentSection(Section):
         self.save_btn.clicked.connect(lambda *_: ask_save_labels(self))
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        self.live = LiveController(session, lambda: self.segment(finetune=False),
+        self.live = LiveController(session, lambda: self.segment(automatic=True),
                                    locked=lambda: self.classes.locked(),
                                    connected=lambda: self.connected.isChecked(),
                                    background=self.background,
@@ -328,10 +328,9 @@ class SegmentSection(Section):
         return ann
 
     # ------------------------------------------------------------------ segmentation
-    def segment(self, finetune: bool = False) -> bool:
-        """Few-shot segmentation (and, with ``finetune``, a fine-tuning round) in a worker."""
-        if self.live.hand_over(lambda: self.segment(finetune)):
-            return True  # live mode's automatic round stops; this one follows it
+    def segment(self, finetune: bool = False, automatic: bool = False) -> bool:
+        """Few-shot segmentation (and, with ``finetune``, a fine-tuning round) in a worker;
+        ``automatic`` for live mode's volume rounds, which give way to the user's jobs."""
         scan, model = self._scan_and_model(need_model=finetune)
         if scan is None:
             return False
@@ -348,6 +347,7 @@ class SegmentSection(Section):
         last = self._last_round if self._last_round and self._last_round[0] is scan else None
         score = self.anomaly_column(scan)
         obj = self._object_class()
+        inputs = self.live.round_inputs()
 
         def job(stop):
             # A round that only adds strokes continues the last one (momentum); any other
@@ -363,12 +363,13 @@ class SegmentSection(Section):
         def done(result: JobResult) -> None:
             self._last_round = (scan, ann, _kept(result.result))
             self._show_segmentation(scan, result.result, finetune, score is not None)
+            self.live.round_done(inputs)
 
         title = "Fine-tuning" if finetune else "Segmenting"
-        return self.session.tasks.start(f"{title} '{scan.name}'", job, on_return=done,
-                                     on_stopped=lambda: show_info(
-                                         f"{title} stopped: the previous segmentation and "
-                                         "model are unchanged."))
+        return self.session.tasks.start(
+            f"{title} '{scan.name}'", job, on_return=done, preemptible=automatic,
+            on_stopped=None if automatic else lambda: show_info(
+                f"{title} stopped: the previous segmentation and model are unchanged."))
 
     def _locked_and_previous(self, scan) -> tuple[list[int], np.ndarray | None]:
         """Locked classes and the segmentation they keep (the layer now, with the user's edits)."""

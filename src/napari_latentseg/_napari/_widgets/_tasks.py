@@ -130,6 +130,7 @@ class TaskBar(QWidget):
         self.worker = None
         self._stop_event: threading.Event | None = None
         self._title = ""
+        self._preemptible = False
         self._outcome = "done"
         self.stop_requested_at: float | None = None
         self._after: list[Callable[[], None]] = []
@@ -161,6 +162,7 @@ class TaskBar(QWidget):
         on_return: Callable[[Any], None] | None = None,
         on_stopped: Callable[[], None] | None = None,
         stoppable: bool = True,
+        preemptible: bool = False,
     ) -> bool:
         """Run ``job(stop_event)`` (a generator) in a thread worker.
 
@@ -177,6 +179,9 @@ class TaskBar(QWidget):
             Called on the GUI thread when the job was cancelled by Stop.
         stoppable : bool
             Enable the Stop button (False for short jobs that cannot stop, e.g. file reads).
+        preemptible : bool
+            A job nobody asked for (live mode's volume round): one the user starts while it
+            runs stops it and starts once it has, rather than being refused.
 
         Returns
         -------
@@ -185,6 +190,12 @@ class TaskBar(QWidget):
         """
         from napari.qt.threading import create_worker
 
+        if self.busy and self._preemptible:
+            self.stop()
+            self._after.append(lambda: self.start(
+                title, job, on_yield=on_yield, on_return=on_return, on_stopped=on_stopped,
+                stoppable=stoppable, preemptible=preemptible))
+            return True
         if self.busy:
             show_warning(f"{self._title} is still running: wait for it to finish or press "
                          "Stop first.")
@@ -202,6 +213,7 @@ class TaskBar(QWidget):
         self.worker = worker
         self._stop_event = stop_event
         self._title = title
+        self._preemptible = preemptible
         self._outcome = "done"
         self.stop_requested_at = None
         self._callbacks = (on_yield, on_return, on_stopped)
@@ -287,6 +299,7 @@ class TaskBar(QWidget):
         title, outcome = self._title, self._outcome
         self.worker = None
         self._stop_event = None
+        self._preemptible = False
         self._callbacks = (None, None, None)
         self._stop_btn.setEnabled(False)
         self._bar.setRange(0, 1)
