@@ -12,6 +12,11 @@ Run: ``xvfb-run -a python benchmarks/bench_live.py [--cases phantom brain1 lung2
 ``--three-class`` paints the air, the tumour and the body as classes of their own, and
 ``--object-class 2`` then takes the tumour from a two-class round (the dock's Object class).
 Models are fitted once per scan (``--fit-steps``) and kept in ``--model-dir``.
+
+``--while-fitting`` starts the dock's own fit (its defaults) instead and paints while it
+runs, as a user who does not wait for it; the fit then holds between its steps while a
+round or a live slice computes (the dock's default on the CPU), and ``--no-hold`` turns that
+off (the ablation). It reports the fit steps made meanwhile.
 """
 
 from __future__ import annotations
@@ -72,16 +77,34 @@ def _dice(a, b):
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
+def _start_fit(app, dock, scan, args):
+    """Start the dock's fit on ``scan``; returns the times of its steps (filled as it runs)."""
+    if args.no_hold:  # the ablation: the fit never gives way
+        from napari_latentseg._napari._widgets._session import Session
+
+        Session.user_waiting = lambda self: False
+    dock.scan.set_layer(scan)
+    steps: list[float] = []
+    assert dock.model_section.fit(), dock.fit_tasks.status_text
+    dock.fit_tasks.worker.yielded.connect(
+        lambda ev: steps.append(time.perf_counter()) if ev.get("stage") == "fit" else None)
+    _wait(app, lambda: len(steps) >= 3)  # under way: past reading the scan
+    return steps
+
+
 def run_case(app, name, vol, truth_fg, args):
     import napari
 
-    model, path, fit_s = _model_for(name, vol, args)
+    fitting = args.while_fitting
+    model, path, fit_s = (None, None, 0.0) if fitting else _model_for(name, vol, args)
     viewer = napari.Viewer(show=False)
     try:
         kw = vol.layer_kwargs()
         scan = viewer.add_image(vol.data, **kw)
         _, dock = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
-        dock.add_model(model, "loaded", str(path))
+        fit_steps = _start_fit(app, dock, scan, args) if fitting else []
+        if not fitting:
+            dock.add_model(model, "loaded", str(path))
         seg = dock.segment_section
         ann = seg.new_annotation_layer()
         z = int(np.argmax(truth_fg.reshape(len(truth_fg), -1).sum(1)))
@@ -107,10 +130,12 @@ def run_case(app, name, vol, truth_fg, args):
         assert seg.segment()
         _wait(app, lambda: finished)
         first_s = time.perf_counter() - t0
+        steps_first = sum(t0 <= t for t in fit_steps)
         out = seg.live._output
         assert seg.live.enabled, "live mode did not switch on after the first round"
         rows = []
         updates = []
+        t_strokes = time.perf_counter()
         seg.live.slice_updated.connect(lambda i, s: updates.append((i, s)))
         for k in range(args.strokes):
             pred = np.asarray(out.data[z])
@@ -124,6 +149,8 @@ def run_case(app, name, vol, truth_fg, args):
             dice = _dice(np.asarray(out.data[z]) == 2, truth == 2)
             rows.append({"stroke": k + 1, "seconds": round(updates[-1][1], 3),
                          "slice_dice": round(dice, 4)})
+            if fitting:  # let the fit go on a while between strokes, as a user looks
+                _wait(app, lambda n=len(fit_steps): len(fit_steps) >= n + 3, timeout=300)
             print(f"{name}: stroke {k + 1}: slice updated in {updates[-1][1]:.2f} s, "
                   f"slice Dice {dice:.3f}", flush=True)
         # The whole volume follows once the strokes stop.
@@ -132,12 +159,22 @@ def run_case(app, name, vol, truth_fg, args):
         _wait(app, lambda: finished, timeout=900)
         volume_s = time.perf_counter() - t0
         secs = [r["seconds"] for r in rows]
+        fit_row = {}
+        if fitting:
+            fit_row = {"while_fitting": True, "hold": not args.no_hold,
+                       "fit_steps_in_first_round": steps_first,
+                       "fit_steps_in_strokes_and_volume": sum(t_strokes <= t for t in fit_steps),
+                       "seconds_from_first_stroke": round(time.perf_counter() - t_strokes, 1)}
+            done = []
+            dock.fit_tasks.task_finished.connect(lambda *a: done.append(a))
+            dock.fit_tasks.stop()
+            _wait(app, lambda: done, timeout=900)
         return {"case": name, "shape": list(vol.data.shape), "fit_s": round(fit_s, 1),
                 "classes": 3 if args.three_class else 2, "object_class": args.object_class,
                 "first_round_s": round(first_s, 2), "strokes": rows,
                 "median_stroke_s": round(float(np.median(secs)), 3) if secs else None,
                 "max_stroke_s": round(float(np.max(secs)), 3) if secs else None,
-                "volume_after_pause_s": round(volume_s, 2)}
+                "volume_after_pause_s": round(volume_s, 2), **fit_row}
     finally:
         viewer.close()
 
@@ -153,6 +190,10 @@ def main(argv=None) -> int:
                    help="paint the air, the tumour (2) and the rest of the body (3)")
     p.add_argument("--object-class", type=int, default=0,
                    help="the dock's Object class box (0: none), e.g. 2 with --three-class")
+    p.add_argument("--while-fitting", action="store_true",
+                   help="paint while the dock's own fit runs (no model at first)")
+    p.add_argument("--no-hold", action="store_true",
+                   help="with --while-fitting: the fit does not hold for the user's jobs")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_live.json"))
     args = p.parse_args(argv)

@@ -215,11 +215,18 @@ class LiveController(QObject):
         self._stroke_at = None
         self._pending = False
 
+        session = self.session
+
         def job():
+            try:
+                return _slice(segmenter)
+            finally:  # at once, not when the GUI thread hears of it: a fit waits on this
+                session.live_busy = False
+
+        def _slice(seg):
             from ...engine.segment import SegmentOptions, continues_round, live_segmenter
             from ...runtime.progress import drive
 
-            seg = segmenter
             if seg is None:  # its own copy of the model: a full round may use the shared one
                 seg = live_segmenter(model, volume, modality=modality, cache=cache,
                                      device=device, spacing=spacing,
@@ -245,6 +252,7 @@ class LiveController(QObject):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        session.live_busy = True
         worker.start()
 
     def _on_slice(self, result) -> None:

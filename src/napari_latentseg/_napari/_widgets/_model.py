@@ -320,7 +320,9 @@ class ModelSection(Section):
                 self.plot.add(int(ev["step"]), ev.get("loss"), ev.get("val"))
 
         tasks = self.session.fit_tasks
-        started = tasks.start(f"Fitting {config}", job, on_yield=on_yield,
+        # On the CPU the fit gives way to the user's other jobs (GPU fits leave it free).
+        hold = self.session.user_waiting if self.device() == "cpu" else None
+        started = tasks.start(f"Fitting {config}", job, on_yield=on_yield, hold=hold,
                               on_return=lambda r: self._fit_done(r, bool(normative_stopped)))
         if started:
             self.set_fitting(True)

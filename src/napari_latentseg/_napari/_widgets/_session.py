@@ -80,11 +80,18 @@ class Session(QObject):
         self.models: list[ModelEntry] = []
         self._active: ModelEntry | None = None
         self._device = "cpu"
+        self.live_busy = False  # a live slice is computing (set by live mode)
 
     # ------------------------------------------------------------------ scan
     def scan_layer(self) -> napari.layers.Image | None:
         """The chosen scan layer, or None."""
         return self.scan.layer()
+
+    def user_waiting(self) -> bool:
+        """True while a job the user waits on runs: the main bar's or a live slice.
+
+        A fit on the CPU holds its next step meanwhile (read from the fit's thread)."""
+        return self.tasks.busy or self.live_busy
 
     # ------------------------------------------------------------------ device
     @property
