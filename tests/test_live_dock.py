@@ -76,14 +76,9 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     assert not seg.live.enabled
 
 
-def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, qtbot,
-                                                            small_phantom, monkeypatch):
-    """A live volume round that comes due after the user closed the scan and its layers
-    (e.g. a fit ended during the pause) does nothing: no error message, no job."""
-    from napari_latentseg._napari._widgets import _segment
-
-    errors = []
-    monkeypatch.setattr(_segment, "show_error", errors.append)
+def _dock_after_a_round(make_napari_viewer, qtbot, small_phantom):
+    """A viewer and dock where a first round (no model: the ilastik features) has run on
+    two classes painted on slice 6, so that live mode is on."""
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
     image, truth = small_phantom.image, small_phantom.labels
@@ -92,8 +87,21 @@ def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, 
     ann = seg.new_annotation_layer()
     ann.data[6] = np.where(truth[6] == 1, 1, np.where(truth[6] == 6, 2, 0))
     with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
-        assert seg.segment()  # no model: the ilastik features
+        assert seg.segment()
     assert seg.live.enabled
+    return viewer, widget
+
+
+def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, qtbot,
+                                                            small_phantom, monkeypatch):
+    """A live volume round that comes due after the user closed the scan and its layers
+    (e.g. a fit ended during the pause) does nothing: no error message, no job."""
+    from napari_latentseg._napari._widgets import _segment
+
+    errors = []
+    monkeypatch.setattr(_segment, "show_error", errors.append)
+    viewer, widget = _dock_after_a_round(make_napari_viewer, qtbot, small_phantom)
+    seg = widget.segment_section
     viewer.layers.clear()
     seg.live._start_volume()  # what the pause timer calls
     assert errors == [] and not widget.tasks.busy
@@ -109,16 +117,9 @@ def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_view
     from napari_latentseg._napari._widgets import _segment
     from napari_latentseg.runtime.progress import check_stop
 
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-latentseg", "LatentSeg")
-    image, truth = small_phantom.image, small_phantom.labels
-    viewer.add_image(image.copy(), name="phantom", metadata={"modality": "MR"})
+    viewer, widget = _dock_after_a_round(make_napari_viewer, qtbot, small_phantom)
     seg = widget.segment_section
-    ann = seg.new_annotation_layer()
-    ann.data[6] = np.where(truth[6] == 1, 1, np.where(truth[6] == 6, 2, 0))
-    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
-        assert seg.segment()
-    assert seg.live.enabled and seg.connected.isChecked()
+    assert seg.connected.isChecked()
     connected = []  # keep_connected_regions of each round from here on
     real = _segment.segment_job
 
