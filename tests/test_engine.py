@@ -298,3 +298,28 @@ def test_the_default_fits_large_slices_on_larger_crops():
         # The decoder phase takes the same seconds on larger crops: 3 * (64 / 96)^2 steps.
         assert res.decoder_steps == decoder
         assert ModelConfig.from_dict(res.model.config.to_dict()) == res.model.config
+
+
+def test_a_model_used_on_another_modality_is_noted(tiny_model, small_phantom, annotations):
+    """A model fitted on MR used on a CT says so (CLI, dock, batch summary), where the VAE
+    serves: reconstructions, clusters, rounds with its columns; not two-class rounds."""
+    from napari_latentseg.engine.normalize import modality_note
+    from napari_latentseg.pipeline import Scan, cluster_job, reconstruct_job, segment_job
+    from napari_latentseg.runtime.progress import drive
+
+    img = small_phantom.image.astype(np.float32)
+    ct = (img - img.min()) / np.ptp(img) * 1400 - 1000  # air at -1000 HU
+    assert tiny_model.info["modalities"] == ["MR"]
+    assert modality_note(["MR"], img, "MR") is None and modality_note(None, ct, None) is None
+    note = modality_note(["MR"], ct, None)
+    assert "fitted on MR scans but this scan is CT (guessed from its intensities)" in note
+    assert "this scan is CT:" in modality_note(["MR"], img, "CT")  # the header wins
+    job = drive(reconstruct_job(tiny_model, Scan(ct, {}, None, "ct"), anomalies=False))
+    assert job.notes == [note] and job.metrics["note"] == note
+    job = drive(reconstruct_job(tiny_model, Scan(img, {}, "MR", "mr"), anomalies=False))
+    assert job.notes == [] and "note" not in job.metrics
+    assert drive(cluster_job(tiny_model, Scan(ct, {}, None, "ct"), k=3)).notes == [note]
+    job = drive(segment_job(tiny_model, Scan(ct, {}, None, "ct"), annotations))
+    assert len(np.unique(annotations)) > 3 and note in job.notes  # the VAE's columns served
+    two = np.where(annotations == 1, 1, np.where(annotations > 1, 2, 0)).astype(np.uint8)
+    assert note not in drive(segment_job(tiny_model, Scan(ct, {}, None, "ct"), two)).notes

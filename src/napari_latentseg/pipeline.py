@@ -183,6 +183,17 @@ def load_annotations(scan: Scan, path: str | os.PathLike[str],
     return other.data
 
 
+def _note_modality(model: VAEModel | None, scan: Scan, notes: list, metrics: dict) -> None:
+    """Note (and put in the summary's metrics) a model fitted on another modality."""
+    from .engine.normalize import modality_note
+
+    note = modality_note((model.info or {}).get("modalities") if model is not None else None,
+                         scan.data, scan.modality)
+    if note:
+        notes.append(note)
+        metrics["note"] = note
+
+
 def check_outputs_free(paths: list[str | os.PathLike[str] | None], overwrite: bool) -> None:
     """Refuse, before any work, outputs that exist (nothing of the user's is replaced)."""
     for p in paths:
@@ -258,6 +269,7 @@ def reconstruct_job(
         metrics.update(device=str(res.info.get("device", model.device)),
                        mean_error=round(float(res.error.mean()), 6))
         job.result = res
+        _note_modality(model, scan, job.notes, metrics)
     if anomalies or anomaly_map:
         from .engine.anomaly import anomaly_iter
 
@@ -335,7 +347,9 @@ def cluster_job(
     res = yield from cluster_iter(model, scan.data, k, method=method, seed=seed,
                                   modality=scan.modality, cache=cache, stop_event=stop_event)
     metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml)}
-    return JobResult({"clusters": Output(res.labels, "labels")}, metrics, [], res)
+    notes: list[str] = []
+    _note_modality(model, scan, notes, metrics)
+    return JobResult({"clusters": Output(res.labels, "labels")}, metrics, notes, res)
 
 
 def segment_job(
@@ -390,6 +404,9 @@ def segment_job(
         res.notes.append(f"Locked classes {', '.join(map(str, locked))} kept their voxels.")
     metrics = {"device": str(res.model.device), **label_volumes(res.labels, scan.voxel_ml),
                "mean_uncertainty": round(float(res.uncertainty.mean()), 6)}
+    # Only where the VAE served: its columns in the forest, or a fine-tuned head.
+    if any(h.get("vae") or h.get("stage") in ("finetune", "head") for h in res.history):
+        _note_modality(model, scan, res.notes, metrics)
     outputs = {"labels": Output(res.labels, "labels"),
                "uncertainty": Output(res.uncertainty, "image")}
     return JobResult(outputs, metrics, list(res.notes), res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import add_common, load_scan, run_core
 
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     job = run_core(lambda stop: cluster_job(model, scan, k=args.k, method=args.method,
                                             seed=args.seed, stop_event=stop), args.quiet)
+    for note in job.notes:
+        print(f"note: {note}", file=sys.stderr)
     written = save_outputs(job, {"clusters": args.output}, scan, overwrite=args.overwrite)
     res = job.result
     print(f"wrote {written['clusters']} ({res.k} clusters by {res.method}, ids ordered by mean "

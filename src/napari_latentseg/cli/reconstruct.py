@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import (
     CLIError,
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         fpr=args.fpr, tile=args.tile, lower_symmetric=not args.keep_symmetric,
         with_self=args.with_self, lower_surface=not args.keep_surface,
         device=None if model is not None else args.device, stop_event=stop), args.quiet)
+    for note in job.notes:
+        print(f"note: {note}", file=sys.stderr)
     for p in save_outputs(job, paths, scan, overwrite=args.overwrite).values():
         print(f"wrote {p}")
     if args.candidates:

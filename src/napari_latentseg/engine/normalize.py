@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Normalizer", "guess_modality", "foreground_mask"]
+__all__ = ["Normalizer", "guess_modality", "foreground_mask", "modality_note"]
 
 _CT_WINDOW = (-1000.0, 1000.0)
 _MR_PERCENTILES = (0.5, 99.5)
@@ -29,6 +29,25 @@ def guess_modality(volume: np.ndarray, modality: str | None = None) -> str:
             return "MR"
     sample = np.asarray(volume[:: max(1, volume.shape[0] // 8)])
     return "CT" if float(np.percentile(sample, 1)) < -500 else "MR"
+
+
+def modality_note(fitted, volume: np.ndarray, modality: str | None) -> str | None:
+    """A warning when a model ``fitted`` on scans of these modalities (its
+    ``info["modalities"]``) is used on ``volume`` of another, else None.
+
+    What the VAE learnt, and its intensity normalisation, are those of its own scans: a CT
+    read by a model of MR scans comes back poorly, and so do its features.
+    """
+    fitted = sorted({str(m).upper() for m in fitted or () if m})
+    if not fitted:
+        return None
+    found = guess_modality(volume, modality)
+    if found in fitted:
+        return None
+    how = "" if modality else " (guessed from its intensities)"
+    return (f"The model was fitted on {' and '.join(fitted)} scans but this scan is "
+            f"{found}{how}: its reconstruction, error map and VAE features will be poor. "
+            f"Fit a model on {found} scans.")
 
 
 def foreground_mask(volume: np.ndarray, modality: str) -> np.ndarray:

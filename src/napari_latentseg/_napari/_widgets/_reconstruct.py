@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -272,6 +272,8 @@ class ReconstructSection(Section):
         parts.append(f"{seconds:.1f} s on {job.metrics.get('device', '?')}")
         self.summary.setText(" \u00b7 ".join(parts) + ".")
         self.viewer.layers.selection.active = layer
+        for note in job.notes:
+            show_warning(note)
         show_info("Reconstruction done" + (
             f": '{output_name(layer, 'anomaly score')}' shows what looks abnormal and "
             f"'{output_name(layer, 'anomalies')}' outlines {len(an.candidates)} candidate(s)."

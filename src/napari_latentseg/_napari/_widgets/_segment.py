@@ -27,8 +27,7 @@ Models
 Each round retrains a random forest on the current annotations (seconds). A fine-tuning round
 also trains an MLP head with the encoder and returns a new model holding both (the model it
 started from is untouched); that model becomes active, so the next round continues from it and
-*Save model* keeps the head. Features are cached per (scan, model), so a
-round on an unchanged encoder does not recompute them (the summary says so).
+*Save model* keeps the head. Features are cached per (scan, model): the summary says so.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -294,6 +293,8 @@ class SegmentSection(Section):
             if layer not in self.viewer.layers:
                 return
             upsert_output(self.viewer, layer, "clusters", result.labels, "labels", opacity=0.5)
+            for note in job_result.notes:
+                show_warning(note)
             reuse = " (features reused from the previous run)" if result.cache_hit else ""
             self.summary.setText(f"{result.k} clusters ({result.method}), ordered from dark "
                                  f"to bright, in {result.seconds:.1f} s{reuse}.")

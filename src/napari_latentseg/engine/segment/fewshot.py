@@ -282,6 +282,7 @@ def _fit_forest(st: RoundState, forest_feats: ForestFeatures, stop_event,
     forest = ts.fit(st.options.seed)
     st.history.append({"stage": "forest", "voxels": len(ts.y) - ts.prior,
                        "prior_voxels": ts.prior, "object_share": ts.object_share,
+                       "vae": forest_feats.vae,
                        "features": forest_features_name(forest_feats.vae, forest_feats.contrast,
                                                         forest_feats.n_extra)
                        + (" + distance from the object's strokes"
