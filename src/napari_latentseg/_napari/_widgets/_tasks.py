@@ -73,9 +73,10 @@ def _paced(gen: Generator[dict, None, Any], hold: Callable[[], bool],
            stop_event: threading.Event) -> Generator[dict, None, Any]:
     """``gen``'s steps, each next one waiting while ``hold()`` is true (or until Stop).
 
-    A background fit on the CPU takes both cores' worth of threads: a live slice then took
-    6.0 s instead of 0.83 s on lung2. Held between its steps, the fit gives the CPU to
-    what the user waits on and goes on afterwards.
+    A background fit on the CPU takes the cores' threads. Held between its steps, it gives
+    them to what the user waits on and goes on afterwards: the first round on lung2 while the
+    fit runs, 5.9 s against 8.3 s (``bench_live.py --while-fitting``). A job shorter than one
+    step (a live slice) still shares the CPU with the step in flight.
     """
     while True:
         try:
