@@ -30,11 +30,12 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ...engine.normalize import modality_note
 from ...engine.train import FitOptions, fit_iter
 from ...models.checkpoint import load_model, next_version_path, save_model
 from ...models.config import CONFIGS, DEFAULT_CONFIG
 from ._base import Section, button_row, hint
-from ._layers import check_scan_layer, scan_from_layer
+from ._layers import check_scan_layer, layer_array, scan_from_layer
 from ._loss_plot import LossPlot
 from ._pickers import LayerChecklist
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelSection"]
 
+_WARN = "#d9901a"  # amber: readable on napari's dark and light themes
 _REASONS = {
     "steps": "all steps done",
     "time": "time limit reached",
@@ -178,6 +180,7 @@ class ModelSection(Section):
         self._apply_theme()
         session.model_changed.connect(self._on_model_changed)
         session.scan_changed.connect(self._follow_scan)
+        session.scan_changed.connect(self._on_model_changed)  # the modality check
         self._on_model_changed()
         self._follow_scan()
 
@@ -238,10 +241,18 @@ class ModelSection(Section):
             details.append(f"validation L1 {float(info['best_val_l1']):.4f}")
         if info.get("stop_reason"):
             details.append(_REASONS.get(info["stop_reason"], str(info["stop_reason"])))
+        if info.get("modalities"):
+            details.append(" and ".join(sorted({str(m) for m in info["modalities"] if m}))
+                           + " scans")
         if info.get("device"):
             details.append(f"fitted on {info['device']}")
         if details:
             lines.append(" \u00b7 ".join(details))
+        scan = session.scan_layer()
+        note = scan is not None and modality_note(info.get("modalities"), layer_array(scan),
+                                                  (scan.metadata or {}).get("modality"))
+        if note:  # said before a job, not only after it
+            lines.append(f"<span style='color:{_WARN}'>{note}</span>")
         if model.head:
             classes = model.head.get("classes", [])
             lines.append(f"segmentation head for classes {', '.join(map(str, classes))} "
