@@ -187,6 +187,7 @@ def test_info_lists_configurations(capsys, model_file):
     assert main(["info", str(model_file)]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out
+    assert "fitted on MR scans;" in out  # no header: the intensities said MR
     # The stored error threshold, rounded and said what it is (not a bare 16-digit float).
     assert re.search(r"reconstruction-error threshold \d\.\d+(e-\d+)? \(the fit data's "
                      r"[\d.]+th percentile\)", out), out
