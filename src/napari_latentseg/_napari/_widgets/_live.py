@@ -285,6 +285,7 @@ class LiveController(QObject):
 
     def _on_finished(self) -> None:
         self._worker = None
+        self.session.live_busy = False  # also if the job never ran: a fit must not wait on
         if self._pending:
             self._start_job()
         elif self.enabled:
