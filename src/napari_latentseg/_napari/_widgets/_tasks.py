@@ -84,9 +84,10 @@ def _paced(gen: Generator[dict, None, Any], hold: Callable[[], bool],
         except StopIteration as end:
             return end.value
         yield item
-        if hold() and not stop_event.is_set():
+        # Stop first: once the dock is closed (which stops its jobs) ``hold`` may not answer.
+        if not stop_event.is_set() and hold():
             yield {"held": True}
-            while hold() and not stop_event.is_set():
+            while not stop_event.is_set() and hold():
                 time.sleep(HELD_POLL_S)
 
 
