@@ -111,3 +111,44 @@ def test_denoiser_options_follow_the_score_in_effect(dock):
     rec.method.setCurrentIndex(rec.method.findData("default"))
     rec.anomalies.setChecked(False)
     assert not rec.surface.isEnabled()
+
+
+def test_the_reconstruction_shows_while_the_score_computes(dock, qtbot, phantom_crop,
+                                                           monkeypatch):
+    """The reconstruction and error layers come as soon as they are ready (the denoiser's
+    score takes minutes on MR); Stop during the score keeps them and says so."""
+    import threading
+
+    from napari_latentseg._napari._widgets import _reconstruct
+
+    viewer, widget = dock
+    add_crop(viewer, phantom_crop)
+    fit(qtbot, widget, steps=10)
+    real, gate, infos = _reconstruct.reconstruct_job, threading.Event(), []
+
+    def gated(*args, **kwargs):  # the score waits until the test has looked
+        steps = real(*args, **kwargs)
+        try:
+            while True:
+                ev = next(steps)
+                yield ev
+                if ev.get("partial") is not None:
+                    gate.wait(30)
+        except StopIteration as end:
+            return end.value
+
+    monkeypatch.setattr(_reconstruct, "reconstruct_job", gated)
+    monkeypatch.setattr(_reconstruct, "show_info", infos.append)
+    rec = widget.reconstruct_section
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=60_000) as finished:
+        assert rec.run()
+        qtbot.waitUntil(lambda: "scoring anomalies" in rec.summary.text(), timeout=30_000)
+        names = {layer.name for layer in viewer.layers}
+        assert {"phantom crop reconstruction", "phantom crop error"} <= names
+        assert "phantom crop anomaly score" not in names
+        widget.tasks.stop()
+        gate.set()
+    assert finished.args[1] == "stopped"
+    assert "phantom crop error" in {layer.name for layer in viewer.layers}
+    assert "phantom crop anomaly score" not in {layer.name for layer in viewer.layers}
+    assert any(str(i).startswith("Anomaly scoring stopped") for i in infos)

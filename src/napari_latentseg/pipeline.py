@@ -247,6 +247,8 @@ def reconstruct_job(
     own reference).
     ``model=None``: the anomaly score alone, of a method that needs no model (the defaults:
     the denoiser on MR, the contrast density on CT), on ``device``; the result is None.
+    With a model and anomaly scoring, the reconstruction's outputs come first in a progress
+    dict's ``partial`` (a :class:`JobResult` without the anomaly), for display meanwhile.
     """
     from .engine.infer import reconstruct_iter
 
@@ -270,6 +272,9 @@ def reconstruct_job(
                        mean_error=round(float(res.error.mean()), 6))
         job.result = res
         _note_modality(model, scan, job.notes, metrics)
+        if anomalies or anomaly_map:  # to look at while the score computes (minutes on MR)
+            yield {"stage": "reconstruct", "message": "reconstruction ready; scoring anomalies",
+                   "partial": JobResult(dict(outputs), dict(metrics), list(job.notes), res)}
     if anomalies or anomaly_map:
         from .engine.anomaly import anomaly_iter
 

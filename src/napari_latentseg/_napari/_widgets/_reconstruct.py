@@ -221,21 +221,32 @@ class ReconstructSection(Section):
                                    lower_symmetric=lower_symmetric, with_self=with_self,
                                    lower_surface=lower_surface, stop_event=stop)
 
+        shown: list[bool] = []  # the reconstruction was shown before the score
+
+        def on_yield(ev: dict) -> None:
+            if ev.get("partial") is not None:
+                shown.append(self._show(layer, ev["partial"], partial=True))
+
         def done(result: JobResult) -> None:
             self._show(layer, result)
 
         def stopped() -> None:
-            show_info("Reconstruction stopped: the previous result layers are unchanged.")
+            show_info("Anomaly scoring stopped: the reconstruction and error layers are this "
+                      "run's, the anomaly layers unchanged." if any(shown) else
+                      "Reconstruction stopped: the previous result layers are unchanged.")
 
         return self.session.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
-                                     on_stopped=stopped)
+                                     on_yield=on_yield, on_stopped=stopped)
 
-    def _show(self, layer, job: JobResult) -> None:
+    def _show(self, layer, job: JobResult, partial: bool = False) -> bool:
+        """Show a job's layers; ``partial``: the reconstruction while the score computes.
+        Returns whether anything was shown."""
         result: ReconstructionResult | None = job.result  # None: the score alone, no model
         if layer not in self.viewer.layers:
-            show_error(f"'{layer.name}' was removed while it was being reconstructed; the "
-                       "result was dropped.")
-            return
+            if not partial:
+                show_error(f"'{layer.name}' was removed while it was being reconstructed; "
+                           "the result was dropped.")
+            return False
         an = job.anomaly
         if result is not None:
             lo, hi = (float(v) for v in layer.contrast_limits)
@@ -270,8 +281,12 @@ class ReconstructSection(Section):
         seconds = ((result.seconds if result is not None else 0.0)
                    + (an.seconds if an is not None else 0.0))  # the score's too
         parts.append(f"{seconds:.1f} s on {job.metrics.get('device', '?')}")
-        self.summary.setText(" \u00b7 ".join(parts) + ".")
+        if partial:
+            parts.append("scoring anomalies\u2026")
+        self.summary.setText(" \u00b7 ".join(parts) + ("" if partial else "."))
         self.viewer.layers.selection.active = layer
+        if partial:
+            return True
         for note in job.notes:
             show_warning(note)
         show_info("Reconstruction done" + (
@@ -279,6 +294,7 @@ class ReconstructSection(Section):
             f"'{output_name(layer, 'anomalies')}' outlines {len(an.candidates)} candidate(s)."
             if an is not None else f": '{output_name(layer, 'error')}' shows where the model "
             "differs from the scan."))
+        return True
 
     def _list_candidates(self, layer, candidates: list[dict]) -> None:
         self.candidates.clear()
