@@ -185,9 +185,9 @@ def load_annotations(scan: Scan, path: str | os.PathLike[str],
 
 def _note_modality(model: VAEModel | None, scan: Scan, notes: list, metrics: dict) -> None:
     """Note (and put in the summary's metrics) a model fitted on another modality."""
-    from .engine.normalize import modality_note
+    from .engine.normalize import fitted_modalities, modality_note
 
-    note = modality_note((model.info or {}).get("modalities") if model is not None else None,
+    note = modality_note(fitted_modalities(model.info) if model is not None else [],
                          scan.data, scan.modality)
     if note:
         notes.append(note)

@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     thr, pct = m.anomaly.get("threshold"), m.anomaly.get("percentile")
     thr_text = "none" if thr is None else f"{float(thr):.4g}" + (
         f" (the fit data's {float(pct):g}th percentile)" if pct is not None else "")
-    mods = " and ".join(sorted({str(v) for v in m.info.get("modalities") or () if v}))
+    from ..engine.normalize import fitted_modalities
+
+    mods = " and ".join(fitted_modalities(m.info))
     print(f"  fitted on {mods or 'unrecorded'} scans; normalisation "
           f"{m.normalization.get('method')}, reconstruction-error threshold {thr_text}")
     norm = (m.anomaly or {}).get("normative")

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Normalizer", "guess_modality", "foreground_mask", "modality_note"]
+__all__ = ["Normalizer", "guess_modality", "foreground_mask", "fitted_modalities",
+           "modality_note"]
 
 _CT_WINDOW = (-1000.0, 1000.0)
 _MR_PERCENTILES = (0.5, 99.5)
@@ -31,14 +32,18 @@ def guess_modality(volume: np.ndarray, modality: str | None = None) -> str:
     return "CT" if float(np.percentile(sample, 1)) < -500 else "MR"
 
 
-def modality_note(fitted, volume: np.ndarray, modality: str | None) -> str | None:
-    """A warning when a model ``fitted`` on scans of these modalities (its
-    ``info["modalities"]``) is used on ``volume`` of another, else None.
+def fitted_modalities(info: dict | None) -> list[str]:
+    """The modalities a model was fitted on (its ``info["modalities"]``), sorted, unique."""
+    return sorted({str(m).upper() for m in (info or {}).get("modalities") or () if m})
+
+
+def modality_note(fitted: list[str] | None, volume: np.ndarray, modality: str | None) -> str | None:
+    """A warning when a model ``fitted`` on scans of these modalities
+    (:func:`fitted_modalities`) is used on ``volume`` of another, else None.
 
     What the VAE learnt, and its intensity normalisation, are those of its own scans: a CT
     read by a model of MR scans comes back poorly, and so do its features.
     """
-    fitted = sorted({str(m).upper() for m in fitted or () if m})
     if not fitted:
         return None
     found = guess_modality(volume, modality)

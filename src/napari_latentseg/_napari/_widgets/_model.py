@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ...engine.normalize import modality_note
+from ...engine.normalize import fitted_modalities, modality_note
 from ...engine.train import FitOptions, fit_iter
 from ...models.checkpoint import load_model, next_version_path, save_model
 from ...models.config import CONFIGS, DEFAULT_CONFIG
@@ -241,15 +241,15 @@ class ModelSection(Section):
             details.append(f"validation L1 {float(info['best_val_l1']):.4f}")
         if info.get("stop_reason"):
             details.append(_REASONS.get(info["stop_reason"], str(info["stop_reason"])))
-        if info.get("modalities"):
-            details.append(" and ".join(sorted({str(m) for m in info["modalities"] if m}))
-                           + " scans")
+        fitted = fitted_modalities(info)
+        if fitted:
+            details.append(" and ".join(fitted) + " scans")
         if info.get("device"):
             details.append(f"fitted on {info['device']}")
         if details:
             lines.append(" \u00b7 ".join(details))
         scan = session.scan_layer()
-        note = scan is not None and modality_note(info.get("modalities"), layer_array(scan),
+        note = scan is not None and modality_note(fitted, layer_array(scan),
                                                   (scan.metadata or {}).get("modality"))
         if note:  # said before a job, not only after it
             lines.append(f"<span style='color:{_WARN}'>{note}</span>")
