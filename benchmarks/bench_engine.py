@@ -1,4 +1,5 @@
-"""VAE engine benchmark: fit time, held-out PSNR/SSIM, reconstruction throughput, peak memory.
+"""VAE engine benchmark: fit time, held-out PSNR/SSIM, reconstruction throughput, peak memory,
+and the time of clustering a scan's voxels.
 
 Each case runs in its own process so peak RSS belongs to that case alone. Real scans come from
 ``../shared/data/pyradiomics`` (override with ``--data``); a missing case is skipped with a
@@ -67,6 +68,7 @@ def case_fit(name: str, data: Path, device: str, model_out: Path) -> dict:
         model_out.unlink()
     save_model(res.model, model_out)
     rec = reconstruct(res.model, vol.data, modality=vol.metadata.get("modality"))
+    clusters = _cluster_times(res.model, vol.data, vol.metadata.get("modality"))
     norm = Normalizer.from_dict(rec.info["normalization"])
     held = holdout_slices(vol.data.shape[0], opts.holdout_every)
     a, b = norm(vol.data[held]), norm(rec.reconstruction[held])
@@ -86,8 +88,24 @@ def case_fit(name: str, data: Path, device: str, model_out: Path) -> dict:
         "recon_s": round(rec.seconds, 2),
         "recon_mvox_per_s": round(vol.data.size / rec.seconds / 1e6, 3),
         "anomaly_candidates": rec.n_candidates, "device": rec.info["device"],
-        "peak_rss_mb": round(_peak_rss_mb(), 0),
+        "peak_rss_mb": round(_peak_rss_mb(), 0), **clusters,
     }
+
+
+def _cluster_times(model, data: np.ndarray, modality: str | None) -> dict:
+    """Seconds of `latentseg cluster` (no feature cache), of the dock's Cluster (its cache,
+    filled when the volume's features fit in it) and of a second Cluster there (k=5)."""
+    from napari_latentseg.engine.segment import FeatureCache, cluster
+
+    out = {}
+    cache = FeatureCache()
+    for key, kwargs in (("cluster_s", {}), ("cluster_gmm_s", {"method": "gmm"}),
+                        ("cluster_dock_s", {"cache": cache}),
+                        ("cluster_again_s", {"cache": cache, "k": 5})):
+        t0 = time.perf_counter()
+        cluster(model, data, kwargs.pop("k", 4), modality=modality, **kwargs)
+        out[key] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 def case_recon(model_path: Path, shape: tuple[int, ...] | None, image: Path | None,
@@ -134,15 +152,19 @@ def to_markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info.get('cpu')} ({info.get('cores')} cores)"
              + (f", GPU {info['gpu']}" if "gpu" in info else "") + f", torch {info['torch']}",
              "", "| case | shape | fit s | steps | PSNR dB | SSIM | recon s | Mvox/s | "
-             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB | cluster s: CLI / gmm / dock / again |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['case']} | error: {r['error']} |||||||| ")
             continue
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        clusters = " / ".join(str(r[k]) for k in ("cluster_s", "cluster_gmm_s",
+                                                   "cluster_dock_s", "cluster_again_s")
+                              if k in r)
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["case"], "x".join(map(str, r["shape"])), r.get("fit_s", ""), r.get("steps", ""),
             r.get("psnr_db", ""), r.get("ssim", ""), r["recon_s"], r["recon_mvox_per_s"],
-            r["peak_rss_mb"]))
+            r["peak_rss_mb"], clusters))
     return "\n".join(lines) + "\n"
 
 

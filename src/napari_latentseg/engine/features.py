@@ -231,22 +231,45 @@ class Hypercolumn(nn.Module):
         mu = up(self.vae.quant_conv_mu(h))
         return mu, total.add_(bias.view(1, -1, *ones))
 
+    def linear(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``weight @ ((self(x) - mean) / std) + bias`` per voxel, without the hypercolumn.
+
+        Each encoder level is mapped at its own resolution before upsampling (see
+        :meth:`projected`), so only the ``weight.shape[0]`` outputs ever exist at voxel
+        resolution: the head's first layer, or the principal components that clusters use.
+
+        Parameters
+        ----------
+        mean, std : torch.Tensor
+            (n_features,) standardisation of the hypercolumn's channels.
+        weight : torch.Tensor
+            (K, n_features).
+        bias : torch.Tensor
+            (K,).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, K, *spatial).
+        """
+        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+        n_tap = sum(self.tap_channels)
+        mu, z = self._projected(x, mean[:n_tap], std[:n_tap], weight[:, :n_tap].T)
+        rest = torch.cat([mu] + (self._intensity(x) if self.intensity else []), dim=1)
+        w_rest = weight[:, n_tap:] / std[n_tap:]
+        b = bias - w_rest @ mean[n_tap:]
+        z.add_(conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), b))
+        return z
+
     def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
         """``head(self(x))`` without the ~120-channel hypercolumn at voxel resolution.
 
-        The head's first layer is a 1x1 convolution on standardised features, so it is applied
-        to each encoder level at its own resolution before upsampling (see :meth:`projected`);
-        only the head's hidden channels ever exist at full resolution.
+        The head's first layer is a 1x1 convolution on standardised features, so it goes
+        through :meth:`linear`; only the head's hidden channels exist at full resolution.
         """
-        conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
         first = head.net[0]
-        w = first.weight.flatten(1)  # (hidden, n_features)
-        n_tap = sum(self.tap_channels)
-        mu, z = self._projected(x, head.mean[:n_tap], head.std[:n_tap], w[:, :n_tap].T)
-        rest = torch.cat([mu] + (self._intensity(x) if self.intensity else []), dim=1)
-        w_rest = w[:, n_tap:] / head.std[n_tap:]
-        bias = first.bias - w_rest @ head.mean[n_tap:]
-        z.add_(conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), bias))
+        z = self.linear(x, head.mean, head.std, first.weight.flatten(1), first.bias)
         return head.net[1:](z)
 
 

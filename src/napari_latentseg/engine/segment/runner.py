@@ -6,7 +6,6 @@ import numpy as np
 
 from ...models.checkpoint import VAEModel
 from ...runtime.device import configure_threads, prefers_channels_last
-from ...runtime.progress import check_stop
 from ..infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
 from .cache import FeatureCache
 
@@ -96,34 +95,22 @@ class FeatureRunner:
         """The head's logits (B, n_classes, *spatial) on the device, no grad."""
         return self._encoder_pass(zs, lambda x: self.hyper.head_logits(x, head))
 
+    def compute_linear(self, zs: np.ndarray, mean, std, weight, bias):
+        """``weight @ ((features - mean) / std) + bias`` (B, K, *spatial) on the device, no
+        grad: from the cached features when there are some, else through
+        :meth:`~napari_latentseg.engine.features.Hypercolumn.linear`, which never builds the
+        hypercolumn at voxel resolution (lung2: 16 million voxels x 57 channels)."""
+        if self.cached is None:
+            return self._encoder_pass(zs, lambda x: self.hyper.linear(x, mean, std, weight, bias))
+        ones = (1,) * self.cfg.spatial_dims
+        f = (self.compute(zs) - mean.view(1, -1, *ones)) / std.view(1, -1, *ones)
+        fn = self.torch.nn.functional
+        return (fn.conv2d if len(ones) == 2 else fn.conv3d)(f, weight.view(*weight.shape, *ones),
+                                                            bias)
+
     def compute_projected(self, zs: np.ndarray, pca):
         """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""
         return self._encoder_pass(zs, lambda x: self.hyper.projected(x, *pca))
-
-    def iter_batches(self, stop_event, what: str):
-        """Yield (zs, features) over the whole volume, filling the cache when it fits."""
-        if self.cfg.spatial_dims == 3:
-            check_stop(stop_event, what)
-            feats = self.compute(np.arange(self.volume.shape[0]))
-            if self.cache is not None and self.cached is None:
-                self.cached = feats.half().cpu().numpy()
-                self.cache.put(self.key, self.cached)
-            yield np.arange(self.volume.shape[0]), feats
-            return
-        store = None
-        if self.cache is not None and self.cached is None and self.cache.fits(
-                self.n_features, self.volume.shape):
-            store = np.empty((self.volume.shape[0], self.n_features) + self.volume.shape[1:],
-                             dtype=np.float16)
-        for zs in self.batches:
-            check_stop(stop_event, what)
-            feats = self.compute(zs)
-            if store is not None:
-                store[zs[0] : zs[-1] + 1] = feats.half().cpu().numpy()
-            yield zs, feats
-        if store is not None:
-            self.cached = store
-            self.cache.put(self.key, store)
 
 
 def to_rows(feats, spatial_dims: int):
