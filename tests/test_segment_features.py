@@ -221,3 +221,45 @@ def test_cli_prints_why_the_next_slice_was_chosen(capsys):
     out = capsys.readouterr().out
     assert "annotate slice 7 along axis 0" in out and "the object ends" in out
     assert "axis 0: slice 1 (0.400)" in out
+
+
+def test_features_read_at_some_voxels_equal_the_upsampled_maps():
+    """sample_at reads a map at N voxels as F.interpolate upsamples it (any scale)."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_latentseg.engine.features import sample_at
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 3, 7, 9)
+    for size in [(20, 23), (14, 18), (7, 9)]:
+        full = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        mask = torch.rand((2,) + size) < 0.3
+        at = mask.nonzero(as_tuple=True)
+        torch.testing.assert_close(sample_at(t, size, at), full[at[0], :, at[1], at[2]])
+
+
+def test_the_head_at_the_band_equals_the_head_everywhere(tiny_model, small_phantom):
+    """A fine-tuning round's boundary band goes through the head voxel by voxel; its
+    probabilities equal those of the whole slices at the same voxels."""
+    import torch
+
+    from napari_latentseg.engine.features import SegmentationHead
+    from napari_latentseg.engine.segment.head import HeadProbabilities
+    from napari_latentseg.engine.segment.runner import FeatureRunner
+
+    torch.manual_seed(0)
+    image = np.ascontiguousarray(small_phantom.image[:, :37, :39])  # padded for the encoder
+    run = FeatureRunner(tiny_model, image, "MR", None)
+    head = SegmentationHead(run.n_features, 3, 16, 2)
+    head.mean.normal_()
+    head.std.uniform_(0.5, 2.0)
+    proba = HeadProbabilities(head, run, 3)
+    zs = np.array([3, 4, 5])
+    mask = np.random.default_rng(0).random((3,) + image.shape[1:]) < 0.2
+    mask[1] = False  # a slice without band voxels
+    at = proba.at(zs, mask)
+    assert at.shape == (3, int(mask.sum()))
+    np.testing.assert_allclose(at, proba(zs)[:, mask], atol=1e-5)
+    assert proba.at(zs, np.zeros_like(mask)).shape == (3, 0)
+    run.close()

@@ -19,7 +19,7 @@ from torch import nn
 from ..models.head import SegmentationHead
 
 __all__ = ["Hypercolumn", "SegmentationHead", "Segmenter", "gaussian_blur", "multiscale_features",
-           "MULTISCALE_SIGMAS"]
+           "sample_at", "MULTISCALE_SIGMAS"]
 
 _SIGMAS = (1.0, 2.0, 4.0)
 # scikit-image's multiscale_basic_features(sigma_min=1, sigma_max=16): the ilastik set.
@@ -73,6 +73,29 @@ def _gradient(t: torch.Tensor, dim: int) -> torch.Tensor:
     torch.sub(t.narrow(dim, 1, 1), t.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
     torch.sub(t.narrow(dim, n - 1, 1), t.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
     return out
+
+
+def sample_at(t: torch.Tensor, size: tuple[int, int], at: tuple[torch.Tensor, ...]
+              ) -> torch.Tensor:
+    """``F.interpolate(t, size, mode="bilinear")[b, :, y, x]`` for ``at = (b, y, x)``: (N, C).
+
+    The same source coordinates and edge clamping as ``F.interpolate`` (align_corners=False,
+    scale = input / output size), computed at N voxels only."""
+    b, y, x = at
+    h, w = t.shape[2:]
+    if (h, w) == tuple(size):
+        return t[b, :, y, x]
+
+    def corners(i: torch.Tensor, n: int, out: int):
+        src = ((i.to(t.dtype) + 0.5) * (n / out) - 0.5).clamp_(min=0)
+        i0 = src.floor().long()
+        return i0, (i0 + 1).clamp_(max=n - 1), (src - i0)[:, None]
+
+    y0, y1, wy = corners(y, h, size[0])
+    x0, x1, wx = corners(x, w, size[1])
+    top = t[b, :, y0, x0] * (1 - wx) + t[b, :, y0, x1] * wx
+    bottom = t[b, :, y1, x0] * (1 - wx) + t[b, :, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def multiscale_features(x: torch.Tensor, sigmas: tuple[float, ...] = MULTISCALE_SIGMAS
@@ -262,6 +285,29 @@ class Hypercolumn(nn.Module):
         z.add_(conv(rest, w_rest.reshape(w_rest.shape + (1,) * self.spatial_dims), b))
         return z
 
+    def linear_at(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  weight: torch.Tensor, bias: torch.Tensor, at: tuple[torch.Tensor, ...]
+                  ) -> torch.Tensor:
+        """:meth:`linear` at the voxels ``at = (b, y, x)`` only, (N, K); 2D models.
+
+        Each encoder level is read at those voxels as ``F.interpolate`` would upsample it,
+        then mapped: nothing is computed at voxel resolution but the intensity columns.
+        """
+        size = x.shape[2:]
+        n_tap = sum(self.tap_channels)
+        w = weight / std
+        out = (bias - w @ mean).expand(len(at[0]), -1).clone()
+        start, h, taps = 0, x, set(self.taps)
+        for i, block in enumerate(self.vae.encoder.blocks):
+            h = block(h)
+            if i in taps:
+                c = h.shape[1]
+                out.addmm_(sample_at(h, size, at), w[:, start : start + c].T)
+                start += c
+        rest = [self.vae.quant_conv_mu(h)] + (self._intensity(x) if self.intensity else [])
+        cols = torch.cat([sample_at(r, size, at) for r in rest], dim=1)
+        return out.addmm_(cols, w[:, n_tap:].T)
+
     def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
         """``head(self(x))`` without the ~120-channel hypercolumn at voxel resolution.
 
@@ -271,6 +317,13 @@ class Hypercolumn(nn.Module):
         first = head.net[0]
         z = self.linear(x, head.mean, head.std, first.weight.flatten(1), first.bias)
         return head.net[1:](z)
+
+    def head_logits_at(self, x: torch.Tensor, head: SegmentationHead,
+                       at: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """:meth:`head_logits` at the voxels ``at = (b, y, x)`` only: (N, n_classes)."""
+        first = head.net[0]
+        z = self.linear_at(x, head.mean, head.std, first.weight.flatten(1), first.bias, at)
+        return head.layers_flat(z, 1)
 
 
 class Segmenter(nn.Module):

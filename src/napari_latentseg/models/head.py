@@ -71,9 +71,11 @@ class SegmentationHead(nn.Module):
 
     def forward_flat(self, f: torch.Tensor) -> torch.Tensor:
         """(N, n_features) -> (N, n_classes) logits, for sampled voxels."""
-        f = (f - self.mean) / self.std
-        x = f
-        for layer in self.net:
+        return self.layers_flat((f - self.mean) / self.std)
+
+    def layers_flat(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """The MLP's layers from ``self.net[first]`` on (N, channels) rows."""
+        for layer in self.net[first:]:
             if isinstance(layer, nn.Conv2d | nn.Conv3d):
                 x = F.linear(x, layer.weight.flatten(1), layer.bias)
             else:

@@ -94,3 +94,11 @@ class HeadProbabilities:
             ph = torch.softmax(self.run.head_logits(zs, self.head), dim=1)
         shape = (self.n_classes, len(zs)) + self.run.volume.shape[1:]
         return ph.transpose(0, 1).cpu().numpy().reshape(shape)
+
+    def at(self, zs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The probabilities (n_classes, N) at the voxels of ``mask`` ((len(zs), *slice)),
+        in C order: only those voxels go through the head (2D models, features not cached)."""
+        if self.run.cached is not None or self.run.cfg.spatial_dims != 2:
+            return self(zs)[:, mask]
+        torch = self.run.torch
+        return torch.softmax(self.run.head_logits_at(zs, self.head, mask), dim=1).T.cpu().numpy()

@@ -95,6 +95,29 @@ class FeatureRunner:
         """The head's logits (B, n_classes, *spatial) on the device, no grad."""
         return self._encoder_pass(zs, lambda x: self.hyper.head_logits(x, head))
 
+    def head_logits_at(self, zs: np.ndarray, head, mask: np.ndarray):
+        """The head's logits (N, n_classes) at the voxels of ``mask`` (len(zs), *slice), in
+        C order, on the device, no grad; 2D models. Only those voxels pass the head: the
+        boundary band of a fine-tuning round (lung2: 29 s for every voxel of 61 slices)."""
+        torch = self.torch
+        per = 1 << 30 if self.device.type != "cpu" else max(
+            1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
+        parts = []
+        for i in range(0, len(zs), per):
+            at = np.nonzero(mask[i : i + per])
+            if at[0].size == 0:
+                continue
+            x = torch.from_numpy(self.input_block(zs[i : i + per])).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, _ = pad_to_multiple(x, self.cfg.downsampling)
+            idx = tuple(torch.from_numpy(a).to(self.device) for a in at)
+            with torch.inference_mode():
+                parts.append(self.hyper.head_logits_at(x, head, idx).float())
+        if not parts:
+            return torch.zeros((0, head.net[-1].out_channels), device=self.device)
+        return torch.cat(parts)
+
     def compute_linear(self, zs: np.ndarray, mean, std, weight, bias):
         """``weight @ ((features - mean) / std) + bias`` (B, K, *spatial) on the device, no
         grad: from the cached features when there are some, else through
