@@ -176,10 +176,18 @@ def _keep_connected_iterated(labels: np.ndarray, out: np.ndarray, probabilities:
     open_ = np.ones(labels.shape, bool)  # not (yet) kept by a check of their present class
     full = tuple(slice(None) for _ in labels.shape)
     seen: set[int] = set()
+    # Classes that received voxels since their last check. Voxels leave a class only in its
+    # own check, so a class that received none would repeat its last check to the voxel:
+    # the same regions, the same stuck voxels, nothing moved (lung2, three classes: 4.7
+    # million stuck voxels of the other lung checked once more for nothing).
+    grew = set(range(len(table)))
     for _ in range(len(table) + 1):
         moved_any = False
         for ci, c in enumerate(table):
             box = full
+            if ci not in grew:
+                continue
+            grew.discard(ci)
             if ci in seen:
                 box = grown_box(open_ & (out == c))
                 if box is None:
@@ -217,6 +225,7 @@ def _keep_connected_iterated(labels: np.ndarray, out: np.ndarray, probabilities:
             if moved.any():
                 moved_any = True
                 target[drop] = table[best]
+                grew.update(np.unique(best[moved]).tolist())
         if not moved_any:
             break
     return out, int(np.count_nonzero(out != labels))
