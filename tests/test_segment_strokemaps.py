@@ -125,3 +125,29 @@ def test_cli_no_stroke_distances(twins, tmp_path, monkeypatch):
     assert main(["segment", str(img), "-a", str(a), "-o", str(tmp_path / "off.nii.gz"), "-q",
                  "--no-stroke-distances"]) == 0
     assert calls == [1]  # not computed again
+
+
+def test_live_strokes_keep_the_objects_distance_until_the_object_is_painted(twins):
+    """A background stroke leaves the object's distance map as it was, so live mode keeps
+    it; an object stroke computes it again. The slices are those of a fresh segmenter."""
+    from napari_latentseg.engine.segment import LiveSegmenter
+
+    vol, ann, _, _ = twins
+    live = LiveSegmenter(None, vol, spacing=SPACING)
+    live.update(ann)
+    first = live._features.stroke_memo[1]
+    more_bg = ann.copy()
+    more_bg[5, 50:54, 60:70] = 1
+    live.update(more_bg)
+    assert live._features.stroke_memo[1] is first
+    assert not first.raw.flags.writeable  # kept for the next round: nobody writes it
+    fresh = LiveSegmenter(None, vol, spacing=SPACING)
+    fresh.update(more_bg)
+    np.testing.assert_array_equal(live.predict_slice(4).labels, fresh.predict_slice(4).labels)
+    more_obj = more_bg.copy()
+    more_obj[2, 30:33, 14:17] = 2
+    live.update(more_obj)
+    assert live._features.stroke_memo[1] is not first
+    fresh = LiveSegmenter(None, vol, spacing=SPACING)
+    fresh.update(more_obj)
+    np.testing.assert_array_equal(live.predict_slice(2).labels, fresh.predict_slice(2).labels)

@@ -77,6 +77,7 @@ class ForestFeatures:
 
         self.run = run
         self.vae = vae  # False: the ilastik set alone (the ablation of the VAE features)
+        self.stroke_memo = None  # the object strokes' last distance map (.strokemaps)
         self.contrast = not vae and CONTRAST_WITHOUT_VAE
         self.enc = slice(0, sum(run.hyper.tap_channels))
         self.n_multiscale = 4 * len(MULTISCALE_SIGMAS)  # the ilastik set: the first columns
