@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,12 +148,12 @@ def run_case(app, name, vol, truth_fg, args):
             ann.paint((z, *where), int(truth[where]))
             _wait(app, lambda n0=n0: len(updates) > n0, timeout=300)
             dice = _dice(np.asarray(out.data[z]) == 2, truth == 2)
-            rows.append({"stroke": k + 1, "seconds": round(updates[-1][1], 3),
-                         "slice_dice": round(dice, 4)})
+            rows.append({"stroke": k + 1, "label": int(truth[where]),
+                         "seconds": round(updates[-1][1], 3), "slice_dice": round(dice, 4)})
             if fitting:  # let the fit go on a while between strokes, as a user looks
                 _wait(app, lambda n=len(fit_steps): len(fit_steps) >= n + 3, timeout=300)
-            print(f"{name}: stroke {k + 1}: slice updated in {updates[-1][1]:.2f} s, "
-                  f"slice Dice {dice:.3f}", flush=True)
+            print(f"{name}: stroke {k + 1} (label {int(truth[where])}): slice updated in "
+                  f"{updates[-1][1]:.2f} s, slice Dice {dice:.3f}", flush=True)
         # The whole volume follows once the strokes stop.
         finished.clear()
         t0 = time.perf_counter()
@@ -197,6 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_live.json"))
     args = p.parse_args(argv)
+    # The dock autosaves what the benchmark paints: into a folder of its own, not among the
+    # user's recovery copies (the dock would offer them back on the user's next brain1).
+    os.environ.setdefault("LATENTSEG_RECOVERY_DIR",
+                          tempfile.mkdtemp(prefix="latentseg-bench-recovery-"))
 
     from qtpy.QtWidgets import QApplication
 
