@@ -291,7 +291,7 @@ class Hypercolumn(nn.Module):
         """:meth:`linear` at the voxels ``at = (b, y, x)`` only, (N, K); 2D models.
 
         Each encoder level is read at those voxels as ``F.interpolate`` would upsample it,
-        then mapped: nothing is computed at voxel resolution but the intensity columns.
+        then mapped: no level is upsampled and no map is applied to the whole slice.
         """
         size = x.shape[2:]
         n_tap = sum(self.tap_channels)
@@ -309,7 +309,7 @@ class Hypercolumn(nn.Module):
         return out.addmm_(cols, w[:, n_tap:].T)
 
     def head_logits(self, x: torch.Tensor, head: SegmentationHead) -> torch.Tensor:
-        """``head(self(x))`` without the ~120-channel hypercolumn at voxel resolution.
+        """``head(self(x))`` without the hypercolumn at voxel resolution.
 
         The head's first layer is a 1x1 convolution on standardised features, so it goes
         through :meth:`linear`; only the head's hidden channels exist at full resolution.
