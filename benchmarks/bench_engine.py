@@ -93,17 +93,14 @@ def case_fit(name: str, data: Path, device: str, model_out: Path) -> dict:
 
 
 def _cluster_times(model, data: np.ndarray, modality: str | None) -> dict:
-    """Seconds of `latentseg cluster` (no feature cache), of the dock's Cluster (its cache,
-    filled when the volume's features fit in it) and of a second Cluster there (k=5)."""
-    from napari_latentseg.engine.segment import FeatureCache, cluster
+    """Seconds of Cluster (k-means, k = 4), with a Gaussian mixture, and again with k = 5."""
+    from napari_latentseg.engine.segment import cluster
 
     out = {}
-    cache = FeatureCache()
-    for key, kwargs in (("cluster_s", {}), ("cluster_gmm_s", {"method": "gmm"}),
-                        ("cluster_dock_s", {"cache": cache}),
-                        ("cluster_again_s", {"cache": cache, "k": 5})):
+    for key, k, method in (("cluster_s", 4, "kmeans"), ("cluster_gmm_s", 4, "gmm"),
+                           ("cluster_again_s", 5, "kmeans")):
         t0 = time.perf_counter()
-        cluster(model, data, kwargs.pop("k", 4), modality=modality, **kwargs)
+        cluster(model, data, k, method=method, modality=modality)
         out[key] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -152,15 +149,14 @@ def to_markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info.get('cpu')} ({info.get('cores')} cores)"
              + (f", GPU {info['gpu']}" if "gpu" in info else "") + f", torch {info['torch']}",
              "", "| case | shape | fit s | steps | PSNR dB | SSIM | recon s | Mvox/s | "
-             "peak RSS MB | cluster s: CLI / gmm / dock / again |",
+             "peak RSS MB | cluster s: k-means / gmm / k = 5 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['case']} | error: {r['error']} |||||||| ")
             continue
         clusters = " / ".join(str(r[k]) for k in ("cluster_s", "cluster_gmm_s",
-                                                   "cluster_dock_s", "cluster_again_s")
-                              if k in r)
+                                                   "cluster_again_s") if k in r)
         lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["case"], "x".join(map(str, r["shape"])), r.get("fit_s", ""), r.get("steps", ""),
             r.get("psnr_db", ""), r.get("ssim", ""), r["recon_s"], r["recon_mvox_per_s"],

@@ -42,7 +42,7 @@ def test_vae_feature_ablation_really_removes_them(tiny_model, small_phantom, ann
     from napari_latentseg.engine.segment.forest import ForestFeatures
     from napari_latentseg.engine.segment.runner import FeatureRunner
 
-    run = FeatureRunner(tiny_model, small_phantom.image, "MR", None)
+    run = FeatureRunner(tiny_model, small_phantom.image, "MR")
     zs = np.array([3, 4])
     with_vae = ForestFeatures(run, None, vae=True).compute(zs).numpy()
     without = ForestFeatures(run, None, vae=False).compute(zs).numpy()
@@ -250,7 +250,7 @@ def test_the_head_at_the_band_equals_the_head_everywhere(tiny_model, small_phant
 
     torch.manual_seed(0)
     image = np.ascontiguousarray(small_phantom.image[:, :37, :39])  # padded for the encoder
-    run = FeatureRunner(tiny_model, image, "MR", None)
+    run = FeatureRunner(tiny_model, image, "MR")
     head = SegmentationHead(run.n_features, 3, 16, 2)
     head.mean.normal_()
     head.std.uniform_(0.5, 2.0)

@@ -182,8 +182,7 @@ def run_demo(
     cache = FeatureCache()
     n_classes = len(np.unique(truth)) if truth is not None else 4
     t = time.perf_counter()
-    clu_job = drive(cluster_job(model, scan, k=n_classes, cache=cache, stop_event=stop_event),
-                    emit)
+    clu_job = drive(cluster_job(model, scan, k=n_classes, stop_event=stop_event), emit)
     clu = clu_job.result
     times["cluster_s"] = time.perf_counter() - t
     save_outputs(clu_job, {"clusters": out / "clusters.nii.gz"}, scan)

@@ -341,7 +341,6 @@ def cluster_job(
     k: int = 4,
     method: str = "kmeans",
     seed: int = 0,
-    cache: FeatureCache | None = None,
     device: str | None = None,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
@@ -350,7 +349,7 @@ def cluster_job(
 
     _to_device(model, device)
     res = yield from cluster_iter(model, scan.data, k, method=method, seed=seed,
-                                  modality=scan.modality, cache=cache, stop_event=stop_event)
+                                  modality=scan.modality, stop_event=stop_event)
     metrics = {"device": str(model.device), **label_volumes(res.labels, scan.voxel_ml)}
     notes: list[str] = []
     _note_modality(model, scan, notes, metrics)

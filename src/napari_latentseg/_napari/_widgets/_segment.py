@@ -281,12 +281,10 @@ class SegmentSection(Section):
         if layer is None:
             return False
         scan = scan_from_layer(layer)
-        k, method, cache = int(self.k.value()), self.method.currentText(), self.session.cache
-        device = self.session.device
+        k, method, device = int(self.k.value()), self.method.currentText(), self.session.device
 
         def job(stop):
-            return cluster_job(model, scan, k=k, method=method, cache=cache, device=device,
-                               stop_event=stop)
+            return cluster_job(model, scan, k=k, method=method, device=device, stop_event=stop)
 
         def done(job_result: JobResult) -> None:
             result: ClusterResult = job_result.result
@@ -295,9 +293,8 @@ class SegmentSection(Section):
             upsert_output(self.viewer, layer, "clusters", result.labels, "labels", opacity=0.5)
             for note in job_result.notes:
                 show_warning(note)
-            reuse = " (features reused from the previous run)" if result.cache_hit else ""
             self.summary.setText(f"{result.k} clusters ({result.method}), ordered from dark "
-                                 f"to bright, in {result.seconds:.1f} s{reuse}.")
+                                 f"to bright, in {result.seconds:.1f} s.")
 
         return self.session.tasks.start(f"Clustering '{layer.name}'", job, on_return=done,
                                      on_stopped=lambda: show_info(

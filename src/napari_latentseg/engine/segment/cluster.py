@@ -14,7 +14,6 @@ import numpy as np
 from ...models.checkpoint import VAEModel
 from ...runtime.progress import check_stop, drive
 from .annotations import label_dtype
-from .cache import FeatureCache
 from .runner import FeatureRunner, to_rows
 
 __all__ = ["CLUSTER_METHODS", "ClusterResult", "check_cluster_args", "cluster_iter", "cluster"]
@@ -40,7 +39,6 @@ class ClusterResult:
     method: str
     cluster_intensity: list[float]
     seconds: float
-    cache_hit: bool = False
 
 
 def cluster_iter(
@@ -52,13 +50,12 @@ def cluster_iter(
     modality: str | None = None,
     seed: int = 0,
     max_samples: int = 60_000,
-    cache: FeatureCache | None = None,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, ClusterResult]:
     """Cluster the voxels' features into ``k`` groups; yields progress, returns the labels.
 
-    The volume's hypercolumn is read from ``cache`` when it is there; clustering does not
-    add it (computing it again per encoder level is faster than reading it back).
+    Nothing is cached: the labelling pass projects each encoder level before upsampling,
+    faster than reading a big scan's hypercolumn back (docs/benchmarks.md, session 63).
     """
     import torch
     from sklearn.cluster import KMeans
@@ -73,14 +70,13 @@ def cluster_iter(
         vol = vol[None]
     # The runner may change the net's memory layout: a private net leaves the caller's as is.
     model = dataclasses.replace(model, net=copy.deepcopy(model.net))
-    run = FeatureRunner(model, vol, modality, cache)
-    hit = run.cached is not None
+    run = FeatureRunner(model, vol, modality)
     rng = np.random.default_rng(seed)
     n_vox = vol.size
     take = min(1.0, max_samples / n_vox)
-    # Sampling pass: a subset of slices is enough when nothing is cached.
+    # Sampling pass: a subset of slices is enough.
     batches = run.volume_batches
-    if not hit and model.config.spatial_dims == 2 and len(batches) > 8:
+    if model.config.spatial_dims == 2 and len(batches) > 8:
         batches = [batches[i] for i in np.linspace(0, len(batches) - 1, 8).round().astype(int)]
         take = min(1.0, max_samples / sum(len(b) * np.prod(vol.shape[1:]) for b in batches))
     rows = []
@@ -129,8 +125,7 @@ def cluster_iter(
     labels = np.zeros(vol.shape, dtype=label_dtype(k))
     total = len(run.volume_batches)
     # The projection goes through each encoder level before upsampling, never through the
-    # hypercolumn at voxel resolution (lung2, 57 channels: 40 s -> 14 s); computing it again
-    # beats storing it (reading lung2's back from the cache took 25-30 s), so it is not stored.
+    # hypercolumn at voxel resolution (lung2, 57 channels: 40 s -> 14 s).
     t_bias = -(t_comp @ t_pmean)
     for i, zs in enumerate(run.volume_batches):
         check_stop(stop_event, "clustering")
@@ -150,7 +145,7 @@ def cluster_iter(
     if squeeze:
         labels = labels[0]
     return ClusterResult(labels, int(k), method, [float(v) for v in inten[order]],
-                         time.perf_counter() - t0, hit)
+                         time.perf_counter() - t0)
 
 
 def cluster(model: VAEModel, volume: np.ndarray, k: int = 4, *,

@@ -158,14 +158,14 @@ def segment_iter(
     use_forest = opts.classifier == "forest"
     # Features are computed once per round even without a caller's cache.
     cache = cache if cache is not None else FeatureCache()
-    run = FeatureRunner(st.model, st.volume, modality, None if use_forest else cache)
+    run = FeatureRunner(st.model, st.volume, modality)
     if extra_features is not None and not use_forest:
         raise ValueError("extra feature columns are columns of the forest: not available "
                          "with classifier='mlp'")
     extra = (None if extra_features is None
              else np.asarray(extra_features)[None] if squeeze else extra_features)
     forest_feats = ForestFeatures(run, cache, opts.vae_features, extra) if use_forest else None
-    hit = (forest_feats if use_forest else run).cached is not None
+    hit = use_forest and forest_feats.cached is not None
     head_round = None
     last_labels = st.previous_labels(previous, squeeze)  # None: the round starts afresh
     round_no = round_after(previous)
@@ -318,7 +318,7 @@ def _train_head(st: RoundState, run: FeatureRunner, modality: str | None, with_f
         st.notes.append(f"fine-tuning stopped by the user after {steps} steps")
     # The encoder changed: its hypercolumn is recomputed (the forest keeps the input model's
     # cached features).
-    tuned = FeatureRunner(st.model, st.volume, modality, None)
+    tuned = FeatureRunner(st.model, st.volume, modality)
     return _HeadRound(head, HeadProbabilities(head, tuned, st.n_classes), held, True, stopped)
 
 

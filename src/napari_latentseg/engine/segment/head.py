@@ -87,18 +87,14 @@ class HeadProbabilities:
 
     def __call__(self, zs: np.ndarray) -> np.ndarray:
         torch = self.run.torch
-        if self.run.cached is not None:  # features of the input model, already at hand
-            with torch.inference_mode():
-                ph = torch.softmax(self.head(self.run.compute(zs).to(self.run.device)), dim=1)
-        else:
-            ph = torch.softmax(self.run.head_logits(zs, self.head), dim=1)
+        ph = torch.softmax(self.run.head_logits(zs, self.head), dim=1)
         shape = (self.n_classes, len(zs)) + self.run.volume.shape[1:]
         return ph.transpose(0, 1).cpu().numpy().reshape(shape)
 
     def at(self, zs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The probabilities (n_classes, N) at the voxels of ``mask`` ((len(zs), *slice)),
-        in C order: only those voxels go through the head (2D models, features not cached)."""
-        if self.run.cached is not None or self.run.cfg.spatial_dims != 2:
+        in C order: only those voxels go through the head (2D models)."""
+        if self.run.cfg.spatial_dims != 2:
             return self(zs)[:, mask]
         torch = self.run.torch
         return torch.softmax(self.run.head_logits_at(zs, self.head, mask), dim=1).T.cpu().numpy()

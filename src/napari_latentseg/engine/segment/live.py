@@ -106,7 +106,7 @@ class LiveSegmenter:
             from ...runtime.device import resolve_device
 
             work.to(resolve_device(device))
-        self._run = FeatureRunner(work, vol, modality, None)
+        self._run = FeatureRunner(work, vol, modality)
         self._extra = extra_features
         # The forest's columns, with and without the VAE's (``vae_features="auto"`` picks by
         # the classes, known at the first update; until then the ilastik set, the usual

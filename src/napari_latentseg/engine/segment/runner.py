@@ -7,7 +7,6 @@ import numpy as np
 from ...models.checkpoint import VAEModel
 from ...runtime.device import configure_threads, prefers_channels_last
 from ..infer import _context_block, _slice_batches, normalizer_for, pad_to_multiple
-from .cache import FeatureCache
 
 __all__ = ["FeatureRunner", "to_rows", "slice_runs", "BATCH_VOXELS"]
 
@@ -18,8 +17,7 @@ _ENCODER_VOXELS = 1 << 17  # CPU encoder micro-batches
 class FeatureRunner:
     """Computes hypercolumn features for batches of axial slices (2D) or slabs (3D)."""
 
-    def __init__(self, model: VAEModel, volume: np.ndarray, modality: str | None,
-                 cache: FeatureCache | None) -> None:
+    def __init__(self, model: VAEModel, volume: np.ndarray, modality: str | None) -> None:
         import torch
 
         from ..features import Hypercolumn
@@ -36,9 +34,6 @@ class FeatureRunner:
             model.net.to(memory_format=torch.channels_last)
         self.n_features = self.hyper.n_features
         self.device = model.device
-        self.cache = cache
-        self.key = cache.key(model, volume) if cache is not None else None
-        self.cached = cache.get(self.key) if cache is not None else None
         per = max(1, BATCH_VOXELS // int(np.prod(volume.shape[1:])))
         self.batches = _slice_batches(volume.shape[0], per)
 
@@ -55,26 +50,33 @@ class FeatureRunner:
             self.model.net.to(memory_format=self.torch.contiguous_format)
             self.channels_last = False
 
-    def _encoder_pass(self, zs: np.ndarray, fn):
-        """``fn`` (a map of the padded input block) on slices ``zs``, cropped, float, no grad.
+    def _micro_batch(self) -> int:
+        """Slices per encoder call: on CPU, micro-batches that stay in cache (512x512: one
+        slice at a time is 1.5x faster per slice than four); elsewhere, all at once."""
+        if self.cfg.spatial_dims == 3 or self.device.type != "cpu":
+            return 1 << 30
+        return max(1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
 
-        On CPU the slices go in micro-batches: small batches stay in cache (512x512: one
-        slice at a time is 1.5x faster per slice than four).
-        """
+    def _padded_input(self, zs: np.ndarray):
+        """(input block of slices ``zs`` on the device, padded for the encoder; its size)."""
+        torch = self.torch
+        x = torch.from_numpy(self.input_block(zs)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return pad_to_multiple(x, self.cfg.downsampling)
+
+    def _encoder_pass(self, zs: np.ndarray, fn):
+        """``fn`` (a map of the padded input block) on slices ``zs``, cropped, float, no grad,
+        in micro-batches (:meth:`_micro_batch`)."""
         torch = self.torch
 
         def one(z: np.ndarray):
-            x = torch.from_numpy(self.input_block(z)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x, spatial = pad_to_multiple(x, self.cfg.downsampling)
+            x, spatial = self._padded_input(z)
             with torch.inference_mode():
                 f = fn(x)
             return f[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)].float()
 
-        if self.cfg.spatial_dims == 3 or self.device.type != "cpu":
-            return one(zs)
-        per = max(1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
+        per = self._micro_batch()
         parts = [one(zs[i : i + per]) for i in range(0, len(zs), per)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -84,11 +86,11 @@ class FeatureRunner:
         return self.norm(self.volume)[None, None]
 
     def compute(self, zs: np.ndarray):
-        """Features (B, F, H, W) as a torch tensor on the model's device (no grad)."""
-        torch = self.torch
-        if self.cached is not None:
-            f = self.cached[zs[0] : zs[-1] + 1] if self.cfg.spatial_dims == 2 else self.cached
-            return torch.from_numpy(np.ascontiguousarray(f)).to(self.device).float()
+        """Features (B, F, H, W) as a torch tensor on the model's device (no grad).
+
+        Not cached: the forest keeps its own compact features (:mod:`.forest`), and a pass
+        per encoder level (:meth:`compute_linear`) was faster than reading a big scan's
+        hypercolumn back (lung2: 1.7 GB)."""
         return self._encoder_pass(zs, self.hyper)
 
     def head_logits(self, zs: np.ndarray, head):
@@ -100,17 +102,13 @@ class FeatureRunner:
         C order, on the device, no grad; 2D models. Only those voxels pass the head: the
         boundary band of a fine-tuning round (lung2: 29 s for every voxel of 61 slices)."""
         torch = self.torch
-        per = 1 << 30 if self.device.type != "cpu" else max(
-            1, _ENCODER_VOXELS // int(np.prod(self.volume.shape[1:])))
+        per = self._micro_batch()
         parts = []
         for i in range(0, len(zs), per):
             at = np.nonzero(mask[i : i + per])
             if at[0].size == 0:
                 continue
-            x = torch.from_numpy(self.input_block(zs[i : i + per])).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x, _ = pad_to_multiple(x, self.cfg.downsampling)
+            x, _ = self._padded_input(zs[i : i + per])
             idx = tuple(torch.from_numpy(a).to(self.device) for a in at)
             with torch.inference_mode():
                 parts.append(self.hyper.head_logits_at(x, head, idx).float())
@@ -120,16 +118,10 @@ class FeatureRunner:
 
     def compute_linear(self, zs: np.ndarray, mean, std, weight, bias):
         """``weight @ ((features - mean) / std) + bias`` (B, K, *spatial) on the device, no
-        grad: from the cached features when there are some, else through
-        :meth:`~napari_latentseg.engine.features.Hypercolumn.linear`, which never builds the
-        hypercolumn at voxel resolution (lung2: 16 million voxels x 57 channels)."""
-        if self.cached is None:
-            return self._encoder_pass(zs, lambda x: self.hyper.linear(x, mean, std, weight, bias))
-        ones = (1,) * self.cfg.spatial_dims
-        f = (self.compute(zs) - mean.view(1, -1, *ones)) / std.view(1, -1, *ones)
-        fn = self.torch.nn.functional
-        return (fn.conv2d if len(ones) == 2 else fn.conv3d)(f, weight.view(*weight.shape, *ones),
-                                                            bias)
+        grad, through :meth:`~napari_latentseg.engine.features.Hypercolumn.linear`, which
+        never builds the hypercolumn at voxel resolution (lung2: 16 million voxels x 57
+        channels)."""
+        return self._encoder_pass(zs, lambda x: self.hyper.linear(x, mean, std, weight, bias))
 
     def compute_projected(self, zs: np.ndarray, pca):
         """Latent + encoder principal components (B, L + K, *spatial) on the device, no grad."""

@@ -147,13 +147,11 @@ def with_stroke_distances(features, annotations: np.ndarray, classes: Sequence[i
     # the last one (lung2: 0.25 s of a 0.4 s stroke), keyed by where the object is painted.
     seeds = np.flatnonzero(annotations == obj[0])
     key = (obj[0], spacing, hashlib.blake2b(seeds.tobytes(), digest_size=16).digest())
-    memo = getattr(features, "stroke_memo", None)
-    if memo is not None and memo[0] == key:
-        return WithStrokeDistances(features, memo[1])
+    if features.stroke_memo is not None and features.stroke_memo[0] == key:
+        return WithStrokeDistances(features, features.stroke_memo[1])
     smooth = smoothed_image(features.cached, features.run)  # the reach's image
     dist = StrokeDistances(smooth, annotations, obj, spacing)
-    if hasattr(features, "stroke_memo"):
-        features.stroke_memo = (key, dist)
+    features.stroke_memo = (key, dist)
     return WithStrokeDistances(features, dist)
 
 
