@@ -252,9 +252,9 @@ def test_denoiser_residual_is_smoothed_across_thin_slices_only():
 
 def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_model,
                                                                        small_phantom):
-    """A model holding normative statistics (``intensity``) scores with them by default; a
-    different method chosen in the dock or with --anomaly-method scores the scan against
-    itself instead of failing."""
+    """A model holding normative statistics (``intensity``) scores with them by default, also
+    without the reconstruction; a different method chosen in the dock or with
+    --anomaly-method scores the scan against itself instead of failing."""
     from napari_latentseg.engine.anomaly import fit_normative
     from napari_latentseg.pipeline import Scan, reconstruct_job
     from napari_latentseg.runtime.progress import drive
@@ -266,6 +266,9 @@ def test_reconstruct_job_uses_normative_statistics_only_for_their_method(tiny_mo
     for method, mode in (("default", "normative"), ("median", "self")):
         job = drive(reconstruct_job(model, scan, anomalies=True, anomaly_method=method))
         assert job.anomaly.mode == mode
+    alone = drive(reconstruct_job(model, scan, reconstruction=False))  # the dock's, for Segment
+    assert alone.result is None and set(alone.outputs) == {"anomaly_map", "anomalies"}
+    assert alone.anomaly.mode == "normative" and "mean_error" not in alone.metrics
 
 
 def test_reconstruct_job_without_a_model_gives_the_score_alone(small_phantom):

@@ -229,6 +229,7 @@ def reconstruct_job(
     lower_symmetric: bool = True,
     with_self: bool = False,
     lower_surface: bool = True,
+    reconstruction: bool = True,
     stop_event: threading.Event | None = None,
 ) -> Generator[dict, None, JobResult]:
     """Reconstruction, error map and (``anomalies`` / ``anomaly_map``) anomaly scoring.
@@ -247,6 +248,8 @@ def reconstruct_job(
     own reference).
     ``model=None``: the anomaly score alone, of a method that needs no model (the defaults:
     the denoiser on MR, the contrast density on CT), on ``device``; the result is None.
+    ``reconstruction=False``: the anomaly score alone with a model too (its normative
+    statistics still serve), e.g. the dock's score made in the background for Segment.
     With a model and anomaly scoring, the reconstruction's outputs come first in a progress
     dict's ``partial`` (a :class:`JobResult` without the anomaly), for display meanwhile.
     """
@@ -255,13 +258,17 @@ def reconstruct_job(
     outputs: dict[str, Output] = {}
     metrics: dict[str, Any] = {}
     job = JobResult(outputs, metrics, [], None)
-    if model is None:
+    if model is None or not reconstruction:
         if not (anomalies or anomaly_map):
             raise ValueError("without a model only the anomaly score can be computed: ask "
-                             "for it, or give a fitted model")
+                             "for it, or give a fitted model" if model is None else
+                             "nothing to compute: no reconstruction and no anomaly score")
         from .runtime.device import resolve_device
 
-        metrics["device"] = str(resolve_device(device or "auto"))
+        if model is not None:
+            _to_device(model, device)
+        metrics["device"] = str(resolve_device(device or "auto") if model is None
+                                else model.device)
     else:
         _to_device(model, device)
         res = yield from reconstruct_iter(model, scan.data, modality=scan.modality,
