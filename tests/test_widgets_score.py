@@ -47,8 +47,9 @@ def test_reconstruct_with_the_denoiser_score(dock, qtbot, phantom_crop, monkeypa
     ann = seg.new_annotation_layer()
     ann.data_setitem((np.full(32, 6), np.full(32, 16), np.arange(32)), phantom_crop[1][6, 16])
     painted = np.array(ann.data, copy=True)
-    run(qtbot, widget, lambda: seg.segment(finetune=False))  # no score yet: a tip says so
-    assert "Tip: Reconstruct" in seg.summary.text()
+    seg.score.make.setChecked(False)  # not made in the background: a tip says how to make it
+    run(qtbot, widget, lambda: seg.segment(finetune=False))
+    assert "Tip: Reconstruct" in seg.summary.text() and not widget.score_tasks.busy
     rec = widget.reconstruct_section
     assert rec.method.currentData() == "default"
     import napari_latentseg.engine.anomaly_masks as masks

@@ -3,10 +3,12 @@
 See the package docstring (:mod:`napari_latentseg._napari._widgets`) for why this is one dock
 with collapsible sections rather than several widgets. The dock owns the state the sections
 share: the chosen scan, the models of this session (one of them active), the feature cache
-that lets segmentation rounds reuse features, and two task bars: the main one runs one job at
-a time (open, reconstruct, segment, save), the fit bar runs a fit in the background, so the
+that lets segmentation rounds reuse features, and three task bars: the main one runs one job
+at a time (open, reconstruct, segment, save), the fit bar runs a fit in the background, so the
 first segmentation comes on the ilastik features while the VAE is still fitting, and the
-rounds of three or more classes after the fit use its features.
+rounds of three or more classes after the fit use its features. The score bar likewise makes
+an MR scan's anomaly score when Segment would use it and there is none yet: the first rounds
+go without it, the rounds after it use it.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class LatentSegWidget(QWidget):
         Runs the long jobs in thread workers, with progress and Stop.
     fit_tasks : TaskBar
         Runs a fit alongside (hidden until the first fit), with its own progress and Stop.
+    score_tasks : TaskBar
+        Makes the anomaly score Segment asked for alongside (hidden until the first).
     models : list of ModelEntry
         Models of this session; ``active_model`` is the one used by sections 3 and 4.
     cache : FeatureCache
@@ -129,8 +133,10 @@ class LatentSegWidget(QWidget):
         self.tasks = TaskBar()
         self.fit_tasks = TaskBar(idle_text="No fit yet.")
         self.fit_tasks.setVisible(False)
+        self.score_tasks = TaskBar(idle_text="No anomaly score made in the background yet.")
+        self.score_tasks.setVisible(False)
         self.session = Session(viewer, self.watcher, self.scan, self.tasks, FeatureCache(),
-                               fit_tasks=self.fit_tasks)
+                               fit_tasks=self.fit_tasks, score_tasks=self.score_tasks)
         self.session.setParent(self)
         self.scan_section = ScanSection(self.session)
         self.model_section = ModelSection(self.session)
@@ -172,6 +178,7 @@ class LatentSegWidget(QWidget):
         layout.addWidget(scroll, 1)
         layout.addWidget(line)
         layout.addWidget(self.fit_tasks)
+        layout.addWidget(self.score_tasks)
         layout.addWidget(self.tasks)
 
         self.scan.currentIndexChanged.connect(self._on_scan_changed)
@@ -263,4 +270,5 @@ class LatentSegWidget(QWidget):
             self.segment_section.live.close()
             self.tasks.stop()
             self.fit_tasks.stop()
+            self.score_tasks.stop()
         return super().event(ev)

@@ -8,10 +8,17 @@ candidate threshold) and ``"<scan> anomalies"`` (Labels, each candidate outlined
 views). The candidates are listed (volume, peak score); a click moves the view to one.
 Without an active model only the anomaly layers are made (the default scores, the denoiser on
 MR and the contrast density on CT, need no VAE), so a score is at hand before any fit.
+
+When Segment would use an MR scan's score and there is none (``Session.score_wanted``), this
+section makes it on the score bar, in the background, with its current choices: the anomaly
+layers come hidden, the selected layer stays selected (the user may be painting), and the
+rounds after it use the score. Reconstruct stops such a job (it makes the score itself); a
+user's Stop is remembered, so the next round does not start it again for that scan.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +39,7 @@ from ...pipeline import reconstruct_job
 from ._base import Section, checkbox, hint
 from ._layers import (
     check_scan_layer,
+    find_output,
     output_name,
     scan_from_layer,
     scan_modality,
@@ -158,6 +166,9 @@ class ReconstructSection(Section):
         self.method.currentIndexChanged.connect(lambda *_: self._update_denoiser_options())
         self.anomalies.toggled.connect(lambda *_: self._update_denoiser_options())
         session.scan_changed.connect(self._update_denoiser_options)
+        session.score_wanted.connect(self.score_in_background)
+        self._declined: weakref.WeakSet = weakref.WeakSet()  # scans whose score the user stopped
+        self._superseded = False  # the background score is being stopped by Reconstruct
         self._on_model_changed()
 
     def _denoiser_scores(self) -> bool:
@@ -214,6 +225,10 @@ class ReconstructSection(Section):
         with_self = self.with_self.isChecked() and self.with_self.isEnabled()
         tile = int(self.tile.value())
         device = self.session.device
+        background = self.session.score_tasks
+        if background is not None and background.busy and not self.session.tasks.busy:
+            self._superseded = True  # this run makes the score: the background one stops
+            background.stop()
 
         def job(stop):
             return reconstruct_job(model, scan, anomalies=anomalies, anomaly_map=anomalies,
@@ -238,15 +253,61 @@ class ReconstructSection(Section):
         return self.session.tasks.start(f"Reconstructing '{layer.name}'", job, on_return=done,
                                      on_yield=on_yield, on_stopped=stopped)
 
-    def _show(self, layer, job: JobResult, partial: bool = False) -> bool:
-        """Show a job's layers; ``partial``: the reconstruction while the score computes.
-        Returns whether anything was shown."""
+    def score_in_background(self, layer) -> bool:
+        """Make ``layer``'s anomaly score on the score bar, for Segment's next rounds.
+
+        With this section's choices (the reconstruction error, which needs a VAE, becomes the
+        automatic score), the model's normative statistics where it holds them, else the
+        scan against itself; no reconstruction. On the CPU it waits between its steps while
+        a job the user waits on runs. Returns whether it started: not while one runs, for a
+        scan whose score the user stopped, or for an unusable scan.
+        """
+        bar = self.session.score_tasks
+        if (bar is None or bar.busy or layer is None or layer in self._declined
+                or check_scan_layer(layer)):
+            return False
+        method = str(self.method.currentData())
+        method = "default" if method == "error" else method
+        model = self.session.active_model
+        model = model if model is not None and (model.anomaly or {}).get("normative") else None
+        scan = scan_from_layer(layer)
+        lower_symmetric, lower_surface = self.symmetric.isChecked(), self.surface.isChecked()
+        with_self = self.with_self.isChecked() and model is not None
+        device = self.session.device
+        self._superseded = False
+
+        def job(stop):
+            return reconstruct_job(model, scan, anomalies=True, anomaly_map=True,
+                                   anomaly_method=method, device=device,
+                                   lower_symmetric=lower_symmetric, with_self=with_self,
+                                   lower_surface=lower_surface, reconstruction=False,
+                                   stop_event=stop)
+
+        def stopped() -> None:
+            if not self._superseded:
+                self._declined.add(layer)
+                show_info(f"The anomaly score of '{layer.name}' was stopped: Segment's rounds "
+                          "go on without it (Reconstruct makes it whenever you want).")
+
+        return bar.start(f"Anomaly score of '{layer.name}' for Segment", job,
+                         on_return=lambda result: self._show(layer, result, background=True),
+                         on_stopped=stopped,
+                         hold=self.session.user_waiting if device == "cpu" else None)
+
+    def _show(self, layer, job: JobResult, partial: bool = False,
+              background: bool = False) -> bool:
+        """Show a job's layers; ``partial``: the reconstruction while the score computes;
+        ``background``: the score made for Segment (hidden layers, the selection kept, and
+        nothing if the scan is gone or has a score by now). Returns whether anything was
+        shown."""
         result: ReconstructionResult | None = job.result  # None: the score alone, no model
-        if layer not in self.viewer.layers:
-            if not partial:
+        if layer not in self.viewer.layers or (
+                background and find_output(self.viewer, layer.name, "anomaly score")):
+            if not partial and not background:
                 show_error(f"'{layer.name}' was removed while it was being reconstructed; "
                            "the result was dropped.")
             return False
+        selected = self.viewer.layers.selection.active
         an = job.anomaly
         if result is not None:
             lo, hi = (float(v) for v in layer.contrast_limits)
@@ -264,11 +325,15 @@ class ReconstructSection(Section):
         if an is not None:
             # Transparent below the threshold: only what is abnormal shows over the scan.
             peak = max(float(an.score.max(initial=0.0)), an.threshold + 1.0)
-            upsert_output(self.viewer, layer, "anomaly score", an.score, "image",
-                          contrast_limits=(an.threshold, peak), colormap=_error_colormap(),
-                          blending="translucent", opacity=0.9)
+            score = upsert_output(self.viewer, layer, "anomaly score", an.score, "image",
+                                  contrast_limits=(an.threshold, peak),
+                                  colormap=_error_colormap(), blending="translucent",
+                                  opacity=0.9, visible=not background)
             anom = upsert_output(self.viewer, layer, "anomalies", an.labels, "labels",
-                                 opacity=1.0, colormap=_candidate_colormap())
+                                 opacity=1.0, colormap=_candidate_colormap(),
+                                 visible=not background)
+            if not background:  # asked for: shown, also where the background made them hidden
+                score.visible = anom.visible = True
             anom.contour = 2
             n = len(an.candidates)
             ref = {"normative": ", against the model's normative statistics",
@@ -283,7 +348,16 @@ class ReconstructSection(Section):
         parts.append(f"{seconds:.1f} s on {job.metrics.get('device', '?')}")
         if partial:
             parts.append("scoring anomalies\u2026")
+        if background:
+            parts[0] = "Made in the background for Segment (layers hidden)"
         self.summary.setText(" \u00b7 ".join(parts) + ("" if partial else "."))
+        if background:  # the user may be painting: their layer stays the selected one
+            if selected is not None and selected in self.viewer.layers:
+                self.viewer.layers.selection.active = selected
+            show_info(f"The anomaly score of '{layer.name}' is ready: Segment's next rounds "
+                      f"use it. Tick the eye of '{output_name(layer, 'anomaly score')}' to "
+                      "see what looks abnormal.")
+            return True
         self.viewer.layers.selection.active = layer
         if partial:
             return True

@@ -66,7 +66,7 @@ from ._layers import (
     upsert_output,
 )
 from ._live import LiveController
-from ._score_column import anomaly_column, score_would_help
+from ._score_column import ScoreColumn
 from ._segment_save import ask_save_labels, save_segmentation
 
 if TYPE_CHECKING:
@@ -154,12 +154,8 @@ class SegmentSection(Section):
             "class with this id is segmented against all the others, as with two classes, and "
             "the others among themselves: brain2's tumour 0.22 -> 0.50 mean Dice over ten "
             "corrections, breast1 0.64 -> 0.78, brain1 0.67 -> 0.53.")
-        self.anomaly = checkbox(
-            "Use the anomaly score (MR)", True,
-            "When Reconstruct has made this scan's anomaly score, the classifier sees it as "
-            "one more feature. Measured on MR brain tumours: mean Dice over ten corrections "
-            "+0.05 to +0.06 (six seeds; breast level); on CT (where the score is the contrast "
-            "density) -0.01, so CT scans do not use it (docs/interactive_benchmarks.md).")
+        self.score = ScoreColumn(session)
+        self.anomaly = self.score.use  # "Use the anomaly score (MR)"
         self.segment_btn = self.job_button(
             "Segment", "Train a classifier on the painted voxels and label every voxel "
             "(seconds; the encoder is not changed).", lambda: self.segment(finetune=False))
@@ -211,7 +207,7 @@ class SegmentSection(Section):
         form.addRow("Object class", self.object_class)
         form.addRow(self.snap)
         form.addRow(self.steady)
-        form.addRow(self.anomaly)
+        form.addRow(self.score)
         form.addRow(self.live_box)
         form.addRow("Fine-tune steps", self.finetune_steps)
         buttons = QGridLayout()
@@ -270,9 +266,8 @@ class SegmentSection(Section):
         return "auto" if named is None else named
 
     def anomaly_column(self, scan) -> np.ndarray | None:
-        """The anomaly score Reconstruct made for ``scan`` when ticked (see
-        :func:`._score_column.anomaly_column`), else None."""
-        return anomaly_column(self.viewer, scan) if self.anomaly.isChecked() else None
+        """The anomaly score Reconstruct made for ``scan`` when ticked, else None."""
+        return self.score.column(scan)
 
     # ------------------------------------------------------------------ clusters
     def cluster(self) -> bool:
@@ -360,6 +355,8 @@ class SegmentSection(Section):
 
         def done(result: JobResult) -> None:
             self._last_round = (scan, ann, _kept(result.result))
+            if score is None:  # made in the background for the next rounds, if it would help
+                self.score.request(scan)
             self._show_segmentation(scan, result.result, finetune, score is not None)
             self.live.round_done(inputs)
 
@@ -408,6 +405,7 @@ class SegmentSection(Section):
             show_error(f"'{scan.name}' was removed meanwhile; the segmentation was dropped.")
             return
         self.classes.ensure(result.classes)  # a class painted without a row gets one
+        selected = self.viewer.layers.selection.active  # new layers would take the selection
         pred = self._show_prediction(scan, result.labels, result.classes)
         ann_layer = self.annotations.layer()
         if ann_layer is not None:
@@ -421,6 +419,8 @@ class SegmentSection(Section):
         upsert_output(self.viewer, scan, "uncertainty", unc, "image",
                       contrast_limits=(0.0, max(0.1, min(1.0, top))), colormap="magma",
                       blending="additive", opacity=0.8, visible=False)
+        if selected is not None and selected in self.viewer.layers:  # they may paint on
+            self.viewer.layers.selection.active = selected
         self.suggestion = dict(result.suggestion)
         self._suggestion_scan = scan
         if result.trained_head:  # forest-only rounds change no model: nothing new to keep
@@ -434,10 +434,9 @@ class SegmentSection(Section):
                  + (" (features reused)" if result.cache_hit and not finetune else "") + "."
                  + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
-        if not with_score and self.anomaly.isChecked() and score_would_help(self.viewer, scan):
-            lines.append("Tip: Reconstruct (section 3; no model needed) makes this MR scan's "
-                         "anomaly score; the next rounds then use it (mean Dice +0.05 on MR "
-                         "brain tumours).")
+        score_note = self.score.note(scan, with_score)
+        if score_note:
+            lines.append(score_note)
         lines.extend(result.notes)
         self.summary.setText("<br>".join(lines))
         for note in result.notes:

@@ -2,8 +2,8 @@
 
 A :class:`Session` holds the scan everything works on, this session's models (one active),
 the device chosen for computing, the feature cache that lets rounds reuse features and the
-task bars (one job at a time on the main bar; a fit on its own bar, alongside), with signals
-for what changes. Sections talk to each
+task bars (one job at a time on the main bar; a fit on its own bar, alongside; the anomaly
+score Segment asked for on a third), with signals for what changes. Sections talk to each
 other only through it.
 """
 
@@ -62,25 +62,36 @@ class Session(QObject):
         Features per (scan, model), reused by clustering and segmentation rounds.
     fit_tasks : TaskBar
         Runs a fit alongside the main bar's jobs.
+    score_tasks : TaskBar, optional
+        Runs the anomaly score Segment asks for (:attr:`score_wanted`) alongside.
+
+    Signals
+    -------
+    score_wanted(layer)
+        Segment would use the scan's anomaly score and there is none: the Reconstruct
+        section makes it on :attr:`score_tasks` (in the background).
     """
 
     model_changed = Signal()
     scan_changed = Signal()
     device_changed = Signal(str)
+    score_wanted = Signal(object)
 
     def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
-                 tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar) -> None:
+                 tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar,
+                 score_tasks: TaskBar | None = None) -> None:
         super().__init__()
         self.viewer = viewer
         self.watcher = watcher
         self.scan = scan
         self.tasks = tasks
         self.fit_tasks = fit_tasks
+        self.score_tasks = score_tasks
         self.cache = cache
         self.models: list[ModelEntry] = []
         self._active: ModelEntry | None = None
         self._device = "cpu"
-        self.live_busy = False  # a live slice is computing (set by live mode)
+        self.live_busy = False  # a live slice is due or computing (set by live mode)
 
     # ------------------------------------------------------------------ scan
     def scan_layer(self) -> napari.layers.Image | None:
@@ -88,9 +99,11 @@ class Session(QObject):
         return self.scan.layer()
 
     def user_waiting(self) -> bool:
-        """True while a job the user waits on runs: the main bar's or a live slice.
+        """True while a job the user waits on runs: the main bar's, or a live slice (from its
+        stroke on, through the stroke pause).
 
-        A fit on the CPU holds its next step meanwhile (read from the fit's thread)."""
+        A fit or the background anomaly score on the CPU holds its next step meanwhile (read
+        from their threads)."""
         return self.tasks.busy or self.live_busy
 
     # ------------------------------------------------------------------ device
