@@ -56,6 +56,8 @@ def test_stroke_updates_the_slice_then_the_volume(make_napari_viewer, qtbot, sma
     ann.brush_size = 3
     with qtbot.waitSignal(seg.live.slice_updated, timeout=TIMEOUT_MS) as blocker:
         ann.paint((target, y, x), 2)
+        assert widget.session.user_waiting()  # from the stroke on: background jobs hold
+    qtbot.waitUntil(lambda: not widget.session.live_busy, timeout=TIMEOUT_MS)
     index, seconds = blocker.args
     assert index == target and seconds > 0
     assert given == [True]  # a stroke added to the last round's: it continues that round
@@ -105,6 +107,25 @@ def test_volume_round_after_the_layers_are_closed_is_silent(make_napari_viewer, 
     viewer.layers.clear()
     seg.live._start_volume()  # what the pause timer calls
     assert errors == [] and not widget.tasks.busy
+
+
+def test_a_due_slice_holds_background_jobs_until_it_is_no_longer_due(make_napari_viewer,
+                                                                     qtbot, small_phantom):
+    """A stroke makes the user wait (a fit or the anomaly score holds its next step) until
+    its slice is done; live mode switched off, or the layers closed in the pause, release
+    the hold, or background jobs would wait forever."""
+    viewer, widget = _dock_after_a_round(make_napari_viewer, qtbot, small_phantom)
+    seg, session = widget.segment_section, widget.session
+    qtbot.waitUntil(lambda: not session.user_waiting(), timeout=TIMEOUT_MS)
+    seg.live._on_paint()  # what a stroke on the annotation layer calls
+    assert session.user_waiting()
+    seg.live_box.setChecked(False)
+    assert not session.user_waiting()
+    seg.live_box.setChecked(True)
+    seg.live._on_paint()
+    viewer.layers.clear()
+    seg.live._start_job()  # what the stroke pause's timer calls
+    assert not session.user_waiting() and seg.live._worker is None
 
 
 def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_viewer, qtbot,

@@ -183,8 +183,10 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     ``rng`` (numpy) and ``gen`` (torch) are seeded with ``seed``, as are the weights. With
     ``cycles`` > 1 the one-cycle schedule of ``steps`` steps runs again from the weights the
     last one ended with (a fresh optimiser), and a copy of the network at the end of each
-    cycle (eval mode) is appended to ``snapshots`` where given. Yields progress every 10
-    steps; returns the network in eval mode.
+    cycle (eval mode) is appended to ``snapshots`` where given. Yields progress before the
+    first step and after every step (the loss read every 10 steps: that waits for a GPU),
+    so that a caller holding the fit between steps (the dock, while the user's round runs)
+    holds it within a step; returns the network in eval mode.
     """
     import copy
 
@@ -198,6 +200,7 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
     gen = torch.Generator().manual_seed(seed)
     net = _unet().to(device)
     total = steps * cycles
+    yield {"stage": stage, "done": 0, "total": total}
     for cycle in range(cycles):
         net.train()
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -210,8 +213,9 @@ def fit_unet_iter(steps: int, loss_of, *, seed: int = 0, device: str = "cpu",
             opt.step()
             sched.step()
             if step % 10 == 0 or step == steps - 1:
-                yield {"stage": stage, "done": cycle * steps + step + 1, "total": total,
-                       "loss": float(loss.detach())}
+                last_loss = float(loss.detach())
+            yield {"stage": stage, "done": cycle * steps + step + 1, "total": total,
+                   "loss": last_loss}
         net.eval()
         if snapshots is not None:
             snapshots.append(copy.deepcopy(net))

@@ -14,6 +14,7 @@ __all__ = [
     "configure_threads",
     "thread_count",
     "available_devices",
+    "warm_up",
     "usable_cores",
     "prefers_channels_last",
 ]
@@ -31,6 +32,16 @@ def available_devices() -> list[str]:
         out.append("mps")
     out.append("cpu")
     return out
+
+
+def warm_up() -> None:
+    """Import what torch's first optimiser imports (``torch._dynamo``: ~3 s of Python on this
+    project's 2-core CPU, holding the interpreter lock), so that a fit started later in a
+    background thread does not stall the GUI thread and the live slices for those seconds.
+    The dock calls it in its device-probe thread, at start-up."""
+    import torch
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
 
 
 def resolve_device(device: str | None = "auto"):

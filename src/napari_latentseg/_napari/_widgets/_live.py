@@ -144,6 +144,8 @@ class LiveController(QObject):
         if not on:
             self._stroke_timer.stop()
             self._volume_timer.stop()
+            if self._worker is None:  # no slice is due any more
+                self.session.live_busy = False
 
     def volume_round_finished(self, outcome: str = "done") -> None:
         """The task bar's job ended (done, stopped or failed)."""
@@ -175,6 +177,9 @@ class LiveController(QObject):
         if not self.enabled or self._scan is None:
             return
         self._stroke_at = self._stroke_at or time.perf_counter()
+        # A slice is due: a background job (a fit, the anomaly score) holds from now, so its
+        # step in flight ends during the pause rather than beside the slice's work.
+        self.session.live_busy = True
         self._volume_timer.stop()
         if self._volume_running:  # the volume round is out of date: stop it, keep the strokes
             self.session.tasks.stop()
@@ -192,6 +197,7 @@ class LiveController(QObject):
             return
         model = self.session.active_model  # None: the ilastik features, as full rounds
         if self._followed_layers_gone():
+            self.session.live_busy = False  # nothing is due after all
             return
         ann = np.array(layer_array(self._annotations), copy=True)  # the user paints on
         z = self._current_slice()
@@ -285,7 +291,9 @@ class LiveController(QObject):
 
     def _on_finished(self) -> None:
         self._worker = None
-        self.session.live_busy = False  # also if the job never ran: a fit must not wait on
+        # Also if the job never ran (a fit must not wait on it); still busy if a stroke came
+        # meanwhile and its slice is due.
+        self.session.live_busy = self._stroke_timer.isActive()
         if self._pending:
             self._start_job()
         elif self.enabled:

@@ -74,7 +74,7 @@ class _DeviceProbe(QObject):
 
     def start(self) -> None:
         def probe() -> None:
-            from ...runtime.device import available_devices
+            from ...runtime.device import available_devices, warm_up
 
             try:
                 devices = available_devices()
@@ -83,6 +83,10 @@ class _DeviceProbe(QObject):
             try:
                 self.found.emit(devices)
             except RuntimeError:  # the dock was closed meanwhile
+                pass
+            try:  # now, not in the first background fit beside the user's strokes
+                warm_up()
+            except Exception:  # only a head start: the fit imports it anyway
                 pass
 
         threading.Thread(target=probe, name="latentseg-device-probe", daemon=True).start()
