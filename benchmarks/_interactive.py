@@ -177,12 +177,14 @@ def load_case(name: str, data: Path = DEFAULT_DATA):
     """(image float32, truth int64, modality, spacing) of a case; tumour cases: 1 bg, 2 tumour."""
     from napari_latentseg.io import read_volume
 
-    if name == "phantom":
+    if name in ("phantom", "phantomlesions"):  # the shipped phantom: tissues, or lesions
         from napari_latentseg._napari._sample_data import sample_data_dir
 
         folder = sample_data_dir()
         img = read_volume(folder / "phantom_t1.nii.gz")
         truth = read_volume(folder / "phantom_labels.nii.gz").data.astype(np.int64)
+        if name == "phantomlesions":  # its three lesions as the object, as a user tries it
+            truth = np.where(truth == 7, 2, 1).astype(np.int64)
         return img.data.astype(np.float32), truth, "MR", tuple(img.spacing)
     for kind, geo in LESION_HEADS.items():  # phantom<kind><seed>: its lesions as the object
         seed = name.removeprefix(f"phantom{kind}")

@@ -14,7 +14,8 @@ breast1 (/work/shared/data/pyradiomics; skipped when missing) and ``brain1-unequ
 ``<case>-3class`` (a tumour case as three classes, the air, the tumour and the rest of the
 body, scored on the tumour: a multi-class round on a real scan), and ``phantomiso<seed>`` /
 ``phantomthick<seed>`` (a synthetic head's three lesions as the object, on 1.6 mm voxels /
-6.4 mm slices; not in the default cases).
+6.4 mm slices; not in the default cases), and ``phantomlesions`` (the shipped phantom's
+three lesions as the object: the sample data a new user tries first; not in the defaults).
 Dice is over all voxels: the tumour (pyradiomics), the lesions (the lesion heads) or the mean
 over the phantom's tissues.
 
