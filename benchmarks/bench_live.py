@@ -21,9 +21,10 @@ off (the ablation). It reports the fit steps made meanwhile.
 On MR scans the first round finds no anomaly score, so the dock makes it in the background
 (the score bar; it holds while a round or a live slice computes) and the strokes are timed
 while it runs. Once the strokes and the volume round are done the script waits for the
-score and presses Segment once more: that round uses it. ``--no-score`` unticks "make it if
-missing" (the ablation: the dock before it made the score; the last round then goes without).
-It reports when the score came and the volume's Dice before and after that last round.
+score and presses Segment once more: that round uses it, and so do three more strokes.
+``--no-score`` unticks "make it if missing" (the ablation: the dock before it made the
+score; the last round then goes without). It reports when the score came, the volume's Dice
+before and after that last round, and the three strokes' times.
 """
 
 from __future__ import annotations
@@ -212,6 +213,17 @@ def run_case(app, name, vol, truth_fg, args):
         secs = [r["seconds"] for r in rows]
         score_row = _score_and_last_round(app, dock, seg, out, truth_fg, t_first, scored,
                                           held)
+        after = []  # strokes once the score is in: the first builds a live segmenter with it
+        for _ in range(3):
+            pred = np.asarray(out.data[z])
+            where = _interior_wrong(pred, truth, np.asarray(ann.data[z]) > 0)
+            if where is None:
+                break
+            n0 = len(updates)
+            ann.paint((z, *where), int(truth[where]))
+            _wait(app, lambda n0=n0: len(updates) > n0, timeout=300)
+            after.append(round(updates[-1][1], 3))
+        score_row["strokes_after_last_round_s"] = after
         fit_row = {}
         if fitting:
             fit_row = {"while_fitting": True, "hold": not args.no_hold,
