@@ -195,9 +195,15 @@ class LiveController(QObject):
         if self._worker is not None:  # a job runs: the next one takes these strokes too
             self._pending = True
             return
+        try:
+            self._launch_slice()
+        finally:  # none started (the layers gone, or an error): nothing holds background jobs
+            if self._worker is None:
+                self.session.live_busy = False
+
+    def _launch_slice(self) -> None:
         model = self.session.active_model  # None: the ilastik features, as full rounds
         if self._followed_layers_gone():
-            self.session.live_busy = False  # nothing is due after all
             return
         ann = np.array(layer_array(self._annotations), copy=True)  # the user paints on
         z = self._current_slice()

@@ -12,8 +12,9 @@ MR and the contrast density on CT, need no VAE), so a score is at hand before an
 When Segment would use an MR scan's score and there is none (``Session.score_wanted``), this
 section makes it on the score bar, in the background, with its current choices: the anomaly
 layers come hidden, the selected layer stays selected (the user may be painting), and the
-rounds after it use the score. Reconstruct stops such a job (it makes the score itself); a
-user's Stop is remembered, so the next round does not start it again for that scan.
+rounds after it use the score. Reconstruct of the same scan with its score ticked stops such
+a job (it makes the score itself); a user's Stop is remembered, so the next round does not
+start it again for that scan.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ._layers import (
     check_scan_layer,
     find_output,
     output_name,
+    same_layer,
     scan_from_layer,
     scan_modality,
     upsert_output,
@@ -169,6 +171,7 @@ class ReconstructSection(Section):
         session.score_wanted.connect(self.score_in_background)
         self._declined: weakref.WeakSet = weakref.WeakSet()  # scans whose score the user stopped
         self._superseded = False  # the background score is being stopped by Reconstruct
+        self._background_scan = None  # the scan the background score is (or was last) for
         self._on_model_changed()
 
     def _denoiser_scores(self) -> bool:
@@ -226,8 +229,9 @@ class ReconstructSection(Section):
         tile = int(self.tile.value())
         device = self.session.device
         background = self.session.score_tasks
-        if background is not None and background.busy and not self.session.tasks.busy:
-            self._superseded = True  # this run makes the score: the background one stops
+        if (anomalies and background.busy and same_layer(self._background_scan, layer)
+                and not self.session.tasks.busy):
+            self._superseded = True  # this run makes that score: the background one stops
             background.stop()
 
         def job(stop):
@@ -263,8 +267,7 @@ class ReconstructSection(Section):
         scan whose score the user stopped, or for an unusable scan.
         """
         bar = self.session.score_tasks
-        if (bar is None or bar.busy or layer is None or layer in self._declined
-                or check_scan_layer(layer)):
+        if bar.busy or layer is None or layer in self._declined or check_scan_layer(layer):
             return False
         method = str(self.method.currentData())
         method = "default" if method == "error" else method
@@ -274,7 +277,7 @@ class ReconstructSection(Section):
         lower_symmetric, lower_surface = self.symmetric.isChecked(), self.surface.isChecked()
         with_self = self.with_self.isChecked() and model is not None
         device = self.session.device
-        self._superseded = False
+        self._superseded, self._background_scan = False, layer
 
         def job(stop):
             return reconstruct_job(model, scan, anomalies=True, anomaly_map=True,

@@ -82,8 +82,7 @@ class ScoreColumn(QWidget):
         use: being made in the background, or how to make it."""
         if used or not self.use.isChecked() or not score_would_help(self.session.viewer, scan):
             return None
-        bar = self.session.score_tasks
-        if bar is not None and bar.busy:
+        if self.session.score_tasks.busy:
             return ("An anomaly score is being made in the background (its bar below): the "
                     f"rounds after it use it ({_GAIN}).")
         return ("Tip: Reconstruct (section 3; no model needed) makes this MR scan's anomaly "

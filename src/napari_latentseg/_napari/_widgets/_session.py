@@ -62,7 +62,7 @@ class Session(QObject):
         Features per (scan, model), reused by clustering and segmentation rounds.
     fit_tasks : TaskBar
         Runs a fit alongside the main bar's jobs.
-    score_tasks : TaskBar, optional
+    score_tasks : TaskBar
         Runs the anomaly score Segment asks for (:attr:`score_wanted`) alongside.
 
     Signals
@@ -79,7 +79,7 @@ class Session(QObject):
 
     def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
                  tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar,
-                 score_tasks: TaskBar | None = None) -> None:
+                 score_tasks: TaskBar) -> None:
         super().__init__()
         self.viewer = viewer
         self.watcher = watcher
