@@ -32,6 +32,19 @@ def _head(angle_deg: float = 6.0, shift=(3.0, -4.0), shape=(4, 96, 96), seed=0):
     return img, np.repeat(mask2[None], z, 0), p, u, (a, b)
 
 
+def test_the_search_correlates_as_mirroring_the_volume_would():
+    """The plane search interpolates the twins at the mask's voxels only; it must score each
+    plane as mirroring the whole volume does, planes reaching past the slice's edge too."""
+    from napari_latentseg.engine.anomaly_symmetry import _corr, _Mirrored
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(3, 30, 23)).astype(np.float32)
+    mask = rng.random(s.shape) > 0.4
+    mirrored = _Mirrored(s, mask)
+    for _ in range(50):
+        p, u = rng.uniform(-15, 45, 2), rng.normal(size=2)
+        assert mirrored.corr(p, u) == pytest.approx(_corr(s, mask, p, u), abs=1e-6)
+
 def test_the_plane_is_found():
     from napari_latentseg.engine.anomaly_symmetry import fit_midplane
 

@@ -52,6 +52,42 @@ def _corr(s: np.ndarray, mask: np.ndarray, p, u) -> float:
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
 
+class _Mirrored:
+    """:func:`_corr` for many planes of one volume: the mirrored values are interpolated at
+    the mask's voxels only, as :func:`mirror` (linear, ``mode="nearest"``) would give them
+    there, instead of mirroring the whole volume for each plane (session 65: the search's
+    ~350 planes took 4.5 s of brain1's score, with no progress or stop in between)."""
+
+    def __init__(self, s: np.ndarray, mask: np.ndarray) -> None:
+        self.shape = s.shape[1:]
+        zi, yi, xi = np.nonzero(mask)
+        self.base = zi * (self.shape[0] * self.shape[1])  # flat offset of each voxel's slice
+        self.yx = np.stack([yi, xi]).astype(np.float64)
+        self.flat = s.ravel()
+        a = s[mask]
+        self.a = a - a.mean()
+        self.aa = float((self.a * self.a).sum())
+
+    def corr(self, p, u) -> float:
+        u = np.asarray(u, float) / np.linalg.norm(u)
+        r = 2 * np.outer(u, u) - np.eye(2)
+        p = np.asarray(p, float)
+        q = r @ self.yx + (p - r @ p)[:, None]  # where each voxel's twin lies (y, x)
+        val = np.zeros(q.shape[1])
+        h, w = self.shape
+        q0 = np.clip(q[0], 0, h - 1)  # "nearest": the edge voxel beyond the slice
+        q1 = np.clip(q[1], 0, w - 1)
+        y0, x0 = np.floor(q0).astype(np.intp), np.floor(q1).astype(np.intp)
+        fy, fx = q0 - y0, q1 - x0
+        y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+        for yy, wy in ((y0, 1 - fy), (y1, fy)):
+            for xx, wx in ((x0, 1 - fx), (x1, fx)):
+                val += wy * wx * self.flat[self.base + yy * w + xx]
+        b = val.astype(np.float32)
+        b = b - b.mean()
+        return float((self.a * b).sum() / (np.sqrt(self.aa * (b * b).sum()) + 1e-12))
+
+
 def fit_midplane(x: np.ndarray, mask: np.ndarray, spacing=None):
     """The best in-plane reflection of the volume ``x`` (z, y, x) inside ``mask``.
 
@@ -74,13 +110,14 @@ def fit_midplane(x: np.ndarray, mask: np.ndarray, spacing=None):
     axes = np.linalg.eigh(np.cov(np.stack([yy - p0[0], xx - p0[1]]), aweights=wt))[1].T
     reach = max(1, int(round(15.0 / (f * min(sp)))))
     best = (-2.0, p0, axes[0])
+    mirrored = _Mirrored(s, ms)
     for u0 in axes:
         th0 = np.arctan2(u0[1], u0[0])
         n = np.array([-u0[1], u0[0]])
         for dth in np.deg2rad(np.arange(-12, 12.1, 2)):
             u = np.array([np.cos(th0 + dth), np.sin(th0 + dth)])
             for dn in range(-reach, reach + 1):
-                c = _corr(s, ms, p0 + dn * n, u)
+                c = mirrored.corr(p0 + dn * n, u)
                 if c > best[0]:
                     best = (c, p0 + dn * n, u)
     c, p, u = best  # refine around the best: half-degree and quarter-cell steps
@@ -89,7 +126,7 @@ def fit_midplane(x: np.ndarray, mask: np.ndarray, spacing=None):
     for dth in np.deg2rad(np.arange(-1.5, 1.6, 0.5)):
         uu = np.array([np.cos(th + dth), np.sin(th + dth)])
         for dn in np.arange(-1.0, 1.01, 0.25):
-            cc = _corr(s, ms, p + dn * n, uu)
+            cc = mirrored.corr(p + dn * n, uu)
             if cc > best[0]:
                 best = (cc, p + dn * n, uu)
     c, p, u = best
