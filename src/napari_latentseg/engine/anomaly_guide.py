@@ -107,15 +107,19 @@ def guided_max(score: np.ndarray, guide: np.ndarray, mask: np.ndarray,
     inv = np.float32(-0.5 / (sigma_noise * noise_level(np.asarray(guide, np.float32), mask)) ** 2)
     cur = out[box]
     shape = cur.shape
+    # The ball holds o and -o, whose weights are equal (d * d of -d is d * d to the bit):
+    # one weight serves both directions, half the exponentials (session 65: 27-30 % faster).
+    half = [o for o in offs if o > (0, 0, 0)]
     for _ in range(passes):
         src_score = cur.copy()
-        for o in offs:
+        for o in half:
             check_stop(stop_event, "anomaly scoring")
             dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(o, shape, strict=True))
             src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(o, shape, strict=True))
             diff = g[dst] - g[src]
-            cand = src_score[src] * np.exp(diff * diff * inv)
-            np.maximum(cur[dst], cand, out=cur[dst])
+            wgt = np.exp(diff * diff * inv)
+            np.maximum(cur[dst], src_score[src] * wgt, out=cur[dst])
+            np.maximum(cur[src], src_score[dst] * wgt, out=cur[src])
         cur[~m] = 0.0
     return out  # cur is a view of out's box
 
