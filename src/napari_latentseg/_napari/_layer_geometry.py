@@ -13,10 +13,13 @@ import inspect
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from ..io import Volume
 
-__all__ = ["WORLD_AXIS_LABELS", "axis_kwargs", "axis_kwargs_like", "layer_geometry_kwargs"]
+__all__ = ["WORLD_AXIS_LABELS", "axis_kwargs", "axis_kwargs_like", "layer_geometry_kwargs",
+           "whole_steps"]
 
 #: Labels of the world axes (z, y, x) of the LPS frame: the direction each one grows.
 WORLD_AXIS_LABELS = ("S", "P", "L")
@@ -60,10 +63,40 @@ def axis_kwargs(ndim: int) -> dict[str, Any]:
 
 def layer_geometry_kwargs(vol: Volume) -> dict[str, Any]:
     """:meth:`Volume.layer_kwargs` (scale, translate, rotate, metadata, name) plus
-    :func:`axis_kwargs`: everything a layer needs to sit in world space, named."""
+    :func:`axis_kwargs`: everything a layer needs to sit in world space, named. The scale
+    and translation are those of :func:`whole_steps`: every slice on the slider."""
     kwargs = vol.layer_kwargs()
+    kwargs["scale"], kwargs["translate"] = whole_steps(kwargs["scale"], kwargs["translate"],
+                                                       vol.data.shape)
     kwargs.update(axis_kwargs(vol.ndim))
     return kwargs
+
+
+def whole_steps(scale, translate, shape) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``scale`` and ``translate`` freed of a header's float noise (12 significant digits),
+    then each scale raised by a few ulps where napari would still count ``n - 1`` slices.
+
+    napari counts a slider's positions as ``int(extent / step) + 1``: a spacing stored as
+    6.499999999999998 mm (brain1's NRRD) gives 23.999... for 25 slices, and the last slice
+    can be neither seen nor painted (napari issue 4861). The change is far below any
+    header's precision; the files written keep the scan's own geometry (its metadata).
+    """
+    sc = [float(f"{float(v):.12g}") for v in scale]
+    tr = [float(f"{float(v):.12g}") for v in translate]
+    for i, n in enumerate(shape[-len(sc):] if sc else ()):
+        for _ in range(16):
+            if n < 2 or sc[i] <= 0 or _slider_count(sc[i], tr[i], n) >= n:
+                break
+            sc[i] = float(np.nextafter(sc[i], np.inf))
+    return tuple(sc), tuple(tr)
+
+
+def _slider_count(step: float, start: float, n: int) -> int:
+    """napari's slider positions for ``n`` voxels of size ``step`` from ``start``, either way
+    along the world axis (a flipped axis spans ``start - extent`` to ``start``)."""
+    extent = step * (n - 1)
+    return min(int(((start + extent) - start) / step), int((start - (start - extent)) / step),
+               int(extent / step)) + 1
 
 
 def axis_kwargs_like(layer: Any) -> dict[str, Any]:

@@ -17,10 +17,12 @@ def load_phantom() -> list[tuple]:
     info = json.loads((folder / "phantom.json").read_text())
     image = read_volume(folder / "phantom_t1.nii.gz")
     labels = read_volume(folder / "phantom_labels.nii.gz")
-    img_kw = image.layer_kwargs()
+    from ._layer_geometry import layer_geometry_kwargs
+
+    img_kw = layer_geometry_kwargs(image)
     img_kw["name"] = "phantom T1"
     img_kw["metadata"]["modality"] = info.get("modality", "MR")
-    lab_kw = labels.layer_kwargs()
+    lab_kw = layer_geometry_kwargs(labels)
     lab_kw["name"] = "phantom ground truth"
     lab_kw["metadata"]["classes"] = info["classes"]
     lab_kw["opacity"] = 0.4
