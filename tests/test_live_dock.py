@@ -178,3 +178,24 @@ def test_segment_pressed_during_the_automatic_round_replaces_it(make_napari_view
     assert outcomes[2:] == ["stopped", "done"]
     assert (tmp_path / "labels.nii.gz").exists()
     assert seg.live._volume_timer.isActive()
+
+
+def test_one_message_a_round_and_none_for_live_rounds(make_napari_viewer, qtbot,
+                                                      small_phantom, monkeypatch):
+    """The user's round says once that the result is updated, naming its layer and classes;
+    the engine's notes stay in the summary (they were one notification each). Live mode's
+    volume rounds, which come by themselves, say nothing."""
+    from napari_latentseg._napari._widgets import _segment
+
+    infos = []
+    monkeypatch.setattr(_segment, "show_info", infos.append)
+    viewer, widget = _dock_after_a_round(make_napari_viewer, qtbot, small_phantom)
+    seg = widget.segment_section
+    assert len(infos) == 1, infos
+    assert infos[0].startswith("'phantom segmentation' updated in")
+    assert "background (1)" in infos[0] and "(2)" in infos[0]
+    assert "edge snapped to the image" in seg.summary.text()  # a note, in the summary only
+    assert not any("snapped" in m for m in infos)
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
+        seg.live._start_volume()  # what the pause timer calls
+    assert len(infos) == 1, infos

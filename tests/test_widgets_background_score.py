@@ -64,9 +64,16 @@ def test_a_round_without_the_score_makes_it_for_the_next(dock, qtbot, phantom_cr
     assert not score.visible and not viewer.layers["phantom crop anomalies"].visible
     assert viewer.layers.selection.active.name == ann.name  # (the dock hands out proxies)
     assert "Made in the background" in widget.reconstruct_section.summary.text()
+    # The summary says it came; live mode (on since the first round) catches up by itself.
+    assert "has come" in seg.summary.text() and "being made" not in seg.summary.text()
+    assert seg.live.enabled and seg.live._volume_timer.isActive()
+    with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS) as caught_up:
+        pass
+    assert caught_up.args[1] == "done"
+    assert "+ the anomaly score" in seg.summary.text()
     run(qtbot, widget, lambda: seg.segment(finetune=False))
     assert "+ the anomaly score" in seg.summary.text()
-    assert "background" not in seg.summary.text() and not widget.score_tasks.busy
+    assert "being made" not in seg.summary.text() and not widget.score_tasks.busy
     np.testing.assert_array_equal(scan.data, phantom_crop[0])
     np.testing.assert_array_equal(ann.data, painted)
     run(qtbot, widget, widget.reconstruct_section.run)

@@ -102,6 +102,7 @@ class LiveController(QObject):
         self._round_model: int | None = None  # id of the active model at the last round
         session.tasks.task_finished.connect(lambda _, outcome: self.volume_round_finished(outcome))
         session.model_changed.connect(self._on_model_changed)
+        session.score_ready.connect(self._on_score_ready)
 
     # ------------------------------------------------------------------ wiring
     def follow(self, scan: napari.layers.Image, annotations: napari.layers.Labels,
@@ -169,6 +170,12 @@ class LiveController(QObject):
         if (self.enabled and self._scan is not None
                 and id(self.session.active_model) != self._round_model):
             self._round_model = id(self.session.active_model)
+            self._volume_timer.start()
+
+    def _on_score_ready(self, scan) -> None:
+        # The followed scan's anomaly score came: the volume catches up with its column, as
+        # after a fit (the rounds before it went without).
+        if self.enabled and self._scan is not None and same_layer(scan, self._scan):
             self._volume_timer.start()
 
     # ------------------------------------------------------------------ strokes

@@ -58,8 +58,8 @@ __all__ = ["ReconstructSection"]
 
 # (shown, engine method, tooltip): the measured choices of docs/anomaly_benchmarks.md.
 _METHODS = (
-    ("automatic: denoiser on MR, contrast density on CT", "default",
-     "What the benchmark found best for the scan: the denoiser on MR (1-3 min on a CPU, seconds "
+    ("automatic (the best for the scan)", "default",
+     "What the benchmark found best for the scan: the denoiser on MR (2-4 min on a CPU, seconds "
      "on a GPU), the contrast density on CT; the model's normative statistics when it holds "
      "them."),
     ("contrast density (seconds)", "contrast",
@@ -68,7 +68,7 @@ _METHODS = (
     ("intensity density (seconds)", "intensity",
      "A density model of local intensity features; behind the denoiser on every MR case "
      "measured, for slices too small for it."),
-    ("denoiser (1-3 min on a CPU)", "dae",
+    ("denoiser (2-4 min on a CPU)", "dae",
      "A denoising autoencoder fitted on this scan (three cycles), or the healthy cohort's when "
      "the model holds normative statistics of one; its residual inside the head, normalised "
      "per slice. Finds brain1's tumour (best Dice 0.56-0.67 against 0.04 for any "
@@ -203,7 +203,7 @@ class ReconstructSection(Section):
         self.with_self.setToolTip(
             "Also fit the score on this scan and rank voxels by the mean of the model's "
             "normative score and the scan's own (the same false-positive rate in all; "
-            "denoiser: ~1-3 min more on a CPU)." if has else
+            "denoiser: ~2-4 min more on a CPU)." if has else
             "Needs a model with normative anomaly statistics (section 2); without them the "
             "scan is scored against itself anyway.")
 
@@ -354,6 +354,8 @@ class ReconstructSection(Section):
         if background:
             parts[0] = "Made in the background for Segment (layers hidden)"
         self.summary.setText(" \u00b7 ".join(parts) + ("" if partial else "."))
+        if an is not None and not partial:
+            self.session.score_ready.emit(layer)
         if background:  # the user may be painting: their layer stays the selected one
             if selected is not None and selected in self.viewer.layers:
                 self.viewer.layers.selection.active = selected

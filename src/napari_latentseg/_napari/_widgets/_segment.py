@@ -61,13 +61,14 @@ from ._layers import (
     colour_like_annotations,
     find_output,
     layer_array,
+    same_layer,
     scan_from_layer,
-    slice_target,
     upsert_output,
 )
 from ._live import LiveController
 from ._score_column import ScoreColumn
 from ._segment_save import ask_save_labels, save_segmentation
+from ._suggestion import go_to_suggestion, suggestion_text
 
 if TYPE_CHECKING:
     import napari.layers
@@ -77,9 +78,6 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = ["SegmentSection"]
-
-_AXES = {0: "axial (z)", 1: "coronal (y)", 2: "sagittal (x)"}
-
 
 def _kept(res) -> SimpleNamespace:
     """What the next round uses of a result (momentum, what the object gained, the round's
@@ -227,6 +225,8 @@ class SegmentSection(Section):
         self._suggestion_scan: napari.layers.Layer | None = None
         self._written: dict[str, np.ndarray] = {}  # output key -> what the plugin last wrote
         self._live_offered = False
+        self._score_line: tuple | None = None  # (scan, summary lines, the score's line)
+        session.score_ready.connect(self._on_score_ready)
         # (scan layer, its annotations, result) of the last round: the next round averages it
         # in where the object shrinks, if it only adds strokes (SegmentOptions.momentum).
         self._last_round: tuple | None = None
@@ -357,7 +357,8 @@ class SegmentSection(Section):
             self._last_round = (scan, ann, _kept(result.result))
             if score is None:  # made in the background for the next rounds, if it would help
                 self.score.request(scan)
-            self._show_segmentation(scan, result.result, finetune, score is not None)
+            self._show_segmentation(scan, result.result, finetune, score is not None,
+                                    automatic)
             self.live.round_done(inputs)
 
         title = "Fine-tuning" if finetune else "Segmenting"
@@ -400,7 +401,7 @@ class SegmentSection(Section):
         return True
 
     def _show_segmentation(self, scan, result: SegmentationResult, finetune: bool,
-                           with_score: bool = False) -> None:
+                           with_score: bool = False, automatic: bool = False) -> None:
         if scan not in self.viewer.layers:
             show_error(f"'{scan.name}' was removed meanwhile; the segmentation was dropped.")
             return
@@ -430,8 +431,10 @@ class SegmentSection(Section):
         used = next((h["features"] for h in result.history if "features" in h), None)
         if used and with_score:  # the engine's words for the column, named as the user knows it
             used = used.replace(given_columns(1), "the anomaly score")
-        lines = [f"Classes {', '.join(map(str, result.classes))} in {result.seconds:.1f} s"
-                 + (" (features reused)" if result.cache_hit and not finetune else "") + "."
+        names = self.classes.names()
+        lines = [f"'{pred.name}' updated in {result.seconds:.1f} s"
+                 + (" (features reused)" if result.cache_hit and not finetune else "") + ": "
+                 + ", ".join(f"{names.get(c) or 'class'} ({c})" for c in result.classes) + "."
                  + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
         score_note = self.score.note(scan, with_score)
@@ -439,46 +442,30 @@ class SegmentSection(Section):
             lines.append(score_note)
         lines.extend(result.notes)
         self.summary.setText("<br>".join(lines))
-        for note in result.notes:
-            show_info(note)
+        self._score_line = (scan, lines, len(lines) - 1 - len(result.notes)) \
+            if score_note and self.session.score_tasks.busy else None
+        if not automatic:  # one message a round; the engine's notes stay in the summary
+            show_info(lines[0] + (" Notes: Segment's summary in the dock." if result.notes
+                                  else ""))
+
+    def _on_score_ready(self, scan) -> None:
+        """The summary's "being made" line, once the score has come."""
+        if self._score_line is not None and same_layer(self._score_line[0], scan):
+            _, lines, i = self._score_line
+            lines[i] = ("The anomaly score has come: the next rounds use it"
+                        + (" (live mode runs one now)." if self.live.enabled else
+                           " (press Segment)."))
+            self.summary.setText("<br>".join(lines))
+            self._score_line = None
 
     def _suggestion_text(self) -> str:
-        s = self.suggestion or {}
-        if s.get("index") is None:
-            return "No unannotated slice left to suggest."
-        scan = self._suggestion_scan
-        if scan is not None and scan.ndim == 2:
-            return ("2D image: look where the uncertainty layer is bright and paint there.")
-        where = f"Next slice to annotate: {_AXES.get(s['axis'], s['axis'])} {s['index']}"
-        if s.get("reason"):
-            return f"{where} ({s['reason']})."
-        return f"{where} (uncertainty {float(s.get('score') or 0):.2f})."
+        return suggestion_text(self.suggestion, self._suggestion_scan)
 
     # ------------------------------------------------------------------ next slice
     def go_to_suggestion(self) -> bool:
-        """Move the viewer to the suggested slice (world coordinates of the scan)."""
-        s, scan = self.suggestion, self._suggestion_scan
-        if not s or scan is None or scan not in self.viewer.layers:
-            show_error("No suggestion yet: press Segment first.")
-            return False
-        if s.get("index") is None:
-            show_info("Every slice already has annotations: nothing to suggest.")
-            return False
-        if scan.ndim == 2:
-            show_info(self._suggestion_text())
-            return False
-        world_axis, value = slice_target(scan, int(s["axis"]), int(s["index"]))
-        dims = self.viewer.dims
-        axis = dims.ndim - scan.ndim + world_axis
-        if dims.ndisplay == 2 and axis in dims.displayed:
-            order = [a for a in dims.order if a != axis]
-            dims.order = tuple(order[: len(order) - 2] + [axis] + order[len(order) - 2:])
-        dims.set_point(axis, value)
-        ann = self.annotations.layer()
-        if ann is not None:
-            self.viewer.layers.selection.active = ann
-        show_info(self._suggestion_text())
-        return True
+        """Move the viewer to the suggested slice (:func:`._suggestion.go_to_suggestion`)."""
+        return go_to_suggestion(self.viewer, self.suggestion, self._suggestion_scan,
+                                self.annotations.layer())
 
     # ------------------------------------------------------------------ corrections
     def accept_corrections(self) -> int:

@@ -70,12 +70,16 @@ class Session(QObject):
     score_wanted(layer)
         Segment would use the scan's anomaly score and there is none: the Reconstruct
         section makes it on :attr:`score_tasks` (in the background).
+    score_ready(layer)
+        The scan's anomaly score layer was made (in the background or by Reconstruct):
+        Segment's next rounds use it, and live mode's volume round catches up with it.
     """
 
     model_changed = Signal()
     scan_changed = Signal()
     device_changed = Signal(str)
     score_wanted = Signal(object)
+    score_ready = Signal(object)
 
     def __init__(self, viewer: napari.viewer.Viewer, watcher: LayerWatcher, scan: LayerCombo,
                  tasks: TaskBar, cache: FeatureCache, fit_tasks: TaskBar,
