@@ -91,3 +91,24 @@ def test_a_held_job_waits_between_its_steps_and_still_stops(qtbot):
     with qtbot.waitSignal(bar.task_finished, timeout=10_000) as finished:
         bar.stop()
     assert finished.args[1] == "stopped" and len(steps) == n  # stopped without a step more
+
+
+def test_the_bar_says_how_long_is_left_from_the_stages_pace():
+    """After the stage's first seconds the status line says the time left at its pace so far
+    (a new stage starts over); the denoiser's loss, a number for no clinician, is not shown,
+    the VAE fit's (which has its loss plot) is."""
+    from napari_latentseg._napari._widgets._tasks import PACE_MIN_S, _Pace, _progress_text
+
+    pace = _Pace()
+    ev = {"stage": "anomaly: denoiser", "done": 10, "total": 900, "loss": 0.0042}
+    assert pace.left(ev, 100.0) is None  # the stage's first report
+    assert pace.left(dict(ev, done=12), 100.0 + PACE_MIN_S / 2) is None  # too soon
+    left = pace.left(dict(ev, done=110), 120.0)  # 100 steps in 20 s, 790 to go
+    assert left == pytest.approx(158.0)
+    text = _progress_text("Anomaly score", dict(ev, done=110), left)
+    assert "about 3 min left" in text and "loss" not in text
+    assert pace.left({"stage": "anomaly: denoise", "done": 8, "total": 75}, 121.0) is None
+    assert "about 40 s left" in _progress_text("Score", {"stage": "x", "done": 1, "total": 2},
+                                               38.0)
+    fit = {"stage": "fit", "step": 5, "total": 450, "loss": 0.25}
+    assert "loss 0.2500" in _progress_text("Fitting", fit)

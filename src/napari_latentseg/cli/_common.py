@@ -28,7 +28,7 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
     reconstruct`` (``each``: "the" or "each", as the help text reads)."""
     sp.add_argument("--anomaly-method", default="default",
                     help="scoring method (default: the benchmark's best for the scan: dae, a "
-                         "denoising autoencoder fitted on the scan, on MR (~1-3 min on a "
+                         "denoising autoencoder fitted on the scan, on MR (~2-4 min on a "
                          "CPU), contrast on CT, the model's normative statistics' method with "
                          "them; others: features, knn, intensity, contrast, error, ssim, "
                          "median, dae)")
@@ -44,7 +44,7 @@ def add_anomaly_options(sp: argparse.ArgumentParser, each: str = "the") -> None:
                     help=f"with the model's normative statistics: also fit the method on "
                          f"{each} scan itself and rank voxels by the mean of the two scores "
                          f"(flagging as many as the higher score, corrected so the "
-                         f"false-positive rate stays at --fpr; dae: ~1-3 min more on a CPU)")
+                         f"false-positive rate stays at --fpr; dae: ~2-4 min more on a CPU)")
     sp.add_argument("--fpr", type=float, default=1e-3,
                     help="false-positive rate of the candidate threshold on normal tissue "
                          "(default 0.001)")

@@ -6,7 +6,7 @@ is the contrast density, -0.01, so CT scans do not use it.
 
 The benchmark's default reads the score from the first round; a user who had not pressed
 Reconstruct first went without it. So when a round on an MR scan finds no score, the dock
-makes it in the background (:class:`ScoreColumn`; the denoiser takes 1-3 min on a CPU): the
+makes it in the background (:class:`ScoreColumn`; the denoiser takes 2-4 min on a CPU): the
 first rounds come at once without it, the rounds after it use it, and each round says which.
 """
 
@@ -53,7 +53,7 @@ class ScoreColumn(QWidget):
         self.make = checkbox(
             "make it if missing", True,
             "When a round finds no anomaly score for an MR scan, make it in the background "
-            "(the denoiser: 1-3 min on a CPU, seconds on a GPU; it pauses while your rounds "
+            "(the denoiser: 2-4 min on a CPU, seconds on a GPU; it pauses while your rounds "
             "run). The rounds until then go without it. Stop on its bar, or untick this, to "
             "go without it.")
         self.use.toggled.connect(self.make.setEnabled)

@@ -91,7 +91,7 @@ def _paced(gen: Generator[dict, None, Any], hold: Callable[[], bool],
                 time.sleep(HELD_POLL_S)
 
 
-def _progress_text(title: str, ev: dict) -> str:
+def _progress_text(title: str, ev: dict, left: float | None = None) -> str:
     stage = str(ev.get("stage", ""))
     if ev.get("message"):
         return f"{title}: {ev['message']}"
@@ -102,9 +102,48 @@ def _progress_text(title: str, ev: dict) -> str:
     elif stage:
         done, total = ev.get("done"), ev.get("total")
         parts.append(f"{stage} {done}/{total}" if done is not None and total else stage)
-    if ev.get("loss") is not None:
+    if left is not None:
+        parts.append(_time_left(left))
+    if ev.get("loss") is not None and stage == "fit":  # the VAE's fit has its loss plot too
         parts.append(f"loss {float(ev['loss']):.4f}")
     return " \u00b7 ".join(parts)
+
+
+def _time_left(seconds: float) -> str:
+    """"about 40 s left" (tens of seconds under a minute), else whole minutes."""
+    if seconds < 55:
+        return f"about {max(10, int(round(seconds / 10.0)) * 10)} s left"
+    return f"about {max(1, int(round(seconds / 60.0)))} min left"
+
+
+#: Seconds of a stage before the bar says how long is left.
+PACE_MIN_S = 5.0
+
+
+class _Pace:
+    """Time left in a job's stage, from its pace since the stage's first report: none for
+    the first :data:`PACE_MIN_S` seconds (too few steps to judge), nor for a stage with no
+    count."""
+
+    def __init__(self) -> None:
+        self.stage: object = None
+        self.t0 = 0.0
+        self.done0 = 0
+
+    def left(self, ev: dict, now: float) -> float | None:
+        total = ev.get("total")
+        done = ev.get("step") if "step" in ev else ev.get("done")
+        if not total or done is None:
+            self.stage = None
+            return None
+        key = (ev.get("stage"), ev.get("phase"), total)
+        if key != self.stage or done < self.done0:
+            self.stage, self.t0, self.done0 = key, now, int(done)
+            return None
+        moved, elapsed = int(done) - self.done0, now - self.t0
+        if moved <= 0 or elapsed < PACE_MIN_S:
+            return None
+        return elapsed / moved * max(0, int(total) - int(done))
 
 
 class TaskBar(QWidget):
@@ -160,6 +199,7 @@ class TaskBar(QWidget):
         self.stop_requested_at: float | None = None
         self._after: list[Callable[[], None]] = []
         self._callbacks: tuple[Callable | None, ...] = (None, None, None)
+        self._pace = _Pace()
 
     # ------------------------------------------------------------------ state
     @property
@@ -246,6 +286,7 @@ class TaskBar(QWidget):
         self._preemptible = preemptible
         self._outcome = "done"
         self.stop_requested_at = None
+        self._pace = _Pace()
         self._callbacks = (on_yield, on_return, on_stopped)
         # Bound methods: Qt drops these connections if the dock is deleted mid-job, and the
         # job is then told to stop.
@@ -308,8 +349,9 @@ class TaskBar(QWidget):
         else:
             self._bar.setRange(0, int(total))
             self._bar.setValue(min(int(done), int(total)))
+        left = self._pace.left(ev, time.perf_counter())
         if not self.stop_requested:
-            self._label.setText(_progress_text(self._title, ev))
+            self._label.setText(_progress_text(self._title, ev, left))
         self._call(fn, ev)
 
     def _on_return(self, value: Any) -> None:
