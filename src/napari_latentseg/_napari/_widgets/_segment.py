@@ -432,10 +432,10 @@ class SegmentSection(Section):
         if used and with_score:  # the engine's words for the column, named as the user knows it
             used = used.replace(given_columns(1), "the anomaly score")
         names = self.classes.names()
-        lines = [f"'{pred.name}' updated in {result.seconds:.1f} s"
-                 + (" (features reused)" if result.cache_hit and not finetune else "") + ": "
-                 + ", ".join(f"{names.get(c) or 'class'} ({c})" for c in result.classes) + "."
-                 + (f" Features: {used}." if used else "")]
+        head = (f"'{pred.name}' updated in {result.seconds:.1f} s"
+                + (" (features reused)" if result.cache_hit and not finetune else "") + ": "
+                + ", ".join(f"{names.get(c) or 'class'} ({c})" for c in result.classes) + ".")
+        lines = [head + (f" Features: {used}." if used else "")]
         lines.append(self._suggestion_text())
         score_note = self.score.note(scan, with_score)
         if score_note:
@@ -445,8 +445,7 @@ class SegmentSection(Section):
         self._score_line = (scan, lines, len(lines) - 1 - len(result.notes)) \
             if score_note and self.session.score_tasks.busy else None
         if not automatic:  # one message a round; the engine's notes stay in the summary
-            show_info(lines[0] + (" Notes: Segment's summary in the dock." if result.notes
-                                  else ""))
+            show_info(head + " Details: Segment's summary in the dock.")
 
     def _on_score_ready(self, scan) -> None:
         """The summary's "being made" line, once the score has come."""
