@@ -199,3 +199,29 @@ def test_one_message_a_round_and_none_for_live_rounds(make_napari_viewer, qtbot,
     with qtbot.waitSignal(widget.tasks.task_finished, timeout=TIMEOUT_MS):
         seg.live._start_volume()  # what the pause timer calls
     assert len(infos) == 1, infos
+
+
+def test_live_mode_catches_up_with_a_score_its_rounds_read(make_napari_viewer, qtbot,
+                                                           small_phantom):
+    """A score that came for the followed scan starts a volume round, as a fit does; not
+    when rounds would not read it (the box unticked, as on a CT scan), nor for another
+    layer."""
+    viewer, widget = _dock_after_a_round(make_napari_viewer, qtbot, small_phantom)
+    seg = widget.segment_section
+    if widget.score_tasks.busy:  # the score the first round asked for: not this test's
+        with qtbot.waitSignal(widget.score_tasks.task_finished, timeout=TIMEOUT_MS):
+            widget.score_tasks.stop()
+    scan = viewer.layers["phantom"]
+    seg.live._volume_timer.stop()
+    from napari_latentseg._napari._widgets._layers import upsert_output
+
+    upsert_output(viewer, scan, "anomaly score", np.zeros(scan.data.shape, np.float32),
+                  "image")  # as Reconstruct makes it
+    seg.score.use.setChecked(False)
+    widget.session.score_ready.emit(scan)
+    assert not seg.live._volume_timer.isActive()
+    seg.score.use.setChecked(True)
+    widget.session.score_ready.emit(viewer.layers["phantom anomaly score"])  # not the scan
+    assert not seg.live._volume_timer.isActive()
+    widget.session.score_ready.emit(scan)
+    assert seg.live._volume_timer.isActive()

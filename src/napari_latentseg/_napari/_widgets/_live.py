@@ -174,8 +174,10 @@ class LiveController(QObject):
 
     def _on_score_ready(self, scan) -> None:
         # The followed scan's anomaly score came: the volume catches up with its column, as
-        # after a fit (the rounds before it went without).
-        if self.enabled and self._scan is not None and same_layer(scan, self._scan):
+        # after a fit (the rounds before it went without). Not where rounds do not read it
+        # (a CT scan, the box unticked): the round would only redo the last one.
+        if (self.enabled and self._scan is not None and same_layer(scan, self._scan)
+                and self._extra(self._scan) is not None):
             self._volume_timer.start()
 
     # ------------------------------------------------------------------ strokes
