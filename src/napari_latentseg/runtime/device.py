@@ -37,11 +37,14 @@ def available_devices() -> list[str]:
 def warm_up() -> None:
     """Import what torch's first optimiser imports (``torch._dynamo``: ~3 s of Python on this
     project's 2-core CPU, holding the interpreter lock), so that a fit started later in a
-    background thread does not stall the GUI thread and the live slices for those seconds.
-    The dock calls it in its device-probe thread, at start-up."""
+    background thread does not stall the GUI thread and the live slices for those seconds;
+    and MONAI's networks, which the first Segment round builds even without a model (its
+    stand-in model's network: ~4.6 s of imports, most of brain1's first round in a fresh
+    dock, session 65). The dock calls it in its device-probe thread, at start-up."""
     import torch
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    import monai.networks.nets  # noqa: F401 (the import is the point)
 
 
 def resolve_device(device: str | None = "auto"):
